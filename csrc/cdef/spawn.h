@@ -1,0 +1,66 @@
+/* Spawning a program (csrc/unix/spawn.c, csrc/win/spawn.c). */
+
+/* How one descriptor slot of the child is filled. */
+enum {
+  PFD_STDIO_INHERIT = 0, /* the parent's descriptor `fd` appears at this slot */
+  PFD_STDIO_PIPE = 1,    /* a new pipe (slots 0-2) or socketpair (slots 3 and up); the
+                            parent's end is returned in `fd`, close-on-exec */
+  PFD_STDIO_IGNORE = 2,  /* /dev/null at slots 0-2; nothing (the slot is closed) above */
+  PFD_STDIO_CLOSE = 3    /* the slot is closed in the child */
+};
+
+typedef struct pfd_stdio_s {
+  int kind; /* PFD_STDIO_* */
+  int fd;   /* in: the parent's descriptor for INHERIT; out: the parent's end for PIPE */
+} pfd_stdio_t;
+
+/* Options that change the child beyond its stdio. */
+enum {
+  PFD_SPAWN_SETSID = 1,      /* new session and process group (detached) */
+  PFD_SPAWN_SETUID = 2,      /* setuid(uid) */
+  PFD_SPAWN_SETGID = 4,      /* setgid(gid) */
+  PFD_SPAWN_PDEATHSIG = 8,   /* the child gets `pdeathsig` when the spawning thread exits
+                                (Linux; -ENOTSUP elsewhere) */
+  PFD_SPAWN_NO_FAST_PATH = 16 /* always take the general path (tests and benchmarks) */
+};
+
+/* Which step of starting the child failed, so the caller can name the syscall and path. */
+enum {
+  PFD_STEP_NONE = 0,
+  PFD_STEP_RESOLVE = 1,   /* searching PATH for the program */
+  PFD_STEP_PIPE = 2,      /* creating a stdio pipe in the parent */
+  PFD_STEP_FORK = 3,      /* creating the process */
+  PFD_STEP_SETSID = 4,
+  PFD_STEP_PDEATHSIG = 5,
+  PFD_STEP_STDIO = 6,     /* placing a descriptor at its slot */
+  PFD_STEP_SETGROUPS = 7,
+  PFD_STEP_SETGID = 8,
+  PFD_STEP_SETUID = 9,
+  PFD_STEP_CHDIR = 10,
+  PFD_STEP_EXEC = 11
+};
+
+typedef struct pfd_spawn_options_s {
+  const char *file;        /* program; searched in PATH unless it contains a slash */
+  char **argv;             /* NULL-terminated; argv[0] is what the child sees as its name */
+  char **envp;             /* NULL-terminated, or NULL for the parent's environment */
+  const char *cwd;         /* NULL: the parent's */
+  pfd_stdio_t *stdio;      /* the child's descriptors 0 .. stdio_count-1; it gets no others */
+  int stdio_count;
+  unsigned int flags;      /* PFD_SPAWN_* */
+  long long uid;           /* with PFD_SPAWN_SETUID */
+  long long gid;           /* with PFD_SPAWN_SETGID */
+  int pdeathsig;           /* with PFD_SPAWN_PDEATHSIG */
+} pfd_spawn_options_t;
+
+typedef struct pfd_spawn_result_s {
+  int pid;   /* the child, on success */
+  int step;  /* PFD_STEP_*: on failure, the step that failed */
+  int slot;  /* with PFD_STEP_STDIO or PFD_STEP_PIPE: the slot */
+} pfd_spawn_result_t;
+
+/* Starts a program.  On success the child is running (its exec succeeded), result->pid is
+ * set and every PIPE slot's `fd` holds the parent's end.  On failure nothing is left
+ * behind: no process, no descriptor; result->step says which step failed.
+ * Returns 0 on success, -errno on failure. */
+int pfd_spawn(const pfd_spawn_options_t *options, pfd_spawn_result_t *result);

@@ -1,0 +1,41 @@
+"""pyforkd: Node.js's multi-process model for Python, on a small C core.
+
+``spawn``/``exec``/``exec_file`` and their ``_sync`` forms start programs through
+``posix_spawn`` (constant cost, whatever the parent's size) and wait for them on a pidfd
+with the GIL released.  See ``pyforkd.aio`` for the asyncio counterparts.
+"""
+
+from __future__ import annotations
+
+from . import aio
+from .child_process import (
+    ChildProcess,
+    CompletedProcess,
+    exec,
+    exec_file,
+    exec_file_sync,
+    exec_sync,
+    spawn,
+    spawn_sync,
+)
+from .errors import ExecError, MaxBufferError, PyforkdError, SpawnError, TimeoutExpired
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChildProcess",
+    "CompletedProcess",
+    "ExecError",
+    "MaxBufferError",
+    "PyforkdError",
+    "SpawnError",
+    "TimeoutExpired",
+    "__version__",
+    "aio",
+    "exec",
+    "exec_file",
+    "exec_file_sync",
+    "exec_sync",
+    "spawn",
+    "spawn_sync",
+]

@@ -1,0 +1,236 @@
+"""The thin binding layer: one function per C call, and the only module that calls ``lib``.
+
+Each function takes and returns plain Python values.  A negative return from C becomes an
+``OSError`` of the builtin subclass for its errno, with ``"<syscall>: <message>"`` as its
+text; callers never see raw codes.  Blocking calls release the GIL (cffi does that for
+every call) and report an interrupted wait as ``None`` so that the caller can let Python
+run its signal handlers (Ctrl-C) and call again.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections.abc import Sequence
+from typing import NoReturn
+
+from ._core import ffi, lib
+from .errors import SpawnError, oserror_class
+
+__all__ = [
+    "STDIO_CLOSE",
+    "STDIO_IGNORE",
+    "STDIO_INHERIT",
+    "STDIO_PIPE",
+    "Collector",
+    "err_name",
+    "process_kill",
+    "process_open",
+    "process_reap",
+    "process_wait",
+    "raise_errno",
+    "spawn",
+    "strerror",
+]
+
+STDIO_INHERIT: int = lib.PFD_STDIO_INHERIT
+STDIO_PIPE: int = lib.PFD_STDIO_PIPE
+STDIO_IGNORE: int = lib.PFD_STDIO_IGNORE
+STDIO_CLOSE: int = lib.PFD_STDIO_CLOSE
+
+SPAWN_SETSID: int = lib.PFD_SPAWN_SETSID
+SPAWN_SETUID: int = lib.PFD_SPAWN_SETUID
+SPAWN_SETGID: int = lib.PFD_SPAWN_SETGID
+SPAWN_PDEATHSIG: int = lib.PFD_SPAWN_PDEATHSIG
+SPAWN_NO_FAST_PATH: int = lib.PFD_SPAWN_NO_FAST_PATH
+
+# The syscall to name for each step of pfd_spawn; None means the program itself.
+_STEP_SYSCALL = {
+    lib.PFD_STEP_RESOLVE: None,
+    lib.PFD_STEP_EXEC: None,
+    lib.PFD_STEP_PIPE: "pipe",
+    lib.PFD_STEP_FORK: "fork",
+    lib.PFD_STEP_SETSID: "setsid",
+    lib.PFD_STEP_PDEATHSIG: "prctl(PR_SET_PDEATHSIG)",
+    lib.PFD_STEP_STDIO: "dup2",
+    lib.PFD_STEP_SETGROUPS: "setgroups",
+    lib.PFD_STEP_SETGID: "setgid",
+    lib.PFD_STEP_SETUID: "setuid",
+    lib.PFD_STEP_CHDIR: "chdir",
+}
+
+
+def err_name(err: int) -> str:
+    """The symbolic name of an errno value of either sign (``"ENOENT"``)."""
+    return ffi.string(lib.pfd_err_name(err)).decode("ascii")
+
+
+def strerror(err: int) -> str:
+    """The message for an errno value of either sign."""
+    return ffi.string(lib.pfd_strerror(err)).decode("utf-8", "replace")
+
+
+def raise_errno(err: int, syscall: str, filename: str | None = None) -> NoReturn:
+    """Raise the ``OSError`` subclass for ``-err`` as ``"<syscall>: <message>"``."""
+    code = -err if err < 0 else err
+    raise OSError(code, f"{syscall}: {strerror(code)}", filename)
+
+
+def spawn(
+    file: bytes,
+    argv: Sequence[bytes],
+    envp: Sequence[bytes] | None,
+    cwd: bytes | None,
+    stdio: Sequence[tuple[int, int]],
+    flags: int,
+    uid: int,
+    gid: int,
+    pdeathsig: int,
+    *,
+    name: str,
+    spawnargs: Sequence[str],
+    cwd_text: str | None,
+) -> tuple[int, list[int]]:
+    """Start a program (``pfd_spawn``); return ``(pid, fds)``.
+
+    ``fds[i]`` is the parent's end of slot i when that slot is a pipe, else -1.  Failure
+    raises :class:`SpawnError` naming the step that failed (``syscall``) and its path.
+    """
+    keep = [ffi.new("char[]", a) for a in argv]
+    keep.append(ffi.NULL)
+    options = ffi.new("pfd_spawn_options_t *")
+    options.file = c_file = ffi.new("char[]", file)
+    options.argv = c_argv = ffi.new("char *[]", keep)
+    if envp is not None:
+        env_keep = [ffi.new("char[]", e) for e in envp]
+        env_keep.append(ffi.NULL)
+        options.envp = c_envp = ffi.new("char *[]", env_keep)
+    if cwd is not None:
+        options.cwd = c_cwd = ffi.new("char[]", cwd)
+    options.stdio = c_stdio = ffi.new("pfd_stdio_t[]", stdio)
+    options.stdio_count = len(stdio)
+    options.flags = flags
+    options.uid = uid
+    options.gid = gid
+    options.pdeathsig = pdeathsig
+    result = ffi.new("pfd_spawn_result_t *")
+    err = lib.pfd_spawn(options, result)
+    if err < 0:
+        _raise_spawn_error(-err, result.step, result.slot, name, spawnargs, cwd_text)
+    del c_file, c_argv, keep
+    if envp is not None:
+        del c_envp, env_keep
+    if cwd is not None:
+        del c_cwd
+    return result.pid, [c_stdio[i].fd if k == STDIO_PIPE else -1 for i, (k, _) in
+                        enumerate(stdio)]
+
+
+def _raise_spawn_error(
+    err: int,
+    step: int,
+    slot: int,
+    name: str,
+    spawnargs: Sequence[str],
+    cwd: str | None,
+) -> NoReturn:
+    syscall = _STEP_SYSCALL.get(step, "spawn")
+    if syscall is None:
+        syscall, path, text = f"spawn {name}", name, f"spawn {name}: {strerror(err)}"
+    elif step == lib.PFD_STEP_CHDIR:
+        path, text = cwd, f"spawn {name}: chdir: {strerror(err)}"
+    else:
+        path = None
+        where = f" (stdio[{slot}])" if slot >= 0 else ""
+        text = f"spawn {name}: {syscall}{where}: {strerror(err)}"
+    cls = oserror_class(SpawnError, err)
+    raise cls(err, text, path, syscall=syscall, spawnargs=spawnargs)
+
+
+def process_open(pid: int) -> int:
+    """A descriptor that becomes readable when the child exits, or -1 where there is none."""
+    r = lib.pfd_process_open(pid)
+    if r == -_errno.ENOSYS:
+        return -1
+    if r < 0:
+        raise_errno(r, "pidfd_open")
+    return r
+
+
+def process_wait(pid: int, handle: int, timeout_ms: int) -> bool | None:
+    """Wait for the child's exit without reaping it: True, False on timeout, None on EINTR."""
+    r = lib.pfd_process_wait(pid, handle, timeout_ms)
+    if r >= 0:
+        return r == 1
+    if r == -_errno.EINTR:
+        return None
+    raise_errno(r, "waitid")
+
+
+def process_reap(pid: int) -> tuple[int, int] | None:
+    """Reap the child if it exited: ``(exit_code, term_signal)`` (-1, N when killed by N)."""
+    out = ffi.new("int[2]")
+    r = lib.pfd_process_reap(pid, out, out + 1)
+    if r < 0:
+        raise_errno(r, "waitpid")
+    return (out[0], out[1]) if r == 1 else None
+
+
+def process_kill(pid: int, handle: int, sig: int) -> bool:
+    """Send ``sig``; False when the child is already gone (ESRCH)."""
+    r = lib.pfd_process_kill(pid, handle, sig)
+    if r == -_errno.ESRCH:
+        return False
+    if r < 0:
+        raise_errno(r, "kill")
+    return True
+
+
+class Collector:
+    """Feeds a child's stdin and reads its stdout and stderr at once (``pfd_collect_*``).
+
+    It owns the three descriptors it is given and closes them in :meth:`close`.
+    """
+
+    __slots__ = ("_c", "_input")
+
+    def __init__(self, in_fd: int, data: bytes | None, out_fd: int, err_fd: int,
+                 max_buffer: int) -> None:
+        c = ffi.new("pfd_collect_t *")
+        c.in_fd = in_fd
+        self._input = None
+        if data:
+            self._input = ffi.from_buffer(data)
+            c.input = self._input
+            c.input_size = len(data)
+        c.out_fd[0] = out_fd
+        c.out_fd[1] = err_fd
+        c.max_buffer = max_buffer
+        self._c = c
+
+    def run(self, timeout_ms: int) -> str:
+        """Move data: ``"done"``, ``"timeout"``, ``"overflow"`` or ``"interrupted"``."""
+        r = lib.pfd_collect_run(self._c, timeout_ms)
+        if r == 0:
+            return "done"
+        if r == -_errno.ETIMEDOUT:
+            return "timeout"
+        if r == -_errno.ENOBUFS:
+            return "overflow"
+        if r == -_errno.EINTR:
+            return "interrupted"
+        raise_errno(r, "poll")
+
+    @property
+    def overflow(self) -> int:
+        """0, or 1 / 2 when stdout / stderr went over max_buffer."""
+        return self._c.overflow
+
+    def output(self, i: int) -> bytes:
+        """What stream i (0 stdout, 1 stderr) produced so far."""
+        b = self._c.out[i]
+        return ffi.unpack(b.data, b.size) if b.size else b""
+
+    def close(self) -> None:
+        """Close the descriptors and free the buffers; safe to call twice."""
+        lib.pfd_collect_close(self._c)
+        self._input = None

@@ -1,0 +1,1 @@
+"""asyncio counterparts (filled in below)."""

@@ -1,0 +1,939 @@
+"""Node.js's ``child_process`` for Python: spawn, spawn_sync, exec, exec_file and friends.
+
+The C core starts the child (``posix_spawn`` or vfork, constant cost whatever the parent's
+size), waits for it on a pidfd with the GIL released, and collects output in one poll loop.
+This module validates every option before any process exists and gives the result the
+shape Python users know from ``subprocess``: :class:`ChildProcess` (``wait``, ``poll``,
+``kill``, context manager) and :class:`CompletedProcess`.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import io
+import math
+import os
+import signal as _signal
+import socket
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any, Union
+
+from . import _bindings as _b
+from .errors import ExecError, MaxBufferError, TimeoutExpired
+
+__all__ = [
+    "ChildProcess",
+    "CompletedProcess",
+    "exec",
+    "exec_file",
+    "exec_file_sync",
+    "exec_sync",
+    "spawn",
+    "spawn_sync",
+]
+
+StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+StdioSlot = Union[str, int, None, IO[Any], socket.socket]
+Stdio = Union[str, Sequence[StdioSlot], None]
+SignalLike = Union[int, str, _signal.Signals]
+
+DEFAULT_MAX_BUFFER = 1024 * 1024  # Node's maxBuffer default for the exec family
+KILL_GRACE = 5.0  # seconds a timed-out child gets after kill_signal before SIGKILL
+
+_STDIO_WORDS = ("pipe", "inherit", "ignore")
+_SIGNAL_NUMBERS = {s.name: int(s) for s in _signal.Signals}
+
+
+# ---- option checking: every bad input is refused before a process exists ----------------
+
+
+def _fsencode(value: Any, what: str) -> bytes:
+    if isinstance(value, str):
+        data = os.fsencode(value)
+    elif isinstance(value, bytes):
+        data = value
+    elif isinstance(value, os.PathLike):
+        data = os.fsencode(os.fspath(value))
+    else:
+        raise TypeError(f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}")
+    if b"\0" in data:
+        raise ValueError(f"{what} contains a NUL byte: {value!r}")
+    return data
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    return os.fsdecode(value) if isinstance(value, bytes) else str(value)
+
+
+def _check_args(args: Any) -> list[Any]:
+    if args is None:
+        return []
+    if isinstance(args, (str, bytes)):
+        raise TypeError(
+            "args must be a sequence of arguments, not a single "
+            f"{type(args).__name__}; use [{args!r}] or shell=True"
+        )
+    try:
+        return list(args)
+    except TypeError:
+        raise TypeError(f"args must be a sequence of arguments, not {type(args).__name__}") \
+            from None
+
+
+def _encode_env(env: Mapping[Any, Any]) -> list[bytes]:
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping of str to str, not {type(env).__name__}")
+    out = []
+    for key, value in env.items():
+        if not isinstance(key, (str, bytes)):
+            raise TypeError(f"env key {key!r} must be str or bytes, not {type(key).__name__}")
+        if not isinstance(value, (str, bytes)):
+            raise TypeError(
+                f"env[{key!r}] must be str or bytes, not {type(value).__name__}"
+            )
+        k = _fsencode(key, f"env key {key!r}")
+        if not k or b"=" in k:
+            raise ValueError(f"env key {key!r} must be non-empty and contain no '='")
+        out.append(k + b"=" + _fsencode(value, f"env[{key!r}]"))
+    return out
+
+
+def _check_timeout(timeout: Any, what: str = "timeout") -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or None, not "
+                        f"{type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"{what} must be >= 0 seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def signal_number(sig: SignalLike, what: str = "signal", allow_zero: bool = False) -> int:
+    """The number of a signal given as a number, a ``signal.Signals`` or a name.
+
+    Names may omit the ``SIG`` prefix (``"TERM"``).  Anything else raises ``ValueError``
+    (``TypeError`` for a value of the wrong type).
+    """
+    if isinstance(sig, str):
+        name = sig.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        if name not in _SIGNAL_NUMBERS:
+            raise ValueError(f"{what}: unknown signal name {sig!r}")
+        return _SIGNAL_NUMBERS[name]
+    if isinstance(sig, bool) or not isinstance(sig, int):
+        raise TypeError(f"{what} must be a signal number or name, not {type(sig).__name__}")
+    if sig == 0 and allow_zero:
+        return 0
+    if sig not in _signal.valid_signals():
+        raise ValueError(f"{what}: {sig} is not a valid signal number")
+    return int(sig)
+
+
+def signal_name(signum: int) -> str:
+    """``"SIGKILL"`` for 9; ``"SIG<n>"`` for numbers without a name (real-time signals)."""
+    try:
+        return _signal.Signals(signum).name
+    except ValueError:
+        return f"SIG{signum}"
+
+
+def _check_id(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < 0 or value >= 2**32 - 1:
+        raise ValueError(f"{what} must be between 0 and 2**32-2, got {value}")
+    return value
+
+
+def _check_open_fd(fd: int, slot: int) -> int:
+    if fd < 0:
+        raise ValueError(f"stdio[{slot}]: descriptor {fd} is negative")
+    try:
+        os.get_inheritable(fd)  # one fcntl(F_GETFD): is it open?
+    except OSError:
+        raise ValueError(f"stdio[{slot}]: descriptor {fd} is not open") from None
+    return fd
+
+
+_WORD_SLOTS = {
+    # Precomputed for the common forms; slots 0-2 only.
+    "pipe": [(_b.STDIO_PIPE, -1)] * 3,
+    "inherit": [(_b.STDIO_INHERIT, 0), (_b.STDIO_INHERIT, 1), (_b.STDIO_INHERIT, 2)],
+    "ignore": [(_b.STDIO_IGNORE, -1)] * 3,
+}
+
+
+def _stdio_slots(stdio: Stdio) -> list[tuple[int, int]]:
+    """Node's stdio option as (kind, fd) pairs, one per child descriptor."""
+    if stdio is None:
+        return _WORD_SLOTS["pipe"]
+    if isinstance(stdio, str):
+        if stdio not in _WORD_SLOTS:
+            raise ValueError(
+                f"stdio: unknown value {stdio!r}; expected one of {', '.join(_STDIO_WORDS)} "
+                "or a list with one entry per descriptor"
+            )
+        for fd in (0, 1, 2):
+            if stdio == "inherit":
+                _check_open_fd(fd, fd)
+        return _WORD_SLOTS[stdio]
+    if not isinstance(stdio, (list, tuple)):
+        raise TypeError(f"stdio must be a str or a list, not {type(stdio).__name__}")
+    entries = list(stdio)
+    while len(entries) < 3:  # Node pads to three with the default (a pipe)
+        entries.append(None)
+    slots = []
+    for i, entry in enumerate(entries):
+        slots.append(_stdio_slot(i, entry))
+    return slots
+
+
+def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
+    if entry is None:  # Node's default: pipes for 0-2, nothing above
+        return (_b.STDIO_PIPE, -1) if i <= 2 else (_b.STDIO_IGNORE, -1)
+    if isinstance(entry, str):
+        if entry == "pipe":
+            return (_b.STDIO_PIPE, -1)
+        if entry == "ignore":
+            return (_b.STDIO_IGNORE, -1)
+        if entry == "inherit":
+            return (_b.STDIO_INHERIT, _check_open_fd(i, i))
+        raise ValueError(
+            f"stdio[{i}]: unknown value {entry!r}; expected one of "
+            f"{', '.join(_STDIO_WORDS)}, a descriptor, a file object or None"
+        )
+    if isinstance(entry, bool):
+        raise TypeError(f"stdio[{i}]: expected a descriptor or a word, not a bool")
+    if isinstance(entry, int):
+        return (_b.STDIO_INHERIT, _check_open_fd(entry, i))
+    fileno = getattr(entry, "fileno", None)
+    if fileno is None:
+        raise TypeError(
+            f"stdio[{i}]: expected 'pipe', 'inherit', 'ignore', None, a descriptor or an "
+            f"object with fileno(), not {type(entry).__name__}"
+        )
+    if getattr(entry, "closed", False) or (isinstance(entry, socket.socket) and
+                                           entry.fileno() < 0):
+        raise ValueError(f"stdio[{i}]: {entry!r} is closed")
+    try:
+        fd = fileno()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"stdio[{i}]: {entry!r} has no usable descriptor ({exc})") from None
+    if isinstance(entry, io.BufferedWriter) or hasattr(entry, "flush"):
+        try:
+            entry.flush()  # what Python buffered must reach the file before the child writes
+        except (OSError, ValueError):
+            pass
+    return (_b.STDIO_INHERIT, _check_open_fd(fd, i))
+
+
+class _Command:
+    """A checked, encoded command line and environment, ready for ``_bindings.spawn``."""
+
+    __slots__ = ("argv", "cwd", "cwd_text", "envp", "file", "flags", "gid", "name", "spawnargs",
+                 "uid")
+
+    def __init__(
+        self,
+        command: StrOrBytesPath,
+        args: Any,
+        *,
+        cwd: StrOrBytesPath | None,
+        env: Mapping[Any, Any] | None,
+        argv0: StrOrBytesPath | None,
+        shell: bool | StrOrBytesPath,
+        detached: bool,
+        uid: int | None,
+        gid: int | None,
+    ) -> None:
+        arglist = _check_args(args)
+        file = _fsencode(command, "command")
+        if not file:
+            raise ValueError("command must not be empty")
+        argv = [file]
+        for n, a in enumerate(arglist):
+            argv.append(_fsencode(a, f"args[{n}]"))
+        if shell:
+            shell_path = b"/bin/sh" if shell is True else _fsencode(shell, "shell")
+            line = b" ".join(argv)
+            argv = [shell_path, b"-c", line]
+            file = shell_path
+        self.spawnargs = [os.fsdecode(a) for a in argv]
+        if argv0 is not None:
+            argv[0] = _fsencode(argv0, "argv0")
+        self.file = file
+        self.name = os.fsdecode(file)
+        self.argv = argv
+        self.envp = None if env is None else _encode_env(env)
+        self.cwd = None if cwd is None else _fsencode(cwd, "cwd")
+        self.cwd_text = None if cwd is None else _text(cwd)
+        flags = _b.SPAWN_SETSID if detached else 0
+        self.uid = self.gid = -1
+        if uid is not None:
+            self.uid = _check_id(uid, "uid")
+            flags |= _b.SPAWN_SETUID
+        if gid is not None:
+            self.gid = _check_id(gid, "gid")
+            flags |= _b.SPAWN_SETGID
+        self.flags = flags
+
+    def start(self, slots: Sequence[tuple[int, int]], extra_flags: int = 0,
+              pdeathsig: int = 0) -> tuple[int, list[int]]:
+        _reap_abandoned()
+        return _b.spawn(
+            self.file, self.argv, self.envp, self.cwd, slots, self.flags | extra_flags,
+            self.uid, self.gid, pdeathsig, name=self.name, spawnargs=self.spawnargs,
+            cwd_text=self.cwd_text,
+        )
+
+
+# ---- children that were dropped while running are reaped later -------------------------
+
+_abandoned: list[int] = []
+_abandoned_lock = threading.Lock()
+
+
+def _reap_abandoned() -> None:
+    if not _abandoned:
+        return
+    with _abandoned_lock:
+        for pid in list(_abandoned):
+            try:
+                done = _b.process_reap(pid) is not None
+            except ChildProcessError:
+                done = True
+            if done:
+                _abandoned.remove(pid)
+
+
+# ---- the timeout watchdog of spawn(timeout=...) -----------------------------------------
+
+
+class _Watchdog:
+    """One daemon thread that kills children whose spawn ``timeout`` has passed."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, ChildProcess]] = []
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+
+    def add(self, child: ChildProcess, timeout: float) -> None:
+        with self._cond:
+            self._seq += 1
+            heapq.heappush(self._heap, (time.monotonic() + timeout, self._seq, child))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="pyforkd-timeouts",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                deadline, _, child = self._heap[0]
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+            child._time_out()
+
+
+_watchdog = _Watchdog()
+
+
+# ---- ChildProcess ---------------------------------------------------------------------------
+
+
+class ChildProcess:
+    """A child process started by :func:`spawn`: its pid, its pipes, and its fate.
+
+    ``stdin``, ``stdout`` and ``stderr`` are binary files (text when ``encoding`` was
+    given), or None when that slot is not a pipe; ``stdio`` lists every slot, with a
+    ``socket.socket`` for pipes at slots 3 and up.  The child is reaped by :meth:`wait`,
+    :meth:`poll`, the ``with`` block's end, or garbage collection once it has exited, so
+    no zombie outlives the object.
+    """
+
+    def __init__(self, pid: int, args: list[str], fds: Sequence[int], *,
+                 encoding: str | None = None, errors: str = "strict",
+                 kill_signal: int = _signal.SIGTERM) -> None:
+        self.pid: int = pid
+        self.args: list[str] = args
+        self.spawnargs: list[str] = args
+        self.returncode: int | None = None
+        self.exit_code: int | None = None
+        self.signal_code: str | None = None
+        self.killed: bool = False
+        self._kill_signal = kill_signal
+        self._encoding = None if encoding == "buffer" else encoding
+        self._errors = errors
+        self._fds = list(fds)
+        self._files: list[Any] = [None] * len(self._fds)
+        self._lock = threading.Lock()
+        self._handle = -2  # -2: not opened yet; -1: the system has none
+        self._exit_event: threading.Event | None = None
+
+    # -- the pipes, made into file objects only when asked for --
+
+    def _file(self, i: int) -> Any:
+        f = self._files[i] if i < len(self._files) else None
+        if f is not None or i >= len(self._fds) or self._fds[i] < 0:
+            return f
+        fd, self._fds[i] = self._fds[i], -1
+        if i > 2:
+            f = socket.socket(fileno=fd)
+        elif i == 0:
+            f = open(fd, "wb")  # noqa: SIM115 - the child process owns its lifetime
+            if self._encoding:
+                f = io.TextIOWrapper(f, self._encoding, self._errors, write_through=True)
+        else:
+            f = open(fd, "rb")  # noqa: SIM115
+            if self._encoding:
+                f = io.TextIOWrapper(f, self._encoding, self._errors)
+        self._files[i] = f
+        return f
+
+    @property
+    def stdin(self) -> Any:
+        """The child's stdin as a writable file, or None when it is not a pipe."""
+        return self._file(0)
+
+    @property
+    def stdout(self) -> Any:
+        """The child's stdout as a readable file, or None when it is not a pipe."""
+        return self._file(1)
+
+    @property
+    def stderr(self) -> Any:
+        """The child's stderr as a readable file, or None when it is not a pipe."""
+        return self._file(2)
+
+    @property
+    def stdio(self) -> list[Any]:
+        """Every slot: a file (0-2) or socket (3 and up) for pipes, None for the rest."""
+        return [self._file(i) for i in range(len(self._fds))]
+
+    def _take_fds(self) -> list[int]:
+        """Hand the raw pipe descriptors to another owner (the exec family, asyncio)."""
+        fds, self._fds = self._fds, [-1] * len(self._fds)
+        return fds
+
+    # -- exit status --
+
+    def _reap_locked(self) -> bool:
+        if self.returncode is not None:
+            return True
+        try:
+            status = _b.process_reap(self.pid)
+        except ChildProcessError as exc:
+            raise ChildProcessError(
+                exc.errno,
+                f"waitpid: child {self.pid} was reaped by someone else (a SIGCHLD handler or "
+                "a waitpid(-1) loop in this process); its exit status is lost",
+            ) from None
+        if status is None:
+            return False
+        code, sig = status
+        if sig:
+            self.exit_code, self.signal_code, self.returncode = None, signal_name(sig), -sig
+        else:
+            self.exit_code, self.returncode = code, code
+        if self._handle >= 0:
+            os.close(self._handle)
+        self._handle = -1
+        return True
+
+    def poll(self) -> int | None:
+        """The return code if the child has exited (reaping it), else None."""
+        if self.returncode is None:
+            with self._lock:
+                self._reap_locked()
+        return self.returncode
+
+    def _wait_handle(self) -> int:
+        # Opened on first use only: a zombie keeps its pid, so opening it late is race-free.
+        if self._handle == -2:
+            with self._lock:
+                if self._handle == -2:
+                    self._handle = _b.process_open(self.pid) if self.returncode is None else -1
+        return self._handle
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child to exit and return its ``returncode``.
+
+        ``returncode`` is the exit status, or ``-N`` when signal N ended the child.  With a
+        ``timeout`` (seconds) raise :class:`pyforkd.TimeoutExpired` when it runs out; the
+        child keeps running.  Waiting releases the GIL and never polls on a timer.
+        """
+        timeout = _check_timeout(timeout)
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is None:
+            while not _b.process_wait(self.pid, -1, -1):
+                pass  # None: a signal came; its Python handler ran here; wait on
+        else:
+            self._wait_until(time.monotonic() + timeout, timeout)
+        with self._lock:
+            self._reap_locked()
+        if self.returncode is None:
+            # Someone else's wait saw the exit first and this one raced it: reap blocking.
+            while not _b.process_wait(self.pid, -1, -1):
+                pass
+            with self._lock:
+                self._reap_locked()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _wait_until(self, deadline: float, timeout: float) -> None:
+        handle = self._wait_handle()
+        if self.returncode is not None:
+            return
+        if self._exit_event is None:
+            try:
+                self._wait_timed(handle, deadline, timeout)
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENOSYS:
+                    raise
+            # No pidfd (Linux before 5.3): one thread does the blocking wait.
+            if self._exit_event is None:
+                with self._lock:
+                    if self._exit_event is None:
+                        self._exit_event = threading.Event()
+                        threading.Thread(target=self._wait_thread, daemon=True,
+                                         name=f"pyforkd-wait-{self.pid}").start()
+        if not self._exit_event.wait(max(0.0, deadline - time.monotonic())):
+            raise TimeoutExpired(self.args, timeout)
+
+    def _wait_timed(self, handle: int, deadline: float, timeout: float) -> None:
+        while True:
+            left = deadline - time.monotonic()
+            done = _b.process_wait(self.pid, handle, max(0, math.ceil(left * 1000)))
+            if done:
+                return
+            if done is False and time.monotonic() >= deadline:
+                raise TimeoutExpired(self.args, timeout)
+
+    def _wait_thread(self) -> None:
+        while not _b.process_wait(self.pid, -1, -1):
+            pass
+        assert self._exit_event is not None
+        self._exit_event.set()
+
+    def kill(self, sig: SignalLike = _signal.SIGTERM) -> bool:
+        """Send ``sig`` (number or name, default SIGTERM); False if the child already exited.
+
+        Never signals a stranger: the pid is reaped only under the same lock, so it cannot
+        have been recycled.
+        """
+        signum = signal_number(sig, "kill signal", allow_zero=True)
+        with self._lock:
+            if self._reap_locked():
+                return False
+            handle = self._handle if self._handle >= 0 else -1
+            sent = _b.process_kill(self.pid, handle, signum)
+        if sent and signum != 0:
+            self.killed = True
+        return sent
+
+    def _time_out(self) -> None:
+        self.kill(self._kill_signal)
+
+    @property
+    def connected(self) -> bool:
+        """False: a spawned child has no IPC channel (see ``pyforkd.fork``)."""
+        return False
+
+    # -- closing --
+
+    def _close_pipes(self) -> None:
+        for i, f in enumerate(self._files):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass  # a child that stopped reading: what was buffered is dropped
+                self._files[i] = None
+        for i, fd in enumerate(self._fds):
+            if fd >= 0:
+                os.close(fd)
+                self._fds[i] = -1
+
+    def close(self) -> None:
+        """Close every pipe to the child (it does not wait; see :meth:`wait`)."""
+        self._close_pipes()
+
+    def __enter__(self) -> ChildProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # Readers first, so that a child blocked writing to a full pipe gets EPIPE instead of
+        # deadlocking this wait; then stdin (flushed), so that the child sees EOF.
+        for i in (1, 2, 0):
+            f = self._files[i] if i < len(self._files) else None
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+                self._files[i] = None
+        self._close_pipes()
+        self.wait()
+
+    def __del__(self) -> None:
+        fds = getattr(self, "_fds", ())
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if getattr(self, "returncode", 0) is not None:
+            return
+        try:
+            if self._reap_locked():
+                return
+        except (OSError, AttributeError):
+            return
+        if self._handle >= 0:
+            try:
+                os.close(self._handle)
+            except OSError:
+                pass
+        with _abandoned_lock:
+            _abandoned.append(self.pid)
+        warnings.warn(f"pyforkd: child {self.pid} {self.args!r} is still running; it will be "
+                      "reaped when it exits", ResourceWarning, stacklevel=2)
+
+    def __repr__(self) -> str:
+        state = "running" if self.returncode is None else f"returncode={self.returncode}"
+        return f"<ChildProcess pid={self.pid} {state} args={self.args!r}>"
+
+
+# ---- spawn ---------------------------------------------------------------------------------
+
+
+def spawn(
+    command: StrOrBytesPath,
+    args: Iterable[StrOrBytesPath] | None = None,
+    *,
+    cwd: StrOrBytesPath | None = None,
+    env: Mapping[str, str] | None = None,
+    argv0: StrOrBytesPath | None = None,
+    stdio: Stdio = "pipe",
+    detached: bool = False,
+    uid: int | None = None,
+    gid: int | None = None,
+    shell: bool | StrOrBytesPath = False,
+    timeout: float | None = None,
+    kill_signal: SignalLike = "SIGTERM",
+    encoding: str | None = None,
+    errors: str = "strict",
+    windows_hide: bool = False,
+) -> ChildProcess:
+    """Start ``command`` with ``args`` and return at once with a :class:`ChildProcess`.
+
+    Like Node's ``child_process.spawn``: the program is searched in ``env["PATH"]`` (the
+    parent's PATH when ``env`` is None); ``stdio`` is ``"pipe"`` (default), ``"inherit"``,
+    ``"ignore"`` or a list with one entry per child descriptor (those words, None, an int
+    descriptor, or a file/socket); ``detached`` starts a new session; ``timeout`` (seconds)
+    kills the child with ``kill_signal`` when it runs out.  The child gets exactly the
+    descriptors named in ``stdio``, an empty signal mask and default signal dispositions.
+    ``windows_hide`` is accepted everywhere and only matters on Windows.
+
+    Raises :class:`SpawnError` (an ``OSError`` such as ``FileNotFoundError``) when the
+    program cannot be started, naming the failing step in ``.syscall``; ``ValueError`` /
+    ``TypeError`` for bad options, before any process exists.
+    """
+    del windows_hide
+    cmd = _Command(command, args, cwd=cwd, env=env, argv0=argv0, shell=shell,
+                   detached=detached, uid=uid, gid=gid)
+    timeout = _check_timeout(timeout)
+    kill_sig = signal_number(kill_signal, "kill_signal")
+    slots = _stdio_slots(stdio)
+    pid, fds = cmd.start(slots)
+    child = ChildProcess(pid, cmd.spawnargs, fds, encoding=encoding, errors=errors,
+                         kill_signal=kill_sig)
+    if timeout is not None:
+        _watchdog.add(child, timeout)
+    return child
+
+
+# ---- the synchronous family ------------------------------------------------------------------
+
+
+class CompletedProcess(subprocess.CompletedProcess):  # type: ignore[type-arg]
+    """A finished child: ``args``, ``returncode``, ``stdout``, ``stderr`` (as in subprocess).
+
+    Also ``pid``, ``exit_code`` (None when a signal ended it), ``signal_code``
+    (``"SIGTERM"`` or None), ``killed`` (pyforkd killed it: timeout or max_buffer),
+    ``output`` (Node's ``[None, stdout, stderr]``).
+    """
+
+    def __init__(self, args: Any, returncode: int, stdout: Any = None, stderr: Any = None,
+                 *, pid: int = 0, exit_code: int | None = None,
+                 signal_code: str | None = None, killed: bool = False) -> None:
+        super().__init__(args, returncode, stdout, stderr)
+        self.pid = pid
+        self.exit_code = exit_code
+        self.signal_code = signal_code
+        self.killed = killed
+
+    @property
+    def status(self) -> int | None:
+        """Node's name for ``exit_code``."""
+        return self.exit_code
+
+    @property
+    def output(self) -> list[Any]:
+        """Node's ``[stdin, stdout, stderr]`` (stdin is always None)."""
+        return [None, self.stdout, self.stderr]
+
+
+def _decode(data: bytes, encoding: str | None, errors: str) -> Any:
+    if encoding is None or encoding == "buffer":
+        return data
+    return data.decode(encoding, errors)
+
+
+def _check_max_buffer(max_buffer: Any) -> int:
+    if max_buffer is None:
+        return 0
+    if isinstance(max_buffer, bool) or not isinstance(max_buffer, int):
+        raise TypeError(f"max_buffer must be an int or None, not {type(max_buffer).__name__}")
+    if max_buffer <= 0:
+        raise ValueError(f"max_buffer must be > 0 (or None for no limit), got {max_buffer}")
+    return max_buffer
+
+
+def _check_input(data: Any, encoding: str | None) -> bytes | None:
+    if data is None:
+        return None
+    if isinstance(data, str):
+        return data.encode(encoding if encoding and encoding != "buffer" else "utf-8")
+    try:
+        return bytes(memoryview(data))
+    except TypeError:
+        raise TypeError(f"input must be bytes-like or str, not {type(data).__name__}") from None
+
+
+def _ms(seconds: float) -> int:
+    return max(0, math.ceil(seconds * 1000))
+
+
+def _run_collect(child: ChildProcess, collector: _b.Collector, timeout: float | None,
+                 kill_signal: int) -> str:
+    """Drive the collector to the end; kill the child on timeout/overflow. Returns why it
+    stopped: "done", "timeout" or "overflow"."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = -1 if deadline is None else _ms(deadline - time.monotonic())
+        state = collector.run(left)
+        if state == "interrupted":
+            continue
+        if state == "done":
+            return state
+        child.kill(kill_signal)
+        _wait_or_escalate(child)
+        # What the child wrote before dying is still in the pipes: take it, but do not wait
+        # for EOF, which a grandchild holding the pipe might never give.
+        while collector.run(0) == "interrupted":
+            pass
+        return state
+
+
+def _wait_or_escalate(child: ChildProcess) -> None:
+    try:
+        child.wait(KILL_GRACE)
+    except TimeoutExpired:
+        warnings.warn(
+            f"pyforkd: child {child.pid} {child.args!r} ignored its kill signal for "
+            f"{KILL_GRACE:g} s; sending SIGKILL (pass kill_signal='SIGKILL' to skip the wait)",
+            RuntimeWarning, stacklevel=4)
+        child.kill(_signal.SIGKILL)
+        child.wait()
+
+
+def _collect(
+    command: StrOrBytesPath,
+    args: Any,
+    *,
+    stdio: Stdio,
+    input: Any,
+    timeout: Any,
+    max_buffer: Any,
+    kill_signal: SignalLike,
+    encoding: str | None,
+    errors: str,
+    **spawn_options: Any,
+) -> tuple[CompletedProcess, str, int]:
+    cmd = _Command(command, args, **spawn_options)
+    timeout = _check_timeout(timeout)
+    limit = _check_max_buffer(max_buffer)
+    kill_sig = signal_number(kill_signal, "kill_signal")
+    data = _check_input(input, encoding)
+    slots = list(_stdio_slots(stdio))
+    if data is not None and slots[0][0] != _b.STDIO_PIPE:
+        raise ValueError("input needs stdio[0] to be 'pipe'")
+    if data is None and slots[0][0] == _b.STDIO_PIPE:
+        slots[0] = (_b.STDIO_IGNORE, -1)  # nothing to write: the child reads /dev/null
+    pid, fds = cmd.start(slots)
+    child = ChildProcess(pid, cmd.spawnargs, fds, kill_signal=kill_sig)
+    extra = child._take_fds()
+    collector = _b.Collector(extra[0], data, extra[1], extra[2], limit)
+    for fd in extra[3:]:
+        if fd >= 0:
+            os.close(fd)
+    try:
+        state = _run_collect(child, collector, timeout, kill_sig)
+        out, err = collector.output(0), collector.output(1)
+        overflow = collector.overflow
+    finally:
+        collector.close()
+        if child.returncode is None and child.poll() is None:
+            # Reached only when an exception (Ctrl-C) cut the collection short.
+            child.kill(kill_sig)
+            _wait_or_escalate(child)
+    if state == "done":
+        left = None if timeout is None else max(0.0, timeout)
+        try:
+            child.wait(left)
+        except TimeoutExpired:
+            state = "timeout"
+            child.kill(kill_sig)
+            _wait_or_escalate(child)
+    result = CompletedProcess(
+        cmd.spawnargs, child.wait(), _decode(out, encoding, errors), _decode(err, encoding,
+                                                                             errors),
+        pid=pid, exit_code=child.exit_code, signal_code=child.signal_code,
+        killed=child.killed)
+    return result, state, overflow
+
+
+def _raise_for(result: CompletedProcess, state: str, overflow: int, max_buffer: Any,
+               timeout: float | None) -> None:
+    common = {"killed": result.killed, "signal": result.signal_code, "pid": result.pid}
+    if state == "overflow":
+        raise MaxBufferError(result.returncode, result.args, result.stdout, result.stderr,
+                             stream="stdout" if overflow == 1 else "stderr",
+                             max_buffer=max_buffer, **common)
+    if state == "timeout":
+        raise ExecError(result.returncode, result.args, result.stdout, result.stderr,
+                        timeout=timeout, **common)
+    if result.returncode != 0:
+        raise ExecError(result.returncode, result.args, result.stdout, result.stderr, **common)
+
+
+def spawn_sync(
+    command: StrOrBytesPath,
+    args: Iterable[StrOrBytesPath] | None = None,
+    *,
+    input: Any = None,
+    cwd: StrOrBytesPath | None = None,
+    env: Mapping[str, str] | None = None,
+    argv0: StrOrBytesPath | None = None,
+    stdio: Stdio = "pipe",
+    detached: bool = False,
+    uid: int | None = None,
+    gid: int | None = None,
+    shell: bool | StrOrBytesPath = False,
+    timeout: float | None = None,
+    kill_signal: SignalLike = "SIGTERM",
+    max_buffer: int | None = DEFAULT_MAX_BUFFER,
+    encoding: str | None = None,
+    errors: str = "strict",
+    windows_hide: bool = False,
+) -> CompletedProcess:
+    """Run ``command`` to completion and return a :class:`CompletedProcess` (Node's spawnSync).
+
+    It never raises for the child's exit status or a timeout: look at ``returncode``,
+    ``killed`` and ``signal_code``.  ``input`` (bytes or str) is written to the child's
+    stdin; without it the child's stdin is /dev/null.  stdout and stderr are read at once,
+    so neither can fill up and deadlock.  A stream over ``max_buffer`` bytes (None: no
+    limit) kills the child and raises :class:`MaxBufferError` with what was read.
+    """
+    del windows_hide
+    result, state, overflow = _collect(
+        command, args, stdio=stdio, input=input, timeout=timeout, max_buffer=max_buffer,
+        kill_signal=kill_signal, encoding=encoding, errors=errors, cwd=cwd, env=env,
+        argv0=argv0, detached=detached, uid=uid, gid=gid, shell=shell)
+    if state == "overflow":
+        _raise_for(result, state, overflow, max_buffer, timeout)
+    return result
+
+
+def exec_file(
+    file: StrOrBytesPath,
+    args: Iterable[StrOrBytesPath] | None = None,
+    *,
+    input: Any = None,
+    cwd: StrOrBytesPath | None = None,
+    env: Mapping[str, str] | None = None,
+    argv0: StrOrBytesPath | None = None,
+    detached: bool = False,
+    uid: int | None = None,
+    gid: int | None = None,
+    shell: bool | StrOrBytesPath = False,
+    timeout: float | None = None,
+    kill_signal: SignalLike = "SIGTERM",
+    max_buffer: int | None = DEFAULT_MAX_BUFFER,
+    encoding: str | None = None,
+    errors: str = "strict",
+    windows_hide: bool = False,
+) -> CompletedProcess:
+    """Run a program without a shell and return its :class:`CompletedProcess`.
+
+    Raises :class:`ExecError` (a ``subprocess.CalledProcessError``) when the program exits
+    non-zero, is killed by a signal, or runs past ``timeout`` seconds (it is then killed
+    with ``kill_signal``; ``killed`` is True); :class:`MaxBufferError` when stdout or stderr
+    goes over ``max_buffer`` bytes (default 1 MiB as in Node; None for no limit).
+    Output is bytes unless ``encoding`` is given.
+    """
+    del windows_hide
+    timeout = _check_timeout(timeout)
+    result, state, overflow = _collect(
+        file, args, stdio="pipe", input=input, timeout=timeout, max_buffer=max_buffer,
+        kill_signal=kill_signal, encoding=encoding, errors=errors, cwd=cwd, env=env,
+        argv0=argv0, detached=detached, uid=uid, gid=gid, shell=shell)
+    _raise_for(result, state, overflow, max_buffer, timeout)
+    return result
+
+
+def exec(
+    command: str | bytes,
+    *,
+    shell: bool | StrOrBytesPath = True,
+    **options: Any,
+) -> CompletedProcess:
+    """Run ``command`` through the shell (``/bin/sh -c``) and return a CompletedProcess.
+
+    Same options, result and errors as :func:`exec_file`; ``shell`` may name another shell.
+    """
+    if not isinstance(command, (str, bytes)):
+        raise TypeError(f"command must be a str, not {type(command).__name__}")
+    return exec_file(command, None, shell=shell or True, **options)
+
+
+def exec_file_sync(file: StrOrBytesPath, args: Iterable[StrOrBytesPath] | None = None,
+                   **options: Any) -> Any:
+    """Like :func:`exec_file` but return only stdout, as Node's ``execFileSync`` does."""
+    return exec_file(file, args, **options).stdout
+
+
+def exec_sync(command: str | bytes, **options: Any) -> Any:
+    """Like :func:`exec` but return only stdout, as Node's ``execSync`` does."""
+    return exec(command, **options).stdout
+

@@ -1,0 +1,183 @@
+"""The exception hierarchy.
+
+Every pyforkd exception derives from :class:`PyforkdError` and also from the builtin or
+standard-library exception that means the same thing, so code that already catches
+``OSError``, ``FileNotFoundError``, ``subprocess.CalledProcessError`` or
+``subprocess.TimeoutExpired`` keeps working.  An OS error is raised as the builtin subclass
+that matches its errno (``SpawnError`` for ENOENT is also a ``FileNotFoundError``).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "ExecError",
+    "MaxBufferError",
+    "PyforkdError",
+    "SpawnError",
+    "TimeoutExpired",
+]
+
+
+class PyforkdError(Exception):
+    """Base class of every exception pyforkd raises on its own account."""
+
+
+class SpawnError(PyforkdError, OSError):
+    """A child process could not be started.
+
+    Attributes: ``errno`` and ``code`` (its name, ``"ENOENT"``), ``syscall`` (the step that
+    failed: ``"spawn ls"`` for the program itself, ``"chdir"`` for the cwd, ...), ``path``
+    (the program, or the cwd when changing into it failed), ``spawnargs`` (the full argv).
+    The instance is also of the builtin class for its errno, e.g. ``FileNotFoundError``.
+    """
+
+    def __init__(
+        self,
+        errno: int,
+        strerror: str,
+        filename: str | None = None,
+        *,
+        syscall: str = "",
+        spawnargs: Sequence[str] = (),
+    ) -> None:
+        super().__init__(errno, strerror, filename)
+        self.code: str = _errno.errorcode.get(errno, "UNKNOWN")
+        self.syscall: str = syscall
+        self.path: str | None = filename
+        self.spawnargs: list[str] = list(spawnargs)
+
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild_spawn_error,
+            (self.errno, self.strerror, self.filename, self.syscall, self.spawnargs),
+        )
+
+
+def _rebuild_spawn_error(
+    err: int, strerror: str, filename: str | None, syscall: str, spawnargs: list[str]
+) -> SpawnError:
+    return oserror_class(SpawnError, err)(
+        err, strerror, filename, syscall=syscall, spawnargs=spawnargs
+    )
+
+
+_OSERROR_CLASSES: dict[tuple[type, int], type] = {}
+
+
+def oserror_class(base: type, err: int) -> type:
+    """``base`` combined with the builtin ``OSError`` subclass for ``err``.
+
+    ``oserror_class(SpawnError, errno.ENOENT)`` is a class that is both a ``SpawnError``
+    and a ``FileNotFoundError``; errnos without a builtin subclass give ``base`` itself.
+    """
+    key = (base, err)
+    cls = _OSERROR_CLASSES.get(key)
+    if cls is None:
+        builtin = type(OSError(err, ""))
+        if builtin is OSError:
+            cls = base
+        else:
+            cls = type(base.__name__, (base, builtin), {"__module__": base.__module__})
+            cls.__qualname__ = base.__qualname__
+        _OSERROR_CLASSES[key] = cls
+    return cls
+
+
+class ExecError(PyforkdError, subprocess.CalledProcessError):
+    """A command run by the exec family failed: non-zero exit, a signal, or a timeout.
+
+    Besides ``returncode``, ``cmd``, ``stdout`` and ``stderr`` (as in
+    ``subprocess.CalledProcessError``) it carries Node's fields: ``code`` (the exit code, or
+    None when a signal ended the child), ``signal`` (``"SIGTERM"`` or None), ``killed``
+    (True when pyforkd killed it, after a timeout or max_buffer), and ``pid``.
+    """
+
+    def __init__(
+        self,
+        returncode: int,
+        cmd: Any,
+        output: Any = None,
+        stderr: Any = None,
+        *,
+        killed: bool = False,
+        signal: str | None = None,
+        pid: int | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(returncode, cmd, output, stderr)
+        self.code: int | None = returncode if returncode >= 0 else None
+        self.signal: str | None = signal
+        self.killed: bool = killed
+        self.pid: int | None = pid
+        self.timeout: float | None = timeout
+
+    def __str__(self) -> str:
+        if self.timeout is not None and self.killed:
+            return (
+                f"Command {self.cmd!r} timed out after {self.timeout:g} seconds "
+                f"and was killed with {self.signal}"
+            )
+        return super().__str__()
+
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild_exec_error,
+            (type(self), self.returncode, self.cmd, self.stdout, self.stderr, self.__dict__),
+        )
+
+
+def _rebuild_exec_error(
+    cls: type, returncode: int, cmd: Any, stdout: Any, stderr: Any, state: dict[str, Any]
+) -> ExecError:
+    err = cls.__new__(cls)
+    subprocess.CalledProcessError.__init__(err, returncode, cmd, stdout, stderr)
+    err.__dict__.update(state)
+    return err
+
+
+class MaxBufferError(ExecError):
+    """A stream went over ``max_buffer``: the child was killed.
+
+    ``stdout`` and ``stderr`` hold what was read, each cut at ``max_buffer`` bytes;
+    ``stream`` names the stream that went over (``"stdout"`` or ``"stderr"``).
+    """
+
+    def __init__(
+        self,
+        returncode: int,
+        cmd: Any,
+        output: Any = None,
+        stderr: Any = None,
+        *,
+        stream: str = "stdout",
+        max_buffer: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(returncode, cmd, output, stderr, **kwargs)
+        self.stream: str = stream
+        self.max_buffer: int = max_buffer
+
+    def __str__(self) -> str:
+        return f"Command {self.cmd!r}: {self.stream} went over max_buffer ({self.max_buffer} bytes)"
+
+
+class TimeoutExpired(PyforkdError, subprocess.TimeoutExpired, TimeoutError):
+    """``wait(timeout)`` ran out before the child exited; the child is left running.
+
+    It is a ``subprocess.TimeoutExpired`` and a builtin ``TimeoutError``.
+    """
+
+    def __init__(self, cmd: Any, timeout: float) -> None:
+        subprocess.TimeoutExpired.__init__(self, cmd, timeout)
+        self.args = (cmd, timeout)
+
+    def __str__(self) -> str:
+        return subprocess.TimeoutExpired.__str__(self)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.cmd, self.timeout))
