@@ -513,6 +513,30 @@ static void pfd__child_identity(const pfd__plan_t *plan) {
   }
 }
 
+/* Child side: every signal disposition back to SIG_DFL, the C library's private signals
+ * included (glibc's sigaction() refuses 32 and 33, and a SIG_IGN there would outlive exec).
+ * On Linux the raw syscall takes an all-zero kernel sigaction, which is SIG_DFL with no
+ * flags and an empty mask whatever the architecture's field order. */
+static void pfd__child_signal_defaults(void) {
+  int sig;
+#ifdef __linux__
+  static const unsigned long zero_action[8];
+  for (sig = 1; sig < NSIG; sig++) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    (void)syscall(SYS_rt_sigaction, sig, zero_action, NULL, (size_t)((NSIG - 1) / 8));
+  }
+#else
+  struct sigaction dfl;
+  memset(&dfl, 0, sizeof(dfl));
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  for (sig = 1; sig < NSIG; sig++) {
+    if (sig == SIGKILL || sig == SIGSTOP) continue;
+    (void)sigaction(sig, &dfl, NULL);
+  }
+#endif
+}
+
 /*
  * Runs in the child between vfork/fork and exec, and never returns.
  *
@@ -527,17 +551,9 @@ static void pfd__child_identity(const pfd__plan_t *plan) {
 static void pfd__spawn_child(const pfd__plan_t *plan) __attribute__((noreturn, noinline));
 static void pfd__spawn_child(const pfd__plan_t *plan) {
   const pfd_spawn_options_t *o = plan->options;
-  struct sigaction dfl;
   sigset_t none;
-  int sig;
 
-  memset(&dfl, 0, sizeof(dfl));
-  dfl.sa_handler = SIG_DFL;
-  sigemptyset(&dfl.sa_mask);
-  for (sig = 1; sig < NSIG; sig++) {
-    if (sig == SIGKILL || sig == SIGSTOP) continue;
-    (void)sigaction(sig, &dfl, NULL); /* the C library's internal signals refuse: fine */
-  }
+  pfd__child_signal_defaults();
   if ((o->flags & PFD_SPAWN_SETSID) && setsid() < 0) {
     pfd__child_fail(plan, PFD_STEP_SETSID, errno, -1);
   }

@@ -1,0 +1,147 @@
+/* runner.c - runs every test of test_list.h, each in a child process of its own (this same
+ * binary with "--run NAME"), and plays the child roles ("--child NAME ...").  Prints one
+ * line per test and a closing "N passed, N failed, N skipped" line; exits 1 on failure. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "runner.h"
+#include "test_list.h"
+
+#define DECLARE_TEST(name) int pfd_test_##name(void);
+#define DECLARE_CHILD(name) int pfd_child_##name(int argc, char **argv);
+PFD_TESTS(DECLARE_TEST)
+PFD_CHILDREN(DECLARE_CHILD)
+
+typedef struct {
+  const char *name;
+  int (*fn)(void);
+} test_entry_t;
+
+typedef struct {
+  const char *name;
+  int (*fn)(int, char **);
+} child_entry_t;
+
+#define TEST_ENTRY(name) {#name, pfd_test_##name},
+#define CHILD_ENTRY(name) {#name, pfd_child_##name},
+static const test_entry_t tests[] = {PFD_TESTS(TEST_ENTRY)};
+static const child_entry_t children[] = {PFD_CHILDREN(CHILD_ENTRY)};
+
+const char *pfd_test_self;
+
+int pfd_test_count_fds(void) {
+  int count = 0;
+  struct dirent *e;
+  DIR *d = opendir("/proc/self/fd");
+  CHECK(d != NULL);
+  while ((e = readdir(d)) != NULL) {
+    if (e->d_name[0] != '.') count++;
+  }
+  closedir(d);
+  return count - 1; /* the directory's own descriptor */
+}
+
+int pfd_test_spawn_child(const char *name, const char *arg, pfd_stdio_t *stdio, int count,
+                         unsigned flags, pfd_spawn_result_t *result) {
+  char *argv[5];
+  pfd_spawn_options_t o;
+  argv[0] = (char *)pfd_test_self;
+  argv[1] = (char *)"--child";
+  argv[2] = (char *)name;
+  argv[3] = (char *)arg;
+  argv[4] = NULL;
+  memset(&o, 0, sizeof(o));
+  o.file = pfd_test_self;
+  o.argv = argv;
+  o.stdio = stdio;
+  o.stdio_count = count;
+  o.flags = flags;
+  return pfd_spawn(&o, result);
+}
+
+size_t pfd_test_read_all(int fd, char *buf, size_t size) {
+  size_t len = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf + len, size - 1 - len);
+    if (n < 0 && errno == EINTR) continue;
+    CHECK(n >= 0);
+    if (n == 0 || len + (size_t)n >= size - 1) {
+      len += (size_t)(n > 0 ? n : 0);
+      break;
+    }
+    len += (size_t)n;
+  }
+  buf[len] = '\0';
+  return len;
+}
+
+int pfd_test_reap(int pid) {
+  int status;
+  while (waitpid(pid, &status, 0) < 0) CHECK(errno == EINTR);
+  if (WIFSIGNALED(status)) return -WTERMSIG(status);
+  return WEXITSTATUS(status);
+}
+
+static int run_one(const test_entry_t *t) {
+  int status;
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    execl(pfd_test_self, pfd_test_self, "--run", t->name, (char *)NULL);
+    _exit(126);
+  }
+  while (waitpid(pid, &status, 0) < 0) CHECK(errno == EINTR);
+  if (WIFSIGNALED(status)) {
+    fprintf(stderr, "%s: killed by signal %d\n", t->name, WTERMSIG(status));
+    return 1;
+  }
+  return WEXITSTATUS(status);
+}
+
+int main(int argc, char **argv) {
+  static char self[PATH_MAX];
+  size_t i, passed = 0, failed = 0, skipped = 0;
+  if (realpath(argv[0], self) == NULL) {
+    perror("realpath");
+    return 2;
+  }
+  pfd_test_self = self;
+  setvbuf(stdout, NULL, _IONBF, 0);
+  if (argc >= 3 && strcmp(argv[1], "--child") == 0) {
+    for (i = 0; i < sizeof(children) / sizeof(children[0]); i++) {
+      if (strcmp(children[i].name, argv[2]) == 0) return children[i].fn(argc - 3, argv + 3);
+    }
+    fprintf(stderr, "no child role %s\n", argv[2]);
+    return 2;
+  }
+  if (argc >= 3 && strcmp(argv[1], "--run") == 0) {
+    for (i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+      if (strcmp(tests[i].name, argv[2]) == 0) return tests[i].fn();
+    }
+    fprintf(stderr, "no test %s\n", argv[2]);
+    return 2;
+  }
+  for (i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+    if (argc >= 2 && strstr(tests[i].name, argv[1]) == NULL) continue;
+    int r = run_one(&tests[i]);
+    if (r == 0) {
+      passed++;
+      printf("ok %zu - %s\n", i + 1, tests[i].name);
+    } else if (r == PFD_TEST_SKIP) {
+      skipped++;
+      printf("ok %zu - %s # SKIP\n", i + 1, tests[i].name);
+    } else {
+      failed++;
+      printf("not ok %zu - %s (exit %d)\n", i + 1, tests[i].name, r);
+    }
+  }
+  printf("%zu passed, %zu failed, %zu skipped\n", passed, failed, skipped);
+  return failed ? 1 : 0;
+}

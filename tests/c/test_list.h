@@ -1,0 +1,34 @@
+/* test_list.h - every C test and every child role, in one list. */
+#define PFD_TESTS(X)              \
+  X(errors_names)                 \
+  X(spawn_exit_code)              \
+  X(spawn_missing_program)        \
+  X(spawn_not_executable)         \
+  X(spawn_missing_cwd)            \
+  X(spawn_exec_failure_step)      \
+  X(spawn_stdio_pipes)            \
+  X(spawn_stdio_swapped_sources)  \
+  X(spawn_fd_hygiene)             \
+  X(spawn_signals_reset)          \
+  X(spawn_setsid)                 \
+  X(spawn_env_path)               \
+  X(spawn_uid_gid)                \
+  X(spawn_pdeathsig)              \
+  X(spawn_bad_options)            \
+  X(process_wait_timeout_kill)    \
+  X(process_reap_twice)           \
+  X(collect_both_streams)         \
+  X(collect_max_buffer)           \
+  X(collect_timeout)
+
+#define PFD_CHILDREN(X) \
+  X(exit)               \
+  X(write)              \
+  X(list_fds)           \
+  X(signal_state)       \
+  X(session)            \
+  X(ids)                \
+  X(sleep)              \
+  X(spew)               \
+  X(swapped)            \
+  X(spawn_orphan)
