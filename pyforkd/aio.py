@@ -1,1 +1,380 @@
-"""asyncio counterparts (filled in below)."""
+"""asyncio counterparts of :mod:`pyforkd.child_process`.
+
+``spawn`` starts the child exactly as the synchronous one does (same checks, same C call),
+then hands its pipes to the running loop as ``asyncio.StreamReader`` / ``StreamWriter``.
+Waiting is driven by the child's pidfd registered with the loop (Linux; a helper thread
+elsewhere), so no SIGCHLD handler and no child watcher is involved::
+
+    async with pyforkd.aio.spawn("cat") as p:
+        p.stdin.write(b"hi"); await p.stdin.drain(); p.stdin.close()
+        print(await p.stdout.read())
+    r = await pyforkd.aio.exec_file("git", ["status"], timeout=5)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal as _signal
+import socket
+import warnings
+from collections.abc import Generator, Iterable, Mapping
+from typing import Any
+
+from . import child_process as _cp
+from .child_process import (
+    DEFAULT_MAX_BUFFER,
+    KILL_GRACE,
+    ChildProcess,
+    CompletedProcess,
+    SignalLike,
+    Stdio,
+    StrOrBytesPath,
+)
+
+__all__ = ["Process", "exec", "exec_file", "spawn"]
+
+_STREAM_LIMIT = 2**16
+_DRAIN_AFTER_KILL = 0.1  # seconds
+
+
+class _WriteProtocol(asyncio.streams.FlowControlMixin):
+    """Flow control for a child's stdin, with the close waiter StreamWriter wants."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._closed = loop.create_future()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _get_close_waiter(self, stream: object) -> asyncio.Future[None]:
+        return self._closed
+
+
+class Process:
+    """A child started by :func:`spawn`, seen from asyncio.
+
+    ``stdin`` is an ``asyncio.StreamWriter``, ``stdout`` / ``stderr`` are
+    ``asyncio.StreamReader`` (or None when not piped); ``stdio`` lists every slot, with a
+    ``socket.socket`` for pipes at slots 3 and up.  ``returncode``, ``exit_code``,
+    ``signal_code`` and ``killed`` read through to the underlying :class:`ChildProcess`.
+    """
+
+    def __init__(self, child: ChildProcess, loop: asyncio.AbstractEventLoop) -> None:
+        self._child = child
+        self._loop = loop
+        self._exited: asyncio.Future[int] | None = None
+        self._watching = -1
+        self.stdin: asyncio.StreamWriter | None = None
+        self.stdout: asyncio.StreamReader | None = None
+        self.stderr: asyncio.StreamReader | None = None
+        self.stdio: list[Any] = []
+        self._transports: list[asyncio.BaseTransport] = []
+
+    async def _connect(self, fds: list[int], limit: int) -> None:
+        loop = self._loop
+        try:
+            for i, fd in enumerate(fds):
+                if fd < 0:
+                    self.stdio.append(None)
+                    continue
+                fds[i] = -1  # from here on owned by its transport or socket
+                if i > 2:
+                    self.stdio.append(socket.socket(fileno=fd))
+                elif i == 0:
+                    transport, protocol = await loop.connect_write_pipe(
+                        lambda: _WriteProtocol(loop), open(fd, "wb", buffering=0))
+                    self._transports.append(transport)
+                    self.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+                    self.stdio.append(self.stdin)
+                else:
+                    reader = asyncio.StreamReader(limit=limit, loop=loop)
+                    transport, _ = await loop.connect_read_pipe(
+                        lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop),
+                        open(fd, "rb", buffering=0))
+                    self._transports.append(transport)
+                    self.stdio.append(reader)
+                    if i == 1:
+                        self.stdout = reader
+                    else:
+                        self.stderr = reader
+        finally:
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self._child.pid
+
+    @property
+    def args(self) -> list[str]:
+        """The child's argv as started (after shell wrapping)."""
+        return self._child.args
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status, ``-N`` when signal N ended it, None while it runs."""
+        return self._child.returncode
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status, or None (still running, or ended by a signal)."""
+        return self._child.exit_code
+
+    @property
+    def signal_code(self) -> str | None:
+        """The name of the signal that ended the child (``"SIGTERM"``), or None."""
+        return self._child.signal_code
+
+    @property
+    def killed(self) -> bool:
+        """True once :meth:`kill` (or a timeout) delivered a signal."""
+        return self._child.killed
+
+    def kill(self, sig: SignalLike = _signal.SIGTERM) -> bool:
+        """Send ``sig``; False when the child already exited (see ChildProcess.kill)."""
+        return self._child.kill(sig)
+
+    def poll(self) -> int | None:
+        """The return code if the child exited (reaping it), else None; never blocks."""
+        return self._child.poll()
+
+    async def wait(self) -> int:
+        """Wait for the child to exit without blocking the loop; return its returncode."""
+        if self._child.poll() is not None:
+            return self._child.returncode  # type: ignore[return-value]
+        if self._exited is None:
+            self._exited = self._loop.create_future()
+            handle = self._child._acquire_handle()
+            if handle >= 0 and self._child.returncode is None:
+                self._watching = handle
+                self._loop.add_reader(handle, self._on_exit)
+            else:
+                self._child._release_handle(handle)
+                # No pidfd (macOS, old Linux): one thread does the blocking wait.
+                task = self._loop.create_task(asyncio.to_thread(self._child.wait))
+                task.add_done_callback(lambda _t: self._on_exit())
+        return await asyncio.shield(self._exited)
+
+    def _on_exit(self) -> None:
+        code = self._child.poll()
+        if code is None:
+            return  # a spurious wake-up: the pidfd stays registered
+        if self._watching >= 0:
+            self._loop.remove_reader(self._watching)
+            self._child._release_handle(self._watching)
+            self._watching = -1
+        if self._exited is not None and not self._exited.done():
+            self._exited.set_result(code)
+
+    async def communicate(self, input: bytes | None = None) -> tuple[bytes | None,
+                                                                       bytes | None]:
+        """Write ``input`` (then close stdin), read stdout and stderr to EOF, wait."""
+        async def feed() -> None:
+            if self.stdin is None:
+                return
+            try:
+                if input:
+                    self.stdin.write(input)
+                    await self.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the child stopped reading: the rest is dropped, as in a shell
+            finally:
+                self.stdin.close()
+
+        async def read(stream: asyncio.StreamReader | None) -> bytes | None:
+            return None if stream is None else await stream.read()
+
+        _, out, err = await asyncio.gather(feed(), read(self.stdout), read(self.stderr))
+        await self.wait()
+        return out, err
+
+    def _close_transports(self) -> None:
+        for t in self._transports:
+            t.close()
+        for s in self.stdio:
+            if isinstance(s, socket.socket):
+                s.close()
+
+    async def __aenter__(self) -> Process:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.stdin is not None:
+            self.stdin.close()
+        try:
+            await self.wait()
+        finally:
+            self._close_transports()
+
+    def __repr__(self) -> str:
+        return f"<pyforkd.aio.Process pid={self.pid} returncode={self.returncode}>"
+
+
+class _Spawning:
+    """What :func:`spawn` returns: await it, or use it directly in ``async with``."""
+
+    def __init__(self, start: Any) -> None:
+        self._start = start
+        self._process: Process | None = None
+
+    def __await__(self) -> Generator[Any, None, Process]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Process:
+        self._process = await self._start()
+        return self._process
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._process is not None
+        await self._process.__aexit__(*exc)
+
+
+def spawn(
+    command: StrOrBytesPath,
+    args: Iterable[StrOrBytesPath] | None = None,
+    *,
+    stdio: Stdio = "pipe",
+    limit: int = _STREAM_LIMIT,
+    **options: Any,
+) -> _Spawning:
+    """Start a child like :func:`pyforkd.spawn`, with asyncio streams for its pipes.
+
+    ``await aio.spawn(...)`` gives a :class:`Process`; ``async with aio.spawn(...) as p``
+    also closes stdin and waits for the child at the end of the block.  ``limit`` is the
+    StreamReader buffer limit.  Every option of the synchronous spawn is accepted and
+    checked the same way, before any process exists.
+    """
+    async def start() -> Process:
+        loop = asyncio.get_running_loop()
+        child = _cp.spawn(command, args, stdio=stdio, **options)
+        proc = Process(child, loop)
+        try:
+            await proc._connect(child._take_fds(), limit)
+        except BaseException:
+            child.kill(_signal.SIGKILL)
+            await proc.wait()
+            proc._close_transports()
+            raise
+        return proc
+
+    return _Spawning(start)
+
+
+async def _finish(proc: Process, kill_signal: int) -> None:
+    """Kill the child with ``kill_signal``, give it KILL_GRACE seconds, then SIGKILL."""
+    proc.kill(kill_signal)
+    try:
+        await asyncio.wait_for(proc.wait(), KILL_GRACE)
+    except asyncio.TimeoutError:
+        warnings.warn(
+            f"pyforkd: child {proc.pid} {proc.args!r} ignored its kill signal for "
+            f"{KILL_GRACE:g} s; sending SIGKILL", RuntimeWarning, stacklevel=3)
+        proc.kill(_signal.SIGKILL)
+        await proc.wait()
+
+
+class _Overflow(Exception):
+    def __init__(self, stream: int) -> None:
+        super().__init__(stream)
+        self.stream = stream
+
+
+async def exec_file(
+    file: StrOrBytesPath,
+    args: Iterable[StrOrBytesPath] | None = None,
+    *,
+    input: Any = None,
+    timeout: float | None = None,
+    max_buffer: int | None = DEFAULT_MAX_BUFFER,
+    kill_signal: SignalLike = "SIGTERM",
+    encoding: str | None = None,
+    errors: str = "strict",
+    cwd: StrOrBytesPath | None = None,
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> CompletedProcess:
+    """Run a program to completion without blocking the loop (see :func:`pyforkd.exec_file`).
+
+    Same result and errors: :class:`ExecError` for a non-zero exit, a signal or a timeout,
+    :class:`MaxBufferError` when a stream goes over ``max_buffer``.
+    """
+    timeout = _cp._check_timeout(timeout)
+    limit = _cp._check_max_buffer(max_buffer)
+    kill_sig = _cp.signal_number(kill_signal, "kill_signal")
+    data = _cp._check_input(input, encoding)
+    stdin = "pipe" if data is not None else "ignore"
+    proc = await spawn(file, args, stdio=[stdin, "pipe", "pipe"], cwd=cwd, env=env,
+                       **options)
+    chunks: list[list[bytes]] = [[], []]
+
+    async def drain(i: int, stream: asyncio.StreamReader) -> None:
+        size = 0
+        while True:
+            chunk = await stream.read(1 << 16)
+            if not chunk:
+                return
+            if limit and size + len(chunk) > limit:
+                chunks[i].append(chunk[: limit - size])
+                raise _Overflow(i + 1)
+            size += len(chunk)
+            chunks[i].append(chunk)
+
+    async def feed() -> None:
+        if proc.stdin is None:
+            return
+        try:
+            if data:
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            proc.stdin.close()
+
+    assert proc.stdout is not None and proc.stderr is not None
+    state, overflow = "done", 0
+    work = asyncio.gather(feed(), drain(0, proc.stdout), drain(1, proc.stderr))
+    try:
+        await asyncio.wait_for(asyncio.shield(work), timeout)
+        await asyncio.wait_for(proc.wait(), None if timeout is None else timeout)
+    except asyncio.TimeoutError:
+        state = "timeout"
+    except _Overflow as exc:
+        state, overflow = "overflow", exc.stream
+    finally:
+        if proc.returncode is None and proc.poll() is None:
+            await _finish(proc, kill_sig)
+            # What the child wrote before it died is still on its way through the pipes:
+            # take it, but do not wait for an EOF that a grandchild holding them may delay.
+            await asyncio.wait({work}, timeout=_DRAIN_AFTER_KILL)
+        work.cancel()
+        try:
+            await work
+        except (asyncio.CancelledError, _Overflow):
+            pass
+        proc._close_transports()
+    out, err = b"".join(chunks[0]), b"".join(chunks[1])
+    result = CompletedProcess(
+        proc.args, proc.returncode, _cp._decode(out, encoding, errors),
+        _cp._decode(err, encoding, errors), pid=proc.pid, exit_code=proc.exit_code,
+        signal_code=proc.signal_code, killed=proc.killed)
+    _cp._raise_for(result, state, overflow, max_buffer, timeout)
+    return result
+
+
+async def exec(
+    command: str | bytes,
+    *,
+    shell: bool | StrOrBytesPath = True,
+    **options: Any,
+) -> CompletedProcess:
+    """Run ``command`` through the shell without blocking the loop (see :func:`pyforkd.exec`)."""
+    if not isinstance(command, (str, bytes)):
+        raise TypeError(f"command must be a str, not {type(command).__name__}")
+    return await exec_file(command, None, shell=shell or True, **options)

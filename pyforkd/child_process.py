@@ -383,7 +383,8 @@ class ChildProcess:
         self._fds = list(fds)
         self._files: list[Any] = [None] * len(self._fds)
         self._lock = threading.Lock()
-        self._handle = -2  # -2: not opened yet; -1: the system has none
+        self._handle = -2  # -2: not opened yet; -1: the system has none or it was closed
+        self._handle_users = 0  # waiters polling the handle now; it is closed only at 0
         self._exit_event: threading.Event | None = None
 
     # -- the pipes, made into file objects only when asked for --
@@ -451,10 +452,14 @@ class ChildProcess:
             self.exit_code, self.signal_code, self.returncode = None, signal_name(sig), -sig
         else:
             self.exit_code, self.returncode = code, code
-        if self._handle >= 0:
-            os.close(self._handle)
-        self._handle = -1
+        self._release_handle_locked()
         return True
+
+    def _release_handle_locked(self) -> None:
+        if self._handle_users == 0 and self.returncode is not None:
+            if self._handle >= 0:
+                os.close(self._handle)
+            self._handle = -1
 
     def poll(self) -> int | None:
         """The return code if the child has exited (reaping it), else None."""
@@ -463,13 +468,36 @@ class ChildProcess:
                 self._reap_locked()
         return self.returncode
 
-    def _wait_handle(self) -> int:
-        # Opened on first use only: a zombie keeps its pid, so opening it late is race-free.
-        if self._handle == -2:
-            with self._lock:
-                if self._handle == -2:
-                    self._handle = _b.process_open(self.pid) if self.returncode is None else -1
-        return self._handle
+    def _acquire_handle(self) -> int:
+        """The pidfd, kept open until the matching _release_handle; -1 if there is none."""
+        with self._lock:
+            # Opened on first use only: a zombie keeps its pid, so opening late is race-free.
+            if self._handle == -2:
+                self._handle = _b.process_open(self.pid) if self.returncode is None else -1
+            if self._handle >= 0:
+                self._handle_users += 1
+            return self._handle
+
+    def _release_handle(self, handle: int) -> None:
+        if handle < 0:
+            return
+        with self._lock:
+            self._handle_users -= 1
+            self._release_handle_locked()
+
+    def _block_until_exit(self) -> None:
+        """Block (GIL released) until the child has exited; it may stay unreaped."""
+        while self.returncode is None:
+            try:
+                if _b.process_wait(self.pid, -1, -1):
+                    return
+                # None: a signal came and its Python handler ran; wait on.
+            except ChildProcessError:
+                with self._lock:  # another thread's wait reaped it first
+                    if self.returncode is not None:
+                        return
+                    self._reap_locked()  # raises the "reaped by someone else" error
+                raise
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the child to exit and return its ``returncode``.
@@ -482,44 +510,43 @@ class ChildProcess:
         if self.returncode is not None:
             return self.returncode
         if timeout is None:
-            while not _b.process_wait(self.pid, -1, -1):
-                pass  # None: a signal came; its Python handler ran here; wait on
+            self._block_until_exit()
         else:
             self._wait_until(time.monotonic() + timeout, timeout)
         with self._lock:
             self._reap_locked()
         if self.returncode is None:
-            # Someone else's wait saw the exit first and this one raced it: reap blocking.
-            while not _b.process_wait(self.pid, -1, -1):
-                pass
+            # A spurious wake-up (another thread's wait saw the exit first): block for it.
+            self._block_until_exit()
             with self._lock:
                 self._reap_locked()
         assert self.returncode is not None
         return self.returncode
 
     def _wait_until(self, deadline: float, timeout: float) -> None:
-        handle = self._wait_handle()
-        if self.returncode is not None:
-            return
         if self._exit_event is None:
+            handle = self._acquire_handle()
             try:
+                if self.returncode is not None:
+                    return
                 self._wait_timed(handle, deadline, timeout)
                 return
             except OSError as exc:
                 if exc.errno != errno.ENOSYS:
                     raise
+            finally:
+                self._release_handle(handle)
             # No pidfd (Linux before 5.3): one thread does the blocking wait.
-            if self._exit_event is None:
-                with self._lock:
-                    if self._exit_event is None:
-                        self._exit_event = threading.Event()
-                        threading.Thread(target=self._wait_thread, daemon=True,
-                                         name=f"pyforkd-wait-{self.pid}").start()
+            with self._lock:
+                if self._exit_event is None:
+                    self._exit_event = threading.Event()
+                    threading.Thread(target=self._wait_thread, daemon=True,
+                                     name=f"pyforkd-wait-{self.pid}").start()
         if not self._exit_event.wait(max(0.0, deadline - time.monotonic())):
             raise TimeoutExpired(self.args, timeout)
 
     def _wait_timed(self, handle: int, deadline: float, timeout: float) -> None:
-        while True:
+        while self.returncode is None:
             left = deadline - time.monotonic()
             done = _b.process_wait(self.pid, handle, max(0, math.ceil(left * 1000)))
             if done:
@@ -528,8 +555,7 @@ class ChildProcess:
                 raise TimeoutExpired(self.args, timeout)
 
     def _wait_thread(self) -> None:
-        while not _b.process_wait(self.pid, -1, -1):
-            pass
+        self._block_until_exit()
         assert self._exit_event is not None
         self._exit_event.set()
 
@@ -608,7 +634,7 @@ class ChildProcess:
                 return
         except (OSError, AttributeError):
             return
-        if self._handle >= 0:
+        if self._handle >= 0 and self._handle_users == 0:
             try:
                 os.close(self._handle)
             except OSError:

@@ -1,0 +1,57 @@
+"""Helpers shared by the tests: descriptors, zombies, liveness (Linux /proc)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+PY = sys.executable
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="reads /proc, which only Linux has")
+
+
+def open_fds() -> set[int]:
+    """The descriptors this process holds (Linux: /proc/self/fd)."""
+    return {int(n) for n in os.listdir("/proc/self/fd")} - {-1}
+
+
+def zombie_children() -> list[int]:
+    """Pids of this process's children that exited and were never reaped."""
+    me, found = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces or parentheses.
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if fields[0] == b"Z" and int(fields[1]) == me:
+            found.append(int(name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
+
+
+def wait_gone(pid: int, within: float) -> bool:
+    """Poll (test code only) until pid is gone or a zombie; False if still alive."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.01)
+    return not alive(pid)
+
+

@@ -1,0 +1,589 @@
+"""pyforkd.spawn and ChildProcess: options, stdio, lifecycle, errors, descriptor hygiene."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import pyforkd
+from pyforkd import ChildProcess, SpawnError, TimeoutExpired
+
+from _helpers import PY, alive, linux_only, open_fds, wait_gone, zombie_children
+
+pytestmark = linux_only
+
+
+def py(code: str) -> list[str]:
+    return ["-c", code]
+
+
+# ---- basics -----------------------------------------------------------------------------
+
+
+def test_spawn_reads_stdout_and_exit_code():
+    p = pyforkd.spawn("ls", ["-lh", "/"])
+    assert isinstance(p, ChildProcess)
+    out = p.stdout.read()
+    assert p.wait() == 0
+    assert b"usr" in out
+    assert p.returncode == 0 and p.exit_code == 0 and p.signal_code is None
+    assert not p.killed
+    p.close()
+
+
+def test_exit_code_and_wait_twice():
+    p = pyforkd.spawn(PY, py("import sys; sys.exit(7)"), stdio="ignore")
+    assert p.wait() == 7
+    assert p.wait() == 7
+    assert p.poll() == 7
+    assert p.exit_code == 7
+
+
+def test_killed_by_signal_gives_negative_returncode():
+    p = pyforkd.spawn("sleep", ["30"], stdio="ignore")
+    assert p.poll() is None
+    assert p.kill("SIGKILL") is True
+    assert p.wait() == -signal.SIGKILL
+    assert p.signal_code == "SIGKILL"
+    assert p.exit_code is None
+    assert p.killed
+
+
+def test_kill_after_exit_returns_false():
+    p = pyforkd.spawn("true", stdio="ignore")
+    # Not waited for yet: the child is a zombie, and kill still says it is gone.
+    deadline = time.monotonic() + 10
+    while alive(p.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert p.kill() is False
+    assert p.returncode == 0
+    assert p.kill(signal.SIGTERM) is False
+
+
+def test_kill_accepts_names_numbers_and_refuses_unknown():
+    with pyforkd.spawn("sleep", ["30"], stdio="ignore") as p:
+        with pytest.raises(ValueError, match="unknown signal name 'SIGNOPE'"):
+            p.kill("SIGNOPE")
+        with pytest.raises(ValueError, match="not a valid signal number"):
+            p.kill(999)
+        with pytest.raises(TypeError):
+            p.kill(1.5)  # type: ignore[arg-type]
+        assert p.kill(0) is True  # signal 0: only asks whether it exists
+        assert not p.killed
+        assert p.kill("term") is True
+    assert p.returncode == -signal.SIGTERM
+
+
+def test_wait_timeout_raises_and_leaves_child_running():
+    p = pyforkd.spawn("sleep", ["30"], stdio="ignore")
+    with pytest.raises(TimeoutExpired) as info:
+        p.wait(timeout=0.05)
+    assert isinstance(info.value, subprocess.TimeoutExpired)
+    assert isinstance(info.value, TimeoutError)
+    assert p.poll() is None
+    p.kill()
+    assert p.wait(timeout=10) == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), -0.5])
+def test_wait_rejects_bad_timeouts(bad):
+    with pyforkd.spawn("true", stdio="ignore") as p:
+        with pytest.raises(ValueError, match="timeout must be >= 0"):
+            p.wait(timeout=bad)
+
+
+def test_wait_from_many_threads_agrees():
+    p = pyforkd.spawn(PY, py("import time; time.sleep(0.2); raise SystemExit(3)"),
+                      stdio="ignore")
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda: codes.append(p.wait())) for _ in range(4)]
+    threads += [threading.Thread(target=lambda: codes.append(p.wait(timeout=30)))
+                for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [3] * 8
+
+
+def test_context_manager_closes_pipes_and_reaps(fd_baseline):
+    with pyforkd.spawn("cat") as p:
+        p.stdin.write(b"hello")
+        p.stdin.close()
+        assert p.stdout.read() == b"hello"
+    assert p.returncode == 0
+    assert p.stdout is None or p.stdout.closed
+
+
+def test_context_manager_does_not_deadlock_on_unread_output():
+    # The child writes far more than a pipe holds; leaving the block must not hang.
+    with pyforkd.spawn(PY, py("import sys; sys.stdout.buffer.write(b'x' * (1 << 22))")) as p:
+        pass
+    assert p.returncode is not None
+
+
+def test_garbage_collected_finished_child_leaves_no_zombie():
+    p = pyforkd.spawn("true", stdio="ignore")
+    pid = p.pid
+    assert wait_gone(pid, 10)  # exited: a zombie until someone reaps it
+    del p  # the autouse fixture then checks that no zombie remains
+    assert pid not in zombie_children()
+
+
+def test_garbage_collected_running_child_warns_and_is_reaped_later():
+    p = pyforkd.spawn("sleep", ["0.2"], stdio="ignore")
+    pid = p.pid
+    with pytest.warns(ResourceWarning, match="still running"):
+        del p
+        import gc
+
+        gc.collect()
+    deadline = time.monotonic() + 10
+    while pid not in zombie_children() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pyforkd.spawn("true", stdio="ignore").wait()  # every spawn reaps the abandoned ones
+    assert pid not in zombie_children()
+
+
+# ---- options ----------------------------------------------------------------------------
+
+
+def test_cwd(tmp_path):
+    r = pyforkd.spawn_sync(PY, py("import os; print(os.getcwd())"), cwd=tmp_path,
+                           encoding="utf-8")
+    assert r.stdout.strip() == str(tmp_path)
+
+
+def test_env_replaces_the_environment_and_its_path_is_searched(tmp_path):
+    prog = tmp_path / "pfd-hello"
+    prog.write_text("#!/bin/sh\necho \"found $GREETING\"\n")
+    prog.chmod(0o755)
+    env = {"PATH": f"/nonexistent:{tmp_path}:/usr/bin:/bin", "GREETING": "hi"}
+    r = pyforkd.spawn_sync("pfd-hello", env=env, encoding="utf-8")
+    assert r.stdout == "found hi\n"
+    # No PATH in env: the search falls back to execvp's default, /bin:/usr/bin.
+    r = pyforkd.spawn_sync("env", env={"ONLY": "this"}, encoding="utf-8")
+    assert r.stdout == "ONLY=this\n"
+    with pytest.raises(FileNotFoundError):
+        pyforkd.spawn("pfd-hello")  # not in the parent's PATH
+
+
+def test_env_default_follows_os_environ(monkeypatch):
+    monkeypatch.setenv("PYFORKD_TEST_VALUE", "from-parent")
+    r = pyforkd.spawn_sync("sh", ["-c", "printf %s \"$PYFORKD_TEST_VALUE\""])
+    assert r.stdout == b"from-parent"
+
+
+def test_argv0():
+    r = pyforkd.spawn_sync("/bin/sh", ["-c", "tr '\\0' ' ' < /proc/$$/cmdline"],
+                           argv0="custom-name")
+    assert r.stdout.split() == [b"custom-name", b"-c", b"tr", b"'\\0'", b"'", b"'", b"<",
+                                b"/proc/$$/cmdline"]
+
+
+def test_shell_true_and_shell_path():
+    r = pyforkd.spawn_sync("echo $0 && echo", ["a", "b"], shell=True, encoding="utf-8")
+    assert r.stdout == "/bin/sh\na b\n"
+    assert r.args == ["/bin/sh", "-c", "echo $0 && echo a b"]
+    r = pyforkd.spawn_sync("echo $0", shell="/bin/bash", encoding="utf-8")
+    assert r.stdout == "/bin/bash\n"
+
+
+def test_detached_child_is_a_session_leader():
+    r = pyforkd.spawn_sync(PY, py("import os; print(os.getsid(0) == os.getpid())"),
+                           detached=True, encoding="utf-8")
+    assert r.stdout == "True\n"
+    r = pyforkd.spawn_sync(PY, py("import os; print(os.getsid(0) == os.getpid())"),
+                           encoding="utf-8")
+    assert r.stdout == "False\n"
+
+
+def test_detached_child_survives_its_parent_being_killed():
+    # The middle process starts a detached sleeper, reports its pid, and is SIGKILLed.
+    code = (
+        "import pyforkd, sys\n"
+        "p = pyforkd.spawn('sleep', ['30'], detached=True, stdio='ignore')\n"
+        "print(p.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    middle = pyforkd.spawn(PY, py(code))
+    pid = int(middle.stdout.readline())
+    middle.kill("SIGKILL")
+    assert middle.wait() == -signal.SIGKILL
+    middle.close()
+    try:
+        time.sleep(0.2)
+        assert alive(pid)
+        assert os.getsid(pid) == pid
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing uid/gid needs root")
+def test_uid_and_gid_as_root():
+    # /usr/bin/id, not this interpreter: nobody may not read the directory it lives in.
+    r = pyforkd.spawn_sync("sh", ["-c", "echo $(id -u) $(id -g) $(id -G)"],
+                           uid=65534, gid=65534, cwd="/", encoding="utf-8")
+    assert r.stdout == "65534 65534 65534\n", r.stderr  # no supplementary groups left
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may change uid/gid")
+def test_uid_refused_without_privilege():
+    with pytest.raises(SpawnError) as info:
+        pyforkd.spawn("true", uid=0, gid=0)
+    assert info.value.errno == errno.EPERM
+    assert info.value.syscall == "setgid"
+    assert "setgid" in str(info.value)
+
+
+@pytest.mark.parametrize("bad, exc, msg", [
+    (-1, ValueError, "uid must be between"),
+    (True, TypeError, "uid must be an int"),
+    ("0", TypeError, "uid must be an int"),
+])
+def test_bad_uid(bad, exc, msg):
+    with pytest.raises(exc, match=msg):
+        pyforkd.spawn("true", uid=bad)
+
+
+def test_spawn_timeout_kills_the_child():
+    p = pyforkd.spawn("sleep", ["30"], stdio="ignore", timeout=0.1)
+    assert p.wait(timeout=10) == -signal.SIGTERM
+    assert p.killed and p.signal_code == "SIGTERM"
+    p = pyforkd.spawn("sleep", ["30"], stdio="ignore", timeout=0.1, kill_signal="SIGKILL")
+    assert p.wait(timeout=10) == -signal.SIGKILL
+    assert p.signal_code == "SIGKILL"
+
+
+def test_spawn_timeout_leaves_a_finished_child_alone():
+    p = pyforkd.spawn("true", stdio="ignore", timeout=0.05)
+    assert p.wait() == 0
+    time.sleep(0.1)
+    assert not p.killed
+
+
+def test_encoding_gives_text_streams():
+    with pyforkd.spawn("cat", encoding="utf-8") as p:
+        p.stdin.write("héllo\n")
+        p.stdin.close()
+        assert p.stdout.read() == "héllo\n"
+    with pyforkd.spawn("cat", encoding="buffer") as p:
+        p.stdin.write(b"raw")
+        p.stdin.close()
+        assert p.stdout.read() == b"raw"
+
+
+def test_windows_hide_is_accepted():
+    assert pyforkd.spawn_sync("true", windows_hide=True).returncode == 0
+
+
+# ---- stdio ------------------------------------------------------------------------------
+
+
+def test_stdio_ignore_is_dev_null():
+    code = "import os; print([os.readlink(f'/proc/self/fd/{i}') for i in (0, 1, 2)])"
+    r = pyforkd.spawn_sync(PY, py(code), stdio=["ignore", "pipe", "ignore"], encoding="utf-8")
+    assert r.stdout.strip() == "['/dev/null', 'pipe:[%s]', '/dev/null']" % \
+        r.stdout.split("pipe:[")[1].split("]")[0]
+    assert r.stderr == ""
+
+
+def test_stdio_inherit_writes_to_our_descriptors(capfd):
+    p = pyforkd.spawn("sh", ["-c", "echo to-out; echo to-err >&2"], stdio="inherit")
+    assert p.wait() == 0
+    out, err = capfd.readouterr()
+    assert out == "to-out\n" and err == "to-err\n"
+    assert p.stdout is None and p.stdin is None
+
+
+def test_stdio_file_objects_and_descriptors(tmp_path):
+    target = tmp_path / "out.txt"
+    with open(target, "wb") as f:
+        pyforkd.spawn("echo", ["into-file"], stdio=["ignore", f, "ignore"]).wait()
+    assert target.read_bytes() == b"into-file\n"
+    with open(target, "ab") as f:
+        pyforkd.spawn("echo", ["by-fd"], stdio=["ignore", f.fileno(), 2]).wait()
+    assert target.read_bytes() == b"into-file\nby-fd\n"
+
+
+def test_stdio_list_shorter_than_three_is_padded_with_pipes():
+    p = pyforkd.spawn("echo", ["x"], stdio=["ignore"])
+    assert p.stdin is None and p.stdout is not None and p.stderr is not None
+    assert p.stdout.read() == b"x\n"
+    p.wait()
+    p.close()
+
+
+def test_extra_slots_pipe_is_a_duplex_socket_and_file_is_inherited(tmp_path):
+    side = tmp_path / "side.txt"
+    code = ("import os, socket\n"
+            "s = socket.socket(fileno=3); s.sendall(s.recv(5).upper()); s.close()\n"
+            "os.write(4, b'fd4')\n")
+    with open(side, "wb") as f:
+        p = pyforkd.spawn(PY, py(code), stdio=["ignore", "ignore", "inherit", "pipe", f])
+        sock = p.stdio[3]
+        assert isinstance(sock, socket.socket)
+        sock.sendall(b"hello")
+        assert sock.recv(5) == b"HELLO"
+        assert p.wait() == 0
+        p.close()
+    assert side.read_bytes() == b"fd4"
+
+
+def test_stdio_swapped_descriptors_reach_the_right_slots():
+    # Child's stdout is our stderr's pipe and vice versa; a naive dup2 order loses one.
+    r_out, w_out = os.pipe()
+    r_err, w_err = os.pipe()
+    try:
+        p = pyforkd.spawn("sh", ["-c", "echo one; echo two >&2"],
+                          stdio=["ignore", w_err, w_out])
+        os.close(w_out)
+        os.close(w_err)
+        assert p.wait() == 0
+        assert os.read(r_out, 100) == b"two\n"
+        assert os.read(r_err, 100) == b"one\n"
+    finally:
+        os.close(r_out)
+        os.close(r_err)
+
+
+def test_child_gets_exactly_the_stdio_descriptors():
+    leak = os.open("/dev/null", os.O_RDONLY)
+    os.set_inheritable(leak, True)
+    s1, s2 = socket.socketpair()
+    s1.set_inheritable(True)
+    try:
+        # fstat every number instead of listing /proc/self/fd, which takes a descriptor.
+        code = ("import os\n"
+                "def is_open(fd):\n"
+                "    try:\n        os.fstat(fd)\n    except OSError:\n        return False\n"
+                "    return True\n"
+                "print([fd for fd in range(1024) if is_open(fd)])\n")
+        r = pyforkd.spawn_sync(PY, py(code), encoding="utf-8")
+        assert json.loads(r.stdout) == [0, 1, 2]
+        r = pyforkd.spawn_sync(PY, py(code), stdio=["ignore", "pipe", "pipe", "ignore", s2],
+                               encoding="utf-8")
+        assert json.loads(r.stdout) == [0, 1, 2, 4]
+    finally:
+        os.close(leak)
+        s1.close()
+        s2.close()
+
+
+def test_parent_pipe_ends_are_not_inherited_by_later_children():
+    first = pyforkd.spawn("cat")
+    try:
+        second = pyforkd.spawn_sync("sh", ["-c", "ls /proc/self/fd | wc -l"], encoding="utf-8")
+        # 0, 1, 2 and the descriptor ls holds on the directory: no pipe of `first`.
+        assert second.stdout.strip() == "4"
+    finally:
+        first.stdin.close()
+        first.wait()
+        first.close()
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+def test_missing_command(fd_baseline):
+    with pytest.raises(SpawnError) as info:
+        pyforkd.spawn("pfd-no-such-command", ["--flag"])
+    e = info.value
+    assert isinstance(e, FileNotFoundError)
+    assert e.errno == errno.ENOENT and e.code == "ENOENT"
+    assert e.syscall == "spawn pfd-no-such-command"
+    assert e.path == "pfd-no-such-command" and e.filename == "pfd-no-such-command"
+    assert e.spawnargs == ["pfd-no-such-command", "--flag"]
+    assert "spawn pfd-no-such-command" in str(e)
+
+
+def test_missing_command_with_slash(fd_baseline):
+    with pytest.raises(FileNotFoundError) as info:
+        pyforkd.spawn("/pfd/no/such/thing")
+    assert info.value.syscall == "spawn /pfd/no/such/thing"
+
+
+def test_not_executable(tmp_path, fd_baseline):
+    f = tmp_path / "script.sh"
+    f.write_text("#!/bin/sh\necho hi\n")
+    f.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    with pytest.raises(SpawnError) as info:
+        pyforkd.spawn(str(f))
+    assert isinstance(info.value, PermissionError)
+    assert info.value.errno == errno.EACCES and info.value.code == "EACCES"
+    assert info.value.syscall == f"spawn {f}"
+
+
+def test_directory_is_not_executable(tmp_path):
+    with pytest.raises(PermissionError):
+        pyforkd.spawn(str(tmp_path))
+
+
+def test_missing_cwd_names_the_cwd(tmp_path, fd_baseline):
+    missing = tmp_path / "nope"
+    with pytest.raises(SpawnError) as info:
+        pyforkd.spawn("true", cwd=missing)
+    e = info.value
+    assert isinstance(e, FileNotFoundError) and e.errno == errno.ENOENT
+    assert e.syscall == "chdir"
+    assert e.path == str(missing)
+    assert str(missing) in str(e) and "chdir" in str(e)
+
+
+def test_cwd_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("")
+    with pytest.raises(NotADirectoryError) as info:
+        pyforkd.spawn("true", cwd=f)
+    assert info.value.syscall == "chdir"
+
+
+@pytest.mark.parametrize("kwargs, what", [
+    ({"args": ["ok", "bad\0arg"]}, "args[1]"),
+    ({"env": {"K": "v\0"}}, "env['K']"),
+    ({"env": {"K\0": "v"}}, "env key 'K\\x00'"),
+    ({"cwd": "/tmp\0x"}, "cwd"),
+    ({"argv0": "a\0"}, "argv0"),
+])
+def test_nul_bytes_are_refused_naming_where(kwargs, what, fd_baseline):
+    args = kwargs.pop("args", None)
+    with pytest.raises(ValueError, match="NUL byte") as info:
+        pyforkd.spawn("echo", args, **kwargs)
+    assert what in str(info.value)
+
+
+def test_nul_in_command():
+    with pytest.raises(ValueError, match="command contains a NUL byte"):
+        pyforkd.spawn("ec\0ho")
+
+
+@pytest.mark.parametrize("env, msg", [
+    ({1: "v"}, "env key 1 must be str"),
+    ({"K": 1}, r"env\['K'\] must be str or bytes, not int"),
+    ({"K": None}, r"env\['K'\] must be str or bytes, not NoneType"),
+    (["K=v"], "env must be a mapping"),
+])
+def test_env_types(env, msg):
+    with pytest.raises(TypeError, match=msg):
+        pyforkd.spawn("true", env=env)
+
+
+@pytest.mark.parametrize("env", [{"": "v"}, {"A=B": "v"}])
+def test_env_bad_keys(env):
+    with pytest.raises(ValueError, match="must be non-empty and contain no '='"):
+        pyforkd.spawn("true", env=env)
+
+
+def test_args_must_be_a_sequence():
+    with pytest.raises(TypeError, match="not a single str"):
+        pyforkd.spawn("echo", "hello")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"args\[0\] must be str"):
+        pyforkd.spawn("echo", [1])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="command must not be empty"):
+        pyforkd.spawn("")
+
+
+@pytest.mark.parametrize("stdio, exc, msg", [
+    ("piped", ValueError, "stdio: unknown value 'piped'"),
+    (["pipe", "bogus"], ValueError, r"stdio\[1\]: unknown value 'bogus'"),
+    (["pipe", "pipe", 987], ValueError, r"stdio\[2\]: descriptor 987 is not open"),
+    (["pipe", -3], ValueError, r"stdio\[1\]: descriptor -3 is negative"),
+    (["pipe", "pipe", "pipe", True], TypeError, r"stdio\[3\]"),
+    (["pipe", 1.5], TypeError, r"stdio\[1\]"),
+    (42, TypeError, "stdio must be a str or a list"),
+])
+def test_bad_stdio(stdio, exc, msg, fd_baseline):
+    with pytest.raises(exc, match=msg):
+        pyforkd.spawn("true", stdio=stdio)
+
+
+def test_closed_file_in_stdio(tmp_path, fd_baseline):
+    f = open(tmp_path / "x", "wb")  # noqa: SIM115
+    f.close()
+    with pytest.raises(ValueError, match=r"stdio\[1\]: .* is closed"):
+        pyforkd.spawn("true", stdio=["ignore", f])
+    s = socket.socket()
+    s.close()
+    with pytest.raises(ValueError, match=r"stdio\[0\]: .* is closed"):
+        pyforkd.spawn("true", stdio=[s])
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), -0.001])
+def test_bad_spawn_timeout(timeout):
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        pyforkd.spawn("true", timeout=timeout)
+
+
+def test_bad_timeout_type():
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        pyforkd.spawn("true", timeout="1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sig", ["SIGNOPE", "HUPP", 0, 4096])
+def test_bad_kill_signal(sig):
+    with pytest.raises(ValueError, match="kill_signal"):
+        pyforkd.spawn("true", kill_signal=sig)
+
+
+def test_failed_spawns_leak_no_descriptor():
+    before = open_fds()
+    for _ in range(20):
+        with pytest.raises(FileNotFoundError):
+            pyforkd.spawn("pfd-missing", stdio=["pipe", "pipe", "pipe", "pipe"])
+        with pytest.raises(FileNotFoundError):
+            pyforkd.spawn("true", cwd="/pfd/missing/dir", stdio=["pipe"] * 5)
+        with pytest.raises(ValueError):
+            pyforkd.spawn("true", stdio=["pipe", "pipe", 999])
+    assert open_fds() == before
+
+
+def test_spawn_error_is_picklable():
+    import pickle
+
+    with pytest.raises(SpawnError) as info:
+        pyforkd.spawn("pfd-missing")
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert isinstance(copy, FileNotFoundError) and isinstance(copy, SpawnError)
+    assert copy.syscall == "spawn pfd-missing" and copy.spawnargs == ["pfd-missing"]
+
+
+# ---- concurrency -------------------------------------------------------------------------
+
+
+def test_200_spawns_from_8_threads():
+    errors: list[BaseException] = []
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def work(n: int) -> None:
+        try:
+            for i in range(25):
+                if i % 3 == 0:
+                    code = pyforkd.spawn_sync("sh", ["-c", f"exit {n}"]).returncode
+                else:
+                    with pyforkd.spawn("sh", ["-c", f"exit {n}"], stdio="ignore") as p:
+                        code = p.wait(timeout=60)
+                with lock:
+                    codes.append(code - n)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "spawning threads deadlocked"
+    assert not errors, errors
+    assert codes == [0] * 200
+    assert zombie_children() == []
