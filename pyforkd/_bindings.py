@@ -121,8 +121,7 @@ def spawn(
         del c_envp, env_keep
     if cwd is not None:
         del c_cwd
-    return result.pid, [c_stdio[i].fd if k == STDIO_PIPE else -1 for i, (k, _) in
-                        enumerate(stdio)]
+    return result.pid, [c_stdio[i].fd if k == STDIO_PIPE else -1 for i, (k, _) in enumerate(stdio)]
 
 
 def _raise_spawn_error(
@@ -193,8 +192,9 @@ class Collector:
 
     __slots__ = ("_c", "_input")
 
-    def __init__(self, in_fd: int, data: bytes | None, out_fd: int, err_fd: int,
-                 max_buffer: int) -> None:
+    def __init__(
+        self, in_fd: int, data: bytes | None, out_fd: int, err_fd: int, max_buffer: int
+    ) -> None:
         c = ffi.new("pfd_collect_t *")
         c.in_fd = in_fd
         self._input = None

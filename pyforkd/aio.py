@@ -85,16 +85,19 @@ class Process:
                 if i > 2:
                     self.stdio.append(socket.socket(fileno=fd))
                 elif i == 0:
+                    pipe = open(fd, "wb", buffering=0)  # noqa: SIM115 - the transport owns it
                     transport, protocol = await loop.connect_write_pipe(
-                        lambda: _WriteProtocol(loop), open(fd, "wb", buffering=0))
+                        lambda: _WriteProtocol(loop), pipe
+                    )
                     self._transports.append(transport)
                     self.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
                     self.stdio.append(self.stdin)
                 else:
                     reader = asyncio.StreamReader(limit=limit, loop=loop)
+                    pipe = open(fd, "rb", buffering=0)  # noqa: SIM115 - the transport owns it
                     transport, _ = await loop.connect_read_pipe(
-                        lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop),
-                        open(fd, "rb", buffering=0))
+                        lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop), pipe
+                    )
                     self._transports.append(transport)
                     self.stdio.append(reader)
                     if i == 1:
@@ -172,9 +175,9 @@ class Process:
         if self._exited is not None and not self._exited.done():
             self._exited.set_result(code)
 
-    async def communicate(self, input: bytes | None = None) -> tuple[bytes | None,
-                                                                       bytes | None]:
+    async def communicate(self, input: bytes | None = None) -> tuple[bytes | None, bytes | None]:
         """Write ``input`` (then close stdin), read stdout and stderr to EOF, wait."""
+
         async def feed() -> None:
             if self.stdin is None:
                 return
@@ -250,6 +253,7 @@ def spawn(
     StreamReader buffer limit.  Every option of the synchronous spawn is accepted and
     checked the same way, before any process exists.
     """
+
     async def start() -> Process:
         loop = asyncio.get_running_loop()
         child = _cp.spawn(command, args, stdio=stdio, **options)
@@ -274,7 +278,10 @@ async def _finish(proc: Process, kill_signal: int) -> None:
     except asyncio.TimeoutError:
         warnings.warn(
             f"pyforkd: child {proc.pid} {proc.args!r} ignored its kill signal for "
-            f"{KILL_GRACE:g} s; sending SIGKILL", RuntimeWarning, stacklevel=3)
+            f"{KILL_GRACE:g} s; sending SIGKILL",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         proc.kill(_signal.SIGKILL)
         await proc.wait()
 
@@ -309,8 +316,7 @@ async def exec_file(
     kill_sig = _cp.signal_number(kill_signal, "kill_signal")
     data = _cp._check_input(input, encoding)
     stdin = "pipe" if data is not None else "ignore"
-    proc = await spawn(file, args, stdio=[stdin, "pipe", "pipe"], cwd=cwd, env=env,
-                       **options)
+    proc = await spawn(file, args, stdio=[stdin, "pipe", "pipe"], cwd=cwd, env=env, **options)
     chunks: list[list[bytes]] = [[], []]
 
     async def drain(i: int, stream: asyncio.StreamReader) -> None:
@@ -361,9 +367,15 @@ async def exec_file(
         proc._close_transports()
     out, err = b"".join(chunks[0]), b"".join(chunks[1])
     result = CompletedProcess(
-        proc.args, proc.returncode, _cp._decode(out, encoding, errors),
-        _cp._decode(err, encoding, errors), pid=proc.pid, exit_code=proc.exit_code,
-        signal_code=proc.signal_code, killed=proc.killed)
+        proc.args,
+        proc.returncode,
+        _cp._decode(out, encoding, errors),
+        _cp._decode(err, encoding, errors),
+        pid=proc.pid,
+        exit_code=proc.exit_code,
+        signal_code=proc.signal_code,
+        killed=proc.killed,
+    )
     _cp._raise_for(result, state, overflow, max_buffer, timeout)
     return result
 

@@ -83,8 +83,9 @@ def _check_args(args: Any) -> list[Any]:
     try:
         return list(args)
     except TypeError:
-        raise TypeError(f"args must be a sequence of arguments, not {type(args).__name__}") \
-            from None
+        raise TypeError(
+            f"args must be a sequence of arguments, not {type(args).__name__}"
+        ) from None
 
 
 def _encode_env(env: Mapping[Any, Any]) -> list[bytes]:
@@ -95,9 +96,7 @@ def _encode_env(env: Mapping[Any, Any]) -> list[bytes]:
         if not isinstance(key, (str, bytes)):
             raise TypeError(f"env key {key!r} must be str or bytes, not {type(key).__name__}")
         if not isinstance(value, (str, bytes)):
-            raise TypeError(
-                f"env[{key!r}] must be str or bytes, not {type(value).__name__}"
-            )
+            raise TypeError(f"env[{key!r}] must be str or bytes, not {type(value).__name__}")
         k = _fsencode(key, f"env key {key!r}")
         if not k or b"=" in k:
             raise ValueError(f"env key {key!r} must be non-empty and contain no '='")
@@ -109,8 +108,7 @@ def _check_timeout(timeout: Any, what: str = "timeout") -> float | None:
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds or None, not "
-                        f"{type(timeout).__name__}")
+        raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"{what} must be >= 0 seconds, got {timeout!r}")
     return float(timeout)
@@ -221,8 +219,7 @@ def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
             f"stdio[{i}]: expected 'pipe', 'inherit', 'ignore', None, a descriptor or an "
             f"object with fileno(), not {type(entry).__name__}"
         )
-    if getattr(entry, "closed", False) or (isinstance(entry, socket.socket) and
-                                           entry.fileno() < 0):
+    if getattr(entry, "closed", False) or (isinstance(entry, socket.socket) and entry.fileno() < 0):
         raise ValueError(f"stdio[{i}]: {entry!r} is closed")
     try:
         fd = fileno()
@@ -239,8 +236,18 @@ def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
 class _Command:
     """A checked, encoded command line and environment, ready for ``_bindings.spawn``."""
 
-    __slots__ = ("argv", "cwd", "cwd_text", "envp", "file", "flags", "gid", "name", "spawnargs",
-                 "uid")
+    __slots__ = (
+        "argv",
+        "cwd",
+        "cwd_text",
+        "envp",
+        "file",
+        "flags",
+        "gid",
+        "name",
+        "spawnargs",
+        "uid",
+    )
 
     def __init__(
         self,
@@ -286,12 +293,22 @@ class _Command:
             flags |= _b.SPAWN_SETGID
         self.flags = flags
 
-    def start(self, slots: Sequence[tuple[int, int]], extra_flags: int = 0,
-              pdeathsig: int = 0) -> tuple[int, list[int]]:
+    def start(
+        self, slots: Sequence[tuple[int, int]], extra_flags: int = 0, pdeathsig: int = 0
+    ) -> tuple[int, list[int]]:
         _reap_abandoned()
         return _b.spawn(
-            self.file, self.argv, self.envp, self.cwd, slots, self.flags | extra_flags,
-            self.uid, self.gid, pdeathsig, name=self.name, spawnargs=self.spawnargs,
+            self.file,
+            self.argv,
+            self.envp,
+            self.cwd,
+            slots,
+            self.flags | extra_flags,
+            self.uid,
+            self.gid,
+            pdeathsig,
+            name=self.name,
+            spawnargs=self.spawnargs,
             cwd_text=self.cwd_text,
         )
 
@@ -332,8 +349,9 @@ class _Watchdog:
             self._seq += 1
             heapq.heappush(self._heap, (time.monotonic() + timeout, self._seq, child))
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="pyforkd-timeouts",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, name="pyforkd-timeouts", daemon=True
+                )
                 self._thread.start()
             self._cond.notify()
 
@@ -367,9 +385,16 @@ class ChildProcess:
     no zombie outlives the object.
     """
 
-    def __init__(self, pid: int, args: list[str], fds: Sequence[int], *,
-                 encoding: str | None = None, errors: str = "strict",
-                 kill_signal: int = _signal.SIGTERM) -> None:
+    def __init__(
+        self,
+        pid: int,
+        args: list[str],
+        fds: Sequence[int],
+        *,
+        encoding: str | None = None,
+        errors: str = "strict",
+        kill_signal: int = _signal.SIGTERM,
+    ) -> None:
         self.pid: int = pid
         self.args: list[str] = args
         self.spawnargs: list[str] = args
@@ -540,8 +565,9 @@ class ChildProcess:
             with self._lock:
                 if self._exit_event is None:
                     self._exit_event = threading.Event()
-                    threading.Thread(target=self._wait_thread, daemon=True,
-                                     name=f"pyforkd-wait-{self.pid}").start()
+                    threading.Thread(
+                        target=self._wait_thread, daemon=True, name=f"pyforkd-wait-{self.pid}"
+                    ).start()
         if not self._exit_event.wait(max(0.0, deadline - time.monotonic())):
             raise TimeoutExpired(self.args, timeout)
 
@@ -641,8 +667,12 @@ class ChildProcess:
                 pass
         with _abandoned_lock:
             _abandoned.append(self.pid)
-        warnings.warn(f"pyforkd: child {self.pid} {self.args!r} is still running; it will be "
-                      "reaped when it exits", ResourceWarning, stacklevel=2)
+        warnings.warn(
+            f"pyforkd: child {self.pid} {self.args!r} is still running; it will be "
+            "reaped when it exits",
+            ResourceWarning,
+            stacklevel=2,
+        )
 
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
@@ -685,14 +715,24 @@ def spawn(
     ``TypeError`` for bad options, before any process exists.
     """
     del windows_hide
-    cmd = _Command(command, args, cwd=cwd, env=env, argv0=argv0, shell=shell,
-                   detached=detached, uid=uid, gid=gid)
+    cmd = _Command(
+        command,
+        args,
+        cwd=cwd,
+        env=env,
+        argv0=argv0,
+        shell=shell,
+        detached=detached,
+        uid=uid,
+        gid=gid,
+    )
     timeout = _check_timeout(timeout)
     kill_sig = signal_number(kill_signal, "kill_signal")
     slots = _stdio_slots(stdio)
     pid, fds = cmd.start(slots)
-    child = ChildProcess(pid, cmd.spawnargs, fds, encoding=encoding, errors=errors,
-                         kill_signal=kill_sig)
+    child = ChildProcess(
+        pid, cmd.spawnargs, fds, encoding=encoding, errors=errors, kill_signal=kill_sig
+    )
     if timeout is not None:
         _watchdog.add(child, timeout)
     return child
@@ -709,9 +749,18 @@ class CompletedProcess(subprocess.CompletedProcess):  # type: ignore[type-arg]
     ``output`` (Node's ``[None, stdout, stderr]``).
     """
 
-    def __init__(self, args: Any, returncode: int, stdout: Any = None, stderr: Any = None,
-                 *, pid: int = 0, exit_code: int | None = None,
-                 signal_code: str | None = None, killed: bool = False) -> None:
+    def __init__(
+        self,
+        args: Any,
+        returncode: int,
+        stdout: Any = None,
+        stderr: Any = None,
+        *,
+        pid: int = 0,
+        exit_code: int | None = None,
+        signal_code: str | None = None,
+        killed: bool = False,
+    ) -> None:
         super().__init__(args, returncode, stdout, stderr)
         self.pid = pid
         self.exit_code = exit_code
@@ -760,10 +809,13 @@ def _ms(seconds: float) -> int:
     return max(0, math.ceil(seconds * 1000))
 
 
-def _run_collect(child: ChildProcess, collector: _b.Collector, timeout: float | None,
-                 kill_signal: int) -> str:
-    """Drive the collector to the end; kill the child on timeout/overflow. Returns why it
-    stopped: "done", "timeout" or "overflow"."""
+def _run_collect(
+    child: ChildProcess, collector: _b.Collector, timeout: float | None, kill_signal: int
+) -> str:
+    """Drive the collector to the end, killing the child on timeout or overflow.
+
+    Returns why it stopped: ``"done"``, ``"timeout"`` or ``"overflow"``.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         left = -1 if deadline is None else _ms(deadline - time.monotonic())
@@ -788,7 +840,9 @@ def _wait_or_escalate(child: ChildProcess) -> None:
         warnings.warn(
             f"pyforkd: child {child.pid} {child.args!r} ignored its kill signal for "
             f"{KILL_GRACE:g} s; sending SIGKILL (pass kill_signal='SIGKILL' to skip the wait)",
-            RuntimeWarning, stacklevel=4)
+            RuntimeWarning,
+            stacklevel=4,
+        )
         child.kill(_signal.SIGKILL)
         child.wait()
 
@@ -842,23 +896,36 @@ def _collect(
             child.kill(kill_sig)
             _wait_or_escalate(child)
     result = CompletedProcess(
-        cmd.spawnargs, child.wait(), _decode(out, encoding, errors), _decode(err, encoding,
-                                                                             errors),
-        pid=pid, exit_code=child.exit_code, signal_code=child.signal_code,
-        killed=child.killed)
+        cmd.spawnargs,
+        child.wait(),
+        _decode(out, encoding, errors),
+        _decode(err, encoding, errors),
+        pid=pid,
+        exit_code=child.exit_code,
+        signal_code=child.signal_code,
+        killed=child.killed,
+    )
     return result, state, overflow
 
 
-def _raise_for(result: CompletedProcess, state: str, overflow: int, max_buffer: Any,
-               timeout: float | None) -> None:
+def _raise_for(
+    result: CompletedProcess, state: str, overflow: int, max_buffer: Any, timeout: float | None
+) -> None:
     common = {"killed": result.killed, "signal": result.signal_code, "pid": result.pid}
     if state == "overflow":
-        raise MaxBufferError(result.returncode, result.args, result.stdout, result.stderr,
-                             stream="stdout" if overflow == 1 else "stderr",
-                             max_buffer=max_buffer, **common)
+        raise MaxBufferError(
+            result.returncode,
+            result.args,
+            result.stdout,
+            result.stderr,
+            stream="stdout" if overflow == 1 else "stderr",
+            max_buffer=max_buffer,
+            **common,
+        )
     if state == "timeout":
-        raise ExecError(result.returncode, result.args, result.stdout, result.stderr,
-                        timeout=timeout, **common)
+        raise ExecError(
+            result.returncode, result.args, result.stdout, result.stderr, timeout=timeout, **common
+        )
     if result.returncode != 0:
         raise ExecError(result.returncode, result.args, result.stdout, result.stderr, **common)
 
@@ -893,9 +960,23 @@ def spawn_sync(
     """
     del windows_hide
     result, state, overflow = _collect(
-        command, args, stdio=stdio, input=input, timeout=timeout, max_buffer=max_buffer,
-        kill_signal=kill_signal, encoding=encoding, errors=errors, cwd=cwd, env=env,
-        argv0=argv0, detached=detached, uid=uid, gid=gid, shell=shell)
+        command,
+        args,
+        stdio=stdio,
+        input=input,
+        timeout=timeout,
+        max_buffer=max_buffer,
+        kill_signal=kill_signal,
+        encoding=encoding,
+        errors=errors,
+        cwd=cwd,
+        env=env,
+        argv0=argv0,
+        detached=detached,
+        uid=uid,
+        gid=gid,
+        shell=shell,
+    )
     if state == "overflow":
         _raise_for(result, state, overflow, max_buffer, timeout)
     return result
@@ -931,9 +1012,23 @@ def exec_file(
     del windows_hide
     timeout = _check_timeout(timeout)
     result, state, overflow = _collect(
-        file, args, stdio="pipe", input=input, timeout=timeout, max_buffer=max_buffer,
-        kill_signal=kill_signal, encoding=encoding, errors=errors, cwd=cwd, env=env,
-        argv0=argv0, detached=detached, uid=uid, gid=gid, shell=shell)
+        file,
+        args,
+        stdio="pipe",
+        input=input,
+        timeout=timeout,
+        max_buffer=max_buffer,
+        kill_signal=kill_signal,
+        encoding=encoding,
+        errors=errors,
+        cwd=cwd,
+        env=env,
+        argv0=argv0,
+        detached=detached,
+        uid=uid,
+        gid=gid,
+        shell=shell,
+    )
     _raise_for(result, state, overflow, max_buffer, timeout)
     return result
 
@@ -953,8 +1048,9 @@ def exec(
     return exec_file(command, None, shell=shell or True, **options)
 
 
-def exec_file_sync(file: StrOrBytesPath, args: Iterable[StrOrBytesPath] | None = None,
-                   **options: Any) -> Any:
+def exec_file_sync(
+    file: StrOrBytesPath, args: Iterable[StrOrBytesPath] | None = None, **options: Any
+) -> Any:
     """Like :func:`exec_file` but return only stdout, as Node's ``execFileSync`` does."""
     return exec_file(file, args, **options).stdout
 
@@ -962,4 +1058,3 @@ def exec_file_sync(file: StrOrBytesPath, args: Iterable[StrOrBytesPath] | None =
 def exec_sync(command: str | bytes, **options: Any) -> Any:
     """Like :func:`exec` but return only stdout, as Node's ``execSync`` does."""
     return exec(command, **options).stdout
-

@@ -7,9 +7,11 @@ import sys
 import time
 
 import pytest
+
 PY = sys.executable
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="reads /proc, which only Linux has")
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc, which only Linux has"
+)
 
 
 def open_fds() -> set[int]:
@@ -29,7 +31,7 @@ def zombie_children() -> list[int]:
         except OSError:
             continue
         # "pid (comm) state ppid ...": comm may hold spaces or parentheses.
-        fields = stat[stat.rindex(b")") + 2:].split()
+        fields = stat[stat.rindex(b")") + 2 :].split()
         if fields[0] == b"Z" and int(fields[1]) == me:
             found.append(int(name))
     return found
@@ -42,7 +44,7 @@ def alive(pid: int) -> bool:
             stat = f.read()
     except OSError:
         return False
-    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
+    return stat[stat.rindex(b")") + 2 :].split()[0] != b"Z"
 
 
 def wait_gone(pid: int, within: float) -> bool:
@@ -53,5 +55,3 @@ def wait_gone(pid: int, within: float) -> bool:
             return True
         time.sleep(0.01)
     return not alive(pid)
-
-
