@@ -810,13 +810,12 @@ def _ms(seconds: float) -> int:
 
 
 def _run_collect(
-    child: ChildProcess, collector: _b.Collector, timeout: float | None, kill_signal: int
+    child: ChildProcess, collector: _b.Collector, deadline: float | None, kill_signal: int
 ) -> str:
     """Drive the collector to the end, killing the child on timeout or overflow.
 
     Returns why it stopped: ``"done"``, ``"timeout"`` or ``"overflow"``.
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         left = -1 if deadline is None else _ms(deadline - time.monotonic())
         state = collector.run(left)
@@ -877,20 +876,24 @@ def _collect(
     for fd in extra[3:]:
         if fd >= 0:
             os.close(fd)
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        state = _run_collect(child, collector, timeout, kill_sig)
+        state = _run_collect(child, collector, deadline, kill_sig)
         out, err = collector.output(0), collector.output(1)
         overflow = collector.overflow
-    finally:
-        collector.close()
-        if child.returncode is None and child.poll() is None:
-            # Reached only when an exception (Ctrl-C) cut the collection short.
+    except BaseException:
+        # An exception (Ctrl-C) cut the collection short: the child must not outlive it.
+        if child.poll() is None:
             child.kill(kill_sig)
             _wait_or_escalate(child)
+        raise
+    finally:
+        collector.close()
     if state == "done":
-        left = None if timeout is None else max(0.0, timeout)
+        # The pipes reached EOF; the child may still be on its way out (or may have closed
+        # them early and go on running): wait for it within what is left of the timeout.
         try:
-            child.wait(left)
+            child.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
         except TimeoutExpired:
             state = "timeout"
             child.kill(kill_sig)

@@ -33,6 +33,14 @@ def test_exec_goes_through_the_shell():
     assert pyforkd.exec("echo $0", shell="/bin/bash", encoding="utf-8").stdout == "/bin/bash\n"
 
 
+def test_a_child_that_exits_right_after_eof_is_never_killed():
+    # stdout reaches EOF a moment before the child can be reaped; many quick runs make
+    # sure that moment is never mistaken for a child that has to be killed.
+    for _ in range(300):
+        r = pyforkd.exec_file("echo", ["hi"])
+        assert r.returncode == 0 and not r.killed
+
+
 def test_sync_forms_return_stdout():
     assert pyforkd.exec_sync("echo one") == b"one\n"
     assert pyforkd.exec_file_sync("echo", ["two"], encoding="utf-8") == "two\n"
