@@ -160,6 +160,11 @@ def main() -> int:
     print("|---|---|---|")
     print(f"| pyforkd.spawn / C vfork+exec | {ratio('pyforkd.spawn', 'c_vfork_exec')} | <= 1.10x |")
     print(f"| pyforkd.spawn / C posix_spawn | {ratio('pyforkd.spawn', 'c_posix_spawn')} | |")
+    print(f"| C pfd_spawn (vfork path) / C vfork+exec | {ratio('c_pfd_spawn', 'c_vfork_exec')} | |")
+    print(
+        "| C pfd_spawn (posix_spawn) / C vfork+exec | "
+        f"{ratio('c_pfd_spawn_posix_spawn', 'c_vfork_exec')} | |"
+    )
     print(
         f"| pyforkd.spawn / subprocess.Popen | {ratio('pyforkd.spawn', 'subprocess.Popen')} "
         "| <= 0.90x |"

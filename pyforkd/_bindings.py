@@ -41,7 +41,8 @@ SPAWN_SETSID: int = lib.PFD_SPAWN_SETSID
 SPAWN_SETUID: int = lib.PFD_SPAWN_SETUID
 SPAWN_SETGID: int = lib.PFD_SPAWN_SETGID
 SPAWN_PDEATHSIG: int = lib.PFD_SPAWN_PDEATHSIG
-SPAWN_NO_FAST_PATH: int = lib.PFD_SPAWN_NO_FAST_PATH
+SPAWN_USE_POSIX_SPAWN: int = lib.PFD_SPAWN_USE_POSIX_SPAWN
+SPAWN_USE_FORK_PATH: int = lib.PFD_SPAWN_USE_FORK_PATH
 
 # The syscall to name for each step of pfd_spawn; None means the program itself.
 _STEP_SYSCALL = {
@@ -115,6 +116,9 @@ def spawn(
     result = ffi.new("pfd_spawn_result_t *")
     err = lib.pfd_spawn(options, result)
     if err < 0:
+        if result.step == lib.PFD_STEP_STDIO and err == -_errno.EBADF:
+            slot = result.slot
+            raise ValueError(f"stdio[{slot}]: descriptor {stdio[slot][1]} is not open")
         _raise_spawn_error(-err, result.step, result.slot, name, spawnargs, cwd_text)
     del c_file, c_argv, keep
     if envp is not None:

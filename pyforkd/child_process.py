@@ -121,6 +121,9 @@ def signal_number(sig: SignalLike, what: str = "signal", allow_zero: bool = Fals
     (``TypeError`` for a value of the wrong type).
     """
     if isinstance(sig, str):
+        number = _SIGNAL_NUMBERS.get(sig)
+        if number is not None:
+            return number
         name = sig.upper()
         if not name.startswith("SIG"):
             name = "SIG" + name
@@ -152,13 +155,10 @@ def _check_id(value: Any, what: str) -> int:
     return value
 
 
-def _check_open_fd(fd: int, slot: int) -> int:
+def _check_fd(fd: int, slot: int) -> int:
+    # Whether it is open is checked in C, at no extra cost, which names the slot too.
     if fd < 0:
         raise ValueError(f"stdio[{slot}]: descriptor {fd} is negative")
-    try:
-        os.get_inheritable(fd)  # one fcntl(F_GETFD): is it open?
-    except OSError:
-        raise ValueError(f"stdio[{slot}]: descriptor {fd} is not open") from None
     return fd
 
 
@@ -180,9 +180,6 @@ def _stdio_slots(stdio: Stdio) -> list[tuple[int, int]]:
                 f"stdio: unknown value {stdio!r}; expected one of {', '.join(_STDIO_WORDS)} "
                 "or a list with one entry per descriptor"
             )
-        for fd in (0, 1, 2):
-            if stdio == "inherit":
-                _check_open_fd(fd, fd)
         return _WORD_SLOTS[stdio]
     if not isinstance(stdio, (list, tuple)):
         raise TypeError(f"stdio must be a str or a list, not {type(stdio).__name__}")
@@ -204,7 +201,7 @@ def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
         if entry == "ignore":
             return (_b.STDIO_IGNORE, -1)
         if entry == "inherit":
-            return (_b.STDIO_INHERIT, _check_open_fd(i, i))
+            return (_b.STDIO_INHERIT, i)
         raise ValueError(
             f"stdio[{i}]: unknown value {entry!r}; expected one of "
             f"{', '.join(_STDIO_WORDS)}, a descriptor, a file object or None"
@@ -212,7 +209,7 @@ def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
     if isinstance(entry, bool):
         raise TypeError(f"stdio[{i}]: expected a descriptor or a word, not a bool")
     if isinstance(entry, int):
-        return (_b.STDIO_INHERIT, _check_open_fd(entry, i))
+        return (_b.STDIO_INHERIT, _check_fd(entry, i))
     fileno = getattr(entry, "fileno", None)
     if fileno is None:
         raise TypeError(
@@ -230,7 +227,7 @@ def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
             entry.flush()  # what Python buffered must reach the file before the child writes
         except (OSError, ValueError):
             pass
-    return (_b.STDIO_INHERIT, _check_open_fd(fd, i))
+    return (_b.STDIO_INHERIT, _check_fd(fd, i))
 
 
 class _Command:

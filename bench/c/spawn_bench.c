@@ -72,8 +72,9 @@ static void run_pfd(unsigned flags) {
   reap(r.pid);
 }
 
-static void run_pfd_fast(void) { run_pfd(0); }
-static void run_pfd_general(void) { run_pfd(PFD_SPAWN_NO_FAST_PATH); }
+static void run_pfd_default(void) { run_pfd(0); }
+static void run_pfd_posix(void) { run_pfd(PFD_SPAWN_USE_POSIX_SPAWN); }
+static void run_pfd_fork_path(void) { run_pfd(PFD_SPAWN_USE_FORK_PATH); }
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -88,8 +89,8 @@ typedef struct {
 int main(int argc, char **argv) {
   static const method_t methods[] = {
       {"c_vfork_exec", run_vfork},         {"c_posix_spawn", run_posix_spawn},
-      {"c_fork_exec", run_fork},           {"c_pfd_spawn_fast", run_pfd_fast},
-      {"c_pfd_spawn_general", run_pfd_general},
+      {"c_fork_exec", run_fork},           {"c_pfd_spawn", run_pfd_default},
+      {"c_pfd_spawn_posix_spawn", run_pfd_posix}, {"c_pfd_spawn_fork_path", run_pfd_fork_path},
   };
   enum { NMETHODS = sizeof(methods) / sizeof(methods[0]), MAX_REPS = 64 };
   double samples[NMETHODS][MAX_REPS];

@@ -21,7 +21,9 @@ enum {
   PFD_SPAWN_SETGID = 4,      /* setgid(gid) */
   PFD_SPAWN_PDEATHSIG = 8,   /* the child gets `pdeathsig` when the spawning thread exits
                                 (Linux; -ENOTSUP elsewhere) */
-  PFD_SPAWN_NO_FAST_PATH = 16 /* always take the general path (tests and benchmarks) */
+  PFD_SPAWN_USE_POSIX_SPAWN = 16, /* posix_spawn even where the vfork path is the default
+                                     (it still gives way for options it cannot express) */
+  PFD_SPAWN_USE_FORK_PATH = 32     /* always the vfork/fork path */
 };
 
 /* Which step of starting the child failed, so the caller can name the syscall and path. */

@@ -4,14 +4,19 @@
  * What it does: finds the program in PATH (the child's PATH when an environment is given,
  * as Node does), makes the stdio pipes, and starts the child with exactly the descriptors
  * named in options->stdio, an empty signal mask and every signal disposition at its
- * default.  There are two ways in:
+ * default.  There are two ways in, and neither grows with the parent's memory:
  *
- *  - the fast path, posix_spawn(3).  glibc implements it with clone(CLONE_VM|CLONE_VFORK),
- *    so its cost does not grow with the parent's memory, and macOS has a native one.
- *  - the general path for what posix_spawn cannot express (uid/gid, the parent-death
- *    signal, C libraries without the closefrom/chdir file actions): vfork (Linux) or fork,
- *    then only async-signal-safe calls until exec, reporting which step failed through a
- *    close-on-exec pipe.
+ *  - posix_spawn(3), the default on macOS (implemented in its kernel) and wherever the
+ *    C library offers the closefrom and chdir file actions.
+ *  - the vfork path (fork outside Linux), then only async-signal-safe calls until exec.
+ *    It is the default on Linux because it is the cheaper of the two there: glibc's
+ *    posix_spawn maps and unmaps a stack for every child, and it leaves glibc's two
+ *    private signals ignored in the child, where this path resets every disposition
+ *    (measured in BENCHMARKS.md).  It also does what posix_spawn cannot express: uid/gid
+ *    and the parent-death signal.  The child reports which step failed (chdir, dup2,
+ *    setuid, exec, ...) in a record in the parent's memory, which a vfork child shares; a
+ *    close-on-exec pipe carries the same record where that sharing is not there (fork,
+ *    or a tool such as valgrind that turns vfork into fork).
  *
  * What it does not do: wait for, signal or read from the child (process.c), or pass
  * descriptors to a running process (fdpass.c).
@@ -43,6 +48,7 @@
 #include <sys/syscall.h>
 #endif
 
+#include "../common/atomic.h"
 #include "pyforkd.h"
 
 extern char **environ;
@@ -55,6 +61,13 @@ extern char **environ;
 #define PFD__FAST_DARWIN 1
 #endif
 
+/* Which way is tried first without a PFD_SPAWN_USE_* flag (see the top of this file). */
+#ifdef __linux__
+#define PFD__POSIX_SPAWN_FIRST 0
+#else
+#define PFD__POSIX_SPAWN_FIRST 1
+#endif
+
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
@@ -63,26 +76,30 @@ extern char **environ;
 #define PFD__DEVNULL (-2) /* child_fd value: open /dev/null at this slot */
 #define PFD__CLOSED (-1)  /* child_fd value: the slot is closed */
 
-/* What the parent prepares before the child exists, so that the child only reads it. */
-typedef struct pfd__plan_s {
-  const pfd_spawn_options_t *options;
-  const char *path;    /* the resolved program */
-  char **envp;
-  int *child_fd;       /* per slot: the parent's descriptor to place there, or PFD__* */
-  int *owned;          /* descriptors the parent closes after the spawn */
-  int owned_count;
-  int max_fd;          /* for the last-resort close loop in the child */
-  pid_t parent;
-  int error_fd;        /* general path: the write end of the error pipe */
-  char path_buf[PFD__PATH_MAX];
-} pfd__plan_t;
-
-/* The record a failed child writes to the error pipe before _exit(127). */
+/* The record a failed child leaves for the parent before _exit(127). */
 typedef struct pfd__child_error_s {
-  int step;
+  int step; /* PFD_STEP_*; PFD_STEP_NONE while nothing failed */
   int err;
   int slot;
 } pfd__child_error_t;
+
+/* What the parent prepares before the child exists, so that the child only reads it, but
+ * for `shared`, the one thing a vfork child writes into the parent's memory. */
+typedef struct pfd__plan_s {
+  const pfd_spawn_options_t *options;
+  const char *path;      /* the resolved program */
+  char **envp;
+  int *child_fd;         /* per slot: the parent's descriptor to place there, or PFD__* */
+  unsigned char *keep;   /* per slot: already in place and inheritable: nothing to do */
+  int *owned;            /* descriptors the parent closes after the spawn */
+  int owned_count;
+  int max_fd;            /* for the last-resort close loop in the child */
+  pid_t parent;
+  int error_fd;          /* the write end of the error pipe, or -1 when `shared` serves */
+  volatile int started;  /* set first thing by the child: tells whether memory is shared */
+  volatile pfd__child_error_t shared;
+  char path_buf[PFD__PATH_MAX];
+} pfd__plan_t;
 
 static void pfd__close_quietly(int fd) {
   int saved = errno;
@@ -254,14 +271,18 @@ static int pfd__plan_stdio(pfd__plan_t *plan, pfd_spawn_result_t *result) {
           slot->fd = fds[0];
         }
         break;
-      case PFD_STDIO_INHERIT:
-        if (slot->fd < 0 || fcntl(slot->fd, F_GETFD) < 0) {
+      case PFD_STDIO_INHERIT: {
+        int flags = slot->fd < 0 ? -1 : fcntl(slot->fd, F_GETFD);
+        if (flags < 0) {
           result->step = PFD_STEP_STDIO;
           result->slot = i;
           return -EBADF;
         }
         plan->child_fd[i] = slot->fd;
+        /* The usual case, stdin/stdout/stderr passed on as they are, costs nothing. */
+        plan->keep[i] = slot->fd == i && !(flags & FD_CLOEXEC);
         break;
+      }
       case PFD_STDIO_IGNORE:
         plan->child_fd[i] = i <= 2 ? PFD__DEVNULL : PFD__CLOSED;
         break;
@@ -291,7 +312,7 @@ static int pfd__plan_stdio(pfd__plan_t *plan, pfd_spawn_result_t *result) {
   return 0;
 }
 
-/* ---- the fast path: posix_spawn -------------------------------------------------------- */
+/* ---- posix_spawn ---------------------------------------------------------------------------- */
 
 #if defined(PFD__FAST_GLIBC) || defined(PFD__FAST_DARWIN)
 static int pfd__spawn_actions(const pfd__plan_t *plan, posix_spawn_file_actions_t *fa) {
@@ -299,6 +320,7 @@ static int pfd__spawn_actions(const pfd__plan_t *plan, posix_spawn_file_actions_
   int i, r = 0;
   for (i = 0; i < o->stdio_count && r == 0; i++) {
     int src = plan->child_fd[i];
+    if (plan->keep[i]) continue;
     if (src == PFD__DEVNULL) {
       r = posix_spawn_file_actions_addopen(fa, i, "/dev/null", O_RDWR, 0);
     } else if (src == PFD__CLOSED) {
@@ -352,7 +374,7 @@ static int pfd__spawn_blame(const pfd__plan_t *plan) {
   return PFD_STEP_EXEC;
 }
 
-static int pfd__spawn_fast(const pfd__plan_t *plan, pid_t *pid, pfd_spawn_result_t *result) {
+static int pfd__spawn_posix(const pfd__plan_t *plan, pid_t *pid, pfd_spawn_result_t *result) {
   const pfd_spawn_options_t *o = plan->options;
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t attr;
@@ -379,7 +401,7 @@ static int pfd__spawn_fast(const pfd__plan_t *plan, pid_t *pid, pfd_spawn_result
   return err;
 }
 #else
-static int pfd__spawn_fast(const pfd__plan_t *plan, pid_t *pid, pfd_spawn_result_t *result) {
+static int pfd__spawn_posix(const pfd__plan_t *plan, pid_t *pid, pfd_spawn_result_t *result) {
   (void)plan;
   (void)pid;
   (void)result;
@@ -387,7 +409,7 @@ static int pfd__spawn_fast(const pfd__plan_t *plan, pid_t *pid, pfd_spawn_result
 }
 #endif
 
-/* ---- the general path: vfork / fork ------------------------------------------------------ */
+/* ---- the vfork / fork path ------------------------------------------------------------------ */
 
 #ifdef __linux__
 /* Closes every descriptor >= low except `keep` by walking /proc/self/fd with the raw
@@ -436,26 +458,33 @@ static void pfd__close_from(int low, int keep, int max_fd) {
   }
 }
 
-static void pfd__child_fail(const pfd__plan_t *plan, int step, int err, int slot)
+static void pfd__child_fail(pfd__plan_t *plan, int step, int err, int slot)
     __attribute__((noreturn));
-static void pfd__child_fail(const pfd__plan_t *plan, int step, int err, int slot) {
+static void pfd__child_fail(pfd__plan_t *plan, int step, int err, int slot) {
   pfd__child_error_t record;
   ssize_t n;
-  record.step = step;
-  record.err = err;
-  record.slot = slot;
-  do {
-    n = write(plan->error_fd, &record, sizeof(record));
-  } while (n < 0 && errno == EINTR);
+  /* Under vfork this lands in the parent's plan, which it reads once we have exited. */
+  plan->shared.err = err;
+  plan->shared.slot = slot;
+  plan->shared.step = step;
+  if (plan->error_fd >= 0) {
+    record.step = step;
+    record.err = err;
+    record.slot = slot;
+    do {
+      n = write(plan->error_fd, &record, sizeof(record));
+    } while (n < 0 && errno == EINTR);
+  }
   _exit(127);
 }
 
 /* Child side: puts every slot's descriptor in place.  Sources were moved above the slots by
  * the parent, so no dup2 here can overwrite a source that a later slot still needs. */
-static void pfd__child_stdio(const pfd__plan_t *plan) {
+static void pfd__child_stdio(pfd__plan_t *plan) {
   int i, count = plan->options->stdio_count;
   for (i = 0; i < count; i++) {
     int src = plan->child_fd[i];
+    if (plan->keep[i]) continue;
     if (src == i) {
       int flags = fcntl(i, F_GETFD);
       if (flags < 0 || fcntl(i, F_SETFD, flags & ~FD_CLOEXEC) < 0) {
@@ -483,7 +512,7 @@ static void pfd__child_stdio(const pfd__plan_t *plan) {
  * and a vfork child still sees its parent's thread list; the syscall changes exactly this
  * process, which has one thread.  (CPython refuses vfork for these options for the same
  * reason.) */
-static void pfd__child_identity(const pfd__plan_t *plan) {
+static void pfd__child_identity(pfd__plan_t *plan) {
   const pfd_spawn_options_t *o = plan->options;
   long r;
   if (!(o->flags & (PFD_SPAWN_SETUID | PFD_SPAWN_SETGID))) return;
@@ -540,19 +569,21 @@ static void pfd__child_signal_defaults(void) {
 /*
  * Runs in the child between vfork/fork and exec, and never returns.
  *
- * Contract: only async-signal-safe calls, no allocation, no locks, and no writes to memory
- * that the parent reads.  Under vfork this function runs on the parent's memory and
+ * Contract: only async-signal-safe calls, no allocation, no locks, and no writes to the
+ * parent's memory but plan->started and plan->shared.  Under vfork it runs on the parent's
+ * memory and
  * stack while other threads of the parent may hold the malloc or stdio locks; under fork
  * those locks are copied held (CPython's _posixsubprocess keeps the same rules, see
  * bpo-35823).  All signals arrive blocked (the parent blocked them before vfork), so no
  * handler of the parent can run here; they are unblocked only after every disposition is
  * back at its default.
  */
-static void pfd__spawn_child(const pfd__plan_t *plan) __attribute__((noreturn, noinline));
-static void pfd__spawn_child(const pfd__plan_t *plan) {
+static void pfd__spawn_child(pfd__plan_t *plan) __attribute__((noreturn, noinline));
+static void pfd__spawn_child(pfd__plan_t *plan) {
   const pfd_spawn_options_t *o = plan->options;
   sigset_t none;
 
+  plan->started = 1;
   pfd__child_signal_defaults();
   if ((o->flags & PFD_SPAWN_SETSID) && setsid() < 0) {
     pfd__child_fail(plan, PFD_STEP_SETSID, errno, -1);
@@ -580,7 +611,7 @@ static void pfd__spawn_child(const pfd__plan_t *plan) {
 
 /* vfork (Linux) shares memory and stack with the suspended parent, so the child runs in
  * its own small frame and never returns into ours. */
-static pid_t pfd__fork_and_exec(const pfd__plan_t *plan) {
+static pid_t pfd__fork_and_exec(pfd__plan_t *plan) {
 #ifdef __linux__
   pid_t pid = vfork();
 #else
@@ -590,16 +621,54 @@ static pid_t pfd__fork_and_exec(const pfd__plan_t *plan) {
   return pid;
 }
 
-static int pfd__spawn_general(pfd__plan_t *plan, pid_t *pid_out, pfd_spawn_result_t *result) {
-  int errpipe[2], err;
+/* The highest descriptor number the child may hold, for the last-resort close loop. */
+static int pfd__max_fd(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur < INT_MAX) {
+    return (int)rl.rlim_cur;
+  }
+  return 65536;
+}
+
+/* Whether a vfork child's writes reach this process's memory: -1 not known yet, 0 no (a
+ * tool turns vfork into fork), 1 yes.  The first spawn finds out, with the pipe as well.
+ * Relaxed is enough: the value only picks the cheaper of two correct ways. */
+static pfd_atomic_int_t pfd__vfork_shares = -1;
+
+/* Reads the child's record from the error pipe: 0 at EOF (exec succeeded), 1 with a record,
+ * -errno when the read failed or the record was torn. */
+static int pfd__read_record(int fd, pfd__child_error_t *record) {
+  ssize_t n;
+  do {
+    n = read(fd, record, sizeof(*record));
+  } while (n < 0 && errno == EINTR);
+  if (n == 0) return 0;
+  if (n == (ssize_t)sizeof(*record)) return 1;
+  return n < 0 ? -errno : -EIO;
+}
+
+static int pfd__spawn_fork_path(pfd__plan_t *plan, pid_t *pid_out,
+                                pfd_spawn_result_t *result) {
+  int errpipe[2] = {-1, -1}, err = 0, got;
   sigset_t all, old;
   pid_t pid;
   pfd__child_error_t record;
-  ssize_t n;
+#ifdef __linux__
+  int shares = pfd_atomic_load_relaxed(&pfd__vfork_shares);
+#else
+  int shares = 0; /* fork: the child's memory is its own */
+#endif
 
-  if ((err = pfd__make_pipe(errpipe)) < 0) {
-    result->step = PFD_STEP_PIPE;
-    return err;
+  plan->max_fd = pfd__max_fd();
+  plan->parent = getpid();
+  plan->started = 0;
+  plan->shared.step = PFD_STEP_NONE;
+  if (shares != 1) {
+    if ((err = pfd__make_pipe(errpipe)) < 0) {
+      result->step = PFD_STEP_PIPE;
+      return err;
+    }
   }
   plan->error_fd = errpipe[1];
   /* Blocked here, so that no handler of ours runs in the child (see pfd__spawn_child). */
@@ -608,25 +677,33 @@ static int pfd__spawn_general(pfd__plan_t *plan, pid_t *pid_out, pfd_spawn_resul
   pid = pfd__fork_and_exec(plan);
   err = pid < 0 ? -errno : 0;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
-  pfd__close_quietly(errpipe[1]);
+  if (errpipe[1] >= 0) pfd__close_quietly(errpipe[1]);
   if (pid < 0) {
     pfd__close_quietly(errpipe[0]);
     result->step = PFD_STEP_FORK;
     return err;
   }
-  /* EOF means exec succeeded (the pipe is close-on-exec); a record means the child failed
-   * at record.step and has exited with 127.  Reading before waitpid closes the race in
-   * which the parent would otherwise see a plain exit status 127 and not know why. */
-  do {
-    n = read(errpipe[0], &record, sizeof(record));
-  } while (n < 0 && errno == EINTR);
-  err = n < 0 ? -errno : 0;
-  pfd__close_quietly(errpipe[0]);
-  if (n == 0) {
+  if (shares == 1) {
+    /* vfork returned: the child has exec'd or exited, and said which in plan->shared. */
+    got = plan->shared.step != PFD_STEP_NONE;
+    record.step = plan->shared.step;
+    record.err = plan->shared.err;
+    record.slot = plan->shared.slot;
+  } else {
+    /* EOF means exec succeeded (the pipe is close-on-exec); a record means the child
+     * failed at record.step and exits with 127.  Reading it before waitpid is what lets
+     * the parent tell that apart from a program that exits 127 on its own. */
+    got = pfd__read_record(errpipe[0], &record);
+    pfd__close_quietly(errpipe[0]);
+#ifdef __linux__
+    if (got >= 0) pfd_atomic_store_relaxed(&pfd__vfork_shares, plan->started ? 1 : 0);
+#endif
+  }
+  if (got == 0) {
     *pid_out = pid;
     return 0;
   }
-  if (n == (ssize_t)sizeof(record)) {
+  if (got == 1) {
     result->step = record.step;
     result->slot = record.slot;
     err = -record.err;
@@ -634,7 +711,7 @@ static int pfd__spawn_general(pfd__plan_t *plan, pid_t *pid_out, pfd_spawn_resul
     /* A failed read or a torn record: the child's state is unknown, so end it. */
     (void)kill(pid, SIGKILL);
     result->step = PFD_STEP_FORK;
-    if (err == 0) err = -EIO;
+    err = got;
   }
   while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
   }
@@ -644,21 +721,18 @@ static int pfd__spawn_general(pfd__plan_t *plan, pid_t *pid_out, pfd_spawn_resul
 /* ---- the entry point ---------------------------------------------------------------------- */
 
 static int pfd__plan_init(pfd__plan_t *plan, const pfd_spawn_options_t *o) {
-  struct rlimit rl;
   int count = o->stdio_count;
-  memset(plan, 0, sizeof(*plan));
   plan->options = o;
+  plan->path = NULL;
   plan->envp = o->envp;
-  plan->parent = getpid();
+  plan->owned_count = 0;
   plan->error_fd = -1;
-  plan->max_fd = (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-                  rl.rlim_cur < INT_MAX)
-                     ? (int)rl.rlim_cur
-                     : 65536;
-  /* Each slot owns at most two descriptors here: a pipe's child end and a moved copy. */
-  plan->child_fd = calloc((size_t)count * 3 + 1, sizeof(int));
+  /* One block: count ints of child_fd, 2 * count + 1 ints of owned (a slot owns at most a
+   * pipe end and a moved copy), then count bytes of keep. */
+  plan->child_fd = calloc((size_t)count * 3 + 1, sizeof(int) + 1);
   if (plan->child_fd == NULL) return -ENOMEM;
   plan->owned = plan->child_fd + count;
+  plan->keep = (unsigned char *)(plan->owned + 2 * count + 1);
   return 0;
 }
 
@@ -669,6 +743,7 @@ int pfd_spawn(const pfd_spawn_options_t *o, pfd_spawn_result_t *result) {
 
   memset(result, 0, sizeof(*result));
   result->slot = -1;
+  plan.child_fd = NULL;
   if (o == NULL || o->file == NULL || o->argv == NULL || o->stdio_count < 0 ||
       (o->stdio_count > 0 && o->stdio == NULL)) {
     return -EINVAL;
@@ -686,11 +761,14 @@ int pfd_spawn(const pfd_spawn_options_t *o, pfd_spawn_result_t *result) {
   }
   if ((err = pfd__plan_stdio(&plan, result)) < 0) goto error;
   /* posix_spawn cannot change uid/gid or arm the parent-death signal, and older C
-   * libraries lack its closefrom/chdir actions: it answers -ENOTSUP and the general path,
-   * which can do all of these at the same constant cost, takes over. */
+   * libraries lack its closefrom/chdir actions: it answers -ENOTSUP and the vfork/fork
+   * path, which can do all of these at the same constant cost, takes over. */
   err = -ENOTSUP;
-  if (!(o->flags & PFD_SPAWN_NO_FAST_PATH)) err = pfd__spawn_fast(&plan, &pid, result);
-  if (err == -ENOTSUP) err = pfd__spawn_general(&plan, &pid, result);
+  if ((o->flags & PFD_SPAWN_USE_POSIX_SPAWN) ||
+      (PFD__POSIX_SPAWN_FIRST && !(o->flags & PFD_SPAWN_USE_FORK_PATH))) {
+    err = pfd__spawn_posix(&plan, &pid, result);
+  }
+  if (err == -ENOTSUP) err = pfd__spawn_fork_path(&plan, &pid, result);
   if (err < 0) goto error;
 
   for (i = 0; i < plan.owned_count; i++) pfd__close_quietly(plan.owned[i]);

@@ -6,6 +6,7 @@
   X(spawn_not_executable)         \
   X(spawn_missing_cwd)            \
   X(spawn_exec_failure_step)      \
+  X(spawn_failure_repeated)       \
   X(spawn_stdio_pipes)            \
   X(spawn_stdio_swapped_sources)  \
   X(spawn_fd_hygiene)             \
