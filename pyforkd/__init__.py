@@ -7,7 +7,9 @@ with the GIL released.  See ``pyforkd.aio`` for the asyncio counterparts.
 
 from __future__ import annotations
 
-from . import aio
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .child_process import (
     ChildProcess,
     CompletedProcess,
@@ -20,7 +22,18 @@ from .child_process import (
 )
 from .errors import ExecError, MaxBufferError, PyforkdError, SpawnError, TimeoutExpired
 
+if TYPE_CHECKING:
+    from . import aio
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # pyforkd.aio imports asyncio, which costs more than all of pyforkd: only on first use.
+    if name == "aio":
+        return importlib.import_module(".aio", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ChildProcess",
