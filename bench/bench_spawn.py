@@ -2,8 +2,9 @@
 the C limit (bench/c/spawn_bench.c), with the parent holding 0, 1 and 4 GiB of touched
 memory; and exec_file("echo") against subprocess.run(capture_output=True).
 
-Every method runs in this one process run, round-robin within each repetition, so that
-the machine's drifting load falls on all of them alike.  Reported: the median of the
+Every method runs in this one process run, round-robin within each repetition, and each
+repetition visits every parent size, so that the machine's drifting load falls on all of
+them alike.  Reported: the median of the
 repetitions, in microseconds per spawn+reap, and ratios to the peers.
 
     python bench/bench_spawn.py            # full run (a few minutes)
@@ -84,17 +85,14 @@ def m_subprocess_run_echo() -> None:
     subprocess.run(["echo", "hi"], capture_output=True, check=True)
 
 
-def measure(methods: dict[str, tuple[Callable[[], None], int]], reps: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in methods}
-    for fn, _ in methods.values():  # warm up: imports, page cache, first-call paths
-        fn()
-    for _ in range(reps):
-        for name, (fn, count) in methods.items():
-            t0 = time.perf_counter()
-            for _ in range(count):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / count * 1e6)
-    return {name: statistics.median(v) for name, v in samples.items()}
+def measure_once(methods: dict[str, tuple[Callable[[], None], int]]) -> dict[str, float]:
+    out = {}
+    for name, (fn, count) in methods.items():
+        t0 = time.perf_counter()
+        for _ in range(count):
+            fn()
+        out[name] = (time.perf_counter() - t0) / count * 1e6
+    return out
 
 
 def run_c(binary: Path, count: int, reps: int, mem_mib: int) -> dict[str, float]:
@@ -118,26 +116,32 @@ def main() -> int:
     sizes = [0, 1] if args.quick else [0, 1, 4]
     binary = build_c_bench()
 
-    results: dict[int, dict[str, float]] = {}
-    for gib in sizes:
-        ballast = touch(gib << 30)
-        # fork copies the page tables: at 4 GiB each call costs tens of ms, so fewer calls.
-        fork_count = count if gib == 0 else max(10, count // 10)
-        methods = {
-            "pyforkd.spawn": (m_pyforkd, count),
-            "subprocess.Popen": (m_popen, count),
-            "os.posix_spawn": (m_os_posix_spawn, count),
-            "os.fork+execv": (m_os_fork_execv, fork_count),
-        }
-        if gib == 0:
-            methods["pyforkd.spawn (3 pipes)"] = (m_pyforkd_pipes, count)
-            methods["subprocess.Popen (3 pipes)"] = (m_popen_pipes, count)
-            methods["pyforkd.exec_file(echo)"] = (m_exec_file_echo, count)
-            methods["subprocess.run(echo, capture)"] = (m_subprocess_run_echo, count)
-        row = measure(methods, reps)
-        row.update(run_c(binary, fork_count if gib else count, reps, gib << 10))
-        results[gib] = row
-        del ballast
+    # Each repetition visits every parent size in turn (the ballast is made and dropped each
+    # time), so that drift in the machine's load falls on all sizes alike, not on one.
+    samples: dict[int, dict[str, list[float]]] = {g: {} for g in sizes}
+    for rep in range(reps + 1):  # repetition 0 warms up and is not counted
+        for gib in sizes:
+            ballast = touch(gib << 30)
+            # fork copies the page tables: at 4 GiB a call costs tens of ms, so fewer calls.
+            fork_count = count if gib == 0 else max(10, count // 10)
+            methods = {
+                "pyforkd.spawn": (m_pyforkd, count),
+                "subprocess.Popen": (m_popen, count),
+                "os.posix_spawn": (m_os_posix_spawn, count),
+                "os.fork+execv": (m_os_fork_execv, fork_count),
+            }
+            if gib == 0:
+                methods["pyforkd.spawn (3 pipes)"] = (m_pyforkd_pipes, count)
+                methods["subprocess.Popen (3 pipes)"] = (m_popen_pipes, count)
+                methods["pyforkd.exec_file(echo)"] = (m_exec_file_echo, count)
+                methods["subprocess.run(echo, capture)"] = (m_subprocess_run_echo, count)
+            row = measure_once(methods if rep else {k: (f, 1) for k, (f, _) in methods.items()})
+            row.update(run_c(binary, fork_count if gib else count, 1, gib << 10))
+            del ballast
+            if rep:
+                for name, value in row.items():
+                    samples[gib].setdefault(name, []).append(value)
+    results = {g: {n: statistics.median(v) for n, v in samples[g].items()} for g in sizes}
 
     base = results[0]
     names = [n for n in base if not n.startswith("c_")] + [n for n in base if n.startswith("c_")]

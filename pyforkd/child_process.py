@@ -165,7 +165,8 @@ def _check_fd(fd: int, slot: int) -> int:
 _WORD_SLOTS = {
     # Precomputed for the common forms; slots 0-2 only.
     "pipe": [(_b.STDIO_PIPE, -1)] * 3,
-    "inherit": [(_b.STDIO_INHERIT, 0), (_b.STDIO_INHERIT, 1), (_b.STDIO_INHERIT, 2)],
+    # What the parent has, closed included, as fork+exec gives.
+    "inherit": [(_b.STDIO_INHERIT_SAME, 0), (_b.STDIO_INHERIT_SAME, 1), (_b.STDIO_INHERIT_SAME, 2)],
     "ignore": [(_b.STDIO_IGNORE, -1)] * 3,
 }
 
@@ -201,7 +202,7 @@ def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
         if entry == "ignore":
             return (_b.STDIO_IGNORE, -1)
         if entry == "inherit":
-            return (_b.STDIO_INHERIT, i)
+            return (_b.STDIO_INHERIT_SAME, i)
         raise ValueError(
             f"stdio[{i}]: unknown value {entry!r}; expected one of "
             f"{', '.join(_STDIO_WORDS)}, a descriptor, a file object or None"

@@ -618,3 +618,22 @@ def test_200_spawns_from_8_threads():
     assert not errors, errors
     assert codes == [0] * 200
     assert zombie_children() == []
+
+
+def test_inherit_passes_on_a_closed_stdin_as_closed():
+    # A parent started with its stdin closed (a daemon, some CI runners): "inherit" gives
+    # the child the same, as fork+exec would, instead of failing; an explicit closed
+    # descriptor number is still an error.
+    code = (
+        "import os, pyforkd\n"
+        "os.close(0)\n"
+        "r = pyforkd.spawn_sync('sh', ['-c', 'cat <&0 2>/dev/null; echo status=$?'],"
+        " stdio=['inherit', 'pipe', 'pipe'], encoding='utf-8')\n"
+        "print(r.stdout.strip())\n"
+        "try:\n"
+        "    pyforkd.spawn('true', stdio=[0, 'pipe', 'pipe'])\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    r = pyforkd.spawn_sync(PY, py(code), encoding="utf-8")
+    assert r.stdout.splitlines() == ["status=1", "stdio[0]: descriptor 0 is not open"], r.stderr

@@ -6,7 +6,9 @@ enum {
   PFD_STDIO_PIPE = 1,    /* a new pipe (slots 0-2) or socketpair (slots 3 and up); the
                             parent's end is returned in `fd`, close-on-exec */
   PFD_STDIO_IGNORE = 2,  /* /dev/null at slots 0-2; nothing (the slot is closed) above */
-  PFD_STDIO_CLOSE = 3    /* the slot is closed in the child */
+  PFD_STDIO_CLOSE = 3,   /* the slot is closed in the child */
+  PFD_STDIO_INHERIT_SAME = 4 /* the parent's own descriptor at this slot, or closed when the
+                                parent has it closed (what fork+exec gives) */
 };
 
 typedef struct pfd_stdio_s {

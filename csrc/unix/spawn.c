@@ -271,6 +271,13 @@ static int pfd__plan_stdio(pfd__plan_t *plan, pfd_spawn_result_t *result) {
           slot->fd = fds[0];
         }
         break;
+      case PFD_STDIO_INHERIT_SAME:
+        slot->fd = i;
+        if (fcntl(i, F_GETFD) < 0) {
+          plan->child_fd[i] = PFD__CLOSED;
+          break;
+        }
+        /* fall through - an open one is inherited like any other descriptor */
       case PFD_STDIO_INHERIT: {
         int flags = slot->fd < 0 ? -1 : fcntl(slot->fd, F_GETFD);
         if (flags < 0) {
