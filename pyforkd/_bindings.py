@@ -46,6 +46,13 @@ SPAWN_PDEATHSIG: int = lib.PFD_SPAWN_PDEATHSIG
 SPAWN_USE_POSIX_SPAWN: int = lib.PFD_SPAWN_USE_POSIX_SPAWN
 SPAWN_USE_FORK_PATH: int = lib.PFD_SPAWN_USE_FORK_PATH
 
+_CHARS = ffi.typeof("char[]")
+_POINTERS = ffi.typeof("char *[]")
+_OPTIONS = ffi.typeof("pfd_spawn_options_t *")
+_STDIO = ffi.typeof("pfd_stdio_t[]")
+_RESULT = ffi.typeof("pfd_spawn_result_t *")
+_INT2 = ffi.typeof("int[2]")
+
 # The syscall to name for each step of pfd_spawn; None means the program itself.
 _STEP_SYSCALL = {
     lib.PFD_STEP_RESOLVE: None,
@@ -98,35 +105,34 @@ def spawn(
     ``fds[i]`` is the parent's end of slot i when that slot is a pipe, else -1.  Failure
     raises :class:`SpawnError` naming the step that failed (``syscall``) and its path.
     """
-    keep = [ffi.new("char[]", a) for a in argv]
+    new = ffi.new
+    keep = [new(_CHARS, a) for a in argv]
     keep.append(ffi.NULL)
-    options = ffi.new("pfd_spawn_options_t *")
-    options.file = c_file = ffi.new("char[]", file)
-    options.argv = c_argv = ffi.new("char *[]", keep)
+    options = new(_OPTIONS)
+    # Every cdata below stays referenced by a local until pfd_spawn has returned.
+    c_file = keep[0] if file == argv[0] else new(_CHARS, file)
+    options.file = c_file
+    options.argv = c_argv = new(_POINTERS, keep)
     if envp is not None:
-        env_keep = [ffi.new("char[]", e) for e in envp]
+        env_keep = [new(_CHARS, e) for e in envp]
         env_keep.append(ffi.NULL)
-        options.envp = c_envp = ffi.new("char *[]", env_keep)
+        options.envp = c_envp = new(_POINTERS, env_keep)  # noqa: F841 - kept alive
     if cwd is not None:
-        options.cwd = c_cwd = ffi.new("char[]", cwd)
-    options.stdio = c_stdio = ffi.new("pfd_stdio_t[]", stdio)
+        options.cwd = c_cwd = new(_CHARS, cwd)  # noqa: F841 - kept alive
+    options.stdio = c_stdio = new(_STDIO, stdio)
     options.stdio_count = len(stdio)
     options.flags = flags
     options.uid = uid
     options.gid = gid
     options.pdeathsig = pdeathsig
-    result = ffi.new("pfd_spawn_result_t *")
+    result = new(_RESULT)
     err = lib.pfd_spawn(options, result)
+    del c_file, c_argv
     if err < 0:
         if result.step == lib.PFD_STEP_STDIO and err == -_errno.EBADF:
             slot = result.slot
             raise ValueError(f"stdio[{slot}]: descriptor {stdio[slot][1]} is not open")
         _raise_spawn_error(-err, result.step, result.slot, name, spawnargs, cwd_text)
-    del c_file, c_argv, keep
-    if envp is not None:
-        del c_envp, env_keep
-    if cwd is not None:
-        del c_cwd
     return result.pid, [c_stdio[i].fd if k == STDIO_PIPE else -1 for i, (k, _) in enumerate(stdio)]
 
 
@@ -173,7 +179,7 @@ def process_wait(pid: int, handle: int, timeout_ms: int) -> bool | None:
 
 def process_reap(pid: int) -> tuple[int, int] | None:
     """Reap the child if it exited: ``(exit_code, term_signal)`` (-1, N when killed by N)."""
-    out = ffi.new("int[2]")
+    out = ffi.new(_INT2)
     r = lib.pfd_process_reap(pid, out, out + 1)
     if r < 0:
         raise_errno(r, "waitpid")

@@ -17,6 +17,7 @@ import os
 import signal as _signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -52,18 +53,36 @@ _SIGNAL_NUMBERS = {s.name: int(s) for s in _signal.Signals}
 # ---- option checking: every bad input is refused before a process exists ----------------
 
 
-def _fsencode(value: Any, what: str) -> bytes:
-    if isinstance(value, str):
-        data = os.fsencode(value)
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
+def _fsencode(value: Any, what: Any) -> bytes:
+    """``value`` as a C string; ``what`` names it in errors (formatted only on error)."""
+    if type(value) is str:
+        data = value.encode(_FS_ENCODING, _FS_ERRORS)
     elif isinstance(value, bytes):
-        data = value
+        data = bytes(value)
     elif isinstance(value, os.PathLike):
         data = os.fsencode(os.fspath(value))
+    elif isinstance(value, str):
+        data = os.fsencode(value)
     else:
-        raise TypeError(f"{what} must be str, bytes or os.PathLike, not {type(value).__name__}")
+        raise TypeError(
+            f"{_name(what)} must be str, bytes or os.PathLike, not {type(value).__name__}"
+        )
     if b"\0" in data:
-        raise ValueError(f"{what} contains a NUL byte: {value!r}")
+        raise ValueError(f"{_name(what)} contains a NUL byte: {value!r}")
     return data
+
+
+def _name(what: Any) -> str:
+    # An int is an index into args; ("env", key) and ("env key", key) name the environment.
+    if isinstance(what, int):
+        return f"args[{what}]"
+    if isinstance(what, tuple):
+        return f"env[{what[1]!r}]" if what[0] == "env" else f"env key {what[1]!r}"
+    return str(what)
 
 
 def _text(value: Any) -> str:
@@ -97,10 +116,10 @@ def _encode_env(env: Mapping[Any, Any]) -> list[bytes]:
             raise TypeError(f"env key {key!r} must be str or bytes, not {type(key).__name__}")
         if not isinstance(value, (str, bytes)):
             raise TypeError(f"env[{key!r}] must be str or bytes, not {type(value).__name__}")
-        k = _fsencode(key, f"env key {key!r}")
+        k = _fsencode(key, ("env key", key))
         if not k or b"=" in k:
             raise ValueError(f"env key {key!r} must be non-empty and contain no '='")
-        out.append(k + b"=" + _fsencode(value, f"env[{key!r}]"))
+        out.append(k + b"=" + _fsencode(value, ("env", key)))
     return out
 
 
@@ -265,18 +284,21 @@ class _Command:
         if not file:
             raise ValueError("command must not be empty")
         argv = [file]
-        for n, a in enumerate(arglist):
-            argv.append(_fsencode(a, f"args[{n}]"))
+        argv += [_fsencode(a, n) for n, a in enumerate(arglist)]
         if shell:
             shell_path = b"/bin/sh" if shell is True else _fsencode(shell, "shell")
             line = b" ".join(argv)
             argv = [shell_path, b"-c", line]
             file = shell_path
-        self.spawnargs = [os.fsdecode(a) for a in argv]
+            self.spawnargs = [os.fsdecode(a) for a in argv]
+        elif type(command) is str and all(type(a) is str for a in arglist):
+            self.spawnargs = [command, *arglist]  # as given: no decoding round trip
+        else:
+            self.spawnargs = [os.fsdecode(a) for a in argv]
         if argv0 is not None:
             argv[0] = _fsencode(argv0, "argv0")
         self.file = file
-        self.name = os.fsdecode(file)
+        self.name = self.spawnargs[0]
         self.argv = argv
         self.envp = None if env is None else _encode_env(env)
         self.cwd = None if cwd is None else _fsencode(cwd, "cwd")
