@@ -360,6 +360,8 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
+        # Strong references, on purpose: a child whose ChildProcess was dropped must still be
+        # killed at its deadline (fire-and-forget with a safety timeout, as in Node).
         self._heap: list[tuple[float, int, ChildProcess]] = []
         self._thread: threading.Thread | None = None
         self._seq = 0
@@ -438,7 +440,10 @@ class ChildProcess:
         f = self._files[i] if i < len(self._files) else None
         if f is not None or i >= len(self._fds) or self._fds[i] < 0:
             return f
-        fd, self._fds[i] = self._fds[i], -1
+        with self._lock:  # two threads must not wrap one descriptor twice
+            if self._fds[i] < 0:
+                return self._files[i]
+            fd, self._fds[i] = self._fds[i], -1
         if i > 2:
             f = socket.socket(fileno=fd)
         elif i == 0:

@@ -637,3 +637,17 @@ def test_inherit_passes_on_a_closed_stdin_as_closed():
     )
     r = pyforkd.spawn_sync(PY, py(code), encoding="utf-8")
     assert r.stdout.splitlines() == ["status=1", "stdio[0]: descriptor 0 is not open"], r.stderr
+
+
+def test_spawn_timeout_kills_a_child_whose_object_was_dropped():
+    # Fire and forget with a safety timeout: the deadline still holds.
+    code = (
+        "import pyforkd, time\n"
+        "p = pyforkd.spawn('sleep', ['30'], stdio='ignore', timeout=0.2)\n"
+        "print(p.pid, flush=True)\n"
+        "del p\n"
+        "time.sleep(2)\n"
+    )
+    r = pyforkd.spawn_sync(PY, py(code), encoding="utf-8", timeout=30)
+    pid = int(r.stdout)
+    assert not alive(pid)

@@ -13,7 +13,8 @@ enum {
 
 typedef struct pfd_stdio_s {
   int kind; /* PFD_STDIO_* */
-  int fd;   /* in: the parent's descriptor for INHERIT; out: the parent's end for PIPE */
+  int fd;   /* in: the parent's descriptor for INHERIT (ignored for INHERIT_SAME);
+               out: the parent's end for PIPE */
 } pfd_stdio_t;
 
 /* Options that change the child beyond its stdio. */

@@ -578,9 +578,8 @@ static void pfd__child_signal_defaults(void) {
  *
  * Contract: only async-signal-safe calls, no allocation, no locks, and no writes to the
  * parent's memory but plan->started and plan->shared.  Under vfork it runs on the parent's
- * memory and
- * stack while other threads of the parent may hold the malloc or stdio locks; under fork
- * those locks are copied held (CPython's _posixsubprocess keeps the same rules, see
+ * memory and stack while other threads of the parent may hold the malloc or stdio locks;
+ * under fork those locks are copied held (CPython's _posixsubprocess keeps the same rules, see
  * bpo-35823).  All signals arrive blocked (the parent blocked them before vfork), so no
  * handler of the parent can run here; they are unblocked only after every disposition is
  * back at its default.
@@ -638,10 +637,12 @@ static int pfd__max_fd(void) {
   return 65536;
 }
 
+#ifdef __linux__
 /* Whether a vfork child's writes reach this process's memory: -1 not known yet, 0 no (a
  * tool turns vfork into fork), 1 yes.  The first spawn finds out, with the pipe as well.
  * Relaxed is enough: the value only picks the cheaper of two correct ways. */
 static pfd_atomic_int_t pfd__vfork_shares = -1;
+#endif
 
 /* Reads the child's record from the error pipe: 0 at EOF (exec succeeded), 1 with a record,
  * -errno when the read failed or the record was torn. */
