@@ -54,7 +54,7 @@ _RESULT = ffi.typeof("pfd_spawn_result_t *")
 _INT2 = ffi.typeof("int[2]")
 
 # The syscall to name for each step of pfd_spawn; None means the program itself.
-_STEP_SYSCALL = {
+_STEP_SYSCALL: dict[int, str | None] = {
     lib.PFD_STEP_RESOLVE: None,
     lib.PFD_STEP_EXEC: None,
     lib.PFD_STEP_PIPE: "pipe",
@@ -144,13 +144,14 @@ def _raise_spawn_error(
     spawnargs: Sequence[str],
     cwd: str | None,
 ) -> NoReturn:
-    syscall = _STEP_SYSCALL.get(step, "spawn")
-    if syscall is None:
+    step_syscall = _STEP_SYSCALL.get(step, "spawn")
+    path: str | None
+    if step_syscall is None:
         syscall, path, text = f"spawn {name}", name, f"spawn {name}: {strerror(err)}"
     elif step == lib.PFD_STEP_CHDIR:
-        path, text = cwd, f"spawn {name}: chdir: {strerror(err)}"
+        syscall, path, text = step_syscall, cwd, f"spawn {name}: chdir: {strerror(err)}"
     else:
-        path = None
+        syscall, path = step_syscall, None
         where = f" (stdio[{slot}])" if slot >= 0 else ""
         text = f"spawn {name}: {syscall}{where}: {strerror(err)}"
     cls = oserror_class(SpawnError, err)

@@ -18,8 +18,8 @@ import os
 import signal as _signal
 import socket
 import warnings
-from collections.abc import Generator, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Generator, Iterable, Mapping
+from typing import Any, TypeVar
 
 from . import child_process as _cp
 from .child_process import (
@@ -38,6 +38,14 @@ _STREAM_LIMIT = 2**16
 _DRAIN_AFTER_KILL = 0.1  # seconds
 
 
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
+def _returning(protocol: _P) -> Callable[[], _P]:
+    """A protocol factory that gives this one protocol (bound now, not late)."""
+    return lambda: protocol
+
+
 class _WriteProtocol(asyncio.streams.FlowControlMixin):
     """Flow control for a child's stdin, with the close waiter StreamWriter wants."""
 
@@ -45,7 +53,7 @@ class _WriteProtocol(asyncio.streams.FlowControlMixin):
         super().__init__(loop)
         self._closed = loop.create_future()
 
-    def connection_lost(self, exc: BaseException | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         if not self._closed.done():
             self._closed.set_result(None)
@@ -86,19 +94,18 @@ class Process:
                     self.stdio.append(socket.socket(fileno=fd))
                 elif i == 0:
                     pipe = open(fd, "wb", buffering=0)  # noqa: SIM115 - the transport owns it
-                    transport, protocol = await loop.connect_write_pipe(
+                    wtransport, protocol = await loop.connect_write_pipe(
                         lambda: _WriteProtocol(loop), pipe
                     )
-                    self._transports.append(transport)
-                    self.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
+                    self._transports.append(wtransport)
+                    self.stdin = asyncio.StreamWriter(wtransport, protocol, None, loop)
                     self.stdio.append(self.stdin)
                 else:
                     reader = asyncio.StreamReader(limit=limit, loop=loop)
+                    protocol_r = asyncio.StreamReaderProtocol(reader, loop=loop)
                     pipe = open(fd, "rb", buffering=0)  # noqa: SIM115 - the transport owns it
-                    transport, _ = await loop.connect_read_pipe(
-                        lambda r=reader: asyncio.StreamReaderProtocol(r, loop=loop), pipe
-                    )
-                    self._transports.append(transport)
+                    rtransport, _ = await loop.connect_read_pipe(_returning(protocol_r), pipe)
+                    self._transports.append(rtransport)
                     self.stdio.append(reader)
                     if i == 1:
                         self.stdout = reader
@@ -366,9 +373,11 @@ async def exec_file(
             pass
         proc._close_transports()
     out, err = b"".join(chunks[0]), b"".join(chunks[1])
+    returncode = proc.returncode
+    assert returncode is not None  # _finish or the wait above reaped it
     result = CompletedProcess(
         proc.args,
-        proc.returncode,
+        returncode,
         _cp._decode(out, encoding, errors),
         _cp._decode(err, encoding, errors),
         pid=proc.pid,

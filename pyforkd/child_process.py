@@ -766,7 +766,7 @@ def spawn(
 # ---- the synchronous family ------------------------------------------------------------------
 
 
-class CompletedProcess(subprocess.CompletedProcess):  # type: ignore[type-arg]
+class CompletedProcess(subprocess.CompletedProcess):
     """A finished child: ``args``, ``returncode``, ``stdout``, ``stderr`` (as in subprocess).
 
     Also ``pid``, ``exit_code`` (None when a signal ended it), ``signal_code``
@@ -939,23 +939,23 @@ def _collect(
 def _raise_for(
     result: CompletedProcess, state: str, overflow: int, max_buffer: Any, timeout: float | None
 ) -> None:
-    common = {"killed": result.killed, "signal": result.signal_code, "pid": result.pid}
+    r = result
     if state == "overflow":
         raise MaxBufferError(
-            result.returncode,
-            result.args,
-            result.stdout,
-            result.stderr,
-            stream="stdout" if overflow == 1 else "stderr",
-            max_buffer=max_buffer,
-            **common,
-        )
+            r.returncode, r.args, r.stdout, r.stderr,
+            stream="stdout" if overflow == 1 else "stderr", max_buffer=max_buffer,
+            killed=r.killed, signal=r.signal_code, pid=r.pid,
+        )  # fmt: skip
     if state == "timeout":
         raise ExecError(
-            result.returncode, result.args, result.stdout, result.stderr, timeout=timeout, **common
-        )
-    if result.returncode != 0:
-        raise ExecError(result.returncode, result.args, result.stdout, result.stderr, **common)
+            r.returncode, r.args, r.stdout, r.stderr,
+            killed=r.killed, signal=r.signal_code, pid=r.pid, timeout=timeout,
+        )  # fmt: skip
+    if r.returncode != 0:
+        raise ExecError(
+            r.returncode, r.args, r.stdout, r.stderr,
+            killed=r.killed, signal=r.signal_code, pid=r.pid,
+        )  # fmt: skip
 
 
 def spawn_sync(

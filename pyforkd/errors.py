@@ -132,7 +132,12 @@ class ExecError(PyforkdError, subprocess.CalledProcessError):
 
 
 def _rebuild_exec_error(
-    cls: type, returncode: int, cmd: Any, stdout: Any, stderr: Any, state: dict[str, Any]
+    cls: type[ExecError],
+    returncode: int,
+    cmd: Any,
+    stdout: Any,
+    stderr: Any,
+    state: dict[str, Any],
 ) -> ExecError:
     err = cls.__new__(cls)
     subprocess.CalledProcessError.__init__(err, returncode, cmd, stdout, stderr)
