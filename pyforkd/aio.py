@@ -185,22 +185,12 @@ class Process:
     async def communicate(self, input: bytes | None = None) -> tuple[bytes | None, bytes | None]:
         """Write ``input`` (then close stdin), read stdout and stderr to EOF, wait."""
 
-        async def feed() -> None:
-            if self.stdin is None:
-                return
-            try:
-                if input:
-                    self.stdin.write(input)
-                    await self.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the child stopped reading: the rest is dropped, as in a shell
-            finally:
-                self.stdin.close()
-
         async def read(stream: asyncio.StreamReader | None) -> bytes | None:
             return None if stream is None else await stream.read()
 
-        _, out, err = await asyncio.gather(feed(), read(self.stdout), read(self.stderr))
+        _, out, err = await asyncio.gather(
+            _feed(self.stdin, input), read(self.stdout), read(self.stderr)
+        )
         await self.wait()
         return out, err
 
@@ -224,6 +214,20 @@ class Process:
 
     def __repr__(self) -> str:
         return f"<pyforkd.aio.Process pid={self.pid} returncode={self.returncode}>"
+
+
+async def _feed(stdin: asyncio.StreamWriter | None, data: bytes | None) -> None:
+    """Write ``data`` to a child's stdin, then close it (the child sees EOF)."""
+    if stdin is None:
+        return
+    try:
+        if data:
+            stdin.write(data)
+            await stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the child stopped reading: the rest is dropped, as in a shell pipeline
+    finally:
+        stdin.close()
 
 
 class _Spawning:
@@ -338,21 +342,9 @@ async def exec_file(
             size += len(chunk)
             chunks[i].append(chunk)
 
-    async def feed() -> None:
-        if proc.stdin is None:
-            return
-        try:
-            if data:
-                proc.stdin.write(data)
-                await proc.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        finally:
-            proc.stdin.close()
-
     assert proc.stdout is not None and proc.stderr is not None
     state, overflow = "done", 0
-    work = asyncio.gather(feed(), drain(0, proc.stdout), drain(1, proc.stderr))
+    work = asyncio.gather(_feed(proc.stdin, data), drain(0, proc.stdout), drain(1, proc.stderr))
     try:
         await asyncio.wait_for(asyncio.shield(work), timeout)
         await asyncio.wait_for(proc.wait(), None if timeout is None else timeout)

@@ -120,21 +120,27 @@ static int pfd__set_cloexec(int fd) {
 }
 #endif
 
-static int pfd__make_pipe(int fds[2]) {
-#ifndef PFD__NO_PIPE2
-  if (pipe2(fds, O_CLOEXEC) < 0) return -errno;
-  return 0;
-#else
-  /* No pipe2: another thread's fork may see these two descriptors before close-on-exec is
-   * set.  Such a child execs or exits soon, and the descriptors are ours to close anyway. */
+#ifdef PFD__NO_PIPE2
+/* Without pipe2/SOCK_CLOEXEC another thread's fork may see the pair before close-on-exec
+ * is set.  Such a child execs or exits soon, and the descriptors are ours to close anyway. */
+static int pfd__cloexec_pair(int fds[2]) {
   int err;
-  if (pipe(fds) < 0) return -errno;
   if ((err = pfd__set_cloexec(fds[0])) < 0 || (err = pfd__set_cloexec(fds[1])) < 0) {
     pfd__close_quietly(fds[0]);
     pfd__close_quietly(fds[1]);
     return err;
   }
   return 0;
+}
+#endif
+
+static int pfd__make_pipe(int fds[2]) {
+#ifndef PFD__NO_PIPE2
+  if (pipe2(fds, O_CLOEXEC) < 0) return -errno;
+  return 0;
+#else
+  if (pipe(fds) < 0) return -errno;
+  return pfd__cloexec_pair(fds);
 #endif
 }
 
@@ -143,14 +149,8 @@ static int pfd__make_socketpair(int fds[2]) {
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0) return -errno;
   return 0;
 #else
-  int err;
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) < 0) return -errno;
-  if ((err = pfd__set_cloexec(fds[0])) < 0 || (err = pfd__set_cloexec(fds[1])) < 0) {
-    pfd__close_quietly(fds[0]);
-    pfd__close_quietly(fds[1]);
-    return err;
-  }
-  return 0;
+  return pfd__cloexec_pair(fds);
 #endif
 }
 
