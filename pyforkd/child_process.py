@@ -629,11 +629,6 @@ class ChildProcess:
     def _time_out(self) -> None:
         self.kill(self._kill_signal)
 
-    @property
-    def connected(self) -> bool:
-        """False: a spawned child has no IPC channel (see ``pyforkd.fork``)."""
-        return False
-
     # -- closing --
 
     def _close_pipes(self) -> None:
