@@ -651,3 +651,22 @@ def test_spawn_timeout_kills_a_child_whose_object_was_dropped():
     r = pyforkd.spawn_sync(PY, py(code), encoding="utf-8", timeout=30)
     pid = int(r.stdout)
     assert not alive(pid)
+
+
+def test_out_of_descriptors_names_the_pipe_step():
+    # With the descriptor limit just above what is open, the stdio pipes cannot be made:
+    # SpawnError EMFILE naming "pipe" and the slot, no process started, nothing leaked.
+    code = (
+        "import os, resource, pyforkd\n"
+        "before = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (max(before) + 3, hard))\n"
+        "try:\n"
+        "    pyforkd.spawn('true', stdio=['pipe', 'pipe', 'pipe'])\n"
+        "except pyforkd.SpawnError as e:\n"
+        "    print(e.code, e.syscall, 'pipe' in str(e), 'stdio[' in str(e))\n"
+        "after = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n"
+        "print(before == after)\n"
+    )
+    r = pyforkd.spawn_sync(PY, py(code), encoding="utf-8")
+    assert r.stdout.splitlines() == ["EMFILE pipe True True", "True"], r.stderr
