@@ -22,6 +22,8 @@ extern "C" {
 #include "../cdef/errors.h"
 #include "../cdef/spawn.h"
 #include "../cdef/process.h"
+#include "../cdef/frame.h"
+#include "../cdef/fdpass.h"
 
 #ifdef __cplusplus
 }

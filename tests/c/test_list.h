@@ -20,7 +20,12 @@
   X(process_reap_twice)           \
   X(collect_both_streams)         \
   X(collect_max_buffer)           \
-  X(collect_timeout)
+  X(collect_timeout)              \
+  X(frame_round_trip_any_split)   \
+  X(frame_rejects_bad_headers)    \
+  X(fdpass_round_trip)            \
+  X(fdpass_truncated_closes_all)  \
+  X(fdpass_peer_gone_no_sigpipe)
 
 #define PFD_CHILDREN(X) \
   X(exit)               \

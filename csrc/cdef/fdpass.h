@@ -1,0 +1,34 @@
+/* Bytes and descriptors over a connected AF_UNIX stream socket (csrc/unix/fdpass.c). */
+
+enum {
+  PFD_FD_TRUNCATED = -1,   /* *nfds after a receive whose descriptors did not all fit */
+  PFD_POLL_IN = 1,
+  PFD_POLL_OUT = 2,
+  PFD_FD_BLOCK = 1         /* flags: wait (GIL released) instead of answering -EAGAIN */
+};
+
+/* Sends head then body (either may be empty) in one sendmsg, with `nfds` descriptors
+ * attached to the first byte.  Like send(2) it may send only a part; the descriptors go
+ * with the first part.  Without PFD_FD_BLOCK in `flags` it never waits.  Never raises
+ * SIGPIPE.  Returns the number of bytes sent, -EAGAIN when the socket buffer is full (not
+ * blocking), -EINTR when a signal interrupted a blocking send before any byte went, or
+ * -errno (-EPIPE once the peer is gone). */
+long pfd_fd_send(int sock, const void *head, size_t head_size, const void *body,
+                 size_t body_size, const int *fds, int nfds, int flags);
+
+/* Receives up to `size` bytes, and up to `max_fds` descriptors into `fds` (close-on-exec).
+ * *nfds gets their number, or PFD_FD_TRUNCATED when the sender attached more than fit:
+ * every one received is then closed already.  Without PFD_FD_BLOCK in `flags` it never
+ * waits.  Returns the number of bytes (0 at EOF), -EAGAIN when nothing is there (not
+ * blocking), -EINTR when a signal interrupted a blocking receive, or -errno. */
+long pfd_fd_recv(int sock, void *buf, size_t size, int *fds, int max_fds, int *nfds,
+                 int flags);
+
+/* Waits until `sock` is readable (PFD_POLL_IN) or writable (PFD_POLL_OUT), or the peer
+ * hung up.  timeout_ms < 0 waits for ever.  Returns 1 when ready, 0 on timeout, -EINTR
+ * when a signal came (so that the caller can run its handlers), or -errno. */
+int pfd_fd_wait(int sock, int events, int timeout_ms);
+
+/* Makes sends on `sock` never raise SIGPIPE where the system needs a socket option for it
+ * (SO_NOSIGPIPE on macOS; Linux uses MSG_NOSIGNAL per send).  Returns 0 or -errno. */
+int pfd_socket_nosigpipe(int sock);

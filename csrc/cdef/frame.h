@@ -1,0 +1,43 @@
+/* The pyforkd binary frame (csrc/common/frame.c): a 16-byte little-endian header, then the
+ * payload.  Descriptors travel beside the bytes (fdpass.c), attached to the frame's first
+ * byte; the header says how many. */
+
+enum {
+  PFD_FRAME_HEADER_SIZE = 16,
+  PFD_FRAME_MAGIC = 0x4650,    /* the bytes 'P' 'F' */
+  PFD_FRAME_VERSION = 1,
+  PFD_FRAME_MAX_FDS = 253      /* Linux's SCM_MAX_FD: the most one sendmsg can carry */
+};
+
+/* What the payload holds. */
+enum {
+  PFD_FRAME_PICKLE = 1,
+  PFD_FRAME_JSON = 2,
+  PFD_FRAME_RAW = 3,
+  PFD_FRAME_CONTROL = 4        /* the channel's own messages, never shown to the user */
+};
+
+enum {
+  PFD_FRAME_FLAG_HANDLES = 1,  /* the payload starts with a description of the attached
+                                  descriptors: u32 length, then that much JSON */
+  PFD_FRAME_FLAGS_KNOWN = 1    /* any other bit is refused */
+};
+
+typedef struct pfd_frame_s {
+  unsigned int kind;
+  unsigned int flags;
+  unsigned int nfds;
+  unsigned long long length;   /* of the payload */
+} pfd_frame_t;
+
+/* Writes the 16-byte header for `frame` to `out`. */
+void pfd_frame_encode(const pfd_frame_t *frame, unsigned char *out);
+
+/* Looks at the bytes at `buf`: fills *frame from a valid header as soon as its 16 bytes are
+ * there, before any payload has arrived, so a bad or oversized header is refused before
+ * anything is allocated for it.  Returns the whole frame's size (header + payload) when it
+ * is all in `buf`, 0 when more bytes are needed, or -EBADMSG (bad magic), -EPROTO (unknown
+ * version), -EINVAL (unknown kind or flags, too many descriptors), -EMSGSIZE (payload
+ * longer than max_length). */
+long long pfd_frame_scan(const unsigned char *buf, size_t size, unsigned long long max_length,
+                         pfd_frame_t *frame);

@@ -1,0 +1,71 @@
+/*
+ * frame.c - the pyforkd binary frame: encoding and validating its header.
+ *
+ * Layout (little-endian, 16 bytes, then `length` bytes of payload):
+ *
+ *   offset  size  field
+ *   0       2     magic, the bytes 'P' 'F'
+ *   2       1     version (1)
+ *   3       1     kind: 1 pickle, 2 json, 3 raw, 4 control
+ *   4       2     flags: 1 = the payload starts with a description of the attached
+ *                 descriptors (u32 length + JSON); any other bit is refused
+ *   6       2     number of descriptors attached to the frame's first byte (<= 253)
+ *   8       8     payload length
+ *
+ * The decoder is incremental by construction: pfd_frame_scan looks only at the bytes it
+ * is given and says "need more" until a whole frame is there, so any split of the stream
+ * gives the same frames; it judges the header the moment its 16 bytes are present, so a
+ * bad magic, version, kind or an oversized length is refused before the payload is awaited
+ * or any memory sized by it.  It allocates nothing and reads nothing past `size`.
+ *
+ * What it does not do: move bytes or descriptors (fdpass.c), or keep any buffer (the
+ * caller's channel does).
+ */
+#include <errno.h>
+#include <stddef.h>
+
+#include "pyforkd.h"
+
+static void pfd__put_le(unsigned char *out, unsigned long long value, int bytes) {
+  int i;
+  for (i = 0; i < bytes; i++) out[i] = (unsigned char)(value >> (8 * i));
+}
+
+static unsigned long long pfd__get_le(const unsigned char *in, int bytes) {
+  unsigned long long value = 0;
+  int i;
+  for (i = bytes - 1; i >= 0; i--) value = (value << 8) | in[i];
+  return value;
+}
+
+void pfd_frame_encode(const pfd_frame_t *frame, unsigned char *out) {
+  pfd__put_le(out, PFD_FRAME_MAGIC, 2);
+  out[2] = PFD_FRAME_VERSION;
+  out[3] = (unsigned char)frame->kind;
+  pfd__put_le(out + 4, frame->flags, 2);
+  pfd__put_le(out + 6, frame->nfds, 2);
+  pfd__put_le(out + 8, frame->length, 8);
+}
+
+long long pfd_frame_scan(const unsigned char *buf, size_t size, unsigned long long max_length,
+                         pfd_frame_t *frame) {
+  unsigned long long total;
+  /* Judge what is there already: two bytes of a wrong magic are enough to refuse. */
+  if (size >= 1 && buf[0] != (PFD_FRAME_MAGIC & 0xff)) return -EBADMSG;
+  if (size >= 2 && buf[1] != (PFD_FRAME_MAGIC >> 8)) return -EBADMSG;
+  if (size >= 3 && buf[2] != PFD_FRAME_VERSION) return -EPROTO;
+  if (size < PFD_FRAME_HEADER_SIZE) return 0;
+  frame->kind = buf[3];
+  frame->flags = (unsigned int)pfd__get_le(buf + 4, 2);
+  frame->nfds = (unsigned int)pfd__get_le(buf + 6, 2);
+  frame->length = pfd__get_le(buf + 8, 8);
+  if (frame->kind < PFD_FRAME_PICKLE || frame->kind > PFD_FRAME_CONTROL) return -EINVAL;
+  if ((frame->flags & ~(unsigned int)PFD_FRAME_FLAGS_KNOWN) != 0) return -EINVAL;
+  if (frame->nfds > PFD_FRAME_MAX_FDS) return -EINVAL;
+  if (frame->length > max_length || frame->length > (unsigned long long)0x7fffffffffffffffLL -
+                                                         PFD_FRAME_HEADER_SIZE) {
+    return -EMSGSIZE;
+  }
+  total = PFD_FRAME_HEADER_SIZE + frame->length;
+  return size >= total ? (long long)total : 0;
+}

@@ -1,0 +1,70 @@
+/* test_fdpass.c - descriptors over a socketpair: round trip, truncation, a vanished peer. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "runner.h"
+
+TEST_IMPL(fdpass_round_trip) {
+  int sv[2], pipes[3][2], got[8], nfds = 0, i;
+  int sent[3];
+  char buf[64];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  for (i = 0; i < 3; i++) {
+    CHECK(pipe(pipes[i]) == 0);
+    sent[i] = pipes[i][1];
+  }
+  CHECK_EQ(pfd_fd_send(sv[0], "he", 2, "llo", 3, sent, 3, 0), 5);
+  CHECK_EQ(pfd_fd_wait(sv[1], PFD_POLL_IN, 1000), 1);
+  CHECK_EQ(pfd_fd_recv(sv[1], buf, sizeof(buf), got, 8, &nfds, 0), 5);
+  CHECK(memcmp(buf, "hello", 5) == 0);
+  CHECK_EQ(nfds, 3);
+  for (i = 0; i < 3; i++) {
+    char c = 0;
+    CHECK(fcntl(got[i], F_GETFD) & FD_CLOEXEC);
+    CHECK(write(got[i], "x", 1) == 1); /* the received copy is the same pipe */
+    CHECK(read(pipes[i][0], &c, 1) == 1 && c == 'x');
+    close(got[i]);
+    close(pipes[i][0]);
+    close(pipes[i][1]);
+  }
+  CHECK_EQ(pfd_fd_recv(sv[1], buf, sizeof(buf), got, 8, &nfds, 0), -EAGAIN);
+  CHECK_EQ(pfd_fd_wait(sv[1], PFD_POLL_IN, 0), 0);
+  CHECK_EQ(pfd_fd_send(sv[0], NULL, 0, NULL, 0, sent, 1, 0), -EINVAL); /* nothing to ride on */
+  close(sv[0]);
+  close(sv[1]);
+  return 0;
+}
+
+TEST_IMPL(fdpass_truncated_closes_all) {
+  int sv[2], fds[10], got[2], nfds = 0, i, before;
+  char buf[16];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  before = pfd_test_count_fds();
+  for (i = 0; i < 10; i++) fds[i] = sv[0];
+  CHECK_EQ(pfd_fd_send(sv[0], "x", 1, NULL, 0, fds, 10, 0), 1);
+  CHECK_EQ(pfd_fd_recv(sv[1], buf, sizeof(buf), got, 2, &nfds, 0), 1);
+  CHECK_EQ(nfds, PFD_FD_TRUNCATED);
+  CHECK_EQ(pfd_test_count_fds(), before);
+  close(sv[0]);
+  close(sv[1]);
+  return 0;
+}
+
+TEST_IMPL(fdpass_peer_gone_no_sigpipe) {
+  int sv[2], nfds = 0;
+  char buf[4];
+  signal(SIGPIPE, SIG_DFL); /* a SIGPIPE would kill this test */
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  CHECK_EQ(pfd_socket_nosigpipe(sv[0]), 0);
+  close(sv[1]);
+  CHECK_EQ(pfd_fd_send(sv[0], "x", 1, NULL, 0, NULL, 0, 0), -EPIPE);
+  CHECK_EQ(pfd_fd_wait(sv[0], PFD_POLL_IN, 1000), 1); /* hang-up wakes a reader */
+  CHECK_EQ(pfd_fd_recv(sv[0], buf, sizeof(buf), NULL, 0, &nfds, 0), 0);
+  close(sv[0]);
+  return 0;
+}
