@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .channel import Channel, Fd
 from .child_process import (
     ChildProcess,
     CompletedProcess,
@@ -20,7 +21,15 @@ from .child_process import (
     spawn,
     spawn_sync,
 )
-from .errors import ExecError, MaxBufferError, PyforkdError, SpawnError, TimeoutExpired
+from .errors import (
+    ChannelClosedError,
+    ExecError,
+    FrameError,
+    MaxBufferError,
+    PyforkdError,
+    SpawnError,
+    TimeoutExpired,
+)
 
 if TYPE_CHECKING:
     from . import aio
@@ -36,9 +45,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "Channel",
+    "ChannelClosedError",
     "ChildProcess",
     "CompletedProcess",
     "ExecError",
+    "Fd",
+    "FrameError",
     "MaxBufferError",
     "PyforkdError",
     "SpawnError",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ._core import ffi, lib
 from .errors import SpawnError, oserror_class
@@ -195,6 +195,148 @@ def process_kill(pid: int, handle: int, sig: int) -> bool:
     if r < 0:
         raise_errno(r, "kill")
     return True
+
+
+# ---- frames and descriptor passing -------------------------------------------------------
+
+FRAME_HEADER_SIZE: int = lib.PFD_FRAME_HEADER_SIZE
+FRAME_MAX_FDS: int = lib.PFD_FRAME_MAX_FDS
+FRAME_PICKLE: int = lib.PFD_FRAME_PICKLE
+FRAME_JSON: int = lib.PFD_FRAME_JSON
+FRAME_RAW: int = lib.PFD_FRAME_RAW
+FRAME_CONTROL: int = lib.PFD_FRAME_CONTROL
+FRAME_FLAG_HANDLES: int = lib.PFD_FRAME_FLAG_HANDLES
+POLL_IN: int = lib.PFD_POLL_IN
+POLL_OUT: int = lib.PFD_POLL_OUT
+FD_BLOCK: int = lib.PFD_FD_BLOCK
+
+_FRAME_ERRORS = {
+    _errno.EBADMSG: "bad magic (not a pyforkd frame)",
+    _errno.EPROTO: "unknown frame version",
+    _errno.EINVAL: "unknown kind or flags, or too many descriptors",
+    _errno.EMSGSIZE: "message longer than max_message_size",
+}
+
+
+class FrameCodec:
+    """Encodes and scans frame headers with buffers kept for the life of one channel.
+
+    Not thread-safe: a channel uses one codec for sending (under its send lock) and one for
+    receiving (under its receive lock).
+    """
+
+    __slots__ = ("_frame", "header", "header_bytes", "max_length")
+
+    def __init__(self, max_length: int) -> None:
+        self._frame = ffi.new("pfd_frame_t *")
+        self.header = ffi.new("unsigned char[]", FRAME_HEADER_SIZE)
+        self.header_bytes = ffi.buffer(self.header)
+        self.max_length = max_length
+
+    def encode(self, kind: int, flags: int, nfds: int, length: int) -> None:
+        """Write a header into ``self.header``."""
+        f = self._frame
+        f.kind, f.flags, f.nfds, f.length = kind, flags, nfds, length
+        lib.pfd_frame_encode(f, self.header)
+
+    def scan(self, buf: Any, offset: int, size: int) -> tuple[int, int, int, int, int]:
+        """Look at ``size`` bytes at ``buf + offset`` (``buf`` from ``ffi.from_buffer``).
+
+        Returns ``(total, kind, flags, nfds, length)``: total is the whole frame's size when
+        it is all there, else 0 (kind etc. are valid once 16 bytes are there).  A bad header
+        raises ``ValueError`` saying what is wrong.
+        """
+        f = self._frame
+        r = lib.pfd_frame_scan(buf + offset, size, self.max_length, f)
+        if r < 0:
+            raise ValueError(
+                f"{_FRAME_ERRORS.get(-r, strerror(-r))} "
+                f"(kind {f.kind}, {f.nfds} descriptors, length {f.length})"
+            )
+        return r, f.kind, f.flags, f.nfds, f.length
+
+
+def fd_send(
+    sock: int, head: memoryview, body: memoryview, fds: Sequence[int], block: bool
+) -> int | None:
+    """One sendmsg of head + body: bytes sent, None when it would block (or a signal came)."""
+    c_fds = ffi.new("int[]", list(fds)) if fds else ffi.NULL
+    with ffi.from_buffer(head) as c_head, ffi.from_buffer(body) as c_body:
+        r = lib.pfd_fd_send(
+            sock, c_head, head.nbytes, c_body, body.nbytes, c_fds, len(fds),
+            FD_BLOCK if block else 0,
+        )  # fmt: skip
+    if r >= 0:
+        return r
+    if r in (-_errno.EAGAIN, -_errno.EINTR):
+        return None
+    raise_errno(r, "sendmsg")
+
+
+class Receiver:
+    """One channel's receive side: a 64 KiB buffer and room for a message's descriptors.
+
+    ``recv`` returns a view of the buffer, valid until the next call.  Not thread-safe:
+    the channel calls it under its receive lock.
+    """
+
+    __slots__ = ("_buf", "_c_buf", "_c_fds", "_c_nfds", "_codec", "_view")
+
+    SIZE = 1 << 16
+
+    def __init__(self, max_length: int) -> None:
+        self._buf = bytearray(self.SIZE)
+        self._c_buf = ffi.from_buffer(self._buf)
+        self._view = memoryview(self._buf)
+        self._c_fds = ffi.new("int[]", FRAME_MAX_FDS)
+        self._c_nfds = ffi.new("int *")
+        self._codec = FrameCodec(max_length)
+
+    def recv(self, sock: int, block: bool) -> tuple[memoryview, list[int] | None] | None:
+        """One recvmsg.
+
+        Returns ``(bytes, descriptors)``: bytes empty at EOF; descriptors None when the
+        sender attached more than one message may carry (all closed then).  None when
+        nothing is there or a signal came first.
+        """
+        r = lib.pfd_fd_recv(
+            sock,
+            self._c_buf,
+            self.SIZE,
+            self._c_fds,
+            FRAME_MAX_FDS,
+            self._c_nfds,
+            FD_BLOCK if block else 0,
+        )
+        if r < 0:
+            if r in (-_errno.EAGAIN, -_errno.EINTR):
+                return None
+            raise_errno(r, "recvmsg")
+        nfds = self._c_nfds[0]
+        fds = None if nfds < 0 else [self._c_fds[i] for i in range(nfds)]
+        return self._view[:r], fds
+
+    def scan(self, buf: bytearray, offset: int, size: int) -> tuple[int, int, int, int, int]:
+        """Scan a frame header in ``buf`` at ``offset`` (see :meth:`FrameCodec.scan`)."""
+        with ffi.from_buffer(buf) as c_buf:
+            return self._codec.scan(c_buf, offset, size)
+
+
+def fd_wait(sock: int, events: int, timeout_ms: int) -> bool | None:
+    """poll(2) one socket: True ready, False timeout, None when a signal came."""
+    r = lib.pfd_fd_wait(sock, events, timeout_ms)
+    if r >= 0:
+        return r == 1
+    if r == -_errno.EINTR:
+        return None
+    raise_errno(r, "poll")
+
+
+def socket_nosigpipe(sock: int) -> None:
+    """Make sends on ``sock`` never raise SIGPIPE (macOS needs a socket option)."""
+    r = lib.pfd_socket_nosigpipe(sock)
+    if r < 0:
+        raise_errno(r, "setsockopt(SO_NOSIGPIPE)")
 
 
 class Collector:

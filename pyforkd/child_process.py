@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, Any, Union
 
 from . import _bindings as _b
+from ._checks import check_timeout as _check_timeout
 from .errors import ExecError, MaxBufferError, TimeoutExpired
 
 __all__ = [
@@ -121,16 +122,6 @@ def _encode_env(env: Mapping[Any, Any]) -> list[bytes]:
             raise ValueError(f"env key {key!r} must be non-empty and contain no '='")
         out.append(k + b"=" + _fsencode(value, ("env", key)))
     return out
-
-
-def _check_timeout(timeout: Any, what: str = "timeout") -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds or None, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"{what} must be >= 0 seconds, got {timeout!r}")
-    return float(timeout)
 
 
 def signal_number(sig: SignalLike, what: str = "signal", allow_zero: bool = False) -> int:

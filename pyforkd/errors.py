@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "ChannelClosedError",
     "ExecError",
+    "FrameError",
     "MaxBufferError",
     "PyforkdError",
     "SpawnError",
@@ -186,3 +188,20 @@ class TimeoutExpired(PyforkdError, subprocess.TimeoutExpired, TimeoutError):
 
     def __reduce__(self) -> Any:
         return (type(self), (self.cmd, self.timeout))
+
+
+class ChannelClosedError(PyforkdError, ConnectionError, EOFError):
+    """The channel is closed: by this side, or by the peer (which may have died).
+
+    Also a ``ConnectionError`` and an ``EOFError`` (what ``multiprocessing`` raises), never
+    a ``BrokenPipeError``.
+    """
+
+
+class FrameError(PyforkdError, ValueError):
+    """The peer sent something malformed.
+
+    A bad frame header, a length over the limit, a descriptor count that does not match,
+    undecodable data, or invalid JSON from Node.  The channel is closed when this is
+    raised, and every descriptor that came with the bad data is closed.
+    """

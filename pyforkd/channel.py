@@ -1,0 +1,630 @@
+"""Channel: messages and handles between two processes over a connected socket.
+
+Two framings share one class:
+
+- ``"pyforkd"`` binary frames (default between pyforkd processes): a 16-byte header
+  (``csrc/common/frame.c``) and the payload, pickled (protocol 5), JSON or raw bytes.
+  Sockets, files and :class:`Fd` descriptors ride beside the bytes (SCM_RIGHTS) and arrive
+  as objects of the same kind.
+- ``"node"``: Node.js's ``'json'`` IPC framing, one compact JSON document per line, so that
+  a Node parent or child is the other end.
+
+Every send either writes the whole message or raises before writing anything (a message
+that cannot be encoded, is too large, or whose handle is closed); sends from several
+threads never interleave; ``send`` blocks while the peer's buffer is full (``timeout``
+bounds that).  Anything malformed from the peer raises :class:`FrameError`, closes every
+descriptor that came with it and closes the channel; a vanished peer raises
+:class:`ChannelClosedError`.  Nothing raises ``BrokenPipeError`` or ``SIGPIPE``.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import math
+import os
+import pickle
+import socket
+import struct
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any, NoReturn, Union
+
+from . import _bindings as _b
+from ._checks import deadline as _deadline
+from .errors import ChannelClosedError, FrameError
+
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Channel", "Fd"]
+
+DEFAULT_MAX_MESSAGE_SIZE = 256 << 20
+_SERIALIZATIONS = ("pickle", "json", "raw")
+_FRAMINGS = ("pyforkd", "node")
+_KIND = {"pickle": _b.FRAME_PICKLE, "json": _b.FRAME_JSON, "raw": _b.FRAME_RAW}
+_META_LEN = struct.Struct("<I")
+
+
+class Fd:
+    """A raw file descriptor to send as a handle: ``channel.send(msg, handle=Fd(n))``.
+
+    The receiver gets an ``Fd`` of its own copy.  An ``Fd`` owns its descriptor: ``close()``
+    (or the ``with`` block) closes it; ``detach()`` gives the number up without closing.
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"Fd() takes a descriptor number, not {type(fd).__name__}")
+        if fd < 0:
+            raise ValueError(f"Fd(): descriptor {fd} is negative")
+        self._fd = fd
+
+    def fileno(self) -> int:
+        """The descriptor number; ``ValueError`` once closed or detached."""
+        if self._fd < 0:
+            raise ValueError("Fd is closed")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """True once closed or detached."""
+        return self._fd < 0
+
+    def detach(self) -> int:
+        """Give up ownership and return the number (the caller closes it)."""
+        fd, self._fd = self.fileno(), -1
+        return fd
+
+    def close(self) -> None:
+        """Close the descriptor (a second call does nothing)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Fd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Fd({self._fd})" if self._fd >= 0 else "Fd(closed)"
+
+
+Handle = Union[socket.socket, io.IOBase, Fd]
+
+
+def _describe(handle: Any, where: str) -> tuple[int, dict[str, Any]]:
+    """A handle's descriptor and what the receiver needs to rebuild the same kind."""
+    if isinstance(handle, Fd):
+        return handle.fileno(), {"t": "fd"}
+    if isinstance(handle, socket.socket):
+        if handle.fileno() < 0:
+            raise ValueError(f"{where}: the socket is closed")
+        return handle.fileno(), {"t": "socket"}
+    if isinstance(handle, io.IOBase) or hasattr(handle, "fileno"):
+        if getattr(handle, "closed", False):
+            raise ValueError(f"{where}: {handle!r} is closed")
+        try:
+            fd = handle.fileno()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{where}: {handle!r} has no descriptor ({exc})") from None
+        if hasattr(handle, "flush"):
+            handle.flush()  # what Python buffered belongs before the receiver's writes
+        mode = getattr(handle, "mode", "rb")
+        binary = "b" in mode or not isinstance(handle, io.TextIOBase)
+        encoding = None if binary else getattr(handle, "encoding", None)
+        return fd, {"t": "file", "mode": mode, "encoding": encoding}
+    raise TypeError(
+        f"{where}: can send a socket.socket, a file object or pyforkd.Fd, not "
+        f"{type(handle).__name__}"
+    )
+
+
+def _rebuild(fd: int, meta: dict[str, Any]) -> Any:
+    kind = meta.get("t")
+    if kind == "fd":
+        return Fd(fd)
+    if kind == "socket":
+        return socket.socket(fileno=fd)
+    if kind == "file":
+        mode = str(meta.get("mode", "rb")).replace("x", "w")
+        buffering = 0 if "b" in mode and "+" not in mode and mode.startswith("a") else -1
+        return open(fd, mode, buffering=buffering, encoding=meta.get("encoding"))
+    raise ValueError(f"unknown handle kind {kind!r}")
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_loads(data: str | bytes) -> Any:
+    """Strict JSON, as Node's JSON.parse: NaN and Infinity are refused."""
+    return json.loads(data, parse_constant=_no_constant)
+
+
+def _fail(why: str) -> NoReturn:
+    raise FrameError(why)
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    fds.clear()
+
+
+class _Decoder:
+    """Turns a received byte stream and its descriptor batches into messages.
+
+    ``feed`` takes each recvmsg's bytes and descriptors in order, however the stream was
+    split, and appends whole messages to ``ready``.  Anything malformed raises
+    :class:`FrameError` after every descriptor held here is closed.  It does no I/O.
+    """
+
+    def __init__(self, framing: str, scan: Any, max_length: int) -> None:
+        self.framing = framing
+        self.scan = scan  # Receiver.scan: the C frame header check
+        self.max_length = max_length
+        self.pending = bytearray()  # bytes of a message not whole yet
+        self.pending_start = 0  # stream offset of pending[0]
+        self.stream_pos = 0  # stream offset of the next byte to arrive
+        self.fd_batches: collections.deque[tuple[int, int, list[int]]] = collections.deque()
+        self.ready: collections.deque[tuple[Any, Any]] = collections.deque()
+
+    def feed(self, chunk: Any, fds: list[int] | None) -> None:
+        """Take one recvmsg's bytes and descriptors (None: truncated, already closed)."""
+        start = self.stream_pos
+        self.stream_pos += len(chunk)
+        if fds is None:
+            self.discard()
+            _fail("the peer attached more descriptors than one message may carry; all were closed")
+        if fds:
+            self.fd_batches.append((start, self.stream_pos, fds))
+        self.pending += chunk
+        try:
+            if self.framing == "node":
+                self._decode_lines()
+            else:
+                self._decode_frames()
+        except FrameError:
+            self.discard()
+            raise
+        except (
+            ValueError,
+            pickle.UnpicklingError,
+            EOFError,
+            TypeError,
+            AttributeError,
+            ImportError,
+            IndexError,
+            KeyError,
+            UnicodeDecodeError,
+        ) as exc:
+            self.discard()
+            raise FrameError(f"cannot decode a message: {exc}") from None
+
+    def discard(self) -> None:
+        """Close every descriptor held, delivered or not, and forget pending bytes."""
+        while self.fd_batches:
+            _close_fds(self.fd_batches.popleft()[2])
+        while self.ready:
+            _close_handle(self.ready.popleft()[1])
+        self.pending.clear()
+
+    def _batch_at(self, pos: int) -> list[int]:
+        """The descriptors that arrived with the stream byte at ``pos``, if any.
+
+        A sender attaches descriptors to a message's first byte, so they arrive with the
+        recvmsg that brings that byte: a message starting at ``pos`` may claim only a batch
+        whose chunk holds ``pos``.  A batch left behind by every message is an error.
+        """
+        batches = self.fd_batches
+        if batches and batches[0][0] <= pos < batches[0][1]:
+            return batches.popleft()[2]
+        if batches and batches[0][1] <= pos:
+            _fail("descriptors came with no message that declares them")
+        return []
+
+    def _take_fds(self, pos: int, nfds: int) -> list[int]:
+        got = self._batch_at(pos)
+        if len(got) != nfds:
+            count = len(got)
+            _close_fds(got)
+            _fail(f"a message declares {nfds} descriptors but {count} came with it")
+        return got
+
+    def _decode_frames(self) -> None:
+        buf = self.pending
+        off = 0
+        end = len(buf)
+        while off < end:
+            try:
+                total, kind, flags, nfds, _ = self.scan(buf, off, end - off)
+            except ValueError as exc:
+                _fail(f"bad frame: {exc}")
+            if not total:
+                break
+            frame_start = self.pending_start + off
+            fds = self._take_fds(frame_start, nfds)
+            payload = bytes(buf[off + _b.FRAME_HEADER_SIZE : off + total])
+            off += total
+            self._deliver(kind, flags, payload, fds)
+        if off:
+            del buf[:off]
+            self.pending_start += off
+
+    def _deliver(self, kind: int, flags: int, payload: bytes, fds: list[int]) -> None:
+        handle: Any = None
+        try:
+            if flags & _b.FRAME_FLAG_HANDLES:
+                (size,) = _META_LEN.unpack_from(payload)
+                meta = json.loads(payload[4 : 4 + size])
+                payload = payload[4 + size :]
+                metas = meta["handles"]
+                if len(metas) != len(fds):
+                    raise ValueError(f"{len(metas)} handles described, {len(fds)} descriptors")
+                handles = [_rebuild(fd, m) for fd, m in zip(fds, metas)]
+                fds = []  # owned by the handle objects now
+                handle = handles if meta.get("many") else handles[0]
+            elif fds:
+                raise ValueError("descriptors came without a description")
+            if kind == _b.FRAME_PICKLE:
+                obj = pickle.loads(payload)
+            elif kind == _b.FRAME_JSON:
+                obj = _json_loads(payload)
+            elif kind == _b.FRAME_RAW:
+                obj = payload
+            else:
+                raise ValueError(f"unexpected control frame of {len(payload)} bytes")
+        except BaseException:
+            _close_fds(fds)
+            _close_handle(handle)
+            raise
+        self.ready.append((obj, handle))
+
+    def _decode_lines(self) -> None:
+        buf = self.pending
+        off = 0
+        while True:
+            nl = buf.find(b"\n", off)
+            if nl < 0:
+                break
+            fds = self._batch_at(self.pending_start + off)
+            line = bytes(buf[off:nl])
+            off = nl + 1
+            self._deliver_node(line, fds)
+        if off:
+            del buf[:off]
+            self.pending_start += off
+        if len(buf) > self.max_length:
+            _fail(f"a line longer than max_message_size ({self.max_length}) bytes")
+
+    def _deliver_node(self, line: bytes, fds: list[int]) -> None:
+        try:
+            obj = _json_loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            _close_fds(fds)
+            raise ValueError(f"not a JSON message: {exc}") from None
+        if (
+            isinstance(obj, dict)
+            and isinstance(obj.get("cmd"), str)
+            and obj["cmd"].startswith("NODE_")
+        ):
+            _close_fds(fds)  # Node's internal traffic never reaches the user
+            return
+        if fds:
+            _close_fds(fds)
+            raise ValueError("descriptors came with a message that is not NODE_HANDLE")
+        self.ready.append((obj, None))
+
+
+class Channel:
+    """A message channel over a connected ``AF_UNIX`` stream socket (or its descriptor).
+
+    ``serialization`` is how :meth:`send` encodes (``"pickle"``, ``"json"`` or ``"raw"``
+    bytes); what arrives is decoded by the kind the sender wrote.  ``framing="node"`` speaks
+    Node's JSON-lines IPC instead (``serialization`` must then be ``"json"``).  Messages
+    over ``max_message_size`` bytes are refused on both sides.  The channel owns the socket.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket | int,
+        *,
+        serialization: str = "pickle",
+        framing: str = "pyforkd",
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        if serialization not in _SERIALIZATIONS:
+            raise ValueError(
+                f"serialization must be one of {', '.join(_SERIALIZATIONS)}, not {serialization!r}"
+            )
+        if framing not in _FRAMINGS:
+            raise ValueError(f"framing must be 'pyforkd' or 'node', not {framing!r}")
+        if framing == "node" and serialization != "json":
+            raise ValueError("framing='node' carries JSON only: use serialization='json'")
+        if isinstance(max_message_size, bool) or not isinstance(max_message_size, int):
+            raise TypeError("max_message_size must be an int")
+        if max_message_size <= 0:
+            raise ValueError(f"max_message_size must be > 0, got {max_message_size}")
+        if isinstance(sock, int) and not isinstance(sock, bool):
+            sock = socket.socket(fileno=sock)
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"Channel needs a socket or a descriptor, not {type(sock).__name__}")
+        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+            raise ValueError("a Channel needs a connected AF_UNIX SOCK_STREAM socket")
+        sock.setblocking(True)  # sends and receives choose per call whether to wait
+        _b.socket_nosigpipe(sock.fileno())
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self.serialization = serialization
+        self.framing = framing
+        self.max_message_size = max_message_size
+        # Re-entrant: a send that times out half-written closes the channel from inside.
+        self._send_lock = threading.RLock()
+        self._recv_lock = threading.RLock()
+        self._send_codec = _b.FrameCodec(max_message_size)
+        self._receiver = _b.Receiver(max_message_size)
+        self._decoder = _Decoder(framing, self._receiver.scan, max_message_size)
+        self._eof = False
+        self._closed = False
+
+    # ---- sending -------------------------------------------------------------------------
+
+    def _encode(self, obj: Any) -> tuple[int, bytes]:
+        ser = self.serialization
+        if ser == "raw":
+            try:
+                return _b.FRAME_RAW, bytes(memoryview(obj))
+            except TypeError:
+                raise TypeError(
+                    f"serialization='raw' sends bytes-like objects, not {type(obj).__name__}"
+                ) from None
+        if ser == "json" or self.framing == "node":
+            try:
+                text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"cannot send this message as JSON: {exc}") from None
+            return _b.FRAME_JSON, text.encode("utf-8")
+        try:
+            return _b.FRAME_PICKLE, pickle.dumps(obj, protocol=5)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise TypeError(f"cannot pickle this message: {exc}") from None
+
+    def send(
+        self,
+        obj: Any,
+        handle: Handle | list[Handle] | tuple[Handle, ...] | None = None,
+        *,
+        keep_open: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Send one message, with an optional handle (or a list of handles).
+
+        Handles are ``socket.socket`` (any family or type), file objects and :class:`Fd`;
+        the peer receives objects of the same kind.  Unless ``keep_open``, this side's copy
+        of each handle is closed once sent (as in Node).  Blocks while the peer's buffer is
+        full; after ``timeout`` seconds raises ``TimeoutError`` (a message caught half-way
+        cannot be taken back: the channel is then closed).  Raises ``TypeError`` for a
+        message that cannot be encoded and ``ValueError`` for one over
+        ``max_message_size``, before writing anything; ``ChannelClosedError`` once the
+        peer is gone.
+        """
+        deadline = _deadline(timeout)
+        self._check_open()
+        kind, body = self._encode(obj)
+        handles = (
+            []
+            if handle is None
+            else (list(handle) if isinstance(handle, (list, tuple)) else [handle])
+        )
+        if len(handles) > _b.FRAME_MAX_FDS:
+            raise ValueError(f"at most {_b.FRAME_MAX_FDS} handles fit in one message")
+        fds: list[int] = []
+        flags = 0
+        if handles:
+            if self.framing == "node":
+                raise ValueError("sending handles to a Node peer is not supported yet")
+            metas = []
+            for i, h in enumerate(handles):
+                fd, meta = _describe(h, f"handle[{i}]" if len(handles) > 1 else "handle")
+                fds.append(fd)
+                metas.append(meta)
+            described = json.dumps(
+                {"many": isinstance(handle, (list, tuple)), "handles": metas}
+            ).encode()
+            body = _META_LEN.pack(len(described)) + described + body
+            flags = _b.FRAME_FLAG_HANDLES
+        if len(body) > self.max_message_size:
+            raise ValueError(
+                f"message of {len(body)} bytes is over max_message_size ({self.max_message_size})"
+            )
+        if self.framing == "node":
+            self._send_bytes(b"", body + b"\n", [], deadline)
+        else:
+            with self._send_lock:
+                self._check_open()
+                codec = self._send_codec
+                codec.encode(kind, flags, len(fds), len(body))
+                self._write(codec.header_bytes, body, fds, deadline)
+        if not keep_open:
+            for h in handles:
+                h.close()
+
+    def _send_bytes(self, head: Any, body: bytes, fds: list[int], deadline: float | None) -> None:
+        with self._send_lock:
+            self._check_open()
+            self._write(head, body, fds, deadline)
+
+    def _write(self, head: Any, body: bytes, fds: list[int], deadline: float | None) -> None:
+        """Write head + body entirely (descriptors on the first byte); the send lock is held."""
+        head_view, body_view = memoryview(head), memoryview(body)
+        sent_any = False
+        while head_view.nbytes or body_view.nbytes:
+            try:
+                n = _b.fd_send(self._fd, head_view, body_view, fds, deadline is None)
+            except (BrokenPipeError, ConnectionResetError):
+                self._eof = True
+                raise ChannelClosedError("the peer closed the channel") from None
+            if n is None:
+                if not self._wait(_b.POLL_OUT, deadline):
+                    if sent_any:
+                        self.close()
+                        raise TimeoutError(
+                            "send timed out with the message half-written; the channel is closed"
+                        ) from None
+                    raise TimeoutError("send timed out: the peer is not reading")
+                continue
+            sent_any = True
+            fds = []  # they went with the first byte
+            k = min(n, head_view.nbytes)
+            head_view, body_view = head_view[k:], body_view[n - k :]
+
+    def _wait(self, events: int, deadline: float | None) -> bool:
+        """Wait for the socket (GIL released); False when the deadline passed."""
+        while True:
+            ms = -1 if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            ready = _b.fd_wait(self._fd, events, ms)
+            if ready:
+                return True
+            if ready is False and deadline is not None and time.monotonic() >= deadline:
+                return False
+
+    # ---- receiving -------------------------------------------------------------------------
+
+    def recv(self, timeout: float | None = None, *, with_handle: bool = False) -> Any:
+        """Receive one message; with ``with_handle=True`` return ``(message, handle)``.
+
+        ``handle`` is None, one object, or a list (when a list was sent).  Raises
+        ``TimeoutError`` after ``timeout`` seconds, :class:`ChannelClosedError` once the peer
+        has closed and every message before that was received, :class:`FrameError` for
+        anything malformed (the channel is then closed, no descriptor kept).
+        """
+        deadline = _deadline(timeout)
+        with self._recv_lock:
+            ready = self._decoder.ready
+            while not ready:
+                self._check_open()
+                if self._eof:
+                    raise ChannelClosedError("the peer closed the channel")
+                self._receive(deadline)
+            obj, handle = ready.popleft()
+        if with_handle:
+            return obj, handle
+        if handle is not None:
+            for h in handle if isinstance(handle, list) else [handle]:
+                h.close()
+            warnings.warn(
+                "a message came with a handle, which was closed: use "
+                "recv(with_handle=True) to take it",
+                ResourceWarning,
+                stacklevel=2,
+            )
+        return obj
+
+    def _receive(self, deadline: float | None) -> None:
+        """One recvmsg (after waiting for the deadline if there is one); feeds the decoder."""
+        if deadline is not None and not self._wait(_b.POLL_IN, deadline):
+            raise TimeoutError("recv timed out")
+        try:
+            got = self._receiver.recv(self._fd, deadline is None)
+        except ConnectionResetError:
+            got = (memoryview(b""), [])
+        if got is None:
+            return  # a signal came (its handler ran) or a spurious wake-up
+        chunk, fds = got
+        if not chunk and fds is not None:
+            self._eof = True
+            if self._decoder.pending or self._decoder.fd_batches or fds:
+                _close_fds(fds)
+                self._discard()
+                raise ChannelClosedError("the peer closed the channel in the middle of a message")
+            return
+        try:
+            self._decoder.feed(chunk, fds)
+        except FrameError:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        self._decoder.discard()
+        self._close_socket()
+
+    # ---- the rest ------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        """Messages until the peer closes the channel."""
+        while True:
+            try:
+                yield self.recv()
+            except ChannelClosedError:
+                return
+
+    @property
+    def connected(self) -> bool:
+        """False once either side closed the channel."""
+        return not self._closed and not self._eof
+
+    def fileno(self) -> int:
+        """The channel's socket descriptor (-1 once closed)."""
+        return -1 if self._closed else self._fd
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ChannelClosedError("the channel is closed")
+
+    def _close_socket(self) -> None:
+        self._closed = True
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        """Close the channel: the peer sees it end; threads blocked in send/recv return."""
+        if self._closed:
+            return
+        self._closed = True
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes any thread blocked on it
+            except OSError:
+                pass
+        with self._send_lock, self._recv_lock:
+            self._decoder.discard()
+            self._close_socket()
+
+    disconnect = close
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "closed"
+        return f"<Channel fd={self.fileno()} {self.framing}/{self.serialization} {state}>"
+
+
+def _close_handle(handle: Any) -> None:
+    if handle is None:
+        return
+    for h in handle if isinstance(handle, list) else [handle]:
+        try:
+            h.close()
+        except OSError:
+            pass

@@ -1,0 +1,522 @@
+"""Channel: serializations, handles, concurrency, backpressure, limits, malformed input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import struct
+import threading
+
+import pytest
+from _helpers import PY, linux_only, open_fds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pyforkd
+from pyforkd import Channel, ChannelClosedError, Fd, FrameError
+
+pytestmark = linux_only
+
+HEADER = struct.Struct("<2sBBHHQ")  # magic, version, kind, flags, nfds, length
+
+
+def frame(
+    payload: bytes, kind: int = 3, *, magic=b"PF", version=1, flags=0, nfds=0, length=None
+) -> bytes:
+    size = len(payload) if length is None else length
+    return HEADER.pack(magic, version, kind, flags, nfds, size) + payload
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    ca, cb = Channel(a), Channel(b)
+    yield ca, cb
+    ca.close()
+    cb.close()
+
+
+@pytest.fixture
+def raw_pair():
+    """A Channel and the plain socket at the other end, to write any bytes at it."""
+    a, b = socket.socketpair()
+    ch = Channel(a)
+    yield ch, b
+    ch.close()
+    b.close()
+
+
+# ---- messages -------------------------------------------------------------------------------
+
+
+def test_pickle_round_trip_keeps_types(pair):
+    a, b = pair
+    msg = {"int": 1, "set": {1, 2}, "bytes": b"\x00\xff", "tuple": (1, "x"), "none": None}
+    a.send(msg)
+    assert b.recv() == msg
+
+
+def test_json_and_raw_are_decoded_by_the_kind_the_sender_wrote():
+    x, y = socket.socketpair()
+    j, r = Channel(x, serialization="json"), Channel(y, serialization="raw")
+    j.send({"a": [1, 2.5, "é", None, True]})
+    assert r.recv() == {"a": [1, 2.5, "é", None, True]}
+    r.send(b"raw bytes")
+    assert j.recv() == b"raw bytes"
+    r.send(memoryview(b"mv"))
+    assert j.recv() == b"mv"
+    with pytest.raises(TypeError, match="serialization='raw' sends bytes-like"):
+        r.send("text")
+    with pytest.raises(TypeError, match="as JSON"):
+        j.send({"x": object()})
+    with pytest.raises(TypeError, match="as JSON"):
+        j.send(float("nan"))  # Node dies on NaN: refused here
+    j.close()
+    r.close()
+
+
+def test_order_is_kept_and_iteration_ends_at_close(pair):
+    a, b = pair
+
+    def sender():
+        for i in range(10_000):
+            a.send(i)
+        a.close()
+
+    t = threading.Thread(target=sender)
+    t.start()
+    assert list(b) == list(range(10_000))
+    t.join()
+    assert not b.connected
+
+
+def test_unpicklable_message_is_refused_before_anything_is_written(pair):
+    a, b = pair
+    with pytest.raises(TypeError, match="cannot pickle"):
+        a.send(lambda: 1)
+    with pytest.raises(TypeError, match="cannot pickle"):
+        a.send(threading.Lock())
+    a.send("still usable")
+    assert b.recv() == "still usable"
+
+
+def test_max_message_size_on_both_sides():
+    x, y = socket.socketpair()
+    small, big = (
+        Channel(x, max_message_size=100, serialization="raw"),
+        Channel(y, serialization="raw"),
+    )
+    with pytest.raises(ValueError, match="over max_message_size"):
+        small.send(b"x" * 101)
+    big.send(b"y" * 101)
+    with pytest.raises(FrameError, match="longer than max_message_size"):
+        small.recv()
+    assert not small.connected
+    big.close()
+
+
+def test_recv_timeout_and_bad_timeouts(pair):
+    a, b = pair
+    with pytest.raises(TimeoutError):
+        b.recv(timeout=0.05)
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        b.recv(timeout=-1)
+    a.send("late")
+    assert b.recv(timeout=5) == "late"
+
+
+def test_bad_constructor_arguments():
+    a, b = socket.socketpair()
+    with pytest.raises(ValueError, match="serialization must be"):
+        Channel(a, serialization="yaml")
+    with pytest.raises(ValueError, match="framing"):
+        Channel(a, framing="xml")
+    with pytest.raises(ValueError, match="JSON only"):
+        Channel(a, framing="node", serialization="pickle")
+    with pytest.raises(ValueError, match="max_message_size must be > 0"):
+        Channel(a, max_message_size=0)
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+        pytest.raises(ValueError, match="AF_UNIX SOCK_STREAM"),
+    ):
+        Channel(tcp)
+    a.close()
+    b.close()
+
+
+# ---- handles ----------------------------------------------------------------------------------
+
+
+def test_handles_of_every_kind_arrive_as_the_same_kind(pair, tmp_path):
+    a, b = pair
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    path = tmp_path / "f.txt"
+    path.write_text("file content")
+    f = open(path, encoding="utf-8")  # noqa: SIM115 - sent, then closed by send
+    r, w = os.pipe()
+    a.send({"n": 4}, handle=[listener, udp, f, Fd(w)])
+    msg, (l2, u2, f2, fd2) = b.recv(with_handle=True)
+    assert msg == {"n": 4}
+    assert isinstance(l2, socket.socket) and l2.getsockname()[1] == port
+    assert l2.type == socket.SOCK_STREAM and u2.type == socket.SOCK_DGRAM
+    with socket.create_connection(("127.0.0.1", port)) as c:
+        conn, _ = l2.accept()  # the received copy really is the listening socket
+        conn.close()
+        c.close()
+    assert f2.read() == "file content"
+    assert isinstance(fd2, Fd)
+    os.write(fd2.fileno(), b"through the passed pipe")
+    assert os.read(r, 100) == b"through the passed pipe"
+    # The sender's copies were closed (Node's default)...
+    assert listener.fileno() == -1 and udp.fileno() == -1 and f.closed
+    for h in (l2, u2, f2, fd2):
+        h.close()
+    os.close(r)
+
+
+def test_keep_open_leaves_the_senders_copy(pair):
+    a, b = pair
+    s1, s2 = socket.socketpair()
+    a.send("x", handle=s1, keep_open=True)
+    _, got = b.recv(with_handle=True)
+    assert s1.fileno() >= 0
+    got.sendall(b"ping")
+    assert s2.recv(4) == b"ping"
+    for s in (s1, s2, got):
+        s.close()
+
+
+def test_a_handle_not_taken_is_closed_with_a_warning(pair):
+    a, b = pair
+    r, w = os.pipe()
+    before = open_fds()
+    a.send("x", handle=Fd(w))
+    with pytest.warns(ResourceWarning, match="with_handle=True"):
+        assert b.recv() == "x"
+    assert open_fds() == before - {w}
+    os.close(r)
+
+
+def test_bad_handles_raise_before_writing(pair):
+    a, b = pair
+    s = socket.socket()
+    s.close()
+    with pytest.raises(ValueError, match="handle: the socket is closed"):
+        a.send("x", handle=s)
+    with pytest.raises(TypeError, match=r"can send a socket\.socket"):
+        a.send("x", handle=42)
+    with pytest.raises(ValueError, match="Fd\\(\\): descriptor -1 is negative"):
+        Fd(-1)
+    a.send("fine")
+    assert b.recv() == "fine"
+
+
+def test_stdlib_recv_fds_receives_what_pyforkd_sends():
+    x, y = socket.socketpair()
+    ch = Channel(x, serialization="raw")
+    r, w = os.pipe()
+    ch.send(b"payload", handle=Fd(w))
+    data, fds, _flags, _addr = socket.recv_fds(y, 4096, 4)
+    assert len(fds) == 1 and data[:2] == b"PF"
+    os.write(fds[0], b"ok")
+    assert os.read(r, 2) == b"ok"
+    for fd in (fds[0], r):
+        os.close(fd)
+    ch.close()
+    y.close()
+
+
+def test_pyforkd_receives_what_stdlib_send_fds_sends(raw_pair):
+    ch, peer = raw_pair
+    r, w = os.pipe()
+    described = json.dumps({"many": False, "handles": [{"t": "fd"}]}).encode()
+    payload = struct.pack("<I", len(described)) + described + pickle.dumps("hi")
+    socket.send_fds(peer, [frame(payload, kind=1, flags=1, nfds=1)], [w])
+    os.close(w)
+    msg, handle = ch.recv(with_handle=True)
+    assert msg == "hi" and isinstance(handle, Fd)
+    os.write(handle.fileno(), b"!")
+    assert os.read(r, 1) == b"!"
+    handle.close()
+    os.close(r)
+
+
+# ---- concurrency and backpressure -----------------------------------------------------------
+
+
+def test_sends_from_many_threads_never_interleave(pair):
+    a, b = pair
+    big = b"x" * 200_000  # several socket buffers: a torn frame would show
+
+    def sender(n):
+        for i in range(25):
+            a.send((n, i, big))
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    got = [b.recv(timeout=30) for _ in range(200)]
+    for t in threads:
+        t.join()
+    assert sorted((n, i) for n, i, _ in got) == [(n, i) for n in range(8) for i in range(25)]
+    assert all(blob == big for _, _, blob in got)
+    for n in range(8):  # each thread's messages stay in its order
+        assert [i for m, i, _ in got if m == n] == list(range(25))
+
+
+def test_send_blocks_while_the_peer_does_not_read_then_times_out(pair):
+    a, b = pair
+    sent = 0
+    with pytest.raises(TimeoutError, match="not reading"):
+        while True:
+            a.send(b"x" * 4096, timeout=0.2)
+            sent += 1
+    assert sent > 0  # it blocked once the buffers were full, instead of growing memory
+    assert a.connected  # the timeout hit between messages: the channel stays usable
+    assert b.recv(timeout=5) == b"x" * 4096
+
+
+def test_half_written_message_timeout_closes_the_channel(pair):
+    a = pair[0]
+    with pytest.raises(TimeoutError, match="half-written"):
+        a.send(b"y" * (8 << 20), timeout=0.2)
+    assert not a.connected
+    with pytest.raises(ChannelClosedError):
+        a.send("more")
+
+
+# ---- the peer goes away -----------------------------------------------------------------------
+
+
+def test_send_to_a_closed_peer_raises_channel_closed_not_broken_pipe(pair):
+    a, b = pair
+    b.close()
+    with pytest.raises(ChannelClosedError) as info:
+        for _ in range(100):
+            a.send("x")
+    assert not isinstance(info.value, BrokenPipeError)
+    assert isinstance(info.value, ConnectionError) and isinstance(info.value, EOFError)
+
+
+def test_use_after_close(pair):
+    a = pair[0]
+    a.close()
+    a.close()  # twice is fine
+    with pytest.raises(ChannelClosedError, match="closed"):
+        a.send(1)
+    with pytest.raises(ChannelClosedError):
+        a.recv()
+    assert a.fileno() == -1
+
+
+def test_close_wakes_a_thread_blocked_in_recv(pair):
+    a = pair[0]
+    errors = []
+
+    def reader():
+        try:
+            a.recv()
+        except ChannelClosedError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    t.join(0.1)
+    a.close()
+    t.join(10)
+    assert not t.is_alive() and len(errors) == 1
+
+
+def test_peer_killed_mid_message_raises_channel_closed():
+    a, b = socket.socketpair()
+    code = (
+        "import os, socket, struct, signal\n"
+        "s = socket.socket(fileno=3)\n"
+        "s.sendall(struct.pack('<2sBBHHQ', b'PF', 1, 3, 0, 0, 1000) + b'partial')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    child = pyforkd.spawn(PY, ["-c", code], stdio=["ignore", "ignore", "inherit", b])
+    b.close()
+    ch = Channel(a)
+    with pytest.raises(ChannelClosedError, match="in the middle of a message"):
+        ch.recv(timeout=30)
+    assert child.wait() == -signal.SIGKILL
+
+
+# ---- malformed input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, why",
+    [
+        (b"garbage that is not a frame", "bad magic"),
+        (frame(b"x", version=2), "unknown frame version"),
+        (frame(b"x", kind=9), "unknown kind"),
+        (frame(b"x", flags=0x80), "unknown kind or flags"),
+        (frame(b"", length=1 << 40), "longer than max_message_size"),
+        (frame(b"\x80\x05bad pickle", kind=1), "cannot decode"),
+        (frame(b"{not json", kind=2), "cannot decode"),
+    ],
+)
+def test_malformed_frames_raise_frame_error_and_close(raw_pair, data, why):
+    ch, peer = raw_pair
+    peer.sendall(data)
+    with pytest.raises(FrameError, match=why):
+        ch.recv(timeout=10)
+    assert not ch.connected
+    with pytest.raises(ChannelClosedError):
+        ch.recv()
+
+
+def test_descriptor_count_mismatch_closes_every_descriptor(raw_pair):
+    ch, peer = raw_pair
+    before = open_fds()
+    r, w = os.pipe()
+    # The header declares two descriptors; one comes.
+    socket.send_fds(peer, [frame(b"x", nfds=2)], [w])
+    os.close(w)
+    with pytest.raises(FrameError, match="declares 2 descriptors but 1 came"):
+        ch.recv(timeout=10)
+    os.close(r)
+    assert open_fds() <= before  # the received copy was closed, and so was the channel
+
+
+def test_descriptors_with_a_frame_that_declares_none(raw_pair):
+    ch, peer = raw_pair
+    fds_before = open_fds()
+    r, w = os.pipe()
+    socket.send_fds(peer, [frame(b"x")], [w])
+    os.close(w)
+    with pytest.raises(FrameError, match="declares 0 descriptors but 1 came"):
+        ch.recv(timeout=10)
+    os.close(r)
+    assert open_fds() <= fds_before
+
+
+def test_frame_error_keeps_the_process_and_fd_count_at_baseline():
+    before = open_fds()
+    for _ in range(20):
+        a, b = socket.socketpair()
+        ch = Channel(a)
+        r, w = os.pipe()
+        socket.send_fds(b, [frame(b"x", nfds=3)], [w, w, r])
+        os.close(w)
+        os.close(r)
+        with pytest.raises(FrameError):
+            ch.recv(timeout=10)
+        b.close()
+    assert open_fds() == before
+
+
+# ---- Node's json-lines framing ----------------------------------------------------------------
+
+
+def test_node_framing_lines_unicode_straddling_reads_and_internal_messages():
+    a, b = socket.socketpair()
+    ch = Channel(a, framing="node", serialization="json")
+    line = json.dumps({"text": "héllo wörld ✓"}, ensure_ascii=False).encode() + b"\n"
+    cut = line.index("✓".encode()) + 1  # inside the 3-byte character
+    b.sendall(line[:cut])
+    with pytest.raises(TimeoutError):
+        ch.recv(timeout=0.1)  # half a line: nothing yet
+    b.sendall(line[cut:] + b'{"cmd":"NODE_HANDLE_ACK"}\n[1,2]\n"s"\n')
+    assert ch.recv(timeout=5) == {"text": "héllo wörld ✓"}
+    assert ch.recv(timeout=5) == [1, 2]  # the internal NODE_ message never showed up
+    assert ch.recv(timeout=5) == "s"
+    ch.send({"back": "ü"})
+    assert b.recv(100) == '{"back":"ü"}\n'.encode()
+    ch.close()
+    b.close()
+
+
+@pytest.mark.parametrize("bad", [b"\n", b"NaN\n", b"{oops}\n", b"\xff\xfe\n"])
+def test_node_framing_invalid_json_is_a_frame_error(bad):
+    a, b = socket.socketpair()
+    ch = Channel(a, framing="node", serialization="json")
+    b.sendall(bad)
+    with pytest.raises(FrameError, match=r"not a JSON message|cannot decode"):
+        ch.recv(timeout=5)
+    b.close()
+
+
+# ---- properties -------------------------------------------------------------------------------
+
+
+def _feed_in_pieces(ch: Channel, data: bytes, cuts: list[int]) -> None:
+    """Give the channel's decoder the stream in exactly these pieces."""
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    for lo, hi in zip(points, points[1:]):
+        ch._decoder.feed(memoryview(data[lo:hi]), [])
+
+
+messages = st.lists(
+    st.one_of(
+        st.binary(max_size=300),
+        st.integers(),
+        st.text(max_size=50),
+        st.lists(st.integers(), max_size=5),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(msgs=messages, cuts=st.lists(st.integers(min_value=0), max_size=30))
+def test_frames_decode_the_same_under_any_split(msgs, cuts):
+    x, y = socket.socketpair()
+    sender, capture = Channel(x), y
+    for m in msgs:
+        sender.send(m)
+    sender.close()
+    data = b""
+    while chunk := capture.recv(1 << 16):
+        data += chunk
+    capture.close()
+    a, b = socket.socketpair()
+    receiver = Channel(a)
+    _feed_in_pieces(receiver, data, cuts)
+    assert [obj for obj, _ in receiver._decoder.ready] == msgs
+    receiver.close()
+    b.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    msgs=st.lists(
+        st.one_of(
+            st.text(max_size=40),
+            st.integers(),
+            st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=3),
+        ),
+        max_size=10,
+    ),
+    cuts=st.lists(st.integers(min_value=0), max_size=30),
+)
+def test_node_lines_decode_the_same_under_any_split(msgs, cuts):
+    data = b"".join(json.dumps(m, ensure_ascii=False).encode() + b"\n" for m in msgs)
+    a, b = socket.socketpair()
+    ch = Channel(a, framing="node", serialization="json")
+    _feed_in_pieces(ch, data, cuts)
+    assert [obj for obj, _ in ch._decoder.ready] == msgs
+    ch.close()
+    b.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=400), cuts=st.lists(st.integers(min_value=0), max_size=10))
+def test_arbitrary_bytes_never_crash_the_decoder(data, cuts):
+    a, b = socket.socketpair()
+    ch = Channel(a, max_message_size=1 << 16)
+    try:
+        _feed_in_pieces(ch, data, cuts)
+    except FrameError:
+        pass  # refusing is fine; anything else (a crash, MemoryError) is not
+    assert len(ch._decoder.pending) <= len(data)
+    ch.close()
+    b.close()
