@@ -18,6 +18,7 @@ from .child_process import (
     exec_file,
     exec_file_sync,
     exec_sync,
+    fork,
     spawn,
     spawn_sync,
 )
@@ -30,6 +31,7 @@ from .errors import (
     SpawnError,
     TimeoutExpired,
 )
+from .worker import parent
 
 if TYPE_CHECKING:
     from . import aio
@@ -62,6 +64,8 @@ __all__ = [
     "exec_file",
     "exec_file_sync",
     "exec_sync",
+    "fork",
+    "parent",
     "spawn",
     "spawn_sync",
 ]

@@ -21,11 +21,12 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, Union
 
 from . import _bindings as _b
 from ._checks import check_timeout as _check_timeout
+from .channel import Channel
 from .errors import ExecError, MaxBufferError, TimeoutExpired
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "exec_file",
     "exec_file_sync",
     "exec_sync",
+    "fork",
     "spawn",
     "spawn_sync",
 ]
@@ -424,6 +426,7 @@ class ChildProcess:
         self._handle = -2  # -2: not opened yet; -1: the system has none or it was closed
         self._handle_users = 0  # waiters polling the handle now; it is closed only at 0
         self._exit_event: threading.Event | None = None
+        self.channel: Channel | None = None  # set by fork() and by spawn() with "ipc"
 
     # -- the pipes, made into file objects only when asked for --
 
@@ -620,6 +623,43 @@ class ChildProcess:
     def _time_out(self) -> None:
         self.kill(self._kill_signal)
 
+    # -- the IPC channel (fork, or spawn with "ipc" in stdio) --
+
+    def _channel(self) -> Channel:
+        if self.channel is None:
+            raise ValueError(
+                "this child has no IPC channel: start it with pyforkd.fork() or with 'ipc' in stdio"
+            )
+        return self.channel
+
+    def send(
+        self,
+        message: Any,
+        handle: Any = None,
+        *,
+        keep_open: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Send a message (and handles) to the child: see :meth:`Channel.send`."""
+        self._channel().send(message, handle, keep_open=keep_open, timeout=timeout)
+
+    def recv(self, timeout: float | None = None, *, with_handle: bool = False) -> Any:
+        """Receive a message from the child: see :meth:`Channel.recv`."""
+        return self._channel().recv(timeout, with_handle=with_handle)
+
+    def __iter__(self) -> Iterator[Any]:
+        """The child's messages until it closes its end of the channel."""
+        return iter(self._channel())
+
+    def disconnect(self) -> None:
+        """Close the channel (the child sees it end); the child itself is not signalled."""
+        self._channel().close()
+
+    @property
+    def connected(self) -> bool:
+        """True while the IPC channel is open on both sides."""
+        return self.channel is not None and self.channel.connected
+
     # -- closing --
 
     def _close_pipes(self) -> None:
@@ -636,8 +676,10 @@ class ChildProcess:
                 self._fds[i] = -1
 
     def close(self) -> None:
-        """Close every pipe to the child (it does not wait; see :meth:`wait`)."""
+        """Close every pipe and the channel to the child (it does not wait; see :meth:`wait`)."""
         self._close_pipes()
+        if self.channel is not None:
+            self.channel.close()
 
     def __enter__(self) -> ChildProcess:
         return self
@@ -654,6 +696,8 @@ class ChildProcess:
                     pass
                 self._files[i] = None
         self._close_pipes()
+        if self.channel is not None:
+            self.channel.close()
         self.wait()
 
     def __del__(self) -> None:
@@ -710,6 +754,7 @@ def spawn(
     encoding: str | None = None,
     errors: str = "strict",
     windows_hide: bool = False,
+    serialization: str | None = None,
 ) -> ChildProcess:
     """Start ``command`` with ``args`` and return at once with a :class:`ChildProcess`.
 
@@ -721,11 +766,19 @@ def spawn(
     descriptors named in ``stdio``, an empty signal mask and default signal dispositions.
     ``windows_hide`` is accepted everywhere and only matters on Windows.
 
+    One ``"ipc"`` entry in a ``stdio`` list gives the child an IPC channel at that slot,
+    announced the way Node does (``NODE_CHANNEL_FD``); ``serialization`` picks its format:
+    ``"json"`` (the default: Node's own JSON lines, for Node children), or ``"pickle"`` /
+    ``"raw"`` (pyforkd frames, for children that call :func:`pyforkd.parent`).
+
     Raises :class:`SpawnError` (an ``OSError`` such as ``FileNotFoundError``) when the
     program cannot be started, naming the failing step in ``.syscall``; ``ValueError`` /
     ``TypeError`` for bad options, before any process exists.
     """
     del windows_hide
+    ipc = _IpcPlan.from_stdio(stdio, serialization)
+    if ipc is not None:
+        stdio, env = ipc.stdio, ipc.environment(env)
     cmd = _Command(
         command,
         args,
@@ -740,13 +793,144 @@ def spawn(
     timeout = _check_timeout(timeout)
     kill_sig = signal_number(kill_signal, "kill_signal")
     slots = _stdio_slots(stdio)
-    pid, fds = cmd.start(slots)
+    try:
+        pid, fds = cmd.start(slots)
+    except BaseException:
+        if ipc is not None:
+            ipc.abandon()
+        raise
     child = ChildProcess(
         pid, cmd.spawnargs, fds, encoding=encoding, errors=errors, kill_signal=kill_sig
     )
+    if ipc is not None:
+        child.channel = ipc.connect()
     if timeout is not None:
         _watchdog.add(child, timeout)
     return child
+
+
+class _IpcPlan:
+    """The channel of a child being started: a socketpair, one end at the "ipc" slot."""
+
+    def __init__(self, stdio: list[Any], slot: int, framing: str, serialization: str) -> None:
+        self.framing = framing
+        self.serialization = serialization
+        self.slot = slot
+        self.parent_end, self.child_end = socket.socketpair()
+        stdio = list(stdio)
+        stdio[slot] = self.child_end.fileno()
+        self.stdio = stdio
+
+    @classmethod
+    def from_stdio(cls, stdio: Any, serialization: str | None) -> _IpcPlan | None:
+        if not isinstance(stdio, (list, tuple)):
+            if stdio == "ipc":
+                raise ValueError(
+                    "stdio: 'ipc' goes in a list, e.g. ['pipe', 'pipe', 'pipe', 'ipc']"
+                )
+            if serialization is not None:
+                raise ValueError("serialization is for the IPC channel: add 'ipc' to stdio")
+            return None
+        slots = [i for i, entry in enumerate(stdio) if isinstance(entry, str) and entry == "ipc"]
+        if not slots:
+            if serialization is not None:
+                raise ValueError("serialization is for the IPC channel: add 'ipc' to stdio")
+            return None
+        if len(slots) > 1:
+            raise ValueError(f"stdio: one 'ipc' at most, found {len(slots)}")
+        if slots[0] <= 2:
+            raise ValueError(f"stdio[{slots[0]}]: the IPC channel needs a slot of 3 or more")
+        ser = "json" if serialization is None else serialization
+        if ser not in ("json", "pickle", "raw"):
+            raise ValueError(f"serialization must be 'json', 'pickle' or 'raw', not {ser!r}")
+        return cls(list(stdio), slots[0], "node" if ser == "json" else "pyforkd", ser)
+
+    def environment(self, env: Mapping[Any, Any] | None) -> dict[Any, Any]:
+        """The child's environment: ``env`` (or ours) with the channel announced in it."""
+        out: dict[Any, Any] = dict(os.environ if env is None else env)
+        for key in ("NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE", "PYFORKD_CHANNEL"):
+            out.pop(key, None)
+        out["NODE_CHANNEL_FD"] = str(self.slot)
+        out["NODE_CHANNEL_SERIALIZATION_MODE"] = "json"
+        if self.framing == "pyforkd":
+            out["PYFORKD_CHANNEL"] = f"pyforkd:{self.serialization}"
+        return out
+
+    def connect(self) -> Channel:
+        """After the spawn: our end becomes the Channel, the child's end is closed here."""
+        self.child_end.close()
+        return Channel(self.parent_end, framing=self.framing, serialization=self.serialization)
+
+    def abandon(self) -> None:
+        self.child_end.close()
+        self.parent_end.close()
+
+
+def _is_node(exec_path: str, module_path: str) -> bool:
+    name = os.path.basename(exec_path).lower()
+    return name.startswith(("node", "nodejs")) or module_path.endswith((".js", ".mjs", ".cjs"))
+
+
+def fork(
+    module_path: StrOrBytesPath,
+    args: Iterable[StrOrBytesPath] = (),
+    *,
+    exec_path: StrOrBytesPath | None = None,
+    exec_argv: Iterable[StrOrBytesPath] = (),
+    silent: bool = False,
+    stdio: Stdio = None,
+    serialization: str | None = None,
+    cwd: StrOrBytesPath | None = None,
+    env: Mapping[str, str] | None = None,
+    detached: bool = False,
+    timeout: float | None = None,
+    kill_signal: SignalLike = "SIGTERM",
+    uid: int | None = None,
+    gid: int | None = None,
+) -> ChildProcess:
+    """Start a Python (or Node) script with an IPC channel, as Node's ``child_process.fork``.
+
+    The child runs ``exec_path`` (this interpreter by default, or e.g. ``"node"``) with
+    ``exec_argv``, the script and ``args``.  Its stdin/stdout/stderr are ours (``silent``:
+    pipes to us; or give ``stdio`` with one ``"ipc"`` entry); the channel sits at slot 3 and
+    is announced as Node does, so ``process.send`` works in a Node child and
+    :func:`pyforkd.parent` in a Python one.  ``serialization``: ``"pickle"`` (the default
+    for Python children), ``"raw"``, or ``"json"`` (Node's own lines; the only choice, and
+    the default, for a Node child, recognized by its ``exec_path`` or a ``.js`` script).
+    Returns the :class:`ChildProcess`, with ``send``, ``recv``, iteration, ``disconnect``
+    and ``connected``.  The child is not killed when the channel closes, as in Node.
+    """
+    script = _text(module_path)
+    runner = sys.executable if exec_path is None else _text(exec_path)
+    node = _is_node(runner, script)
+    if serialization is None:
+        serialization = "json" if node else "pickle"
+    elif node and serialization != "json":
+        raise ValueError(
+            f"a Node child speaks JSON lines only, not serialization={serialization!r}"
+        )
+    if stdio is None:
+        stdio = (
+            ["pipe", "pipe", "pipe", "ipc"] if silent else ["inherit", "inherit", "inherit", "ipc"]
+        )
+    elif silent:
+        raise ValueError("give either silent or stdio, not both")
+    if not (isinstance(stdio, (list, tuple)) and "ipc" in stdio):
+        raise ValueError("fork: stdio must be a list with one 'ipc' entry")
+    argv = [*_check_args(exec_argv), module_path, *_check_args(args)]
+    return spawn(
+        runner,
+        argv,
+        stdio=stdio,
+        serialization=serialization,
+        cwd=cwd,
+        env=env,
+        detached=detached,
+        timeout=timeout,
+        kill_signal=kill_signal,
+        uid=uid,
+        gid=gid,
+    )
 
 
 # ---- the synchronous family ------------------------------------------------------------------
