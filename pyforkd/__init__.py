@@ -30,8 +30,9 @@ from .errors import (
     PyforkdError,
     SpawnError,
     TimeoutExpired,
+    WorkerError,
 )
-from .worker import parent
+from .worker import Worker, fork_worker, parent
 
 if TYPE_CHECKING:
     from . import aio
@@ -58,6 +59,8 @@ __all__ = [
     "PyforkdError",
     "SpawnError",
     "TimeoutExpired",
+    "Worker",
+    "WorkerError",
     "__version__",
     "aio",
     "exec",
@@ -65,6 +68,7 @@ __all__ = [
     "exec_file_sync",
     "exec_sync",
     "fork",
+    "fork_worker",
     "parent",
     "spawn",
     "spawn_sync",

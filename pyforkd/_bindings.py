@@ -332,6 +332,34 @@ def fd_wait(sock: int, events: int, timeout_ms: int) -> bool | None:
     raise_errno(r, "poll")
 
 
+def fd_wait_hangup(sock: int, timeout_ms: int) -> bool | None:
+    """Wait until the peer closed its end, reading nothing.
+
+    Returns True, False on timeout, or None when a signal came.
+    """
+    r = lib.pfd_fd_wait_hangup(sock, timeout_ms)
+    if r >= 0:
+        return r == 1
+    if r == -_errno.EINTR:
+        return None
+    raise_errno(r, "poll(POLLRDHUP)")
+
+
+def process_die_with_parent(sig: int, expected_parent: int) -> bool | None:
+    """Arm the parent-death signal.
+
+    Returns True; False when the parent is gone already; None where the system has none.
+    """
+    r = lib.pfd_process_die_with_parent(sig, expected_parent)
+    if r == 0:
+        return True
+    if r == -_errno.ESRCH:
+        return False
+    if r == -_errno.ENOTSUP:
+        return None
+    raise_errno(r, "prctl(PR_SET_PDEATHSIG)")
+
+
 def socket_nosigpipe(sock: int) -> None:
     """Make sends on ``sock`` never raise SIGPIPE (macOS needs a socket option)."""
     r = lib.pfd_socket_nosigpipe(sock)

@@ -176,6 +176,7 @@ class _Decoder:
         self.stream_pos = 0  # stream offset of the next byte to arrive
         self.fd_batches: collections.deque[tuple[int, int, list[int]]] = collections.deque()
         self.ready: collections.deque[tuple[Any, Any]] = collections.deque()
+        self.control: collections.deque[Any] = collections.deque()  # the channel's own
 
     def feed(self, chunk: Any, fds: list[int] | None) -> None:
         """Take one recvmsg's bytes and descriptors (None: truncated, already closed)."""
@@ -280,8 +281,11 @@ class _Decoder:
                 obj = _json_loads(payload)
             elif kind == _b.FRAME_RAW:
                 obj = payload
-            else:
-                raise ValueError(f"unexpected control frame of {len(payload)} bytes")
+            else:  # CONTROL: the channel's own traffic (a worker's result), never a handle
+                if handle is not None:
+                    raise ValueError("a control message came with descriptors")
+                self.control.append(pickle.loads(payload))
+                return
         except BaseException:
             _close_fds(fds)
             _close_handle(handle)
@@ -461,6 +465,41 @@ class Channel:
         with self._send_lock:
             self._check_open()
             self._write(head, body, fds, deadline)
+
+    def send_control(self, obj: Any) -> None:
+        """Send one of the channel's own messages (pickled), kept apart from user messages."""
+        if self.framing != "pyforkd":
+            raise ValueError("control messages need pyforkd framing")
+        try:
+            body = pickle.dumps(obj, protocol=5)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise TypeError(f"cannot pickle this message: {exc}") from None
+        with self._send_lock:
+            self._check_open()
+            self._send_codec.encode(_b.FRAME_CONTROL, 0, 0, len(body))
+            self._write(self._send_codec.header_bytes, body, [], None)
+
+    def recv_control(self, timeout: float | None = None) -> Any:
+        """Receive the next control message; user messages that come first stay queued."""
+        deadline = _deadline(timeout)
+        with self._recv_lock:
+            control = self._decoder.control
+            while not control:
+                self._check_open()
+                if self._eof:
+                    raise ChannelClosedError("the peer closed the channel")
+                self._receive(deadline)
+            return control.popleft()
+
+    def _forget(self) -> None:
+        """In a forked child: close this process's copy without touching the socket.
+
+        (``close`` would shut the socket down, which the parent still uses.)
+        """
+        self._closed = True
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            os.close(sock.detach())
 
     def _write(self, head: Any, body: bytes, fds: list[int], deadline: float | None) -> None:
         """Write head + body entirely (descriptors on the first byte); the send lock is held."""

@@ -792,16 +792,30 @@ def spawn(
     )
     timeout = _check_timeout(timeout)
     kill_sig = signal_number(kill_signal, "kill_signal")
+    return _launch(cmd, stdio, ipc, kill_sig, timeout, encoding=encoding, errors=errors)
+
+
+def _launch(
+    cmd: _Command,
+    stdio: Stdio,
+    ipc: _IpcPlan | None,
+    kill_signal: int,
+    timeout: float | None,
+    *,
+    encoding: str | None = None,
+    errors: str = "strict",
+    pdeathsig: int = 0,
+    cls: type[ChildProcess] = ChildProcess,
+) -> Any:
+    """Start a checked command; shared by spawn, fork and fork_worker."""
     slots = _stdio_slots(stdio)
     try:
-        pid, fds = cmd.start(slots)
+        pid, fds = cmd.start(slots, _b.SPAWN_PDEATHSIG if pdeathsig else 0, pdeathsig)
     except BaseException:
         if ipc is not None:
             ipc.abandon()
         raise
-    child = ChildProcess(
-        pid, cmd.spawnargs, fds, encoding=encoding, errors=errors, kill_signal=kill_sig
-    )
+    child = cls(pid, cmd.spawnargs, fds, encoding=encoding, errors=errors, kill_signal=kill_signal)
     if ipc is not None:
         child.channel = ipc.connect()
     if timeout is not None:

@@ -22,6 +22,7 @@ __all__ = [
     "PyforkdError",
     "SpawnError",
     "TimeoutExpired",
+    "WorkerError",
 ]
 
 
@@ -205,3 +206,40 @@ class FrameError(PyforkdError, ValueError):
     undecodable data, or invalid JSON from Node.  The channel is closed when this is
     raised, and every descriptor that came with the bad data is closed.
     """
+
+
+class WorkerError(PyforkdError, RuntimeError):
+    """A worker's target raised, or the worker died before returning.
+
+    ``exc_type`` is the remote exception's qualified type name, ``exc_message`` its text,
+    ``remote_traceback`` the formatted traceback from the worker, ``exception`` the remote
+    exception itself when it could be pickled (else None), ``exitcode`` the worker's
+    return code when it died without an answer.
+    """
+
+    def __init__(
+        self,
+        exc_type: str,
+        exc_message: str,
+        remote_traceback: str = "",
+        exception: BaseException | None = None,
+        exitcode: int | None = None,
+    ) -> None:
+        super().__init__(exc_type, exc_message)
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.remote_traceback = remote_traceback
+        self.exception = exception
+        self.exitcode = exitcode
+
+    def __str__(self) -> str:
+        text = f"{self.exc_type}: {self.exc_message}"
+        if self.remote_traceback:
+            text += "\n\nRemote traceback (most recent call last):\n" + self.remote_traceback
+        return text
+
+    def __reduce__(self) -> Any:
+        return (
+            type(self),
+            (self.exc_type, self.exc_message, self.remote_traceback, self.exception, self.exitcode),
+        )

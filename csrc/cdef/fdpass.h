@@ -29,6 +29,11 @@ long pfd_fd_recv(int sock, void *buf, size_t size, int *fds, int max_fds, int *n
  * when a signal came (so that the caller can run its handlers), or -errno. */
 int pfd_fd_wait(int sock, int events, int timeout_ms);
 
+/* Waits until the peer of `sock` has closed its end, without reading anything (Linux
+ * POLLRDHUP; macOS a kqueue read filter that fires on EOF only).  timeout_ms < 0 waits for
+ * ever.  Returns 1 when the peer is gone, 0 on timeout, -EINTR, or -errno. */
+int pfd_fd_wait_hangup(int sock, int timeout_ms);
+
 /* Makes sends on `sock` never raise SIGPIPE where the system needs a socket option for it
  * (SO_NOSIGPIPE on macOS; Linux uses MSG_NOSIGNAL per send).  Returns 0 or -errno. */
 int pfd_socket_nosigpipe(int sock);

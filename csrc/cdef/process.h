@@ -22,6 +22,14 @@ int pfd_process_reap(int pid, int *exit_code, int *term_signal);
  * pid).  Returns 0 on success, -errno on failure (-ESRCH: it is gone). */
 int pfd_process_kill(int pid, int handle, int sig);
 
+/* Arms the parent-death signal for the calling process: `sig` arrives when the thread that
+ * created it exits (Linux PR_SET_PDEATHSIG; note: the *thread*, so call it only in a child
+ * forked from a thread that lives as long as the parent).  Then checks that the parent is
+ * still `expected_parent`: if it died first the signal would never come.
+ * Returns 0, -ESRCH when the parent is gone already, -ENOTSUP where there is no such
+ * thing, or -errno. */
+int pfd_process_die_with_parent(int sig, int expected_parent);
+
 /* Output collection for the exec family: one loop that writes the input to the child's
  * stdin and reads its stdout and stderr at once, so no pipe can fill up and deadlock. */
 typedef struct pfd_buffer_s {

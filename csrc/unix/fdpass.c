@@ -25,6 +25,11 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#ifdef __APPLE__
+#include <limits.h>
+#include <sys/event.h>
+#endif
+
 #include "pyforkd.h"
 
 #ifdef MSG_NOSIGNAL
@@ -165,6 +170,41 @@ int pfd_fd_wait(int sock, int events, int timeout_ms) {
   if (r < 0) return -errno;
   if (r > 0 && (p.revents & POLLNVAL)) return -EBADF;
   return r > 0 ? 1 : 0;
+}
+
+int pfd_fd_wait_hangup(int sock, int timeout_ms) {
+#ifdef __APPLE__
+  /* A read filter whose low-water mark no message reaches fires on EOF alone. */
+  struct kevent change, event;
+  struct timespec ts, *tsp = NULL;
+  int kq = kqueue(), r, err;
+  if (kq < 0) return -errno;
+  EV_SET(&change, (uintptr_t)sock, EVFILT_READ, EV_ADD, NOTE_LOWAT, INT_MAX, NULL);
+  if (timeout_ms >= 0) {
+    ts.tv_sec = timeout_ms / 1000;
+    ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000;
+    tsp = &ts;
+  }
+  r = kevent(kq, &change, 1, &event, 1, tsp);
+  err = errno;
+  (void)close(kq);
+  if (r < 0) return -err;
+  return r > 0 && (event.flags & EV_EOF) ? 1 : 0;
+#else
+  struct pollfd p;
+  int r;
+  p.fd = sock;
+#ifdef POLLRDHUP
+  p.events = POLLRDHUP;
+#else
+  p.events = 0; /* POLLHUP is always reported */
+#endif
+  p.revents = 0;
+  r = poll(&p, 1, timeout_ms);
+  if (r < 0) return -errno;
+  if (r > 0 && (p.revents & POLLNVAL)) return -EBADF;
+  return r > 0 ? 1 : 0;
+#endif
 }
 
 int pfd_socket_nosigpipe(int sock) {

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #ifdef __linux__
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #endif
 #ifdef __APPLE__
@@ -159,6 +160,19 @@ int pfd_process_kill(int pid, int handle, int sig) {
 #endif
   if (kill((pid_t)pid, sig) < 0) return -errno;
   return 0;
+}
+
+int pfd_process_die_with_parent(int sig, int expected_parent) {
+#ifdef __linux__
+  if (prctl(PR_SET_PDEATHSIG, (unsigned long)sig) < 0) return -errno;
+  /* The parent may have died before prctl: then we belong to another process already. */
+  if (getppid() != (pid_t)expected_parent) return -ESRCH;
+  return 0;
+#else
+  (void)sig;
+  (void)expected_parent;
+  return -ENOTSUP;
+#endif
 }
 
 /* ---- collecting output -------------------------------------------------------------- */

@@ -1,0 +1,199 @@
+"""fork_worker: results and remote errors, both start methods, parent() inside the target,
+and no orphans when the parent dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+
+import pytest
+from _helpers import PY, alive, linux_only, open_fds, wait_gone
+
+import pyforkd
+from pyforkd import Worker, WorkerError
+
+pytestmark = linux_only
+METHODS = ["fork", "spawn"]
+
+
+def add(a, b, *, c=0):
+    return a + b + c
+
+
+def boom():
+    raise KeyError("nope")
+
+
+def exit_hard():
+    os._exit(3)
+
+
+def unpicklable_result():
+    return lambda: 1
+
+
+def converse():
+    ch = pyforkd.parent()
+    ch.send({"from": "worker", "pid": os.getpid()})
+    return ch.recv(timeout=30) * 2
+
+
+def sleep_forever():
+    while True:
+        time.sleep(1)
+
+
+def ready_then_sleep():
+    pyforkd.parent().send("ready")
+    sleep_forever()
+
+
+@pytest.mark.parametrize("start", METHODS)
+def test_result_and_join(start):
+    w = pyforkd.fork_worker(add, 1, 2, c=3, start=start, name="adder")
+    assert isinstance(w, Worker) and w.name == "adder"
+    assert w.result(timeout=60) == 6
+    assert w.result() == 6  # kept
+    assert w.join(timeout=60) == 0
+
+
+@pytest.mark.parametrize("start", METHODS)
+def test_remote_exception_becomes_worker_error(start):
+    w = pyforkd.fork_worker(boom, start=start)
+    with pytest.raises(WorkerError) as info:
+        w.result(timeout=60)
+    e = info.value
+    assert e.exc_type == "KeyError" and e.exc_message == "'nope'"
+    assert "in boom" in e.remote_traceback and 'raise KeyError("nope")' in e.remote_traceback
+    assert isinstance(e.exception, KeyError)
+    assert "Remote traceback" in str(e)
+    assert w.join(timeout=60) == 1
+
+
+@pytest.mark.parametrize("start", METHODS)
+def test_worker_that_dies_without_an_answer(start):
+    w = pyforkd.fork_worker(exit_hard, start=start)
+    with pytest.raises(WorkerError, match="ended with returncode 3") as info:
+        w.result(timeout=60)
+    assert info.value.exitcode == 3
+
+
+@pytest.mark.parametrize("start", METHODS)
+def test_unpicklable_result_is_reported(start):
+    w = pyforkd.fork_worker(unpicklable_result, start=start)
+    with pytest.raises(WorkerError, match="cannot be sent back") as info:
+        w.result(timeout=60)
+    assert info.value.exc_type == "TypeError"
+    w.join(timeout=60)
+
+
+@pytest.mark.parametrize("start", METHODS)
+def test_parent_channel_inside_the_target(start):
+    w = pyforkd.fork_worker(converse, start=start)
+    hello = w.recv(timeout=60)
+    assert hello == {"from": "worker", "pid": w.pid}
+    w.send(21)
+    assert w.result(timeout=60) == 42
+    assert w.join(timeout=60) == 0
+
+
+def test_spawn_refuses_an_unpicklable_target_before_starting(fd_baseline):
+    with pytest.raises(TypeError, match="cannot be pickled") as info:
+        pyforkd.fork_worker(lambda: 1, start="spawn")
+    assert "<lambda>" in str(info.value)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="start must be one of"):
+        pyforkd.fork_worker(add, start="threads")
+    with pytest.raises(TypeError, match="callable target"):
+        pyforkd.fork_worker(42)
+
+
+def test_disconnect_ends_the_worker():
+    w = pyforkd.fork_worker(sleep_forever)
+    w.disconnect()
+    assert w.wait(timeout=10) == -signal.SIGKILL
+
+
+SCRIPT = """
+    import os, sys, pyforkd
+
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        for start in ("fork", "spawn"):
+            w = pyforkd.fork_worker(square, 7, start=start)
+            print(start, w.result(timeout=60), w.join(timeout=60))
+"""
+
+
+def test_target_defined_in_a_scripts_main(tmp_path):
+    path = tmp_path / "prog.py"
+    path.write_text(textwrap.dedent(SCRIPT))
+    r = pyforkd.exec_file(PY, [str(path)], timeout=120, encoding="utf-8", cwd=tmp_path)
+    assert r.stdout.splitlines() == ["fork 49 0", "spawn 49 0"]
+
+
+ORPHAN = """
+    import sys, threading, time, pyforkd
+
+    def sleep_forever():
+        while True:
+            time.sleep(1)
+
+    if __name__ == "__main__":
+        start, where = sys.argv[1], sys.argv[2]
+        box = []
+        if where == "thread":  # started from a thread that ends at once
+            t = threading.Thread(target=lambda: box.append(
+                pyforkd.fork_worker(sleep_forever, start=start)))
+            t.start()
+            t.join()
+        else:
+            box.append(pyforkd.fork_worker(sleep_forever, start=start))
+        print(box[0].pid, flush=True)
+        time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("start", METHODS)
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_worker_dies_within_a_second_of_its_parent(tmp_path, start, where):
+    path = tmp_path / "orphan.py"
+    path.write_text(textwrap.dedent(ORPHAN))
+    parent = pyforkd.spawn(PY, [str(path), start, where], stdio=["ignore", "pipe", "inherit"])
+    worker_pid = int(parent.stdout.readline())
+    assert alive(worker_pid)
+    if where == "thread":
+        time.sleep(0.3)  # the starting thread is gone: the worker must still be alive
+        assert alive(worker_pid)
+    parent.kill("SIGKILL")
+    assert parent.wait(timeout=10) == -signal.SIGKILL
+    parent.close()
+    assert wait_gone(worker_pid, 1.0), f"worker {worker_pid} outlived its parent"
+
+
+def test_forked_workers_do_not_keep_each_others_parent_ends(tmp_path):
+    # A second worker forked later must not hold the first one's parent-side socket, or
+    # the first would not see the parent die.
+    w1 = pyforkd.fork_worker(ready_then_sleep)
+    w2 = pyforkd.fork_worker(ready_then_sleep)
+    assert w2.recv(timeout=30) == "ready"  # its at-fork clean-up has run by now
+    fd1 = w1.channel.fileno()
+    inode = os.fstat(fd1).st_ino
+    held = []
+    for name in os.listdir(f"/proc/{w2.pid}/fd"):
+        try:
+            held.append(os.stat(f"/proc/{w2.pid}/fd/{name}").st_ino)
+        except OSError:
+            pass
+    assert inode not in held
+    before = open_fds()
+    for w in (w1, w2):
+        w.disconnect()
+        assert w.wait(timeout=10) == -signal.SIGKILL
+    assert len(open_fds()) <= len(before)
