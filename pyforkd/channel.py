@@ -218,27 +218,32 @@ class _Decoder:
             _close_handle(self.ready.popleft()[1])
         self.pending.clear()
 
-    def _batch_at(self, pos: int) -> list[int]:
-        """The descriptors that arrived with the stream byte at ``pos``, if any.
+    def _take_fds(self, pos: int, nfds: int) -> list[int]:
+        """The descriptors of the message whose first byte is at stream offset ``pos``.
 
-        A sender attaches descriptors to a message's first byte, so they arrive with the
-        recvmsg that brings that byte: a message starting at ``pos`` may claim only a batch
-        whose chunk holds ``pos``.  A batch left behind by every message is an error.
+        A sender attaches descriptors to a message's first byte, and the kernel ends a
+        recvmsg right after the message that carries them: so they came with the chunk
+        that holds ``pos``, and belong to the message in it that declares them.  One that
+        declares none never takes any; a count that does not match is an error.
         """
         batches = self.fd_batches
+        if not nfds:
+            return []
         if batches and batches[0][0] <= pos < batches[0][1]:
-            return batches.popleft()[2]
-        if batches and batches[0][1] <= pos:
-            _fail("descriptors came with no message that declares them")
-        return []
-
-    def _take_fds(self, pos: int, nfds: int) -> list[int]:
-        got = self._batch_at(pos)
-        if len(got) != nfds:
+            got = batches.popleft()[2]
+            if len(got) == nfds:
+                return got
             count = len(got)
             _close_fds(got)
-            _fail(f"a message declares {nfds} descriptors but {count} came with it")
-        return got
+        else:
+            count = 0
+        _fail(f"a message declares {nfds} descriptors but {count} came with it")
+
+    def _check_unclaimed(self) -> None:
+        """Descriptors whose chunk has been decoded entirely belong to no message."""
+        batches = self.fd_batches
+        if batches and batches[0][1] <= self.pending_start:
+            _fail("descriptors came with a message that declares none")
 
     def _decode_frames(self) -> None:
         buf = self.pending
@@ -259,6 +264,7 @@ class _Decoder:
         if off:
             del buf[:off]
             self.pending_start += off
+        self._check_unclaimed()
 
     def _deliver(self, kind: int, flags: int, payload: bytes, fds: list[int]) -> None:
         handle: Any = None
@@ -299,32 +305,32 @@ class _Decoder:
             nl = buf.find(b"\n", off)
             if nl < 0:
                 break
-            fds = self._batch_at(self.pending_start + off)
+            line_start = self.pending_start + off
             line = bytes(buf[off:nl])
             off = nl + 1
-            self._deliver_node(line, fds)
+            self._deliver_node(line, line_start)
         if off:
             del buf[:off]
             self.pending_start += off
+        self._check_unclaimed()
         if len(buf) > self.max_length:
             _fail(f"a line longer than max_message_size ({self.max_length}) bytes")
 
-    def _deliver_node(self, line: bytes, fds: list[int]) -> None:
+    def _deliver_node(self, line: bytes, line_start: int) -> None:
         try:
             obj = _json_loads(line.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            _close_fds(fds)
             raise ValueError(f"not a JSON message: {exc}") from None
         if (
             isinstance(obj, dict)
             and isinstance(obj.get("cmd"), str)
             and obj["cmd"].startswith("NODE_")
         ):
-            _close_fds(fds)  # Node's internal traffic never reaches the user
+            # Node's internal traffic never reaches the user; a NODE_HANDLE's descriptor is
+            # taken (and, until Node handles are supported, closed) so none is left behind.
+            if obj["cmd"] == "NODE_HANDLE":
+                _close_fds(self._take_fds(line_start, 1))
             return
-        if fds:
-            _close_fds(fds)
-            raise ValueError("descriptors came with a message that is not NODE_HANDLE")
         self.ready.append((obj, None))
 
 
