@@ -663,7 +663,11 @@ class ChildProcess:
     # -- closing --
 
     def _close_pipes(self) -> None:
-        for i, f in enumerate(self._files):
+        # Readers first, so that a child blocked writing to a full pipe gets EPIPE instead of
+        # deadlocking a wait that follows; stdin (flushed) after, so that the child sees EOF.
+        order = [i for i in range(len(self._files)) if i != 0] + [0] if self._files else []
+        for i in order:
+            f = self._files[i]
             if f is not None:
                 try:
                     f.close()
@@ -685,19 +689,7 @@ class ChildProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # Readers first, so that a child blocked writing to a full pipe gets EPIPE instead of
-        # deadlocking this wait; then stdin (flushed), so that the child sees EOF.
-        for i in (1, 2, 0):
-            f = self._files[i] if i < len(self._files) else None
-            if f is not None:
-                try:
-                    f.close()
-                except OSError:
-                    pass
-                self._files[i] = None
-        self._close_pipes()
-        if self.channel is not None:
-            self.channel.close()
+        self.close()
         self.wait()
 
     def __del__(self) -> None:
