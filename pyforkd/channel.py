@@ -19,6 +19,7 @@ descriptor that came with it and closes the channel; a vanished peer raises
 
 from __future__ import annotations
 
+import _socket
 import collections
 import io
 import json
@@ -26,10 +27,12 @@ import math
 import os
 import pickle
 import socket
+import stat
 import struct
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any, NoReturn, Union
 
@@ -146,6 +149,108 @@ def _json_loads(data: str | bytes) -> Any:
     return json.loads(data, parse_constant=_no_constant)
 
 
+_NODE_PREFIX = "NODE_"
+_NODE_MAX_RETRANSMISSIONS = 3  # Node's MAX_HANDLE_RETRANSMISSIONS
+_NODE_SOCKET_TYPES = ("net.Socket", "net.Server", "net.Native", "dgram.Socket", "dgram.Native")
+
+
+def _is_node_internal(obj: Any) -> bool:
+    """Node's isInternal: an object whose ``cmd`` is ``NODE_`` and something more."""
+    if not isinstance(obj, dict):
+        return False
+    cmd = obj.get("cmd")
+    return isinstance(cmd, str) and len(cmd) > len(_NODE_PREFIX) and cmd.startswith(_NODE_PREFIX)
+
+
+def _node_handle_fields(handle: Any) -> tuple[int, dict[str, Any]]:
+    """The descriptor and NODE_HANDLE fields for a handle sent to a Node peer.
+
+    Node takes sockets only (a file or a tty descriptor makes it abort), so anything else
+    is refused here, before a byte is written.
+    """
+    if isinstance(handle, socket.socket):
+        fd = handle.fileno()
+        if fd < 0:
+            raise ValueError("handle: the socket is closed")
+        sock_type, family = handle.type, handle.family
+        listening = bool(handle.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    elif isinstance(handle, Fd):
+        fd = handle.fileno()
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ValueError(f"a Node peer accepts only sockets as handles; {handle!r} is not one")
+        probe = socket.socket(fileno=fd)  # only to ask; the descriptor stays the Fd's
+        try:
+            sock_type, family = probe.type, probe.family
+            listening = bool(probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+        finally:
+            probe.detach()
+    else:
+        raise ValueError(
+            f"a Node peer accepts only sockets as handles (a {type(handle).__name__} would "
+            "abort it)"
+        )
+    if sock_type == socket.SOCK_STREAM and family in (
+        socket.AF_INET,
+        socket.AF_INET6,
+        socket.AF_UNIX,
+    ):
+        return fd, {"type": "net.Server" if listening else "net.Socket"}
+    if sock_type == socket.SOCK_DGRAM and family in (socket.AF_INET, socket.AF_INET6):
+        udp = "udp4" if family == socket.AF_INET else "udp6"
+        return fd, {"type": "dgram.Socket", "dgramType": udp}
+    raise ValueError(
+        "a Node peer accepts TCP, Unix stream and UDP sockets only, not a "
+        f"{socket.AddressFamily(family).name}/{socket.SocketKind(sock_type).name} socket"
+    )
+
+
+class _NodeSocket(socket.socket):
+    """A socket a Node server handed over: the Node side is told when it closes.
+
+    (Node's ``server.close()`` and ``server.getConnections()`` ask the receiving process
+    how many of its connections are still open.)
+    """
+
+    _pfd_gone: Any = None
+
+    def _track(self, channel: Channel, key: str) -> None:
+        channel._node_socket_opened(key)
+        self._pfd_gone = weakref.finalize(self, _node_socket_gone, weakref.ref(channel), key)
+
+    def _real_close(self, _ss: Any = _socket.socket) -> None:  # what close() ends in
+        try:
+            _ss.close(self)
+        finally:
+            if self._pfd_gone is not None:
+                self._pfd_gone()
+
+    def detach(self) -> int:
+        """Give the descriptor up; for Node's count, the connection is closed here."""
+        fd = super().detach()
+        if self._pfd_gone is not None:
+            self._pfd_gone()
+        return fd
+
+
+def _node_socket_gone(channel_ref: Any, key: str) -> None:
+    channel = channel_ref()
+    if channel is not None:
+        channel._node_socket_closed(key)
+
+
+class _PendingHandle:
+    """A handle sent to a Node peer, kept until its NODE_HANDLE_ACK."""
+
+    __slots__ = ("fd", "handle", "line", "nacked", "retransmissions")
+
+    def __init__(self, line: bytes, fd: int, handle: Any) -> None:
+        self.line = line
+        self.fd = fd
+        self.handle = handle  # closed at the ACK (None when the sender keeps it open)
+        self.retransmissions = 0
+        self.nacked = False
+
+
 def _fail(why: str) -> NoReturn:
     raise FrameError(why)
 
@@ -177,6 +282,10 @@ class _Decoder:
         self.fd_batches: collections.deque[tuple[int, int, list[int]]] = collections.deque()
         self.ready: collections.deque[tuple[Any, Any]] = collections.deque()
         self.control: collections.deque[Any] = collections.deque()  # the channel's own
+        # Node framing: internal messages for the channel to act on, and the socket maker
+        # ("got", message) for Node's own messages, ("answer", message) for replies to send
+        self.node_internal: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self.node_socket: Any = None  # (fd, key) -> socket.socket, set by the Channel
 
     def feed(self, chunk: Any, fds: list[int] | None) -> None:
         """Take one recvmsg's bytes and descriptors (None: truncated, already closed)."""
@@ -321,17 +430,32 @@ class _Decoder:
             obj = _json_loads(line.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"not a JSON message: {exc}") from None
-        if (
-            isinstance(obj, dict)
-            and isinstance(obj.get("cmd"), str)
-            and obj["cmd"].startswith("NODE_")
-        ):
-            # Node's internal traffic never reaches the user; a NODE_HANDLE's descriptor is
-            # taken (and, until Node handles are supported, closed) so none is left behind.
-            if obj["cmd"] == "NODE_HANDLE":
-                _close_fds(self._take_fds(line_start, 1))
+        if not _is_node_internal(obj):
+            self.ready.append((obj, None))
             return
-        self.ready.append((obj, None))
+        # Node's own traffic never reaches the user: the channel acts on it.
+        if obj["cmd"] != "NODE_HANDLE":
+            self.node_internal.append(("got", obj))
+            return
+        batches = self.fd_batches
+        if not (batches and batches[0][0] <= line_start < batches[0][1]):
+            # no descriptor came with it (MSG_CTRUNC): Node sends it again
+            self.node_internal.append(("answer", {"cmd": "NODE_HANDLE_NACK"}))
+            return
+        fds = batches.popleft()[2]
+        kind = obj.get("type")
+        if len(fds) != 1 or kind not in _NODE_SOCKET_TYPES:
+            count = len(fds)
+            _close_fds(fds)
+            _fail(f"a NODE_HANDLE of type {kind!r} came with {count} descriptors")
+        key = obj.get("key")
+        handle = self.node_socket(fds[0], key if isinstance(key, str) else None)
+        self.node_internal.append(("answer", {"cmd": "NODE_HANDLE_ACK"}))
+        msg = obj.get("msg")
+        if _is_node_internal(msg):  # Node cluster traffic: not for the user either
+            handle.close()
+            return
+        self.ready.append((msg, handle))
 
 
 class Channel:
@@ -382,8 +506,16 @@ class Channel:
         self._send_codec = _b.FrameCodec(max_message_size)
         self._receiver = _b.Receiver(max_message_size)
         self._decoder = _Decoder(framing, self._receiver.scan, max_message_size)
+        self._decoder.node_socket = self._make_node_socket
         self._eof = False
         self._closed = False
+        # Node framing: the handle awaiting its ACK (every later send waits for it), and
+        # the open sockets per Node server key, which the Node side may ask about.
+        self._node_pending: _PendingHandle | None = None
+        self._node_acked = threading.Event()
+        self._node_lock = threading.Lock()
+        self._node_open: dict[str, int] = {}
+        self._node_notify: set[str] = set()
 
     # ---- sending -------------------------------------------------------------------------
 
@@ -434,13 +566,14 @@ class Channel:
             if handle is None
             else (list(handle) if isinstance(handle, (list, tuple)) else [handle])
         )
+        if self.framing == "node":
+            self._send_node(obj, handles, keep_open, deadline)
+            return
         if len(handles) > _b.FRAME_MAX_FDS:
             raise ValueError(f"at most {_b.FRAME_MAX_FDS} handles fit in one message")
         fds: list[int] = []
         flags = 0
         if handles:
-            if self.framing == "node":
-                raise ValueError("sending handles to a Node peer is not supported yet")
             metas = []
             for i, h in enumerate(handles):
                 fd, meta = _describe(h, f"handle[{i}]" if len(handles) > 1 else "handle")
@@ -451,26 +584,169 @@ class Channel:
             ).encode()
             body = _META_LEN.pack(len(described)) + described + body
             flags = _b.FRAME_FLAG_HANDLES
-        if len(body) > self.max_message_size:
-            raise ValueError(
-                f"message of {len(body)} bytes is over max_message_size ({self.max_message_size})"
-            )
-        if self.framing == "node":
-            self._send_bytes(b"", body + b"\n", [], deadline)
-        else:
-            with self._send_lock:
-                self._check_open()
-                codec = self._send_codec
-                codec.encode(kind, flags, len(fds), len(body))
-                self._write(codec.header_bytes, body, fds, deadline)
+        self._check_size(len(body))
+        with self._send_lock:
+            self._check_open()
+            codec = self._send_codec
+            codec.encode(kind, flags, len(fds), len(body))
+            self._write(codec.header_bytes, body, fds, deadline)
         if not keep_open:
             for h in handles:
                 h.close()
 
-    def _send_bytes(self, head: Any, body: bytes, fds: list[int], deadline: float | None) -> None:
+    def _check_size(self, size: int) -> None:
+        if size > self.max_message_size:
+            raise ValueError(
+                f"message of {size} bytes is over max_message_size ({self.max_message_size})"
+            )
+
+    # ---- Node's handle protocol ----------------------------------------------------------
+
+    def _send_node(
+        self, obj: Any, handles: list[Any], keep_open: bool, deadline: float | None
+    ) -> None:
+        """Send a JSON line; with a handle, Node's NODE_HANDLE wrapping and ACK protocol.
+
+        Like Node, a send made while an earlier handle awaits its ACK waits for that ACK
+        (message order is kept); unlike Node, it waits with a bound (``timeout``).
+        """
+        fd = -1
+        if handles:
+            if len(handles) > 1:
+                raise ValueError("a Node peer takes one handle per message")
+            fd, fields = _node_handle_fields(handles[0])
+            obj = {"cmd": "NODE_HANDLE", **fields, "msg": obj}
+        line = self._encode(obj)[1] + b"\n"
+        self._check_size(len(line) - 1)
+        while True:
+            with self._send_lock:
+                self._check_open()
+                pending = self._node_pending
+                if pending is None:
+                    self._write(b"", line, [fd] if fd >= 0 else [], deadline)
+                    if fd >= 0:
+                        self._node_acked.clear()
+                        self._node_pending = _PendingHandle(
+                            line, fd, None if keep_open else handles[0]
+                        )
+                    return
+                if pending.nacked:
+                    self._node_retransmit(pending)
+            self._await_node_ack(deadline)
+
+    def _await_node_ack(self, deadline: float | None) -> None:
+        """Read until the pending handle's ACK, or let the thread that reads do it."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError("send timed out: the Node peer has not acknowledged a handle")
+        slice_end = time.monotonic() + 0.05
+        if deadline is not None:
+            slice_end = min(slice_end, deadline)
+        if not self._recv_lock.acquire(timeout=0.05):
+            self._node_acked.wait(0.05)  # another thread is reading: it will see the ACK
+            return
+        try:
+            pending = self._node_pending
+            if pending is None or pending.nacked:
+                return
+            if self._eof:
+                raise ChannelClosedError("the peer closed the channel")
+            try:
+                self._receive(slice_end)
+            except TimeoutError:
+                pass
+        finally:
+            self._recv_lock.release()
+
+    def _node_retransmit(self, pending: _PendingHandle) -> None:
+        """Send a NACKed handle again (the send lock is held)."""
+        pending.nacked = False
+        self._write(b"", pending.line, [pending.fd], None)
+
+    def _node_internal(self) -> None:
+        """Act on Node's internal messages that the last read decoded."""
+        queue = self._decoder.node_internal
+        while queue:
+            direction, msg = queue.popleft()
+            cmd, key = msg["cmd"], msg.get("key")
+            if direction == "answer":
+                self._node_write(msg)
+            elif cmd in ("NODE_HANDLE_ACK", "NODE_HANDLE_NACK"):
+                self._node_handle_reply(cmd == "NODE_HANDLE_ACK")
+            elif cmd == "NODE_SOCKET_GET_COUNT" and isinstance(key, str):
+                with self._node_lock:
+                    count = self._node_open.get(key, 0)
+                self._node_write({"cmd": "NODE_SOCKET_COUNT", "key": key, "count": count})
+            elif cmd == "NODE_SOCKET_NOTIFY_CLOSE" and isinstance(key, str):
+                with self._node_lock:
+                    empty = not self._node_open.get(key)
+                    if not empty:
+                        self._node_notify.add(key)
+                if empty:
+                    self._node_write({"cmd": "NODE_SOCKET_ALL_CLOSED", "key": key})
+            # anything else (NODE_CLUSTER, NODE_DEBUG_ENABLED, ...) is not for this channel
+
+    def _node_handle_reply(self, acked: bool) -> None:
+        """The peer's ACK or NACK for the pending handle."""
+        pending = self._node_pending
+        if pending is None:
+            return
+        if not acked and pending.retransmissions < _NODE_MAX_RETRANSMISSIONS:
+            pending.retransmissions += 1
+            pending.nacked = True
+            if self._send_lock.acquire(blocking=False):  # else the waiting sender resends
+                try:
+                    if pending.nacked and not self._closed:
+                        self._node_retransmit(pending)
+                finally:
+                    self._send_lock.release()
+            return
+        if not acked:
+            warnings.warn(
+                "a handle did not reach the Node peer after "
+                f"{_NODE_MAX_RETRANSMISSIONS} retransmissions; it was closed",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._node_pending = None
+        self._node_acked.set()
+        _close_handle(pending.handle)
+
+    def _node_write(self, msg: dict[str, Any]) -> None:
+        """Send one of the channel's own lines (never queued behind a pending handle)."""
+        line = json.dumps(msg, separators=(",", ":")).encode() + b"\n"
         with self._send_lock:
-            self._check_open()
-            self._write(head, body, fds, deadline)
+            if self._closed or self._eof:
+                return  # as Node: an answer the peer can no longer read is dropped
+            try:
+                self._write(b"", line, [], None)
+            except ChannelClosedError:
+                pass
+
+    def _make_node_socket(self, fd: int, key: str | None) -> socket.socket:
+        """The socket object for a descriptor a Node peer sent (blocking, like accept())."""
+        try:
+            sock = _NodeSocket(fileno=fd) if key is not None else socket.socket(fileno=fd)
+        except OSError as exc:
+            os.close(fd)
+            raise ValueError(f"a NODE_HANDLE descriptor is not a socket ({exc})") from None
+        sock.setblocking(True)
+        if isinstance(sock, _NodeSocket) and key is not None:
+            sock._track(self, key)
+        return sock
+
+    def _node_socket_opened(self, key: str) -> None:
+        with self._node_lock:
+            self._node_open[key] = self._node_open.get(key, 0) + 1
+
+    def _node_socket_closed(self, key: str) -> None:
+        with self._node_lock:
+            left = self._node_open.get(key, 1) - 1
+            self._node_open[key] = left
+            notify = left <= 0 and key in self._node_notify
+            if notify:
+                self._node_notify.discard(key)
+        if notify:
+            self._node_write({"cmd": "NODE_SOCKET_ALL_CLOSED", "key": key})
 
     def send_control(self, obj: Any) -> None:
         """Send one of the channel's own messages (pickled), kept apart from user messages."""
@@ -596,6 +872,8 @@ class Channel:
         except FrameError:
             self._discard()
             raise
+        if self._decoder.node_internal:
+            self._node_internal()
 
     def _discard(self) -> None:
         self._decoder.discard()
@@ -644,6 +922,10 @@ class Channel:
         with self._send_lock, self._recv_lock:
             self._decoder.discard()
             self._close_socket()
+            pending, self._node_pending = self._node_pending, None
+            if pending is not None:
+                _close_handle(pending.handle)
+            self._node_acked.set()
 
     disconnect = close
 
