@@ -403,8 +403,18 @@ def worker_start(method: str) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="fewer and shorter repetitions")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=["latency", "throughput", "fds", "start"],
+        help="run only this part (repeatable)",
+    )
     args = ap.parse_args()
+
+    def want(part: str) -> bool:
+        return not args.only or part in args.only
+
     reps = 3 if args.quick else 7
     n = 2000 if args.quick else 5000
 
@@ -412,79 +422,92 @@ def main() -> int:
         f"IPC benchmarks (Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; medians "
         f"of {reps} repetitions)\n"
     )
-    rt = round_trips(n, reps)
-    print(f"round trip, µs (lower is better), {n} per repetition:\n")
-    print("| method | µs |\n|---|---|")
-    for k, v in rt.items():
-        print(f"| {k} | {v:.1f} |")
-    print(
-        f"\n| ratio | value | target |\n|---|---|---|\n"
-        f"| raw 64 B: pyforkd / mp.Pipe send_bytes | "
-        f"{rt['pyforkd Channel raw, 64 B'] / rt['mp.Pipe send_bytes, 64 B']:.2f}x "
-        f"| <= 0.80x |\n"
-        f"| small dict: pyforkd pickle / mp.Pipe send | "
-        f"{rt['pyforkd Channel pickle, small dict'] / rt['mp.Pipe send, small dict']:.2f}x"
-        f" | <= 0.60x |"
-    )
-
-    print("\none-way throughput, messages per second (higher is better):\n")
-    sizes = [64, 4096, 65536, 1 << 20]
-    table = {
-        s: [throughput(s, (8 if args.quick else 32) << 20) for _ in range(reps)] for s in sizes
-    }
-    names = list(table[64][0])
-    print("| method | " + " | ".join(f"{s} B" for s in sizes) + " |")
-    print("|---|" + "---|" * len(sizes))
-    med = {s: {k: statistics.median(r[k] for r in table[s]) for k in names} for s in sizes}
-    for k in names:
-        print(f"| {k} | " + " | ".join(f"{med[s][k]:,.0f}" for s in sizes) + " |")
-    print(
-        "| pyforkd / mp.Pipe | "
-        + " | ".join(
-            f"{med[s]['pyforkd Channel raw'] / med[s]['mp.Pipe send_bytes']:.2f}x" for s in sizes
-        )
-        + " |  (target >= 1.5x at 64 B and 4 KiB)"
-    )
-
-    print("\ndescriptors passed per second (higher is better):\n")
-    secs = 0.3 if args.quick else 1.0
-    print(
-        "| per message | pyforkd Channel | socket.send_fds | mp.reduction.send_handle | C "
-        "sendmsg | pyforkd / C |\n|---|---|---|---|---|---|"
-    )
-    for per in (1, 8, 64):
-        ours = statistics.median(fd_rate("pyforkd", per, secs) for _ in range(3))
-        std = statistics.median(fd_rate("send_fds", per, secs) for _ in range(3))
-        red = (
-            statistics.median(fd_rate("mp.reduction", 1, secs) for _ in range(3))
-            if per == 1
-            else float("nan")
-        )
-        c = statistics.median(c_fd_rate(per, secs) for _ in range(3))
-        red_text = f"{red:,.0f}" if per == 1 else "(one per call)"
+    if want("latency"):
+        rt = round_trips(n, reps)
+        print(f"round trip, µs (lower is better), {n} per repetition:\n")
+        print("| method | µs |\n|---|---|")
+        for k, v in rt.items():
+            print(f"| {k} | {v:.1f} |")
         print(
-            f"| {per} | {ours:,.0f} | {std:,.0f} | {red_text} | {c:,.0f} | "
-            f"{ours / c:.2f}x (target >= 0.8x) |"
+            f"\n| ratio | value | target |\n|---|---|---|\n"
+            f"| raw 64 B: pyforkd / mp.Pipe send_bytes | "
+            f"{rt['pyforkd Channel raw, 64 B'] / rt['mp.Pipe send_bytes, 64 B']:.2f}x "
+            f"| <= 0.80x |\n"
+            f"| small dict: pyforkd pickle / mp.Pipe send | "
+            f"{rt['pyforkd Channel pickle, small dict'] / rt['mp.Pipe send, small dict']:.2f}x"
+            f" | <= 0.60x |"
         )
 
-    print("\nworker start to first message, ms (lower is better):\n")
-    methods = ["pyforkd fork", "pyforkd spawn", "mp fork", "mp spawn", "mp forkserver"]
-    starts: dict[str, list[float]] = {m: [] for m in methods}
-    for m in methods:
-        worker_start(m)  # warm: imports, the forkserver process itself
-    for _ in range(reps):
+    if want("throughput"):
+        print("\none-way throughput, messages per second (higher is better):\n")
+        sizes = [64, 4096, 65536, 1 << 20]
+        table = {
+            s: [throughput(s, (8 if args.quick else 32) << 20) for _ in range(reps)] for s in sizes
+        }
+        names = list(table[64][0])
+        print("| method | " + " | ".join(f"{s} B" for s in sizes) + " |")
+        print("|---|" + "---|" * len(sizes))
+        med = {s: {k: statistics.median(r[k] for r in table[s]) for k in names} for s in sizes}
+        for k in names:
+            print(f"| {k} | " + " | ".join(f"{med[s][k]:,.0f}" for s in sizes) + " |")
+        print(
+            "| pyforkd / mp.Pipe | "
+            + " | ".join(
+                f"{med[s]['pyforkd Channel raw'] / med[s]['mp.Pipe send_bytes']:.2f}x"
+                for s in sizes
+            )
+            + " |  (target >= 1.5x at 64 B and 4 KiB)"
+        )
+
+    if want("fds"):
+        print("\ndescriptors passed per second (higher is better):\n")
+        secs = 0.3 if args.quick else 1.0
+        print(
+            "| per message | pyforkd Channel | socket.send_fds | mp.reduction.send_handle | C "
+            "sendmsg | pyforkd / C |\n|---|---|---|---|---|---|"
+        )
+        for per in (1, 8, 64):
+            ours = statistics.median(fd_rate("pyforkd", per, secs) for _ in range(3))
+            std = statistics.median(fd_rate("send_fds", per, secs) for _ in range(3))
+            red = (
+                statistics.median(fd_rate("mp.reduction", 1, secs) for _ in range(3))
+                if per == 1
+                else float("nan")
+            )
+            c = statistics.median(c_fd_rate(per, secs) for _ in range(3))
+            red_text = f"{red:,.0f}" if per == 1 else "(one per call)"
+            print(
+                f"| {per} | {ours:,.0f} | {std:,.0f} | {red_text} | {c:,.0f} | "
+                f"{ours / c:.2f}x (target >= 0.8x) |"
+            )
+
+    if want("start"):
+        print("\nworker start to first message, ms (lower is better):\n")
+        methods = [
+            "pyforkd fork",
+            "pyforkd spawn",
+            "pyforkd forkserver",
+            "mp fork",
+            "mp spawn",
+            "mp forkserver",
+        ]
+        starts: dict[str, list[float]] = {m: [] for m in methods}
         for m in methods:
-            starts[m].append(worker_start(m))
-    print("| method | ms |\n|---|---|")
-    st = {m: statistics.median(v) for m, v in starts.items()}
-    for m in methods:
-        print(f"| {m} | {st[m]:.2f} |")
-    print(
-        f"\n| ratio | value | target |\n|---|---|---|\n"
-        f"| fork: pyforkd / mp | {st['pyforkd fork'] / st['mp fork']:.2f}x | <= 0.75x |\n"
-        f"| spawn: pyforkd / mp | {st['pyforkd spawn'] / st['mp spawn']:.2f}x | <= 0.80x |\n"
-        f"| forkserver | not implemented yet | <= 0.5x mp forkserver |"
-    )
+            worker_start(m)  # warm: imports, the forkserver process itself
+        for _ in range(reps):
+            for m in methods:
+                starts[m].append(worker_start(m))
+        print("| method | ms |\n|---|---|")
+        st = {m: statistics.median(v) for m, v in starts.items()}
+        for m in methods:
+            print(f"| {m} | {st[m]:.2f} |")
+        print(
+            f"\n| ratio | value | target |\n|---|---|---|\n"
+            f"| fork: pyforkd / mp | {st['pyforkd fork'] / st['mp fork']:.2f}x | <= 0.75x |\n"
+            f"| spawn: pyforkd / mp | {st['pyforkd spawn'] / st['mp spawn']:.2f}x | <= 0.80x |\n"
+            f"| forkserver: pyforkd / mp | {st['pyforkd forkserver'] / st['mp forkserver']:.2f}x "
+            f"| <= 0.50x |"
+        )
     return 0
 
 

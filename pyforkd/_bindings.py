@@ -273,6 +273,28 @@ def fd_send(
     raise_errno(r, "sendmsg")
 
 
+_frame_send = lib.pfd_frame_send
+
+
+def frame_send(sock: int, kind: int, payload: Any, block: bool) -> int | None:
+    """One sendmsg of a whole frame (header + ``payload``, no descriptors).
+
+    Returns the bytes sent, header included (fewer than all when a signal or a full buffer
+    cut it short), or None when nothing could be sent without waiting.
+    """
+    if type(payload) is bytes:  # passed to C as it is, no copy, no buffer object
+        r = _frame_send(sock, kind, 0, payload, len(payload), ffi.NULL, 0, FD_BLOCK if block else 0)
+    else:
+        with ffi.from_buffer(payload) as c_payload:
+            size = len(c_payload)
+            r = _frame_send(sock, kind, 0, c_payload, size, ffi.NULL, 0, FD_BLOCK if block else 0)
+    if r >= 0:
+        return r
+    if r in (-_errno.EAGAIN, -_errno.EINTR):
+        return None
+    raise_errno(r, "sendmsg")
+
+
 class Receiver:
     """One channel's receive side: a 64 KiB buffer and room for a message's descriptors.
 
@@ -313,13 +335,18 @@ class Receiver:
                 return None
             raise_errno(r, "recvmsg")
         nfds = self._c_nfds[0]
-        fds = None if nfds < 0 else [self._c_fds[i] for i in range(nfds)]
-        return self._view[:r], fds
+        if nfds == 0:
+            return self._view[:r], []
+        return self._view[:r], (None if nfds < 0 else ffi.unpack(self._c_fds, nfds))
 
     def scan(self, buf: bytearray, offset: int, size: int) -> tuple[int, int, int, int, int]:
         """Scan a frame header in ``buf`` at ``offset`` (see :meth:`FrameCodec.scan`)."""
         with ffi.from_buffer(buf) as c_buf:
             return self._codec.scan(c_buf, offset, size)
+
+    def scan_received(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
+        """Scan a frame header in what the last :meth:`recv` returned, at ``offset``."""
+        return self._codec.scan(self._c_buf, offset, size)
 
 
 def fd_wait(sock: int, events: int, timeout_ms: int) -> bool | None:

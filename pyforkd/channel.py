@@ -287,8 +287,12 @@ class _Decoder:
         self.node_internal: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self.node_socket: Any = None  # (fd, key) -> socket.socket, set by the Channel
 
-    def feed(self, chunk: Any, fds: list[int] | None) -> None:
-        """Take one recvmsg's bytes and descriptors (None: truncated, already closed)."""
+    def feed(self, chunk: Any, fds: list[int] | None, scan_chunk: Any = None) -> None:
+        """Take one recvmsg's bytes and descriptors (None: truncated, already closed).
+
+        ``scan_chunk(offset, size)``, when given, scans frame headers in ``chunk`` itself:
+        whole frames are then decoded straight from it, and only a partial one is copied.
+        """
         start = self.stream_pos
         self.stream_pos += len(chunk)
         if fds is None:
@@ -296,12 +300,25 @@ class _Decoder:
             _fail("the peer attached more descriptors than one message may carry; all were closed")
         if fds:
             self.fd_batches.append((start, self.stream_pos, fds))
-        self.pending += chunk
         try:
             if self.framing == "node":
+                self.pending += chunk
                 self._decode_lines()
+            elif scan_chunk is not None and not self.pending:
+                used = self._decode_frames(chunk, scan_chunk, start)
+                if used < len(chunk):
+                    self.pending += chunk[used:]
+                self.pending_start = start + used
+                if self.fd_batches:
+                    self._check_unclaimed()
             else:
-                self._decode_frames()
+                self.pending += chunk
+                used = self._decode_frames(self.pending, self._scan_pending, self.pending_start)
+                if used:
+                    del self.pending[:used]
+                    self.pending_start += used
+                if self.fd_batches:
+                    self._check_unclaimed()
         except FrameError:
             self.discard()
             raise
@@ -318,6 +335,10 @@ class _Decoder:
         ) as exc:
             self.discard()
             raise FrameError(f"cannot decode a message: {exc}") from None
+
+    def _scan_pending(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
+        result: tuple[int, int, int, int, int] = self.scan(self.pending, offset, size)
+        return result
 
     def discard(self) -> None:
         """Close every descriptor held, delivered or not, and forget pending bytes."""
@@ -354,53 +375,57 @@ class _Decoder:
         if batches and batches[0][1] <= self.pending_start:
             _fail("descriptors came with a message that declares none")
 
-    def _decode_frames(self) -> None:
-        buf = self.pending
+    def _decode_frames(self, buf: Any, scan: Any, base: int) -> int:
+        """Deliver every whole frame in ``buf`` (at stream offset ``base``); bytes used."""
         off = 0
         end = len(buf)
+        direct = isinstance(buf, memoryview)  # the receive buffer: slices are not copies
         while off < end:
             try:
-                total, kind, flags, nfds, _ = self.scan(buf, off, end - off)
+                total, kind, flags, nfds, _ = scan(off, end - off)
             except ValueError as exc:
                 _fail(f"bad frame: {exc}")
             if not total:
                 break
-            frame_start = self.pending_start + off
-            fds = self._take_fds(frame_start, nfds)
-            payload = bytes(buf[off + _b.FRAME_HEADER_SIZE : off + total])
+            fds = self._take_fds(base + off, nfds) if nfds else []
+            first = off + _b.FRAME_HEADER_SIZE
             off += total
-            self._deliver(kind, flags, payload, fds)
-        if off:
-            del buf[:off]
-            self.pending_start += off
-        self._check_unclaimed()
+            self._deliver(kind, flags, buf[first:off] if direct else bytes(buf[first:off]), fds)
+        return off
 
-    def _deliver(self, kind: int, flags: int, payload: bytes, fds: list[int]) -> None:
+    def _deliver(self, kind: int, flags: int, payload: Any, fds: list[int]) -> None:
+        """Decode one frame's payload (bytes, or a view valid only during this call)."""
+        if not flags and not fds:  # the common case: a plain message
+            if kind == _b.FRAME_PICKLE:
+                self.ready.append((pickle.loads(payload), None))
+            elif kind == _b.FRAME_RAW:
+                self.ready.append((bytes(payload), None))
+            elif kind == _b.FRAME_JSON:
+                self.ready.append((_json_loads(bytes(payload)), None))
+            else:  # CONTROL: the channel's own traffic (a worker's result)
+                self.control.append(pickle.loads(payload))
+            return
         handle: Any = None
         try:
-            if flags & _b.FRAME_FLAG_HANDLES:
-                (size,) = _META_LEN.unpack_from(payload)
-                meta = json.loads(payload[4 : 4 + size])
-                payload = payload[4 + size :]
-                metas = meta["handles"]
-                if len(metas) != len(fds):
-                    raise ValueError(f"{len(metas)} handles described, {len(fds)} descriptors")
-                handles = [_rebuild(fd, m) for fd, m in zip(fds, metas)]
-                fds = []  # owned by the handle objects now
-                handle = handles if meta.get("many") else handles[0]
-            elif fds:
+            if not flags & _b.FRAME_FLAG_HANDLES:
                 raise ValueError("descriptors came without a description")
+            (size,) = _META_LEN.unpack_from(payload)
+            meta = json.loads(bytes(payload[4 : 4 + size]))
+            payload = payload[4 + size :]
+            metas = meta["handles"]
+            if len(metas) != len(fds):
+                raise ValueError(f"{len(metas)} handles described, {len(fds)} descriptors")
+            if kind == _b.FRAME_CONTROL:
+                raise ValueError("a control message came with descriptors")
+            handles = [_rebuild(fd, m) for fd, m in zip(fds, metas)]
+            fds = []  # owned by the handle objects now
+            handle = handles if meta.get("many") else handles[0]
             if kind == _b.FRAME_PICKLE:
                 obj = pickle.loads(payload)
             elif kind == _b.FRAME_JSON:
-                obj = _json_loads(payload)
-            elif kind == _b.FRAME_RAW:
-                obj = payload
-            else:  # CONTROL: the channel's own traffic (a worker's result), never a handle
-                if handle is not None:
-                    raise ValueError("a control message came with descriptors")
-                self.control.append(pickle.loads(payload))
-                return
+                obj = _json_loads(bytes(payload))
+            else:
+                obj = bytes(payload)
         except BaseException:
             _close_fds(fds)
             _close_handle(handle)
@@ -507,6 +532,7 @@ class Channel:
         self._receiver = _b.Receiver(max_message_size)
         self._decoder = _Decoder(framing, self._receiver.scan, max_message_size)
         self._decoder.node_socket = self._make_node_socket
+        self._scan_received = self._receiver.scan_received
         self._eof = False
         self._closed = False
         # Node framing: the handle awaiting its ACK (every later send waits for it), and
@@ -522,6 +548,8 @@ class Channel:
     def _encode(self, obj: Any) -> tuple[int, bytes]:
         ser = self.serialization
         if ser == "raw":
+            if type(obj) is bytes:
+                return _b.FRAME_RAW, obj
             try:
                 return _b.FRAME_RAW, bytes(memoryview(obj))
             except TypeError:
@@ -558,6 +586,25 @@ class Channel:
         ``max_message_size``, before writing anything; ``ChannelClosedError`` once the
         peer is gone.
         """
+        if handle is None and timeout is None and self.framing == "pyforkd":
+            kind, body = self._encode(obj)  # the hot path: a plain message, no deadline
+            if len(body) > self.max_message_size:
+                self._check_size(len(body))
+            with self._send_lock:
+                if self._closed:
+                    raise ChannelClosedError("the channel is closed")
+                try:
+                    sent = _b.frame_send(self._fd, kind, body, True)
+                except (BrokenPipeError, ConnectionResetError):
+                    self._eof = True
+                    raise ChannelClosedError("the peer closed the channel") from None
+                if sent != len(body) + _b.FRAME_HEADER_SIZE:  # cut short (signal): the rest
+                    self._send_codec.encode(kind, 0, 0, len(body))
+                    head = memoryview(self._send_codec.header_bytes)
+                    done = sent or 0
+                    k = min(done, _b.FRAME_HEADER_SIZE)
+                    self._write(head[k:], memoryview(body)[done - k :], [], None)
+            return
         deadline = _deadline(timeout)
         self._check_open()
         kind, body = self._encode(obj)
@@ -783,7 +830,7 @@ class Channel:
         if sock is not None:
             os.close(sock.detach())
 
-    def _write(self, head: Any, body: bytes, fds: list[int], deadline: float | None) -> None:
+    def _write(self, head: Any, body: Any, fds: list[int], deadline: float | None) -> None:
         """Write head + body entirely (descriptors on the first byte); the send lock is held."""
         head_view, body_view = memoryview(head), memoryview(body)
         sent_any = False
@@ -868,7 +915,7 @@ class Channel:
                 raise ChannelClosedError("the peer closed the channel in the middle of a message")
             return
         try:
-            self._decoder.feed(chunk, fds)
+            self._decoder.feed(chunk, fds, self._scan_received)
         except FrameError:
             self._discard()
             raise

@@ -13,14 +13,19 @@ Node (or speaks Node's JSON lines), whichever started us.
 from __future__ import annotations
 
 import atexit
+import errno
+import math
 import os
 import pickle
 import runpy
+import selectors
 import signal
 import socket
 import stat
+import struct
 import sys
 import threading
+import time
 import traceback
 import types
 import weakref
@@ -29,12 +34,12 @@ from typing import Any
 
 from . import _bindings as _b
 from . import child_process as _cp
-from .channel import Channel
-from .errors import ChannelClosedError, WorkerError
+from .channel import Channel, Fd
+from .errors import ChannelClosedError, TimeoutExpired, WorkerError
 
 __all__ = ["Worker", "fork_worker", "parent"]
 
-START_METHODS = ("fork", "spawn")
+START_METHODS = ("fork", "spawn", "forkserver")
 
 _VARIABLES = ("NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE", "PYFORKD_CHANNEL")
 _lock = threading.Lock()
@@ -101,6 +106,7 @@ def _after_fork_in_child() -> None:
             except OSError:
                 pass
     _parent_ends.clear()
+    _forkserver._forget()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -239,10 +245,20 @@ def fork_worker(
     starts a fresh interpreter that re-imports this program's ``__main__`` as
     ``__mp_main__`` and receives the pickled target (what Windows has to do, usable
     everywhere; a target that cannot be pickled raises ``TypeError`` before any process
-    starts).  Inside the target :func:`parent` is the channel to this process.  The worker
-    dies with this process (or when its channel is closed), whichever thread started it.
+    starts); ``start="forkserver"`` asks a server process, started once from a fresh
+    interpreter that imported this program's ``__main__`` (as ``spawn`` does), to fork
+    the worker: as cheap as ``fork`` once the server runs, and safe when this process has
+    threads (nothing of this process is copied but what is pickled).  Inside the target
+    :func:`parent` is the channel to this process.  The worker dies with this process (or
+    when its channel is closed), whichever thread started it.
     """
     _check_target(target)
+    if _importing_main.is_set():
+        raise RuntimeError(
+            "fork_worker() was called while a worker was importing this program's __main__ "
+            "(start='spawn' and 'forkserver' re-import it): start workers under "
+            "`if __name__ == '__main__':`"
+        )
     method = "fork" if start is None else start
     if method not in START_METHODS:
         raise ValueError(f"start must be one of {', '.join(START_METHODS)}, not {start!r}")
@@ -250,8 +266,11 @@ def fork_worker(
     main_thread = threading.current_thread() is threading.main_thread()
     if method == "fork":
         worker = _start_fork(target, args, kwargs, main_thread)
-    else:
+    elif method == "spawn":
         worker = _start_spawn(target, args, kwargs, main_thread)
+    else:
+        worker = _forkserver.start(_pickled(target, args, kwargs, method))
+        worker.args = [getattr(target, "__qualname__", repr(target))]
     worker.name = label
     worker.daemon = daemon
     if not daemon:
@@ -298,21 +317,25 @@ def _main_info() -> dict[str, Any]:
     return info
 
 
-def _start_spawn(
-    target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], main_thread: bool
-) -> Worker:
+def _pickled(
+    target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], method: str
+) -> bytes:
     try:
-        payload = pickle.dumps((target, args, kwargs), protocol=5)
+        return pickle.dumps((target, args, kwargs), protocol=5)
     except Exception as exc:
         raise TypeError(
-            f"start='spawn' needs a picklable target and arguments: "
+            f"start={method!r} needs a picklable target and arguments: "
             f"{getattr(target, '__qualname__', target)!r} cannot be pickled ({exc})"
         ) from None
+
+
+def _spawn_interpreter(entry: str, info: dict[str, Any], main_thread: bool) -> Worker:
+    """A fresh interpreter running ``pyforkd.worker.<entry>()``, its bootstrap sent."""
     ipc = _cp._IpcPlan.from_stdio(["inherit", "inherit", "inherit", "ipc"], "pickle")
     assert ipc is not None
     cmd = _cp._Command(
         sys.executable,
-        ["-c", "from pyforkd.worker import _spawn_main; _spawn_main()"],
+        ["-c", f"from pyforkd.worker import {entry}; {entry}()"],
         cwd=None,
         env=ipc.environment(None),
         argv0=None,
@@ -332,9 +355,7 @@ def _start_spawn(
     )
     assert worker.channel is not None
     _parent_ends.add(worker.channel)
-    worker.args = [getattr(target, "__qualname__", repr(target))]
-    info = _main_info()
-    info.update(payload=payload, parent=os.getpid(), pdeathsig=main_thread)
+    info.update(_main_info(), parent=os.getpid(), pdeathsig=main_thread)
     try:
         worker.channel.send_control(("bootstrap", info))
     except ChannelClosedError:
@@ -342,35 +363,295 @@ def _start_spawn(
     return worker
 
 
-def _spawn_main() -> None:
-    """Entry point of a spawned worker interpreter (``python -c ...``)."""
+def _start_spawn(
+    target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], main_thread: bool
+) -> Worker:
+    payload = _pickled(target, args, kwargs, "spawn")
+    worker = _spawn_interpreter("_spawn_main", {"payload": payload}, main_thread)
+    worker.args = [getattr(target, "__qualname__", repr(target))]
+    return worker
+
+
+def _bootstrap(entry: str) -> tuple[Channel, dict[str, Any]]:
+    """In a spawned interpreter: take the channel, read the bootstrap, import __main__.
+
+    A __main__ that fails to import is reported to the parent as the outcome, then we exit.
+    """
     channel = parent()
     if channel is None:
-        raise SystemExit("pyforkd worker: started without a channel")
+        raise SystemExit(f"pyforkd {entry}: started without a channel")
     kind, info = channel.recv_control()
     if kind != "bootstrap":
-        raise SystemExit(f"pyforkd worker: unexpected first message {kind!r}")
+        raise SystemExit(f"pyforkd {entry}: unexpected first message {kind!r}")
     sys.path[:] = info["sys_path"]
-    if info["main_name"]:
-        _install_main(info["main_name"], None)
-    elif info["main_path"]:
-        _install_main(None, info["main_path"])
     try:
-        target, args, kwargs = pickle.loads(info["payload"])
+        if info["main_name"]:
+            _install_main(info["main_name"], None)
+        elif info["main_path"]:
+            _install_main(None, info["main_path"])
     except BaseException as exc:
         channel.send_control(("error", _describe_exception(exc)))
         os._exit(1)
-    _serve(channel, target, args, kwargs, info["parent"], False)
+    return channel, info
+
+
+def _run_pickled(channel: Channel, payload: bytes, parent_pid: int) -> None:
+    """Unpickle the target (reporting failure as its outcome) and serve it.  Never returns."""
+    try:
+        target, args, kwargs = pickle.loads(payload)
+    except BaseException as exc:
+        channel.send_control(("error", _describe_exception(exc)))
+        os._exit(1)
+    _serve(channel, target, args, kwargs, parent_pid, False)
+
+
+def _spawn_main() -> None:
+    """Entry point of a spawned worker interpreter (``python -c ...``)."""
+    channel, info = _bootstrap("worker")
+    _run_pickled(channel, info["payload"], info["parent"])
+
+
+# ---- forkserver ---------------------------------------------------------------------------
+#
+# The server is a spawned interpreter (bootstrapped like a spawn worker) that only forks.
+# Per request the parent sends, over the server's channel, the pickled target and two
+# descriptors: the worker's end of its new channel, and the write end of a status socket.
+# The server forks; the worker serves the target on that channel; the server answers with
+# the pid and a pidfd (so the parent can signal it without a pid-reuse race), reaps the
+# worker when it exits and writes its exit code (4 bytes) into the status socket, which is
+# how the parent, not being the worker's parent, learns it.
+
+_STATUS = struct.Struct("<i")
+
+
+class _ServedWorker(Worker):
+    """A forkserver's worker: its exit code arrives over a status socket, not waitpid."""
+
+    def __init__(self, pid: int, args: list[str], status: socket.socket, pidfd: int) -> None:
+        super().__init__(pid, args, [])
+        self._status: socket.socket | None = status
+        self._handle = pidfd  # ChildProcess.kill signals through it; closed once reaped
+
+    def _reap_locked(self) -> bool:
+        if self.returncode is not None:
+            return True
+        sock = self._status
+        assert sock is not None
+        try:
+            data = sock.recv(_STATUS.size, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        if len(data) != _STATUS.size:
+            raise ChildProcessError(
+                errno.ECHILD,
+                f"worker {self.pid}: the fork server ended before it; its exit status is lost",
+            )
+        (code,) = _STATUS.unpack(data)
+        if code < 0:
+            self.exit_code, self.signal_code = None, _cp.signal_name(-code)
+        else:
+            self.exit_code = code
+        self.returncode = code
+        self._status = None
+        sock.close()
+        self._release_handle_locked()
+        return True
+
+    def _block_until_exit(self) -> None:
+        while self.returncode is None and self._status is not None:
+            if _b.fd_wait(self._status.fileno(), _b.POLL_IN, -1):
+                return
+
+    def _wait_until(self, deadline: float, timeout: float) -> None:
+        while self.returncode is None and self._status is not None:
+            left = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            if _b.fd_wait(self._status.fileno(), _b.POLL_IN, left):
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutExpired(self.args, timeout)
+
+    def __del__(self) -> None:
+        # The server reaps the worker whatever happens here: only our descriptors to close.
+        status = getattr(self, "_status", None)
+        if status is not None:
+            status.close()
+        handle = getattr(self, "_handle", -1)
+        if handle >= 0:
+            os.close(handle)
+            self._handle = -1
+
+
+class _ForkServerClient:
+    """The fork server of this process: started on first use, asked for one worker at a time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._server: Worker | None = None
+
+    def _ensure(self) -> Worker:
+        server = self._server
+        if server is not None and server.connected:
+            return server
+        if server is not None:
+            server.close()
+            server.wait()
+        main_thread = threading.current_thread() is threading.main_thread()
+        server = _spawn_interpreter("_forkserver_main", {}, main_thread)
+        server.args = ["pyforkd-forkserver"]
+        try:
+            kind, value = server._channel().recv_control()
+        except ChannelClosedError:
+            kind, value = "error", ("WorkerExit", "the fork server died at start", "", None, None)
+        if kind != "ready":
+            server.close()
+            server.wait()
+            name, message, remote_tb, exc, _ = value
+            raise WorkerError(
+                name, f"the pyforkd fork server could not start: {message}", remote_tb, exc, None
+            )
+        self._server = server
+        return server
+
+    def start(self, payload: bytes) -> Worker:
+        parent_end, child_end = socket.socketpair()
+        status_r, status_w = socket.socketpair()
+        try:
+            with self._lock:
+                server = self._ensure()
+                server.send(("fork", payload, os.getpid()), handle=[child_end, status_w])
+                (kind, pid), handle = server.recv(with_handle=True)
+        except BaseException:
+            for s in (parent_end, child_end, status_r, status_w):
+                s.close()
+            raise
+        if kind == "failed":  # fork() failed in the server: pid is (errno, message)
+            for s in (parent_end, status_r):
+                s.close()
+            _b.raise_errno(pid[0], "fork (in the pyforkd fork server)")
+        if kind != "forked":
+            raise RuntimeError(f"the pyforkd fork server answered {kind!r}")
+        pidfd = handle.detach() if isinstance(handle, Fd) else -1
+        worker = _ServedWorker(pid, ["worker"], status_r, pidfd)
+        worker.channel = Channel(parent_end)
+        _parent_ends.add(worker.channel)
+        return worker
+
+    def stop(self) -> None:
+        """Close the server's channel (it exits) and reap it."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            try:
+                server.wait(10)
+            except TimeoutExpired:
+                server.kill("SIGKILL")
+                server.wait()
+
+    def _forget(self) -> None:
+        """In a forked child: the server belongs to the parent."""
+        self._server = None
+
+
+_forkserver = _ForkServerClient()
+atexit.register(_forkserver.stop)
+
+
+def _forkserver_main() -> None:
+    """Entry point of the fork server interpreter.  Ends when the parent's channel closes."""
+    channel, _ = _bootstrap("fork server")
+    channel.send_control(("ready", os.getpid()))
+    statuses: dict[int, socket.socket] = {}
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    selector = selectors.DefaultSelector()
+    selector.register(channel.fileno(), selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+
+    def fork_one(payload: bytes, parent_pid: int, handles: list[Any]) -> None:
+        worker_end, status = handles
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            worker_end.close()
+            status.close()
+            channel.send(("failed", (exc.errno, exc.strerror)))
+            return
+        if pid == 0:  # the worker: drop everything of the server's, then serve
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                selector.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                for other in statuses.values():
+                    other.close()
+                status.close()
+                _run_pickled(Channel(worker_end), payload, parent_pid)
+            finally:
+                os._exit(1)
+        worker_end.close()
+        statuses[pid] = status
+        pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else -1
+        channel.send(("forked", pid), handle=Fd(pidfd) if pidfd >= 0 else None)
+
+    def reap() -> None:
+        while True:
+            try:
+                pid, wstatus = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            status = statuses.pop(pid, None)
+            if status is not None:
+                try:
+                    status.send(_STATUS.pack(os.waitstatus_to_exitcode(wstatus)))
+                except OSError:
+                    pass  # the parent dropped the worker's object: nobody to tell
+                status.close()
+
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.fd == wake_r:
+                    while True:
+                        try:
+                            if not os.read(wake_r, 512):
+                                break
+                        except BlockingIOError:
+                            break
+                    reap()
+                    continue
+                while True:  # every request already read, then back to waiting
+                    try:
+                        (kind, payload, parent_pid), handles = channel.recv(0, with_handle=True)
+                    except TimeoutError:
+                        break
+                    if kind == "fork":
+                        fork_one(payload, parent_pid, handles)
+    except ChannelClosedError:
+        pass  # the parent is gone or done with us; workers watch their own channels
+    os._exit(0)
+
+
+_importing_main = threading.Event()  # set while a spawned interpreter imports __main__
 
 
 def _install_main(name: str | None, path: str | None) -> None:
     """Run the parent's __main__ as __mp_main__, so pickled __main__.x names resolve."""
     module = types.ModuleType("__mp_main__")
-    if name is not None:
-        content = runpy.run_module(name, run_name="__mp_main__", alter_sys=True)
-    else:
-        assert path is not None
-        content = runpy.run_path(path, run_name="__mp_main__")
+    _importing_main.set()
+    try:
+        if name is not None:
+            content = runpy.run_module(name, run_name="__mp_main__", alter_sys=True)
+        else:
+            assert path is not None
+            content = runpy.run_path(path, run_name="__mp_main__")
+    finally:
+        _importing_main.clear()
     module.__dict__.update(content)
     sys.modules["__main__"] = sys.modules["__mp_main__"] = module
 

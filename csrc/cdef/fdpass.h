@@ -16,6 +16,14 @@ enum {
 long pfd_fd_send(int sock, const void *head, size_t head_size, const void *body,
                  size_t body_size, const int *fds, int nfds, int flags);
 
+/* Sends one pyforkd frame: the header for (kind, frame_flags, nfds, size), encoded by
+ * pfd_frame_encode, then `size` payload bytes, in one sendmsg with the descriptors on the
+ * first byte.  The channel's hot path: one call from Python per message.  Returns the
+ * bytes sent (header included: less than PFD_FRAME_HEADER_SIZE + size means the caller
+ * sends the rest), or what pfd_fd_send returns on failure. */
+long pfd_frame_send(int sock, unsigned int kind, unsigned int frame_flags, const char *payload,
+                    size_t size, const int *fds, int nfds, int flags);
+
 /* Receives up to `size` bytes, and up to `max_fds` descriptors into `fds` (close-on-exec).
  * *nfds gets their number, or PFD_FD_TRUNCATED when the sender attached more than fit:
  * every one received is then closed already.  Without PFD_FD_BLOCK in `flags` it never

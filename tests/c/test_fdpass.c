@@ -68,3 +68,30 @@ TEST_IMPL(fdpass_peer_gone_no_sigpipe) {
   close(sv[0]);
   return 0;
 }
+
+TEST_IMPL(fdpass_frame_send_is_one_frame) {
+  int sv[2], pipefd[2], got[2], nfds = 0;
+  unsigned char buf[64];
+  pfd_frame_t frame;
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  CHECK(pipe(pipefd) == 0);
+  CHECK_EQ(pfd_frame_send(sv[0], PFD_FRAME_RAW, 0, "abc", 3, &pipefd[1], 1, 0),
+           PFD_FRAME_HEADER_SIZE + 3);
+  CHECK_EQ(pfd_fd_recv(sv[1], buf, sizeof(buf), got, 2, &nfds, 0), PFD_FRAME_HEADER_SIZE + 3);
+  CHECK_EQ(nfds, 1);
+  CHECK_EQ(pfd_frame_scan(buf, PFD_FRAME_HEADER_SIZE + 3, 100, &frame), PFD_FRAME_HEADER_SIZE + 3);
+  CHECK_EQ(frame.kind, PFD_FRAME_RAW);
+  CHECK_EQ(frame.nfds, 1);
+  CHECK_EQ(frame.length, 3);
+  CHECK(memcmp(buf + PFD_FRAME_HEADER_SIZE, "abc", 3) == 0);
+  /* An empty payload is a header alone; a negative count is refused before any I/O. */
+  CHECK_EQ(pfd_frame_send(sv[0], PFD_FRAME_RAW, 0, NULL, 0, NULL, 0, 0), PFD_FRAME_HEADER_SIZE);
+  CHECK_EQ(pfd_frame_send(sv[0], PFD_FRAME_RAW, 0, NULL, 0, NULL, -1, 0), -EINVAL);
+  CHECK_EQ(pfd_fd_recv(sv[1], buf, sizeof(buf), got, 2, &nfds, 0), PFD_FRAME_HEADER_SIZE);
+  close(got[0]);
+  close(pipefd[0]);
+  close(pipefd[1]);
+  close(sv[0]);
+  close(sv[1]);
+  return 0;
+}

@@ -25,7 +25,8 @@
   X(frame_rejects_bad_headers)    \
   X(fdpass_round_trip)            \
   X(fdpass_truncated_closes_all)  \
-  X(fdpass_peer_gone_no_sigpipe)
+  X(fdpass_peer_gone_no_sigpipe)  \
+  X(fdpass_frame_send_is_one_frame)
 
 #define PFD_CHILDREN(X) \
   X(exit)               \
