@@ -15,7 +15,7 @@ import pyforkd
 from pyforkd import Worker, WorkerError
 
 pytestmark = linux_only
-METHODS = ["fork", "spawn"]
+METHODS = ["fork", "spawn", "forkserver"]
 
 
 def add(a, b, *, c=0):
@@ -99,9 +99,10 @@ def test_parent_channel_inside_the_target(start):
     assert w.join(timeout=60) == 0
 
 
-def test_spawn_refuses_an_unpicklable_target_before_starting(fd_baseline):
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_refuses_an_unpicklable_target_before_starting(fd_baseline, start):
     with pytest.raises(TypeError, match="cannot be pickled") as info:
-        pyforkd.fork_worker(lambda: 1, start="spawn")
+        pyforkd.fork_worker(lambda: 1, start=start)
     assert "<lambda>" in str(info.value)
 
 
@@ -112,8 +113,10 @@ def test_bad_arguments():
         pyforkd.fork_worker(42)
 
 
-def test_disconnect_ends_the_worker():
-    w = pyforkd.fork_worker(sleep_forever)
+@pytest.mark.parametrize("start", METHODS)
+def test_disconnect_ends_the_worker(start):
+    w = pyforkd.fork_worker(ready_then_sleep, start=start)
+    assert w.recv(timeout=30) == "ready"
     w.disconnect()
     assert w.wait(timeout=10) == -signal.SIGKILL
 
@@ -125,7 +128,7 @@ SCRIPT = """
         return x * x
 
     if __name__ == "__main__":
-        for start in ("fork", "spawn"):
+        for start in ("fork", "spawn", "forkserver"):
             w = pyforkd.fork_worker(square, 7, start=start)
             print(start, w.result(timeout=60), w.join(timeout=60))
 """
@@ -135,7 +138,31 @@ def test_target_defined_in_a_scripts_main(tmp_path):
     path = tmp_path / "prog.py"
     path.write_text(textwrap.dedent(SCRIPT))
     r = pyforkd.exec_file(PY, [str(path)], timeout=120, encoding="utf-8", cwd=tmp_path)
-    assert r.stdout.splitlines() == ["fork 49 0", "spawn 49 0"]
+    assert r.stdout.splitlines() == ["fork 49 0", "spawn 49 0", "forkserver 49 0"]
+
+
+NO_GUARD = """
+    import pyforkd
+
+    def square(x):
+        return x * x
+
+    try:  # no `if __name__ == "__main__":` around this
+        print(pyforkd.fork_worker(square, 7, start=START).result(timeout=60))
+    except pyforkd.WorkerError as exc:
+        print(exc.exc_type, "|", exc.exc_message.splitlines()[0])
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_a_main_without_the_guard_gets_a_clear_error(tmp_path, start):
+    path = tmp_path / "prog.py"
+    path.write_text(textwrap.dedent(NO_GUARD).replace("START", repr(start)))
+    r = pyforkd.exec_file(PY, [str(path)], timeout=120, encoding="utf-8", cwd=tmp_path)
+    # The worker (or fork server) re-imports the script; its own fork_worker call is refused
+    # there, and that error is what the parent sees.
+    assert r.stdout.startswith("RuntimeError | ")
+    assert "if __name__ == '__main__'" in r.stdout
 
 
 ORPHAN = """
@@ -155,7 +182,8 @@ ORPHAN = """
             t.join()
         else:
             box.append(pyforkd.fork_worker(sleep_forever, start=start))
-        print(box[0].pid, flush=True)
+        server = pyforkd.worker._forkserver._server
+        print(box[0].pid, server.pid if server else 0, flush=True)
         time.sleep(60)
 """
 
@@ -166,7 +194,7 @@ def test_worker_dies_within_a_second_of_its_parent(tmp_path, start, where):
     path = tmp_path / "orphan.py"
     path.write_text(textwrap.dedent(ORPHAN))
     parent = pyforkd.spawn(PY, [str(path), start, where], stdio=["ignore", "pipe", "inherit"])
-    worker_pid = int(parent.stdout.readline())
+    worker_pid, server_pid = map(int, parent.stdout.readline().split())
     assert alive(worker_pid)
     if where == "thread":
         time.sleep(0.3)  # the starting thread is gone: the worker must still be alive
@@ -175,6 +203,8 @@ def test_worker_dies_within_a_second_of_its_parent(tmp_path, start, where):
     assert parent.wait(timeout=10) == -signal.SIGKILL
     parent.close()
     assert wait_gone(worker_pid, 1.0), f"worker {worker_pid} outlived its parent"
+    if start == "forkserver":
+        assert wait_gone(server_pid, 1.0), f"fork server {server_pid} outlived its parent"
 
 
 def test_forked_workers_do_not_keep_each_others_parent_ends(tmp_path):
