@@ -9,6 +9,11 @@ elsewhere), so no SIGCHLD handler and no child watcher is involved::
         p.stdin.write(b"hi"); await p.stdin.drain(); p.stdin.close()
         print(await p.stdout.read())
     r = await pyforkd.aio.exec_file("git", ["status"], timeout=5)
+
+Channels work the same way: :func:`fork` and :func:`fork_worker` give a :class:`Process`
+whose ``channel`` is an :class:`AsyncChannel` (``await send``, ``await recv``,
+``async for``); ``AsyncChannel(pyforkd.parent())`` is the child's side.  Use a channel
+from the loop or from threads, not both at once from the loop's own thread.
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ import asyncio
 import os
 import signal as _signal
 import socket
+import time
 import warnings
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from typing import Any, TypeVar
 
 from . import child_process as _cp
+from . import worker as _worker
+from ._checks import deadline as _deadline
+from .channel import Channel, _handle_list
 from .child_process import (
     DEFAULT_MAX_BUFFER,
     KILL_GRACE,
@@ -31,8 +40,9 @@ from .child_process import (
     Stdio,
     StrOrBytesPath,
 )
+from .errors import ChannelClosedError
 
-__all__ = ["Process", "exec", "exec_file", "spawn"]
+__all__ = ["AsyncChannel", "Process", "Worker", "exec", "exec_file", "fork", "fork_worker", "spawn"]
 
 _STREAM_LIMIT = 2**16
 _DRAIN_AFTER_KILL = 0.1  # seconds
@@ -62,6 +72,130 @@ class _WriteProtocol(asyncio.streams.FlowControlMixin):
         return self._closed
 
 
+class AsyncChannel:
+    """A :class:`pyforkd.Channel` driven by the running asyncio loop.
+
+    ``await send(...)`` waits (without blocking the loop) while the peer's buffer is full;
+    ``await recv()`` waits for a message; ``async for msg in channel`` until the peer
+    closes.  Arguments, results and errors are those of the synchronous Channel.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        if not isinstance(channel, Channel):
+            raise TypeError(f"AsyncChannel wraps a pyforkd.Channel, not {type(channel).__name__}")
+        self.channel = channel
+        self._send_lock = asyncio.Lock()
+        self._recv_lock = asyncio.Lock()
+
+    async def _ready(self, write: bool, deadline: float | None) -> bool:
+        """Wait until the socket can be read (or written); False once ``deadline`` passed."""
+        fd = self.channel.fileno()
+        if fd < 0:
+            raise ChannelClosedError("the channel is closed")
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[bool] = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(True)
+
+        (loop.add_writer if write else loop.add_reader)(fd, wake)
+        try:
+            if deadline is None:
+                return await ready
+            try:
+                return await asyncio.wait_for(ready, max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return False
+        finally:
+            (loop.remove_writer if write else loop.remove_reader)(fd)
+
+    async def send(
+        self,
+        obj: Any,
+        handle: Any = None,
+        *,
+        keep_open: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Send one message (and handles): see :meth:`pyforkd.Channel.send`."""
+        ch = self.channel
+        deadline = _deadline(timeout)
+        if ch.framing == "node" and (handle is not None or ch._node_pending is not None):
+            # Node's handle protocol waits for an ACK that another read may bring: a thread.
+            await asyncio.to_thread(ch.send, obj, handle, keep_open=keep_open, timeout=timeout)
+            return
+        handles = _handle_list(handle)
+        fds: list[int] = []
+        if ch.framing == "node":
+            head, body = b"", ch._encode(obj)[1] + b"\n"
+            ch._check_size(len(body) - 1)
+        else:
+            head, body, fds = ch._prepare(obj, handle, handles)
+        async with self._send_lock:
+            # The thread lock too, held across waits, so that frames never interleave with
+            # a thread's sends; taken without blocking the loop.
+            while not ch._send_lock.acquire(blocking=False):
+                await asyncio.sleep(0.001)
+            try:
+                ch._check_open()
+                for sent_any in ch._write_steps(head, body, fds, False):
+                    if not await self._ready(True, deadline):
+                        ch._timed_out(sent_any)
+            finally:
+                ch._send_lock.release()
+        if not keep_open:
+            for h in handles:
+                h.close()
+
+    async def recv(self, timeout: float | None = None, *, with_handle: bool = False) -> Any:
+        """Receive one message: see :meth:`pyforkd.Channel.recv`."""
+        return await self._take(lambda: self.channel.recv(0, with_handle=with_handle), timeout)
+
+    async def recv_control(self, timeout: float | None = None) -> Any:
+        """The next control message (a worker's result)."""
+        return await self._take(lambda: self.channel.recv_control(0), timeout)
+
+    async def _take(self, attempt: Callable[[], Any], timeout: float | None) -> Any:
+        deadline = _deadline(timeout)
+        async with self._recv_lock:
+            while True:
+                try:
+                    return attempt()  # a message already here, or one non-blocking read
+                except TimeoutError:
+                    pass
+                if not await self._ready(False, deadline):
+                    raise TimeoutError("recv timed out")
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while True:
+            try:
+                yield await self.recv()
+            except ChannelClosedError:
+                return
+
+    @property
+    def connected(self) -> bool:
+        """False once either side closed the channel."""
+        return self.channel.connected
+
+    def fileno(self) -> int:
+        """The channel's socket descriptor (-1 once closed)."""
+        return self.channel.fileno()
+
+    def close(self) -> None:
+        """Close the channel (the peer sees it end)."""
+        self.channel.close()
+
+    disconnect = close
+
+    def __repr__(self) -> str:
+        return f"<pyforkd.aio.AsyncChannel {self.channel!r}>"
+
+
 class Process:
     """A child started by :func:`spawn`, seen from asyncio.
 
@@ -81,6 +215,35 @@ class Process:
         self.stderr: asyncio.StreamReader | None = None
         self.stdio: list[Any] = []
         self._transports: list[asyncio.BaseTransport] = []
+        #: The IPC channel (:func:`fork`, :func:`fork_worker`, ``"ipc"`` in stdio), or None.
+        self.channel: AsyncChannel | None = (
+            AsyncChannel(child.channel) if child.channel is not None else None
+        )
+
+    def _channel(self) -> AsyncChannel:
+        if self.channel is None:
+            raise ValueError("this child has no IPC channel: start it with aio.fork()")
+        return self.channel
+
+    async def send(self, message: Any, handle: Any = None, **options: Any) -> None:
+        """Send a message to the child: see :meth:`AsyncChannel.send`."""
+        await self._channel().send(message, handle, **options)
+
+    async def recv(self, timeout: float | None = None, *, with_handle: bool = False) -> Any:
+        """Receive a message from the child: see :meth:`AsyncChannel.recv`."""
+        return await self._channel().recv(timeout, with_handle=with_handle)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._channel().__aiter__()
+
+    def disconnect(self) -> None:
+        """Close the channel to the child."""
+        self._channel().close()
+
+    @property
+    def connected(self) -> bool:
+        """True while the channel is open on both sides."""
+        return self.channel is not None and self.channel.connected
 
     async def _connect(self, fds: list[int], limit: int) -> None:
         loop = self._loop
@@ -160,24 +323,28 @@ class Process:
             return self._child.returncode  # type: ignore[return-value]
         if self._exited is None:
             self._exited = self._loop.create_future()
-            handle = self._child._acquire_handle()
+            handle = self._child._acquire_exit_handle()
             if handle >= 0 and self._child.returncode is None:
                 self._watching = handle
                 self._loop.add_reader(handle, self._on_exit)
             else:
-                self._child._release_handle(handle)
+                self._child._release_exit_handle(handle)
                 # No pidfd (macOS, old Linux): one thread does the blocking wait.
                 task = self._loop.create_task(asyncio.to_thread(self._child.wait))
                 task.add_done_callback(lambda _t: self._on_exit())
         return await asyncio.shield(self._exited)
 
     def _on_exit(self) -> None:
+        handle = self._watching
+        if handle >= 0:  # unregistered before poll() may close it (a forkserver's status)
+            self._loop.remove_reader(handle)
         code = self._child.poll()
         if code is None:
-            return  # a spurious wake-up: the pidfd stays registered
-        if self._watching >= 0:
-            self._loop.remove_reader(self._watching)
-            self._child._release_handle(self._watching)
+            if handle >= 0:
+                self._loop.add_reader(handle, self._on_exit)  # a spurious wake-up
+            return
+        if handle >= 0:
+            self._child._release_exit_handle(handle)
             self._watching = -1
         if self._exited is not None and not self._exited.done():
             self._exited.set_result(code)
@@ -391,3 +558,83 @@ async def exec(
     if not isinstance(command, (str, bytes)):
         raise TypeError(f"command must be a str, not {type(command).__name__}")
     return await exec_file(command, None, shell=shell or True, **options)
+
+
+async def fork(
+    module_path: StrOrBytesPath,
+    args: Iterable[StrOrBytesPath] = (),
+    *,
+    limit: int = _STREAM_LIMIT,
+    **options: Any,
+) -> Process:
+    """Start a script with an IPC channel, like :func:`pyforkd.fork`; its ``channel`` is async.
+
+    ``await p.send(msg)``, ``await p.recv()``, ``async for msg in p``; with ``silent=True``
+    the child's stdout and stderr are ``asyncio.StreamReader`` objects.
+    """
+    loop = asyncio.get_running_loop()
+    child = _cp.fork(module_path, args, **options)
+    proc = Process(child, loop)
+    try:
+        await proc._connect(child._take_fds(), limit)
+    except BaseException:
+        child.kill(_signal.SIGKILL)
+        await proc.wait()
+        proc._close_transports()
+        child.close()
+        raise
+    return proc
+
+
+class Worker(Process):
+    """A :func:`fork_worker` worker seen from asyncio: ``await result()``, ``await join()``."""
+
+    _child: _worker.Worker
+
+    @property
+    def name(self) -> str:
+        """The worker's name (its target's by default)."""
+        return self._child.name
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """The target's return value; :class:`WorkerError` if it raised or the worker died."""
+        w = self._child
+        if w._outcome is None:
+            try:
+                w._outcome = await self._channel().recv_control(timeout)
+            except ChannelClosedError:
+                w._outcome = w._died(await asyncio.wait_for(self.wait(), timeout))
+        return w._unpack()
+
+    async def join(self, timeout: float | None = None) -> int:
+        """Wait for the worker process to exit; return its returncode."""
+        return await asyncio.wait_for(self.wait(), timeout)
+
+    def __repr__(self) -> str:
+        return f"<pyforkd.aio.Worker {self.name!r} pid={self.pid} returncode={self.returncode}>"
+
+
+async def fork_worker(
+    target: Callable[..., Any],
+    /,
+    *args: Any,
+    start: str | None = None,
+    name: str | None = None,
+    daemon: bool = True,
+    **kwargs: Any,
+) -> Worker:
+    """Run ``target(*args, **kwargs)`` in a new process, like :func:`pyforkd.fork_worker`.
+
+    ``start="fork"`` forks from the loop's thread at once; ``"spawn"`` and ``"forkserver"``
+    start (or reach) their interpreter from a helper thread, so the loop never waits on
+    an interpreter's start-up.
+    """
+    loop = asyncio.get_running_loop()
+    if start in (None, "fork"):
+        w = _worker.fork_worker(target, *args, start=start, name=name, daemon=daemon, **kwargs)
+    else:
+        _worker._check_target(target)
+        w = await asyncio.to_thread(
+            _worker.fork_worker, target, *args, start=start, name=name, daemon=daemon, **kwargs
+        )
+    return Worker(w, loop)

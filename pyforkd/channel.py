@@ -600,22 +600,31 @@ class Channel:
                     raise ChannelClosedError("the peer closed the channel") from None
                 if sent != len(body) + _b.FRAME_HEADER_SIZE:  # cut short (signal): the rest
                     self._send_codec.encode(kind, 0, 0, len(body))
-                    head = memoryview(self._send_codec.header_bytes)
+                    header = memoryview(self._send_codec.header_bytes)
                     done = sent or 0
                     k = min(done, _b.FRAME_HEADER_SIZE)
-                    self._write(head[k:], memoryview(body)[done - k :], [], None)
+                    self._write(header[k:], memoryview(body)[done - k :], [], None)
             return
         deadline = _deadline(timeout)
         self._check_open()
-        kind, body = self._encode(obj)
-        handles = (
-            []
-            if handle is None
-            else (list(handle) if isinstance(handle, (list, tuple)) else [handle])
-        )
+        handles = _handle_list(handle)
         if self.framing == "node":
             self._send_node(obj, handles, keep_open, deadline)
             return
+        head, body, fds = self._prepare(obj, handle, handles)
+        with self._send_lock:
+            self._check_open()
+            self._write(head, body, fds, deadline)
+        if not keep_open:
+            for h in handles:
+                h.close()
+
+    def _prepare(self, obj: Any, handle: Any, handles: list[Any]) -> tuple[bytes, bytes, list[int]]:
+        """One pyforkd frame, encoded, with its descriptors; nothing written yet.
+
+        Raises ``TypeError`` (cannot encode) or ``ValueError`` (too large, bad handle).
+        """
+        kind, body = self._encode(obj)
         if len(handles) > _b.FRAME_MAX_FDS:
             raise ValueError(f"at most {_b.FRAME_MAX_FDS} handles fit in one message")
         fds: list[int] = []
@@ -632,14 +641,10 @@ class Channel:
             body = _META_LEN.pack(len(described)) + described + body
             flags = _b.FRAME_FLAG_HANDLES
         self._check_size(len(body))
-        with self._send_lock:
-            self._check_open()
-            codec = self._send_codec
-            codec.encode(kind, flags, len(fds), len(body))
-            self._write(codec.header_bytes, body, fds, deadline)
-        if not keep_open:
-            for h in handles:
-                h.close()
+        with self._send_lock:  # the codec's buffer is shared with the other senders
+            self._send_codec.encode(kind, flags, len(fds), len(body))
+            head = bytes(self._send_codec.header_bytes)
+        return head, body, fds
 
     def _check_size(self, size: int) -> None:
         if size > self.max_message_size:
@@ -832,27 +837,41 @@ class Channel:
 
     def _write(self, head: Any, body: Any, fds: list[int], deadline: float | None) -> None:
         """Write head + body entirely (descriptors on the first byte); the send lock is held."""
+        for sent_any in self._write_steps(head, body, fds, deadline is None):
+            if deadline is None:
+                continue  # a signal cut a blocking send short; its handler has run
+            if not self._wait(_b.POLL_OUT, deadline):
+                self._timed_out(sent_any)
+
+    def _write_steps(self, head: Any, body: Any, fds: list[int], block: bool) -> Iterator[bool]:
+        """Write head + body; yield (whether any byte went yet) whenever it must wait.
+
+        The caller waits for the socket to take more (a poll, or the asyncio loop) and
+        resumes the generator, or gives up (``_timed_out``).
+        """
         head_view, body_view = memoryview(head), memoryview(body)
         sent_any = False
         while head_view.nbytes or body_view.nbytes:
             try:
-                n = _b.fd_send(self._fd, head_view, body_view, fds, deadline is None)
+                n = _b.fd_send(self._fd, head_view, body_view, fds, block)
             except (BrokenPipeError, ConnectionResetError):
                 self._eof = True
                 raise ChannelClosedError("the peer closed the channel") from None
             if n is None:
-                if not self._wait(_b.POLL_OUT, deadline):
-                    if sent_any:
-                        self.close()
-                        raise TimeoutError(
-                            "send timed out with the message half-written; the channel is closed"
-                        ) from None
-                    raise TimeoutError("send timed out: the peer is not reading")
+                yield sent_any
                 continue
             sent_any = True
             fds = []  # they went with the first byte
             k = min(n, head_view.nbytes)
             head_view, body_view = head_view[k:], body_view[n - k :]
+
+    def _timed_out(self, sent_any: bool) -> NoReturn:
+        if sent_any:
+            self.close()
+            raise TimeoutError(
+                "send timed out with the message half-written; the channel is closed"
+            )
+        raise TimeoutError("send timed out: the peer is not reading")
 
     def _wait(self, events: int, deadline: float | None) -> bool:
         """Wait for the socket (GIL released); False when the deadline passed."""
@@ -992,6 +1011,13 @@ class Channel:
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed"
         return f"<Channel fd={self.fileno()} {self.framing}/{self.serialization} {state}>"
+
+
+def _handle_list(handle: Any) -> list[Any]:
+    """``send``'s handle argument as a list (None: empty; a list or tuple: its items)."""
+    if handle is None:
+        return []
+    return list(handle) if isinstance(handle, (list, tuple)) else [handle]
 
 
 def _close_handle(handle: Any) -> None:

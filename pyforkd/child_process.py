@@ -529,6 +529,13 @@ class ChildProcess:
             self._handle_users -= 1
             self._release_handle_locked()
 
+    def _acquire_exit_handle(self) -> int:
+        """A descriptor that becomes readable when the child has exited, or -1 (asyncio)."""
+        return self._acquire_handle()
+
+    def _release_exit_handle(self, handle: int) -> None:
+        self._release_handle(handle)
+
     def _block_until_exit(self) -> None:
         """Block (GIL released) until the child has exited; it may stay unreaped."""
         while self.returncode is None:

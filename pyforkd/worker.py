@@ -130,19 +130,19 @@ class Worker(_cp.ChildProcess):
             try:
                 self._outcome = self._channel().recv_control(timeout)
             except ChannelClosedError:
-                code = self.wait(timeout)
-                self._outcome = (
-                    "error",
-                    (
-                        "WorkerExit",
-                        f"worker {self.name!r} (pid "
-                        f"{self.pid}) ended with returncode {code} before its "
-                        "target returned",
-                        "",
-                        None,
-                        code,
-                    ),
-                )
+                self._outcome = self._died(self.wait(timeout))
+        return self._unpack()
+
+    def _died(self, code: int) -> tuple[str, Any]:
+        """The outcome of a worker that ended without sending one."""
+        message = (
+            f"worker {self.name!r} (pid {self.pid}) ended with returncode {code} before "
+            "its target returned"
+        )
+        return "error", ("WorkerExit", message, "", None, code)
+
+    def _unpack(self) -> Any:
+        assert self._outcome is not None
         kind, value = self._outcome
         if kind == "result":
             return value
@@ -456,6 +456,12 @@ class _ServedWorker(Worker):
         sock.close()
         self._release_handle_locked()
         return True
+
+    def _acquire_exit_handle(self) -> int:
+        return -1 if self._status is None else self._status.fileno()
+
+    def _release_exit_handle(self, handle: int) -> None:
+        pass  # the status socket is ours until the exit code is read
 
     def _block_until_exit(self) -> None:
         while self.returncode is None and self._status is not None:
