@@ -181,6 +181,6 @@ def test_aio_fork_of_a_node_child_with_a_socket(tmp_path):
 
 
 def test_async_channel_wants_a_channel():
-    with pytest.raises(TypeError, match="wraps a pyforkd.Channel"):
+    with pytest.raises(TypeError, match=r"wraps a pyforkd\.Channel"):
         aio.AsyncChannel(os.pipe())  # type: ignore[arg-type]
     assert sys.modules["pyforkd.aio"] is aio
