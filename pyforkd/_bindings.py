@@ -296,23 +296,29 @@ def frame_send(sock: int, kind: int, payload: Any, block: bool) -> int | None:
 
 
 class Receiver:
-    """One channel's receive side: a 64 KiB buffer and room for a message's descriptors.
+    """One channel's receive side: a 256 KiB buffer and room for a message's descriptors.
 
-    ``recv`` returns a view of the buffer, valid until the next call.  Not thread-safe:
-    the channel calls it under its receive lock.
+    The buffer holds what one read of a full socket buffer brings (many small frames, or a
+    few of 64 KiB); it is allocated on the first receive, so a channel that only sends (a
+    worker reporting a result) never pays for it.  ``recv`` returns a view of the buffer,
+    valid until the next call.  Not thread-safe: the channel calls it under its receive
+    lock.
     """
 
     __slots__ = ("_buf", "_c_buf", "_c_fds", "_c_nfds", "_codec", "_view")
 
-    SIZE = 1 << 16
+    SIZE = 1 << 18
 
     def __init__(self, max_length: int) -> None:
-        self._buf = bytearray(self.SIZE)
-        self._c_buf = ffi.from_buffer(self._buf)
-        self._view = memoryview(self._buf)
+        self._c_buf: Any = None
         self._c_fds = ffi.new("int[]", FRAME_MAX_FDS)
         self._c_nfds = ffi.new("int *")
         self._codec = FrameCodec(max_length)
+
+    def _allocate(self) -> None:
+        self._buf = bytearray(self.SIZE)
+        self._c_buf = ffi.from_buffer(self._buf)
+        self._view = memoryview(self._buf)
 
     def recv(self, sock: int, block: bool) -> tuple[memoryview, list[int] | None] | None:
         """One recvmsg.
@@ -321,6 +327,8 @@ class Receiver:
         sender attached more than one message may carry (all closed then).  None when
         nothing is there or a signal came first.
         """
+        if self._c_buf is None:
+            self._allocate()
         r = lib.pfd_fd_recv(
             sock,
             self._c_buf,
@@ -338,6 +346,28 @@ class Receiver:
         if nfds == 0:
             return self._view[:r], []
         return self._view[:r], (None if nfds < 0 else ffi.unpack(self._c_fds, nfds))
+
+    def recv_into(self, sock: int, into: Any, block: bool) -> tuple[int, list[int] | None] | None:
+        """One recvmsg straight into the writable buffer ``into`` (a large frame's rest).
+
+        Returns ``(count, descriptors)`` as :meth:`recv` does, or None.
+        """
+        with ffi.from_buffer(into, require_writable=True) as c_into:
+            r = lib.pfd_fd_recv(
+                sock,
+                c_into,
+                len(c_into),
+                self._c_fds,
+                FRAME_MAX_FDS,
+                self._c_nfds,
+                FD_BLOCK if block else 0,
+            )
+        if r < 0:
+            if r in (-_errno.EAGAIN, -_errno.EINTR):
+                return None
+            raise_errno(r, "recvmsg")
+        nfds = self._c_nfds[0]
+        return r, ([] if nfds == 0 else None if nfds < 0 else ffi.unpack(self._c_fds, nfds))
 
     def scan(self, buf: bytearray, offset: int, size: int) -> tuple[int, int, int, int, int]:
         """Scan a frame header in ``buf`` at ``offset`` (see :meth:`FrameCodec.scan`)."""

@@ -47,6 +47,7 @@ _SERIALIZATIONS = ("pickle", "json", "raw")
 _FRAMINGS = ("pyforkd", "node")
 _KIND = {"pickle": _b.FRAME_PICKLE, "json": _b.FRAME_JSON, "raw": _b.FRAME_RAW}
 _META_LEN = struct.Struct("<I")
+_BIG_FRAME = 1 << 18  # frames larger than this (the receive buffer) get a buffer of their own
 
 
 class Fd:
@@ -280,6 +281,10 @@ class _Decoder:
         self.pending_start = 0  # stream offset of pending[0]
         self.stream_pos = 0  # stream offset of the next byte to arrive
         self.fd_batches: collections.deque[tuple[int, int, list[int]]] = collections.deque()
+        # A frame larger than the receive buffer is read straight into one of its own size.
+        self.big: bytearray | None = None
+        self.big_fill = 0
+        self.big_frame = (0, 0, 0)  # its kind, flags, descriptor count
         self.ready: collections.deque[tuple[Any, Any]] = collections.deque()
         self.control: collections.deque[Any] = collections.deque()  # the channel's own
         # Node framing: internal messages for the channel to act on, and the socket maker
@@ -319,6 +324,8 @@ class _Decoder:
                     self.pending_start += used
                 if self.fd_batches:
                     self._check_unclaimed()
+            if self.framing == "pyforkd" and len(self.pending) >= _b.FRAME_HEADER_SIZE:
+                self._start_big()
         except FrameError:
             self.discard()
             raise
@@ -336,6 +343,49 @@ class _Decoder:
             self.discard()
             raise FrameError(f"cannot decode a message: {exc}") from None
 
+    def _start_big(self) -> None:
+        """When the partial frame in ``pending`` is large, give it a buffer of its own."""
+        _, kind, flags, nfds, length = self._scan_pending(0, len(self.pending))
+        total = _b.FRAME_HEADER_SIZE + length
+        if total <= _BIG_FRAME:
+            return
+        self.big = bytearray(total)
+        self.big[: len(self.pending)] = self.pending
+        self.big_fill = len(self.pending)
+        self.big_frame = (kind, flags, nfds)
+        self.pending.clear()  # pending_start stays at the frame's first byte
+
+    def big_room(self) -> memoryview | None:
+        """The part of a large frame still to come, to receive into; None when none."""
+        return None if self.big is None else memoryview(self.big)[self.big_fill :]
+
+    def feed_big(self, count: int, fds: list[int] | None) -> None:
+        """``count`` bytes arrived in :meth:`big_room`, with ``fds`` (which must be none)."""
+        self.stream_pos += count
+        if fds or fds is None:
+            _close_fds(fds or [])
+            self.discard()
+            _fail("descriptors came in the middle of a frame")
+        self.big_fill += count
+        buf = self.big
+        assert buf is not None
+        if self.big_fill < len(buf):
+            return
+        self.big = None
+        kind, flags, nfds = self.big_frame
+        start = self.pending_start
+        self.pending_start = start + len(buf)
+        try:
+            fds = self._take_fds(start, nfds) if nfds else []
+            with memoryview(buf) as whole, whole[_b.FRAME_HEADER_SIZE :] as payload:
+                self._deliver(kind, flags, payload, fds)
+        except FrameError:
+            self.discard()
+            raise
+        except Exception as exc:
+            self.discard()
+            raise FrameError(f"cannot decode a message: {exc}") from None
+
     def _scan_pending(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
         result: tuple[int, int, int, int, int] = self.scan(self.pending, offset, size)
         return result
@@ -347,6 +397,7 @@ class _Decoder:
         while self.ready:
             _close_handle(self.ready.popleft()[1])
         self.pending.clear()
+        self.big = None
 
     def _take_fds(self, pos: int, nfds: int) -> list[int]:
         """The descriptors of the message whose first byte is at stream offset ``pos``.
@@ -919,26 +970,37 @@ class Channel:
         """One recvmsg (after waiting for the deadline if there is one); feeds the decoder."""
         if deadline is not None and not self._wait(_b.POLL_IN, deadline):
             raise TimeoutError("recv timed out")
+        decoder = self._decoder
+        room = decoder.big_room()
+        got: tuple[Any, list[int] | None] | None
+        chunk: Any  # the bytes received, or their count when received into the big frame
         try:
-            got = self._receiver.recv(self._fd, deadline is None)
+            if room is not None:
+                with room:
+                    got = self._receiver.recv_into(self._fd, room, deadline is None)
+            else:
+                got = self._receiver.recv(self._fd, deadline is None)
         except ConnectionResetError:
-            got = (memoryview(b""), [])
+            got = (0 if room is not None else memoryview(b""), [])
         if got is None:
             return  # a signal came (its handler ran) or a spurious wake-up
         chunk, fds = got
         if not chunk and fds is not None:
             self._eof = True
-            if self._decoder.pending or self._decoder.fd_batches or fds:
+            if decoder.pending or decoder.fd_batches or decoder.big is not None or fds:
                 _close_fds(fds)
                 self._discard()
                 raise ChannelClosedError("the peer closed the channel in the middle of a message")
             return
         try:
-            self._decoder.feed(chunk, fds, self._scan_received)
+            if room is not None:
+                decoder.feed_big(chunk, fds)
+            else:
+                decoder.feed(chunk, fds, self._scan_received)
         except FrameError:
             self._discard()
             raise
-        if self._decoder.node_internal:
+        if decoder.node_internal:
             self._node_internal()
 
     def _discard(self) -> None:

@@ -466,10 +466,34 @@ def test_node_framing_invalid_json_is_a_frame_error(bad):
 
 
 def _feed_in_pieces(ch: Channel, data: bytes, cuts: list[int]) -> None:
-    """Give the channel's decoder the stream in exactly these pieces."""
+    """Give the channel's decoder the stream in exactly these reads, as _receive does.
+
+    Each read goes to a large frame's own buffer when one is in progress (at most what it
+    still lacks, as recvmsg into it would), otherwise to feed(), scanning the read itself
+    (the receive buffer path) on even reads and through the pending copy on odd ones.
+    """
+    dec = ch._decoder
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    for lo, hi in zip(points, points[1:]):
-        ch._decoder.feed(memoryview(data[lo:hi]), [])
+    n = 0
+    for start, hi in zip(points, points[1:]):
+        lo = start
+        while lo < hi:
+            room = dec.big_room()
+            if room is not None:
+                take = min(len(room), hi - lo)
+                room[:take] = data[lo : lo + take]
+                room.release()
+                dec.feed_big(take, [])
+                lo += take
+                continue
+            piece = bytearray(data[lo:hi])
+
+            def scan(off, size, piece=piece):
+                return ch._receiver.scan(piece, off, size)
+
+            dec.feed(memoryview(piece), [], scan if n % 2 == 0 else None)
+            n += 1
+            lo = hi
 
 
 messages = st.lists(
@@ -478,6 +502,8 @@ messages = st.lists(
         st.integers(),
         st.text(max_size=50),
         st.lists(st.integers(), max_size=5),
+        # larger than the receive buffer: read into a buffer of its own
+        st.integers(min_value=65_000, max_value=150_000).map(lambda n: b"L" * n),
     ),
     max_size=12,
 )
@@ -488,12 +514,19 @@ messages = st.lists(
 def test_frames_decode_the_same_under_any_split(msgs, cuts):
     x, y = socket.socketpair()
     sender, capture = Channel(x), y
-    for m in msgs:
-        sender.send(m)
-    sender.close()
+
+    def send_all():
+        for m in msgs:
+            sender.send(m)
+        sender.close()
+
+    t = threading.Thread(target=send_all)  # large messages do not fit in the socket buffer
+    t.start()
     data = b""
+    capture.settimeout(30)
     while chunk := capture.recv(1 << 16):
         data += chunk
+    t.join()
     capture.close()
     a, b = socket.socketpair()
     receiver = Channel(a)
@@ -537,3 +570,53 @@ def test_arbitrary_bytes_never_crash_the_decoder(data, cuts):
     assert len(ch._decoder.pending) <= len(data)
     ch.close()
     b.close()
+
+
+# ---- frames larger than the receive buffer ----------------------------------------------------
+
+
+def test_a_large_frame_with_handles_arrives_whole(pair):
+    a, b = pair
+    r, w = os.pipe()
+    big = os.urandom(3 << 20)
+    t = threading.Thread(target=a.send, args=(big,), kwargs={"handle": pyforkd.Fd(w)})
+    t.start()
+    msg, handle = b.recv(timeout=30, with_handle=True)
+    t.join()
+    assert msg == big
+    with handle:
+        os.write(handle.fileno(), b"!")
+    assert os.read(r, 1) == b"!"
+    os.close(r)
+    a.send("small after big")
+    assert b.recv(timeout=10) == "small after big"
+
+
+def test_peer_gone_in_the_middle_of_a_large_frame(raw_pair):
+    ch, peer = raw_pair
+    before = open_fds()
+    peer.sendall(frame(b"z" * 100_000, length=5_000_000))
+    peer.close()
+    with pytest.raises(ChannelClosedError, match="middle of a message"):
+        ch.recv(timeout=10)
+    assert open_fds() <= before
+
+
+def test_descriptors_inside_a_large_frame_are_refused(raw_pair):
+    ch, peer = raw_pair
+    before = open_fds()
+    r, w = os.pipe()
+
+    def write():  # more than the socket holds: from a thread
+        peer.sendall(frame(b"z" * 400_000, length=900_000))
+        socket.send_fds(peer, [b"z" * 10], [w])  # descriptors ride on a frame's first byte only
+
+    t = threading.Thread(target=write)
+    t.start()
+    with pytest.raises(FrameError, match="middle of a frame"):
+        while True:
+            ch.recv(timeout=10)
+    t.join()
+    os.close(w)
+    os.close(r)
+    assert open_fds() <= before
