@@ -12,6 +12,7 @@ Node (or speaks Node's JSON lines), whichever started us.
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import errno
 import math
@@ -184,12 +185,8 @@ def _serve(
             os._exit(1)  # the parent died before we could watch it
         # Every platform, any thread the parent forked from: when the parent's end of the
         # channel closes (its death included), this worker ends too.
-        threading.Thread(
-            target=_die_on_hangup,
-            args=(channel.fileno(),),
-            daemon=True,
-            name="pyforkd-parent-watch",
-        ).start()
+        # A bare thread: nothing to join at exit, and no wait here for it to start.
+        _thread.start_new_thread(_die_on_hangup, (channel.fileno(),))
         try:
             outcome: tuple[str, Any] = ("result", target(*args, **kwargs))
             code = 0
@@ -282,23 +279,26 @@ def _start_fork(
     target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], main_thread: bool
 ) -> Worker:
     parent_end, child_end = socket.socketpair()
+    # Both Channel objects are made before the fork: the child then runs no set-up code of
+    # its own (in a forked CPython every object touched first costs a page copy).
+    ours, theirs = Channel(parent_end), Channel(child_end)
     me = os.getpid()
     try:
         pid = os.fork()
     except BaseException:
-        parent_end.close()
-        child_end.close()
+        ours.close()
+        theirs.close()
         raise
     if pid == 0:  # the worker: never returns into the caller
         try:
-            os.close(parent_end.detach())
-            _serve(Channel(child_end), target, args, kwargs, me, main_thread)
+            ours._forget()
+            _serve(theirs, target, args, kwargs, me, main_thread)
         finally:
             os._exit(1)
-    child_end.close()
+    theirs._forget()
     worker = Worker(pid, [getattr(target, "__qualname__", repr(target))], [])
-    worker.channel = Channel(parent_end)
-    _parent_ends.add(worker.channel)
+    worker.channel = ours
+    _parent_ends.add(ours)
     return worker
 
 
@@ -578,10 +578,11 @@ def _forkserver_main() -> None:
 
     def fork_one(payload: bytes, parent_pid: int, handles: list[Any]) -> None:
         worker_end, status = handles
+        theirs = Channel(worker_end)  # made before the fork: see _start_fork
         try:
             pid = os.fork()
         except OSError as exc:
-            worker_end.close()
+            theirs.close()
             status.close()
             channel.send(("failed", (exc.errno, exc.strerror)))
             return
@@ -595,10 +596,10 @@ def _forkserver_main() -> None:
                 for other in statuses.values():
                     other.close()
                 status.close()
-                _run_pickled(Channel(worker_end), payload, parent_pid)
+                _run_pickled(theirs, payload, parent_pid)
             finally:
                 os._exit(1)
-        worker_end.close()
+        theirs._forget()
         statuses[pid] = status
         pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else -1
         channel.send(("forked", pid), handle=Fd(pidfd) if pidfd >= 0 else None)
