@@ -101,44 +101,99 @@ class Fd:
 Handle = Union[socket.socket, io.IOBase, Fd]
 
 
-def _describe(handle: Any, where: str) -> tuple[int, dict[str, Any]]:
-    """A handle's descriptor and what the receiver needs to rebuild the same kind."""
-    if isinstance(handle, Fd):
-        return handle.fileno(), {"t": "fd"}
-    if isinstance(handle, socket.socket):
-        if handle.fileno() < 0:
-            raise ValueError(f"{where}: the socket is closed")
-        return handle.fileno(), {"t": "socket"}
-    if isinstance(handle, io.IOBase) or hasattr(handle, "fileno"):
+# How the handles of a frame are described (frame flag HANDLES): the payload starts with a
+# u32 length and that many bytes: u8 flags (bit 0: a list was sent, not one handle), then per
+# descriptor, in order, a kind byte: b"d" pyforkd.Fd, b"s" socket.socket, b"f" a file,
+# followed for a file by its mode and its encoding (u8 length + ASCII each; encoding empty
+# for a binary file).
+_KIND_FD, _KIND_SOCKET, _KIND_FILE = 0x64, 0x73, 0x66  # b"d", b"s", b"f"
+
+
+def _describe(handles: list[Any], many: bool) -> tuple[list[int], bytes]:
+    """The descriptors of ``handles`` and their description (see above)."""
+    fds: list[int] = []
+    out = bytearray(b"\x01" if many else b"\x00")
+    for i, handle in enumerate(handles):
+        where = f"handle[{i}]" if len(handles) > 1 else "handle"
+        if isinstance(handle, Fd):
+            fds.append(handle.fileno())
+            out.append(_KIND_FD)
+            continue
+        if isinstance(handle, socket.socket):
+            if handle.fileno() < 0:
+                raise ValueError(f"{where}: the socket is closed")
+            fds.append(handle.fileno())
+            out.append(_KIND_SOCKET)
+            continue
+        if not (isinstance(handle, io.IOBase) or hasattr(handle, "fileno")):
+            raise TypeError(
+                f"{where}: can send a socket.socket, a file object or pyforkd.Fd, not "
+                f"{type(handle).__name__}"
+            )
         if getattr(handle, "closed", False):
             raise ValueError(f"{where}: {handle!r} is closed")
         try:
-            fd = handle.fileno()
+            fds.append(handle.fileno())
         except (OSError, ValueError) as exc:
             raise ValueError(f"{where}: {handle!r} has no descriptor ({exc})") from None
         if hasattr(handle, "flush"):
             handle.flush()  # what Python buffered belongs before the receiver's writes
-        mode = getattr(handle, "mode", "rb")
+        mode = str(getattr(handle, "mode", "rb"))
         binary = "b" in mode or not isinstance(handle, io.TextIOBase)
-        encoding = None if binary else getattr(handle, "encoding", None)
-        return fd, {"t": "file", "mode": mode, "encoding": encoding}
-    raise TypeError(
-        f"{where}: can send a socket.socket, a file object or pyforkd.Fd, not "
-        f"{type(handle).__name__}"
-    )
+        encoding = "" if binary else str(getattr(handle, "encoding", "") or "")
+        out.append(_KIND_FILE)
+        for text in (mode, encoding):
+            data = text.encode("ascii")
+            if len(data) > 255:
+                raise ValueError(f"{where}: mode or encoding name too long ({text!r})")
+            out.append(len(data))
+            out += data
+    return fds, bytes(out)
 
 
-def _rebuild(fd: int, meta: dict[str, Any]) -> Any:
-    kind = meta.get("t")
-    if kind == "fd":
-        return Fd(fd)
-    if kind == "socket":
-        return socket.socket(fileno=fd)
-    if kind == "file":
-        mode = str(meta.get("mode", "rb")).replace("x", "w")
-        buffering = 0 if "b" in mode and "+" not in mode and mode.startswith("a") else -1
-        return open(fd, mode, buffering=buffering, encoding=meta.get("encoding"))
-    raise ValueError(f"unknown handle kind {kind!r}")
+def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
+    """Objects for received descriptors as described; they own the descriptors.
+
+    ``ValueError`` for a description that does not match (nothing is left open: the
+    descriptors not yet made into objects are the caller's to close, the objects made
+    are closed here).
+    """
+    desc = bytes(description)
+    if not desc:
+        raise ValueError("empty handle description")
+    many, pos = bool(desc[0] & 1), 1
+    made: list[Any] = []
+    try:
+        for fd in fds:
+            if pos >= len(desc):
+                raise ValueError(f"{len(fds)} descriptors came, fewer are described")
+            kind = desc[pos]
+            pos += 1
+            if kind == _KIND_FD:
+                made.append(Fd(fd))
+            elif kind == _KIND_SOCKET:
+                made.append(socket.socket(fileno=fd))
+            elif kind == _KIND_FILE:
+                texts = []
+                for _ in range(2):
+                    n = desc[pos] if pos < len(desc) else -1
+                    if n < 0 or pos + 1 + n > len(desc):
+                        raise ValueError("a file's description is cut short")
+                    texts.append(desc[pos + 1 : pos + 1 + n].decode("ascii"))
+                    pos += 1 + n
+                mode = texts[0].replace("x", "w")
+                buffering = 0 if "b" in mode and "+" not in mode and mode.startswith("a") else -1
+                made.append(open(fd, mode, buffering=buffering, encoding=texts[1] or None))  # noqa: SIM115
+            else:
+                raise ValueError(f"unknown handle kind {kind!r}")
+        if pos != len(desc):
+            raise ValueError(f"{len(fds)} descriptors came, more are described")
+    except BaseException:
+        del fds[: len(made)]  # those are closed with their objects
+        _close_handle(made)
+        raise
+    fds.clear()
+    return made, many
 
 
 def _no_constant(name: str) -> NoReturn:
@@ -460,17 +515,14 @@ class _Decoder:
         try:
             if not flags & _b.FRAME_FLAG_HANDLES:
                 raise ValueError("descriptors came without a description")
-            (size,) = _META_LEN.unpack_from(payload)
-            meta = json.loads(bytes(payload[4 : 4 + size]))
-            payload = payload[4 + size :]
-            metas = meta["handles"]
-            if len(metas) != len(fds):
-                raise ValueError(f"{len(metas)} handles described, {len(fds)} descriptors")
             if kind == _b.FRAME_CONTROL:
                 raise ValueError("a control message came with descriptors")
-            handles = [_rebuild(fd, m) for fd, m in zip(fds, metas)]
-            fds = []  # owned by the handle objects now
-            handle = handles if meta.get("many") else handles[0]
+            (size,) = _META_LEN.unpack_from(payload)
+            if 4 + size > len(payload):
+                raise ValueError("the handle description runs past the frame")
+            handles, many = _rebuild(fds, payload[4 : 4 + size])
+            payload = payload[4 + size :]
+            handle = handles if many else handles[0]
             if kind == _b.FRAME_PICKLE:
                 obj = pickle.loads(payload)
             elif kind == _b.FRAME_JSON:
@@ -681,14 +733,7 @@ class Channel:
         fds: list[int] = []
         flags = 0
         if handles:
-            metas = []
-            for i, h in enumerate(handles):
-                fd, meta = _describe(h, f"handle[{i}]" if len(handles) > 1 else "handle")
-                fds.append(fd)
-                metas.append(meta)
-            described = json.dumps(
-                {"many": isinstance(handle, (list, tuple)), "handles": metas}
-            ).encode()
+            fds, described = _describe(handles, isinstance(handle, (list, tuple)))
             body = _META_LEN.pack(len(described)) + described + body
             flags = _b.FRAME_FLAG_HANDLES
         self._check_size(len(body))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -235,7 +236,7 @@ def test_stdlib_recv_fds_receives_what_pyforkd_sends():
 def test_pyforkd_receives_what_stdlib_send_fds_sends(raw_pair):
     ch, peer = raw_pair
     r, w = os.pipe()
-    described = json.dumps({"many": False, "handles": [{"t": "fd"}]}).encode()
+    described = b"\x00d"  # one handle (not a list): an Fd
     payload = struct.pack("<I", len(described)) + described + pickle.dumps("hi")
     socket.send_fds(peer, [frame(payload, kind=1, flags=1, nfds=1)], [w])
     os.close(w)
@@ -392,7 +393,7 @@ def test_descriptors_go_to_the_frame_that_declares_them_in_a_shared_read(raw_pai
     # it: the first, which declares none, must not take it.
     ch, peer = raw_pair
     r, w = os.pipe()
-    described = json.dumps({"many": False, "handles": [{"t": "fd"}]}).encode()
+    described = b"\x00d"  # one handle (not a list): an Fd
     payload = struct.pack("<I", len(described)) + described + b"second"
     peer.sendall(frame(b"first"))
     socket.send_fds(peer, [frame(payload, flags=1, nfds=1)], [w])
@@ -620,3 +621,61 @@ def test_descriptors_inside_a_large_frame_are_refused(raw_pair):
     os.close(w)
     os.close(r)
     assert open_fds() <= before
+
+
+# ---- the handle description codec ---------------------------------------------------------
+
+handle_kinds = st.lists(
+    st.sampled_from(["fd", "socket", "rb", "wb", "ab", "r", "w", "r+b"]), min_size=1, max_size=6
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(kinds=handle_kinds, many=st.booleans())
+def test_handle_descriptions_round_trip(tmp_path_factory, kinds, many):
+    from pyforkd.channel import _describe, _rebuild
+
+    path = tmp_path_factory.mktemp("h") / "f"
+    path.write_bytes(b"")
+    before = open_fds()
+    made = []
+    for k in kinds:
+        if k == "fd":
+            made.append(Fd(os.open(os.devnull, os.O_RDONLY)))
+        elif k == "socket":
+            made.append(socket.socket())
+        else:
+            made.append(open(path, k, encoding=None if "b" in k else "utf-8"))  # noqa: SIM115
+    fds, described = _describe(made, many)
+    copies = [os.dup(fd) for fd in fds]
+    objs, got_many = _rebuild(copies, described)
+    assert got_many == many and copies == []
+    for a, b in zip(made, objs):
+        if isinstance(a, (Fd, socket.socket)):
+            assert type(a) is type(b)
+        else:  # a file of the same mode, text or binary alike (buffering may differ)
+            assert a.mode == b.mode
+            assert isinstance(b, io.TextIOBase) == isinstance(a, io.TextIOBase)
+            assert getattr(a, "encoding", None) == getattr(b, "encoding", None)
+    for h in made + objs:
+        h.close()
+    assert open_fds() == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(description=st.binary(max_size=20), count=st.integers(0, 4))
+def test_arbitrary_handle_descriptions_never_leak(description, count):
+    from pyforkd.channel import _rebuild
+
+    before = open_fds()
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
+    try:
+        objs, _ = _rebuild(fds, description)
+    except ValueError:
+        pass  # refused: the objects made so far were closed, the rest are ours
+    else:
+        for h in objs:
+            h.close()
+    for fd in fds:
+        os.close(fd)
+    assert open_fds() == before
