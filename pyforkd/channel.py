@@ -20,6 +20,7 @@ descriptor that came with it and closes the channel; a vanished peer raises
 from __future__ import annotations
 
 import _socket
+import codecs
 import collections
 import io
 import json
@@ -172,7 +173,11 @@ def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
             if kind == _KIND_FD:
                 made.append(Fd(fd))
             elif kind == _KIND_SOCKET:
-                made.append(socket.socket(fileno=fd))
+                try:
+                    made.append(socket.socket(fileno=fd))
+                except OSError as exc:
+                    why = f"a descriptor described as a socket is not one ({exc})"
+                    raise ValueError(why) from None
             elif kind == _KIND_FILE:
                 texts = []
                 for _ in range(2):
@@ -181,9 +186,14 @@ def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
                         raise ValueError("a file's description is cut short")
                     texts.append(desc[pos + 1 : pos + 1 + n].decode("ascii"))
                     pos += 1 + n
-                mode = texts[0].replace("x", "w")
+                mode, encoding = texts[0].replace("x", "w"), texts[1] or None
+                if encoding is not None:
+                    try:  # checked first: a failed TextIOWrapper would close the descriptor
+                        codecs.lookup(encoding)
+                    except LookupError:
+                        raise ValueError(f"unknown encoding {encoding!r}") from None
                 buffering = 0 if "b" in mode and "+" not in mode and mode.startswith("a") else -1
-                made.append(open(fd, mode, buffering=buffering, encoding=texts[1] or None))  # noqa: SIM115
+                made.append(open(fd, mode, buffering=buffering, encoding=encoding))  # noqa: SIM115
             else:
                 raise ValueError(f"unknown handle kind {kind!r}")
         if pos != len(desc):
