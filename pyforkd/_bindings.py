@@ -276,18 +276,22 @@ def fd_send(
 _frame_send = lib.pfd_frame_send
 
 
-def frame_send(sock: int, kind: int, payload: Any, block: bool) -> int | None:
-    """One sendmsg of a whole frame (header + ``payload``, no descriptors).
+def frame_send(
+    sock: int, kind: int, payload: Any, block: bool, flags: int = 0, fds: Sequence[int] = ()
+) -> int | None:
+    """One sendmsg of a whole frame (header + ``payload``, ``fds`` on its first byte).
 
     Returns the bytes sent, header included (fewer than all when a signal or a full buffer
     cut it short), or None when nothing could be sent without waiting.
     """
+    c_fds = ffi.new("int[]", fds) if fds else ffi.NULL
+    mode = FD_BLOCK if block else 0
     if type(payload) is bytes:  # passed to C as it is, no copy, no buffer object
-        r = _frame_send(sock, kind, 0, payload, len(payload), ffi.NULL, 0, FD_BLOCK if block else 0)
+        r = _frame_send(sock, kind, flags, payload, len(payload), c_fds, len(fds), mode)
     else:
         with ffi.from_buffer(payload) as c_payload:
             size = len(c_payload)
-            r = _frame_send(sock, kind, 0, c_payload, size, ffi.NULL, 0, FD_BLOCK if block else 0)
+            r = _frame_send(sock, kind, flags, c_payload, size, c_fds, len(fds), mode)
     if r >= 0:
         return r
     if r in (-_errno.EAGAIN, -_errno.EINTR):

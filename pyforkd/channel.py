@@ -48,6 +48,7 @@ _SERIALIZATIONS = ("pickle", "json", "raw")
 _FRAMINGS = ("pyforkd", "node")
 _KIND = {"pickle": _b.FRAME_PICKLE, "json": _b.FRAME_JSON, "raw": _b.FRAME_RAW}
 _META_LEN = struct.Struct("<I")
+_NO_FDS: list[Any] = []  # shared, never modified
 _BIG_FRAME = 1 << 18  # frames larger than this (the receive buffer) get a buffer of their own
 
 
@@ -699,24 +700,34 @@ class Channel:
         ``max_message_size``, before writing anything; ``ChannelClosedError`` once the
         peer is gone.
         """
-        if handle is None and timeout is None and self.framing == "pyforkd":
-            kind, body = self._encode(obj)  # the hot path: a plain message, no deadline
-            if len(body) > self.max_message_size:
-                self._check_size(len(body))
+        if timeout is None and self.framing == "pyforkd":
+            # The hot path: no deadline, so one blocking C call writes the whole frame.
+            if handle is None:
+                kind, body = self._encode(obj)
+                flags, fds, handles = 0, _NO_FDS, _NO_FDS
+                if len(body) > self.max_message_size:
+                    self._check_size(len(body))
+            else:
+                handles = _handle_list(handle)
+                kind, flags, body, fds = self._frame_parts(obj, handle, handles)
             with self._send_lock:
                 if self._closed:
                     raise ChannelClosedError("the channel is closed")
                 try:
-                    sent = _b.frame_send(self._fd, kind, body, True)
+                    sent = _b.frame_send(self._fd, kind, body, True, flags, fds)
                 except (BrokenPipeError, ConnectionResetError):
                     self._eof = True
                     raise ChannelClosedError("the peer closed the channel") from None
                 if sent != len(body) + _b.FRAME_HEADER_SIZE:  # cut short (signal): the rest
-                    self._send_codec.encode(kind, 0, 0, len(body))
+                    self._send_codec.encode(kind, flags, len(fds), len(body))
                     header = memoryview(self._send_codec.header_bytes)
                     done = sent or 0
                     k = min(done, _b.FRAME_HEADER_SIZE)
-                    self._write(header[k:], memoryview(body)[done - k :], [], None)
+                    rest = [] if done else list(fds)  # descriptors ride on the first byte
+                    self._write(header[k:], memoryview(body)[done - k :], rest, None)
+            if handles and not keep_open:
+                for h in handles:
+                    h.close()
             return
         deadline = _deadline(timeout)
         self._check_open()
@@ -732,10 +743,13 @@ class Channel:
             for h in handles:
                 h.close()
 
-    def _prepare(self, obj: Any, handle: Any, handles: list[Any]) -> tuple[bytes, bytes, list[int]]:
-        """One pyforkd frame, encoded, with its descriptors; nothing written yet.
+    def _frame_parts(
+        self, obj: Any, handle: Any, handles: list[Any]
+    ) -> tuple[int, int, bytes, list[int]]:
+        """A frame's kind, flags, payload and descriptors.
 
-        Raises ``TypeError`` (cannot encode) or ``ValueError`` (too large, bad handle).
+        ``TypeError``/``ValueError`` when the message or a handle cannot be sent (nothing
+        is written then).
         """
         kind, body = self._encode(obj)
         if len(handles) > _b.FRAME_MAX_FDS:
@@ -747,6 +761,11 @@ class Channel:
             body = _META_LEN.pack(len(described)) + described + body
             flags = _b.FRAME_FLAG_HANDLES
         self._check_size(len(body))
+        return kind, flags, body, fds
+
+    def _prepare(self, obj: Any, handle: Any, handles: list[Any]) -> tuple[bytes, bytes, list[int]]:
+        """One pyforkd frame, header encoded, with its descriptors; nothing written yet."""
+        kind, flags, body, fds = self._frame_parts(obj, handle, handles)
         with self._send_lock:  # the codec's buffer is shared with the other senders
             self._send_codec.encode(kind, flags, len(fds), len(body))
             head = bytes(self._send_codec.header_bytes)
