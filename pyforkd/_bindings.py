@@ -333,23 +333,8 @@ class Receiver:
         """
         if self._c_buf is None:
             self._allocate()
-        r = lib.pfd_fd_recv(
-            sock,
-            self._c_buf,
-            self.SIZE,
-            self._c_fds,
-            FRAME_MAX_FDS,
-            self._c_nfds,
-            FD_BLOCK if block else 0,
-        )
-        if r < 0:
-            if r in (-_errno.EAGAIN, -_errno.EINTR):
-                return None
-            raise_errno(r, "recvmsg")
-        nfds = self._c_nfds[0]
-        if nfds == 0:
-            return self._view[:r], []
-        return self._view[:r], (None if nfds < 0 else ffi.unpack(self._c_fds, nfds))
+        got = self._recv(sock, self._c_buf, self.SIZE, block)
+        return None if got is None else (self._view[: got[0]], got[1])
 
     def recv_into(self, sock: int, into: Any, block: bool) -> tuple[int, list[int] | None] | None:
         """One recvmsg straight into the writable buffer ``into`` (a large frame's rest).
@@ -357,21 +342,20 @@ class Receiver:
         Returns ``(count, descriptors)`` as :meth:`recv` does, or None.
         """
         with ffi.from_buffer(into, require_writable=True) as c_into:
-            r = lib.pfd_fd_recv(
-                sock,
-                c_into,
-                len(c_into),
-                self._c_fds,
-                FRAME_MAX_FDS,
-                self._c_nfds,
-                FD_BLOCK if block else 0,
-            )
+            return self._recv(sock, c_into, len(c_into), block)
+
+    def _recv(self, sock: int, c_buf: Any, size: int, block: bool) -> Any:
+        r = lib.pfd_fd_recv(
+            sock, c_buf, size, self._c_fds, FRAME_MAX_FDS, self._c_nfds, FD_BLOCK if block else 0
+        )
         if r < 0:
             if r in (-_errno.EAGAIN, -_errno.EINTR):
                 return None
             raise_errno(r, "recvmsg")
         nfds = self._c_nfds[0]
-        return r, ([] if nfds == 0 else None if nfds < 0 else ffi.unpack(self._c_fds, nfds))
+        if nfds == 0:
+            return r, []
+        return r, (None if nfds < 0 else ffi.unpack(self._c_fds, nfds))
 
     def scan(self, buf: bytearray, offset: int, size: int) -> tuple[int, int, int, int, int]:
         """Scan a frame header in ``buf`` at ``offset`` (see :meth:`FrameCodec.scan`)."""

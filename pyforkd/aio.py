@@ -433,19 +433,23 @@ def spawn(
     """
 
     async def start() -> Process:
-        loop = asyncio.get_running_loop()
-        child = _cp.spawn(command, args, stdio=stdio, **options)
-        proc = Process(child, loop)
-        try:
-            await proc._connect(child._take_fds(), limit)
-        except BaseException:
-            child.kill(_signal.SIGKILL)
-            await proc.wait()
-            proc._close_transports()
-            raise
-        return proc
+        return await _wrap(_cp.spawn(command, args, stdio=stdio, **options), limit)
 
     return _Spawning(start)
+
+
+async def _wrap(child: ChildProcess, limit: int) -> Process:
+    """A started child as a :class:`Process`, its pipes handed to the running loop."""
+    proc = Process(child, asyncio.get_running_loop())
+    try:
+        await proc._connect(child._take_fds(), limit)
+    except BaseException:
+        child.kill(_signal.SIGKILL)
+        await proc.wait()
+        proc._close_transports()
+        child.close()
+        raise
+    return proc
 
 
 async def _finish(proc: Process, kill_signal: int) -> None:
@@ -572,18 +576,7 @@ async def fork(
     ``await p.send(msg)``, ``await p.recv()``, ``async for msg in p``; with ``silent=True``
     the child's stdout and stderr are ``asyncio.StreamReader`` objects.
     """
-    loop = asyncio.get_running_loop()
-    child = _cp.fork(module_path, args, **options)
-    proc = Process(child, loop)
-    try:
-        await proc._connect(child._take_fds(), limit)
-    except BaseException:
-        child.kill(_signal.SIGKILL)
-        await proc.wait()
-        proc._close_transports()
-        child.close()
-        raise
-    return proc
+    return await _wrap(_cp.fork(module_path, args, **options), limit)
 
 
 class Worker(Process):

@@ -1,7 +1,8 @@
-"""Helpers shared by the tests: descriptors, zombies, liveness (Linux /proc)."""
+"""Helpers shared by the tests: descriptors, zombies, liveness (Linux /proc), loop ticks."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -66,3 +67,22 @@ def wait_gone(pid: int, within: float) -> bool:
             return True
         time.sleep(0.01)
     return not alive(pid)
+
+
+class LoopTicks:
+    """Counts 10 ms ticks of the running asyncio loop inside ``async with``: proof that
+    whatever ran meanwhile did not block the loop."""
+
+    count = 0
+
+    async def __aenter__(self) -> LoopTicks:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            self.count += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()

@@ -6,7 +6,7 @@ import asyncio
 import signal
 
 import pytest
-from _helpers import PY, linux_only
+from _helpers import PY, LoopTicks, linux_only
 
 import pyforkd
 from pyforkd import aio
@@ -46,19 +46,10 @@ def test_await_spawn_and_wait_for_exit_code():
 
 def test_wait_does_not_block_the_loop():
     async def main():
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        t = asyncio.create_task(ticker())
-        p = await aio.spawn("sleep", ["0.3"], stdio="ignore")
-        assert await p.wait() == 0
-        t.cancel()
-        return ticks
+        async with LoopTicks() as ticks:
+            p = await aio.spawn("sleep", ["0.3"], stdio="ignore")
+            assert await p.wait() == 0
+        return ticks.count
 
     assert run(main()) > 0  # the other task ran while the child was awaited
 

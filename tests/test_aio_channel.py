@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
 import socket
@@ -12,7 +11,7 @@ import textwrap
 import time
 
 import pytest
-from _helpers import linux_only
+from _helpers import LoopTicks, linux_only
 
 import pyforkd
 from pyforkd import ChannelClosedError, WorkerError, aio
@@ -91,24 +90,15 @@ def test_send_waits_for_the_peer_without_blocking_the_loop():
     async def main():
         w = await aio.fork_worker(never_read)
         assert await w.recv(timeout=30) == "ready"
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        t = asyncio.create_task(ticker())
         sent = 0
-        with pytest.raises(TimeoutError, match="not reading"):
-            for _ in range(1000):  # far more than the socket buffers hold
-                await w.send(b"y" * 4096, timeout=0.3)
-                sent += 1
+        async with LoopTicks() as ticks:
+            with pytest.raises(TimeoutError, match="not reading"):
+                for _ in range(1000):  # far more than the socket buffers hold
+                    await w.send(b"y" * 4096, timeout=0.3)
+                    sent += 1
         assert 0 < sent < 1000
-        assert ticks >= 10  # the loop kept running while send waited
+        assert ticks.count >= 10  # the loop kept running while send waited
         assert w.connected  # nothing of the refused message was written
-        t.cancel()
         w.disconnect()
         assert await w.join(timeout=30) == -signal.SIGKILL
 
@@ -182,5 +172,5 @@ def test_aio_fork_of_a_node_child_with_a_socket(tmp_path):
 
 def test_async_channel_wants_a_channel():
     with pytest.raises(TypeError, match=r"wraps a pyforkd\.Channel"):
-        aio.AsyncChannel(os.pipe())  # type: ignore[arg-type]
+        aio.AsyncChannel(socket.socketpair)  # type: ignore[arg-type]
     assert sys.modules["pyforkd.aio"] is aio

@@ -19,7 +19,7 @@ enum {
 
 enum {
   PFD_FRAME_FLAG_HANDLES = 1,  /* the payload starts with a description of the attached
-                                  descriptors: u32 length, then that much JSON */
+                                  descriptors: u32 length, then that many bytes (frame.c) */
   PFD_FRAME_FLAGS_KNOWN = 1    /* any other bit is refused */
 };
 

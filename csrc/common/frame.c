@@ -8,9 +8,15 @@
  *   2       1     version (1)
  *   3       1     kind: 1 pickle, 2 json, 3 raw, 4 control
  *   4       2     flags: 1 = the payload starts with a description of the attached
- *                 descriptors (u32 length + JSON); any other bit is refused
+ *                 descriptors (below); any other bit is refused
  *   6       2     number of descriptors attached to the frame's first byte (<= 253)
  *   8       8     payload length
+ *
+ * The description of attached descriptors (flag 1): u32 length, then that many bytes:
+ * u8 flags (bit 0: the sender passed a list, not one handle), then per descriptor in
+ * order a kind byte - 'd' a raw descriptor (pyforkd.Fd), 's' a socket, 'f' a file, which is
+ * followed by its mode and its encoding as u8 length + ASCII (an empty encoding: binary).
+ * The message itself (pickle, JSON or raw bytes) follows the description.
  *
  * The decoder is incremental by construction: pfd_frame_scan looks only at the bytes it
  * is given and says "need more" until a whole frame is there, so any split of the stream
