@@ -659,17 +659,21 @@ class Channel:
 
     # ---- sending -------------------------------------------------------------------------
 
-    def _encode(self, obj: Any) -> tuple[int, bytes]:
+    def _encode(self, obj: Any) -> tuple[int, Any]:
+        """The frame kind and payload (bytes, or a byte view of a contiguous raw buffer)."""
         ser = self.serialization
         if ser == "raw":
             if type(obj) is bytes:
                 return _b.FRAME_RAW, obj
             try:
-                return _b.FRAME_RAW, bytes(memoryview(obj))
+                view = memoryview(obj)
             except TypeError:
                 raise TypeError(
                     f"serialization='raw' sends bytes-like objects, not {type(obj).__name__}"
                 ) from None
+            # Sent from where it is (the caller's buffer must not change until send
+            # returns); a buffer that is not contiguous is copied.
+            return _b.FRAME_RAW, (view.cast("B") if view.c_contiguous else view.tobytes())
         if ser == "json" or self.framing == "node":
             try:
                 text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
@@ -1018,11 +1022,12 @@ class Channel:
         has closed and every message before that was received, :class:`FrameError` for
         anything malformed (the channel is then closed, no descriptor kept).
         """
-        deadline = _deadline(timeout)
+        deadline = None if timeout is None else _deadline(timeout)
         with self._recv_lock:
             ready = self._decoder.ready
             while not ready:
-                self._check_open()
+                if self._closed:
+                    raise ChannelClosedError("the channel is closed")
                 if self._eof:
                     raise ChannelClosedError("the peer closed the channel")
                 self._receive(deadline)
@@ -1045,7 +1050,7 @@ class Channel:
         if deadline is not None and not self._wait(_b.POLL_IN, deadline):
             raise TimeoutError("recv timed out")
         decoder = self._decoder
-        room = decoder.big_room()
+        room = None if decoder.big is None else decoder.big_room()
         got: tuple[Any, list[int] | None] | None
         chunk: Any  # the bytes received, or their count when received into the big frame
         try:
