@@ -679,3 +679,27 @@ def test_arbitrary_handle_descriptions_never_leak(description, count):
     for fd in fds:
         os.close(fd)
     assert open_fds() == before
+
+
+def test_raw_sends_any_buffer_as_its_bytes():
+    import array
+
+    a, b = socket.socketpair()
+    sender, receiver = Channel(a, serialization="raw"), Channel(b)
+    values = [
+        bytearray(b"abc"),
+        array.array("i", [1, 2]),
+        memoryview(b"abcdef")[::2],  # not contiguous: copied
+        memoryview(bytearray(300_000)),  # larger than the receive buffer
+    ]
+    for v in values:
+        t = threading.Thread(target=sender.send, args=(v,))  # the large one needs a reader
+        t.start()
+        assert receiver.recv(timeout=10) == memoryview(v).tobytes()
+        t.join()
+    with pytest.raises(TypeError, match="bytes-like"):
+        sender.send("text")
+    sender.send(b"still usable")
+    assert receiver.recv(timeout=10) == b"still usable"
+    sender.close()
+    receiver.close()
