@@ -300,29 +300,33 @@ def frame_send(
 
 
 class Receiver:
-    """One channel's receive side: a 256 KiB buffer and room for a message's descriptors.
+    """One channel's receive side: a receive buffer and room for a message's descriptors.
 
-    The buffer holds what one read of a full socket buffer brings (many small frames, or a
-    few of 64 KiB); it is allocated on the first receive, so a channel that only sends (a
-    worker reporting a result) never pays for it.  ``recv`` returns a view of the buffer,
-    valid until the next call.  Not thread-safe: the channel calls it under its receive
-    lock.
+    The buffer starts at 64 KiB, allocated on the first receive (a channel that only sends,
+    a worker reporting its result, never pays for it), and grows to 256 KiB, what one read
+    of a full socket buffer brings, once a read fills it.  ``recv`` returns a view of the
+    buffer, valid until the next call.  Not thread-safe: the channel calls it under its
+    receive lock.
     """
 
-    __slots__ = ("_buf", "_c_buf", "_c_fds", "_c_nfds", "_codec", "_view")
+    __slots__ = ("_buf", "_c_buf", "_c_fds", "_c_nfds", "_codec", "_grow", "_size", "_view")
 
-    SIZE = 1 << 18
+    FIRST_SIZE = 1 << 16
+    SIZE = 1 << 18  # the most it grows to; frames larger than this get their own buffer
 
     def __init__(self, max_length: int) -> None:
         self._c_buf: Any = None
+        self._size = 0
+        self._grow = False
         self._c_fds = ffi.new("int[]", FRAME_MAX_FDS)
         self._c_nfds = ffi.new("int *")
         self._codec = FrameCodec(max_length)
 
-    def _allocate(self) -> None:
-        self._buf = bytearray(self.SIZE)
+    def _allocate(self, size: int) -> None:
+        self._buf = bytearray(size)
         self._c_buf = ffi.from_buffer(self._buf)
         self._view = memoryview(self._buf)
+        self._size = size
 
     def recv(self, sock: int, block: bool) -> tuple[memoryview, list[int] | None] | None:
         """One recvmsg.
@@ -332,9 +336,14 @@ class Receiver:
         nothing is there or a signal came first.
         """
         if self._c_buf is None:
-            self._allocate()
-        got = self._recv(sock, self._c_buf, self.SIZE, block)
-        return None if got is None else (self._view[: got[0]], got[1])
+            self._allocate(self.FIRST_SIZE)
+        elif self._grow:  # the last read filled the buffer: the peer sends a lot
+            self._allocate(self.SIZE)  # (the last view, now consumed, was of the old one)
+        got = self._recv(sock, self._c_buf, self._size, block)
+        if got is None:
+            return None
+        self._grow = got[0] == self._size < self.SIZE
+        return self._view[: got[0]], got[1]
 
     def recv_into(self, sock: int, into: Any, block: bool) -> tuple[int, list[int] | None] | None:
         """One recvmsg straight into the writable buffer ``into`` (a large frame's rest).
