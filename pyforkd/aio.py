@@ -163,7 +163,7 @@ class AsyncChannel:
                 try:
                     return attempt()  # a message already here, or one non-blocking read
                 except TimeoutError:
-                    pass
+                    pass  # nothing whole yet: wait until the socket has more
                 if not await self._ready(False, deadline):
                     raise TimeoutError("recv timed out")
 

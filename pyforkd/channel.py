@@ -834,7 +834,7 @@ class Channel:
             try:
                 self._receive(slice_end)
             except TimeoutError:
-                pass
+                pass  # this slice is over; the sender checks its own deadline
         finally:
             self._recv_lock.release()
 
@@ -901,7 +901,7 @@ class Channel:
             try:
                 self._write(b"", line, [], None)
             except ChannelClosedError:
-                pass
+                pass  # the peer left meanwhile: nobody to answer
 
     def _make_node_socket(self, fd: int, key: str | None) -> socket.socket:
         """The socket object for a descriptor a Node peer sent (blocking, like accept())."""
