@@ -338,16 +338,26 @@ class Process:
         handle = self._watching
         if handle >= 0:  # unregistered before poll() may close it (a forkserver's status)
             self._loop.remove_reader(handle)
-        code = self._child.poll()
-        if code is None:
+        exited = self._exited
+        try:
+            code = self._child.poll()
+        except OSError as exc:  # the exit status is lost (a forkserver worker's server died)
+            self._watching = -1
+            if exited is not None and not exited.done():
+                exited.set_exception(exc)
+            return
+        if code is None:  # a spurious wake-up, or what says "exited" changed: watch again
             if handle >= 0:
-                self._loop.add_reader(handle, self._on_exit)  # a spurious wake-up
+                self._child._release_exit_handle(handle)
+            self._watching = self._child._acquire_exit_handle()
+            if self._watching >= 0:
+                self._loop.add_reader(self._watching, self._on_exit)
             return
         if handle >= 0:
             self._child._release_exit_handle(handle)
             self._watching = -1
-        if self._exited is not None and not self._exited.done():
-            self._exited.set_result(code)
+        if exited is not None and not exited.done():
+            exited.set_result(code)
 
     async def communicate(self, input: bytes | None = None) -> tuple[bytes | None, bytes | None]:
         """Write ``input`` (then close stdin), read stdout and stderr to EOF, wait."""

@@ -558,20 +558,16 @@ class ChildProcess:
         child keeps running.  Waiting releases the GIL and never polls on a timer.
         """
         timeout = _check_timeout(timeout)
-        if self.returncode is not None:
-            return self.returncode
-        if timeout is None:
-            self._block_until_exit()
-        else:
-            self._wait_until(time.monotonic() + timeout, timeout)
-        with self._lock:
-            self._reap_locked()
-        if self.returncode is None:
-            # A spurious wake-up (another thread's wait saw the exit first): block for it.
-            self._block_until_exit()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            # Again after a spurious wake-up (another thread's wait saw the exit first).
+            if deadline is None:
+                self._block_until_exit()
+            else:
+                assert timeout is not None
+                self._wait_until(deadline, timeout)
             with self._lock:
                 self._reap_locked()
-        assert self.returncode is not None
         return self.returncode
 
     def _wait_until(self, deadline: float, timeout: float) -> None:

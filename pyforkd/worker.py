@@ -425,7 +425,12 @@ _STATUS = struct.Struct("<i")
 
 
 class _ServedWorker(Worker):
-    """A forkserver's worker: its exit code arrives over a status socket, not waitpid."""
+    """A forkserver's worker: its exit code arrives over a status socket, not waitpid.
+
+    Should the server die first, the status socket ends empty: the worker is then awaited
+    through its pidfd, and waiting raises ``ChildProcessError`` once it has exited (its
+    exit code went with the server).
+    """
 
     def __init__(self, pid: int, args: list[str], status: socket.socket, pidfd: int) -> None:
         super().__init__(pid, args, [])
@@ -436,42 +441,47 @@ class _ServedWorker(Worker):
         if self.returncode is not None:
             return True
         sock = self._status
-        assert sock is not None
-        try:
-            data = sock.recv(_STATUS.size, socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        if sock is not None:
+            try:
+                data = sock.recv(_STATUS.size, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return False
+            self._status = None
+            sock.close()
+            if len(data) == _STATUS.size:
+                (code,) = _STATUS.unpack(data)
+                if code < 0:
+                    self.exit_code, self.signal_code = None, _cp.signal_name(-code)
+                else:
+                    self.exit_code = code
+                self.returncode = code
+                self._release_handle_locked()
+                return True
+        # The server is gone: all that can still be known is when the worker ends.
+        if self._handle >= 0 and not _b.fd_wait(self._handle, _b.POLL_IN, 0):
             return False
-        if len(data) != _STATUS.size:
-            raise ChildProcessError(
-                errno.ECHILD,
-                f"worker {self.pid}: the fork server ended before it; its exit status is lost",
-            )
-        (code,) = _STATUS.unpack(data)
-        if code < 0:
-            self.exit_code, self.signal_code = None, _cp.signal_name(-code)
-        else:
-            self.exit_code = code
-        self.returncode = code
-        self._status = None
-        sock.close()
-        self._release_handle_locked()
-        return True
+        raise ChildProcessError(
+            errno.ECHILD,
+            f"worker {self.pid}: the fork server ended before it; its exit status is lost",
+        )
 
     def _acquire_exit_handle(self) -> int:
-        return -1 if self._status is None else self._status.fileno()
+        return self._status.fileno() if self._status is not None else self._handle
 
     def _release_exit_handle(self, handle: int) -> None:
-        pass  # the status socket is ours until the exit code is read
+        pass  # both stay ours until the worker is reaped (or this object goes)
 
     def _block_until_exit(self) -> None:
-        while self.returncode is None and self._status is not None:
-            if _b.fd_wait(self._status.fileno(), _b.POLL_IN, -1):
+        handle = self._acquire_exit_handle()
+        while self.returncode is None and handle >= 0:
+            if _b.fd_wait(handle, _b.POLL_IN, -1):
                 return
 
     def _wait_until(self, deadline: float, timeout: float) -> None:
-        while self.returncode is None and self._status is not None:
+        handle = self._acquire_exit_handle()
+        while self.returncode is None and handle >= 0:
             left = max(0, math.ceil((deadline - time.monotonic()) * 1000))
-            if _b.fd_wait(self._status.fileno(), _b.POLL_IN, left):
+            if _b.fd_wait(handle, _b.POLL_IN, left):
                 return
             if time.monotonic() >= deadline:
                 raise TimeoutExpired(self.args, timeout)
@@ -521,10 +531,17 @@ class _ForkServerClient:
     def start(self, payload: bytes) -> Worker:
         parent_end, child_end = socket.socketpair()
         status_r, status_w = socket.socketpair()
+        request = ("fork", payload, os.getpid())
         try:
             with self._lock:
                 server = self._ensure()
-                server.send(("fork", payload, os.getpid()), handle=[child_end, status_w])
+                try:
+                    server.send(request, handle=[child_end, status_w])
+                except ChannelClosedError:
+                    # The server died since the last request (nothing was written, so
+                    # nothing was started): a new one takes it.
+                    server = self._ensure()
+                    server.send(request, handle=[child_end, status_w])
                 (kind, pid), handle = server.recv(with_handle=True)
         except BaseException:
             for s in (parent_end, child_end, status_r, status_w):

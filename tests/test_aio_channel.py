@@ -38,7 +38,7 @@ def echo():
         ch.send(msg)
 
 
-def never_read():
+def ready_then_sleep():
     pyforkd.parent().send("ready")
     while True:
         time.sleep(1)
@@ -88,7 +88,7 @@ def test_send_recv_and_async_for_keep_order():
 
 def test_send_waits_for_the_peer_without_blocking_the_loop():
     async def main():
-        w = await aio.fork_worker(never_read)
+        w = await aio.fork_worker(ready_then_sleep)  # it never reads
         assert await w.recv(timeout=30) == "ready"
         sent = 0
         async with LoopTicks() as ticks:
@@ -174,3 +174,20 @@ def test_async_channel_wants_a_channel():
     with pytest.raises(TypeError, match=r"wraps a pyforkd\.Channel"):
         aio.AsyncChannel(socket.socketpair)  # type: ignore[arg-type]
     assert sys.modules["pyforkd.aio"] is aio
+
+
+def test_a_forkserver_worker_whose_server_died_is_still_awaited():
+    async def main():
+        w = await aio.fork_worker(ready_then_sleep, start="forkserver")
+        assert await w.recv(timeout=60) == "ready"
+        server = pyforkd.worker._forkserver._server
+        server.kill("SIGKILL")
+        assert server.wait(timeout=10) == -signal.SIGKILL
+        waiting = asyncio.ensure_future(w.wait())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # the worker still runs: nothing to report yet
+        w.disconnect()  # now it ends; its exit code went with the server
+        with pytest.raises(ChildProcessError, match="exit status is lost"):
+            await asyncio.wait_for(waiting, 30)
+
+    run(main())

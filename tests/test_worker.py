@@ -207,6 +207,27 @@ def test_worker_dies_within_a_second_of_its_parent(tmp_path, start, where):
         assert wait_gone(server_pid, 1.0), f"fork server {server_pid} outlived its parent"
 
 
+def test_a_dead_fork_server_is_replaced():
+    first = pyforkd.fork_worker(add, 1, 2, start="forkserver")
+    assert first.result(timeout=60) == 3
+    assert first.join(timeout=60) == 0
+    running = pyforkd.fork_worker(ready_then_sleep, start="forkserver")
+    assert running.recv(timeout=60) == "ready"
+    server = pyforkd.worker._forkserver._server
+    assert server is not None
+    server.kill("SIGKILL")
+    assert server.wait(timeout=10) == -signal.SIGKILL
+    w = pyforkd.fork_worker(add, 2, 2, start="forkserver")
+    assert w.result(timeout=60) == 4
+    assert w.join(timeout=60) == 0
+    assert pyforkd.worker._forkserver._server is not server
+    # A worker whose server died keeps working; only its exit status cannot be told.
+    assert running.connected
+    running.disconnect()
+    with pytest.raises(ChildProcessError, match="exit status is lost"):
+        running.join(timeout=60)
+
+
 def test_forked_workers_do_not_keep_each_others_parent_ends(tmp_path):
     # A second worker forked later must not hold the first one's parent-side socket, or
     # the first would not see the parent die.
