@@ -206,8 +206,8 @@ def node_round_trip(n: int) -> float | None:
 # ---- throughput -------------------------------------------------------------------------------
 
 
-def sink_channel(sock: socket.socket, count: int) -> None:
-    ch = Channel(sock, serialization="raw")
+def sink_channel(sock: socket.socket, count: int, serialization: str = "raw") -> None:
+    ch = Channel(sock, serialization=serialization)
     for _ in range(count):
         ch.recv()
     ch.send(b"done")
@@ -250,6 +250,18 @@ def throughput(size: int, total_bytes: int) -> dict[str, float]:
     ch.close()
     os.waitpid(pid, 0)
 
+    a, b = socket.socketpair()
+    pid = forked(sink_channel, b, count, "pickle")
+    b.close()
+    ch = Channel(a)  # pickle: the bytes object inside the message is pickled in-band
+    t0 = time.perf_counter()
+    for _ in range(count):
+        ch.send(data)
+    ch.recv()
+    out["pyforkd Channel pickle"] = count / (time.perf_counter() - t0)
+    ch.close()
+    os.waitpid(pid, 0)
+
     p, c = mp.Pipe()
     pid = forked(sink_pipe, c, count)
     c.close()
@@ -289,7 +301,46 @@ def throughput(size: int, total_bytes: int) -> dict[str, float]:
     out["socketpair + length prefix"] = count / (time.perf_counter() - t0)
     a.close()
     os.waitpid(pid, 0)
+    node = node_throughput(size, count)
+    if node is not None:
+        out["Node process.send (json string)"] = node
     return out
+
+
+def node_throughput(size: int, count: int) -> float | None:
+    """Node parent to Node child, ``count`` JSON strings of ``size`` characters, one way."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    code = textwrap.dedent(f"""
+        const {{ fork }} = require('child_process');
+        const n = {count};
+        if (process.argv[2] === 'child') {{
+          let got = 0;
+          process.on('message', () => {{ if (++got === n) process.send('done'); }});
+        }} else {{
+          const c = fork(__filename, ['child']);
+          const msg = 'y'.repeat({size});
+          const t0 = process.hrtime.bigint();
+          c.on('message', () => {{
+            console.log(n / (Number(process.hrtime.bigint() - t0) / 1e9));
+            c.disconnect();
+          }});
+          let i = 0;
+          (function pump() {{  // honour backpressure, or Node queues everything in memory
+            while (i < n) {{ i++; if (!c.send(msg)) {{ setImmediate(pump); return; }} }}
+          }})();
+        }}
+    """)
+    with tempfile.NamedTemporaryFile("w", suffix=".js", delete=False) as f:
+        f.write(code)
+    try:
+        out = subprocess.run(
+            [node, f.name], capture_output=True, text=True, timeout=300, check=True
+        )
+        return float(out.stdout.strip())
+    finally:
+        os.unlink(f.name)
 
 
 # ---- descriptor passing ---------------------------------------------------------------------

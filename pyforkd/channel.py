@@ -50,6 +50,7 @@ _KIND = {"pickle": _b.FRAME_PICKLE, "json": _b.FRAME_JSON, "raw": _b.FRAME_RAW}
 _META_LEN = struct.Struct("<I")
 _NO_FDS: list[Any] = []  # shared, never modified
 _BIG_FRAME = 1 << 18  # frames larger than this (the receive buffer) get a buffer of their own
+_BIG_KEEP = 16 << 20  # and such a buffer up to this size is kept for the next one
 
 
 class Fd:
@@ -350,6 +351,8 @@ class _Decoder:
         # A frame larger than the receive buffer is read straight into one of its own size.
         self.big: bytearray | None = None
         self.big_fill = 0
+        self.big_total = 0
+        self.spare: bytearray | None = None  # the last large frame's buffer, to use again
         self.big_frame = (0, 0, 0)  # its kind, flags, descriptor count
         self.ready: collections.deque[tuple[Any, Any]] = collections.deque()
         self.control: collections.deque[Any] = collections.deque()  # the channel's own
@@ -415,15 +418,21 @@ class _Decoder:
         total = _b.FRAME_HEADER_SIZE + length
         if total <= _BIG_FRAME:
             return
-        self.big = bytearray(total)
+        # A buffer kept from an earlier large frame is used again: a fresh one costs a page
+        # fault per 4 KiB, which for large frames is most of the receive time.
+        spare, self.spare = self.spare, None
+        self.big = spare if spare is not None and len(spare) >= total else bytearray(total)
         self.big[: len(self.pending)] = self.pending
         self.big_fill = len(self.pending)
+        self.big_total = total
         self.big_frame = (kind, flags, nfds)
         self.pending.clear()  # pending_start stays at the frame's first byte
 
     def big_room(self) -> memoryview | None:
         """The part of a large frame still to come, to receive into; None when none."""
-        return None if self.big is None else memoryview(self.big)[self.big_fill :]
+        if self.big is None:
+            return None
+        return memoryview(self.big)[self.big_fill : self.big_total]
 
     def feed_big(self, count: int, fds: list[int] | None) -> None:
         """``count`` bytes arrived in :meth:`big_room`, with ``fds`` (which must be none)."""
@@ -433,17 +442,17 @@ class _Decoder:
             self.discard()
             _fail("descriptors came in the middle of a frame")
         self.big_fill += count
-        buf = self.big
+        buf, total = self.big, self.big_total
         assert buf is not None
-        if self.big_fill < len(buf):
+        if self.big_fill < total:
             return
         self.big = None
         kind, flags, nfds = self.big_frame
         start = self.pending_start
-        self.pending_start = start + len(buf)
+        self.pending_start = start + total
         try:
             fds = self._take_fds(start, nfds) if nfds else []
-            with memoryview(buf) as whole, whole[_b.FRAME_HEADER_SIZE :] as payload:
+            with memoryview(buf) as whole, whole[_b.FRAME_HEADER_SIZE : total] as payload:
                 self._deliver(kind, flags, payload, fds)
         except FrameError:
             self.discard()
@@ -451,6 +460,8 @@ class _Decoder:
         except Exception as exc:
             self.discard()
             raise FrameError(f"cannot decode a message: {exc}") from None
+        if len(buf) <= _BIG_KEEP:
+            self.spare = buf
 
     def _scan_pending(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
         result: tuple[int, int, int, int, int] = self.scan(self.pending, offset, size)
@@ -463,7 +474,7 @@ class _Decoder:
         while self.ready:
             _close_handle(self.ready.popleft()[1])
         self.pending.clear()
-        self.big = None
+        self.big = self.spare = None
 
     def _take_fds(self, pos: int, nfds: int) -> list[int]:
         """The descriptors of the message whose first byte is at stream offset ``pos``.
