@@ -378,11 +378,20 @@ class _Decoder:
             if self.framing == "node":
                 self.pending += chunk
                 self._decode_lines()
-            elif scan_chunk is not None and not self.pending:
-                used = self._decode_frames(chunk, scan_chunk, start)
-                if used < len(chunk):
-                    self.pending += chunk[used:]
-                self.pending_start = start + used
+            elif scan_chunk is not None:
+                # A frame begun in an earlier read takes only the bytes it lacks; the frames
+                # after it are decoded straight from this read.
+                used = self._complete_pending(chunk) if self.pending else 0
+                if not self.pending:
+                    if used:
+                        base = used
+                        scan = lambda off, size: scan_chunk(base + off, size)  # noqa: E731
+                        used += self._decode_frames(chunk[used:], scan, start + used)
+                    else:
+                        used = self._decode_frames(chunk, scan_chunk, start)
+                    if used < len(chunk):
+                        self.pending += chunk[used:]
+                    self.pending_start = start + used
                 if self.fd_batches:
                     self._check_unclaimed()
             else:
@@ -411,6 +420,29 @@ class _Decoder:
         ) as exc:
             self.discard()
             raise FrameError(f"cannot decode a message: {exc}") from None
+
+    def _complete_pending(self, chunk: Any) -> int:
+        """Move from ``chunk`` what the partial frame in ``pending`` lacks, at most.
+
+        The frame is decoded once whole.  Returns how many bytes of ``chunk`` were taken.
+        """
+        pending = self.pending
+        taken = 0
+        if len(pending) < _b.FRAME_HEADER_SIZE:
+            taken = min(_b.FRAME_HEADER_SIZE - len(pending), len(chunk))
+            pending += chunk[:taken]
+            if len(pending) < _b.FRAME_HEADER_SIZE:
+                return taken
+        _, _, _, _, length = self._scan_pending(0, len(pending))  # refuses a bad header
+        total = _b.FRAME_HEADER_SIZE + length
+        more = min(total - len(pending), len(chunk) - taken)
+        pending += chunk[taken : taken + more]
+        taken += more
+        if len(pending) == total:
+            self._decode_frames(pending, self._scan_pending, self.pending_start)
+            pending.clear()
+            self.pending_start += total
+        return taken
 
     def _start_big(self) -> None:
         """When the partial frame in ``pending`` is large, give it a buffer of its own."""
