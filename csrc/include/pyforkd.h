@@ -24,6 +24,7 @@ extern "C" {
 #include "../cdef/process.h"
 #include "../cdef/frame.h"
 #include "../cdef/fdpass.h"
+#include "../cdef/ring.h"
 
 #ifdef __cplusplus
 }

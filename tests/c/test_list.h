@@ -26,7 +26,13 @@
   X(fdpass_round_trip)            \
   X(fdpass_truncated_closes_all)  \
   X(fdpass_peer_gone_no_sigpipe)  \
-  X(fdpass_frame_send_is_one_frame)
+  X(fdpass_frame_send_is_one_frame) \
+  X(ring_layout_checks)             \
+  X(ring_wraps_at_every_small_size) \
+  X(ring_full_and_empty_edges)      \
+  X(ring_refuses_corrupted_memory)  \
+  X(ring_two_threads_stress)        \
+  X(ring_two_processes_stress)
 
 #define PFD_CHILDREN(X) \
   X(exit)               \

@@ -1,0 +1,70 @@
+/* The single-producer single-consumer byte ring over shared memory (csrc/common/ring.c):
+ * variable-length records, each one contiguous, set up in memory the caller owns. */
+
+enum {
+  PFD_RING_MIN_CAPACITY = 4096,   /* bytes of record space, a power of two */
+  PFD_RING_HEADER_SIZE = 192,     /* three 64-byte lines before the record space */
+  PFD_RING_RECORD_HEADER = 8,     /* a record's u32 length + u32 flags */
+  PFD_RING_ALIGN = 8              /* records start at multiples of this */
+};
+
+/* One side's private view of a ring; never placed in the shared memory itself.  The
+ * producer uses tail/head_seen/reserved, the consumer head/read/tail_seen/peeked. */
+typedef struct pfd_ring_s {
+  unsigned char *shared;          /* the shared header */
+  unsigned char *data;            /* the record space: capacity bytes after the header */
+  unsigned long long capacity;
+  unsigned long long tail;        /* producer: where the next record goes (staged) */
+  unsigned long long head_seen;   /* producer: the consumer's head when last read */
+  unsigned long long reserved;    /* producer: bytes held by the open reservation, or 0 */
+  unsigned long long head;        /* consumer: the oldest record not released */
+  unsigned long long read;        /* consumer: the next record to peek */
+  unsigned long long tail_seen;   /* consumer: the producer's tail when last read */
+  unsigned long long peeked;      /* consumer: records peeked and not released */
+} pfd_ring_t;
+
+/* Bytes of memory a ring of `capacity` needs (header included), or 0 when `capacity` is
+ * not a power of two of at least PFD_RING_MIN_CAPACITY. */
+size_t pfd_ring_size(size_t capacity);
+
+/* Lays out an empty ring of `capacity` in `mem` (`size` bytes, 8-byte aligned, at least
+ * pfd_ring_size(capacity)).  Returns 0, or -EINVAL. */
+int pfd_ring_init(void *mem, size_t size, size_t capacity);
+
+/* Fills `ring` to use the ring laid out in `mem` (either side, from any process mapping the
+ * same memory).  Returns 0, -EBADMSG (not a ring, or a corrupted header), -EPROTO (another
+ * layout version) or -EINVAL (`size` smaller than the ring). */
+int pfd_ring_attach(pfd_ring_t *ring, void *mem, size_t size);
+
+/* The largest record payload the ring takes: half its capacity less a record header, so
+ * that a record always fits once the ring drains, wherever the wrap falls. */
+size_t pfd_ring_max_record(const pfd_ring_t *ring);
+
+/* Producer.  Opens a reservation of `size` payload bytes and points *out at them, writable
+ * until stage/commit.  Never waits.  Returns 0, -EAGAIN (not enough room now), -EMSGSIZE
+ * (larger than pfd_ring_max_record), or -EBUSY (a reservation is open already). */
+int pfd_ring_reserve(pfd_ring_t *ring, size_t size, unsigned char **out);
+
+/* Producer.  Closes the reservation as a record of `size` bytes (at most what was reserved)
+ * without showing it to the consumer yet: several staged records go out with one publish.
+ * Returns 0 or -EINVAL (no reservation, or `size` larger than it). */
+int pfd_ring_stage(pfd_ring_t *ring, size_t size);
+
+/* Producer.  Shows every staged record to the consumer. */
+void pfd_ring_publish(pfd_ring_t *ring);
+
+/* Producer.  pfd_ring_stage, then pfd_ring_publish. */
+int pfd_ring_commit(pfd_ring_t *ring, size_t size);
+
+/* Producer.  Drops the open reservation (nothing is written). */
+void pfd_ring_abort(pfd_ring_t *ring);
+
+/* Consumer.  Points *out at the next record not yet peeked and returns its length; the
+ * bytes stay valid until that record is released.  Never waits.  Returns the length,
+ * -EAGAIN (nothing new), or -EBADMSG (the shared memory does not hold a valid record:
+ * nothing is read outside the ring). */
+long long pfd_ring_peek(pfd_ring_t *ring, const unsigned char **out);
+
+/* Consumer.  Gives the space of the `count` oldest peeked records back to the producer.
+ * Returns 0, -EINVAL (fewer than `count` are peeked) or -EBADMSG. */
+int pfd_ring_release(pfd_ring_t *ring, unsigned long long count);

@@ -1,0 +1,246 @@
+/*
+ * ring.c - a single-producer single-consumer byte ring in shared memory.
+ *
+ * The invariant.  Two free-running 64-bit byte counters, `tail` (written only by the
+ * producer) and `head` (written only by the consumer), with head <= tail <= head +
+ * capacity.  The bytes in [head, tail) (positions masked by capacity - 1) hold whole,
+ * published records, oldest first; the rest is the producer's to write.  Neither counter
+ * ever wraps in practice (2^64 bytes), so `tail - head` is always the occupancy.
+ *
+ * Records.  Each starts at a multiple of 8 with an 8-byte header, u32 length + u32 flags,
+ * and takes align8(8 + length) bytes.  A record never straddles the end of the space: when
+ * the next one does not fit before the end, the producer first writes a padding record
+ * (flag PAD) over the rest, and the record starts at position 0.  So every payload is one
+ * contiguous run of bytes, and a reader can hand out a view of it as it is.  The largest
+ * record is half the capacity, so that one always fits once the ring is empty, wherever
+ * the end falls.
+ *
+ * Who writes what.  The shared header is three 64-byte lines: line 0 is written once, by
+ * pfd_ring_init (magic, version, capacity); line 1 belongs to the producer (tail, and the
+ * words the wait layer uses to wake the consumer); line 2 to the consumer (head, and the
+ * words that wake the producer).  Each side keeps its own copy of the other's counter and
+ * reads the shared one only when its copy says "full" or "empty", so the two lines do not
+ * bounce between caches on every record.
+ *
+ * Ordering.  Publishing is a release store of tail after the record bytes are written;
+ * the consumer's acquire load of tail makes them visible (pair A).  Releasing is a release
+ * store of head after the consumer is done reading; the producer's acquire load of head
+ * orders its later writes after those reads (pair B).  Nothing else is shared.
+ *
+ * Trust.  The other side may be buggy, dead half-way, or hostile: every length read from
+ * the shared memory is checked against the capacity and against [head, tail) before it is
+ * used, so a corrupted ring gives -EBADMSG, never a read or write outside it.
+ *
+ * What it does not do: allocate or map memory (shm.c), wait or wake (the wait layer), or
+ * know about messages (the Python channel).
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "atomic.h"
+#include "pyforkd.h"
+
+#define PFD__RING_MAGIC 0x47525046u /* the bytes 'P' 'F' 'R' 'G' */
+#define PFD__RING_VERSION 1u
+#define PFD__RING_PAD 1u /* record flag: padding up to the end of the space */
+
+/* Offsets in the shared header. */
+#define PFD__OFF_MAGIC 0
+#define PFD__OFF_VERSION 4
+#define PFD__OFF_CAPACITY 8
+#define PFD__OFF_TAIL 64  /* line 1: the producer's */
+#define PFD__OFF_HEAD 128 /* line 2: the consumer's */
+
+static pfd_atomic_u64_t *pfd__tail(const pfd_ring_t *ring) {
+  return (pfd_atomic_u64_t *)(void *)(ring->shared + PFD__OFF_TAIL);
+}
+
+static pfd_atomic_u64_t *pfd__head(const pfd_ring_t *ring) {
+  return (pfd_atomic_u64_t *)(void *)(ring->shared + PFD__OFF_HEAD);
+}
+
+static unsigned long long pfd__align(unsigned long long n) {
+  return (n + PFD_RING_ALIGN - 1) & ~(unsigned long long)(PFD_RING_ALIGN - 1);
+}
+
+static int pfd__capacity_ok(unsigned long long capacity) {
+  return capacity >= PFD_RING_MIN_CAPACITY && (capacity & (capacity - 1)) == 0 &&
+         capacity <= ((unsigned long long)SIZE_MAX - PFD_RING_HEADER_SIZE);
+}
+
+/* The record header at masked position `pos` (which leaves room for it: positions are
+ * multiples of 8 and the capacity is too). */
+static void pfd__get_record(const pfd_ring_t *ring, unsigned long long pos, uint32_t *length,
+                            uint32_t *flags) {
+  memcpy(length, ring->data + pos, 4);
+  memcpy(flags, ring->data + pos + 4, 4);
+}
+
+static void pfd__put_record(pfd_ring_t *ring, unsigned long long pos, uint32_t length,
+                            uint32_t flags) {
+  memcpy(ring->data + pos, &length, 4);
+  memcpy(ring->data + pos + 4, &flags, 4);
+}
+
+size_t pfd_ring_size(size_t capacity) {
+  if (!pfd__capacity_ok(capacity)) return 0;
+  return PFD_RING_HEADER_SIZE + capacity;
+}
+
+int pfd_ring_init(void *mem, size_t size, size_t capacity) {
+  unsigned char *base = mem;
+  uint32_t magic = PFD__RING_MAGIC, version = PFD__RING_VERSION;
+  unsigned long long cap = capacity;
+  if (mem == NULL || ((uintptr_t)mem & 7) != 0) return -EINVAL;
+  if (pfd_ring_size(capacity) == 0 || size < pfd_ring_size(capacity)) return -EINVAL;
+  memset(base, 0, PFD_RING_HEADER_SIZE);
+  memcpy(base + PFD__OFF_VERSION, &version, 4);
+  memcpy(base + PFD__OFF_CAPACITY, &cap, 8);
+  /* The magic goes last: a side that attaches while this runs sees "not a ring yet".
+   * (The memory reaches the other process through a channel message sent after this
+   * returns, which orders it; no atomic is needed here.) */
+  memcpy(base + PFD__OFF_MAGIC, &magic, 4);
+  return 0;
+}
+
+int pfd_ring_attach(pfd_ring_t *ring, void *mem, size_t size) {
+  unsigned char *base = mem;
+  uint32_t magic, version;
+  unsigned long long cap;
+  if (mem == NULL || ((uintptr_t)mem & 7) != 0 || size < PFD_RING_HEADER_SIZE) return -EINVAL;
+  memcpy(&magic, base + PFD__OFF_MAGIC, 4);
+  memcpy(&version, base + PFD__OFF_VERSION, 4);
+  memcpy(&cap, base + PFD__OFF_CAPACITY, 8);
+  if (magic != PFD__RING_MAGIC) return -EBADMSG;
+  if (version != PFD__RING_VERSION) return -EPROTO;
+  if (!pfd__capacity_ok(cap)) return -EBADMSG;
+  if (size < PFD_RING_HEADER_SIZE + cap) return -EINVAL;
+  memset(ring, 0, sizeof(*ring));
+  ring->shared = base;
+  ring->data = base + PFD_RING_HEADER_SIZE;
+  ring->capacity = cap;
+  /* Both sides start from the shared counters (acquire: pairs A and B, for a side that
+   * attaches to a ring already in use). */
+  ring->tail = ring->tail_seen = pfd_atomic_load_acquire_u64(pfd__tail(ring));
+  ring->head = ring->read = ring->head_seen = pfd_atomic_load_acquire_u64(pfd__head(ring));
+  return 0;
+}
+
+size_t pfd_ring_max_record(const pfd_ring_t *ring) {
+  return (size_t)(ring->capacity / 2 - PFD_RING_RECORD_HEADER);
+}
+
+int pfd_ring_reserve(pfd_ring_t *ring, size_t size, unsigned char **out) {
+  unsigned long long want, pos, to_end, need;
+  if (ring->reserved != 0) return -EBUSY;
+  if (size > pfd_ring_max_record(ring)) return -EMSGSIZE;
+  want = pfd__align(PFD_RING_RECORD_HEADER + (unsigned long long)size);
+  pos = ring->tail & (ring->capacity - 1);
+  to_end = ring->capacity - pos;
+  need = want <= to_end ? want : to_end + want;
+  if (ring->capacity - (ring->tail - ring->head_seen) < need) {
+    /* Acquire, pair B: the consumer's reads of the space it released happened before. */
+    ring->head_seen = pfd_atomic_load_acquire_u64(pfd__head(ring));
+    if (ring->capacity - (ring->tail - ring->head_seen) < need) return -EAGAIN;
+  }
+  if (want > to_end) {
+    pfd__put_record(ring, pos, (uint32_t)(to_end - PFD_RING_RECORD_HEADER), PFD__RING_PAD);
+    ring->tail += to_end; /* staged with the record that follows */
+    pos = 0;
+  }
+  ring->reserved = want;
+  *out = ring->data + pos + PFD_RING_RECORD_HEADER;
+  return 0;
+}
+
+int pfd_ring_stage(pfd_ring_t *ring, size_t size) {
+  unsigned long long used = pfd__align(PFD_RING_RECORD_HEADER + (unsigned long long)size);
+  if (ring->reserved == 0 || used > ring->reserved) return -EINVAL;
+  pfd__put_record(ring, ring->tail & (ring->capacity - 1), (uint32_t)size, 0);
+  ring->tail += used;
+  ring->reserved = 0;
+  return 0;
+}
+
+void pfd_ring_publish(pfd_ring_t *ring) {
+  /* Release, pair A: the records' bytes are written before the tail that shows them. */
+  pfd_atomic_store_release_u64(pfd__tail(ring), ring->tail);
+}
+
+int pfd_ring_commit(pfd_ring_t *ring, size_t size) {
+  int r = pfd_ring_stage(ring, size);
+  if (r == 0) pfd_ring_publish(ring);
+  return r;
+}
+
+void pfd_ring_abort(pfd_ring_t *ring) {
+  ring->reserved = 0; /* a padding record it wrote stays staged: it is valid on its own */
+}
+
+long long pfd_ring_peek(pfd_ring_t *ring, const unsigned char **out) {
+  for (;;) {
+    unsigned long long avail, pos, to_end, used;
+    uint32_t length, flags;
+    if (ring->read == ring->tail_seen) {
+      /* Acquire, pair A: the bytes of every record up to this tail are visible. */
+      ring->tail_seen = pfd_atomic_load_acquire_u64(pfd__tail(ring));
+      if (ring->read == ring->tail_seen) return -EAGAIN;
+    }
+    avail = ring->tail_seen - ring->read;
+    if (avail > ring->capacity || ring->tail_seen - ring->head > ring->capacity ||
+        avail % PFD_RING_ALIGN != 0) {
+      return -EBADMSG;
+    }
+    pos = ring->read & (ring->capacity - 1);
+    to_end = ring->capacity - pos;
+    pfd__get_record(ring, pos, &length, &flags);
+    if (flags & PFD__RING_PAD) {
+      if (flags != PFD__RING_PAD || length != to_end - PFD_RING_RECORD_HEADER || to_end > avail) {
+        return -EBADMSG;
+      }
+      ring->read += to_end;
+      continue;
+    }
+    used = pfd__align(PFD_RING_RECORD_HEADER + (unsigned long long)length);
+    if (flags != 0 || length > pfd_ring_max_record(ring) || used > to_end || used > avail) {
+      return -EBADMSG;
+    }
+    *out = ring->data + pos + PFD_RING_RECORD_HEADER;
+    ring->read += used;
+    ring->peeked += 1;
+    return (long long)length;
+  }
+}
+
+int pfd_ring_release(pfd_ring_t *ring, unsigned long long count) {
+  if (count > ring->peeked) return -EINVAL;
+  while (count > 0) {
+    unsigned long long pos = ring->head & (ring->capacity - 1);
+    uint32_t length, flags;
+    /* Peek checked these records, but the shared bytes could have changed since: check
+     * again that each step stays within what was peeked. */
+    if (ring->head >= ring->read) return -EBADMSG;
+    pfd__get_record(ring, pos, &length, &flags);
+    if (flags & PFD__RING_PAD) {
+      ring->head += ring->capacity - pos;
+      continue;
+    }
+    ring->head += pfd__align(PFD_RING_RECORD_HEADER + (unsigned long long)length);
+    if (ring->head > ring->read) return -EBADMSG;
+    ring->peeked -= 1;
+    count -= 1;
+  }
+  /* Padding right after the last released record is released with it. */
+  while (ring->head < ring->read) {
+    unsigned long long pos = ring->head & (ring->capacity - 1);
+    uint32_t length, flags;
+    pfd__get_record(ring, pos, &length, &flags);
+    if (!(flags & PFD__RING_PAD)) break;
+    ring->head += ring->capacity - pos;
+  }
+  /* Release, pair B: our reads of the released records are done before the producer may
+   * write over them. */
+  pfd_atomic_store_release_u64(pfd__head(ring), ring->head);
+  return 0;
+}
