@@ -68,3 +68,21 @@ long long pfd_ring_peek(pfd_ring_t *ring, const unsigned char **out);
 /* Consumer.  Gives the space of the `count` oldest peeked records back to the producer.
  * Returns 0, -EINVAL (fewer than `count` are peeked) or -EBADMSG. */
 int pfd_ring_release(pfd_ring_t *ring, unsigned long long count);
+
+/* What pfd_ring_wait waits for, and what pfd_ring_notify announces. */
+enum {
+  PFD_RING_WAIT_DATA = 1,   /* the consumer: a record to peek */
+  PFD_RING_WAIT_SPACE = 2   /* the producer: room for a record of `size` bytes */
+};
+
+/* Waits, spinning briefly and then asleep (GIL released by cffi), until what `what` names
+ * is there, `timeout_ms` passes (< 0: no limit), or `peer_fd` (a channel socket, or -1)
+ * shows that the other side hung up (looked at every 100 ms while asleep).  Returns 1
+ * (ready), 0 (timed out), -EPIPE (the peer is gone), -EINTR (a signal: the caller runs its
+ * handlers and may call again), -EMSGSIZE (SPACE for a record that can never fit) or
+ * -errno. */
+int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int peer_fd);
+
+/* After pfd_ring_publish (DATA) or pfd_ring_release (SPACE): wakes the other side if it is
+ * asleep waiting for that; costs no system call otherwise. */
+void pfd_ring_notify(pfd_ring_t *ring, int what);

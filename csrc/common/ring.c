@@ -31,8 +31,17 @@
  * the shared memory is checked against the capacity and against [head, tail) before it is
  * used, so a corrupted ring gives -EBADMSG, never a read or write outside it.
  *
- * What it does not do: allocate or map memory (shm.c), wait or wake (the wait layer), or
- * know about messages (the Python channel).
+ * Sleeping.  A side that finds nothing to do spins briefly, then sleeps on a 32-bit
+ * sequence word that the other side bumps to wake it.  The handshake cannot lose a wake-up:
+ * the sleeper announces itself (its `sleeping` word) and only then re-checks the counter it
+ * waits for; the other side publishes its counter and only then looks for a sleeper, with a
+ * full fence between the store and the load on both sides (a Dekker pair), so at least one
+ * of them sees the other.  The sleeper also reads the sequence word before re-checking, so a
+ * bump that lands in between makes its futex wait return at once.  Waking costs a system
+ * call only when the other side is marked asleep.
+ *
+ * What it does not do: allocate or map memory (shm.c), the sleep itself (wait_linux.c,
+ * wait_darwin.c), or know about messages (the Python channel).
  */
 #include <errno.h>
 #include <stdint.h>
@@ -40,6 +49,7 @@
 
 #include "atomic.h"
 #include "pyforkd.h"
+#include "wait.h"
 
 #define PFD__RING_MAGIC 0x47525046u /* the bytes 'P' 'F' 'R' 'G' */
 #define PFD__RING_VERSION 1u
@@ -49,8 +59,14 @@
 #define PFD__OFF_MAGIC 0
 #define PFD__OFF_VERSION 4
 #define PFD__OFF_CAPACITY 8
-#define PFD__OFF_TAIL 64  /* line 1: the producer's */
-#define PFD__OFF_HEAD 128 /* line 2: the consumer's */
+#define PFD__OFF_TAIL 64       /* line 1: the producer's */
+#define PFD__OFF_DATA_SEQ 72   /*   bumped to wake a consumer waiting for data */
+#define PFD__OFF_PROD_SLEEP 76 /*   1 while the producer sleeps for space */
+#define PFD__OFF_HEAD 128      /* line 2: the consumer's */
+#define PFD__OFF_SPACE_SEQ 136 /*   bumped to wake a producer waiting for space */
+#define PFD__OFF_CONS_SLEEP 140 /*  1 while the consumer sleeps for data */
+#define PFD__SPINS 200         /* polls before sleeping: about a microsecond */
+#define PFD__PEER_CHECK_MS 100 /* how often a sleeper looks at the peer's descriptor */
 
 static pfd_atomic_u64_t *pfd__tail(const pfd_ring_t *ring) {
   return (pfd_atomic_u64_t *)(void *)(ring->shared + PFD__OFF_TAIL);
@@ -58,6 +74,10 @@ static pfd_atomic_u64_t *pfd__tail(const pfd_ring_t *ring) {
 
 static pfd_atomic_u64_t *pfd__head(const pfd_ring_t *ring) {
   return (pfd_atomic_u64_t *)(void *)(ring->shared + PFD__OFF_HEAD);
+}
+
+static pfd_atomic_u32_t *pfd__word(const pfd_ring_t *ring, int offset) {
+  return (pfd_atomic_u32_t *)(void *)(ring->shared + offset);
 }
 
 static unsigned long long pfd__align(unsigned long long n) {
@@ -243,4 +263,77 @@ int pfd_ring_release(pfd_ring_t *ring, unsigned long long count) {
    * write over them. */
   pfd_atomic_store_release_u64(pfd__head(ring), ring->head);
   return 0;
+}
+
+/* ---- sleeping and waking ------------------------------------------------------------------ */
+
+/* Bytes a record of `size` needs at the producer's tail now (padding to the end included). */
+static unsigned long long pfd__need(const pfd_ring_t *ring, size_t size) {
+  unsigned long long want = pfd__align(PFD_RING_RECORD_HEADER + (unsigned long long)size);
+  unsigned long long to_end = ring->capacity - (ring->tail & (ring->capacity - 1));
+  return want <= to_end ? want : to_end + want;
+}
+
+static int pfd__ready(pfd_ring_t *ring, int what, size_t size) {
+  if (what == PFD_RING_WAIT_DATA) {
+    if (ring->read != ring->tail_seen) return 1;
+    /* Acquire, pair A (as in peek). */
+    return pfd_atomic_load_acquire_u64(pfd__tail(ring)) != ring->read;
+  }
+  /* Acquire, pair B (as in reserve). */
+  ring->head_seen = pfd_atomic_load_acquire_u64(pfd__head(ring));
+  return ring->capacity - (ring->tail - ring->head_seen) >= pfd__need(ring, size);
+}
+
+int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int peer_fd) {
+  pfd_atomic_u32_t *seq, *sleeping;
+  long long start;
+  int i;
+  if (what != PFD_RING_WAIT_DATA && what != PFD_RING_WAIT_SPACE) return -EINVAL;
+  if (what == PFD_RING_WAIT_SPACE && size > pfd_ring_max_record(ring)) return -EMSGSIZE;
+  for (i = 0; i < PFD__SPINS; i++) {
+    if (pfd__ready(ring, what, size)) return 1;
+    pfd_cpu_relax();
+  }
+  seq = pfd__word(ring, what == PFD_RING_WAIT_DATA ? PFD__OFF_DATA_SEQ : PFD__OFF_SPACE_SEQ);
+  sleeping = pfd__word(ring, what == PFD_RING_WAIT_DATA ? PFD__OFF_CONS_SLEEP : PFD__OFF_PROD_SLEEP);
+  start = pfd__monotonic_ms();
+  for (;;) {
+    unsigned expected = pfd_atomic_load_u32(seq);
+    int slice = PFD__PEER_CHECK_MS, r, ready;
+    long long waited;
+    pfd_atomic_store_u32(sleeping, 1u);
+    pfd_atomic_fence(); /* Dekker, with the fence in pfd_ring_notify */
+    ready = pfd__ready(ring, what, size);
+    if (!ready) {
+      waited = pfd__monotonic_ms() - start;
+      if (timeout_ms >= 0 && waited >= timeout_ms) {
+        pfd_atomic_store_u32(sleeping, 0u);
+        return 0;
+      }
+      if (timeout_ms >= 0 && timeout_ms - waited < slice) slice = (int)(timeout_ms - waited);
+      r = pfd__wait_on_word(seq, expected, slice);
+      pfd_atomic_store_u32(sleeping, 0u);
+      if (r == -EINTR) return -EINTR;
+      if (r < 0 && r != -ETIMEDOUT) return r;
+      ready = pfd__ready(ring, what, size);
+    } else {
+      pfd_atomic_store_u32(sleeping, 0u);
+    }
+    if (ready) return 1;
+    if (peer_fd >= 0 && pfd_fd_wait_hangup(peer_fd, 0) == 1) return -EPIPE;
+  }
+}
+
+void pfd_ring_notify(pfd_ring_t *ring, int what) {
+  pfd_atomic_u32_t *seq, *sleeping;
+  /* DATA: the producer, after publishing, wakes a consumer; SPACE: the consumer, after
+   * releasing, wakes a producer. */
+  seq = pfd__word(ring, what == PFD_RING_WAIT_DATA ? PFD__OFF_DATA_SEQ : PFD__OFF_SPACE_SEQ);
+  sleeping = pfd__word(ring, what == PFD_RING_WAIT_DATA ? PFD__OFF_CONS_SLEEP : PFD__OFF_PROD_SLEEP);
+  pfd_atomic_fence(); /* Dekker, with the fence in pfd_ring_wait */
+  if (pfd_atomic_load_u32(sleeping) != 0) {
+    (void)pfd_atomic_add_u32(seq, 1u);
+    (void)pfd__wake_word(seq);
+  }
 }

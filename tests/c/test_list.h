@@ -32,7 +32,9 @@
   X(ring_full_and_empty_edges)      \
   X(ring_refuses_corrupted_memory)  \
   X(ring_two_threads_stress)        \
-  X(ring_two_processes_stress)
+  X(ring_two_threads_sleeping)      \
+  X(ring_two_processes_stress)      \
+  X(ring_wait_times_out_wakes_and_sees_the_peer_go)
 
 #define PFD_CHILDREN(X) \
   X(exit)               \

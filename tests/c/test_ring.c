@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -225,7 +226,17 @@ struct stress {
   size_t size;
   double until;
   unsigned long long produced;
+  int sleep; /* wait and notify instead of spinning with sched_yield */
 };
+
+/* Spins or sleeps until `what` is there; a lost wake-up fails the test after 10 s. */
+static void await_ring(pfd_ring_t *ring, int what, size_t size, int sleep) {
+  if (!sleep) {
+    sched_yield();
+    return;
+  }
+  CHECK_EQ(pfd_ring_wait(ring, what, size, 10000, -1), 1);
+}
 
 static void *produce(void *arg) {
   struct stress *s = arg;
@@ -236,7 +247,9 @@ static void *produce(void *arg) {
     unsigned char *out;
     int r = pfd_ring_reserve(&p, record_size(i), &out);
     if (r == -EAGAIN) {
-      sched_yield();
+      pfd_ring_publish(&p); /* what is staged must go before we wait for room */
+      if (s->sleep) pfd_ring_notify(&p, PFD_RING_WAIT_DATA);
+      await_ring(&p, PFD_RING_WAIT_SPACE, record_size(i), s->sleep);
       continue;
     }
     CHECK_EQ(r, 0);
@@ -246,6 +259,7 @@ static void *produce(void *arg) {
       CHECK_EQ(pfd_ring_stage(&p, record_size(i)), 0);
     } else {
       CHECK_EQ(pfd_ring_commit(&p, record_size(i)), 0);
+      if (s->sleep) pfd_ring_notify(&p, PFD_RING_WAIT_DATA);
     }
     i++;
   }
@@ -254,15 +268,16 @@ static void *produce(void *arg) {
   for (;;) {
     unsigned char *out;
     if (pfd_ring_reserve(&p, 0, &out) == 0) break;
-    sched_yield();
+    await_ring(&p, PFD_RING_WAIT_SPACE, 0, s->sleep);
   }
   CHECK_EQ(pfd_ring_commit(&p, 0), 0);
+  if (s->sleep) pfd_ring_notify(&p, PFD_RING_WAIT_DATA);
   s->produced = i;
   return NULL;
 }
 
 /* Consumes until the empty record; returns how many records came before it. */
-static unsigned long long consume(void *mem, size_t size) {
+static unsigned long long consume(void *mem, size_t size, int sleep) {
   pfd_ring_t c;
   unsigned long long i = 0;
   CHECK_EQ(pfd_ring_attach(&c, mem, size), 0);
@@ -270,20 +285,27 @@ static unsigned long long consume(void *mem, size_t size) {
     const unsigned char *view;
     long long n = pfd_ring_peek(&c, &view);
     if (n == -EAGAIN) {
-      sched_yield();
+      if (c.peeked > 0) { /* give back what is held before sleeping: the producer may wait */
+        CHECK_EQ(pfd_ring_release(&c, c.peeked), 0);
+        if (sleep) pfd_ring_notify(&c, PFD_RING_WAIT_SPACE);
+      }
+      await_ring(&c, PFD_RING_WAIT_DATA, 0, sleep);
       continue;
     }
     CHECK(n >= 0);
     if (n == 0) break;
     CHECK(check(view, n, i));
     /* Release in twos, sometimes: batches on this side too. */
-    if (i % 2 == 1 || c.peeked == 2) CHECK_EQ(pfd_ring_release(&c, c.peeked), 0);
+    if (i % 2 == 1 || c.peeked == 2) {
+      CHECK_EQ(pfd_ring_release(&c, c.peeked), 0);
+      if (sleep) pfd_ring_notify(&c, PFD_RING_WAIT_SPACE);
+    }
     i++;
   }
   return i;
 }
 
-TEST_IMPL(ring_two_threads_stress) {
+static int two_threads(int sleep) {
   static unsigned long long mem[(PFD_RING_HEADER_SIZE + 16384) / 8];
   struct stress s;
   pthread_t t;
@@ -293,13 +315,19 @@ TEST_IMPL(ring_two_threads_stress) {
   s.size = sizeof(mem);
   s.until = now() + soak_seconds(1.0);
   s.produced = 0;
+  s.sleep = sleep;
   CHECK(pthread_create(&t, NULL, produce, &s) == 0);
-  got = consume(mem, sizeof(mem));
+  got = consume(mem, sizeof(mem), sleep);
   CHECK(pthread_join(t, NULL) == 0);
   CHECK_EQ(got, s.produced);
   CHECK(got > 1000);
   return 0;
 }
+
+TEST_IMPL(ring_two_threads_stress) { return two_threads(0); }
+
+/* The same with both sides asleep whenever they wait: a lost wake-up would stall it. */
+TEST_IMPL(ring_two_threads_sleeping) { return two_threads(1); }
 
 TEST_IMPL(ring_two_processes_stress) {
   size_t size = pfd_ring_size(1 << 16);
@@ -315,6 +343,7 @@ TEST_IMPL(ring_two_processes_stress) {
   s.mem = mem;
   s.size = size;
   s.until = now() + soak_seconds(1.0);
+  s.sleep = 1; /* futexes across processes */
   pid = fork();
   CHECK(pid >= 0);
   if (pid == 0) {
@@ -322,11 +351,47 @@ TEST_IMPL(ring_two_processes_stress) {
     *count = s.produced;
     _exit(0);
   }
-  got = consume(mem, size);
+  got = consume(mem, size, 1);
   CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0);
   CHECK_EQ(got, *count);
   CHECK(got > 1000);
   munmap(mem, size);
   munmap(count, 8);
+  return 0;
+}
+
+static void *publish_later(void *arg) {
+  pfd_ring_t *p = arg;
+  struct timespec pause = {0, 100 * 1000000L};
+  nanosleep(&pause, NULL);
+  CHECK_EQ(send_bytes(p, "late", 4), 0);
+  pfd_ring_notify(p, PFD_RING_WAIT_DATA);
+  return NULL;
+}
+
+TEST_IMPL(ring_wait_times_out_wakes_and_sees_the_peer_go) {
+  pfd_ring_t p, c;
+  pthread_t t;
+  int sv[2];
+  double t0;
+  fresh(&p, &c);
+  t0 = now();
+  CHECK_EQ(pfd_ring_wait(&c, PFD_RING_WAIT_DATA, 0, 50, -1), 0); /* nothing: times out */
+  CHECK(now() - t0 >= 0.045);
+  CHECK_EQ(pfd_ring_wait(&c, 99, 0, 0, -1), -EINVAL);
+  CHECK_EQ(pfd_ring_wait(&p, PFD_RING_WAIT_SPACE, CAP, 0, -1), -EMSGSIZE);
+  CHECK_EQ(pfd_ring_wait(&p, PFD_RING_WAIT_SPACE, 100, 0, -1), 1); /* empty: room */
+  CHECK(pthread_create(&t, NULL, publish_later, &p) == 0);
+  CHECK_EQ(pfd_ring_wait(&c, PFD_RING_WAIT_DATA, 0, 10000, -1), 1); /* woken */
+  CHECK(pthread_join(t, NULL) == 0);
+  CHECK(now() - t0 < 5);
+  /* The peer's channel closes: a sleeper notices without waiting out its timeout. */
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  fresh(&p, &c);
+  close(sv[1]);
+  t0 = now();
+  CHECK_EQ(pfd_ring_wait(&c, PFD_RING_WAIT_DATA, 0, 10000, sv[0]), -EPIPE);
+  CHECK(now() - t0 < 2);
+  close(sv[0]);
   return 0;
 }

@@ -1,0 +1,24 @@
+/*
+ * wait.h - sleeping on a 32-bit word in shared memory (internal to the C core).
+ *
+ * One implementation per platform: csrc/unix/wait_linux.c (futex), csrc/unix/wait_darwin.c
+ * (os_sync_wait_on_address / __ulock_wait), csrc/win/wait.c (WaitOnAddress cannot cross
+ * processes there: events).  The ring's sleep/wake handshake (ring.c) is built on these.
+ */
+#ifndef PFD_WAIT_H
+#define PFD_WAIT_H
+
+#include "atomic.h"
+
+/* Sleeps while *word == expected, at most timeout_ms (< 0: no limit).  The word may be in
+ * memory shared with other processes.  Returns 0 when woken or when the word was not
+ * `expected` any more, -ETIMEDOUT, -EINTR, or -errno. */
+int pfd__wait_on_word(pfd_atomic_u32_t *word, unsigned expected, int timeout_ms);
+
+/* Wakes every sleeper on `word` (in any process).  Returns 0 or -errno. */
+int pfd__wake_word(pfd_atomic_u32_t *word);
+
+/* Milliseconds on a clock that never jumps (for timeouts). */
+long long pfd__monotonic_ms(void);
+
+#endif /* PFD_WAIT_H */
