@@ -25,6 +25,7 @@ extern "C" {
 #include "../cdef/frame.h"
 #include "../cdef/fdpass.h"
 #include "../cdef/ring.h"
+#include "../cdef/shm.h"
 
 #ifdef __cplusplus
 }
