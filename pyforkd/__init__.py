@@ -32,6 +32,7 @@ from .errors import (
     TimeoutExpired,
     WorkerError,
 )
+from .ring import Ring
 from .worker import Worker, fork_worker, parent
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ __all__ = [
     "FrameError",
     "MaxBufferError",
     "PyforkdError",
+    "Ring",
     "SpawnError",
     "TimeoutExpired",
     "Worker",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from ._core import ffi, lib
-from .errors import SpawnError, oserror_class
+from .errors import FrameError, SpawnError, oserror_class
 
 __all__ = [
     "STDIO_CLOSE",
@@ -471,3 +471,148 @@ class Collector:
         """Close the descriptors and free the buffers; safe to call twice."""
         lib.pfd_collect_close(self._c)
         self._input = None
+
+
+# ---- the shared-memory ring ----------------------------------------------------------------
+
+RING_MIN_CAPACITY: int = lib.PFD_RING_MIN_CAPACITY
+RING_HEADER_SIZE: int = lib.PFD_RING_HEADER_SIZE
+RING_WAIT_DATA: int = lib.PFD_RING_WAIT_DATA
+RING_WAIT_SPACE: int = lib.PFD_RING_WAIT_SPACE
+
+
+def shm_create(name: str, size: int) -> int:
+    """A new anonymous shared memory object of ``size`` bytes; its descriptor."""
+    r = lib.pfd_shm_create(name.encode(), size)
+    if r < 0:
+        raise_errno(r, "memfd_create")
+    return int(r)
+
+
+def shm_size(fd: int) -> int:
+    """The size of the shared memory behind ``fd``; ``OSError`` when it is not one."""
+    r = lib.pfd_shm_size(fd)
+    if r < 0:
+        raise_errno(r, "fstat")
+    return int(r)
+
+
+def ring_size(capacity: int) -> int:
+    """Bytes a ring of ``capacity`` needs, or 0 when ``capacity`` is not a valid one."""
+    if not 0 <= capacity < 1 << 62:
+        return 0
+    return int(lib.pfd_ring_size(capacity))
+
+
+class RingSide:
+    """One side of a ring laid out in ``memory`` (a writable buffer), for this process.
+
+    Offsets, not pointers, go in and out, so that the caller can hand out views of its
+    own buffer object (which keeps the memory mapped while a view lives).
+    """
+
+    __slots__ = ("_c", "_mem", "_ptr")
+
+    def __init__(self, memory: Any, create_capacity: int = 0) -> None:
+        self._mem = ffi.from_buffer(memory, require_writable=True)
+        self._c = ffi.new("pfd_ring_t *")
+        self._ptr = ffi.new("unsigned char **")
+        if create_capacity:
+            r = lib.pfd_ring_init(self._mem, len(self._mem), create_capacity)
+            if r < 0:
+                raise_errno(r, "ring init")
+        r = lib.pfd_ring_attach(self._c, self._mem, len(self._mem))
+        if r == -_errno.EBADMSG:
+            raise ValueError("the memory does not hold a pyforkd ring (or it is corrupted)")
+        if r == -_errno.EPROTO:
+            raise ValueError("the ring was laid out by another pyforkd version")
+        if r < 0:
+            raise_errno(r, "ring attach")
+
+    @property
+    def capacity(self) -> int:
+        return int(self._c.capacity)
+
+    @property
+    def max_record(self) -> int:
+        return int(lib.pfd_ring_max_record(self._c))
+
+    @property
+    def peeked(self) -> int:
+        return int(self._c.peeked)
+
+    def _offset(self, ptr: Any) -> int:
+        return int(ffi.cast("uintptr_t", ptr)) - int(ffi.cast("uintptr_t", self._mem))
+
+    def reserve(self, size: int) -> int | None:
+        """Offset of ``size`` writable bytes, or None when there is no room now."""
+        r = lib.pfd_ring_reserve(self._c, size, self._ptr)
+        if r == -_errno.EAGAIN:
+            return None
+        if r < 0:
+            raise_errno(r, "ring reserve")
+        return self._offset(self._ptr[0])
+
+    def stage(self, size: int) -> None:
+        r = lib.pfd_ring_stage(self._c, size)
+        if r < 0:
+            raise_errno(r, "ring stage")
+
+    def publish(self) -> None:
+        lib.pfd_ring_publish(self._c)
+        lib.pfd_ring_notify(self._c, RING_WAIT_DATA)
+
+    def abort(self) -> None:
+        lib.pfd_ring_abort(self._c)
+
+    def peek(self) -> tuple[int, int] | None:
+        """``(offset, length)`` of the next record, or None when there is none yet.
+
+        ``FrameError`` when the shared memory does not hold a valid record.
+        """
+        c_ptr = ffi.cast("const unsigned char **", self._ptr)
+        r = lib.pfd_ring_peek(self._c, c_ptr)
+        if r == -_errno.EAGAIN:
+            return None
+        if r == -_errno.EBADMSG:
+            raise FrameError("the ring's shared memory holds no valid record (corrupted)")
+        if r < 0:
+            raise_errno(r, "ring peek")
+        return self._offset(self._ptr[0]), int(r)
+
+    def release(self, count: int) -> None:
+        r = lib.pfd_ring_release(self._c, count)
+        if r == -_errno.EBADMSG:
+            raise FrameError("the ring's shared memory holds no valid record (corrupted)")
+        if r < 0:
+            raise_errno(r, "ring release")
+        lib.pfd_ring_notify(self._c, RING_WAIT_SPACE)
+
+    def wait(self, what: int, size: int, timeout_ms: int, peer_fd: int) -> bool | None:
+        """Wait (GIL released): True ready, False timeout, None when a signal came.
+
+        ``BrokenPipeError`` when ``peer_fd`` shows the other side gone.
+        """
+        r = lib.pfd_ring_wait(self._c, what, size, timeout_ms, peer_fd)
+        if r >= 0:
+            return r == 1
+        if r == -_errno.EINTR:
+            return None
+        raise_errno(r, "ring wait")
+
+    @staticmethod
+    def record_view(part: memoryview) -> tuple[memoryview, Any]:
+        """A read-only view of ``part`` through an object of its own, and that object.
+
+        Whatever is made from the view (a slice, a numpy array) keeps that object alive, so
+        its reference count tells whether the record is still in use; the object keeps
+        ``part``, hence the mapping, alive meanwhile.
+        """
+        exporter = ffi.buffer(ffi.from_buffer(part))
+        return memoryview(exporter).toreadonly(), exporter
+
+    def detach(self) -> None:
+        """Drop the buffer export (before the memory is unmapped)."""
+        if self._mem is not None:
+            ffi.release(self._mem)
+            self._mem = None

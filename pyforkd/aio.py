@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from . import child_process as _cp
 from . import worker as _worker
 from ._checks import deadline as _deadline
-from .channel import Channel, _handle_list
+from .channel import Channel, _close_sent, _handle_list
 from .child_process import (
     DEFAULT_MAX_BUFFER,
     KILL_GRACE,
@@ -145,8 +145,7 @@ class AsyncChannel:
             finally:
                 ch._send_lock.release()
         if not keep_open:
-            for h in handles:
-                h.close()
+            _close_sent(handles)
 
     async def recv(self, timeout: float | None = None, *, with_handle: bool = False) -> Any:
         """Receive one message: see :meth:`pyforkd.Channel.recv`."""

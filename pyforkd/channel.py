@@ -40,6 +40,7 @@ from typing import Any, NoReturn, Union
 from . import _bindings as _b
 from ._checks import deadline as _deadline
 from .errors import ChannelClosedError, FrameError
+from .ring import Ring
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Channel", "Fd"]
 
@@ -101,15 +102,15 @@ class Fd:
         return f"Fd({self._fd})" if self._fd >= 0 else "Fd(closed)"
 
 
-Handle = Union[socket.socket, io.IOBase, Fd]
+Handle = Union[socket.socket, io.IOBase, Fd, Ring]
 
 
 # How the handles of a frame are described (frame flag HANDLES): the payload starts with a
 # u32 length and that many bytes: u8 flags (bit 0: a list was sent, not one handle), then per
-# descriptor, in order, a kind byte: b"d" pyforkd.Fd, b"s" socket.socket, b"f" a file,
-# followed for a file by its mode and its encoding (u8 length + ASCII each; encoding empty
-# for a binary file).
-_KIND_FD, _KIND_SOCKET, _KIND_FILE = 0x64, 0x73, 0x66  # b"d", b"s", b"f"
+# descriptor, in order, a kind byte: b"d" pyforkd.Fd, b"s" socket.socket, b"g" a
+# pyforkd.Ring (its shared memory), b"f" a file, followed for a file by its mode and its
+# encoding (u8 length + ASCII each; encoding empty for a binary file).
+_KIND_FD, _KIND_SOCKET, _KIND_RING, _KIND_FILE = 0x64, 0x73, 0x67, 0x66  # b"d" b"s" b"g" b"f"
 
 
 def _describe(handles: list[Any], many: bool) -> tuple[list[int], bytes]:
@@ -127,6 +128,12 @@ def _describe(handles: list[Any], many: bool) -> tuple[list[int], bytes]:
                 raise ValueError(f"{where}: the socket is closed")
             fds.append(handle.fileno())
             out.append(_KIND_SOCKET)
+            continue
+        if isinstance(handle, Ring):
+            if handle.closed:
+                raise ValueError(f"{where}: the Ring is closed")
+            fds.append(handle.fileno())
+            out.append(_KIND_RING)
             continue
         if not (isinstance(handle, io.IOBase) or hasattr(handle, "fileno")):
             raise TypeError(
@@ -180,6 +187,8 @@ def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
                 except OSError as exc:
                     why = f"a descriptor described as a socket is not one ({exc})"
                     raise ValueError(why) from None
+            elif kind == _KIND_RING:
+                made.append(Ring._from_fd(fd))
             elif kind == _KIND_FILE:
                 texts = []
                 for _ in range(2):
@@ -773,8 +782,7 @@ class Channel:
                     rest = [] if done else list(fds)  # descriptors ride on the first byte
                     self._write(header[k:], memoryview(body)[done - k :], rest, None)
             if handles and not keep_open:
-                for h in handles:
-                    h.close()
+                _close_sent(handles)
             return
         deadline = _deadline(timeout)
         self._check_open()
@@ -787,8 +795,7 @@ class Channel:
             self._check_open()
             self._write(head, body, fds, deadline)
         if not keep_open:
-            for h in handles:
-                h.close()
+            _close_sent(handles)
 
     def _frame_parts(
         self, obj: Any, handle: Any, handles: list[Any]
@@ -1195,6 +1202,16 @@ class Channel:
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed"
         return f"<Channel fd={self.fileno()} {self.framing}/{self.serialization} {state}>"
+
+
+def _close_sent(handles: list[Any]) -> None:
+    """After a send, this side's copies go, as in Node.
+
+    A Ring stays open: both ends use its memory (close it when done).
+    """
+    for h in handles:
+        if not isinstance(h, Ring):
+            h.close()
 
 
 def _handle_list(handle: Any) -> list[Any]:

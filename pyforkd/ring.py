@@ -1,0 +1,313 @@
+"""Ring: a byte ring in shared memory between two processes, with no copy but your own.
+
+One process sends, the other receives (single producer, single consumer; threads of one
+process take turns through the Ring's locks)::
+
+    ring = pyforkd.Ring(capacity=8 << 20)
+    ch.send("here is a ring", handle=ring)          # the peer gets a Ring on the same memory
+    ring.send(b"bytes")                             # one copy: into the shared memory
+    with ring.reserve(4096) as buf:                 # or none: write in place
+        fill(buf)
+    ring.send_many(list_of_buffers)                 # one wake-up for the whole batch
+    # in the peer:
+    with ring.recv(timeout=1) as view:              # a read-only view of the shared bytes
+        parse(view)                                 # numpy.frombuffer(view) copies nothing
+
+A received record stays in the ring, unavailable to the producer, while a view of it is
+alive: at the end of the ``with`` block the view is released (using it afterwards raises
+``ValueError``), and if something still holds its buffer (a numpy array made from it),
+the record is kept until that is gone, so nothing ever reads memory that was written over.
+The memory itself (memfd on Linux, never a name in /dev/shm) goes away with the last
+process that maps it.
+"""
+
+from __future__ import annotations
+
+import collections
+import mmap
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from . import _bindings as _b
+from ._checks import deadline as _deadline
+from .errors import ChannelClosedError
+
+__all__ = ["Ring"]
+
+_SLICE_MS = 1000  # a wait is cut into slices this long, so Ctrl-C is seen within a second
+
+
+class Ring:
+    """A shared-memory byte ring of ``capacity`` bytes (a power of two, at least 4096).
+
+    Records of up to ``max_record`` bytes (half the capacity, less 8) go through whole, as
+    one contiguous view each.  Send it over a :class:`Channel` as a handle to give the
+    peer the same memory.
+    """
+
+    def __init__(self, capacity: int = 1 << 20) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int):
+            raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
+        if _b.ring_size(capacity) == 0:
+            raise ValueError(
+                f"capacity must be a power of two of at least {_b.RING_MIN_CAPACITY} bytes, "
+                f"not {capacity}"
+            )
+        size = _b.ring_size(capacity)
+        fd = _b.shm_create("pyforkd-ring", size)
+        try:
+            self._setup(fd, size, capacity)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def _from_fd(cls, fd: int) -> Ring:
+        """The Ring in the shared memory behind ``fd`` (which it takes over)."""
+        ring = cls.__new__(cls)
+        try:
+            ring._setup(fd, _b.shm_size(fd), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise ValueError(f"the descriptor does not hold shared memory ({exc})") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return ring
+
+    def _setup(self, fd: int, size: int, create: int) -> None:
+        self._fd = fd
+        self._map: mmap.mmap | None = mmap.mmap(fd, size)
+        try:
+            self._side = _b.RingSide(self._map, create)
+        except BaseException:
+            self._map.close()
+            raise
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        # Received records not given back yet: (view, its exporter, slice, whole view).
+        self._held: collections.deque[tuple[Any, Any, Any, Any]] = collections.deque()
+        self._peer_fd = -1
+
+    # ---- properties --------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        """Bytes of record space."""
+        return self._side.capacity
+
+    @property
+    def max_record(self) -> int:
+        """The largest record, in bytes: half the capacity less the record header."""
+        return self._side.max_record
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._map is None
+
+    def fileno(self) -> int:
+        """The shared memory's descriptor (what goes over a channel)."""
+        self._check_open()
+        return self._fd
+
+    def watch(self, peer: Any) -> None:
+        """Wait no longer once ``peer`` (a Channel or socket to the other process) closes.
+
+        A ring that came over a channel watches that channel already.
+        """
+        self._peer_fd = peer.fileno()
+
+    # ---- sending -----------------------------------------------------------------------
+
+    def _check_open(self) -> mmap.mmap:
+        if self._map is None:
+            raise ValueError("the Ring is closed")
+        return self._map
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_record:
+            raise ValueError(
+                f"a record of {size} bytes does not fit in this ring: the largest is "
+                f"{self.max_record} bytes (capacity {self.capacity})"
+            )
+
+    def _wait(self, what: int, size: int, deadline: float | None) -> None:
+        """Wait for data or room (GIL released); TimeoutError, ChannelClosedError."""
+        while True:
+            ms = _SLICE_MS
+            if deadline is not None:
+                ms = min(ms, max(0, int((deadline - time.monotonic()) * 1000)))
+            try:
+                ready = self._side.wait(what, size, ms, self._peer_fd)
+            except BrokenPipeError:
+                raise ChannelClosedError("the ring's peer is gone") from None
+            if ready:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("the ring " + ("has no room" if what == 2 else "is empty"))
+
+    def _reserve(self, size: int, deadline: float | None) -> int:
+        side = self._side
+        while True:
+            offset = side.reserve(size)
+            if offset is not None:
+                return offset
+            side.publish()  # what is staged goes before we wait for room
+            self._wait(_b.RING_WAIT_SPACE, size, deadline)
+
+    @staticmethod
+    def _bytes_of(data: Any) -> memoryview:
+        try:
+            view = memoryview(data)
+        except TypeError:
+            raise TypeError(f"a Ring sends bytes-like objects, not {type(data).__name__}") from None
+        return view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
+
+    def send(self, data: Any, timeout: float | None = None) -> None:
+        """Copy ``data`` (bytes-like) into the ring as one record; waits while it is full."""
+        self.send_many([data], timeout)
+
+    def send_many(self, items: Iterable[Any], timeout: float | None = None) -> None:
+        """Send several records with one wake-up of the receiver (as many as fit at once)."""
+        deadline = _deadline(timeout)
+        views = [self._bytes_of(item) for item in items]
+        for view in views:
+            self._check_size(view.nbytes)
+        with self._send_lock:
+            memory = self._check_open()
+            side = self._side
+            try:
+                for view in views:
+                    offset = self._reserve(view.nbytes, deadline)
+                    memory[offset : offset + view.nbytes] = view
+                    side.stage(view.nbytes)
+            finally:
+                side.publish()
+
+    @contextmanager
+    def reserve(self, size: int, timeout: float | None = None) -> Iterator[memoryview]:
+        """Room for a record of ``size`` bytes, as a writable view, sent at the block's end.
+
+        An exception inside the block sends nothing.  The view may not be kept: it is
+        released when the block ends.
+        """
+        self._check_size(size)
+        deadline = _deadline(timeout)
+        with self._send_lock:
+            memory = self._check_open()
+            offset = self._reserve(size, deadline)
+            base = memoryview(memory)
+            view = base[offset : offset + size]
+            try:
+                yield view
+            except BaseException:
+                self._side.abort()
+                raise
+            finally:
+                view.release()  # BufferError here: something kept a view of it
+                base.release()
+            self._side.stage(size)
+            self._side.publish()
+
+    # ---- receiving ---------------------------------------------------------------------
+
+    def _release_done(self) -> None:
+        """Give back, oldest first, every received record whose views are all gone."""
+        held = self._held
+        done = 0
+        while held:
+            view, exporter, part, base = held[0]
+            try:
+                view.release()
+            except BufferError:
+                break  # something holds the view's buffer: it and all after it wait
+            # Anything made from the view (numpy.frombuffer, a slice) refers to the exporter:
+            # only the reference in `held` and getrefcount's own argument may remain.
+            if sys.getrefcount(exporter) > 3:  # held[0], the local name, the argument
+                break
+            held.popleft()
+            del view, exporter  # the exporter's buffer of `part` goes with it
+            part.release()
+            base.release()
+            done += 1
+        if done:
+            self._side.release(done)
+
+    @contextmanager
+    def recv(self, timeout: float | None = None) -> Iterator[memoryview]:
+        """The next record as a read-only view, valid until the block ends.
+
+        Waits for one (``TimeoutError`` after ``timeout``; :class:`ChannelClosedError`
+        once a watched peer is gone); :class:`FrameError` when the shared memory is
+        corrupted.
+        """
+        deadline = _deadline(timeout)
+        with self._recv_lock:
+            memory = self._check_open()
+            self._release_done()
+            while True:
+                got = self._side.peek()
+                if got is not None:
+                    break
+                self._wait(_b.RING_WAIT_DATA, 0, deadline)
+            offset, length = got
+            base = memoryview(memory)
+            part = base[offset : offset + length]
+            view, exporter = _b.RingSide.record_view(part)
+            self._held.append((view, exporter, part, base))
+            del exporter
+        try:
+            yield view
+        finally:
+            with self._recv_lock:
+                if self._map is not None:
+                    self._release_done()
+
+    def recv_bytes(self, timeout: float | None = None) -> bytes:
+        """The next record, copied out."""
+        with self.recv(timeout) as view:
+            return bytes(view)
+
+    # ---- the rest ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap this process's view of the ring and close its descriptor.
+
+        ``BufferError`` while a view of a record is still alive.
+        """
+        with self._send_lock, self._recv_lock:
+            if self._map is None:
+                return
+            self._release_done()
+            if self._held:
+                raise BufferError(
+                    f"{len(self._held)} received record(s) still have views in use: drop "
+                    "them (or copy what you keep) before closing the Ring"
+                )
+            self._side.detach()
+            self._map.close()
+            self._map = None
+            os.close(self._fd)
+
+    def __enter__(self) -> Ring:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_map", None) is not None:
+            try:
+                self.close()
+            except (BufferError, OSError):
+                pass  # views outlive us: the mapping stays until they go
+
+    def __repr__(self) -> str:
+        state = "closed" if self._map is None else f"fd={self._fd}"
+        return f"<pyforkd.Ring capacity={self.capacity} {state}>"
