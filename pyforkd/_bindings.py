@@ -511,10 +511,11 @@ class RingSide:
     own buffer object (which keeps the memory mapped while a view lives).
     """
 
-    __slots__ = ("_c", "_mem", "_ptr")
+    __slots__ = ("_base", "_c", "_mem", "_ptr")
 
     def __init__(self, memory: Any, create_capacity: int = 0) -> None:
         self._mem = ffi.from_buffer(memory, require_writable=True)
+        self._base = int(ffi.cast("uintptr_t", self._mem))
         self._c = ffi.new("pfd_ring_t *")
         self._ptr = ffi.new("unsigned char **")
         if create_capacity:
@@ -542,7 +543,7 @@ class RingSide:
         return int(self._c.peeked)
 
     def _offset(self, ptr: Any) -> int:
-        return int(ffi.cast("uintptr_t", ptr)) - int(ffi.cast("uintptr_t", self._mem))
+        return int(ffi.cast("uintptr_t", ptr)) - self._base
 
     def reserve(self, size: int) -> int | None:
         """Offset of ``size`` writable bytes, or None when there is no room now."""

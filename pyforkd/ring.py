@@ -90,8 +90,9 @@ class Ring:
             raise
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
-        # Received records not given back yet: (view, its exporter, slice, whole view).
-        self._held: collections.deque[tuple[Any, Any, Any, Any]] = collections.deque()
+        # Received records not given back yet: (view, its exporter, slice of _whole).
+        self._held: collections.deque[tuple[Any, Any, Any]] = collections.deque()
+        self._whole = memoryview(self._map)
         self._peer_fd = -1
 
     # ---- properties --------------------------------------------------------------------
@@ -222,7 +223,7 @@ class Ring:
         held = self._held
         done = 0
         while held:
-            view, exporter, part, base = held[0]
+            view, exporter, part = held[0]
             try:
                 view.release()
             except BufferError:
@@ -234,40 +235,33 @@ class Ring:
             held.popleft()
             del view, exporter  # the exporter's buffer of `part` goes with it
             part.release()
-            base.release()
             done += 1
         if done:
             self._side.release(done)
 
-    @contextmanager
-    def recv(self, timeout: float | None = None) -> Iterator[memoryview]:
-        """The next record as a read-only view, valid until the block ends.
+    def recv(self, timeout: float | None = None) -> _Received:
+        """The next record as a read-only view, for a ``with`` block: valid until it ends.
 
         Waits for one (``TimeoutError`` after ``timeout``; :class:`ChannelClosedError`
         once a watched peer is gone); :class:`FrameError` when the shared memory is
         corrupted.
         """
-        deadline = _deadline(timeout)
+        deadline = None if timeout is None else _deadline(timeout)
         with self._recv_lock:
-            memory = self._check_open()
-            self._release_done()
+            self._check_open()
+            if self._held:
+                self._release_done()
+            side = self._side
             while True:
-                got = self._side.peek()
+                got = side.peek()
                 if got is not None:
                     break
                 self._wait(_b.RING_WAIT_DATA, 0, deadline)
             offset, length = got
-            base = memoryview(memory)
-            part = base[offset : offset + length]
+            part = self._whole[offset : offset + length]
             view, exporter = _b.RingSide.record_view(part)
-            self._held.append((view, exporter, part, base))
-            del exporter
-        try:
-            yield view
-        finally:
-            with self._recv_lock:
-                if self._map is not None:
-                    self._release_done()
+            self._held.append((view, exporter, part))
+            return _Received(self, view)
 
     def recv_bytes(self, timeout: float | None = None) -> bytes:
         """The next record, copied out."""
@@ -291,6 +285,7 @@ class Ring:
                     "them (or copy what you keep) before closing the Ring"
                 )
             self._side.detach()
+            self._whole.release()
             self._map.close()
             self._map = None
             os.close(self._fd)
@@ -311,3 +306,25 @@ class Ring:
     def __repr__(self) -> str:
         state = "closed" if self._map is None else f"fd={self._fd}"
         return f"<pyforkd.Ring capacity={self.capacity} {state}>"
+
+
+class _Received:
+    """What :meth:`Ring.recv` returns: ``with`` gives the view.
+
+    The block's end lets the record go, once nothing made from the view is alive.
+    """
+
+    __slots__ = ("_ring", "_view")
+
+    def __init__(self, ring: Ring, view: memoryview) -> None:
+        self._ring = ring
+        self._view = view
+
+    def __enter__(self) -> memoryview:
+        return self._view
+
+    def __exit__(self, *exc: object) -> None:
+        ring = self._ring
+        with ring._recv_lock:
+            if ring._map is not None:
+                ring._release_done()
