@@ -68,16 +68,15 @@ class Ring:
 
     @classmethod
     def _from_fd(cls, fd: int) -> Ring:
-        """The Ring in the shared memory behind ``fd`` (which it takes over)."""
+        """The Ring in the shared memory behind ``fd``, which it owns from then on.
+
+        ``ValueError`` when there is no ring there; ``fd`` then stays the caller's.
+        """
         ring = cls.__new__(cls)
         try:
             ring._setup(fd, _b.shm_size(fd), 0)
         except OSError as exc:
-            os.close(fd)
             raise ValueError(f"the descriptor does not hold shared memory ({exc})") from None
-        except BaseException:
-            os.close(fd)
-            raise
         return ring
 
     def _setup(self, fd: int, size: int, create: int) -> None:
