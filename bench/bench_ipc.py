@@ -169,6 +169,19 @@ def round_trips(n: int, reps: int) -> dict[str, float]:
     return out
 
 
+def _run_node(node: str, code: str) -> float:
+    """Run a Node script and return the number it prints."""
+    with tempfile.NamedTemporaryFile("w", suffix=".js", delete=False) as f:
+        f.write(code)
+    try:
+        out = subprocess.run(
+            [node, f.name], capture_output=True, text=True, timeout=300, check=True
+        )
+        return float(out.stdout.strip())
+    finally:
+        os.unlink(f.name)
+
+
 def node_round_trip(n: int) -> float | None:
     node = shutil.which("node")
     if node is None:
@@ -192,15 +205,7 @@ def node_round_trip(n: int) -> float | None:
           c.send(msg);
         }}
     """)
-    with tempfile.NamedTemporaryFile("w", suffix=".js", delete=False) as f:
-        f.write(code)
-    try:
-        out = subprocess.run(
-            [node, f.name], capture_output=True, text=True, timeout=120, check=True
-        )
-        return float(out.stdout.strip())
-    finally:
-        os.unlink(f.name)
+    return _run_node(node, code)
 
 
 # ---- throughput -------------------------------------------------------------------------------
@@ -332,15 +337,7 @@ def node_throughput(size: int, count: int) -> float | None:
           }})();
         }}
     """)
-    with tempfile.NamedTemporaryFile("w", suffix=".js", delete=False) as f:
-        f.write(code)
-    try:
-        out = subprocess.run(
-            [node, f.name], capture_output=True, text=True, timeout=300, check=True
-        )
-        return float(out.stdout.strip())
-    finally:
-        os.unlink(f.name)
+    return _run_node(node, code)
 
 
 # ---- descriptor passing ---------------------------------------------------------------------
