@@ -174,7 +174,10 @@ class Ring:
         self.send_many([data], timeout)
 
     def send_many(self, items: Iterable[Any], timeout: float | None = None) -> None:
-        """Send several records with one wake-up of the receiver (as many as fit at once)."""
+        """Send several records, waking the receiver once for all that fit at a time.
+
+        On ``TimeoutError`` the records before the one that found no room were sent.
+        """
         deadline = _deadline(timeout)
         views = [self._bytes_of(item) for item in items]
         for view in views:
@@ -296,11 +299,14 @@ class Ring:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_map", None) is not None:
-            try:
-                self.close()
-            except (BufferError, OSError):
-                pass  # views outlive us: the mapping stays until they go
+        if getattr(self, "_map", None) is None:
+            return
+        try:
+            self.close()
+        except BufferError:
+            # Views of received records outlive the Ring: they keep the mapping alive
+            # (the mmap object goes with the last of them); the descriptor can go now.
+            os.close(self._fd)
 
     def __repr__(self) -> str:
         state = "closed" if self._map is None else f"fd={self._fd}"
