@@ -37,14 +37,17 @@ def forked(fn: Callable[[], None]) -> int:
     return pid
 
 
-def ring_rate(size: int, count: int) -> float:
+def ring_rate(size: int, count: int, copy: bool = False) -> float:
     ring = Ring(max(1 << 16, 1 << (2 * size + 64).bit_length()))
     done_r, done_w = socket.socketpair()
 
     def consume() -> None:
         for _ in range(count):
-            with ring.recv():
-                pass
+            if copy:
+                ring.recv_bytes()
+            else:
+                with ring.recv():
+                    pass
         done_w.send(b"!")
 
     pid = forked(consume)
@@ -185,6 +188,7 @@ def main() -> int:
     print("one-way throughput, messages per second (higher is better):\n")
     methods = {
         "pyforkd Ring (views)": ring_rate,
+        "pyforkd Ring (recv_bytes)": lambda size, count: ring_rate(size, count, copy=True),
         "mp.Pipe send_bytes": pipe_rate,
         "mp.Queue put/get": queue_rate,
         "pyforkd Channel raw": channel_rate,

@@ -84,10 +84,13 @@ def test_numpy_arrays_use_the_ring_memory_and_hold_their_record():
     assert np.array_equal(arr, data)
     with pytest.raises(BufferError, match="still have views"):
         ring.close()
+    assert ring.recv_bytes() == b"y" * 16000  # copied out, but freed only after the array's
+    with pytest.raises(TimeoutError, match="no room"):
+        ring.send(b"y" * 16000, timeout=0.05)
     del arr, view
-    assert ring.recv_bytes() == b"y" * 16000  # the array's record went back here
+    assert ring.recv_bytes() == b"y" * 16000  # now both went back
     ring.send(b"y" * 16000, timeout=1)
-    for _ in range(3):
+    for _ in range(2):
         ring.recv_bytes()
     ring.close()
 
