@@ -1082,6 +1082,10 @@ class Channel:
                     raise ChannelClosedError("the peer closed the channel")
                 self._receive(deadline)
             obj, handle = ready.popleft()
+        if handle is not None:
+            for h in handle if isinstance(handle, list) else [handle]:
+                if isinstance(h, Ring) and h._peer is None:
+                    h.watch(self)  # its peer is the process at the other end of this channel
         if with_handle:
             return obj, handle
         if handle is not None:

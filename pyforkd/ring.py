@@ -93,7 +93,7 @@ class Ring:
         # Received records not given back yet: (view, its exporter, slice of _whole).
         self._held: collections.deque[tuple[Any, Any, Any]] = collections.deque()
         self._whole = memoryview(self._map)
-        self._peer_fd = -1
+        self._peer: Any = None  # a Channel or socket whose hang-up ends a wait
 
     # ---- properties --------------------------------------------------------------------
 
@@ -120,9 +120,12 @@ class Ring:
     def watch(self, peer: Any) -> None:
         """Wait no longer once ``peer`` (a Channel or socket to the other process) closes.
 
-        A ring that came over a channel watches that channel already.
+        A Ring received over a channel watches that channel already; the side that sent it
+        calls this.
         """
-        self._peer_fd = peer.fileno()
+        if not callable(getattr(peer, "fileno", None)):
+            raise TypeError(f"watch() needs a Channel or a socket, not {type(peer).__name__}")
+        self._peer = peer
 
     # ---- sending -----------------------------------------------------------------------
 
@@ -144,8 +147,9 @@ class Ring:
             ms = _SLICE_MS
             if deadline is not None:
                 ms = min(ms, max(0, int((deadline - time.monotonic()) * 1000)))
+            peer_fd = -1 if self._peer is None else self._peer.fileno()
             try:
-                ready = self._side.wait(what, size, ms, self._peer_fd)
+                ready = self._side.wait(what, size, ms, peer_fd)
             except BrokenPipeError:
                 raise ChannelClosedError("the ring's peer is gone") from None
             if ready:

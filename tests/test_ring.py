@@ -7,6 +7,7 @@ import collections
 import mmap
 import os
 import signal
+import socket
 
 import numpy as np
 import pytest
@@ -97,8 +98,7 @@ def test_numpy_arrays_use_the_ring_memory_and_hold_their_record():
 
 def consume_from_a_ring(n):
     ch = pyforkd.parent()
-    _, ring = ch.recv(with_handle=True)
-    ring.watch(ch)
+    _, ring = ch.recv(with_handle=True)  # it watches this channel from now on
     total = 0
     for _ in range(n):
         with ring.recv(timeout=30) as view:
@@ -128,6 +128,22 @@ def test_a_ring_passed_to_a_worker(start):
 def sleep_after_ready():
     pyforkd.parent().send("ready")
     signal.pause()
+
+
+def test_a_received_ring_watches_its_channel():
+    x, y = socket.socketpair()
+    here, there = pyforkd.Channel(x), pyforkd.Channel(y)
+    ring = Ring(1 << 16)
+    here.send("ring", handle=ring)
+    _, received = there.recv(timeout=10, with_handle=True)
+    here.close()  # the sending side goes away
+    with pytest.raises(ChannelClosedError, match="peer is gone"):  # not TimeoutError
+        received.recv_bytes(timeout=30)
+    received.close()
+    there.close()
+    ring.close()
+    with Ring(4096) as other, pytest.raises(TypeError, match="needs a Channel or a socket"):
+        other.watch(3)
 
 
 def test_a_dead_peer_ends_the_wait():

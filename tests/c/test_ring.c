@@ -382,16 +382,13 @@ TEST_IMPL(ring_wait_times_out_wakes_and_sees_the_peer_go) {
   CHECK_EQ(pfd_ring_wait(&p, PFD_RING_WAIT_SPACE, CAP, 0, -1), -EMSGSIZE);
   CHECK_EQ(pfd_ring_wait(&p, PFD_RING_WAIT_SPACE, 100, 0, -1), 1); /* empty: room */
   CHECK(pthread_create(&t, NULL, publish_later, &p) == 0);
-  CHECK_EQ(pfd_ring_wait(&c, PFD_RING_WAIT_DATA, 0, 10000, -1), 1); /* woken */
+  CHECK_EQ(pfd_ring_wait(&c, PFD_RING_WAIT_DATA, 0, 10000, -1), 1); /* woken, not timed out */
   CHECK(pthread_join(t, NULL) == 0);
-  CHECK(now() - t0 < 5);
   /* The peer's channel closes: a sleeper notices without waiting out its timeout. */
   CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
   fresh(&p, &c);
   close(sv[1]);
-  t0 = now();
-  CHECK_EQ(pfd_ring_wait(&c, PFD_RING_WAIT_DATA, 0, 10000, sv[0]), -EPIPE);
-  CHECK(now() - t0 < 2);
+  CHECK_EQ(pfd_ring_wait(&c, PFD_RING_WAIT_DATA, 0, 10000, sv[0]), -EPIPE); /* not 0: timeout */
   close(sv[0]);
   return 0;
 }
