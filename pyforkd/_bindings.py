@@ -602,15 +602,16 @@ class RingSide:
         raise_errno(r, "ring wait")
 
     @staticmethod
-    def record_view(part: memoryview) -> tuple[memoryview, Any]:
-        """A read-only view of ``part`` through an object of its own, and that object.
+    def record_view(part: memoryview, writable: bool = False) -> tuple[memoryview, Any]:
+        """A view of ``part`` through an object of its own, and that object.
 
         Whatever is made from the view (a slice, a numpy array) keeps that object alive, so
         its reference count tells whether the record is still in use; the object keeps
-        ``part``, hence the mapping, alive meanwhile.
+        ``part``, hence the mapping, alive meanwhile.  Read-only unless ``writable``.
         """
-        exporter = ffi.buffer(ffi.from_buffer(part))
-        return memoryview(exporter).toreadonly(), exporter
+        exporter = ffi.buffer(ffi.from_buffer(part, require_writable=writable))
+        view = memoryview(exporter)
+        return (view if writable else view.toreadonly()), exporter
 
     def detach(self) -> None:
         """Drop the buffer export (before the memory is unmapped)."""

@@ -208,18 +208,29 @@ class Ring:
         self._check_size(size)
         deadline = _deadline(timeout)
         with self._send_lock:
-            memory = self._check_open()
+            self._check_open()
             offset = self._reserve(size, deadline)
-            base = memoryview(memory)
-            view = base[offset : offset + size]
+            part = self._whole[offset : offset + size]
+            view, exporter = _b.RingSide.record_view(part, writable=True)
             try:
                 yield view
             except BaseException:
                 self._side.abort()
                 raise
             finally:
-                view.release()  # BufferError here: something kept a view of it
-                base.release()
+                try:
+                    view.release()
+                    kept = sys.getrefcount(exporter) > 2  # the local name, the argument
+                except BufferError:
+                    kept = True
+                del view, exporter
+            if kept:
+                self._side.abort()
+                raise BufferError(
+                    "a view of the reserved buffer outlived its block (it could change the "
+                    "record after it was sent): nothing was sent"
+                )
+            part.release()
             self._side.stage(size)
             self._side.publish()
 

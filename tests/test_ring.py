@@ -240,3 +240,16 @@ class RingModel(RuleBasedStateMachine):
 
 TestRingModel = RingModel.TestCase
 TestRingModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+def test_a_view_kept_past_a_reservation_sends_nothing():
+    with Ring(1 << 16) as ring:
+        with pytest.raises(BufferError, match="nothing was sent"), ring.reserve(8) as buf:
+            kept = buf[:4]  # would let the record change after it went out
+            buf[:] = b"12345678"
+        del kept
+        with pytest.raises(TimeoutError):
+            ring.recv_bytes(timeout=0)
+        with ring.reserve(8) as buf:  # and the ring works on
+            buf[:] = b"abcdefgh"
+        assert ring.recv_bytes(timeout=1) == b"abcdefgh"
