@@ -261,6 +261,17 @@ class Ring:
         if done:
             self._side.release(done)
 
+    def _next_record(self, deadline: float | None) -> tuple[int, int]:
+        """Wait for the next record (the receive lock is held); its offset and length."""
+        self._check_open()
+        if self._held:
+            self._release_done()
+        while True:
+            got = self._side.peek()
+            if got is not None:
+                return got
+            self._wait(_b.RING_WAIT_DATA, 0, deadline)
+
     def recv(self, timeout: float | None = None) -> _Received:
         """The next record as a read-only view, for a ``with`` block: valid until it ends.
 
@@ -270,16 +281,7 @@ class Ring:
         """
         deadline = None if timeout is None else _deadline(timeout)
         with self._recv_lock:
-            self._check_open()
-            if self._held:
-                self._release_done()
-            side = self._side
-            while True:
-                got = side.peek()
-                if got is not None:
-                    break
-                self._wait(_b.RING_WAIT_DATA, 0, deadline)
-            offset, length = got
+            offset, length = self._next_record(deadline)
             part = self._whole[offset : offset + length]
             view, exporter = _b.RingSide.record_view(part)
             self._held.append((view, exporter, part))
@@ -289,22 +291,13 @@ class Ring:
         """The next record, copied out (no view to track: the cheaper call for small ones)."""
         deadline = None if timeout is None else _deadline(timeout)
         with self._recv_lock:
-            self._check_open()
-            if self._held:
-                self._release_done()
-            side = self._side
-            while True:
-                got = side.peek()
-                if got is not None:
-                    break
-                self._wait(_b.RING_WAIT_DATA, 0, deadline)
-            offset, length = got
+            offset, length = self._next_record(deadline)
             with self._whole[offset : offset + length] as part:
                 data = part.tobytes()
             if self._held:  # records go back oldest first: after the held ones
                 self._held.append(_COPIED)
             else:
-                side.release(1)
+                self._side.release(1)
             return data
 
     # ---- the rest ----------------------------------------------------------------------
