@@ -581,6 +581,18 @@ class RingSide:
             raise_errno(r, "ring peek")
         return self._offset(self._ptr[0]), int(r)
 
+    def peek_many(self, limit: int) -> list[tuple[int, int]]:
+        """``(offset, length)`` of up to ``limit`` records (an empty list when none)."""
+        offsets = ffi.new("unsigned long long[]", limit)
+        lengths = ffi.new("unsigned long long[]", limit)
+        r = lib.pfd_ring_peek_many(self._c, offsets, lengths, limit)
+        if r == -_errno.EBADMSG:
+            raise FrameError("the ring's shared memory holds no valid record (corrupted)")
+        if r < 0:
+            raise_errno(r, "ring peek")
+        data = int(ffi.cast("uintptr_t", self._c.data)) - self._base
+        return [(data + offsets[i], lengths[i]) for i in range(r)]
+
     def release(self, count: int) -> None:
         r = lib.pfd_ring_release(self._c, count)
         if r == -_errno.EBADMSG:

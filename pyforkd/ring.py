@@ -300,6 +300,26 @@ class Ring:
                 self._side.release(1)
             return data
 
+    def recv_many(self, limit: int = 64, timeout: float | None = None) -> list[bytes]:
+        """Up to ``limit`` records that are there now (waiting for the first), copied out.
+
+        The batch counterpart of :meth:`send_many`: one call and one release for all.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive int, not {limit!r}")
+        deadline = None if timeout is None else _deadline(timeout)
+        with self._recv_lock:
+            offset, length = self._next_record(deadline)
+            whole = self._whole
+            out = [whole[offset : offset + length].tobytes()]
+            if limit > 1:
+                out += [whole[o : o + n].tobytes() for o, n in self._side.peek_many(limit - 1)]
+            if self._held:  # records go back oldest first: after the held ones
+                self._held.extend([_COPIED] * len(out))
+            else:
+                self._side.release(len(out))
+            return out
+
     # ---- the rest ----------------------------------------------------------------------
 
     def close(self) -> None:

@@ -45,8 +45,11 @@ def test_send_recv_batches_and_reserve(fd_baseline):
         with pytest.raises(RuntimeError), ring.reserve(3) as buf:
             buf[:] = b"bad"
             raise RuntimeError("nothing is sent")
-        got = [ring.recv_bytes(timeout=1) for _ in range(5)]
+        got = [ring.recv_bytes(timeout=1) for _ in range(2)] + ring.recv_many(10, timeout=1)
         assert got == [b"one", b"two", b"three", b"ace", b"built"]
+        for bad in (0, -1, True, 2.5):
+            with pytest.raises(ValueError, match="limit must be a positive int"):
+                ring.recv_many(bad)
         with pytest.raises(TimeoutError, match="empty"):
             ring.recv_bytes(timeout=0.05)
 
@@ -228,6 +231,15 @@ class RingModel(RuleBasedStateMachine):
                 self.ring.recv_bytes(timeout=0)
             return
         assert self.ring.recv_bytes(timeout=0) == self.model.popleft()
+
+    @rule(limit=st.integers(1, 10))
+    def recv_many(self, limit):
+        if not self.model:
+            with pytest.raises(TimeoutError):
+                self.ring.recv_many(limit, timeout=0)
+            return
+        want = [self.model.popleft() for _ in range(min(limit, len(self.model)))]
+        assert self.ring.recv_many(limit, timeout=0) == want
 
     @invariant()
     def never_more_than_capacity(self):

@@ -65,6 +65,12 @@ void pfd_ring_abort(pfd_ring_t *ring);
  * nothing is read outside the ring). */
 long long pfd_ring_peek(pfd_ring_t *ring, const unsigned char **out);
 
+/* Consumer.  Peeks up to `max` records at once: their offsets in the record space and
+ * their lengths go to `offsets` and `lengths`.  Returns how many (0 when there is none),
+ * or -EBADMSG as pfd_ring_peek does (the records peeked before the bad one stay peeked). */
+long long pfd_ring_peek_many(pfd_ring_t *ring, unsigned long long *offsets,
+                             unsigned long long *lengths, unsigned long long max);
+
 /* Consumer.  Gives the space of the `count` oldest peeked records back to the producer.
  * Returns 0, -EINVAL (fewer than `count` are peeked) or -EBADMSG. */
 int pfd_ring_release(pfd_ring_t *ring, unsigned long long count);

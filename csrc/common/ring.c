@@ -233,6 +233,21 @@ long long pfd_ring_peek(pfd_ring_t *ring, const unsigned char **out) {
   }
 }
 
+long long pfd_ring_peek_many(pfd_ring_t *ring, unsigned long long *offsets,
+                             unsigned long long *lengths, unsigned long long max) {
+  unsigned long long n = 0;
+  while (n < max) {
+    const unsigned char *at;
+    long long r = pfd_ring_peek(ring, &at);
+    if (r == -EAGAIN) break;
+    if (r < 0) return r;
+    offsets[n] = (unsigned long long)(at - ring->data);
+    lengths[n] = (unsigned long long)r;
+    n++;
+  }
+  return (long long)n;
+}
+
 int pfd_ring_release(pfd_ring_t *ring, unsigned long long count) {
   if (count > ring->peeked) return -EINVAL;
   while (count > 0) {

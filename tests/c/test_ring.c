@@ -129,6 +129,20 @@ TEST_IMPL(ring_full_and_empty_edges) {
   CHECK(memcmp(view, "ef", 2) == 0);
   CHECK_EQ(pfd_ring_release(&c, 3), -EINVAL);
   CHECK_EQ(pfd_ring_release(&c, 2), 0);
+  /* Many at once: offsets are into the record space, lengths as sent. */
+  {
+    unsigned long long offs[8], lens[8];
+    unsigned k;
+    for (k = 0; k < 5; k++) CHECK_EQ(send_bytes(&p, "12345", k + 1), 0);
+    CHECK_EQ(pfd_ring_peek_many(&c, offs, lens, 3), 3);
+    CHECK_EQ(pfd_ring_peek_many(&c, offs + 3, lens + 3, 8), 2);
+    CHECK_EQ(pfd_ring_peek_many(&c, offs, lens, 8), 0);
+    for (k = 0; k < 5; k++) {
+      CHECK_EQ(lens[k], k + 1);
+      CHECK(memcmp(c.data + offs[k], "12345", k + 1) == 0);
+    }
+    CHECK_EQ(pfd_ring_release(&c, 5), 0);
+  }
   /* An aborted reservation writes nothing. */
   CHECK_EQ(pfd_ring_reserve(&p, 100, &out), 0);
   pfd_ring_abort(&p);
