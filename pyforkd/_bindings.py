@@ -168,14 +168,18 @@ def process_open(pid: int) -> int:
     return r
 
 
-def process_wait(pid: int, handle: int, timeout_ms: int) -> bool | None:
-    """Wait for the child's exit without reaping it: True, False on timeout, None on EINTR."""
-    r = lib.pfd_process_wait(pid, handle, timeout_ms)
+def _waited(r: int, syscall: str) -> bool | None:
+    """A C wait's result: True ready, False timed out, None when a signal came first."""
     if r >= 0:
         return r == 1
     if r == -_errno.EINTR:
         return None
-    raise_errno(r, "waitid")
+    raise_errno(r, syscall)
+
+
+def process_wait(pid: int, handle: int, timeout_ms: int) -> bool | None:
+    """Wait for the child's exit without reaping it: True, False on timeout, None on EINTR."""
+    return _waited(lib.pfd_process_wait(pid, handle, timeout_ms), "waitid")
 
 
 def process_reap(pid: int) -> tuple[int, int] | None:
@@ -378,12 +382,7 @@ class Receiver:
 
 def fd_wait(sock: int, events: int, timeout_ms: int) -> bool | None:
     """poll(2) one socket: True ready, False timeout, None when a signal came."""
-    r = lib.pfd_fd_wait(sock, events, timeout_ms)
-    if r >= 0:
-        return r == 1
-    if r == -_errno.EINTR:
-        return None
-    raise_errno(r, "poll")
+    return _waited(lib.pfd_fd_wait(sock, events, timeout_ms), "poll")
 
 
 def fd_wait_hangup(sock: int, timeout_ms: int) -> bool | None:
@@ -391,12 +390,7 @@ def fd_wait_hangup(sock: int, timeout_ms: int) -> bool | None:
 
     Returns True, False on timeout, or None when a signal came.
     """
-    r = lib.pfd_fd_wait_hangup(sock, timeout_ms)
-    if r >= 0:
-        return r == 1
-    if r == -_errno.EINTR:
-        return None
-    raise_errno(r, "poll(POLLRDHUP)")
+    return _waited(lib.pfd_fd_wait_hangup(sock, timeout_ms), "poll(POLLRDHUP)")
 
 
 def process_die_with_parent(sig: int, expected_parent: int) -> bool | None:
@@ -504,6 +498,14 @@ def ring_size(capacity: int) -> int:
     return int(lib.pfd_ring_size(capacity))
 
 
+def _check_records(r: int, call: str) -> None:
+    """Raise for a negative result of a consumer call: corrupted memory is a FrameError."""
+    if r == -_errno.EBADMSG:
+        raise FrameError("the ring's shared memory holds no valid record (corrupted)")
+    if r < 0:
+        raise_errno(r, call)
+
+
 class RingSide:
     """One side of a ring laid out in ``memory`` (a writable buffer), for this process.
 
@@ -538,10 +540,6 @@ class RingSide:
     def max_record(self) -> int:
         return int(lib.pfd_ring_max_record(self._c))
 
-    @property
-    def peeked(self) -> int:
-        return int(self._c.peeked)
-
     def _offset(self, ptr: Any) -> int:
         return int(ffi.cast("uintptr_t", ptr)) - self._base
 
@@ -575,10 +573,7 @@ class RingSide:
         r = lib.pfd_ring_peek(self._c, c_ptr)
         if r == -_errno.EAGAIN:
             return None
-        if r == -_errno.EBADMSG:
-            raise FrameError("the ring's shared memory holds no valid record (corrupted)")
-        if r < 0:
-            raise_errno(r, "ring peek")
+        _check_records(r, "ring peek")
         return self._offset(self._ptr[0]), int(r)
 
     def peek_many(self, limit: int) -> list[tuple[int, int]]:
@@ -586,19 +581,12 @@ class RingSide:
         offsets = ffi.new("unsigned long long[]", limit)
         lengths = ffi.new("unsigned long long[]", limit)
         r = lib.pfd_ring_peek_many(self._c, offsets, lengths, limit)
-        if r == -_errno.EBADMSG:
-            raise FrameError("the ring's shared memory holds no valid record (corrupted)")
-        if r < 0:
-            raise_errno(r, "ring peek")
+        _check_records(r, "ring peek")
         data = int(ffi.cast("uintptr_t", self._c.data)) - self._base
         return [(data + offsets[i], lengths[i]) for i in range(r)]
 
     def release(self, count: int) -> None:
-        r = lib.pfd_ring_release(self._c, count)
-        if r == -_errno.EBADMSG:
-            raise FrameError("the ring's shared memory holds no valid record (corrupted)")
-        if r < 0:
-            raise_errno(r, "ring release")
+        _check_records(lib.pfd_ring_release(self._c, count), "ring release")
         lib.pfd_ring_notify(self._c, RING_WAIT_SPACE)
 
     def wait(self, what: int, size: int, timeout_ms: int, peer_fd: int) -> bool | None:
@@ -606,12 +594,7 @@ class RingSide:
 
         ``BrokenPipeError`` when ``peer_fd`` shows the other side gone.
         """
-        r = lib.pfd_ring_wait(self._c, what, size, timeout_ms, peer_fd)
-        if r >= 0:
-            return r == 1
-        if r == -_errno.EINTR:
-            return None
-        raise_errno(r, "ring wait")
+        return _waited(lib.pfd_ring_wait(self._c, what, size, timeout_ms, peer_fd), "ring wait")
 
     @staticmethod
     def record_view(part: memoryview, writable: bool = False) -> tuple[memoryview, Any]:

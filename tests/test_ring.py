@@ -18,8 +18,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 import pyforkd
 from pyforkd import ChannelClosedError, FrameError, Ring
+from pyforkd._bindings import RING_HEADER_SIZE
 
 pytestmark = linux_only
+HEADER = RING_HEADER_SIZE  # the shared header before the record space
 
 
 def test_capacity_and_sizes_are_checked():
@@ -75,9 +77,10 @@ def test_numpy_arrays_use_the_ring_memory_and_hold_their_record():
         arr = np.frombuffer(view, dtype=np.int64)
     assert np.array_equal(arr, data)
     # No copy: the array reads the shared memory itself (the first record's payload sits
-    # at byte 192 + 8 of the mapping), as another mapping of it shows.
-    with mmap.mmap(ring.fileno(), 192 + (1 << 16)) as raw:
-        raw[200:208] = (-5).to_bytes(8, "little", signed=True)
+    # after the ring's header and the record's own 8 bytes), as another mapping shows.
+    first = HEADER + 8
+    with mmap.mmap(ring.fileno(), HEADER + (1 << 16)) as raw:
+        raw[first : first + 8] = (-5).to_bytes(8, "little", signed=True)
     assert arr[0] == -5
     data[0] = -5
     # While the array lives its record stays: the producer cannot write over it.
@@ -165,8 +168,8 @@ def test_a_dead_peer_ends_the_wait():
 def test_corrupted_shared_memory_is_a_frame_error():
     ring = Ring(4096)
     ring.send(b"fine")
-    with mmap.mmap(ring.fileno(), 4096 + 192) as raw:
-        raw[192:196] = (100_000).to_bytes(4, "little")  # a record length past the ring
+    with mmap.mmap(ring.fileno(), 4096 + HEADER) as raw:
+        raw[HEADER : HEADER + 4] = (100_000).to_bytes(4, "little")  # a length past the ring
     with pytest.raises(FrameError, match="corrupted"):
         ring.recv_bytes()
     ring.close()
