@@ -209,6 +209,7 @@ FRAME_PICKLE: int = lib.PFD_FRAME_PICKLE
 FRAME_JSON: int = lib.PFD_FRAME_JSON
 FRAME_RAW: int = lib.PFD_FRAME_RAW
 FRAME_CONTROL: int = lib.PFD_FRAME_CONTROL
+FRAME_RING: int = lib.PFD_FRAME_RING
 FRAME_FLAG_HANDLES: int = lib.PFD_FRAME_FLAG_HANDLES
 POLL_IN: int = lib.PFD_POLL_IN
 POLL_OUT: int = lib.PFD_POLL_OUT
@@ -473,6 +474,11 @@ RING_MIN_CAPACITY: int = lib.PFD_RING_MIN_CAPACITY
 RING_HEADER_SIZE: int = lib.PFD_RING_HEADER_SIZE
 RING_WAIT_DATA: int = lib.PFD_RING_WAIT_DATA
 RING_WAIT_SPACE: int = lib.PFD_RING_WAIT_SPACE
+RING_WAIT_STALL: int = lib.PFD_RING_WAIT_STALL
+
+
+class RingStalled(Exception):
+    """A wait for room with RING_WAIT_STALL: the consumer holds every record and sleeps."""
 
 
 def shm_create(name: str, size: int) -> int:
@@ -557,6 +563,12 @@ class RingSide:
         if r < 0:
             raise_errno(r, "ring stage")
 
+    def stage_empty(self) -> None:
+        """Stage an empty record in the room every reserved record leaves after it."""
+        r = lib.pfd_ring_stage_empty(self._c)
+        if r < 0:
+            raise_errno(r, "ring stage")
+
     def publish(self) -> None:
         lib.pfd_ring_publish(self._c)
         lib.pfd_ring_notify(self._c, RING_WAIT_DATA)
@@ -592,9 +604,13 @@ class RingSide:
     def wait(self, what: int, size: int, timeout_ms: int, peer_fd: int) -> bool | None:
         """Wait (GIL released): True ready, False timeout, None when a signal came.
 
-        ``BrokenPipeError`` when ``peer_fd`` shows the other side gone.
+        ``BrokenPipeError`` when ``peer_fd`` shows the other side gone; :class:`RingStalled`
+        (only with RING_WAIT_STALL) when the consumer holds all the room and sleeps.
         """
-        return _waited(lib.pfd_ring_wait(self._c, what, size, timeout_ms, peer_fd), "ring wait")
+        r = lib.pfd_ring_wait(self._c, what, size, timeout_ms, peer_fd)
+        if r == -_errno.EDEADLK:
+            raise RingStalled
+        return _waited(r, "ring wait")
 
     @staticmethod
     def record_view(part: memoryview, writable: bool = False) -> tuple[memoryview, Any]:

@@ -46,6 +46,7 @@ __all__ = ["AsyncChannel", "Process", "Worker", "exec", "exec_file", "fork", "fo
 
 _STREAM_LIMIT = 2**16
 _DRAIN_AFTER_KILL = 0.1  # seconds
+_RING_SLICE_MS = 100  # a cancelled wait on a ring leaves its thread within this
 
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
@@ -121,6 +122,12 @@ class AsyncChannel:
         """Send one message (and handles): see :meth:`pyforkd.Channel.send`."""
         ch = self.channel
         deadline = _deadline(timeout)
+        if ch._link is not None:
+            # A channel over rings waits on shared memory, which the loop cannot watch: a
+            # thread sends (a send, once begun, completes even if this task is cancelled).
+            async with self._send_lock:
+                await asyncio.to_thread(ch.send, obj, handle, keep_open=keep_open, timeout=timeout)
+            return
         if ch.framing == "node" and (handle is not None or ch._node_pending is not None):
             # Node's handle protocol waits for an ACK that another read may bring: a thread.
             await asyncio.to_thread(ch.send, obj, handle, keep_open=keep_open, timeout=timeout)
@@ -163,8 +170,27 @@ class AsyncChannel:
                     return attempt()  # a message already here, or one non-blocking read
                 except TimeoutError:
                     pass  # nothing whole yet: wait until the socket has more
-                if not await self._ready(False, deadline):
+                if self.channel._link is not None:
+                    ready = await self._ring_ready(deadline)
+                else:
+                    ready = await self._ready(False, deadline)
+                if not ready:
                     raise TimeoutError("recv timed out")
+
+    async def _ring_ready(self, deadline: float | None) -> bool:
+        """Wait in a thread, in slices, until a channel over rings has something to read.
+
+        Nothing is taken in the thread: a cancelled wait loses no message.
+        """
+        link = self.channel._ring_link(deadline)
+        while True:
+            ms = _RING_SLICE_MS
+            if deadline is not None:
+                ms = min(ms, max(0, int((deadline - time.monotonic()) * 1000)))
+            if await asyncio.to_thread(link.wait_readable, ms):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
@@ -623,20 +649,21 @@ async def fork_worker(
     start: str | None = None,
     name: str | None = None,
     daemon: bool = True,
+    ring: int | None = None,
     **kwargs: Any,
 ) -> Worker:
     """Run ``target(*args, **kwargs)`` in a new process, like :func:`pyforkd.fork_worker`.
 
     ``start="fork"`` forks from the loop's thread at once; ``"spawn"`` and ``"forkserver"``
     start (or reach) their interpreter from a helper thread, so the loop never waits on
-    an interpreter's start-up.
+    an interpreter's start-up.  With ``ring``, sends and waits for messages run in a
+    helper thread (shared memory is nothing the loop can watch).
     """
     loop = asyncio.get_running_loop()
+    options: dict[str, Any] = {"start": start, "name": name, "daemon": daemon, "ring": ring}
     if start in (None, "fork"):
-        w = _worker.fork_worker(target, *args, start=start, name=name, daemon=daemon, **kwargs)
+        w = _worker.fork_worker(target, *args, **options, **kwargs)
     else:
         _worker._check_target(target)
-        w = await asyncio.to_thread(
-            _worker.fork_worker, target, *args, start=start, name=name, daemon=daemon, **kwargs
-        )
+        w = await asyncio.to_thread(_worker.fork_worker, target, *args, **options, **kwargs)
     return Worker(w, loop)

@@ -369,6 +369,8 @@ class _Decoder:
         # ("got", message) for Node's own messages, ("answer", message) for replies to send
         self.node_internal: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self.node_socket: Any = None  # (fd, key) -> socket.socket, set by the Channel
+        self.rings = False  # whether FRAME_RING frames are expected (a channel over rings)
+        self.ring_setup: list[Any] | None = None  # the rings a set-up frame brought
 
     def feed(self, chunk: Any, fds: list[int] | None, scan_chunk: Any = None) -> None:
         """Take one recvmsg's bytes and descriptors (None: truncated, already closed).
@@ -571,6 +573,13 @@ class _Decoder:
                 self.ready.append((bytes(payload), None))
             elif kind == _b.FRAME_JSON:
                 self.ready.append((_json_loads(bytes(payload)), None))
+            elif kind == _b.FRAME_RING:
+                if not self.rings:
+                    raise ValueError("a ring record came on a channel without rings")
+                # A record sent over the socket (its own buffer: objects may be built on
+                # it), or, empty, the sign that records go back to the ring.
+                item = _ringlink.RECORD(bytearray(payload)) if payload else _ringlink.BACK
+                self.ready.append((item, None))
             else:  # CONTROL: the channel's own traffic (a worker's result)
                 self.control.append(pickle.loads(payload))
             return
@@ -586,6 +595,13 @@ class _Decoder:
             handles, many = _rebuild(fds, payload[4 : 4 + size])
             payload = payload[4 + size :]
             handle = handles if many else handles[0]
+            if kind == _b.FRAME_RING:  # set-up: the rings, ours to read first
+                if not self.rings or self.ring_setup is not None or payload or not many:
+                    raise ValueError("an unexpected ring set-up")
+                if len(handles) != 2 or not all(isinstance(h, Ring) for h in handles):
+                    raise ValueError("a ring set-up needs two rings")
+                self.ring_setup = handles
+                return
             if kind == _b.FRAME_PICKLE:
                 obj = pickle.loads(payload)
             elif kind == _b.FRAME_JSON:
@@ -708,6 +724,9 @@ class Channel:
         self._node_lock = threading.Lock()
         self._node_open: dict[str, int] = {}
         self._node_notify: set[str] = set()
+        # A channel over rings: its Link (pyforkd/_ringlink.py), or _AWAITING_RINGS until
+        # the set-up frame brings them; None for a socket-only channel.
+        self._link: Any = None
 
     # ---- sending -------------------------------------------------------------------------
 
@@ -756,6 +775,10 @@ class Channel:
         ``max_message_size``, before writing anything; ``ChannelClosedError`` once the
         peer is gone.
         """
+        if self._link is not None:
+            deadline = _deadline(timeout)
+            self._ring_link(deadline).send(obj, handle, keep_open, deadline)
+            return
         if timeout is None and self.framing == "pyforkd":
             # The hot path: no deadline, so one blocking C call writes the whole frame.
             if handle is None:
@@ -1010,6 +1033,7 @@ class Channel:
         (``close`` would shut the socket down, which the parent still uses.)
         """
         self._closed = True
+        self._link = None  # its rings may be shared with a channel of this process
         sock, self._sock = self._sock, None
         if sock is not None:
             os.close(sock.detach())
@@ -1074,14 +1098,10 @@ class Channel:
         """
         deadline = None if timeout is None else _deadline(timeout)
         with self._recv_lock:
-            ready = self._decoder.ready
-            while not ready:
-                if self._closed:
-                    raise ChannelClosedError("the channel is closed")
-                if self._eof:
-                    raise ChannelClosedError("the peer closed the channel")
-                self._receive(deadline)
-            obj, handle = ready.popleft()
+            if self._link is not None:
+                obj, handle = self._ring_link(deadline).recv(deadline)
+            else:
+                obj, handle = self._pop_ready(deadline)
         if handle is not None:
             for h in handle if isinstance(handle, list) else [handle]:
                 if isinstance(h, Ring) and h._peer is None:
@@ -1098,6 +1118,60 @@ class Channel:
                 stacklevel=2,
             )
         return obj
+
+    def _pop_ready(self, deadline: float | None) -> tuple[Any, Any]:
+        """The next decoded message and its handle, reading the socket until one is whole."""
+        ready = self._decoder.ready
+        while not ready:
+            if self._closed:
+                raise ChannelClosedError("the channel is closed")
+            if self._eof:
+                raise ChannelClosedError("the peer closed the channel")
+            self._receive(deadline)
+        return ready.popleft()
+
+    # ---- rings ---------------------------------------------------------------------------
+
+    def _use_rings(self, tx: Ring, rx: Ring) -> None:
+        """Send through ``tx`` and receive through ``rx`` from now on (no message yet)."""
+        self._decoder.rings = True
+        self._link = _ringlink.make(self, tx, rx)
+
+    def _offer_rings(self, tx: Ring, rx: Ring) -> None:
+        """Use ``tx``/``rx`` and send them to the peer as the first frame on the socket.
+
+        A peer already gone is left for the first send or recv to find.
+        """
+        self._use_rings(tx, rx)
+        fds, described = _describe([tx, rx], True)
+        body = _META_LEN.pack(len(described)) + described
+        with self._send_lock:
+            self._send_codec.encode(_b.FRAME_RING, _b.FRAME_FLAG_HANDLES, len(fds), len(body))
+            try:
+                self._write(bytes(self._send_codec.header_bytes), body, fds, None)
+            except ChannelClosedError:
+                pass
+
+    def _expect_rings(self) -> None:
+        """The peer sends this channel's rings as its first frame (see _offer_rings)."""
+        self._decoder.rings = True
+        self._link = _AWAITING_RINGS
+
+    def _ring_link(self, deadline: float | None = None) -> Any:
+        """The Link, once the peer's set-up frame has come (read here if need be)."""
+        link = self._link
+        if link is not _AWAITING_RINGS:
+            return link
+        with self._recv_lock:
+            while self._link is _AWAITING_RINGS:
+                if self._closed:
+                    raise ChannelClosedError("the channel is closed")
+                if self._eof:
+                    raise ChannelClosedError("the peer closed the channel before its rings came")
+                self._receive(deadline)
+        if self._link is None:
+            raise ChannelClosedError("the channel is closed")
+        return self._link
 
     def _receive(self, deadline: float | None) -> None:
         """One recvmsg (after waiting for the deadline if there is one); feeds the decoder."""
@@ -1133,6 +1207,9 @@ class Channel:
         except FrameError:
             self._discard()
             raise
+        if decoder.ring_setup is not None and self._link is _AWAITING_RINGS:
+            rx, tx = decoder.ring_setup  # the peer's first ring is the one it writes
+            self._link = _ringlink.make(self, tx, rx)
         if decoder.node_internal:
             self._node_internal()
 
@@ -1183,6 +1260,9 @@ class Channel:
         with self._send_lock, self._recv_lock:
             self._decoder.discard()
             self._close_socket()
+            link, self._link = self._link, None
+            if link is not None and link is not _AWAITING_RINGS:
+                link.close()
             pending, self._node_pending = self._node_pending, None
             if pending is not None:
                 _close_handle(pending.handle)
@@ -1206,6 +1286,9 @@ class Channel:
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed"
         return f"<Channel fd={self.fileno()} {self.framing}/{self.serialization} {state}>"
+
+
+_AWAITING_RINGS = object()  # Channel._link until the peer's ring set-up frame comes
 
 
 def _close_sent(handles: list[Any]) -> None:
@@ -1233,3 +1316,6 @@ def _close_handle(handle: Any) -> None:
             h.close()
         except OSError:
             pass
+
+
+from . import _ringlink  # noqa: E402  (it builds on this module)

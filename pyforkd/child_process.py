@@ -28,6 +28,7 @@ from . import _bindings as _b
 from ._checks import check_timeout as _check_timeout
 from .channel import Channel
 from .errors import ExecError, MaxBufferError, TimeoutExpired
+from .ring import Ring
 
 __all__ = [
     "ChildProcess",
@@ -750,6 +751,7 @@ def spawn(
     errors: str = "strict",
     windows_hide: bool = False,
     serialization: str | None = None,
+    ring: int | None = None,
 ) -> ChildProcess:
     """Start ``command`` with ``args`` and return at once with a :class:`ChildProcess`.
 
@@ -764,29 +766,36 @@ def spawn(
     One ``"ipc"`` entry in a ``stdio`` list gives the child an IPC channel at that slot,
     announced the way Node does (``NODE_CHANNEL_FD``); ``serialization`` picks its format:
     ``"json"`` (the default: Node's own JSON lines, for Node children), or ``"pickle"`` /
-    ``"raw"`` (pyforkd frames, for children that call :func:`pyforkd.parent`).
+    ``"raw"`` (pyforkd frames, for children that call :func:`pyforkd.parent`).  With
+    ``ring`` (a capacity in bytes: a power of two, at least 4096) such a channel carries
+    its messages through a pair of shared-memory rings (see :class:`pyforkd.Ring`).
 
     Raises :class:`SpawnError` (an ``OSError`` such as ``FileNotFoundError``) when the
     program cannot be started, naming the failing step in ``.syscall``; ``ValueError`` /
     ``TypeError`` for bad options, before any process exists.
     """
     del windows_hide
-    ipc = _IpcPlan.from_stdio(stdio, serialization)
-    if ipc is not None:
-        stdio, env = ipc.stdio, ipc.environment(env)
-    cmd = _Command(
-        command,
-        args,
-        cwd=cwd,
-        env=env,
-        argv0=argv0,
-        shell=shell,
-        detached=detached,
-        uid=uid,
-        gid=gid,
-    )
-    timeout = _check_timeout(timeout)
-    kill_sig = signal_number(kill_signal, "kill_signal")
+    ipc = _IpcPlan.from_stdio(stdio, serialization, ring)
+    try:
+        if ipc is not None:
+            stdio, env = ipc.stdio, ipc.environment(env)
+        cmd = _Command(
+            command,
+            args,
+            cwd=cwd,
+            env=env,
+            argv0=argv0,
+            shell=shell,
+            detached=detached,
+            uid=uid,
+            gid=gid,
+        )
+        timeout = _check_timeout(timeout)
+        kill_sig = signal_number(kill_signal, "kill_signal")
+    except BaseException:
+        if ipc is not None:
+            ipc.abandon()  # nothing started: its sockets and rings go now
+        raise
     return _launch(cmd, stdio, ipc, kill_sig, timeout, encoding=encoding, errors=errors)
 
 
@@ -821,17 +830,36 @@ def _launch(
 class _IpcPlan:
     """The channel of a child being started: a socketpair, one end at the "ipc" slot."""
 
-    def __init__(self, stdio: list[Any], slot: int, framing: str, serialization: str) -> None:
+    def __init__(
+        self, stdio: list[Any], slot: int, framing: str, serialization: str, ring: int | None
+    ) -> None:
         self.framing = framing
         self.serialization = serialization
         self.slot = slot
-        self.parent_end, self.child_end = socket.socketpair()
+        # The rings are made before the child starts: failing then leaves nothing behind.
+        self.rings = (Ring(ring), Ring(ring)) if ring is not None else None
+        try:
+            self.parent_end, self.child_end = socket.socketpair()
+        except BaseException:
+            self._close_rings()
+            raise
         stdio = list(stdio)
         stdio[slot] = self.child_end.fileno()
         self.stdio = stdio
 
     @classmethod
-    def from_stdio(cls, stdio: Any, serialization: str | None) -> _IpcPlan | None:
+    def from_stdio(
+        cls, stdio: Any, serialization: str | None, ring: int | None = None
+    ) -> _IpcPlan | None:
+        plan = cls._from_stdio(stdio, serialization, ring)
+        if plan is None and ring is not None:
+            raise ValueError("ring is for the IPC channel: add 'ipc' to stdio")
+        return plan
+
+    @classmethod
+    def _from_stdio(
+        cls, stdio: Any, serialization: str | None, ring: int | None
+    ) -> _IpcPlan | None:
         if not isinstance(stdio, (list, tuple)):
             if stdio == "ipc":
                 raise ValueError(
@@ -852,7 +880,12 @@ class _IpcPlan:
         ser = "json" if serialization is None else serialization
         if ser not in ("json", "pickle", "raw"):
             raise ValueError(f"serialization must be 'json', 'pickle' or 'raw', not {ser!r}")
-        return cls(list(stdio), slots[0], "node" if ser == "json" else "pyforkd", ser)
+        if ring is not None and ser == "json":
+            raise ValueError(
+                "ring needs pyforkd framing: serialization 'pickle' or 'raw' (Node's JSON "
+                "lines have no rings)"
+            )
+        return cls(list(stdio), slots[0], "node" if ser == "json" else "pyforkd", ser, ring)
 
     def environment(self, env: Mapping[Any, Any] | None) -> dict[Any, Any]:
         """The child's environment: ``env`` (or ours) with the channel announced in it."""
@@ -862,17 +895,26 @@ class _IpcPlan:
         out["NODE_CHANNEL_FD"] = str(self.slot)
         out["NODE_CHANNEL_SERIALIZATION_MODE"] = "json"
         if self.framing == "pyforkd":
-            out["PYFORKD_CHANNEL"] = f"pyforkd:{self.serialization}"
+            rings = ":ring" if self.rings is not None else ""
+            out["PYFORKD_CHANNEL"] = f"pyforkd:{self.serialization}{rings}"
         return out
 
     def connect(self) -> Channel:
         """After the spawn: our end becomes the Channel, the child's end is closed here."""
         self.child_end.close()
-        return Channel(self.parent_end, framing=self.framing, serialization=self.serialization)
+        channel = Channel(self.parent_end, framing=self.framing, serialization=self.serialization)
+        if self.rings is not None:
+            channel._offer_rings(*self.rings)
+        return channel
 
     def abandon(self) -> None:
         self.child_end.close()
         self.parent_end.close()
+        self._close_rings()
+
+    def _close_rings(self) -> None:
+        for ring in self.rings or ():
+            ring.close()
 
 
 def _is_node(exec_path: str, module_path: str) -> bool:
@@ -896,6 +938,7 @@ def fork(
     kill_signal: SignalLike = "SIGTERM",
     uid: int | None = None,
     gid: int | None = None,
+    ring: int | None = None,
 ) -> ChildProcess:
     """Start a Python (or Node) script with an IPC channel, as Node's ``child_process.fork``.
 
@@ -906,6 +949,9 @@ def fork(
     :func:`pyforkd.parent` in a Python one.  ``serialization``: ``"pickle"`` (the default
     for Python children), ``"raw"``, or ``"json"`` (Node's own lines; the only choice, and
     the default, for a Node child, recognized by its ``exec_path`` or a ``.js`` script).
+    ``ring`` (bytes: a power of two, at least 4096) gives a Python child's channel a pair
+    of shared-memory rings: messages, large numpy arrays and bytes above all, then travel
+    through shared memory (see :func:`pyforkd.fork_worker`).
     Returns the :class:`ChildProcess`, with ``send``, ``recv``, iteration, ``disconnect``
     and ``connected``.  The child is not killed when the channel closes, as in Node.
     """
@@ -939,6 +985,7 @@ def fork(
         kill_signal=kill_signal,
         uid=uid,
         gid=gid,
+        ring=ring,
     )
 
 

@@ -110,7 +110,7 @@ class Ring:
     @property
     def closed(self) -> bool:
         """True once :meth:`close` ran."""
-        return self._map is None
+        return self._map is None or self._fd < 0
 
     def fileno(self) -> int:
         """The shared memory's descriptor (what goes over a channel)."""
@@ -130,7 +130,7 @@ class Ring:
     # ---- sending -----------------------------------------------------------------------
 
     def _check_open(self) -> mmap.mmap:
-        if self._map is None:
+        if self._map is None or self._fd < 0:
             raise ValueError("the Ring is closed")
         return self._map
 
@@ -141,13 +141,18 @@ class Ring:
                 f"{self.max_record} bytes (capacity {self.capacity})"
             )
 
-    def _wait(self, what: int, size: int, deadline: float | None) -> None:
-        """Wait for data or room (GIL released); TimeoutError, ChannelClosedError."""
+    def _wait(self, what: int, size: int, deadline: float | None, peer: Any = None) -> None:
+        """Wait for data or room (GIL released); TimeoutError, ChannelClosedError.
+
+        ``peer`` (a Channel) replaces the watched one for this wait.
+        """
+        if peer is None:
+            peer = self._peer
         while True:
             ms = _SLICE_MS
             if deadline is not None:
                 ms = min(ms, max(0, int((deadline - time.monotonic()) * 1000)))
-            peer_fd = -1 if self._peer is None else self._peer.fileno()
+            peer_fd = -1 if peer is None else peer.fileno()
             try:
                 ready = self._side.wait(what, size, ms, peer_fd)
             except BrokenPipeError:
@@ -261,7 +266,7 @@ class Ring:
         if done:
             self._side.release(done)
 
-    def _next_record(self, deadline: float | None) -> tuple[int, int]:
+    def _next_record(self, deadline: float | None, peer: Any = None) -> tuple[int, int]:
         """Wait for the next record (the receive lock is held); its offset and length."""
         self._check_open()
         if self._held:
@@ -270,7 +275,14 @@ class Ring:
             got = self._side.peek()
             if got is not None:
                 return got
-            self._wait(_b.RING_WAIT_DATA, 0, deadline)
+            self._wait(_b.RING_WAIT_DATA, 0, deadline, peer)
+
+    def _let_go(self, count: int) -> None:
+        """The ``count`` records peeked last are done with (they go back in order)."""
+        if self._held:  # records go back oldest first: after the held ones
+            self._held.extend([_COPIED] * count)
+        else:
+            self._side.release(count)
 
     def recv(self, timeout: float | None = None) -> _Received:
         """The next record as a read-only view, for a ``with`` block: valid until it ends.
@@ -294,10 +306,7 @@ class Ring:
             offset, length = self._next_record(deadline)
             with self._whole[offset : offset + length] as part:
                 data = part.tobytes()
-            if self._held:  # records go back oldest first: after the held ones
-                self._held.append(_COPIED)
-            else:
-                self._side.release(1)
+            self._let_go(1)
             return data
 
     def recv_many(self, limit: int = 64, timeout: float | None = None) -> list[bytes]:
@@ -314,10 +323,7 @@ class Ring:
             out = [whole[offset : offset + length].tobytes()]
             if limit > 1:
                 out += [whole[o : o + n].tobytes() for o, n in self._side.peek_many(limit - 1)]
-            if self._held:  # records go back oldest first: after the held ones
-                self._held.extend([_COPIED] * len(out))
-            else:
-                self._side.release(len(out))
+            self._let_go(len(out))
             return out
 
     # ---- the rest ----------------------------------------------------------------------
@@ -340,7 +346,21 @@ class Ring:
             self._whole.release()
             self._map.close()
             self._map = None
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def _close_unused(self) -> None:
+        """Close; when views of records are still alive, close the descriptor only.
+
+        The mapping then goes with the last of those views.
+        """
+        try:
+            self.close()
+        except BufferError:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def __enter__(self) -> Ring:
         return self
@@ -349,14 +369,10 @@ class Ring:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_map", None) is None:
-            return
-        try:
-            self.close()
-        except BufferError:
-            # Views of received records outlive the Ring: they keep the mapping alive
-            # (the mmap object goes with the last of them); the descriptor can go now.
-            os.close(self._fd)
+        if getattr(self, "_map", None) is not None:
+            # Views of received records may outlive the Ring: they keep the mapping alive
+            # (the mmap object goes with the last of them); the descriptor goes now.
+            self._close_unused()
 
     def __repr__(self) -> str:
         state = "closed" if self._map is None else f"fd={self._fd}"

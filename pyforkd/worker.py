@@ -37,6 +37,7 @@ from . import _bindings as _b
 from . import child_process as _cp
 from .channel import Channel, Fd
 from .errors import ChannelClosedError, TimeoutExpired, WorkerError
+from .ring import Ring
 
 __all__ = ["Worker", "fork_worker", "parent"]
 
@@ -78,10 +79,17 @@ def _open(found: dict[str, str | None]) -> Channel:
     os.set_inheritable(fd, False)
     ours = found["PYFORKD_CHANNEL"]
     if ours:
-        framing, _, serialization = ours.partition(":")
-        if framing != "pyforkd" or serialization not in ("pickle", "json", "raw"):
+        framing, serialization, *options = ours.split(":")
+        if (
+            framing != "pyforkd"
+            or serialization not in ("pickle", "json", "raw")
+            or options not in ([], ["ring"])
+        ):
             raise ValueError(f"PYFORKD_CHANNEL={ours!r} is not understood")
-        return Channel(socket.socket(fileno=fd), framing="pyforkd", serialization=serialization)
+        channel = Channel(socket.socket(fileno=fd), framing="pyforkd", serialization=serialization)
+        if options:
+            channel._expect_rings()  # the parent sends them first
+        return channel
     node_mode = found["NODE_CHANNEL_SERIALIZATION_MODE"] or "json"
     if node_mode != "json":
         raise ValueError(
@@ -233,6 +241,7 @@ def fork_worker(
     start: str | None = None,
     name: str | None = None,
     daemon: bool = True,
+    ring: int | None = None,
     **kwargs: Any,
 ) -> Worker:
     """Run ``target(*args, **kwargs)`` in a new process; return its :class:`Worker`.
@@ -248,6 +257,15 @@ def fork_worker(
     threads (nothing of this process is copied but what is pickled).  Inside the target
     :func:`parent` is the channel to this process.  The worker dies with this process (or
     when its channel is closed), whichever thread started it.
+
+    ``ring`` (bytes: a power of two, at least 4096) gives the channel a pair of
+    shared-memory rings, one per direction: messages then go through shared memory, and
+    pickle's out-of-band buffers (numpy arrays, ``pickle.PickleBuffer``) are written
+    straight into the ring and received as views of it, so a large array is copied once
+    in all (a message larger than half the ring goes in pieces: twice).  A received object
+    built on such a view keeps its part of the ring until it is gone; the sender never
+    waits on that for good (it goes through the socket meanwhile).  Handles still travel
+    on the socket, in order with the rest.
     """
     _check_target(target)
     if _importing_main.is_set():
@@ -261,12 +279,14 @@ def fork_worker(
         raise ValueError(f"start must be one of {', '.join(START_METHODS)}, not {start!r}")
     label = name if name is not None else getattr(target, "__qualname__", "worker")
     main_thread = threading.current_thread() is threading.main_thread()
+    if ring is not None and not _b.ring_size(ring):
+        Ring(ring)  # raises the TypeError or ValueError that names what is wrong
     if method == "fork":
-        worker = _start_fork(target, args, kwargs, main_thread)
+        worker = _start_fork(target, args, kwargs, main_thread, ring)
     elif method == "spawn":
-        worker = _start_spawn(target, args, kwargs, main_thread)
+        worker = _start_spawn(target, args, kwargs, main_thread, ring)
     else:
-        worker = _forkserver.start(_pickled(target, args, kwargs, method))
+        worker = _forkserver.start(_pickled(target, args, kwargs, method), ring)
         worker.args = [getattr(target, "__qualname__", repr(target))]
     worker.name = label
     worker.daemon = daemon
@@ -276,12 +296,25 @@ def fork_worker(
 
 
 def _start_fork(
-    target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], main_thread: bool
+    target: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    main_thread: bool,
+    ring: int | None,
 ) -> Worker:
     parent_end, child_end = socket.socketpair()
     # Both Channel objects are made before the fork: the child then runs no set-up code of
     # its own (in a forked CPython every object touched first costs a page copy).
     ours, theirs = Channel(parent_end), Channel(child_end)
+    if ring is not None:
+        try:
+            down, up = Ring(ring), Ring(ring)  # mapped now, so both processes have them
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        ours._use_rings(down, up)
+        theirs._use_rings(up, down)
     me = os.getpid()
     try:
         pid = os.fork()
@@ -329,9 +362,11 @@ def _pickled(
         ) from None
 
 
-def _spawn_interpreter(entry: str, info: dict[str, Any], main_thread: bool) -> Worker:
+def _spawn_interpreter(
+    entry: str, info: dict[str, Any], main_thread: bool, ring: int | None = None
+) -> Worker:
     """A fresh interpreter running ``pyforkd.worker.<entry>()``, its bootstrap sent."""
-    ipc = _cp._IpcPlan.from_stdio(["inherit", "inherit", "inherit", "ipc"], "pickle")
+    ipc = _cp._IpcPlan.from_stdio(["inherit", "inherit", "inherit", "ipc"], "pickle", ring)
     assert ipc is not None
     cmd = _cp._Command(
         sys.executable,
@@ -364,10 +399,14 @@ def _spawn_interpreter(entry: str, info: dict[str, Any], main_thread: bool) -> W
 
 
 def _start_spawn(
-    target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], main_thread: bool
+    target: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    main_thread: bool,
+    ring: int | None,
 ) -> Worker:
     payload = _pickled(target, args, kwargs, "spawn")
-    worker = _spawn_interpreter("_spawn_main", {"payload": payload}, main_thread)
+    worker = _spawn_interpreter("_spawn_main", {"payload": payload}, main_thread, ring)
     worker.args = [getattr(target, "__qualname__", repr(target))]
     return worker
 
@@ -528,10 +567,11 @@ class _ForkServerClient:
         self._server = server
         return server
 
-    def start(self, payload: bytes) -> Worker:
+    def start(self, payload: bytes, ring: int | None) -> Worker:
+        rings = (Ring(ring), Ring(ring)) if ring is not None else None
         parent_end, child_end = socket.socketpair()
         status_r, status_w = socket.socketpair()
-        request = ("fork", payload, os.getpid())
+        request = ("fork", payload, os.getpid(), rings is not None)
         try:
             with self._lock:
                 server = self._ensure()
@@ -544,11 +584,11 @@ class _ForkServerClient:
                     server.send(request, handle=[child_end, status_w])
                 (kind, pid), handle = server.recv(with_handle=True)
         except BaseException:
-            for s in (parent_end, child_end, status_r, status_w):
+            for s in (parent_end, child_end, status_r, status_w, *(rings or ())):
                 s.close()
             raise
         if kind == "failed":  # fork() failed in the server: pid is (errno, message)
-            for s in (parent_end, status_r):
+            for s in (parent_end, status_r, *(rings or ())):
                 s.close()
             _b.raise_errno(pid[0], "fork (in the pyforkd fork server)")
         if kind != "forked":
@@ -556,6 +596,8 @@ class _ForkServerClient:
         pidfd = handle.detach() if isinstance(handle, Fd) else -1
         worker = _ServedWorker(pid, ["worker"], status_r, pidfd)
         worker.channel = Channel(parent_end)
+        if rings is not None:
+            worker.channel._offer_rings(*rings)
         _parent_ends.add(worker.channel)
         return worker
 
@@ -593,9 +635,11 @@ def _forkserver_main() -> None:
     selector.register(channel.fileno(), selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
 
-    def fork_one(payload: bytes, parent_pid: int, handles: list[Any]) -> None:
+    def fork_one(payload: bytes, parent_pid: int, rings: bool, handles: list[Any]) -> None:
         worker_end, status = handles
         theirs = Channel(worker_end)  # made before the fork: see _start_fork
+        if rings:
+            theirs._expect_rings()  # the parent sends them on the worker's channel
         try:
             pid = os.fork()
         except OSError as exc:
@@ -651,11 +695,13 @@ def _forkserver_main() -> None:
                     continue
                 while True:  # every request already read, then back to waiting
                     try:
-                        (kind, payload, parent_pid), handles = channel.recv(0, with_handle=True)
+                        (kind, payload, parent_pid, rings), handles = channel.recv(
+                            0, with_handle=True
+                        )
                     except TimeoutError:
                         break
                     if kind == "fork":
-                        fork_one(payload, parent_pid, handles)
+                        fork_one(payload, parent_pid, rings, handles)
     except ChannelClosedError:
         pass  # the parent is gone or done with us; workers watch their own channels
     os._exit(0)

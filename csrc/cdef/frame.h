@@ -14,7 +14,9 @@ enum {
   PFD_FRAME_PICKLE = 1,
   PFD_FRAME_JSON = 2,
   PFD_FRAME_RAW = 3,
-  PFD_FRAME_CONTROL = 4        /* the channel's own messages, never shown to the user */
+  PFD_FRAME_CONTROL = 4,       /* the channel's own messages, never shown to the user */
+  PFD_FRAME_RING = 5           /* a channel over rings: its set-up, or its records while they
+                                  go over the socket (pyforkd/ring.py) */
 };
 
 enum {

@@ -37,7 +37,8 @@ int pfd_ring_init(void *mem, size_t size, size_t capacity);
 int pfd_ring_attach(pfd_ring_t *ring, void *mem, size_t size);
 
 /* The largest record payload the ring takes: half its capacity less a record header, so
- * that a record always fits once the ring drains, wherever the wrap falls. */
+ * that a record (and the 8 bytes a reservation keeps free after it) always fits once the
+ * ring drains, wherever the wrap falls. */
 size_t pfd_ring_max_record(const pfd_ring_t *ring);
 
 /* Producer.  Opens a reservation of `size` payload bytes and points *out at them, writable
@@ -49,6 +50,12 @@ int pfd_ring_reserve(pfd_ring_t *ring, size_t size, unsigned char **out);
  * without showing it to the consumer yet: several staged records go out with one publish.
  * Returns 0 or -EINVAL (no reservation, or `size` larger than it). */
 int pfd_ring_stage(pfd_ring_t *ring, size_t size);
+
+/* Producer.  Stages an empty record even when the ring is full: every reservation leaves
+ * room for one after its record.  So it succeeds once after each reserved record; a second
+ * one with no record between may find no room.  Returns 0, -EAGAIN (no room) or -EBUSY (a
+ * reservation is open). */
+int pfd_ring_stage_empty(pfd_ring_t *ring);
 
 /* Producer.  Shows every staged record to the consumer. */
 void pfd_ring_publish(pfd_ring_t *ring);
@@ -78,15 +85,17 @@ int pfd_ring_release(pfd_ring_t *ring, unsigned long long count);
 /* What pfd_ring_wait waits for, and what pfd_ring_notify announces. */
 enum {
   PFD_RING_WAIT_DATA = 1,   /* the consumer: a record to peek */
-  PFD_RING_WAIT_SPACE = 2   /* the producer: room for a record of `size` bytes */
+  PFD_RING_WAIT_SPACE = 2,  /* the producer: room for a record of `size` bytes */
+  PFD_RING_WAIT_STALL = 4   /* with SPACE: give up with -EDEADLK when the consumer sleeps
+                               for data having taken every record (it holds the space) */
 };
 
 /* Waits, spinning briefly and then asleep (GIL released by cffi), until what `what` names
  * is there, `timeout_ms` passes (< 0: no limit), or `peer_fd` (a channel socket, or -1)
- * shows that the other side hung up (looked at every 100 ms while asleep).  Returns 1
+ * shows that the other side hung up (looked at before each sleep, and every 100 ms).  Returns 1
  * (ready), 0 (timed out), -EPIPE (the peer is gone), -EINTR (a signal: the caller runs its
- * handlers and may call again), -EMSGSIZE (SPACE for a record that can never fit) or
- * -errno. */
+ * handlers and may call again), -EMSGSIZE (SPACE for a record that can never fit),
+ * -EDEADLK (SPACE|STALL: the consumer holds every record and sleeps) or -errno. */
 int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int peer_fd);
 
 /* After pfd_ring_publish (DATA) or pfd_ring_release (SPACE): wakes the other side if it is

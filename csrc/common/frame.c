@@ -6,7 +6,7 @@
  *   offset  size  field
  *   0       2     magic, the bytes 'P' 'F'
  *   2       1     version (1)
- *   3       1     kind: 1 pickle, 2 json, 3 raw, 4 control
+ *   3       1     kind: 1 pickle, 2 json, 3 raw, 4 control, 5 ring
  *   4       2     flags: 1 = the payload starts with a description of the attached
  *                 descriptors (below); any other bit is refused
  *   6       2     number of descriptors attached to the frame's first byte (<= 253)
@@ -65,7 +65,7 @@ long long pfd_frame_scan(const unsigned char *buf, size_t size, unsigned long lo
   frame->flags = (unsigned int)pfd__get_le(buf + 4, 2);
   frame->nfds = (unsigned int)pfd__get_le(buf + 6, 2);
   frame->length = pfd__get_le(buf + 8, 8);
-  if (frame->kind < PFD_FRAME_PICKLE || frame->kind > PFD_FRAME_CONTROL) return -EINVAL;
+  if (frame->kind < PFD_FRAME_PICKLE || frame->kind > PFD_FRAME_RING) return -EINVAL;
   if ((frame->flags & ~(unsigned int)PFD_FRAME_FLAGS_KNOWN) != 0) return -EINVAL;
   if (frame->nfds > PFD_FRAME_MAX_FDS) return -EINVAL;
   if (frame->length > max_length || frame->length > (unsigned long long)0x7fffffffffffffffLL -

@@ -12,8 +12,10 @@
  * the next one does not fit before the end, the producer first writes a padding record
  * (flag PAD) over the rest, and the record starts at position 0.  So every payload is one
  * contiguous run of bytes, and a reader can hand out a view of it as it is.  The largest
- * record is half the capacity, so that one always fits once the ring is empty, wherever
- * the end falls.
+ * record is half the capacity less its header, so that one always fits once the ring is
+ * empty, wherever the end falls.  A reservation also leaves 8 bytes free after its record:
+ * room for one empty record (which never needs padding), so that a producer can always say
+ * "what follows goes another way" even into a full ring (pfd_ring_stage_empty).
  *
  * Who writes what.  The shared header is three 64-byte lines: line 0 is written once, by
  * pfd_ring_init (magic, version, capacity); line 1 belongs to the producer (tail, and the
@@ -25,7 +27,10 @@
  * Ordering.  Publishing is a release store of tail after the record bytes are written;
  * the consumer's acquire load of tail makes them visible (pair A).  Releasing is a release
  * store of head after the consumer is done reading; the producer's acquire load of head
- * orders its later writes after those reads (pair B).  Nothing else is shared.
+ * orders its later writes after those reads (pair B).  A consumer about to sleep stores how
+ * far it read, with release, before its sleeping word; a producer that finds no room
+ * reads it with acquire (pair C) to tell "the consumer holds every record" from "it is
+ * busy".  Nothing else is shared.
  *
  * Trust.  The other side may be buggy, dead half-way, or hostile: every length read from
  * the shared memory is checked against the capacity and against [head, tail) before it is
@@ -38,7 +43,9 @@
  * full fence between the store and the load on both sides (a Dekker pair), so at least one
  * of them sees the other.  The sleeper also reads the sequence word before re-checking, so a
  * bump that lands in between makes its futex wait return at once.  Waking costs a system
- * call only when the other side is marked asleep.
+ * call only when the other side is marked asleep.  A consumer going to sleep also wakes a
+ * producer asleep for room, so that one waiting with STALL can see at once that the
+ * consumer holds all the space and will not give it back until something new arrives.
  *
  * What it does not do: allocate or map memory (shm.c), the sleep itself (wait_linux.c,
  * wait_darwin.c), or know about messages (the Python channel).
@@ -65,6 +72,7 @@
 #define PFD__OFF_HEAD 128      /* line 2: the consumer's */
 #define PFD__OFF_SPACE_SEQ 136 /*   bumped to wake a producer waiting for space */
 #define PFD__OFF_CONS_SLEEP 140 /*  1 while the consumer sleeps for data */
+#define PFD__OFF_CONS_READ 144 /*   where the consumer had read up to when it last slept */
 #define PFD__SPINS 200         /* polls before sleeping: about a microsecond */
 #define PFD__PEER_CHECK_MS 100 /* how often a sleeper looks at the peer's descriptor */
 
@@ -74,6 +82,10 @@ static pfd_atomic_u64_t *pfd__tail(const pfd_ring_t *ring) {
 
 static pfd_atomic_u64_t *pfd__head(const pfd_ring_t *ring) {
   return (pfd_atomic_u64_t *)(void *)(ring->shared + PFD__OFF_HEAD);
+}
+
+static pfd_atomic_u64_t *pfd__cons_read(const pfd_ring_t *ring) {
+  return (pfd_atomic_u64_t *)(void *)(ring->shared + PFD__OFF_CONS_READ);
 }
 
 static pfd_atomic_u32_t *pfd__word(const pfd_ring_t *ring, int offset) {
@@ -101,6 +113,14 @@ static void pfd__put_record(pfd_ring_t *ring, unsigned long long pos, uint32_t l
                             uint32_t flags) {
   memcpy(ring->data + pos, &length, 4);
   memcpy(ring->data + pos + 4, &flags, 4);
+}
+
+/* Bytes a record of `size` needs at the producer's tail now: padding to the end included,
+ * and the 8 bytes every record leaves free after it for pfd_ring_stage_empty. */
+static unsigned long long pfd__need(const pfd_ring_t *ring, size_t size) {
+  unsigned long long want = pfd__align(PFD_RING_RECORD_HEADER + (unsigned long long)size);
+  unsigned long long to_end = ring->capacity - (ring->tail & (ring->capacity - 1));
+  return (want <= to_end ? want : to_end + want) + PFD_RING_RECORD_HEADER;
 }
 
 size_t pfd_ring_size(size_t capacity) {
@@ -158,7 +178,7 @@ int pfd_ring_reserve(pfd_ring_t *ring, size_t size, unsigned char **out) {
   want = pfd__align(PFD_RING_RECORD_HEADER + (unsigned long long)size);
   pos = ring->tail & (ring->capacity - 1);
   to_end = ring->capacity - pos;
-  need = want <= to_end ? want : to_end + want;
+  need = pfd__need(ring, size);
   if (ring->capacity - (ring->tail - ring->head_seen) < need) {
     /* Acquire, pair B: the consumer's reads of the space it released happened before. */
     ring->head_seen = pfd_atomic_load_acquire_u64(pfd__head(ring));
@@ -180,6 +200,20 @@ int pfd_ring_stage(pfd_ring_t *ring, size_t size) {
   pfd__put_record(ring, ring->tail & (ring->capacity - 1), (uint32_t)size, 0);
   ring->tail += used;
   ring->reserved = 0;
+  return 0;
+}
+
+int pfd_ring_stage_empty(pfd_ring_t *ring) {
+  /* Every reservation left 8 bytes free after its record (an empty record never needs
+   * padding: positions and the capacity are multiples of 8), unless one of these took them. */
+  if (ring->reserved != 0) return -EBUSY;
+  if (ring->capacity - (ring->tail - ring->head_seen) < PFD_RING_RECORD_HEADER) {
+    /* Acquire, pair B (as in reserve). */
+    ring->head_seen = pfd_atomic_load_acquire_u64(pfd__head(ring));
+    if (ring->capacity - (ring->tail - ring->head_seen) < PFD_RING_RECORD_HEADER) return -EAGAIN;
+  }
+  pfd__put_record(ring, ring->tail & (ring->capacity - 1), 0, 0);
+  ring->tail += PFD_RING_RECORD_HEADER;
   return 0;
 }
 
@@ -282,11 +316,15 @@ int pfd_ring_release(pfd_ring_t *ring, unsigned long long count) {
 
 /* ---- sleeping and waking ------------------------------------------------------------------ */
 
-/* Bytes a record of `size` needs at the producer's tail now (padding to the end included). */
-static unsigned long long pfd__need(const pfd_ring_t *ring, size_t size) {
-  unsigned long long want = pfd__align(PFD_RING_RECORD_HEADER + (unsigned long long)size);
-  unsigned long long to_end = ring->capacity - (ring->tail & (ring->capacity - 1));
-  return want <= to_end ? want : to_end + want;
+/* True when the consumer sleeps for data having taken every published record while the
+ * producer finds no room: the consumer holds all the space, and only the producer can end
+ * the wait (by going another way).  A consumer that wakes changes `cons_read` or its
+ * sleeping word first, so a stale "stalled" is never seen for long. */
+static int pfd__stalled(pfd_ring_t *ring) {
+  unsigned long long published = pfd_atomic_load_acquire_u64(pfd__tail(ring));
+  if (pfd_atomic_load_u32(pfd__word(ring, PFD__OFF_CONS_SLEEP)) == 0) return 0;
+  /* Acquire, pair C (with the consumer's store before it sleeps). */
+  return pfd_atomic_load_acquire_u64(pfd__cons_read(ring)) == published;
 }
 
 static int pfd__ready(pfd_ring_t *ring, int what, size_t size) {
@@ -303,8 +341,10 @@ static int pfd__ready(pfd_ring_t *ring, int what, size_t size) {
 int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int peer_fd) {
   pfd_atomic_u32_t *seq, *sleeping;
   long long start;
-  int i;
+  int i, stall = what & PFD_RING_WAIT_STALL;
+  what &= ~PFD_RING_WAIT_STALL;
   if (what != PFD_RING_WAIT_DATA && what != PFD_RING_WAIT_SPACE) return -EINVAL;
+  if (stall && what != PFD_RING_WAIT_SPACE) return -EINVAL;
   if (what == PFD_RING_WAIT_SPACE && size > pfd_ring_max_record(ring)) return -EMSGSIZE;
   for (i = 0; i < PFD__SPINS; i++) {
     if (pfd__ready(ring, what, size)) return 1;
@@ -317,9 +357,25 @@ int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int p
     unsigned expected = pfd_atomic_load_u32(seq);
     int slice = PFD__PEER_CHECK_MS, r, ready;
     long long waited;
+    /* A consumer about to sleep says how far it read (before its sleeping word, so a
+     * producer that sees the word sees this too; release, pair C). */
+    if (what == PFD_RING_WAIT_DATA) pfd_atomic_store_release_u64(pfd__cons_read(ring), ring->read);
     pfd_atomic_store_u32(sleeping, 1u);
     pfd_atomic_fence(); /* Dekker, with the fence in pfd_ring_notify */
     ready = pfd__ready(ring, what, size);
+    if (!ready && what == PFD_RING_WAIT_DATA) {
+      /* A producer asleep for room may be waiting on us for good: let it look (STALL). */
+      pfd_ring_notify(ring, PFD_RING_WAIT_SPACE);
+    }
+    if (!ready && stall && pfd__stalled(ring)) {
+      pfd_atomic_store_u32(sleeping, 0u);
+      return -EDEADLK;
+    }
+    /* Before each sleep: a peer that is gone will never wake us. */
+    if (!ready && peer_fd >= 0 && pfd_fd_wait_hangup(peer_fd, 0) == 1) {
+      pfd_atomic_store_u32(sleeping, 0u);
+      return -EPIPE;
+    }
     if (!ready) {
       waited = pfd__monotonic_ms() - start;
       if (timeout_ms >= 0 && waited >= timeout_ms) {
@@ -336,7 +392,6 @@ int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int p
       pfd_atomic_store_u32(sleeping, 0u);
     }
     if (ready) return 1;
-    if (peer_fd >= 0 && pfd_fd_wait_hangup(peer_fd, 0) == 1) return -EPIPE;
   }
 }
 

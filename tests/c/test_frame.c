@@ -33,6 +33,10 @@ TEST_IMPL(frame_rejects_bad_headers) {
   pfd_frame_encode(&f, buf);
   buf[3] = 0;
   CHECK_EQ(pfd_frame_scan(buf, sizeof(buf), 1000, &out), -EINVAL);
+  buf[3] = PFD_FRAME_RING + 1; /* past the last kind */
+  CHECK_EQ(pfd_frame_scan(buf, sizeof(buf), 1000, &out), -EINVAL);
+  buf[3] = PFD_FRAME_RING;
+  CHECK_EQ(pfd_frame_scan(buf, sizeof(buf), 1000, &out), 0); /* a kind it knows: wants more */
   pfd_frame_encode(&f, buf);
   buf[4] = 2; /* an undefined flag */
   CHECK_EQ(pfd_frame_scan(buf, sizeof(buf), 1000, &out), -EINVAL);

@@ -35,6 +35,7 @@
   X(ring_two_threads_sleeping)      \
   X(ring_two_processes_stress)      \
   X(ring_wait_times_out_wakes_and_sees_the_peer_go) \
+  X(ring_stall_is_told_apart_from_a_busy_consumer) \
   X(shm_create_map_and_seals)       \
   X(shm_ring_between_processes)
 

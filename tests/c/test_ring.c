@@ -96,14 +96,24 @@ TEST_IMPL(ring_full_and_empty_edges) {
   CHECK_EQ(pfd_ring_peek(&c, &view), -EAGAIN);  /* empty */
   CHECK_EQ(pfd_ring_release(&c, 1), -EINVAL);   /* nothing peeked */
   while (send_bytes(&p, eight, 8) == 0) count++;
-  CHECK_EQ(count, CAP / 16);  /* 8-byte header + 8 bytes each: exactly full */
-  CHECK_EQ(pfd_ring_reserve(&p, 0, &out), -EAGAIN);
+  /* 8-byte header + 8 bytes each, and 8 bytes kept free after the last */
+  CHECK_EQ(count, CAP / 16 - 1);
+  CHECK_EQ(pfd_ring_reserve(&p, 1, &out), -EAGAIN);
+  CHECK_EQ(pfd_ring_stage_empty(&p), 0);  /* the kept bytes: an empty record still fits */
+  pfd_ring_publish(&p);
   CHECK_EQ(pfd_ring_peek(&c, &view), 8);
-  CHECK_EQ(pfd_ring_release(&c, 1), 0);
-  CHECK_EQ(send_bytes(&p, eight, 8), 0);  /* exactly one record's room came back */
-  CHECK_EQ(pfd_ring_reserve(&p, 0, &out), -EAGAIN);
-  while (pfd_ring_peek(&c, &view) >= 0) {
-  }
+  CHECK_EQ(pfd_ring_peek(&c, &view), 8);
+  CHECK_EQ(pfd_ring_release(&c, 2), 0);
+  /* 8 bytes to the end: padding, then the record at 0, then 16 bytes are left */
+  CHECK_EQ(send_bytes(&p, eight, 8), 0);
+  CHECK_EQ(pfd_ring_reserve(&p, 1, &out), -EAGAIN);
+  CHECK_EQ(pfd_ring_stage_empty(&p), 0);
+  pfd_ring_publish(&p);
+  for (count = 0; count < CAP / 16 - 3; count++) CHECK_EQ(pfd_ring_peek(&c, &view), 8);
+  CHECK_EQ(pfd_ring_peek(&c, &view), 0);  /* the empty records, in their places */
+  CHECK_EQ(pfd_ring_peek(&c, &view), 8);
+  CHECK_EQ(pfd_ring_peek(&c, &view), 0);
+  CHECK_EQ(pfd_ring_peek(&c, &view), -EAGAIN);
   CHECK_EQ(pfd_ring_release(&c, c.peeked), 0);
   /* Sizes: the largest record fits in an empty ring wherever its end falls; one more
    * byte never fits. */
@@ -404,5 +414,52 @@ TEST_IMPL(ring_wait_times_out_wakes_and_sees_the_peer_go) {
   close(sv[1]);
   CHECK_EQ(pfd_ring_wait(&c, PFD_RING_WAIT_DATA, 0, 10000, sv[0]), -EPIPE); /* not 0: timeout */
   close(sv[0]);
+  return 0;
+}
+
+struct sleeper {
+  pfd_ring_t *ring;
+  int result;
+};
+
+static void *wait_for_data(void *arg) {
+  struct sleeper *s = arg;
+  s->result = pfd_ring_wait(s->ring, PFD_RING_WAIT_DATA, 0, 3000, -1);
+  return NULL;
+}
+
+TEST_IMPL(ring_stall_is_told_apart_from_a_busy_consumer) {
+  pfd_ring_t p, c;
+  pthread_t t;
+  struct sleeper s;
+  const unsigned char *view;
+  unsigned char eight[8] = {0};
+  fresh(&p, &c);
+  while (send_bytes(&p, eight, 8) == 0) {
+  }
+  CHECK_EQ(pfd_ring_wait(&p, PFD_RING_WAIT_DATA | PFD_RING_WAIT_STALL, 0, 0, -1), -EINVAL);
+  /* The consumer holds records but is awake (it may release them): no stall, a timeout. */
+  CHECK_EQ(pfd_ring_peek(&c, &view), 8);
+  CHECK_EQ(pfd_ring_wait(&p, PFD_RING_WAIT_SPACE | PFD_RING_WAIT_STALL, 8, 30, -1), 0);
+  /* It takes every record and sleeps for more while holding them: a stall, seen at once
+   * by a producer already asleep for room (the consumer wakes it to look). */
+  while (pfd_ring_peek(&c, &view) >= 0) {
+  }
+  s.ring = &c;
+  s.result = 99;
+  CHECK(pthread_create(&t, NULL, wait_for_data, &s) == 0);
+  CHECK_EQ(pfd_ring_wait(&p, PFD_RING_WAIT_SPACE | PFD_RING_WAIT_STALL, 8, 3000, -1), -EDEADLK);
+  /* Without STALL the producer just waits (here: times out). */
+  CHECK_EQ(pfd_ring_wait(&p, PFD_RING_WAIT_SPACE, 8, 20, -1), 0);
+  /* The way out: an empty record in the kept bytes wakes the consumer. */
+  CHECK_EQ(pfd_ring_stage_empty(&p), 0);
+  pfd_ring_publish(&p);
+  pfd_ring_notify(&p, PFD_RING_WAIT_DATA);
+  CHECK(pthread_join(t, NULL) == 0);
+  CHECK_EQ(s.result, 1);
+  CHECK_EQ(pfd_ring_peek(&c, &view), 0);
+  /* Once it has released, there is room again and no stall. */
+  CHECK_EQ(pfd_ring_release(&c, c.peeked), 0);
+  CHECK_EQ(pfd_ring_wait(&p, PFD_RING_WAIT_SPACE | PFD_RING_WAIT_STALL, 8, 0, -1), 1);
   return 0;
 }

@@ -1,0 +1,470 @@
+"""The rings under a Channel: how messages travel when a channel has them.
+
+A channel made with ``ring=SIZE`` (``fork_worker``, ``fork``) has one :class:`Ring` per
+direction beside its socket.  Messages go as ring records; handles, and the channel's own
+control traffic, keep to the socket.
+
+A record holds one message::
+
+    u8 kind, u8 0, u16 n, u32 body length
+    n x (u64 offset, u64 length)       pickle's out-of-band buffers, from the record's start
+    body                               pickle, JSON or the raw bytes
+    buffers                            each at a multiple of 64 in memory
+
+so pickle protocol 5 writes a large buffer (a numpy array, a PickleBuffer) straight into
+the ring, and the receiver's object is built on a view of it: one copy in all.  A message
+larger than the ring's largest record is a head record (kind CHUNKED and the u64 size of
+the message) followed by records holding the message's bytes in order.
+
+Where the records go.  In the ring, until the sender has a message with handles, or finds
+the ring full while the receiver sleeps holding every record (it keeps objects built on
+views of them): it then writes an empty record (a ring always has room for one) and sends
+what follows on the socket, records as FRAME_RING frames, until it finds room in the ring
+again and says so with an empty FRAME_RING frame.  The receiver follows the same switches,
+so order holds across both ways, and a receiver that keeps views cannot stop its sender
+for good.  Rings are set up by the side that makes them: created before a fork, or sent
+as the first frame on the socket (FRAME_RING with the two rings as handles).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import pickle
+import struct
+from typing import Any
+
+from . import _bindings as _b
+from .channel import Channel, _close_sent, _handle_list, _json_loads
+from .errors import ChannelClosedError, FrameError
+from .ring import Ring
+
+__all__ = ["BACK", "RECORD", "Link", "make"]
+
+_PICKLE, _JSON, _RAW, _BYTEARRAY, _CHUNKED = 1, 2, 3, 4, 5
+_HEAD = struct.Struct("<BBHI")
+_SPAN = struct.Struct("<QQ")
+_SIZE = struct.Struct("<Q")
+_ALIGN = 64
+_OUT_OF_BAND_MIN = 2048  # smaller pickle buffers stay inside the body
+_MAPPED_MIN = 1 << 20  # a chunked message at least this large is assembled in fresh pages
+_NOTHING = object()  # a record that completes no message
+
+
+class RECORD:
+    """In a channel's ready queue: a record that came over the socket."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytearray) -> None:
+        self.data = data
+
+
+BACK = object()  # in a channel's ready queue: the records go back to the ring
+
+
+# ---- the record layout -------------------------------------------------------------------
+
+
+class _Message:
+    """An outgoing message: its kind, body and out-of-band buffers (byte views)."""
+
+    __slots__ = ("body", "buffers", "fixed", "kind", "upper")
+
+    def __init__(self, kind: int, body: Any, buffers: list[memoryview]) -> None:
+        self.kind = kind
+        self.body = body
+        self.buffers = buffers
+        self.fixed = _HEAD.size + _SPAN.size * len(buffers) + len(body)
+        # Padding depends on where the record lands: this is the most it can take.
+        self.upper = self.fixed + sum(b.nbytes + _ALIGN - 1 for b in buffers)
+
+    def pieces(self, base: int) -> tuple[list[tuple[int, Any]], int]:
+        """``(position, bytes)`` pieces of the record, placed at address ``base`` mod 64."""
+        n = len(self.buffers)
+        head = bytearray(_HEAD.size + _SPAN.size * n)
+        _HEAD.pack_into(head, 0, self.kind, 0, n, len(self.body))
+        pieces: list[tuple[int, Any]] = [(0, head), (len(head), self.body)]
+        pos = self.fixed
+        for i, buf in enumerate(self.buffers):
+            pos += -(base + pos) % _ALIGN
+            _SPAN.pack_into(head, _HEAD.size + _SPAN.size * i, pos, buf.nbytes)
+            pieces.append((pos, buf))
+            pos += buf.nbytes
+        return pieces, pos
+
+
+def encode(serialization: str, obj: Any) -> _Message:
+    """The message for ``obj``; ``TypeError`` when it cannot be encoded."""
+    if serialization == "pickle":
+        if type(obj) is bytes:
+            return _Message(_RAW, obj, [])
+        if type(obj) is bytearray:
+            return _Message(_BYTEARRAY, memoryview(obj), [])
+        buffers: list[memoryview] = []
+
+        def out_of_band(buf: pickle.PickleBuffer) -> bool:
+            try:
+                raw = buf.raw()
+            except BufferError:  # not contiguous: it goes in the body
+                return True
+            if raw.nbytes < _OUT_OF_BAND_MIN:
+                return True
+            buffers.append(raw)
+            return False
+
+        try:
+            body = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise TypeError(f"cannot pickle this message: {exc}") from None
+        return _Message(_PICKLE, body, buffers)
+    if serialization == "json":
+        try:
+            text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"cannot send this message as JSON: {exc}") from None
+        return _Message(_JSON, text.encode("utf-8"), [])
+    try:
+        view = memoryview(obj)
+    except TypeError:
+        raise TypeError(
+            f"serialization='raw' sends bytes-like objects, not {type(obj).__name__}"
+        ) from None
+    return _Message(_RAW, view.cast("B") if view.c_contiguous else view.tobytes(), [])
+
+
+def decode(data: memoryview) -> Any:
+    """The message in a whole record (``FrameError`` when it is malformed).
+
+    Out-of-band buffers are slices of ``data``: the object is built on them.
+    """
+    size = len(data)
+    if size < _HEAD.size:
+        raise FrameError(f"a ring record of {size} bytes is shorter than its header")
+    kind, _, n, length = _HEAD.unpack_from(data)
+    start = _HEAD.size + _SPAN.size * n
+    end = start + length
+    if end > size:
+        raise FrameError(f"a ring record of {size} bytes declares {end} bytes of message")
+    body = data[start:end]
+    try:
+        if kind == _PICKLE:
+            if not n:
+                return pickle.loads(body)
+            buffers = []
+            for i in range(n):
+                offset, count = _SPAN.unpack_from(data, _HEAD.size + _SPAN.size * i)
+                if offset < end or offset + count > size:
+                    raise FrameError("a ring record's buffer lies outside it")
+                buffers.append(data[offset : offset + count])
+            return pickle.loads(body, buffers=buffers)
+        if n:
+            raise FrameError("only pickled messages carry buffers")
+        if kind == _RAW:
+            return bytes(body)
+        if kind == _BYTEARRAY:
+            return bytearray(body)
+        if kind == _JSON:
+            return _json_loads(bytes(body))
+    except FrameError:
+        raise
+    except Exception as exc:
+        raise FrameError(f"cannot decode a message: {exc}") from None
+    raise FrameError(f"a ring record of unknown kind {kind}")
+
+
+def _cut(pieces: list[tuple[int, Any]], start: int, count: int) -> list[tuple[int, Any]]:
+    """The parts of ``pieces`` in [start, start + count), positioned from ``start``."""
+    out = []
+    end = start + count
+    for pos, data in pieces:
+        view = memoryview(data)
+        lo, hi = max(pos, start), min(pos + view.nbytes, end)
+        if lo < hi:
+            out.append((lo - start, view[lo - pos : hi - pos]))
+    return out
+
+
+# ---- the link ----------------------------------------------------------------------------
+
+
+class Link:
+    """The rings of one Channel: ``tx`` this side writes, ``rx`` it reads.
+
+    Every method runs with the channel's send lock (sending) or receive lock (receiving)
+    held: the channel's locks are the rings' locks.
+    """
+
+    def __init__(self, channel: Channel, tx: Ring, rx: Ring) -> None:
+        self.channel = channel
+        self.tx = tx
+        self.rx = rx
+        self.tx_on_ring = True  # where our next record goes
+        self.rx_on_ring = True  # where the peer's next record comes from
+        # A chunked message being received: its buffer, a view of it, and bytes so far.
+        self.whole: Any = None
+        self.whole_view: memoryview | None = None
+        self.filled = 0
+        # Records of at most this much go in one piece: a quarter of the ring, so that
+        # the receiver copies one out while the sender writes the next.
+        self.chunk = min(tx.max_record, tx.capacity // 4)
+
+    # ---- sending -----------------------------------------------------------------------
+
+    def send(self, obj: Any, handle: Any, keep_open: bool, deadline: float | None) -> None:
+        ch = self.channel
+        if handle is not None:  # descriptors go on the socket, after what went before
+            handles = _handle_list(handle)
+            kind, flags, body, fds = ch._frame_parts(obj, handle, handles)
+            with ch._send_lock:
+                ch._check_open()
+                self._leave_ring()
+                ch._send_codec.encode(kind, flags, len(fds), len(body))
+                ch._write(bytes(ch._send_codec.header_bytes), body, fds, deadline)
+            if not keep_open:
+                _close_sent(handles)
+            return
+        msg = encode(ch.serialization, obj)
+        ch._check_size(msg.upper)
+        with ch._send_lock:
+            ch._check_open()
+            if msg.upper <= self.tx.max_record:
+                self._put(msg.pieces, msg.upper, deadline)
+                return
+            pieces, size = msg.pieces(0)
+            head = _HEAD.pack(_CHUNKED, 0, 0, _SIZE.size) + _SIZE.pack(size)
+            self._put(lambda base: ([(0, head)], len(head)), len(head), deadline)
+            done = 0
+            try:
+                while done < size:
+                    count = min(self.chunk, size - done)
+                    part = _cut(pieces, done, count)
+                    self._put(lambda base, p=part, c=count: (p, c), count, deadline)
+                    done += count
+            except TimeoutError:
+                ch.close()
+                raise TimeoutError(
+                    "send timed out with the message half-written; the channel is closed"
+                ) from None
+
+    def _put(self, layout: Any, upper: int, deadline: float | None) -> None:
+        """Send one record of at most ``upper`` bytes; ``layout(base)`` gives its pieces."""
+        offset = self._room(upper, deadline)
+        if offset is None:
+            pieces, size = layout(0)
+            self._socket_record(pieces, size, deadline)
+            return
+        side = self.tx._side
+        try:
+            pieces, size = layout(offset)
+            whole = self.tx._whole
+            for pos, data in pieces:
+                at = offset + pos
+                whole[at : at + len(data)] = data
+        except BaseException:
+            side.abort()
+            raise
+        side.stage(size)
+        side.publish()
+
+    def _room(self, upper: int, deadline: float | None) -> int | None:
+        """Reserve ``upper`` bytes in the ring: their offset, or None to use the socket."""
+        tx = self.tx
+        side = tx._side
+        if not self.tx_on_ring:  # back to the ring once it has room
+            offset = side.reserve(upper)
+            if offset is None:
+                return None
+            try:
+                self._socket_record([], 0, deadline)  # an empty record frame: "back"
+            except BaseException:
+                side.abort()
+                raise
+            self.tx_on_ring = True
+            return offset
+        while True:
+            offset = side.reserve(upper)
+            if offset is not None:
+                return offset
+            side.publish()
+            try:
+                tx._wait(_b.RING_WAIT_SPACE | _b.RING_WAIT_STALL, upper, deadline, self.channel)
+            except _b.RingStalled:
+                self._leave_ring()
+                return None
+            except TimeoutError:
+                raise TimeoutError("send timed out: the peer is not reading") from None
+
+    def _leave_ring(self) -> None:
+        """What follows goes on the socket: an empty record tells the receiver."""
+        if self.tx_on_ring:
+            side = self.tx._side
+            side.stage_empty()
+            side.publish()
+            self.tx_on_ring = False
+
+    def _socket_record(
+        self, pieces: list[tuple[int, Any]], size: int, deadline: float | None
+    ) -> None:
+        """One record as a FRAME_RING frame (gaps between pieces are zeros)."""
+        ch = self.channel
+        ch._send_codec.encode(_b.FRAME_RING, 0, 0, size)
+        parts: list[Any] = [bytes(ch._send_codec.header_bytes)]
+        pos = 0
+        for at, data in pieces:
+            if at > pos:
+                parts.append(bytes(at - pos))
+            parts.append(data)
+            pos = at + len(data)
+        if size > pos:
+            parts.append(bytes(size - pos))
+        ch._write(parts[0], parts[1] if len(parts) > 1 else b"", [], deadline)
+        try:
+            for part in parts[2:]:
+                ch._write(b"", part, [], deadline)
+        except TimeoutError:
+            ch.close()
+            raise TimeoutError(
+                "send timed out with the message half-written; the channel is closed"
+            ) from None
+
+    # ---- receiving ---------------------------------------------------------------------
+
+    def recv(self, deadline: float | None) -> tuple[Any, Any]:
+        """The next message and its handle."""
+        ch = self.channel
+        while True:
+            if self.rx_on_ring:
+                obj = self._from_ring(deadline)
+            else:
+                item, handle = ch._pop_ready(deadline)
+                if item is BACK:
+                    self.rx_on_ring = True
+                    continue
+                if type(item) is not RECORD:
+                    if self.whole is not None:
+                        self._corrupt("a message came in the middle of another")
+                    return item, handle
+                obj = self._take(memoryview(item.data))
+            if obj is not _NOTHING:
+                return obj, None
+
+    def _from_ring(self, deadline: float | None) -> Any:
+        rx = self.rx
+        try:
+            offset, length = rx._next_record(deadline, self.channel)
+        except ChannelClosedError:
+            if self.whole is not None:
+                self._drop_partial()
+                raise ChannelClosedError(
+                    "the peer closed the channel in the middle of a message"
+                ) from None
+            raise ChannelClosedError("the peer closed the channel") from None
+        except TimeoutError:
+            raise TimeoutError("recv timed out") from None
+        except FrameError as exc:
+            self._corrupt(str(exc))
+        whole = rx._whole
+        if not length:  # the sender went to the socket
+            rx._let_go(1)
+            self.rx_on_ring = False
+            return _NOTHING
+        if self.whole is None and length >= _HEAD.size:
+            kind, _, n, _ = _HEAD.unpack_from(whole, offset)
+            if not n and kind != _CHUNKED:
+                # The common case: decoded (copied) at once, and the record goes back.
+                with whole[offset : offset + length] as data:
+                    obj = self._decoded(data)
+                rx._let_go(1)
+                return obj
+            if n:  # the object will be built on views of the record: it stays held
+                part = whole[offset : offset + length]
+                view, exporter = _b.RingSide.record_view(part, writable=True)
+                rx._held.append((view, exporter, part))
+                return self._decoded(view)
+        with whole[offset : offset + length] as data:
+            obj = self._take(data)
+        rx._let_go(1)
+        return obj
+
+    def _decoded(self, data: memoryview) -> Any:
+        """The message in a whole record; the channel closes on a malformed one."""
+        try:
+            return decode(data)
+        except FrameError as exc:
+            self._corrupt(str(exc))
+
+    def _take(self, data: memoryview) -> Any:
+        """A record outside the fast path: a chunked message's head or part, or a whole one.
+
+        (One that came over the socket is its own buffer, which the object may keep.)
+        """
+        if self.whole is not None:
+            view = self.whole_view
+            assert view is not None
+            end = self.filled + len(data)
+            if end > len(view):
+                self._corrupt("a chunked message runs past its declared size")
+            view[self.filled : end] = data
+            self.filled = end
+            if end < len(view):
+                return _NOTHING
+            self.whole = self.whole_view = None  # the view keeps the buffer
+            return self._decoded(view)
+        if len(data) >= _HEAD.size and data[0] == _CHUNKED:
+            if len(data) != _HEAD.size + _SIZE.size:
+                self._corrupt("a chunked message's head record has the wrong size")
+            (size,) = _SIZE.unpack_from(data, _HEAD.size)
+            limit = self.channel.max_message_size
+            if not 0 < size <= limit:
+                self._corrupt(f"a message of {size} bytes (max_message_size is {limit})")
+            # Fresh private pages for a large one (no zero-filling pass before the copy).
+            if size >= _MAPPED_MIN:
+                self.whole = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+            else:
+                self.whole = bytearray(size)
+            self.whole_view = memoryview(self.whole)
+            self.filled = 0
+            return _NOTHING
+        return self._decoded(data)
+
+    def _drop_partial(self) -> None:
+        self.whole = self.whole_view = None
+        self.filled = 0
+
+    def _corrupt(self, why: str) -> Any:
+        """A malformed record: the channel is closed (as for a malformed frame)."""
+        self._drop_partial()
+        self.channel._discard()
+        raise FrameError(why)
+
+    # ---- the rest ----------------------------------------------------------------------
+
+    def wait_readable(self, timeout_ms: int) -> bool:
+        """Wait, taking nothing, until there is something to receive; False on timeout.
+
+        Something: a record in the ring, or socket data while records come over it.
+        """
+        ch = self.channel
+        if not self.rx_on_ring or ch._decoder.ready:
+            return bool(ch._decoder.ready) or bool(_b.fd_wait(ch._fd, _b.POLL_IN, timeout_ms))
+        rx = self.rx
+        if rx._held:
+            rx._release_done()
+        try:
+            return bool(rx._side.wait(_b.RING_WAIT_DATA, 0, timeout_ms, ch._fd))
+        except BrokenPipeError:
+            return True  # the next recv says the peer is gone
+
+    def close(self) -> None:
+        """Unmap both rings (a ring whose records still have views goes with the last)."""
+        self._drop_partial()
+        for ring in (self.tx, self.rx):
+            ring._close_unused()
+
+
+def make(channel: Channel, tx: Ring, rx: Ring) -> Link:
+    """A Link for ``channel``; refuses rings that are not usable as a pair."""
+    if tx is rx:
+        raise ValueError("a channel needs two rings, one per direction")
+    return Link(channel, tx, rx)
