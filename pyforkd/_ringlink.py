@@ -446,15 +446,18 @@ class Link:
         Something: a record in the ring, or socket data while records come over it.
         """
         ch = self.channel
-        if not self.rx_on_ring or ch._decoder.ready:
-            return bool(ch._decoder.ready) or bool(_b.fd_wait(ch._fd, _b.POLL_IN, timeout_ms))
-        rx = self.rx
-        if rx._held:
-            rx._release_done()
-        try:
-            return bool(rx._side.wait(_b.RING_WAIT_DATA, 0, timeout_ms, ch._fd))
-        except BrokenPipeError:
-            return True  # the next recv says the peer is gone
+        with ch._recv_lock:  # the rings stay mapped meanwhile (close takes this lock)
+            if ch._closed:
+                return True  # the next recv says so
+            if not self.rx_on_ring or ch._decoder.ready:
+                return bool(ch._decoder.ready) or bool(_b.fd_wait(ch._fd, _b.POLL_IN, timeout_ms))
+            rx = self.rx
+            if rx._held:
+                rx._release_done()
+            try:
+                return bool(rx._side.wait(_b.RING_WAIT_DATA, 0, timeout_ms, ch._fd))
+            except BrokenPipeError:
+                return True  # the next recv says the peer is gone
 
     def close(self) -> None:
         """Unmap both rings (a ring whose records still have views goes with the last)."""

@@ -728,6 +728,42 @@ class Channel:
         # the set-up frame brings them; None for a socket-only channel.
         self._link: Any = None
 
+    @classmethod
+    def pair(
+        cls,
+        *,
+        ring: int | None = None,
+        serialization: str = "pickle",
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> tuple[Channel, Channel]:
+        """Two connected channels (over a new socketpair), e.g. to keep one across a fork.
+
+        With ``ring`` (bytes: a power of two, at least 4096) they also share a pair of
+        rings, made now, through which their messages go (see :func:`fork_worker`).
+        """
+        rings = (Ring(ring), Ring(ring)) if ring is not None else None
+        x, y = socket.socketpair()
+        options: dict[str, Any] = {
+            "serialization": serialization,
+            "max_message_size": max_message_size,
+        }
+        try:
+            here, there = cls(x, **options), cls(y, **options)
+        except BaseException:
+            x.close()
+            y.close()
+            for r in rings or ():
+                r.close()
+            raise
+        if rings is not None:
+            # Each end maps the memory on its own, so that closing one leaves the other's.
+            down, up = rings
+            here._use_rings(down, up)
+            there._use_rings(
+                Ring._from_fd(os.dup(up.fileno())), Ring._from_fd(os.dup(down.fileno()))
+            )
+        return here, there
+
     # ---- sending -------------------------------------------------------------------------
 
     def _encode(self, obj: Any) -> tuple[int, Any]:

@@ -43,6 +43,19 @@ _SLICE_MS = 1000  # a wait is cut into slices this long, so Ctrl-C is seen withi
 _COPIED = (None, None, None)  # in Ring._held: a record already copied out, waiting its turn
 
 
+def check_capacity(capacity: Any, what: str = "capacity") -> int:
+    """The bytes a ring of ``capacity`` maps; ``TypeError``/``ValueError`` naming ``what``."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise TypeError(f"{what} must be an int, not {type(capacity).__name__}")
+    size = _b.ring_size(capacity)
+    if size == 0:
+        raise ValueError(
+            f"{what} must be a power of two of at least {_b.RING_MIN_CAPACITY} bytes, "
+            f"not {capacity}"
+        )
+    return size
+
+
 class Ring:
     """A shared-memory byte ring of ``capacity`` bytes (a power of two, at least 4096).
 
@@ -52,14 +65,7 @@ class Ring:
     """
 
     def __init__(self, capacity: int = 1 << 20) -> None:
-        if isinstance(capacity, bool) or not isinstance(capacity, int):
-            raise TypeError(f"capacity must be an int, not {type(capacity).__name__}")
-        if _b.ring_size(capacity) == 0:
-            raise ValueError(
-                f"capacity must be a power of two of at least {_b.RING_MIN_CAPACITY} bytes, "
-                f"not {capacity}"
-            )
-        size = _b.ring_size(capacity)
+        size = check_capacity(capacity)
         fd = _b.shm_create("pyforkd-ring", size)
         try:
             self._setup(fd, size, capacity)

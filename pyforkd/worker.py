@@ -37,7 +37,7 @@ from . import _bindings as _b
 from . import child_process as _cp
 from .channel import Channel, Fd
 from .errors import ChannelClosedError, TimeoutExpired, WorkerError
-from .ring import Ring
+from .ring import Ring, check_capacity
 
 __all__ = ["Worker", "fork_worker", "parent"]
 
@@ -279,8 +279,8 @@ def fork_worker(
         raise ValueError(f"start must be one of {', '.join(START_METHODS)}, not {start!r}")
     label = name if name is not None else getattr(target, "__qualname__", "worker")
     main_thread = threading.current_thread() is threading.main_thread()
-    if ring is not None and not _b.ring_size(ring):
-        Ring(ring)  # raises the TypeError or ValueError that names what is wrong
+    if ring is not None:
+        check_capacity(ring, "ring")
     if method == "fork":
         worker = _start_fork(target, args, kwargs, main_thread, ring)
     elif method == "spawn":
