@@ -519,7 +519,7 @@ class RingSide:
     own buffer object (which keeps the memory mapped while a view lives).
     """
 
-    __slots__ = ("_base", "_c", "_mem", "_ptr")
+    __slots__ = ("_base", "_c", "_data", "_lengths", "_mem", "_offsets", "_ptr")
 
     def __init__(self, memory: Any, create_capacity: int = 0) -> None:
         self._mem = ffi.from_buffer(memory, require_writable=True)
@@ -537,6 +537,9 @@ class RingSide:
             raise ValueError("the ring was laid out by another pyforkd version")
         if r < 0:
             raise_errno(r, "ring attach")
+        self._data = RING_HEADER_SIZE  # where the record space starts in `memory`
+        self._offsets = ffi.new("unsigned long long[1]")  # for next(): made once
+        self._lengths = ffi.new("unsigned long long[1]")
 
     @property
     def capacity(self) -> int:
@@ -562,6 +565,23 @@ class RingSide:
         r = lib.pfd_ring_stage(self._c, size)
         if r < 0:
             raise_errno(r, "ring stage")
+
+    def write(self, head: bytes, body: Any) -> bool:
+        """Send ``head`` + ``body`` as one record, published; False when there is no room."""
+        r = lib.pfd_ring_write(self._c, head, len(head), ffi.from_buffer(body), len(body))
+        if r == 0:
+            return True
+        if r == -_errno.EAGAIN:
+            return False
+        raise_errno(r, "ring write")
+
+    def next(self) -> tuple[int, int] | None:
+        """:meth:`peek` without pointer arithmetic (the receive hot path)."""
+        r = lib.pfd_ring_peek_many(self._c, self._offsets, self._lengths, 1)
+        if r == 1:
+            return self._data + self._offsets[0], self._lengths[0]
+        _check_records(r, "ring peek")
+        return None
 
     def stage_empty(self) -> None:
         """Stage an empty record in the room every reserved record leaves after it."""

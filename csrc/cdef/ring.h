@@ -51,6 +51,12 @@ int pfd_ring_reserve(pfd_ring_t *ring, size_t size, unsigned char **out);
  * Returns 0 or -EINVAL (no reservation, or `size` larger than it). */
 int pfd_ring_stage(pfd_ring_t *ring, size_t size);
 
+/* Producer.  The whole send of a small record: `head` then `body` copied into a new record,
+ * published, and the consumer woken if it sleeps.  Never waits.  Returns 0, -EAGAIN (no
+ * room now), -EMSGSIZE or -EBUSY, as pfd_ring_reserve. */
+int pfd_ring_write(pfd_ring_t *ring, const void *head, size_t head_size, const void *body,
+                   size_t body_size);
+
 /* Producer.  Stages an empty record even when the ring is full: every reservation leaves
  * room for one after its record.  So it succeeds once after each reserved record; a second
  * one with no record between may find no room.  Returns 0, -EAGAIN (no room) or -EBUSY (a

@@ -36,7 +36,7 @@
  * the shared memory is checked against the capacity and against [head, tail) before it is
  * used, so a corrupted ring gives -EBADMSG, never a read or write outside it.
  *
- * Sleeping.  A side that finds nothing to do spins briefly, then sleeps on a 32-bit
+ * Sleeping.  A side that finds nothing to do spins (up to 50 us), then sleeps on a 32-bit
  * sequence word that the other side bumps to wake it.  The handshake cannot lose a wake-up:
  * the sleeper announces itself (its `sleeping` word) and only then re-checks the counter it
  * waits for; the other side publishes its counter and only then looks for a sleeper, with a
@@ -73,7 +73,8 @@
 #define PFD__OFF_SPACE_SEQ 136 /*   bumped to wake a producer waiting for space */
 #define PFD__OFF_CONS_SLEEP 140 /*  1 while the consumer sleeps for data */
 #define PFD__OFF_CONS_READ 144 /*   where the consumer had read up to when it last slept */
-#define PFD__SPINS 200         /* polls before sleeping: about a microsecond */
+#define PFD__SPINS 200         /* polls between yields: about a microsecond */
+#define PFD__SPIN_US 50        /* how long a waiter spins before it sleeps */
 #define PFD__PEER_CHECK_MS 100 /* how often a sleeper looks at the peer's descriptor */
 
 static pfd_atomic_u64_t *pfd__tail(const pfd_ring_t *ring) {
@@ -201,6 +202,22 @@ int pfd_ring_stage(pfd_ring_t *ring, size_t size) {
   ring->tail += used;
   ring->reserved = 0;
   return 0;
+}
+
+int pfd_ring_write(pfd_ring_t *ring, const void *head, size_t head_size, const void *body,
+                   size_t body_size) {
+  unsigned char *out;
+  int r;
+  if (body_size > pfd_ring_max_record(ring) || head_size > pfd_ring_max_record(ring) - body_size) {
+    return -EMSGSIZE;
+  }
+  r = pfd_ring_reserve(ring, head_size + body_size, &out);
+  if (r < 0) return r;
+  if (head_size) memcpy(out, head, head_size);
+  if (body_size) memcpy(out + head_size, body, body_size);
+  r = pfd_ring_commit(ring, head_size + body_size);
+  if (r == 0) pfd_ring_notify(ring, PFD_RING_WAIT_DATA);
+  return r;
 }
 
 int pfd_ring_stage_empty(pfd_ring_t *ring) {
@@ -340,19 +357,28 @@ static int pfd__ready(pfd_ring_t *ring, int what, size_t size) {
 
 int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int peer_fd) {
   pfd_atomic_u32_t *seq, *sleeping;
-  long long start;
+  long long start, waited_us;
   int i, stall = what & PFD_RING_WAIT_STALL;
   what &= ~PFD_RING_WAIT_STALL;
   if (what != PFD_RING_WAIT_DATA && what != PFD_RING_WAIT_SPACE) return -EINVAL;
   if (stall && what != PFD_RING_WAIT_SPACE) return -EINVAL;
   if (what == PFD_RING_WAIT_SPACE && size > pfd_ring_max_record(ring)) return -EMSGSIZE;
-  for (i = 0; i < PFD__SPINS; i++) {
-    if (pfd__ready(ring, what, size)) return 1;
-    pfd_cpu_relax();
+  /* Spin: briefly on the cache line, then yielding the CPU between looks, for up to
+   * PFD__SPIN_US (never past the timeout): an answer that comes within that costs no
+   * system call on either side. */
+  start = pfd__monotonic_us();
+  for (;;) {
+    for (i = 0; i < PFD__SPINS; i++) {
+      if (pfd__ready(ring, what, size)) return 1;
+      pfd_cpu_relax();
+    }
+    if (timeout_ms == 0) break;
+    waited_us = pfd__monotonic_us() - start;
+    if (waited_us >= PFD__SPIN_US || (timeout_ms > 0 && waited_us >= timeout_ms * 1000LL)) break;
+    pfd__yield();
   }
   seq = pfd__word(ring, what == PFD_RING_WAIT_DATA ? PFD__OFF_DATA_SEQ : PFD__OFF_SPACE_SEQ);
   sleeping = pfd__word(ring, what == PFD_RING_WAIT_DATA ? PFD__OFF_CONS_SLEEP : PFD__OFF_PROD_SLEEP);
-  start = pfd__monotonic_ms();
   for (;;) {
     unsigned expected = pfd_atomic_load_u32(seq);
     int slice = PFD__PEER_CHECK_MS, r, ready;
@@ -377,7 +403,7 @@ int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int p
       return -EPIPE;
     }
     if (!ready) {
-      waited = pfd__monotonic_ms() - start;
+      waited = (pfd__monotonic_us() - start) / 1000;
       if (timeout_ms >= 0 && waited >= timeout_ms) {
         pfd_atomic_store_u32(sleeping, 0u);
         return 0;

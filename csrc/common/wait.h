@@ -18,7 +18,10 @@ int pfd__wait_on_word(pfd_atomic_u32_t *word, unsigned expected, int timeout_ms)
 /* Wakes every sleeper on `word` (in any process).  Returns 0 or -errno. */
 int pfd__wake_word(pfd_atomic_u32_t *word);
 
-/* Milliseconds on a clock that never jumps (for timeouts). */
-long long pfd__monotonic_ms(void);
+/* Microseconds on a clock that never jumps (for timeouts and spinning). */
+long long pfd__monotonic_us(void);
+
+/* Lets another thread that shares this CPU run (for a waiter that spins). */
+void pfd__yield(void);
 
 #endif /* PFD_WAIT_H */

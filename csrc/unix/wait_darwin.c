@@ -10,6 +10,7 @@
  * What it does not do: decide when to sleep or wake (ring.c's handshake does).
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -53,8 +54,10 @@ int pfd__wake_word(pfd_atomic_u32_t *word) {
   return 0; /* without ulock the sleepers poll the word */
 }
 
-long long pfd__monotonic_ms(void) {
+long long pfd__monotonic_us(void) {
   struct timespec ts;
   (void)clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail with this clock */
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
+
+void pfd__yield(void) { (void)sched_yield(); /* cannot fail on Linux or macOS */ }

@@ -11,6 +11,7 @@
 #endif
 
 #include <errno.h>
+#include <sched.h>
 #include <linux/futex.h>
 #include <limits.h>
 #include <sys/syscall.h>
@@ -38,8 +39,10 @@ int pfd__wake_word(pfd_atomic_u32_t *word) {
   return 0;
 }
 
-long long pfd__monotonic_ms(void) {
+long long pfd__monotonic_us(void) {
   struct timespec ts;
   (void)clock_gettime(CLOCK_MONOTONIC, &ts); /* cannot fail with this clock */
-  return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
+
+void pfd__yield(void) { (void)sched_yield(); /* cannot fail on Linux or macOS */ }

@@ -153,6 +153,13 @@ TEST_IMPL(ring_full_and_empty_edges) {
     }
     CHECK_EQ(pfd_ring_release(&c, 5), 0);
   }
+  /* A record written whole from two pieces, published at once. */
+  CHECK_EQ(pfd_ring_write(&p, "ab", 2, "cde", 3), 0);
+  CHECK_EQ(pfd_ring_peek(&c, &view), 5);
+  CHECK(memcmp(view, "abcde", 5) == 0);
+  CHECK_EQ(pfd_ring_release(&c, 1), 0);
+  CHECK_EQ(pfd_ring_write(&p, "ab", 2, view, pfd_ring_max_record(&p) - 1), -EMSGSIZE);
+  CHECK_EQ(pfd_ring_write(&p, "", 0, view, pfd_ring_max_record(&p) + 1), -EMSGSIZE);
   /* An aborted reservation writes nothing. */
   CHECK_EQ(pfd_ring_reserve(&p, 100, &out), 0);
   pfd_ring_abort(&p);
