@@ -52,9 +52,43 @@ def forked(fn: Callable[[], None]) -> int:
     return pid
 
 
+def one_way(
+    consume: Callable[[], None],
+    send: Callable[[bytes], object],
+    size: int,
+    count: int,
+    send_batch: Callable[[list[bytes]], object] | None = None,
+) -> float:
+    """Messages per second: a forked ``consume`` takes ``count`` messages, then says so.
+
+    64-byte messages go through ``send_batch`` 64 at a time when there is one.
+    """
+    done_r, done_w = socket.socketpair()
+
+    def child() -> None:
+        consume()
+        done_w.send(b"!")
+
+    pid = forked(child)
+    data = b"y" * size
+    t0 = time.perf_counter()
+    if size <= 64 and send_batch is not None:
+        batch = [data] * 64
+        for _ in range(count // 64):
+            send_batch(batch)
+    else:
+        for _ in range(count):
+            send(data)
+    done_r.recv(1)
+    rate = count / (time.perf_counter() - t0)
+    os.waitpid(pid, 0)
+    done_r.close()
+    done_w.close()
+    return rate
+
+
 def ring_rate(size: int, count: int, copy: bool = False, many: bool = False) -> float:
     ring = Ring(max(1 << 16, 1 << (2 * size + 64).bit_length()))
-    done_r, done_w = socket.socketpair()
 
     def consume() -> None:
         got = 0
@@ -68,23 +102,8 @@ def ring_rate(size: int, count: int, copy: bool = False, many: bool = False) -> 
                 with ring.recv():
                     pass
             got += 1
-        done_w.send(b"!")
 
-    pid = forked(consume)
-    data = b"y" * size
-    t0 = time.perf_counter()
-    if size <= 64:
-        batch = [data] * 64
-        for _ in range(count // 64):
-            ring.send_many(batch)
-    else:
-        for _ in range(count):
-            ring.send(data)
-    done_r.recv(1)
-    rate = count / (time.perf_counter() - t0)
-    os.waitpid(pid, 0)
-    done_r.close()
-    done_w.close()
+    rate = one_way(consume, ring.send, size, count, ring.send_many)
     ring.close()
     return rate
 
@@ -95,16 +114,8 @@ def pipe_rate(size: int, count: int) -> float:
     def consume() -> None:
         for _ in range(count):
             b.recv_bytes()
-        b.send_bytes(b"!")
 
-    pid = forked(consume)
-    data = b"y" * size
-    t0 = time.perf_counter()
-    for _ in range(count):
-        a.send_bytes(data)
-    a.recv_bytes()
-    rate = count / (time.perf_counter() - t0)
-    os.waitpid(pid, 0)
+    rate = one_way(consume, a.send_bytes, size, count)
     a.close()
     b.close()
     return rate
@@ -112,21 +123,12 @@ def pipe_rate(size: int, count: int) -> float:
 
 def queue_rate(size: int, count: int) -> float:
     q = mp.get_context("fork").Queue()
-    done_r, done_w = mp.Pipe(duplex=False)
 
     def consume() -> None:
         for _ in range(count):
             q.get()
-        done_w.send_bytes(b"!")
 
-    pid = forked(consume)
-    data = b"y" * size
-    t0 = time.perf_counter()
-    for _ in range(count):
-        q.put(data)
-    done_r.recv_bytes()
-    rate = count / (time.perf_counter() - t0)
-    os.waitpid(pid, 0)
+    rate = one_way(consume, q.put, size, count)
     q.close()
     q.join_thread()
     return rate
@@ -157,28 +159,13 @@ def channel_rate(size: int, count: int) -> float:
 
 def fifo_rate(size: int, count: int) -> float:
     q = faster_fifo.Queue(max(1 << 20, 4 * size + 1024))
-    done_r, done_w = mp.Pipe(duplex=False)
 
     def consume() -> None:
         got = 0
         while got < count:
             got += len(q.get_many(max_messages_to_get=256))
-        done_w.send_bytes(b"!")
 
-    pid = forked(consume)
-    data = b"y" * size
-    t0 = time.perf_counter()
-    if size <= 64:
-        batch = [data] * 64
-        for _ in range(count // 64):
-            q.put_many(batch)
-    else:
-        for _ in range(count):
-            q.put(data)
-    done_r.recv_bytes()
-    rate = count / (time.perf_counter() - t0)
-    os.waitpid(pid, 0)
-    return rate
+    return one_way(consume, q.put, size, count, q.put_many)
 
 
 def zmq_rate(size: int, count: int) -> float:

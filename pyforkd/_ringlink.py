@@ -28,7 +28,6 @@ as the first frame on the socket (FRAME_RING with the two rings as handles).
 
 from __future__ import annotations
 
-import json
 import mmap
 import pickle
 import struct
@@ -41,7 +40,8 @@ from .ring import Ring
 
 __all__ = ["BACK", "RECORD", "Link", "make"]
 
-_PICKLE, _JSON, _RAW, _BYTEARRAY, _CHUNKED = 1, 2, 3, 4, 5
+_PICKLE, _JSON, _RAW = _b.FRAME_PICKLE, _b.FRAME_JSON, _b.FRAME_RAW  # as in frames
+_BYTEARRAY, _CHUNKED = 8, 9  # kinds of records only
 _HEAD = struct.Struct("<BBHI")
 _SPAN = struct.Struct("<QQ")
 _SIZE = struct.Struct("<Q")
@@ -94,48 +94,44 @@ class _Message:
         return pieces, pos
 
 
-def encode(serialization: str, obj: Any) -> _Message:
-    """The message for ``obj``; ``TypeError`` when it cannot be encoded."""
-    return _Message(*encode_parts(serialization, obj))
+def encode(obj: Any) -> _Message:
+    """The layout of ``obj`` pickled (as a channel with ``serialization="pickle"`` sends it)."""
+    return _Message(*_pickled(obj))
 
 
-def encode_parts(serialization: str, obj: Any) -> tuple[int, Any, list[memoryview]]:
-    """The kind, body and out-of-band buffers of the message for ``obj``."""
-    if serialization == "pickle":
-        if type(obj) is bytes:
-            return _RAW, obj, []
-        if type(obj) is bytearray:
-            return _BYTEARRAY, memoryview(obj), []
-        buffers: list[memoryview] = []
+def encode_parts(channel: Channel, obj: Any) -> tuple[int, Any, list[memoryview]]:
+    """The kind, body and out-of-band buffers of the message ``channel`` sends for ``obj``.
 
-        def out_of_band(buf: pickle.PickleBuffer) -> bool:
-            try:
-                raw = buf.raw()
-            except BufferError:  # not contiguous: it goes in the body
-                return True
-            if raw.nbytes < _OUT_OF_BAND_MIN:
-                return True
-            buffers.append(raw)
-            return False
+    ``TypeError`` when it cannot be encoded.
+    """
+    if channel.serialization == "pickle":
+        return _pickled(obj)
+    kind, body = channel._encode(obj)  # JSON or raw bytes: the frame kinds are ours too
+    return kind, body, []
 
+
+def _pickled(obj: Any) -> tuple[int, Any, list[memoryview]]:
+    if type(obj) is bytes:
+        return _RAW, obj, []
+    if type(obj) is bytearray:
+        return _BYTEARRAY, memoryview(obj), []
+    buffers: list[memoryview] = []
+
+    def out_of_band(buf: pickle.PickleBuffer) -> bool:
         try:
-            body = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise TypeError(f"cannot pickle this message: {exc}") from None
-        return _PICKLE, body, buffers
-    if serialization == "json":
-        try:
-            text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"cannot send this message as JSON: {exc}") from None
-        return _JSON, text.encode("utf-8"), []
+            raw = buf.raw()
+        except BufferError:  # not contiguous: it goes in the body
+            return True
+        if raw.nbytes < _OUT_OF_BAND_MIN:
+            return True
+        buffers.append(raw)
+        return False
+
     try:
-        view = memoryview(obj)
-    except TypeError:
-        raise TypeError(
-            f"serialization='raw' sends bytes-like objects, not {type(obj).__name__}"
-        ) from None
-    return _RAW, (view.cast("B") if view.c_contiguous else view.tobytes()), []
+        body = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise TypeError(f"cannot pickle this message: {exc}") from None
+    return _PICKLE, body, buffers
 
 
 def decode(data: memoryview) -> Any:
@@ -229,7 +225,7 @@ class Link:
             if not keep_open:
                 _close_sent(handles)
             return
-        kind, body, buffers = encode_parts(ch.serialization, obj)
+        kind, body, buffers = encode_parts(ch, obj)
         if not buffers and len(body) + _HEAD.size <= self.tx.max_record:
             # The hot path: one C call copies and publishes the record when there is room.
             if len(body) + _HEAD.size > ch.max_message_size:

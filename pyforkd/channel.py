@@ -758,10 +758,23 @@ class Channel:
         if rings is not None:
             # Each end maps the memory on its own, so that closing one leaves the other's.
             down, up = rings
+            theirs: list[Ring] = []
+            try:
+                for shared in (up, down):
+                    fd = os.dup(shared.fileno())
+                    try:
+                        theirs.append(Ring._from_fd(fd))
+                    except BaseException:
+                        os.close(fd)
+                        raise
+            except BaseException:
+                for r in (*theirs, down, up):
+                    r.close()
+                here.close()
+                there.close()
+                raise
             here._use_rings(down, up)
-            there._use_rings(
-                Ring._from_fd(os.dup(up.fileno())), Ring._from_fd(os.dup(down.fileno()))
-            )
+            there._use_rings(theirs[0], theirs[1])
         return here, there
 
     # ---- sending -------------------------------------------------------------------------

@@ -379,7 +379,7 @@ def same(x, y):
 @settings(max_examples=200, deadline=None)
 @given(msg=messages, base=st.integers(0, 63))
 def test_layout_round_trips_and_aligns_buffers(msg, base):
-    out = _ringlink.encode("pickle", msg)
+    out = _ringlink.encode(msg)
     pieces, size = out.pieces(base)
     assert size <= out.upper
     record = bytearray(size)
@@ -398,7 +398,7 @@ def test_layout_round_trips_and_aligns_buffers(msg, base):
 @settings(max_examples=300, deadline=None)
 @given(msg=messages, flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255))))
 def test_a_corrupted_layout_only_ever_raises_frame_error(msg, flips):
-    out = _ringlink.encode("pickle", msg)
+    out = _ringlink.encode(msg)
     pieces, size = out.pieces(0)
     record = bytearray(size)
     for pos, data in pieces:
