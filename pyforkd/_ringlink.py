@@ -200,6 +200,7 @@ class Link:
         self.channel = channel
         self.tx = tx
         self.rx = rx
+        self.peer_gone = False  # a wait on a ring saw the peer hang up
         self.tx_on_ring = True  # where our next record goes
         self.rx_on_ring = True  # where the peer's next record comes from
         # A chunked message being received: its buffer, a view of it, and bytes so far.
@@ -311,6 +312,9 @@ class Link:
                 return None
             except TimeoutError:
                 raise TimeoutError("send timed out: the peer is not reading") from None
+            except ChannelClosedError:
+                self.peer_gone = True
+                raise ChannelClosedError("the peer closed the channel") from None
 
     def _leave_ring(self) -> None:
         """What follows goes on the socket: an empty record tells the receiver."""
@@ -392,6 +396,7 @@ class Link:
         try:
             offset, length = rx._next_record(deadline, self.channel)
         except ChannelClosedError:
+            self.peer_gone = True
             if self.whole is not None:
                 self._drop_partial()
                 raise ChannelClosedError(

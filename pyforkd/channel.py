@@ -1279,7 +1279,10 @@ class Channel:
     @property
     def connected(self) -> bool:
         """False once either side closed the channel."""
-        return not self._closed and not self._eof
+        if self._closed or self._eof:
+            return False
+        link = self._link
+        return link is None or link is _AWAITING_RINGS or not link.peer_gone
 
     def fileno(self) -> int:
         """The channel's socket descriptor (-1 once closed)."""

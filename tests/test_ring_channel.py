@@ -285,6 +285,9 @@ def test_a_peer_killed_in_the_middle_of_a_message():
     assert w.wait(timeout=30) == -signal.SIGKILL
     with pytest.raises(ChannelClosedError, match="middle of a message"):
         w.recv(timeout=30)
+    assert not w.connected
+    with pytest.raises(ChannelClosedError):
+        w.recv(timeout=30)  # and so on, not a hang
 
 
 def sleep_forever():
