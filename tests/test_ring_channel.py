@@ -496,3 +496,58 @@ TestRingChannelModel.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+action = st.one_of(
+    st.tuples(st.just("array"), st.integers(0, 3000)),  # up to 24 KB: some in pieces
+    st.tuples(st.just("bytes"), st.integers(0, 9000)),
+    st.tuples(st.just("handle"), st.just(0)),
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(actions=st.lists(action, max_size=60), keep=st.lists(st.booleans(), max_size=60))
+def test_a_threaded_sender_and_a_receiver_that_keeps_some(actions, keep):
+    """Through a small ring: pieces, the socket for handles and for a receiver that keeps
+    arrays, and back; everything arrives once, in order, and kept arrays never change."""
+    a, b = Channel.pair(ring=1 << 13)
+    sent = []
+    for i, (kind, size) in enumerate(actions):
+        if kind == "array":
+            sent.append(np.full(size, i % 251, dtype=np.float64))
+        elif kind == "bytes":
+            sent.append(bytes([i % 256]) * size)
+        else:
+            sent.append(("handle", i))
+
+    def send_all():
+        for msg in sent:
+            if isinstance(msg, tuple):
+                a.send(msg, handle=Fd(os.open(os.devnull, os.O_RDONLY)))
+            else:
+                a.send(msg)
+
+    t = threading.Thread(target=send_all)
+    t.start()
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    for i, want in enumerate(sent):
+        got, handle = b.recv(timeout=30, with_handle=True)
+        assert same(want, got)
+        assert (handle is not None) == isinstance(want, tuple)
+        if handle is not None:
+            handle.close()
+        if isinstance(got, np.ndarray) and i < len(keep) and keep[i]:
+            kept.append((got, want))
+        for k, w in kept:
+            assert np.array_equal(k, w)
+    t.join()
+    kept.clear()
+    a.close()
+    b.close()
+
+
+def test_the_ring_example_runs():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = pyforkd.exec_file(PY, [os.path.join(root, "examples", "ring_numpy.py")], timeout=120)
+    lines = done.stdout.decode().splitlines()
+    assert len(lines) == 2 and "ring=64 MiB" in lines[0] and "socket only" in lines[1]
