@@ -26,6 +26,7 @@ extern "C" {
 #include "../cdef/fdpass.h"
 #include "../cdef/ring.h"
 #include "../cdef/shm.h"
+#include "../cdef/dispatch.h"
 
 #ifdef __cplusplus
 }

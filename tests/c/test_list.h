@@ -37,6 +37,8 @@
   X(ring_wait_times_out_wakes_and_sees_the_peer_go) \
   X(ring_stall_is_told_apart_from_a_busy_consumer) \
   X(shm_create_map_and_seals)       \
+  X(dispatch_survives_a_worker_dying_with_connections) \
+  X(dispatch_bounds_a_workers_connections_in_flight) \
   X(shm_ring_between_processes)
 
 #define PFD_CHILDREN(X) \

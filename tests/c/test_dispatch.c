@@ -1,0 +1,143 @@
+/* test_dispatch.c - the cluster's dispatcher: round-robin hand-off over worker sockets,
+ * acknowledgements, a worker that dies holding connections (they go to another, alive),
+ * the per-worker in-flight bound, removal, and nothing leaked. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runner.h"
+
+static int listener(int *port) {
+  struct sockaddr_in a;
+  socklen_t len = sizeof(a);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  CHECK(fd >= 0);
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+  CHECK(listen(fd, 64) == 0);
+  CHECK(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+static int client(int port, int id) {
+  struct sockaddr_in a;
+  char msg = (char)('0' + id);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  CHECK(fd >= 0);
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons((unsigned short)port);
+  CHECK(connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+  CHECK(write(fd, &msg, 1) == 1);
+  return fd;
+}
+
+/* Waits (bounded) until a dispatcher counter reaches `want`. */
+static void await_stat(pfd_dispatch_t *d, int slot, int index, unsigned long long want) {
+  struct timespec pause = {0, 5000000};
+  unsigned long long out[4];
+  int i;
+  for (i = 0; i < 2000; i++) {
+    CHECK_EQ(pfd_dispatch_stats(d, slot, out), 0);
+    if (out[index] == want) return;
+    nanosleep(&pause, NULL);
+  }
+  CHECK_EQ(out[index], want);
+}
+
+TEST_IMPL(dispatch_survives_a_worker_dying_with_connections) {
+  int base = pfd_test_count_fds(), port, lfd, w0[2], w1[2], clients[6], seen[6] = {0};
+  int i, fd, taken0 = 0;
+  unsigned long long seq, out[4];
+  pfd_dispatch_t *d;
+  lfd = listener(&port);
+  CHECK_EQ(pfd_dispatch_new(&d, lfd, 8), 0);
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w0) == 0);
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w1) == 0);
+  CHECK_EQ(pfd_dispatch_add(d, w0[0]), 0);
+  CHECK_EQ(pfd_dispatch_add(d, w1[0]), 1);
+  CHECK_EQ(pfd_dispatch_start(d), 0);
+  CHECK_EQ(pfd_dispatch_start(d), -EBUSY);
+  for (i = 0; i < 6; i++) clients[i] = client(port, i);
+  await_stat(d, -1, 0, 6); /* all accepted */
+  await_stat(d, 1, 0, 3);  /* round-robin: three each */
+  await_stat(d, 0, 0, 3);
+  /* Worker 1 takes one connection and dies without acknowledging any. */
+  fd = pfd_dispatch_take(w1[1], &seq, PFD_FD_BLOCK);
+  CHECK(fd >= 0);
+  close(fd);
+  close(w1[1]);
+  /* Worker 0 gets all six in the end, each connection alive. */
+  while (taken0 < 6) {
+    char id;
+    fd = pfd_dispatch_take(w0[1], &seq, PFD_FD_BLOCK);
+    CHECK(fd >= 0);
+    CHECK(read(fd, &id, 1) == 1);
+    CHECK(id >= '0' && id < '6' && !seen[id - '0']);
+    seen[id - '0'] = 1;
+    CHECK(write(fd, "ok", 2) == 2);
+    CHECK_EQ(pfd_dispatch_ack(w0[1], seq), 0);
+    close(fd);
+    taken0++;
+  }
+  for (i = 0; i < 6; i++) {
+    char buf[2];
+    CHECK(read(clients[i], buf, 2) == 2 && memcmp(buf, "ok", 2) == 0);
+    close(clients[i]);
+  }
+  await_stat(d, 0, 1, 6); /* six acknowledged */
+  CHECK_EQ(pfd_dispatch_stats(d, -1, out), 0);
+  CHECK_EQ(out[2], 3); /* re-dispatched */
+  CHECK_EQ(pfd_dispatch_stats(d, 1, out), 0);
+  CHECK_EQ(out[3], 0); /* worker 1 is down */
+  CHECK_EQ(pfd_dispatch_remove(d, 1), -ENOENT);
+  CHECK_EQ(pfd_dispatch_remove(d, 0), 0);
+  CHECK_EQ(pfd_dispatch_remove(d, 0), -ENOENT);
+  CHECK_EQ(pfd_dispatch_stats(d, 7, out), -ENOENT);
+  pfd_dispatch_free(d);
+  close(w0[1]);
+  close(lfd);
+  CHECK_EQ(pfd_test_count_fds(), base);
+  return 0;
+}
+
+TEST_IMPL(dispatch_bounds_a_workers_connections_in_flight) {
+  int base = pfd_test_count_fds(), port, lfd, w[2], c1, c2, fd;
+  unsigned long long seq, seq2;
+  pfd_dispatch_t *d;
+  lfd = listener(&port);
+  CHECK_EQ(pfd_dispatch_new(&d, lfd, 1), 0);
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w) == 0);
+  CHECK_EQ(pfd_dispatch_add(d, w[0]), 0);
+  CHECK_EQ(pfd_dispatch_start(d), 0);
+  c1 = client(port, 1);
+  c2 = client(port, 2);
+  await_stat(d, -1, 0, 2);
+  await_stat(d, -1, 1, 1); /* the second waits: the worker has one in flight */
+  fd = pfd_dispatch_take(w[1], &seq, PFD_FD_BLOCK);
+  CHECK(fd >= 0);
+  CHECK_EQ(pfd_dispatch_take(w[1], &seq2, 0), -EAGAIN); /* nothing more handed yet */
+  CHECK_EQ(pfd_dispatch_ack(w[1], seq), 0);
+  close(fd);
+  fd = pfd_dispatch_take(w[1], &seq2, PFD_FD_BLOCK); /* now it comes */
+  CHECK(fd >= 0 && seq2 == seq + 1);
+  close(fd);
+  /* Freed with a connection unacknowledged: the dispatcher closes its copy. */
+  pfd_dispatch_free(d);
+  CHECK_EQ(pfd_dispatch_take(w[1], &seq, PFD_FD_BLOCK), -EPIPE);
+  close(w[1]);
+  close(c1);
+  close(c2);
+  close(lfd);
+  CHECK_EQ(pfd_test_count_fds(), base);
+  return 0;
+}
