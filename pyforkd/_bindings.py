@@ -649,3 +649,72 @@ class RingSide:
         if self._mem is not None:
             ffi.release(self._mem)
             self._mem = None
+
+
+# ---- the cluster's dispatcher --------------------------------------------------------------
+
+
+class Dispatcher:
+    """The C dispatcher thread over ``listen_fd`` (which stays the caller's to close)."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, listen_fd: int, max_inflight: int = 0) -> None:
+        out = ffi.new("pfd_dispatch_t **")
+        r = lib.pfd_dispatch_new(out, listen_fd, max_inflight)
+        if r < 0:
+            raise_errno(r, "dispatcher")
+        self._d: Any = out[0]
+        r = lib.pfd_dispatch_start(self._d)
+        if r < 0:
+            lib.pfd_dispatch_free(self._d)
+            self._d = None
+            raise_errno(r, "pthread_create")
+
+    def add(self, sock: int) -> int:
+        """Hand connections to the worker at the other end of ``sock`` (owned from now on)."""
+        r = lib.pfd_dispatch_add(self._d, sock)
+        if r < 0:
+            raise_errno(r, "dispatcher add")
+        return int(r)
+
+    def remove(self, slot: int) -> bool:
+        """No more connections for ``slot``; its unacknowledged ones go to the others."""
+        return bool(lib.pfd_dispatch_remove(self._d, slot) == 0)
+
+    def stats(self, slot: int) -> tuple[int, int, int, int]:
+        """See pfd_dispatch_stats (slot -1: the dispatcher's own counters)."""
+        out = ffi.new("unsigned long long[4]")
+        r = lib.pfd_dispatch_stats(self._d, slot, out)
+        if r < 0:
+            raise_errno(r, "dispatcher stats")
+        return int(out[0]), int(out[1]), int(out[2]), int(out[3])
+
+    def close(self) -> None:
+        """Stop the thread; connections not acknowledged and worker sockets are closed."""
+        d, self._d = self._d, None
+        if d is not None:
+            lib.pfd_dispatch_free(d)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+_SEQ = "unsigned long long *"
+
+
+def dispatch_take(sock: int, block: bool) -> tuple[int, int] | None:
+    """A worker's next connection: ``(fd, seq)``, or None (not blocking, or a signal)."""
+    seq = ffi.new(_SEQ)
+    r = lib.pfd_dispatch_take(sock, seq, FD_BLOCK if block else 0)
+    if r in (-_errno.EAGAIN, -_errno.EINTR):
+        return None
+    if r < 0:
+        raise_errno(r, "recvmsg")
+    return int(r), int(seq[0])
+
+
+def dispatch_ack(sock: int, seq: int) -> None:
+    r = lib.pfd_dispatch_ack(sock, seq)
+    if r < 0:
+        raise_errno(r, "send")

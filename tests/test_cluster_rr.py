@@ -1,0 +1,113 @@
+"""The round-robin hand-off from Python: real HTTP over it (http.client), an even split,
+a worker SIGKILLed while connections wait for it (they go to another, none is lost)."""
+
+from __future__ import annotations
+
+import collections
+import http.client
+import os
+import signal
+import socket
+import threading
+
+import pytest
+from _helpers import linux_only
+
+import pyforkd
+from pyforkd import ChannelClosedError, cluster
+
+pytestmark = linux_only
+
+
+def serve(accepting=True):
+    ch = pyforkd.parent()
+    _, sock = ch.recv(with_handle=True)
+    listener = cluster.Listener(sock)
+    ch.send("ready")
+    if not accepting:
+        signal.pause()  # a stuck worker: connections wait for it
+    served = 0
+    while True:
+        try:
+            conn, address = listener.accept()
+        except ChannelClosedError:
+            return served
+        assert address[0] == "127.0.0.1"
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            request += chunk
+        body = str(os.getpid()).encode()
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body)
+        )
+        conn.close()
+        served += 1
+
+
+def get(port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/")
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    assert r.status == 200
+    return int(body)
+
+
+@pytest.fixture
+def primary():
+    lsock = socket.create_server(("127.0.0.1", 0))
+    rr = cluster.RoundRobin(lsock, max_inflight=2)
+    workers = []
+
+    def start(accepting=True):
+        slot, theirs = rr.connect()
+        w = pyforkd.fork_worker(serve, accepting)
+        w.send("your connections", handle=theirs)
+        assert w.recv(timeout=30) == "ready"
+        workers.append(w)
+        return slot, w
+
+    yield lsock.getsockname()[1], rr, start
+    rr.close()  # workers see the hand-off end and return
+    lsock.close()
+    for w in workers:
+        w.kill("SIGKILL")
+        w.wait(timeout=30)
+
+
+def test_round_robin_splits_evenly_and_survives_a_killed_worker(primary):
+    port, rr, start = primary
+    (_, a), (_, b) = start(), start()
+    pids = collections.Counter(get(port) for _ in range(40))
+    assert set(pids) == {a.pid, b.pid} and pids[a.pid] == pids[b.pid] == 20
+    a.kill("SIGKILL")
+    a.wait(timeout=30)
+    assert all(get(port) == b.pid for _ in range(10))
+    assert rr.stats()["accepted"] == 50
+
+
+def test_connections_waiting_for_a_dead_worker_go_to_another(primary):
+    port, rr, start = primary
+    stuck_slot, stuck = start(accepting=False)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(get(port))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    # The stuck worker holds what it was handed (at most 2, max_inflight) and takes none.
+    for _ in range(3000):
+        if rr.stats(stuck_slot)["in_flight"] == 2:
+            break
+        threading.Event().wait(0.01)
+    assert rr.stats(stuck_slot)["in_flight"] == 2
+    _, good = start()
+    stuck.kill("SIGKILL")
+    stuck.wait(timeout=30)
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [good.pid] * 4  # all four answered, none lost
+    assert rr.stats()["redispatched"] >= 2
