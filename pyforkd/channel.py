@@ -516,6 +516,12 @@ class _Decoder:
             _close_fds(self.fd_batches.popleft()[2])
         while self.ready:
             _close_handle(self.ready.popleft()[1])
+        # Control messages stay (a worker's outcome is read after its channel broke); their
+        # handles go.
+        for i, (obj, handle) in enumerate(self.control):
+            if handle is not None:
+                _close_handle(handle)
+                self.control[i] = (obj, None)
         self.pending.clear()
         self.big = self.spare = None
 
@@ -581,14 +587,12 @@ class _Decoder:
                 item = _ringlink.RECORD(bytearray(payload)) if payload else _ringlink.BACK
                 self.ready.append((item, None))
             else:  # CONTROL: the channel's own traffic (a worker's result)
-                self.control.append(pickle.loads(payload))
+                self.control.append((pickle.loads(payload), None))
             return
         handle: Any = None
         try:
             if not flags & _b.FRAME_FLAG_HANDLES:
                 raise ValueError("descriptors came without a description")
-            if kind == _b.FRAME_CONTROL:
-                raise ValueError("a control message came with descriptors")
             (size,) = _META_LEN.unpack_from(payload)
             if 4 + size > len(payload):
                 raise ValueError("the handle description runs past the frame")
@@ -601,6 +605,9 @@ class _Decoder:
                 if len(handles) != 2 or not all(isinstance(h, Ring) for h in handles):
                     raise ValueError("a ring set-up needs two rings")
                 self.ring_setup = handles
+                return
+            if kind == _b.FRAME_CONTROL:  # the channel's own, with handles
+                self.control.append((pickle.loads(payload), handle))
                 return
             if kind == _b.FRAME_PICKLE:
                 obj = pickle.loads(payload)
@@ -1051,21 +1058,35 @@ class Channel:
         if notify:
             self._node_write({"cmd": "NODE_SOCKET_ALL_CLOSED", "key": key})
 
-    def send_control(self, obj: Any) -> None:
-        """Send one of the channel's own messages (pickled), kept apart from user messages."""
+    def send_control(self, obj: Any, handle: Any = None) -> None:
+        """Send one of the channel's own messages (pickled), kept apart from user messages.
+
+        ``handle`` (as for :meth:`send`) goes with it; this side's copy is closed once sent.
+        """
         if self.framing != "pyforkd":
             raise ValueError("control messages need pyforkd framing")
         try:
             body = pickle.dumps(obj, protocol=5)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise TypeError(f"cannot pickle this message: {exc}") from None
+        handles = _handle_list(handle)
+        fds: list[int] = []
+        flags = 0
+        if handles:
+            fds, described = _describe(handles, isinstance(handle, (list, tuple)))
+            body = _META_LEN.pack(len(described)) + described + body
+            flags = _b.FRAME_FLAG_HANDLES
         with self._send_lock:
             self._check_open()
-            self._send_codec.encode(_b.FRAME_CONTROL, 0, 0, len(body))
-            self._write(self._send_codec.header_bytes, body, [], None)
+            self._send_codec.encode(_b.FRAME_CONTROL, flags, len(fds), len(body))
+            self._write(bytes(self._send_codec.header_bytes), body, fds, None)
+        _close_sent(handles)
 
-    def recv_control(self, timeout: float | None = None) -> Any:
-        """Receive the next control message; user messages that come first stay queued."""
+    def recv_control(self, timeout: float | None = None, *, with_handle: bool = False) -> Any:
+        """Receive the next control message; user messages that come first stay queued.
+
+        With ``with_handle=True``: ``(message, handle)``.
+        """
         deadline = _deadline(timeout)
         with self._recv_lock:
             control = self._decoder.control
@@ -1074,7 +1095,11 @@ class Channel:
                 if self._eof:
                     raise ChannelClosedError("the peer closed the channel")
                 self._receive(deadline)
-            return control.popleft()
+            obj, handle = control.popleft()
+        if with_handle:
+            return obj, handle
+        _close_handle(handle)
+        return obj
 
     def _forget(self) -> None:
         """In a forked child: close this process's copy without touching the socket.

@@ -1,34 +1,64 @@
-"""The cluster: a primary that shares a listening socket's connections across workers.
+"""The cluster: a primary that shares a port across workers and restarts them.
 
-In progress (see the open issue): this module has the round-robin hand-off, the part the
-rest builds on.  The primary owns the listening socket; a C thread (csrc/unix/dispatch.c,
-no GIL) accepts and hands each connection to the next worker with room over that
-worker's private socket, and keeps its own copy until the worker acknowledges it, so a
-connection given to a worker that dies first goes to another: none is lost::
+In progress (see the open issue): the primary, ``fork`` workers, the ``"rr"`` policy
+(a C dispatcher thread, no GIL, hands every connection over and keeps its copy until
+the worker has it: a worker that dies loses none), events, restarts with back-off and
+a crash-loop stop.  The Node-style use::
 
-    lsock = socket.create_server(("127.0.0.1", 8000))
-    rr = cluster.RoundRobin(lsock)
-    slot, theirs = rr.connect()                            # one per worker
-    w = pyforkd.fork_worker(serve)
-    w.send("your connections", handle=theirs)
+    from pyforkd import cluster
+    if cluster.is_primary:
+        for _ in range(2):
+            cluster.fork()
+        cluster.on("exit", lambda worker, code, signal: print("worker", worker.id, "died"))
+        cluster.run()                                   # blocks: supervise, restart
+    else:
+        listener = cluster.listen(("127.0.0.1", 3000))  # .accept() like a socket
+        serve_forever(listener)
 
-    # in the worker
-    _, sock = pyforkd.parent().recv(with_handle=True)
-    listener = cluster.Listener(sock)
-    conn, address = listener.accept()                      # exactly like socket.accept()
+A forked worker runs the script's ``__main__`` again from the top, with ``is_worker``
+true (its imports are warm: it is a fork).  SIGTERM or SIGINT to the primary stop the
+cluster: workers stop taking connections, finish, and exit.
 """
 
 from __future__ import annotations
 
+import collections
 import os
+import runpy
+import selectors
+import signal as _signal
 import socket
+import sys
 import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _bindings as _b
-from .errors import ChannelClosedError
+from . import worker as _worker
+from .child_process import signal_name
+from .errors import ChannelClosedError, TimeoutExpired
 
-__all__ = ["Listener", "RoundRobin"]
+__all__ = [
+    "EVENTS",
+    "Cluster",
+    "Listener",
+    "RoundRobin",
+    "Worker",
+    "fork",
+    "listen",
+    "on",
+    "run",
+    "setup_primary",
+    "shutdown",
+]
+
+EVENTS = ("fork", "online", "listening", "message", "disconnect", "exit", "setup")
+_NO_RESTART_CODES = (3, 4)  # a worker's "boot or app error: do not restart me"
+_BACKOFF_FIRST, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.1, 1.5, 15.0  # seconds
+_STABLE_UPTIME = 30.0  # a worker that lived this long resets the back-off
+_CRASH_LOOP = 10  # restarts in a row of workers that died young: the cluster stops
 
 
 class Listener:
@@ -136,3 +166,451 @@ class RoundRobin:
     def close(self) -> None:
         """Stop dispatching; connections no worker accepted are closed."""
         self._dispatcher.close()
+
+
+# ---- the cluster --------------------------------------------------------------------------
+
+
+class Worker:
+    """A worker as the primary sees it.
+
+    ``id``, ``process`` (a :class:`pyforkd.Worker`), ``state`` (``"none"``, ``"online"``,
+    ``"listening"``, ``"disconnected"``, ``"dead"``), ``send``/``recv`` to talk to it,
+    ``disconnect()``, ``kill()``.
+    """
+
+    def __init__(self, cluster: Cluster, wid: int, process: _worker.Worker) -> None:
+        self.id = wid
+        self.process = process
+        self.state = "none"
+        self.exited_after_disconnect = False
+        self._cluster = cluster
+        self._slots: list[tuple[Any, int]] = []  # (address, dispatcher slot)
+        self._listened = False
+        self._started = time.monotonic()
+        self._env: dict[str, str] | None = None
+
+    def send(self, message: Any, handle: Any = None, **options: Any) -> None:
+        """Send a message to the worker (it reads it with ``pyforkd.parent().recv()``)."""
+        self.process.send(message, handle, **options)
+
+    def recv(self, timeout: float | None = None, **options: Any) -> Any:
+        """Receive a message from the worker (when no ``"message"`` handler takes them)."""
+        return self.process.recv(timeout, **options)
+
+    def disconnect(self) -> None:
+        """Stop giving it connections; it finishes those it has and exits."""
+        self.exited_after_disconnect = True
+        listening = bool(self._slots)
+        self._cluster._stop_dispatching(self)  # its accept() ends: it finishes and exits
+        if not listening and self.state != "dead":
+            self.process.kill("SIGTERM")  # it listens to nothing: nothing to drain
+
+    def kill(self, sig: Any = "SIGTERM") -> None:
+        """Signal the worker (it is not restarted: ``exited_after_disconnect`` is set)."""
+        self.exited_after_disconnect = True
+        self._cluster._stop_dispatching(self)
+        self.process.kill(sig)
+
+    def is_connected(self) -> bool:
+        """True while its channel is open."""
+        return self.process.connected
+
+    def is_dead(self) -> bool:
+        """True once its process has exited."""
+        return self.process.returncode is not None
+
+    def __repr__(self) -> str:
+        return f"<cluster.Worker id={self.id} pid={self.process.pid} {self.state}>"
+
+
+class Cluster:
+    """A primary and its workers; the ``cluster`` module's functions use a default one."""
+
+    def __init__(self) -> None:
+        self.workers: dict[int, Worker] = {}
+        self.settings: dict[str, Any] = {"policy": "rr", "restart": True}
+        self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
+        self._next_id = 1
+        self._listeners: dict[Any, tuple[socket.socket, RoundRobin]] = {}
+        self._stopping = False
+        self._failures = 0  # workers in a row that died young
+        self._restarts: list[tuple[float, dict[str, str] | None]] = []  # (when, env)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.error: str | None = None  # why the cluster stopped by itself, if it did
+        _clusters.add(self)
+
+    @property
+    def is_primary(self) -> bool:
+        """True in the primary (any process that is not a cluster worker)."""
+        return _role["worker"] is None
+
+    @property
+    def is_worker(self) -> bool:
+        """True in a worker the primary forked."""
+        return _role["worker"] is not None
+
+    def setup_primary(self, **settings: Any) -> None:
+        """Settings for the workers forked after this: ``policy`` (``"rr"``), ``restart``."""
+        for key, value in settings.items():
+            if key == "policy" and value != "rr":
+                raise ValueError(f"policy {value!r} is not available yet (only 'rr')")
+            if key == "restart" and not isinstance(value, bool):
+                raise TypeError("restart must be a bool")
+            if key not in ("policy", "restart"):
+                raise TypeError(f"setup_primary() got an unknown setting {key!r}")
+        self.settings.update(settings)
+        self._emit("setup", dict(self.settings))
+
+    def on(self, event: str, fn: Callable[..., Any]) -> None:
+        """Call ``fn`` on ``event`` (one of :data:`EVENTS`), in Node's order."""
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; events are {', '.join(EVENTS)}")
+        if not callable(fn):
+            raise TypeError("on() needs a callable")
+        self._handlers[event].append(fn)
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for fn in list(self._handlers.get(event, ())):
+            fn(*args)
+
+    def fork(self, env: Mapping[str, str] | None = None) -> Worker:
+        """Start a worker: a fork of this process that runs ``__main__`` from the top."""
+        if self.is_worker:
+            raise RuntimeError("fork() is for the primary (this is a worker)")
+        main = sys.modules.get("__main__")
+        path = getattr(main, "__file__", None)
+        if not path:
+            raise RuntimeError("a cluster needs a __main__ script to run in its workers")
+        wid = self._next_id
+        self._next_id += 1
+        extra = {str(k): str(v) for k, v in (env or {}).items()}
+        process = _worker.fork_worker(
+            _worker_main, wid, os.path.abspath(path), extra, name=f"worker {wid}"
+        )
+        w = Worker(self, wid, process)
+        w._env = extra
+        self.workers[wid] = w
+        self._emit("fork", w)
+        self._wake()
+        return w
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"!")
+        except OSError:
+            pass  # full: a wake-up is pending already
+
+    # ---- the primary's loop ---------------------------------------------------------
+
+    def run(self) -> None:
+        """Supervise until :meth:`shutdown` (or SIGTERM/SIGINT) and every worker is gone.
+
+        Raises ``RuntimeError`` when workers keep dying young (a crash loop).
+        """
+        if self.is_worker:
+            raise RuntimeError("run() is for the primary (this is a worker)")
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (_signal.SIGTERM, _signal.SIGINT):
+                previous[sig] = _signal.signal(sig, lambda *_: self.shutdown())
+        sel = selectors.DefaultSelector()
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        watched: dict[int, Worker] = {}
+        try:
+            while True:
+                for w in list(self.workers.values()):
+                    ch = w.process.channel
+                    if w.id not in watched and ch is not None and ch.fileno() >= 0:
+                        sel.register(ch.fileno(), selectors.EVENT_READ, w)
+                        watched[w.id] = w
+                if not self.workers and not self._restarts:
+                    if not self._stopping and self.error is None:
+                        self.error = "no workers are left, and none is to be restarted"
+                    break
+                timeout = None
+                if self._restarts:
+                    timeout = max(0.0, self._restarts[0][0] - time.monotonic())
+                for key, _ in sel.select(timeout):
+                    if key.data is None:
+                        try:
+                            while self._wake_r.recv(512):
+                                pass
+                        except BlockingIOError:
+                            pass
+                        continue
+                    w = key.data
+                    if not self._service(w):
+                        sel.unregister(key.fileobj)
+                        del watched[w.id]
+                        self._reap(w)
+                self._due_restarts()
+        finally:
+            sel.close()
+            for sig, handler in previous.items():
+                _signal.signal(sig, handler)
+            for lsock, rr in self._listeners.values():
+                rr.close()
+                lsock.close()
+            self._listeners.clear()
+        if self.error:
+            raise RuntimeError(self.error)
+
+    def _service(self, w: Worker) -> bool:
+        """Read what the worker sent; False once its channel has closed."""
+        ch = w.process.channel
+        assert ch is not None
+        while True:
+            try:
+                msg, handle = ch.recv_control(0, with_handle=True)
+            except TimeoutError:
+                break
+            except ChannelClosedError:
+                return False
+            self._control(w, msg, handle)
+        ready = ch._decoder.ready
+        while ready and self._handlers.get("message"):
+            msg, handle = ready.popleft()
+            if handle is None:
+                self._emit("message", w, msg)
+            else:
+                self._emit("message", w, msg, handle)
+        return ch.connected
+
+    def _control(self, w: Worker, msg: Any, handle: Any) -> None:
+        if not (isinstance(msg, tuple) and msg and msg[0] == "cluster"):
+            # The worker's outcome (its script ended): keep it, say why if it failed.
+            w.process._outcome = msg
+            if msg[0] == "error":
+                remote_tb = msg[1][2]
+                sys.stderr.write(f"pyforkd cluster: worker {w.id} failed:\n{remote_tb}")
+            return
+        kind = msg[1]
+        if kind == "online":
+            w.state = "online"
+            self._emit("online", w)
+        elif kind == "listen":
+            self._listen_for(w, msg[2])
+
+    def _listen_for(self, w: Worker, address: Any) -> None:
+        ch = w.process.channel
+        assert ch is not None
+        key = tuple(address) if isinstance(address, list) else address
+        try:
+            if key not in self._listeners:
+                lsock = socket.create_server(key)
+                try:
+                    self._listeners[key] = (lsock, RoundRobin(lsock))
+                except BaseException:
+                    lsock.close()
+                    raise
+            slot, theirs = self._listeners[key][1].connect()
+        except OSError as exc:
+            ch.send_control(("cluster", "listen-error", exc.errno, exc.strerror, key))
+            return
+        w._slots.append((key, slot))
+        w._listened = True
+        ch.send_control(("cluster", "listening", self._listeners[key][0].getsockname()), theirs)
+        w.state = "listening"
+        self._emit("listening", w, self._listeners[key][0].getsockname())
+
+    def _stop_dispatching(self, w: Worker) -> None:
+        for key, slot in w._slots:
+            listener = self._listeners.get(key)
+            if listener is not None:
+                listener[1].remove(slot)
+        w._slots.clear()
+
+    def _reap(self, w: Worker) -> None:
+        """Its channel closed: wait for the process, tell, and maybe start another."""
+        self._stop_dispatching(w)
+        w.state = "disconnected"
+        self._emit("disconnect", w)
+        try:
+            w.process.wait(5)
+        except TimeoutExpired:
+            w.process.kill("SIGKILL")
+            w.process.wait()
+        w.state = "dead"
+        self.workers.pop(w.id, None)
+        code = w.process.returncode
+        assert code is not None
+        exit_code, sig = (code, None) if code >= 0 else (None, signal_name(-code))
+        self._emit("exit", w, exit_code, sig)
+        # A worker whose script failed before it ever listened would fail again: a boot
+        # error, like exit codes 3 and 4 (its traceback was printed when it came).
+        outcome = w.process._outcome
+        boot_error = outcome is not None and outcome[0] == "error" and not w._listened
+        if (
+            self._stopping
+            or w.exited_after_disconnect
+            or not self.settings["restart"]
+            or exit_code in _NO_RESTART_CODES
+            or boot_error
+        ):
+            return
+        lived = time.monotonic() - w._started
+        self._failures = 0 if lived >= _STABLE_UPTIME else self._failures + 1
+        if self._failures > _CRASH_LOOP:
+            self.error = (
+                f"workers keep dying young ({self._failures} in a row, the last exit "
+                f"{exit_code if sig is None else sig}): the cluster stops"
+            )
+            self.shutdown()
+            return
+        delay = min(_BACKOFF_FIRST * _BACKOFF_FACTOR ** max(0, self._failures - 1), _BACKOFF_MAX)
+        if lived >= _STABLE_UPTIME:
+            delay = 0.0
+        self._restarts.append((time.monotonic() + delay, w._env))
+        self._restarts.sort(key=lambda r: r[0])
+
+    def _due_restarts(self) -> None:
+        now = time.monotonic()
+        while self._restarts and self._restarts[0][0] <= now and not self._stopping:
+            _, env = self._restarts.pop(0)
+            self.fork(env)
+
+    def shutdown(self, graceful_timeout: float = 10.0) -> None:
+        """Stop: no restarts; workers stop taking connections, finish and exit.
+
+        Those still running after ``graceful_timeout`` are killed.  It only starts the
+        stop (a signal handler may call it): :meth:`run` returns once every worker is gone.
+        """
+        self._stopping = True
+        self._restarts.clear()
+        for w in list(self.workers.values()):
+            if w.state != "dead":
+                w.disconnect()
+        deadline = time.monotonic() + graceful_timeout
+        threading.Thread(target=self._kill_late, args=(deadline,), daemon=True).start()
+        self._wake()
+
+    def _kill_late(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if not any(w.process.returncode is None for w in list(self.workers.values())):
+                return
+            time.sleep(0.05)
+        for w in list(self.workers.values()):
+            if w.process.returncode is None:
+                w.process.kill("SIGKILL")
+
+
+# ---- in a worker ------------------------------------------------------------------------
+
+_role: dict[str, Any] = {"worker": None}  # the worker's id, in a worker
+
+
+class _Self:
+    """``cluster.worker`` inside a worker: its ``id``; ``send``/``recv`` to the primary."""
+
+    def __init__(self, wid: int) -> None:
+        self.id = wid
+
+    def send(self, message: Any, handle: Any = None) -> None:
+        """Send a message to the primary (its ``"message"`` event)."""
+        ch = _worker.parent()
+        assert ch is not None
+        ch.send(message, handle)
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """Receive a message the primary sent with ``worker.send``."""
+        ch = _worker.parent()
+        assert ch is not None
+        return ch.recv(timeout)
+
+
+def _worker_main(wid: int, path: str, env: dict[str, str]) -> None:
+    """In a forked worker: become one, then run the program's __main__ from the top."""
+    os.environ.update(env)
+    os.environ["PYFORKD_WORKER_ID"] = str(wid)
+    _role["worker"] = _Self(wid)
+    ch = _worker.parent()
+    assert ch is not None
+    ch.send_control(("cluster", "online"))
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code
+        if code is None or code == 0:
+            return
+        if isinstance(code, int):
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(code)
+        raise
+
+
+def listen(address: Any) -> Listener:
+    """In a worker: a :class:`Listener` for TCP ``address`` (``(host, port)``).
+
+    Every worker that listens there shares it.  ``OSError`` names the address when the
+    primary cannot bind it (e.g. ``EADDRINUSE``).
+    """
+    if _role["worker"] is None:
+        raise RuntimeError("listen() is for workers: the primary listens for them")
+    ch = _worker.parent()
+    assert ch is not None
+    ch.send_control(("cluster", "listen", address))
+    reply, handle = ch.recv_control(with_handle=True)
+    if reply[1] == "listen-error":
+        _, _, err, text, key = reply
+        raise OSError(err, f"{text}: cannot listen on {key[0]}:{key[1]}")
+    return Listener(handle)
+
+
+_clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked process (a new worker) keeps nothing of its primary's cluster.
+
+    Not the listening sockets (the dispatcher's own descriptors are closed by its C
+    at-fork handler), not the workers.
+    """
+    for c in list(_clusters):
+        for lsock, rr in c._listeners.values():
+            rr.close()
+            lsock.close()
+        c._listeners.clear()
+        c.workers.clear()
+        c._restarts.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_default = Cluster()
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("is_primary", "is_worker", "workers", "settings"):
+        return getattr(_default, name)
+    if name == "worker":
+        return _role["worker"]
+    raise AttributeError(f"module 'pyforkd.cluster' has no attribute {name!r}")
+
+
+def fork(env: Mapping[str, str] | None = None) -> Worker:
+    """Start a worker (the default cluster's :meth:`Cluster.fork`)."""
+    return _default.fork(env)
+
+
+def on(event: str, fn: Callable[..., Any]) -> None:
+    """Call ``fn`` on ``event`` (the default cluster's :meth:`Cluster.on`)."""
+    _default.on(event, fn)
+
+
+def run() -> None:
+    """Supervise the workers (the default cluster's :meth:`Cluster.run`)."""
+    _default.run()
+
+
+def setup_primary(**settings: Any) -> None:
+    """Settings for workers forked after this (the default cluster's)."""
+    _default.setup_primary(**settings)
+
+
+def shutdown(graceful_timeout: float = 10.0) -> None:
+    """Stop the default cluster (see :meth:`Cluster.shutdown`)."""
+    _default.shutdown(graceful_timeout)

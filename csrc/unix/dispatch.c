@@ -55,6 +55,7 @@ typedef struct {
 } pfd__worker_t;
 
 struct pfd_dispatch_s {
+  pfd_dispatch_t *next_live; /* the registry of dispatchers, for fork (below) */
   pthread_mutex_t lock;
   pthread_t thread;
   int started, stopping;
@@ -102,10 +103,63 @@ static int pfd__pipe(int fds[2]) {
 #endif
 }
 
+/* ---- fork ----------------------------------------------------------------------------
+ * A process forked while dispatchers run (a new worker) must not keep their descriptors:
+ * a copy of a worker's socket there would hide that worker's hang-up from the dispatcher
+ * and the dispatcher's from the worker.  pthread_atfork handlers take every dispatcher's
+ * lock around fork() (so the child sees consistent tables: the thread holds the lock only
+ * between polls), and in the child close every descriptor they hold and forget the
+ * thread, which does not exist there. */
+
+static pthread_mutex_t pfd__registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static pfd_dispatch_t *pfd__registry;
+static pthread_once_t pfd__atfork_once = PTHREAD_ONCE_INIT;
+
+static void pfd__prepare(void) {
+  pfd_dispatch_t *d;
+  (void)pthread_mutex_lock(&pfd__registry_lock);
+  for (d = pfd__registry; d != NULL; d = d->next_live) (void)pthread_mutex_lock(&d->lock);
+}
+
+static void pfd__parent(void) {
+  pfd_dispatch_t *d;
+  for (d = pfd__registry; d != NULL; d = d->next_live) (void)pthread_mutex_unlock(&d->lock);
+  (void)pthread_mutex_unlock(&pfd__registry_lock);
+}
+
+static void pfd__child(void) {
+  pfd_dispatch_t *d;
+  for (d = pfd__registry; d != NULL; d = d->next_live) {
+    int i;
+    unsigned k;
+    for (i = 0; i < d->nslots; i++) {
+      pfd__worker_t *w = &d->workers[i];
+      for (k = 0; k < w->npending; k++) (void)close(w->pending[k].fd);
+      w->npending = 0;
+      if (w->sock >= 0) (void)close(w->sock);
+      w->sock = -1;
+      w->live = 0;
+    }
+    for (k = 0; k < d->qlen; k++) (void)close(d->queue[(d->qhead + k) % PFD__QUEUE_MAX]);
+    d->qlen = 0;
+    (void)close(d->wake[0]);
+    (void)close(d->wake[1]);
+    d->wake[0] = d->wake[1] = -1;
+    d->started = 0; /* no thread here: pfd_dispatch_free must not join one */
+    d->stopping = 1;
+    (void)pthread_mutex_unlock(&d->lock);
+  }
+  (void)pthread_mutex_unlock(&pfd__registry_lock);
+}
+
+static void pfd__install_atfork(void) {
+  (void)pthread_atfork(pfd__prepare, pfd__parent, pfd__child);
+}
+
 static void pfd__wake(pfd_dispatch_t *d) {
   char c = 1;
   /* A full pipe already holds a wake-up: nothing is lost when this write fails. */
-  (void)!write(d->wake[1], &c, 1);
+  if (d->wake[1] >= 0) (void)!write(d->wake[1], &c, 1);
 }
 
 static int pfd__queue_push(pfd_dispatch_t *d, int fd, int front) {
@@ -327,6 +381,11 @@ int pfd_dispatch_new(pfd_dispatch_t **out, int listen_fd, unsigned max_inflight)
     free(d);
     return -r;
   }
+  (void)pthread_once(&pfd__atfork_once, pfd__install_atfork);
+  (void)pthread_mutex_lock(&pfd__registry_lock);
+  d->next_live = pfd__registry;
+  pfd__registry = d;
+  (void)pthread_mutex_unlock(&pfd__registry_lock);
   *out = d;
   return 0;
 }
@@ -421,9 +480,18 @@ int pfd_dispatch_stats(pfd_dispatch_t *d, int slot, unsigned long long out[4]) {
 }
 
 void pfd_dispatch_free(pfd_dispatch_t *d) {
+  pfd_dispatch_t **link;
   int i;
   unsigned k;
   if (d == NULL) return;
+  (void)pthread_mutex_lock(&pfd__registry_lock);
+  for (link = &pfd__registry; *link != NULL; link = &(*link)->next_live) {
+    if (*link == d) {
+      *link = d->next_live;
+      break;
+    }
+  }
+  (void)pthread_mutex_unlock(&pfd__registry_lock);
   (void)pthread_mutex_lock(&d->lock);
   d->stopping = 1;
   (void)pthread_mutex_unlock(&d->lock);
@@ -437,8 +505,8 @@ void pfd_dispatch_free(pfd_dispatch_t *d) {
   }
   for (k = 0; k < d->qlen; k++) (void)close(d->queue[(d->qhead + k) % PFD__QUEUE_MAX]);
   free(d->workers);
-  (void)close(d->wake[0]);
-  (void)close(d->wake[1]);
+  if (d->wake[0] >= 0) (void)close(d->wake[0]);
+  if (d->wake[1] >= 0) (void)close(d->wake[1]);
   (void)pthread_mutex_destroy(&d->lock);
   free(d);
 }

@@ -4,9 +4,11 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -119,6 +121,14 @@ TEST_IMPL(dispatch_bounds_a_workers_connections_in_flight) {
   CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w) == 0);
   CHECK_EQ(pfd_dispatch_add(d, w[0]), 0);
   CHECK_EQ(pfd_dispatch_start(d), 0);
+  {
+    /* A process forked now (a new worker) holds none of the dispatcher's descriptors. */
+    int pid = fork(), status;
+    CHECK(pid >= 0);
+    if (pid == 0) _exit(fcntl(w[0], F_GETFD) == -1 && errno == EBADF ? 0 : 1);
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
   c1 = client(port, 1);
   c2 = client(port, 2);
   await_stat(d, -1, 0, 2);

@@ -1,0 +1,157 @@
+"""The cluster end to end: a script run as a primary with forked workers that re-run it,
+real HTTP through the round-robin policy, events in Node's order, a killed worker
+restarted, a graceful stop on SIGTERM, and nothing left behind."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import textwrap
+import time
+
+import pytest
+from _helpers import PY, alive, linux_only
+
+import pyforkd
+
+pytestmark = linux_only
+
+SCRIPT = textwrap.dedent(
+    """
+    import os
+    import sys
+
+    from pyforkd import cluster
+
+    PORT = int(sys.argv[1])
+
+    if cluster.is_primary:
+        def log(*parts):
+            print(*parts, flush=True)
+
+        cluster.on("fork", lambda w: log("fork", w.id))
+        cluster.on("online", lambda w: log("online", w.id))
+        cluster.on("listening", lambda w, address: log("listening", w.id, address[1]))
+        cluster.on("exit", lambda w, code, sig: log("exit", w.id, code, sig))
+        for _ in range(2):
+            cluster.fork()
+        cluster.run()
+        log("stopped")
+    else:
+        listener = cluster.listen(("127.0.0.1", PORT))
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except ConnectionError:
+                break  # the primary stops giving us connections: we are done
+            request = b""
+            while b"\\r\\n\\r\\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                request += chunk
+            body = str(os.getpid()).encode()
+            head = b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body)
+            conn.sendall(head + body)
+            conn.close()
+    """
+)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port, timeout=30.0):
+    """The pid that answered, retrying while the primary is not listening yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            c.request("GET", "/")
+            r = c.getresponse()
+            body = r.read()
+            c.close()
+            assert r.status == 200
+            return int(body)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def test_a_cluster_serves_restarts_and_stops(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(SCRIPT)
+    port = free_port()
+    primary = pyforkd.spawn(PY, [str(script), str(port)], stdio=["ignore", "pipe", "inherit"])
+    try:
+        first = {get(port) for _ in range(20)}
+        assert len(first) == 2  # both workers answer, round-robin
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        pids = set()
+        while time.monotonic() < deadline:  # a replacement comes (after a short back-off)
+            pids = {get(port) for _ in range(6)}
+            if len(pids) == 2 and victim not in pids:
+                break
+        assert len(pids) == 2 and victim not in pids and pids & first
+        primary.kill("SIGTERM")
+        assert primary.wait(timeout=30) == 0
+    finally:
+        if primary.returncode is None:
+            primary.kill("SIGKILL")
+            primary.wait()
+    out = primary.stdout.read().decode().split("\n")
+    assert out[:2] == ["fork 1", "fork 2"]  # forked before run(); then each comes up
+    for wid in (1, 2, 3):
+        assert out.index(f"fork {wid}") < out.index(f"online {wid}")
+        assert out.index(f"online {wid}") < out.index(f"listening {wid} {port}")
+    exits = [line for line in out if line.startswith("exit ")]
+    assert len(exits) == 3
+    assert sum(line.endswith(" None SIGKILL") for line in exits) == 1  # the one we killed
+    assert sum(line.endswith(" 0 None") for line in exits) == 2  # the rest ended cleanly
+    assert "fork 3" in out and "online 3" in out and f"listening 3 {port}" in out
+    assert out[-2] == "stopped"
+    for pid in first | pids:
+        assert not alive(pid)  # no orphan
+
+
+BOOT_ERROR = textwrap.dedent(
+    """
+    from pyforkd import cluster
+
+    if cluster.is_primary:
+        cluster.fork()
+        cluster.run()
+    else:
+        raise RuntimeError("this app cannot start")
+    """
+)
+
+
+def test_a_worker_failing_at_start_is_reported_and_not_restarted(tmp_path):
+    script = tmp_path / "bad.py"
+    script.write_text(BOOT_ERROR)
+    done = pyforkd.spawn_sync(PY, [str(script)], timeout=60)
+    err = done.stderr.decode()
+    assert "worker 1 failed" in err and "RuntimeError: this app cannot start" in err
+    assert "no workers are left" in err  # the primary stops, no crash loop
+    assert done.returncode == 1
+
+
+def test_listen_is_for_workers_and_events_are_checked():
+    from pyforkd import cluster
+
+    with pytest.raises(RuntimeError, match="listen\\(\\) is for workers"):
+        cluster.listen(("127.0.0.1", 0))
+    with pytest.raises(ValueError, match="unknown event 'bogus'"):
+        cluster.on("bogus", print)
+    with pytest.raises(ValueError, match="only 'rr'"):
+        cluster.setup_primary(policy="nope")
+    assert cluster.is_primary and not cluster.is_worker and cluster.worker is None
