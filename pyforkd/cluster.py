@@ -253,13 +253,23 @@ class Cluster:
         return _role["worker"] is not None
 
     def setup_primary(self, **settings: Any) -> None:
-        """Settings for the workers forked after this: ``policy`` (``"rr"``), ``restart``."""
+        """Settings for the workers forked after this.
+
+        ``exec``: the script workers run (default: this program's ``__main__``), with
+        ``args`` as its ``sys.argv[1:]``; ``policy`` (``"rr"``); ``restart`` (bool).
+        """
         for key, value in settings.items():
             if key == "policy" and value != "rr":
                 raise ValueError(f"policy {value!r} is not available yet (only 'rr')")
             if key == "restart" and not isinstance(value, bool):
                 raise TypeError("restart must be a bool")
-            if key not in ("policy", "restart"):
+            if key == "exec" and not (isinstance(value, str) and os.path.isfile(value)):
+                raise ValueError(f"exec must name a script file, not {value!r}")
+            if key == "args" and not (
+                isinstance(value, (list, tuple)) and all(isinstance(a, str) for a in value)
+            ):
+                raise TypeError("args must be a list of str")
+            if key not in ("policy", "restart", "exec", "args"):
                 raise TypeError(f"setup_primary() got an unknown setting {key!r}")
         self.settings.update(settings)
         self._emit("setup", dict(self.settings))
@@ -280,15 +290,21 @@ class Cluster:
         """Start a worker: a fork of this process that runs ``__main__`` from the top."""
         if self.is_worker:
             raise RuntimeError("fork() is for the primary (this is a worker)")
-        main = sys.modules.get("__main__")
-        path = getattr(main, "__file__", None)
-        if not path:
-            raise RuntimeError("a cluster needs a __main__ script to run in its workers")
+        path = self.settings.get("exec")
+        argv = None
+        if path is not None:
+            argv = [path, *self.settings.get("args", ())]
+        else:
+            path = getattr(sys.modules.get("__main__"), "__file__", None)
+            if not path:
+                raise RuntimeError(
+                    "a cluster needs a script for its workers: run one, or setup_primary(exec=...)"
+                )
         wid = self._next_id
         self._next_id += 1
         extra = {str(k): str(v) for k, v in (env or {}).items()}
         process = _worker.fork_worker(
-            _worker_main, wid, os.path.abspath(path), extra, name=f"worker {wid}"
+            _worker_main, wid, os.path.abspath(path), argv, extra, name=f"worker {wid}"
         )
         w = Worker(self, wid, process)
         w._env = extra
@@ -521,8 +537,11 @@ class _Self:
         return ch.recv(timeout)
 
 
-def _worker_main(wid: int, path: str, env: dict[str, str]) -> None:
+def _worker_main(wid: int, path: str, argv: list[str] | None, env: dict[str, str]) -> None:
     """In a forked worker: become one, then run the program's __main__ from the top."""
+    if argv is not None:
+        sys.argv[:] = argv
+        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     os.environ.update(env)
     os.environ["PYFORKD_WORKER_ID"] = str(wid)
     _role["worker"] = _Self(wid)
