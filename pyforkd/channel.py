@@ -885,14 +885,7 @@ class Channel:
         is written then).
         """
         kind, body = self._encode(obj)
-        if len(handles) > _b.FRAME_MAX_FDS:
-            raise ValueError(f"at most {_b.FRAME_MAX_FDS} handles fit in one message")
-        fds: list[int] = []
-        flags = 0
-        if handles:
-            fds, described = _describe(handles, isinstance(handle, (list, tuple)))
-            body = _META_LEN.pack(len(described)) + described + body
-            flags = _b.FRAME_FLAG_HANDLES
+        flags, body, fds = _attach(body, handle, handles)
         self._check_size(len(body))
         return kind, flags, body, fds
 
@@ -1070,12 +1063,7 @@ class Channel:
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise TypeError(f"cannot pickle this message: {exc}") from None
         handles = _handle_list(handle)
-        fds: list[int] = []
-        flags = 0
-        if handles:
-            fds, described = _describe(handles, isinstance(handle, (list, tuple)))
-            body = _META_LEN.pack(len(described)) + described + body
-            flags = _b.FRAME_FLAG_HANDLES
+        flags, body, fds = _attach(body, handle, handles)
         with self._send_lock:
             self._check_open()
             self._send_codec.encode(_b.FRAME_CONTROL, flags, len(fds), len(body))
@@ -1217,10 +1205,9 @@ class Channel:
         A peer already gone is left for the first send or recv to find.
         """
         self._use_rings(tx, rx)
-        fds, described = _describe([tx, rx], True)
-        body = _META_LEN.pack(len(described)) + described
+        flags, body, fds = _attach(b"", [tx, rx], [tx, rx])
         with self._send_lock:
-            self._send_codec.encode(_b.FRAME_RING, _b.FRAME_FLAG_HANDLES, len(fds), len(body))
+            self._send_codec.encode(_b.FRAME_RING, flags, len(fds), len(body))
             try:
                 self._write(bytes(self._send_codec.header_bytes), body, fds, None)
             except ChannelClosedError:
@@ -1376,6 +1363,19 @@ def _close_sent(handles: list[Any]) -> None:
     for h in handles:
         if not isinstance(h, Ring):
             h.close()
+
+
+def _attach(body: Any, handle: Any, handles: list[Any]) -> tuple[int, Any, list[int]]:
+    """A payload with its handles described in front: ``(frame flags, payload, fds)``.
+
+    ``TypeError``/``ValueError`` for a handle that cannot be sent (nothing is written).
+    """
+    if not handles:
+        return 0, body, []
+    if len(handles) > _b.FRAME_MAX_FDS:
+        raise ValueError(f"at most {_b.FRAME_MAX_FDS} handles fit in one message")
+    fds, described = _describe(handles, isinstance(handle, (list, tuple)))
+    return _b.FRAME_FLAG_HANDLES, _META_LEN.pack(len(described)) + described + body, fds
 
 
 def _handle_list(handle: Any) -> list[Any]:

@@ -86,3 +86,52 @@ class LoopTicks:
 
     async def __aexit__(self, *exc: object) -> None:
         self._task.cancel()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, wait: float = 30.0) -> bytes:
+    """The body of GET / on 127.0.0.1:port (status 200), retrying while nothing listens yet."""
+    import http.client
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            c.request("GET", "/")
+            r = c.getresponse()
+            body = r.read()
+            c.close()
+            assert r.status == 200, r.status
+            return body
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def answering_pid(body: bytes) -> int:
+    """The pid in examples/hello_http.py's greeting ("... (pid N)")."""
+    return int(body.decode().rsplit("pid ", 1)[1].rstrip(")\n"))
+
+
+class reaped:
+    """``with reaped(child):`` kills (SIGKILL) and reaps the child if the block left it."""
+
+    def __init__(self, child):
+        self.child = child
+
+    def __enter__(self):
+        return self.child
+
+    def __exit__(self, *exc):
+        if self.child.returncode is None:
+            self.child.kill("SIGKILL")
+            self.child.wait()

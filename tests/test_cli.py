@@ -4,22 +4,15 @@ graceful stop on SIGTERM, and clear errors for bad arguments."""
 from __future__ import annotations
 
 import os
-import socket
 import time
 
-from _helpers import PY, alive, linux_only
+from _helpers import PY, alive, answering_pid, free_port, linux_only, reaped
 
 import pyforkd
 
 pytestmark = linux_only
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "hello_http.py")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def curl(port):
@@ -39,17 +32,12 @@ def test_pyforkd_run_serves_curl_and_stops_on_sigterm():
     primary = pyforkd.spawn(
         PY, ["-m", "pyforkd", "run", EXAMPLE, "-i", "2"], env=env, stdio=["ignore", "pipe", "pipe"]
     )
-    try:
+    with reaped(primary):
         answers = [curl(port) for _ in range(6)]
-        workers = {a.split()[3] for a in answers}
-        assert workers == {"1", "2"}  # both workers answer
-        pids = {int(a.split("pid ")[1].rstrip(")\n")) for a in answers}
+        assert {a.split()[3] for a in answers} == {"1", "2"}  # both workers answer
+        pids = {answering_pid(a.encode()) for a in answers}
         primary.kill("SIGTERM")
         assert primary.wait(timeout=30) == 0
-    finally:
-        if primary.returncode is None:
-            primary.kill("SIGKILL")
-            primary.wait()
     err = primary.stderr.read().decode()
     assert "2 worker(s) running" in err
     assert "ended" not in err  # a graceful stop reports no worker death

@@ -4,28 +4,24 @@ restarted, a graceful stop on SIGTERM, and nothing left behind."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
-import socket
 import textwrap
 import time
 
 import pytest
-from _helpers import PY, alive, linux_only
+from _helpers import PY, alive, answering_pid, free_port, http_get, linux_only, reaped
 
 import pyforkd
 
 pytestmark = linux_only
 
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 SCRIPT = textwrap.dedent(
-    """
-    import os
-    import sys
+    f"""
+    import runpy
 
     from pyforkd import cluster
-
-    PORT = int(sys.argv[1])
 
     if cluster.is_primary:
         def log(*parts):
@@ -40,56 +36,23 @@ SCRIPT = textwrap.dedent(
         cluster.run()
         log("stopped")
     else:
-        listener = cluster.listen(("127.0.0.1", PORT))
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except ConnectionError:
-                break  # the primary stops giving us connections: we are done
-            request = b""
-            while b"\\r\\n\\r\\n" not in request:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                request += chunk
-            body = str(os.getpid()).encode()
-            head = b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body)
-            conn.sendall(head + body)
-            conn.close()
+        runpy.run_path({os.path.join(EXAMPLE, "hello_http.py")!r}, run_name="__main__")
     """
 )
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(port, timeout=30.0):
-    """The pid that answered, retrying while the primary is not listening yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            c.request("GET", "/")
-            r = c.getresponse()
-            body = r.read()
-            c.close()
-            assert r.status == 200
-            return int(body)
-        except ConnectionRefusedError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+def get(port):
+    return answering_pid(http_get(port))
 
 
 def test_a_cluster_serves_restarts_and_stops(tmp_path):
     script = tmp_path / "app.py"
     script.write_text(SCRIPT)
     port = free_port()
-    primary = pyforkd.spawn(PY, [str(script), str(port)], stdio=["ignore", "pipe", "inherit"])
-    try:
+    primary = pyforkd.spawn(
+        PY, [str(script)], env=dict(os.environ, PORT=str(port)), stdio=["ignore", "pipe", "inherit"]
+    )
+    with reaped(primary):
         first = {get(port) for _ in range(20)}
         assert len(first) == 2  # both workers answer, round-robin
         victim = min(first)
@@ -103,10 +66,6 @@ def test_a_cluster_serves_restarts_and_stops(tmp_path):
         assert len(pids) == 2 and victim not in pids and pids & first
         primary.kill("SIGTERM")
         assert primary.wait(timeout=30) == 0
-    finally:
-        if primary.returncode is None:
-            primary.kill("SIGKILL")
-            primary.wait()
     out = primary.stdout.read().decode().split("\n")
     assert out[:2] == ["fork 1", "fork 2"]  # forked before run(); then each comes up
     for wid in (1, 2, 3):

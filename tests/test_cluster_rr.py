@@ -4,14 +4,13 @@ a worker SIGKILLed while connections wait for it (they go to another, none is lo
 from __future__ import annotations
 
 import collections
-import http.client
 import os
 import signal
 import socket
 import threading
 
 import pytest
-from _helpers import linux_only
+from _helpers import http_get, linux_only
 
 import pyforkd
 from pyforkd import ChannelClosedError, cluster
@@ -33,29 +32,15 @@ def serve(accepting=True):
         except ChannelClosedError:
             return served
         assert address[0] == "127.0.0.1"
-        request = b""
-        while b"\r\n\r\n" not in request:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            request += chunk
+        conn.recv(4096)  # the request (small: one read)
         body = str(os.getpid()).encode()
-        conn.sendall(
-            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-            % (len(body), body)
-        )
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         conn.close()
         served += 1
 
 
 def get(port):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    c.request("GET", "/")
-    r = c.getresponse()
-    body = r.read()
-    c.close()
-    assert r.status == 200
-    return int(body)
+    return int(http_get(port))
 
 
 @pytest.fixture
