@@ -49,7 +49,9 @@ __all__ = [
     "fork",
     "listen",
     "on",
+    "reload",
     "run",
+    "scale",
     "setup_primary",
     "shutdown",
 ]
@@ -236,6 +238,8 @@ class Cluster:
         self._stopping = False
         self._failures = 0  # workers in a row that died young
         self._restarts: list[tuple[float, dict[str, str] | None]] = []  # (when, env)
+        self._requests: list[tuple[str, int]] = []  # reload / scale, done by run()'s loop
+        self._replaces: dict[int, Worker] = {}  # a reload's new worker id -> the old one
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -332,6 +336,13 @@ class Cluster:
         if threading.current_thread() is threading.main_thread():
             for sig in (_signal.SIGTERM, _signal.SIGINT):
                 previous[sig] = _signal.signal(sig, lambda *_: self.shutdown())
+            previous[_signal.SIGHUP] = _signal.signal(_signal.SIGHUP, lambda *_: self.reload())
+            previous[_signal.SIGTTIN] = _signal.signal(
+                _signal.SIGTTIN, lambda *_: self.scale(self._count() + 1)
+            )
+            previous[_signal.SIGTTOU] = _signal.signal(
+                _signal.SIGTTOU, lambda *_: self.scale(max(1, self._count() - 1))
+            )
         sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, None)
         watched: dict[int, Worker] = {}
@@ -363,6 +374,7 @@ class Cluster:
                         del watched[w.id]
                         self._reap(w)
                 self._due_restarts()
+                self._do_requests()
         finally:
             sel.close()
             for sig, handler in previous.items():
@@ -431,6 +443,9 @@ class Cluster:
         ch.send_control(("cluster", "listening", self._listeners[key][0].getsockname()), theirs)
         w.state = "listening"
         self._emit("listening", w, self._listeners[key][0].getsockname())
+        old = self._replaces.pop(w.id, None)
+        if old is not None and old.state != "dead":
+            old.disconnect()  # its replacement serves now: the old one drains and exits
 
     def _stop_dispatching(self, w: Worker) -> None:
         for key, slot in w._slots:
@@ -442,6 +457,7 @@ class Cluster:
     def _reap(self, w: Worker) -> None:
         """Its channel closed: wait for the process, tell, and maybe start another."""
         self._stop_dispatching(w)
+        self._replaces.pop(w.id, None)  # a replacement that died: the old one stays
         w.state = "disconnected"
         self._emit("disconnect", w)
         try:
@@ -488,6 +504,48 @@ class Cluster:
             _, env = self._restarts.pop(0)
             self.fork(env)
 
+    def reload(self) -> None:
+        """Replace every worker, refusing no connection.
+
+        A new worker is started for each; each old one stops taking connections once its
+        replacement listens, finishes what it has and exits.  SIGHUP does this in
+        :meth:`run`.
+        """
+        self._requests.append(("reload", 0))
+        self._wake()
+
+    def scale(self, n: int) -> None:
+        """Run ``n`` workers: start more, or stop the newest (gracefully).
+
+        SIGTTIN and SIGTTOU add and remove one in :meth:`run`.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"scale() needs a worker count >= 0, not {n!r}")
+        self._requests.append(("scale", n))
+        self._wake()
+
+    def _count(self) -> int:
+        """Workers that serve or will (not those on their way out)."""
+        return sum(1 for w in self.workers.values() if not w.exited_after_disconnect) + len(
+            self._restarts
+        )
+
+    def _do_requests(self) -> None:
+        while self._requests and not self._stopping:
+            kind, n = self._requests.pop(0)
+            if kind == "reload":
+                for old in [w for w in self.workers.values() if not w.exited_after_disconnect]:
+                    if old not in self._replaces.values():
+                        self._replaces[self.fork(old._env).id] = old
+            else:
+                current = [w for w in self.workers.values() if not w.exited_after_disconnect]
+                for _ in range(n - self._count()):
+                    self.fork()
+                for w in sorted(current, key=lambda w: w.id, reverse=True)[
+                    : max(0, len(current) - n)
+                ]:
+                    w.disconnect()
+
     def shutdown(self, graceful_timeout: float = 10.0) -> None:
         """Stop: no restarts; workers stop taking connections, finish and exit.
 
@@ -496,6 +554,7 @@ class Cluster:
         """
         self._stopping = True
         self._restarts.clear()
+        self._requests.clear()
         for w in list(self.workers.values()):
             if w.state != "dead":
                 w.disconnect()
@@ -628,6 +687,16 @@ def run() -> None:
 def setup_primary(**settings: Any) -> None:
     """Settings for workers forked after this (the default cluster's)."""
     _default.setup_primary(**settings)
+
+
+def reload() -> None:
+    """Replace every worker without refusing a connection (the default cluster's)."""
+    _default.reload()
+
+
+def scale(n: int) -> None:
+    """Run ``n`` workers (the default cluster's :meth:`Cluster.scale`)."""
+    _default.scale(n)
 
 
 def shutdown(graceful_timeout: float = 10.0) -> None:

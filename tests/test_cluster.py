@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import textwrap
+import threading
 import time
 
 import pytest
@@ -114,3 +115,67 @@ def test_listen_is_for_workers_and_events_are_checked():
     with pytest.raises(ValueError, match="only 'rr'"):
         cluster.setup_primary(policy="nope")
     assert cluster.is_primary and not cluster.is_worker and cluster.worker is None
+
+
+def wait_until(condition, what, limit=30.0):
+    """Poll ``condition`` (bounded); fail naming ``what`` if it never holds."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)
+
+
+def test_reload_and_scale_under_load_refuse_nothing(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(SCRIPT)
+    port = free_port()
+    env = dict(os.environ, PORT=str(port))
+    primary = pyforkd.spawn(PY, [str(script)], env=env, stdio=["ignore", "pipe", "inherit"])
+    with reaped(primary):
+        old = {get(port) for _ in range(10)}
+        assert len(old) == 2
+        answers: list[int] = []
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def load():  # one client after another, for as long as the test needs (bounded)
+            for _ in range(100_000):
+                if stop.is_set():
+                    return
+                try:
+                    answers.append(get(port))
+                except Exception as exc:  # a refused or broken request is what we count
+                    errors.append(exc)
+
+        t = threading.Thread(target=load)
+        t.start()
+        try:
+            primary.kill("SIGHUP")
+            wait_until(lambda: len(set(answers[-20:]) - old) == 2, "two new workers answer")
+            wait_until(lambda: not any(alive(pid) for pid in old), "the old workers exit")
+            new = set(answers[-20:])
+            primary.kill("SIGTTIN")
+            wait_until(lambda: len(set(answers[-30:])) == 3, "a third worker answers")
+            third = set(answers[-30:]) - new
+            primary.kill("SIGTTOU")
+            wait_until(lambda: not any(alive(pid) for pid in third), "the newest one exits")
+        finally:
+            stop.set()
+            t.join()
+        assert errors == []  # no request failed across the reload and the scaling
+        primary.kill("SIGTERM")
+        assert primary.wait(timeout=30) == 0
+
+
+def test_workers_die_with_a_killed_primary(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(SCRIPT)
+    port = free_port()
+    env = dict(os.environ, PORT=str(port))
+    primary = pyforkd.spawn(PY, [str(script)], env=env, stdio=["ignore", "pipe", "inherit"])
+    with reaped(primary):
+        workers = {get(port) for _ in range(10)}
+        assert len(workers) == 2
+        primary.kill("SIGKILL")
+        assert primary.wait(timeout=30) == -signal.SIGKILL
+        wait_until(lambda: not any(alive(pid) for pid in workers), "no orphan is left")
