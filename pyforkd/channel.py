@@ -1051,10 +1051,11 @@ class Channel:
         if notify:
             self._node_write({"cmd": "NODE_SOCKET_ALL_CLOSED", "key": key})
 
-    def send_control(self, obj: Any, handle: Any = None) -> None:
+    def send_control(self, obj: Any, handle: Any = None, *, keep_open: bool = False) -> None:
         """Send one of the channel's own messages (pickled), kept apart from user messages.
 
-        ``handle`` (as for :meth:`send`) goes with it; this side's copy is closed once sent.
+        ``handle`` (as for :meth:`send`) goes with it; this side's copy is closed once sent
+        unless ``keep_open``.
         """
         if self.framing != "pyforkd":
             raise ValueError("control messages need pyforkd framing")
@@ -1068,7 +1069,8 @@ class Channel:
             self._check_open()
             self._send_codec.encode(_b.FRAME_CONTROL, flags, len(fds), len(body))
             self._write(bytes(self._send_codec.header_bytes), body, fds, None)
-        _close_sent(handles)
+        if not keep_open:
+            _close_sent(handles)
 
     def recv_control(self, timeout: float | None = None, *, with_handle: bool = False) -> Any:
         """Receive the next control message; user messages that come first stay queued.

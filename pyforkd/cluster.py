@@ -234,7 +234,8 @@ class Cluster:
         self.settings: dict[str, Any] = {"policy": "rr", "restart": True}
         self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
         self._next_id = 1
-        self._listeners: dict[Any, tuple[socket.socket, RoundRobin]] = {}
+        # Per address: the listening socket, and its dispatcher once a worker uses "rr".
+        self._listeners: dict[Any, list[Any]] = {}
         self._stopping = False
         self._failures = 0  # workers in a row that died young
         self._restarts: list[tuple[float, dict[str, str] | None]] = []  # (when, env)
@@ -263,8 +264,8 @@ class Cluster:
         ``args`` as its ``sys.argv[1:]``; ``policy`` (``"rr"``); ``restart`` (bool).
         """
         for key, value in settings.items():
-            if key == "policy" and value != "rr":
-                raise ValueError(f"policy {value!r} is not available yet (only 'rr')")
+            if key == "policy" and value not in ("rr", "shared"):
+                raise ValueError(f"policy must be 'rr' or 'shared', not {value!r}")
             if key == "restart" and not isinstance(value, bool):
                 raise TypeError("restart must be a bool")
             if key == "exec" and not (isinstance(value, str) and os.path.isfile(value)):
@@ -379,10 +380,7 @@ class Cluster:
             sel.close()
             for sig, handler in previous.items():
                 _signal.signal(sig, handler)
-            for lsock, rr in self._listeners.values():
-                rr.close()
-                lsock.close()
-            self._listeners.clear()
+            self._close_listeners()
         if self.error:
             raise RuntimeError(self.error)
 
@@ -426,33 +424,49 @@ class Cluster:
         ch = w.process.channel
         assert ch is not None
         key = tuple(address) if isinstance(address, list) else address
+        policy = self.settings["policy"]
         try:
             if key not in self._listeners:
-                lsock = socket.create_server(key)
-                try:
-                    self._listeners[key] = (lsock, RoundRobin(lsock))
-                except BaseException:
-                    lsock.close()
-                    raise
-            slot, theirs = self._listeners[key][1].connect()
+                self._listeners[key] = [socket.create_server(key), None]
+            entry = self._listeners[key]
+            if policy == "rr":
+                if entry[1] is None:
+                    entry[1] = RoundRobin(entry[0])
+                slot, theirs = entry[1].connect()
+            else:  # "shared": the worker accepts on the listening socket itself
+                slot, theirs = -1, entry[0]
         except OSError as exc:
             ch.send_control(("cluster", "listen-error", exc.errno, exc.strerror, key))
             return
         w._slots.append((key, slot))
         w._listened = True
-        ch.send_control(("cluster", "listening", self._listeners[key][0].getsockname()), theirs)
+        address = entry[0].getsockname()
+        ch.send_control(("cluster", "listening", address, policy), theirs, keep_open=slot < 0)
         w.state = "listening"
-        self._emit("listening", w, self._listeners[key][0].getsockname())
+        self._emit("listening", w, address)
         old = self._replaces.pop(w.id, None)
         if old is not None and old.state != "dead":
             old.disconnect()  # its replacement serves now: the old one drains and exits
 
     def _stop_dispatching(self, w: Worker) -> None:
+        ch = w.process.channel
         for key, slot in w._slots:
-            listener = self._listeners.get(key)
-            if listener is not None:
-                listener[1].remove(slot)
+            entry = self._listeners.get(key)
+            if slot >= 0 and entry is not None and entry[1] is not None:
+                entry[1].remove(slot)
+            elif slot < 0 and ch is not None and ch.connected:  # "shared": it stops accepting
+                try:
+                    ch.send_control(("cluster", "disconnect"))
+                except ChannelClosedError:
+                    pass
         w._slots.clear()
+
+    def _close_listeners(self) -> None:
+        for lsock, rr in self._listeners.values():
+            if rr is not None:
+                rr.close()
+            lsock.close()
+        self._listeners.clear()
 
     def _reap(self, w: Worker) -> None:
         """Its channel closed: wait for the process, tell, and maybe start another."""
@@ -635,7 +649,57 @@ def listen(address: Any) -> Listener:
     if reply[1] == "listen-error":
         _, _, err, text, key = reply
         raise OSError(err, f"{text}: cannot listen on {key[0]}:{key[1]}")
+    if reply[3] == "shared":
+        return _SharedListener(handle, ch)
     return Listener(handle)
+
+
+class _SharedListener(Listener):
+    """A worker's Listener under ``"shared"``: it accepts on the listening socket itself.
+
+    It stops (``ChannelClosedError``) when the primary disconnects it.
+    """
+
+    def __init__(self, sock: socket.socket, channel: Any) -> None:
+        self.socket = sock
+        self._lock = threading.Lock()
+        self._channel = channel
+        sock.setblocking(False)  # another worker may take a connection first
+
+    def accept(self, timeout: float | None = None) -> tuple[socket.socket, Any]:
+        """The next connection, as ``socket.accept()``; see :meth:`Listener.accept`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock, selectors.DefaultSelector() as sel:
+            sel.register(self.socket, selectors.EVENT_READ, "listen")
+            sel.register(self._channel.fileno(), selectors.EVENT_READ, "primary")
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                events = sel.select(left)
+                if not events and deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError("no connection came in time")
+                for key, _ in events:
+                    if key.data == "primary":
+                        self._from_primary()
+                        continue
+                    try:
+                        conn, address = self.socket.accept()
+                    except BlockingIOError:
+                        continue  # another worker took it
+                    conn.setblocking(True)
+                    return conn, address
+
+    def _from_primary(self) -> None:
+        """Read the primary's control messages: a disconnect ends accepting."""
+        while True:
+            try:
+                msg = self._channel.recv_control(0)
+            except TimeoutError:
+                return
+            except ChannelClosedError:
+                raise ChannelClosedError("the primary is gone") from None
+            if msg == ("cluster", "disconnect"):
+                self.socket.close()
+                raise ChannelClosedError("the primary stopped this worker's listening")
 
 
 _clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
@@ -648,10 +712,7 @@ def _after_fork_in_child() -> None:
     at-fork handler), not the workers.
     """
     for c in list(_clusters):
-        for lsock, rr in c._listeners.values():
-            rr.close()
-            lsock.close()
-        c._listeners.clear()
+        c._close_listeners()
         c.workers.clear()
         c._restarts.clear()
 

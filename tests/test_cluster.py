@@ -20,6 +20,7 @@ pytestmark = linux_only
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 SCRIPT = textwrap.dedent(
     f"""
+    import os
     import runpy
 
     from pyforkd import cluster
@@ -32,6 +33,7 @@ SCRIPT = textwrap.dedent(
         cluster.on("online", lambda w: log("online", w.id))
         cluster.on("listening", lambda w, address: log("listening", w.id, address[1]))
         cluster.on("exit", lambda w, code, sig: log("exit", w.id, code, sig))
+        cluster.setup_primary(policy=os.environ.get("POLICY", "rr"))
         for _ in range(2):
             cluster.fork()
         cluster.run()
@@ -112,7 +114,7 @@ def test_listen_is_for_workers_and_events_are_checked():
         cluster.listen(("127.0.0.1", 0))
     with pytest.raises(ValueError, match="unknown event 'bogus'"):
         cluster.on("bogus", print)
-    with pytest.raises(ValueError, match="only 'rr'"):
+    with pytest.raises(ValueError, match="policy must be 'rr' or 'shared', not 'nope'"):
         cluster.setup_primary(policy="nope")
     assert cluster.is_primary and not cluster.is_worker and cluster.worker is None
 
@@ -179,3 +181,19 @@ def test_workers_die_with_a_killed_primary(tmp_path):
         primary.kill("SIGKILL")
         assert primary.wait(timeout=30) == -signal.SIGKILL
         wait_until(lambda: not any(alive(pid) for pid in workers), "no orphan is left")
+
+
+def test_the_shared_policy_serves_and_stops_gracefully(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(SCRIPT)
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), POLICY="shared")
+    primary = pyforkd.spawn(PY, [str(script)], env=env, stdio=["ignore", "pipe", "inherit"])
+    with reaped(primary):
+        pids = {get(port) for _ in range(20)}  # every request answered, by some worker
+        primary.kill("SIGTERM")
+        assert primary.wait(timeout=30) == 0
+    out = primary.stdout.read().decode().split("\n")
+    exits = sorted(line for line in out if line.startswith("exit "))
+    assert exits == ["exit 1 0 None", "exit 2 0 None"]  # both stopped cleanly, not killed
+    assert not any(alive(pid) for pid in pids)
