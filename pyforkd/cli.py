@@ -1,6 +1,6 @@
 """The ``pyforkd`` command: run a script under a supervising cluster primary.
 
-    pyforkd run SCRIPT [-i N|max] [SCRIPT ARGS...] [-- SCRIPT ARGS...]
+    pyforkd run SCRIPT [-i N|max] [--policy rr|shared] [SCRIPT ARGS...] [-- SCRIPT ARGS...]
 
 The script is what each worker runs: one written for the cluster (its ``cluster.is_worker``
 branch runs) or one that only does the worker half (``cluster.listen(...)`` and serve).
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run SCRIPT in N workers under a supervising primary",
-        usage="pyforkd run SCRIPT [-i N|max] [SCRIPT ARGS...] [-- SCRIPT ARGS...]",
+        usage="pyforkd run SCRIPT [-i N|max] [--policy rr|shared] [SCRIPT ARGS...] [-- ...]",
         description=(
             "Run SCRIPT in N forked workers under a primary that shares its listening "
             "sockets (cluster.listen) round-robin, restarts workers that die, and stops "
@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N|max",
         help="how many workers (max: one per CPU; default 1)",
+    )
+    run.add_argument(
+        "--policy",
+        choices=("rr", "shared"),
+        default="rr",
+        help="rr: the primary hands connections out in turn (default); shared: workers "
+        "accept on the listening socket themselves",
     )
     return parser
 
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyforkd: no such script: {args.script}", file=sys.stderr)
         return 2
     c = cluster._default
-    c.setup_primary(exec=os.path.abspath(args.script), args=list(args.args))
+    c.setup_primary(exec=os.path.abspath(args.script), args=list(args.args), policy=args.policy)
     c.on("exit", _report_exit)
     for _ in range(args.instances):
         c.fork()
