@@ -49,5 +49,7 @@ def test_bad_arguments_are_explained():
     assert done.returncode == 2 and b"-i must be at least 1" in done.stderr
     done = pyforkd.spawn_sync(PY, ["-m", "pyforkd", "run", "no/such/script.py"])
     assert done.returncode == 2 and b"no such script: no/such/script.py" in done.stderr
+    done = pyforkd.spawn_sync(PY, ["-m", "pyforkd", "run", EXAMPLE, "--policy", "nope"])
+    assert done.returncode == 2 and b"invalid choice: 'nope'" in done.stderr
     done = pyforkd.spawn_sync(PY, ["-m", "pyforkd", "run", "--help"])
     assert done.returncode == 0 and b"pyforkd run SCRIPT [-i N|max]" in done.stdout
