@@ -1,10 +1,10 @@
-"""Cluster benchmark: the same tiny HTTP responder behind pyforkd (rr, shared), Node's
+"""Cluster benchmark: the same tiny HTTP responder behind pyforkd (3 policies), Node's
 cluster (RR and SCHED_NONE) and gunicorn (sync workers), measured by wrk on 127.0.0.1 in
 one process run; prints a table of medians and ratios.
 
     python3 bench/bench_cluster.py [--quick]
 
-Every server runs 2 workers; wrk runs ``-t2 -c64 -d5s --latency`` (``-d2s`` with
+pyforkd runs each of its policies (rr, shared, reuseport).  Every server runs 2 workers; wrk runs ``-t2 -c64 -d5s --latency`` (``-d2s`` with
 --quick) with ``Connection: close`` (a new connection per request), three times each,
 servers taking turns.  Needs ``wrk`` (Debian: apt-get install wrk), ``node`` and
 ``gunicorn`` (pip); a peer that is missing is left out and said so.  Not measured yet:
@@ -51,6 +51,9 @@ def servers(port: int) -> dict[str, list[str] | None]:
     out: dict[str, list[str] | None] = {
         "pyforkd rr": [py, "-m", "pyforkd", "run", EXAMPLE, "-i", "2"],
         "pyforkd shared": [py, "-m", "pyforkd", "run", EXAMPLE, "-i", "2", "--policy", "shared"],
+        "pyforkd reuseport": [
+            *[py, "-m", "pyforkd", "run", EXAMPLE, "-i", "2", "--policy", "reuseport"]
+        ],
     }
     node = shutil.which("node")
     js = os.path.join(HERE, "cluster", "node_cluster.js")

@@ -1,6 +1,6 @@
 """The ``pyforkd`` command: run a script under a supervising cluster primary.
 
-    pyforkd run SCRIPT [-i N|max] [--policy rr|shared] [SCRIPT ARGS...] [-- SCRIPT ARGS...]
+    pyforkd run SCRIPT [-i N|max] [--policy rr|shared|reuseport] [SCRIPT ARGS...]
 
 The script is what each worker runs: one written for the cluster (its ``cluster.is_worker``
 branch runs) or one that only does the worker half (``cluster.listen(...)`` and serve).
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run SCRIPT in N workers under a supervising primary",
-        usage="pyforkd run SCRIPT [-i N|max] [--policy rr|shared] [SCRIPT ARGS...] [-- ...]",
+        usage="pyforkd run SCRIPT [-i N|max] [--policy POLICY] [SCRIPT ARGS...] [-- ...]",
         description=(
             "Run SCRIPT in N forked workers under a primary that shares its listening "
             "sockets (cluster.listen) round-robin, restarts workers that die, and stops "
@@ -57,10 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--policy",
-        choices=("rr", "shared"),
+        choices=("rr", "shared", "reuseport"),
         default="rr",
         help="rr: the primary hands connections out in turn (default); shared: workers "
-        "accept on the listening socket themselves",
+        "accept on the listening socket themselves; reuseport: each worker binds its own "
+        "SO_REUSEPORT socket",
     )
     return parser
 

@@ -61,6 +61,7 @@ _NO_RESTART_CODES = (3, 4)  # a worker's "boot or app error: do not restart me"
 _BACKOFF_FIRST, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.1, 1.5, 15.0  # seconds
 _STABLE_UPTIME = 30.0  # a worker that lived this long resets the back-off
 _CRASH_LOOP = 10  # restarts in a row of workers that died young: the cluster stops
+_POLICIES = ("rr", "shared", "reuseport")
 
 
 class Listener:
@@ -261,11 +262,16 @@ class Cluster:
         """Settings for the workers forked after this.
 
         ``exec``: the script workers run (default: this program's ``__main__``), with
-        ``args`` as its ``sys.argv[1:]``; ``policy`` (``"rr"``); ``restart`` (bool).
+        ``args`` as its ``sys.argv[1:]``; ``policy``: ``"rr"`` (the primary hands each
+        connection to a worker), ``"shared"`` (workers accept on the primary's listening
+        socket) or ``"reuseport"`` (each worker binds its own ``SO_REUSEPORT`` socket; a
+        worker that stops drops what waits in its own accept queue); ``restart`` (bool).
         """
         for key, value in settings.items():
-            if key == "policy" and value not in ("rr", "shared"):
-                raise ValueError(f"policy must be 'rr' or 'shared', not {value!r}")
+            if key == "policy" and value not in _POLICIES:
+                raise ValueError(f"policy must be 'rr', 'shared' or 'reuseport', not {value!r}")
+            if key == "policy" and value == "reuseport" and not hasattr(socket, "SO_REUSEPORT"):
+                raise ValueError("policy 'reuseport' needs SO_REUSEPORT, which this OS lacks")
             if key == "restart" and not isinstance(value, bool):
                 raise TypeError("restart must be a bool")
             if key == "exec" and not (isinstance(value, str) and os.path.isfile(value)):
@@ -425,6 +431,14 @@ class Cluster:
         assert ch is not None
         key = tuple(address) if isinstance(address, list) else address
         policy = self.settings["policy"]
+        if policy == "reuseport":  # the worker binds its own socket: nothing to share here
+            w._slots.append((key, -1))
+            w._listened = True
+            ch.send_control(("cluster", "listening", key, policy))
+            w.state = "listening"
+            self._emit("listening", w, key)
+            self._replace_done(w)
+            return
         try:
             if key not in self._listeners:
                 self._listeners[key] = [socket.create_server(key), None]
@@ -444,6 +458,10 @@ class Cluster:
         ch.send_control(("cluster", "listening", address, policy), theirs, keep_open=slot < 0)
         w.state = "listening"
         self._emit("listening", w, address)
+        self._replace_done(w)
+
+    def _replace_done(self, w: Worker) -> None:
+        """``w`` listens: the worker a reload started it for can go."""
         old = self._replaces.pop(w.id, None)
         if old is not None and old.state != "dead":
             old.disconnect()  # its replacement serves now: the old one drains and exits
@@ -454,7 +472,7 @@ class Cluster:
             entry = self._listeners.get(key)
             if slot >= 0 and entry is not None and entry[1] is not None:
                 entry[1].remove(slot)
-            elif slot < 0 and ch is not None and ch.connected:  # "shared": it stops accepting
+            elif slot < 0 and ch is not None and ch.connected:  # shared/reuseport: it stops
                 try:
                     ch.send_control(("cluster", "disconnect"))
                 except ChannelClosedError:
@@ -651,6 +669,8 @@ def listen(address: Any) -> Listener:
         raise OSError(err, f"{text}: cannot listen on {key[0]}:{key[1]}")
     if reply[3] == "shared":
         return _SharedListener(handle, ch)
+    if reply[3] == "reuseport":  # a socket of its own on the same port (the kernel balances)
+        return _SharedListener(socket.create_server(tuple(address), reuse_port=True), ch)
     return Listener(handle)
 
 

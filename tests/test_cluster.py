@@ -114,7 +114,7 @@ def test_listen_is_for_workers_and_events_are_checked():
         cluster.listen(("127.0.0.1", 0))
     with pytest.raises(ValueError, match="unknown event 'bogus'"):
         cluster.on("bogus", print)
-    with pytest.raises(ValueError, match="policy must be 'rr' or 'shared', not 'nope'"):
+    with pytest.raises(ValueError, match="policy must be 'rr', 'shared' or 'reuseport'"):
         cluster.setup_primary(policy="nope")
     assert cluster.is_primary and not cluster.is_worker and cluster.worker is None
 
@@ -183,11 +183,12 @@ def test_workers_die_with_a_killed_primary(tmp_path):
         wait_until(lambda: not any(alive(pid) for pid in workers), "no orphan is left")
 
 
-def test_the_shared_policy_serves_and_stops_gracefully(tmp_path):
+@pytest.mark.parametrize("policy", ["shared", "reuseport"])
+def test_other_policies_serve_and_stop_gracefully(tmp_path, policy):
     script = tmp_path / "app.py"
     script.write_text(SCRIPT)
     port = free_port()
-    env = dict(os.environ, PORT=str(port), POLICY="shared")
+    env = dict(os.environ, PORT=str(port), POLICY=policy)
     primary = pyforkd.spawn(PY, [str(script)], env=env, stdio=["ignore", "pipe", "inherit"])
     with reaped(primary):
         pids = {get(port) for _ in range(20)}  # every request answered, by some worker
