@@ -4,12 +4,12 @@ one process run; prints a table of medians and ratios.
 
     python3 bench/bench_cluster.py [--quick]
 
-pyforkd runs each of its policies (rr, shared, reuseport).  Every server runs 2 workers; wrk runs ``-t2 -c64 -d5s --latency`` (``-d2s`` with
---quick) with ``Connection: close`` (a new connection per request), three times each,
-servers taking turns.  Needs ``wrk`` (Debian: apt-get install wrk), ``node`` and
-``gunicorn`` (pip); a peer that is missing is left out and said so.  Not measured yet:
-keep-alive (pyforkd's example closes every connection), per-worker fairness, reload and
-worker kills under load.
+pyforkd runs each of its policies (rr, shared, reuseport).  Every server runs 2 workers;
+wrk runs ``-t2 -c64 -d5s --latency`` (``-d2s`` with --quick) with ``Connection: close``
+(a new connection per request), three times each, servers taking turns.  Needs ``wrk``
+(Debian: apt-get install wrk), ``node`` and ``gunicorn`` (pip); a peer that is missing is
+left out and said so.  Not measured yet: keep-alive (pyforkd's example closes every
+connection), per-worker fairness, reload and worker kills under load.
 """
 
 from __future__ import annotations
