@@ -48,13 +48,17 @@ def get(port):
     return answering_pid(http_get(port))
 
 
-def test_a_cluster_serves_restarts_and_stops(tmp_path):
+def start_primary(tmp_path, **env):
+    """SCRIPT run as a cluster primary on a free port: ``(its ChildProcess, the port)``."""
     script = tmp_path / "app.py"
     script.write_text(SCRIPT)
     port = free_port()
-    primary = pyforkd.spawn(
-        PY, [str(script)], env=dict(os.environ, PORT=str(port)), stdio=["ignore", "pipe", "inherit"]
-    )
+    env = dict(os.environ, PORT=str(port), **env)
+    return pyforkd.spawn(PY, [str(script)], env=env, stdio=["ignore", "pipe", "inherit"]), port
+
+
+def test_a_cluster_serves_restarts_and_stops(tmp_path):
+    primary, port = start_primary(tmp_path)
     with reaped(primary):
         first = {get(port) for _ in range(20)}
         assert len(first) == 2  # both workers answer, round-robin
@@ -128,11 +132,7 @@ def wait_until(condition, what, limit=30.0):
 
 
 def test_reload_and_scale_under_load_refuse_nothing(tmp_path):
-    script = tmp_path / "app.py"
-    script.write_text(SCRIPT)
-    port = free_port()
-    env = dict(os.environ, PORT=str(port))
-    primary = pyforkd.spawn(PY, [str(script)], env=env, stdio=["ignore", "pipe", "inherit"])
+    primary, port = start_primary(tmp_path)
     with reaped(primary):
         old = {get(port) for _ in range(10)}
         assert len(old) == 2
@@ -170,11 +170,7 @@ def test_reload_and_scale_under_load_refuse_nothing(tmp_path):
 
 
 def test_workers_die_with_a_killed_primary(tmp_path):
-    script = tmp_path / "app.py"
-    script.write_text(SCRIPT)
-    port = free_port()
-    env = dict(os.environ, PORT=str(port))
-    primary = pyforkd.spawn(PY, [str(script)], env=env, stdio=["ignore", "pipe", "inherit"])
+    primary, port = start_primary(tmp_path)
     with reaped(primary):
         workers = {get(port) for _ in range(10)}
         assert len(workers) == 2
@@ -185,11 +181,7 @@ def test_workers_die_with_a_killed_primary(tmp_path):
 
 @pytest.mark.parametrize("policy", ["shared", "reuseport"])
 def test_other_policies_serve_and_stop_gracefully(tmp_path, policy):
-    script = tmp_path / "app.py"
-    script.write_text(SCRIPT)
-    port = free_port()
-    env = dict(os.environ, PORT=str(port), POLICY=policy)
-    primary = pyforkd.spawn(PY, [str(script)], env=env, stdio=["ignore", "pipe", "inherit"])
+    primary, port = start_primary(tmp_path, POLICY=policy)
     with reaped(primary):
         pids = {get(port) for _ in range(20)}  # every request answered, by some worker
         primary.kill("SIGTERM")
