@@ -62,6 +62,7 @@ _BACKOFF_FIRST, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.1, 1.5, 15.0  # seconds
 _STABLE_UPTIME = 30.0  # a worker that lived this long resets the back-off
 _CRASH_LOOP = 10  # restarts in a row of workers that died young: the cluster stops
 _POLICIES = ("rr", "shared", "reuseport")
+_PRIMARY_SIGNALS = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGTTIN, _signal.SIGTTOU)
 
 
 class Listener:
@@ -430,6 +431,10 @@ class Cluster:
         ch = w.process.channel
         assert ch is not None
         key = tuple(address) if isinstance(address, list) else address
+        if self._stopping or w.exited_after_disconnect:
+            # Asked to stop before it listened: it has nothing to finish, it just ends.
+            ch.send_control(("cluster", "stopping"))
+            return
         policy = self.settings["policy"]
         if policy == "reuseport":  # the worker binds its own socket: nothing to share here
             w._slots.append((key, -1))
@@ -633,6 +638,11 @@ def _worker_main(wid: int, path: str, argv: list[str] | None, env: dict[str, str
     if argv is not None:
         sys.argv[:] = argv
         sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    # The primary's handlers (stop, reload, scale) came along with the fork: a worker
+    # takes these signals the default way (SIGTERM ends it).
+    for sig in _PRIMARY_SIGNALS:
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
     os.environ.update(env)
     os.environ["PYFORKD_WORKER_ID"] = str(wid)
     _role["worker"] = _Self(wid)
@@ -664,6 +674,8 @@ def listen(address: Any) -> Listener:
     assert ch is not None
     ch.send_control(("cluster", "listen", address))
     reply, handle = ch.recv_control(with_handle=True)
+    if reply[1] == "stopping":  # the cluster stops (or replaced us) before we served
+        raise SystemExit(0)
     if reply[1] == "listen-error":
         _, _, err, text, key = reply
         raise OSError(err, f"{text}: cannot listen on {key[0]}:{key[1]}")
