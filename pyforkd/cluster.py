@@ -22,6 +22,7 @@ cluster: workers stop taking connections, finish, and exit.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import runpy
@@ -42,6 +43,7 @@ from .errors import ChannelClosedError, TimeoutExpired
 
 __all__ = [
     "EVENTS",
+    "AsyncServer",
     "Cluster",
     "Listener",
     "RoundRobin",
@@ -54,6 +56,7 @@ __all__ = [
     "scale",
     "setup_primary",
     "shutdown",
+    "start_server",
 ]
 
 EVENTS = ("fork", "online", "listening", "message", "disconnect", "exit", "setup")
@@ -750,6 +753,72 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+async def start_server(
+    client_connected_cb: Callable[[Any, Any], Any], address: Any, **options: Any
+) -> AsyncServer:
+    """In a worker, under asyncio: serve ``address`` like ``asyncio.start_server``.
+
+    Each connection the primary gives this worker becomes an ``(asyncio.StreamReader,
+    asyncio.StreamWriter)`` pair passed to ``client_connected_cb`` (a coroutine function
+    or a plain one); ``options`` go to ``asyncio.open_connection`` (e.g. ``limit``).
+    """
+    listener = listen(address)
+    loop = asyncio.get_running_loop()
+    server = AsyncServer(listener, loop)
+
+    async def serve(conn: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=conn, **options)
+        result = client_connected_cb(reader, writer)
+        if asyncio.iscoroutine(result):
+            await result
+
+    def ready() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept(timeout=0)
+            except TimeoutError:
+                return
+            except ConnectionError:  # the primary stopped giving us connections
+                server.close()
+                return
+            task = loop.create_task(serve(conn))
+            server._tasks.add(task)
+            task.add_done_callback(server._tasks.discard)
+
+    server._fds.append(listener.fileno())
+    if isinstance(listener, _SharedListener):  # the primary's disconnect comes this way
+        server._fds.append(listener._channel.fileno())
+    for fd in server._fds:
+        loop.add_reader(fd, ready)
+    return server
+
+
+class AsyncServer:
+    """What :func:`start_server` returns: ``close()``, ``await wait_closed()``."""
+
+    def __init__(self, listener: Listener, loop: Any) -> None:
+        self.listener = listener
+        self._loop = loop
+        self._fds: list[int] = []  # watched, by number (the listener may be closed first)
+        self._tasks: set[Any] = set()
+        self._closed = loop.create_future()
+
+    def close(self) -> None:
+        """Take no more connections (those being served go on)."""
+        while self._fds:
+            self._loop.remove_reader(self._fds.pop())
+        self.listener.close()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        """Until :meth:`close` (or the primary's disconnect), then the open connections."""
+        await self._closed
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
 
 _default = Cluster()
 
