@@ -1079,13 +1079,7 @@ class Channel:
         """
         deadline = _deadline(timeout)
         with self._recv_lock:
-            control = self._decoder.control
-            while not control:
-                self._check_open()
-                if self._eof:
-                    raise ChannelClosedError("the peer closed the channel")
-                self._receive(deadline)
-            obj, handle = control.popleft()
+            obj, handle = self._next_of(self._decoder.control, deadline)
         if with_handle:
             return obj, handle
         _close_handle(handle)
@@ -1185,14 +1179,16 @@ class Channel:
 
     def _pop_ready(self, deadline: float | None) -> tuple[Any, Any]:
         """The next decoded message and its handle, reading the socket until one is whole."""
-        ready = self._decoder.ready
-        while not ready:
-            if self._closed:
-                raise ChannelClosedError("the channel is closed")
+        return self._next_of(self._decoder.ready, deadline)
+
+    def _next_of(self, queue: Any, deadline: float | None) -> Any:
+        """The first of ``queue`` (user messages or control ones), reading until it has one."""
+        while not queue:
+            self._check_open()
             if self._eof:
                 raise ChannelClosedError("the peer closed the channel")
             self._receive(deadline)
-        return ready.popleft()
+        return queue.popleft()
 
     # ---- rings ---------------------------------------------------------------------------
 
@@ -1213,7 +1209,7 @@ class Channel:
             try:
                 self._write(bytes(self._send_codec.header_bytes), body, fds, None)
             except ChannelClosedError:
-                pass
+                pass  # the child died at once: its first send or recv says so
 
     def _expect_rings(self) -> None:
         """The peer sends this channel's rings as its first frame (see _offer_rings)."""

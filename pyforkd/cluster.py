@@ -95,11 +95,12 @@ class Listener:
         fd = self.socket.fileno()
         if fd < 0:
             raise ChannelClosedError("the listener is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
-                if timeout is not None:
-                    ready = _b.fd_wait(fd, _b.POLL_IN, max(0, int(timeout * 1000)))
-                    if ready is False:
+                if deadline is not None:
+                    left = max(0, int((deadline - time.monotonic()) * 1000))
+                    if _b.fd_wait(fd, _b.POLL_IN, left) is False:
                         raise TimeoutError("no connection came in time")
                 try:
                     got = _b.dispatch_take(fd, timeout is None)
@@ -375,9 +376,9 @@ class Cluster:
                     if key.data is None:
                         try:
                             while self._wake_r.recv(512):
-                                pass
+                                pass  # drain: one wake-up covers them all
                         except BlockingIOError:
-                            pass
+                            pass  # drained
                         continue
                     w = key.data
                     if not self._service(w):
