@@ -678,6 +678,16 @@ class Dispatcher:
             raise_errno(r, "dispatcher add")
         return int(r)
 
+    def balance(self, least_connections: bool) -> None:
+        """Round-robin (False) or least-connections (True)."""
+        mode = lib.PFD_DISPATCH_LEAST_CONN if least_connections else lib.PFD_DISPATCH_ROUND_ROBIN
+        lib.pfd_dispatch_balance(self._d, mode)
+
+    def load(self, slot: int, counter: Any) -> None:
+        """Where ``slot``'s worker counts its open connections (a cffi pointer it keeps)."""
+        if lib.pfd_dispatch_load(self._d, slot, counter) < 0:
+            raise_errno(-_errno.ENOENT, "dispatcher load")
+
     def remove(self, slot: int) -> bool:
         """No more connections for ``slot``; its unacknowledged ones go to the others."""
         return bool(lib.pfd_dispatch_remove(self._d, slot) == 0)

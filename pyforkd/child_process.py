@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, Union
 
@@ -391,6 +392,14 @@ _watchdog = _Watchdog()
 # ---- ChildProcess ---------------------------------------------------------------------------
 
 
+_children: weakref.WeakSet[ChildProcess] = weakref.WeakSet()  # for _live_pids()
+
+
+def _live_pids() -> set[int]:
+    """Pids of this process's pyforkd children not reaped yet (a PID 1 leaves them be)."""
+    return {c.pid for c in list(_children) if c.returncode is None}
+
+
 class ChildProcess:
     """A child process started by :func:`spawn`: its pid, its pipes, and its fate.
 
@@ -412,6 +421,7 @@ class ChildProcess:
         kill_signal: int = _signal.SIGTERM,
     ) -> None:
         self.pid: int = pid
+        _children.add(self)
         self.args: list[str] = args
         self.spawnargs: list[str] = args
         self.returncode: int | None = None

@@ -1,6 +1,7 @@
-"""The ``pyforkd`` command: run a script under a supervising cluster primary.
+"""The ``pyforkd`` command: run a script under a supervising cluster primary, and talk to it.
 
-    pyforkd run SCRIPT [-i N|max] [--policy rr|shared|reuseport] [SCRIPT ARGS...]
+    pyforkd run SCRIPT [-i N|max] [--policy rr|shared|reuseport] [options] [SCRIPT ARGS...]
+    pyforkd status | reload | scale N | stop   [--name NAME]
 
 The script is what each worker runs: one written for the cluster (its ``cluster.is_worker``
 branch runs) or one that only does the worker half (``cluster.listen(...)`` and serve).
@@ -9,10 +10,12 @@ branch runs) or one that only does the worker half (``cluster.listen(...)`` and 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from typing import Any
 
-from . import cluster
+from . import _control, cluster
 
 __all__ = ["main"]
 
@@ -29,21 +32,49 @@ def _instances(text: str) -> int:
     return n
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"seconds must not be negative: {text!r}")
+    return value
+
+
+def _size(text: str) -> int:
+    try:
+        return cluster.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a count must not be negative: {n}")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyforkd",
-        description="Run Python programs as a cluster of worker processes.",
+        description="Run Python programs as a cluster of worker processes, and control them.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run",
         help="run SCRIPT in N workers under a supervising primary",
-        usage="pyforkd run SCRIPT [-i N|max] [--policy POLICY] [SCRIPT ARGS...] [-- ...]",
+        usage="pyforkd run SCRIPT [-i N|max] [--policy POLICY] [options] [SCRIPT ARGS...] [-- ...]",
         description=(
-            "Run SCRIPT in N forked workers under a primary that shares its listening "
-            "sockets (cluster.listen) round-robin, restarts workers that die, and stops "
-            "them gracefully on SIGTERM or Ctrl-C.  Arguments pyforkd does not know go to "
-            "the script, as does everything after --."
+            "Run SCRIPT in N workers under a primary that shares its listening sockets "
+            "(cluster.listen), restarts workers that die, replaces hung ones, reloads them "
+            "with no downtime on SIGHUP or `pyforkd reload`, and stops them gracefully on "
+            "SIGTERM (Ctrl-C: at once).  Arguments pyforkd does not know go to the script, "
+            "as does everything after --."
         ),
     )
     run.add_argument("script", help="the Python script each worker runs")
@@ -59,10 +90,93 @@ def _parser() -> argparse.ArgumentParser:
         "--policy",
         choices=("rr", "shared", "reuseport"),
         default="rr",
-        help="rr: the primary hands connections out in turn (default); shared: workers "
-        "accept on the listening socket themselves; reuseport: each worker binds its own "
+        help="rr: the primary hands connections out (default); shared: workers accept on "
+        "the listening socket themselves; reuseport: each worker binds its own "
         "SO_REUSEPORT socket",
     )
+    run.add_argument(
+        "--balance",
+        choices=("round-robin", "least-connections"),
+        default="round-robin",
+        help="how rr picks a worker: in turn (default), or the one with fewest open connections",
+    )
+    run.add_argument(
+        "--start",
+        choices=("fork", "spawn"),
+        default="fork",
+        help="fork the primary (default: imports are warm) or spawn a fresh interpreter",
+    )
+    run.add_argument(
+        "--name",
+        help="the cluster's name for status/reload/scale/stop (default: the script's)",
+    )
+    run.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=0,
+        metavar="S",
+        help="kill and replace a worker busy with one connection for longer (0: never; "
+        "the default)",
+    )
+    run.add_argument(
+        "--ready-timeout",
+        type=_seconds,
+        default=30,
+        metavar="S",
+        help="kill a worker that has not listened (or called cluster.ready() with "
+        "--wait-ready) after S seconds; 0: wait for ever (default 30)",
+    )
+    run.add_argument(
+        "--wait-ready",
+        action="store_true",
+        help="a worker is ready when it calls cluster.ready(), not when it listens",
+    )
+    run.add_argument(
+        "--max-memory",
+        type=_size,
+        metavar="SIZE",
+        help="replace a worker whose resident memory passes SIZE (e.g. 300M, 1G)",
+    )
+    run.add_argument(
+        "--max-requests",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="replace a worker after it took N connections (0: never; the default)",
+    )
+    run.add_argument(
+        "--max-requests-jitter",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="add a random 0..N to each worker's --max-requests (workers do not all go at once)",
+    )
+    run.add_argument(
+        "--graceful-timeout",
+        type=_seconds,
+        default=10,
+        metavar="S",
+        help="how long a stopping or replaced worker may finish its connections (default 10)",
+    )
+    run.add_argument(
+        "--no-log-prefix",
+        action="store_true",
+        help="leave workers' output as it is (default: each line starts with [worker N])",
+    )
+    for name, text in (
+        ("status", "a table of the workers of a running cluster"),
+        ("reload", "replace every worker, refusing no connection"),
+        ("scale", "run N workers"),
+        ("stop", "stop a running cluster gracefully"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        if name == "scale":
+            sub.add_argument("n", type=_instances, metavar="N|max", help="how many workers")
+        if name == "status":
+            sub.add_argument("--json", action="store_true", help="print JSON, not a table")
+        if name == "stop":
+            sub.add_argument("--fast", action="store_true", help="SIGTERM the workers now")
+        sub.add_argument("--name", help="which cluster (needed when several run)")
     return parser
 
 
@@ -73,27 +187,113 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         at = argv.index("--")
         argv, theirs = argv[:at], argv[at + 1 :]
-    args, extra = _parser().parse_known_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "run":
+        if extra or theirs:
+            parser.error(f"unrecognized arguments: {' '.join(extra + theirs)}")
+        return _talk(args)
     args.args = extra + theirs
     if not os.path.isfile(args.script):
         print(f"pyforkd: no such script: {args.script}", file=sys.stderr)
         return 2
+    name = args.name or os.path.splitext(os.path.basename(args.script))[0]
     c = cluster._default
-    c.setup_primary(exec=os.path.abspath(args.script), args=list(args.args), policy=args.policy)
-    c.on("exit", _report_exit)
-    for _ in range(args.instances):
-        c.fork()
-    print(
-        f"pyforkd: {args.instances} worker(s) running {args.script} (pid {os.getpid()})",
-        file=sys.stderr,
-        flush=True,
+    c.setup_primary(
+        exec=os.path.abspath(args.script),
+        args=list(args.args),
+        policy=args.policy,
+        balance=args.balance,
+        start=args.start,
+        timeout=args.timeout or None,
+        ready_timeout=args.ready_timeout or None,
+        wait_ready=args.wait_ready,
+        max_memory=args.max_memory,
+        max_requests=args.max_requests or None,
+        max_requests_jitter=args.max_requests_jitter,
+        graceful_timeout=args.graceful_timeout or 0.001,
+        log_prefix=not args.no_log_prefix,
     )
     try:
-        c.run()
-    except RuntimeError as exc:
+        control = _control.ControlServer(c, name)
+    except (_control.ControlError, ValueError, OSError) as exc:
         print(f"pyforkd: {exc}", file=sys.stderr)
-        return 1
+        return 2
+    try:
+        c.on("exit", _report_exit)
+        for _ in range(args.instances):
+            c.fork()
+        print(
+            f"pyforkd: {args.instances} worker(s) running {args.script} as {name!r} "
+            f"(pid {os.getpid()}; `pyforkd status --name {name}`)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            c.run()
+        except RuntimeError as exc:
+            print(f"pyforkd: {exc}", file=sys.stderr)
+            return 1
+    finally:
+        control.close()
     return 0
+
+
+def _talk(args: argparse.Namespace) -> int:
+    """One request (status, reload, scale, stop) to the running primary."""
+    req: dict[str, Any] = {"cmd": args.command}
+    if args.command == "scale":
+        req["n"] = args.n
+    if args.command == "stop":
+        req["fast"] = args.fast
+    try:
+        answer = _control.request(args.name, req)
+    except (_control.ControlError, ValueError) as exc:
+        print(f"pyforkd {args.command}: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        else:
+            print(_table(answer))
+    return 0
+
+
+def _table(answer: dict[str, Any]) -> str:
+    head = ("ID", "PID", "STATE", "UPTIME", "RESTARTS", "SERVED", "OPEN", "CPU%", "RSS")
+    rows = [head]
+    for w in answer["workers"]:
+        state = w["state"] + ("" if w["ready"] or w["state"] == "dead" else " (not ready)")
+        rows.append(
+            (
+                str(w["id"]),
+                str(w["pid"]),
+                state,
+                _duration(w["uptime"]),
+                str(w["restarts"]),
+                str(w["served"]),
+                str(w["open"]),
+                "-" if w["cpu"] is None else f"{w['cpu']:.1f}",
+                "-" if w["rss"] is None else f"{w['rss'] / (1 << 20):.1f}M",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [
+        f"{answer['name']} (pid {answer['pid']}, policy {answer['policy']}): "
+        f"{len(answer['workers'])} worker(s)"
+    ]
+    for r in rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s // 60 % 60:02d}m"
 
 
 def _report_exit(worker: cluster.Worker, code: int | None, sig: str | None) -> None:

@@ -22,13 +22,17 @@ cluster: workers stop taking connections, finish, and exit.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import collections
+import http.server
 import os
+import random
 import runpy
 import selectors
 import signal as _signal
 import socket
+import socketserver
 import sys
 import threading
 import time
@@ -36,21 +40,36 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+try:
+    import psutil  # type: ignore[import-untyped]  # optional: where there is no /proc
+except ImportError:
+    psutil = None
+
 from . import _bindings as _b
+from . import _board, _systemd
+from . import channel as _channel
 from . import worker as _worker
-from .child_process import signal_name
+from .child_process import _live_pids, signal_name
 from .errors import ChannelClosedError, TimeoutExpired
 
 __all__ = [
     "EVENTS",
     "AsyncServer",
     "Cluster",
+    "HTTPServer",
     "Listener",
     "RoundRobin",
+    "ServerMixin",
+    "TCPServer",
+    "ThreadingHTTPServer",
+    "ThreadingTCPServer",
     "Worker",
     "fork",
+    "heartbeat",
     "listen",
     "on",
+    "parse_size",
+    "ready",
     "reload",
     "run",
     "scale",
@@ -65,6 +84,132 @@ _BACKOFF_FIRST, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.1, 1.5, 15.0  # seconds
 _STABLE_UPTIME = 30.0  # a worker that lived this long resets the back-off
 _CRASH_LOOP = 10  # restarts in a row of workers that died young: the cluster stops
 _POLICIES = ("rr", "shared", "reuseport")
+_BALANCES = ("round-robin", "least-connections")
+_DEFAULTS: dict[str, Any] = {
+    "policy": "rr",
+    "balance": "round-robin",
+    "start": "fork",
+    "restart": True,
+    "timeout": None,
+    "kill_timeout": 3.0,
+    "ready_timeout": None,
+    "wait_ready": False,
+    "max_requests": None,
+    "max_requests_jitter": 0,
+    "max_memory": None,
+    "graceful_timeout": 10.0,
+    "log_prefix": False,
+}
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``300M``, ``1.5G``, ``4096`` (``ValueError`` names what is wrong)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"a memory size must be positive, not {text}")
+        return text
+    if not isinstance(text, str):
+        raise TypeError(f"a memory size is a number of bytes or a string like '300M', not {text!r}")
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] else ""
+    try:
+        n = float(t[: len(t) - len(unit)])
+    except ValueError:
+        raise ValueError(f"not a memory size: {text!r} (e.g. 300M, 1.5G, 4096)") from None
+    if not n > 0:
+        raise ValueError(f"a memory size must be positive, not {text!r}")
+    return int(n * _UNITS[unit])
+
+
+def _seconds(key: str, value: Any, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{key} must be a number of seconds, not {value!r}")
+    if not value > 0:
+        raise ValueError(f"{key} must be positive, not {value!r}")
+    return float(value)
+
+
+def _check_setting(key: str, value: Any) -> Any:
+    """A setup_primary() setting, checked (and normalized)."""
+    if key == "policy":
+        if value not in _POLICIES:
+            raise ValueError(f"policy must be 'rr', 'shared' or 'reuseport', not {value!r}")
+        if value == "reuseport" and not hasattr(socket, "SO_REUSEPORT"):
+            raise ValueError("policy 'reuseport' needs SO_REUSEPORT, which this OS lacks")
+        return value
+    if key == "balance":
+        if value not in _BALANCES:
+            raise ValueError(f"balance must be 'round-robin' or 'least-connections', not {value!r}")
+        return value
+    if key == "start":
+        if value not in ("fork", "spawn"):
+            raise ValueError(f"start must be 'fork' or 'spawn', not {value!r}")
+        return value
+    if key in ("restart", "wait_ready", "log_prefix"):
+        if not isinstance(value, bool):
+            raise TypeError(f"{key} must be a bool, not {value!r}")
+        return value
+    if key in ("timeout", "ready_timeout"):
+        return _seconds(key, value)
+    if key in ("graceful_timeout", "kill_timeout"):
+        return _seconds(key, value, allow_none=False)
+    if key in ("max_requests", "max_requests_jitter"):
+        if value is None and key == "max_requests":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key} must be a count >= 0, not {value!r}")
+        return value if value or key == "max_requests_jitter" else None
+    if key == "max_memory":
+        if value is None:
+            return None
+        size = parse_size(value)
+        _rss(os.getpid())  # OSError now when this OS cannot tell a process's memory
+        return size
+    if key == "exec":
+        if not (isinstance(value, str) and os.path.isfile(value)):
+            raise ValueError(f"exec must name a script file, not {value!r}")
+        return value
+    if key == "args":
+        if not (isinstance(value, (list, tuple)) and all(isinstance(a, str) for a in value)):
+            raise TypeError("args must be a list of str")
+        return list(value)
+    raise TypeError(f"setup_primary() got an unknown setting {key!r}")
+
+
+def _rss(pid: int) -> int:
+    """A process's resident memory in bytes (``/proc``, or psutil where there is none)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except FileNotFoundError:
+        if not os.path.isdir("/proc/self"):
+            if psutil is None:
+                raise OSError("max_memory needs /proc or the psutil package") from None
+            return int(psutil.Process(pid).memory_info().rss)
+        raise ProcessLookupError(pid) from None
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process, or None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (OSError, IndexError, ValueError):
+        if psutil is None:
+            return None
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            return None
+        return float(t.user + t.system)
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PRIMARY_SIGNALS = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGTTIN, _signal.SIGTTOU)
 
 
@@ -81,6 +226,7 @@ class Listener:
         if not isinstance(sock, socket.socket) or sock.family != socket.AF_UNIX:
             raise TypeError("Listener needs the AF_UNIX socket the primary gave this worker")
         self.socket = sock
+        self.address: Any = None  # the address the primary listens on
         self._lock = threading.Lock()
 
     def fileno(self) -> int:
@@ -96,6 +242,9 @@ class Listener:
         if fd < 0:
             raise ChannelClosedError("the listener is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
+        me = _role["worker"]
+        if me is not None:
+            me.slot.idle()
         with self._lock:
             while True:
                 if deadline is not None:
@@ -110,7 +259,7 @@ class Listener:
                     break
             conn_fd, seq = got
             try:
-                conn = socket.socket(fileno=conn_fd)
+                conn = _connection(conn_fd)
             except OSError:
                 os.close(conn_fd)
                 raise
@@ -136,20 +285,50 @@ class Listener:
         self.close()
 
 
+class _Connection(socket.socket):
+    """A connection a worker took: closing it tells the board (least-connections)."""
+
+    __slots__ = ("_slot",)
+
+    def _real_close(self, _ss: Any = _socket.socket) -> None:
+        slot, self._slot = getattr(self, "_slot", None), None
+        if slot is not None:
+            slot.closed()
+        _ss.close(self)
+
+
+def _connection(fd: int, family: int = -1, type: int = -1) -> socket.socket:
+    """A socket for a connection this worker accepted (counted on its board slot)."""
+    me = _role["worker"]
+    if me is None:
+        return socket.socket(fileno=fd) if family < 0 else socket.socket(family, type, 0, fd)
+    conn = _Connection(fileno=fd) if family < 0 else _Connection(family, type, 0, fd)
+    conn._slot = me.slot
+    me.slot.took()
+    return conn
+
+
 class RoundRobin:
     """The primary's side: the dispatcher over ``listener`` (a listening socket it keeps).
 
     ``max_inflight`` bounds each worker's connections handed and not yet accepted.
     """
 
-    def __init__(self, listener: socket.socket, max_inflight: int = 0) -> None:
+    def __init__(
+        self, listener: socket.socket, max_inflight: int = 0, least_connections: bool = False
+    ) -> None:
         if not isinstance(listener, socket.socket):
             raise TypeError("RoundRobin needs a listening socket")
         self.listener = listener
         self._dispatcher = _b.Dispatcher(listener.fileno(), max_inflight)
+        self._dispatcher.balance(least_connections)
 
-    def connect(self) -> tuple[int, socket.socket]:
-        """A new worker's hand-off socket: ``(slot, its end)`` to send to the worker."""
+    def connect(self, load: Any = None) -> tuple[int, socket.socket]:
+        """A new worker's hand-off socket: ``(slot, its end)`` to send to the worker.
+
+        ``load``: a C pointer to the worker's count of open connections (for
+        least-connections), kept valid until the worker is removed.
+        """
         ours, theirs = socket.socketpair()
         try:
             slot = self._dispatcher.add(ours.fileno())
@@ -158,6 +337,8 @@ class RoundRobin:
             theirs.close()
             raise
         ours.detach()  # the dispatcher owns it now
+        if load is not None:
+            self._dispatcher.load(slot, load)
         return slot, theirs
 
     def remove(self, slot: int) -> bool:
@@ -179,24 +360,96 @@ class RoundRobin:
 # ---- the cluster --------------------------------------------------------------------------
 
 
+def _udp_socket(address: tuple[str, int]) -> socket.socket:
+    """A bound UDP socket for ``address`` (IPv6 when the host says so)."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _LogPipe:
+    """A worker's stdout or stderr, copied line by line with its prefix."""
+
+    def __init__(self, fd: int, prefix: str, stream: Any) -> None:
+        self.fd = fd
+        self._prefix = prefix.encode()
+        self._stream = stream
+        self._partial = b""
+        os.set_blocking(fd, False)
+
+    def pump(self) -> bool:
+        """Copy what is there; False at the end (every writer closed it)."""
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return True
+            if not data:
+                self._write(b"", final=True)
+                return False
+            self._write(data)
+
+    def _write(self, data: bytes, final: bool = False) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if final and self._partial:
+            lines.append(self._partial)
+            self._partial = b""
+        if not lines:
+            return
+        out = b"".join(self._prefix + line + b"\n" for line in lines)
+        self._stream.flush()
+        buffer = getattr(self._stream, "buffer", None)
+        if buffer is not None:
+            buffer.write(out)
+        else:
+            self._stream.write(out.decode(errors="replace"))
+        self._stream.flush()
+
+    def close(self) -> None:
+        """Copy what is left and close."""
+        if self.fd >= 0:
+            if self.pump():
+                self._write(b"", final=True)
+            os.close(self.fd)
+            self.fd = -1
+
+
 class Worker:
     """A worker as the primary sees it.
 
     ``id``, ``process`` (a :class:`pyforkd.Worker`), ``state`` (``"none"``, ``"online"``,
-    ``"listening"``, ``"disconnected"``, ``"dead"``), ``send``/``recv`` to talk to it,
-    ``disconnect()``, ``kill()``.
+    ``"listening"``, ``"disconnected"``, ``"dead"``), ``ready`` (it listens, or said so
+    with ``cluster.ready()`` under ``wait_ready``), ``restarts`` (how many workers this one
+    replaced in a row, after deaths), ``send``/``recv`` to talk to it, ``disconnect()``,
+    ``kill()``.
     """
 
-    def __init__(self, cluster: Cluster, wid: int, process: _worker.Worker) -> None:
+    def __init__(self, cluster: Cluster, wid: int, process: _worker.Worker, board: int) -> None:
         self.id = wid
         self.process = process
         self.state = "none"
+        self.ready = False
+        self.restarts = 0
         self.exited_after_disconnect = False
         self._cluster = cluster
+        self._board = board  # its slot on the cluster's board
         self._slots: list[tuple[Any, int]] = []  # (address, dispatcher slot)
         self._listened = False
         self._started = time.monotonic()
         self._env: dict[str, str] | None = None
+        self._why: str | None = None  # why the primary killed it (hung, never ready)
+        self._restart_after_kill = True
+        self._cpu_sample: tuple[float, float] | None = None  # (when, CPU seconds) for status
+        self._kill_at: float | None = None  # SIGKILL then, unless it is gone
+        self._recycling = False  # a replacement is on its way
+        self._max_served: int | None = None  # max_requests, with its jitter
+        self._logs: list[Any] = []  # its stdout/stderr pipes (log_prefix)
 
     def send(self, message: Any, handle: Any = None, **options: Any) -> None:
         """Send a message to the worker (it reads it with ``pyforkd.parent().recv()``)."""
@@ -206,13 +459,24 @@ class Worker:
         """Receive a message from the worker (when no ``"message"`` handler takes them)."""
         return self.process.recv(timeout, **options)
 
-    def disconnect(self) -> None:
-        """Stop giving it connections; it finishes those it has and exits."""
+    def disconnect(self, graceful_timeout: float | None = None) -> None:
+        """Stop giving it connections; it finishes those it has and exits.
+
+        It is killed if it still runs after ``graceful_timeout`` (default: the cluster's).
+        """
         self.exited_after_disconnect = True
-        listening = bool(self._slots)
+        # A datagram is served as it comes: a worker that only serves UDP has nothing to
+        # finish, like one that listens to nothing.
+        listening = any(slot != -2 for _, slot in self._slots)
         self._cluster._stop_dispatching(self)  # its accept() ends: it finishes and exits
-        if not listening and self.state != "dead":
+        if self.state == "dead":
+            return
+        if not listening:
             self.process.kill("SIGTERM")  # it listens to nothing: nothing to drain
+        grace = graceful_timeout or self._cluster.settings["graceful_timeout"]
+        at = time.monotonic() + grace
+        self._kill_at = at if self._kill_at is None else min(self._kill_at, at)
+        self._cluster._wake()
 
     def kill(self, sig: Any = "SIGTERM") -> None:
         """Signal the worker (it is not restarted: ``exited_after_disconnect`` is set)."""
@@ -237,20 +501,23 @@ class Cluster:
 
     def __init__(self) -> None:
         self.workers: dict[int, Worker] = {}
-        self.settings: dict[str, Any] = {"policy": "rr", "restart": True}
+        self.settings: dict[str, Any] = dict(_DEFAULTS)
         self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
         self._next_id = 1
         # Per address: the listening socket, and its dispatcher once a worker uses "rr".
         self._listeners: dict[Any, list[Any]] = {}
         self._stopping = False
         self._failures = 0  # workers in a row that died young
-        self._restarts: list[tuple[float, dict[str, str] | None]] = []  # (when, env)
+        self._restarts: list[tuple[float, dict[str, str] | None, int]] = []  # when, env, count
         self._requests: list[tuple[str, int]] = []  # reload / scale, done by run()'s loop
         self._replaces: dict[int, Worker] = {}  # a reload's new worker id -> the old one
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.error: str | None = None  # why the cluster stopped by itself, if it did
+        self._board: _board.Board | None = None  # made with the first worker
+        self._memory_checked = 0.0
+        self._sd_ready = False  # systemd was told READY=1 (and no reload since)
         _clusters.add(self)
 
     @property
@@ -266,28 +533,33 @@ class Cluster:
     def setup_primary(self, **settings: Any) -> None:
         """Settings for the workers forked after this.
 
+        ``TypeError``/``ValueError`` name a bad one (nothing is changed then).
+
         ``exec``: the script workers run (default: this program's ``__main__``), with
-        ``args`` as its ``sys.argv[1:]``; ``policy``: ``"rr"`` (the primary hands each
-        connection to a worker), ``"shared"`` (workers accept on the primary's listening
-        socket) or ``"reuseport"`` (each worker binds its own ``SO_REUSEPORT`` socket; a
-        worker that stops drops what waits in its own accept queue); ``restart`` (bool).
+        ``args`` as its ``sys.argv[1:]``; ``start``: ``"fork"`` (default on POSIX: the
+        worker is a fork of the primary, imports warm) or ``"spawn"`` (a fresh interpreter
+        that runs the script, as on Windows).
+
+        ``policy``: ``"rr"`` (the primary hands each connection to a worker), ``"shared"``
+        (workers accept on the primary's listening socket) or ``"reuseport"`` (each worker
+        binds its own ``SO_REUSEPORT`` socket; a worker that stops drops what waits in its
+        own accept queue).  ``balance`` (``"rr"`` only): ``"round-robin"`` or
+        ``"least-connections"`` (to the worker with the fewest open connections).
+
+        ``restart`` (bool): start a new worker when one dies.  ``timeout`` (seconds): a
+        worker busy with one connection (or whose asyncio loop does not turn) for longer is
+        hung: it gets SIGTERM, then SIGKILL after ``kill_timeout``, and is replaced.
+        ``ready_timeout`` (seconds): a worker not ready by then (listening, or
+        ``cluster.ready()`` when ``wait_ready`` is true) is killed and not restarted.
+        ``max_requests`` (+ a random ``max_requests_jitter``): a worker that took that many
+        connections is replaced (its replacement first, then it drains), as is one whose
+        resident memory passes ``max_memory`` (bytes, or a string like ``"300M"``).
+        ``graceful_timeout``: how long a stop or a drain waits before SIGKILL.
+        ``log_prefix`` (bool): each worker's stdout/stderr lines come out of the primary's
+        with ``[worker N]`` in front.
         """
-        for key, value in settings.items():
-            if key == "policy" and value not in _POLICIES:
-                raise ValueError(f"policy must be 'rr', 'shared' or 'reuseport', not {value!r}")
-            if key == "policy" and value == "reuseport" and not hasattr(socket, "SO_REUSEPORT"):
-                raise ValueError("policy 'reuseport' needs SO_REUSEPORT, which this OS lacks")
-            if key == "restart" and not isinstance(value, bool):
-                raise TypeError("restart must be a bool")
-            if key == "exec" and not (isinstance(value, str) and os.path.isfile(value)):
-                raise ValueError(f"exec must name a script file, not {value!r}")
-            if key == "args" and not (
-                isinstance(value, (list, tuple)) and all(isinstance(a, str) for a in value)
-            ):
-                raise TypeError("args must be a list of str")
-            if key not in ("policy", "restart", "exec", "args"):
-                raise TypeError(f"setup_primary() got an unknown setting {key!r}")
-        self.settings.update(settings)
+        checked = {key: _check_setting(key, value) for key, value in settings.items()}
+        self.settings.update(checked)
         self._emit("setup", dict(self.settings))
 
     def on(self, event: str, fn: Callable[..., Any]) -> None:
@@ -303,7 +575,10 @@ class Cluster:
             fn(*args)
 
     def fork(self, env: Mapping[str, str] | None = None) -> Worker:
-        """Start a worker: a fork of this process that runs ``__main__`` from the top."""
+        """Start a worker: a fork of this process that runs ``__main__`` from the top.
+
+        With ``setup_primary(start="spawn")``: a fresh interpreter that runs the script.
+        """
         if self.is_worker:
             raise RuntimeError("fork() is for the primary (this is a worker)")
         path = self.settings.get("exec")
@@ -316,14 +591,54 @@ class Cluster:
                 raise RuntimeError(
                     "a cluster needs a script for its workers: run one, or setup_primary(exec=...)"
                 )
-        wid = self._next_id
+            if self.settings["start"] == "spawn":
+                argv = list(sys.argv)
+        if self._board is None:
+            self._board = _board.Board()
+        slot = self._board.take()
+        logs: list[tuple[int, int]] = []
+        try:
+            if self.settings["log_prefix"]:
+                logs = [os.pipe(), os.pipe()]
+            wid = self._next_id
+            extra = {str(k): str(v) for k, v in (env or {}).items()}
+            process = _worker.fork_worker(
+                _worker_main,
+                wid,
+                os.path.abspath(path),
+                argv,
+                extra,
+                start=self.settings["start"],
+                name=f"worker {wid}",
+            )
+        except BaseException:
+            self._board.give_back(slot)
+            for r, w_ in logs:
+                os.close(r)
+                os.close(w_)
+            raise
         self._next_id += 1
-        extra = {str(k): str(v) for k, v in (env or {}).items()}
-        process = _worker.fork_worker(
-            _worker_main, wid, os.path.abspath(path), argv, extra, name=f"worker {wid}"
-        )
-        w = Worker(self, wid, process)
+        w = Worker(self, wid, process, slot)
         w._env = extra
+        if self.settings["max_requests"]:
+            w._max_served = self.settings["max_requests"] + random.randint(
+                0, self.settings["max_requests_jitter"]
+            )
+        hello = ("cluster", "hello", slot, self.settings["timeout"], bool(logs))
+        ch = process.channel
+        assert ch is not None
+        try:
+            ch.send_control(hello, _channel.Fd(self._board.fd), keep_open=True)
+            if logs:
+                ends = [_channel.Fd(logs[0][1]), _channel.Fd(logs[1][1])]
+                ch.send_control(("cluster", "logs"), ends, keep_open=True)
+        except ChannelClosedError:
+            pass  # it died already: run() reaps it
+        finally:
+            for _, w_ in logs:
+                os.close(w_)  # the worker has its own copies
+        for r, stream in zip((r for r, _ in logs), (sys.stdout, sys.stderr)):
+            w._logs.append(_LogPipe(r, f"[worker {wid}] ", stream))
         self.workers[wid] = w
         self._emit("fork", w)
         self._wake()
@@ -338,26 +653,33 @@ class Cluster:
     # ---- the primary's loop ---------------------------------------------------------
 
     def run(self) -> None:
-        """Supervise until :meth:`shutdown` (or SIGTERM/SIGINT) and every worker is gone.
+        """Supervise until :meth:`shutdown` (or a stop signal) and every worker is gone.
 
-        Raises ``RuntimeError`` when workers keep dying young (a crash loop).
+        In the main thread it takes the signals: SIGTERM a graceful stop, SIGINT and
+        SIGQUIT a fast one, SIGHUP a reload, SIGTTIN/SIGTTOU one worker more or less,
+        SIGUSR1/SIGUSR2 passed on to every worker.  Raises ``RuntimeError`` when workers
+        keep dying young (a crash loop) or none is left to run.
         """
         if self.is_worker:
             raise RuntimeError("run() is for the primary (this is a worker)")
         previous = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (_signal.SIGTERM, _signal.SIGINT):
-                previous[sig] = _signal.signal(sig, lambda *_: self.shutdown())
-            previous[_signal.SIGHUP] = _signal.signal(_signal.SIGHUP, lambda *_: self.reload())
-            previous[_signal.SIGTTIN] = _signal.signal(
-                _signal.SIGTTIN, lambda *_: self.scale(self._count() + 1)
-            )
-            previous[_signal.SIGTTOU] = _signal.signal(
-                _signal.SIGTTOU, lambda *_: self.scale(max(1, self._count() - 1))
-            )
+            handlers: dict[int, Callable[..., Any]] = {
+                _signal.SIGTERM: lambda *_: self._request("stop", 0),
+                _signal.SIGINT: lambda *_: self._request("stop", 1),
+                _signal.SIGQUIT: lambda *_: self._request("stop", 1),
+                _signal.SIGHUP: lambda *_: self._request("reload", 0),
+                _signal.SIGTTIN: lambda *_: self._request("scale", 1),
+                _signal.SIGTTOU: lambda *_: self._request("scale", -1),
+                _signal.SIGUSR1: self._forward,
+                _signal.SIGUSR2: self._forward,
+            }
+            for sig, fn in handlers.items():
+                previous[sig] = _signal.signal(sig, fn)
         sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, None)
         watched: dict[int, Worker] = {}
+        logs: set[_LogPipe] = set()
         try:
             while True:
                 for w in list(self.workers.values()):
@@ -365,13 +687,18 @@ class Cluster:
                     if w.id not in watched and ch is not None and ch.fileno() >= 0:
                         sel.register(ch.fileno(), selectors.EVENT_READ, w)
                         watched[w.id] = w
+                    for pipe in w._logs:
+                        if pipe not in logs and pipe.fd >= 0:
+                            sel.register(pipe.fd, selectors.EVENT_READ, pipe)
+                            logs.add(pipe)
                 if not self.workers and not self._restarts:
                     if not self._stopping and self.error is None:
                         self.error = "no workers are left, and none is to be restarted"
                     break
-                timeout = None
+                timeout = self._tick()
                 if self._restarts:
-                    timeout = max(0.0, self._restarts[0][0] - time.monotonic())
+                    due = max(0.0, self._restarts[0][0] - time.monotonic())
+                    timeout = due if timeout is None else min(due, timeout)
                 for key, _ in sel.select(timeout):
                     if key.data is None:
                         try:
@@ -380,20 +707,171 @@ class Cluster:
                         except BlockingIOError:
                             pass  # drained
                         continue
+                    if isinstance(key.data, _LogPipe):
+                        if not key.data.pump():
+                            sel.unregister(key.fileobj)
+                            logs.discard(key.data)
+                            key.data.close()
+                        continue
                     w = key.data
                     if not self._service(w):
                         sel.unregister(key.fileobj)
                         del watched[w.id]
                         self._reap(w)
+                self._check_workers()
                 self._due_restarts()
                 self._do_requests()
         finally:
             sel.close()
             for sig, handler in previous.items():
                 _signal.signal(sig, handler)
+            for pipe in logs:
+                pipe.close()
             self._close_listeners()
+            _systemd.notify("STOPPING=1")
         if self.error:
             raise RuntimeError(self.error)
+
+    def _forward(self, sig: int, frame: Any = None) -> None:
+        for w in list(self.workers.values()):
+            if w.process.returncode is None:
+                try:
+                    w.process.kill(sig)
+                except OSError:
+                    pass  # it has just exited: nothing to tell it
+
+    def _tick(self) -> float | None:
+        """How long run() may sleep before :meth:`_check_workers` has work (None: ever)."""
+        st = self.settings
+        if not (
+            st["timeout"]
+            or st["ready_timeout"]
+            or st["max_requests"]
+            or st["max_memory"]
+            or os.getpid() == 1
+            or any(w._kill_at is not None for w in self.workers.values())
+        ):
+            return None
+        return min(0.25, (st["timeout"] or 1.0) / 4)
+
+    def _check_workers(self) -> None:
+        """Hung workers, workers never ready, and those to recycle; strays when PID 1."""
+        now = time.monotonic()
+        st = self.settings
+        board = self._board
+        memory = st["max_memory"] and now >= self._memory_checked + 1.0
+        if memory:
+            self._memory_checked = now
+        for w in list(self.workers.values()):
+            if w._kill_at is not None and now >= w._kill_at:
+                w._kill_at = None
+                if w.process.returncode is None:
+                    w.process.kill("SIGKILL")
+            if w._why is not None or w.state == "dead" or board is None or w._board < 0:
+                continue
+            busy = board.read(w._board, _board.BUSY)
+            if st["timeout"] and busy and (time.monotonic_ns() - busy) / 1e9 > st["timeout"]:
+                self._kill_bad(w, f"hung: busy for over {st['timeout']:g} s (the timeout)")
+                continue
+            if st["ready_timeout"] and not w.ready and now - w._started > st["ready_timeout"]:
+                how = "called cluster.ready()" if st["wait_ready"] else "listened"
+                self._kill_bad(
+                    w, f"not ready after {st['ready_timeout']:g} s (it never {how})", restart=False
+                )
+                continue
+            if w._recycling or w.exited_after_disconnect or not w.ready or self._stopping:
+                continue
+            served = board.read(w._board, _board.SERVED)
+            if w._max_served is not None and served >= w._max_served:
+                self._recycle(w, f"took {served} connections (max_requests)")
+            elif memory:
+                try:
+                    rss = _rss(w.process.pid)
+                except OSError:
+                    continue  # it is exiting: the reap comes
+                if rss > st["max_memory"]:
+                    self._recycle(
+                        w, f"uses {rss >> 20} MiB (max_memory {st['max_memory'] >> 20} MiB)"
+                    )
+        if os.getpid() == 1:
+            self._reap_strays()
+
+    def _kill_bad(self, w: Worker, why: str, restart: bool = True) -> None:
+        """Kill a worker that failed the primary's checks: SIGTERM, then SIGKILL."""
+        w._why = why
+        w._restart_after_kill = restart
+        sys.stderr.write(f"pyforkd cluster: worker {w.id} (pid {w.process.pid}) {why}: killed\n")
+        sys.stderr.flush()
+        self._stop_dispatching(w)
+        w._kill_at = time.monotonic() + self.settings["kill_timeout"]
+        try:
+            w.process.kill("SIGTERM")
+        except OSError:
+            pass  # it has just exited: the reap comes
+
+    def _recycle(self, w: Worker, why: str) -> None:
+        """Replace ``w``: a new worker first, then ``w`` drains once that one is ready."""
+        w._recycling = True
+        sys.stderr.write(f"pyforkd cluster: worker {w.id} (pid {w.process.pid}) {why}: replaced\n")
+        sys.stderr.flush()
+        new = self.fork(w._env)
+        new.restarts = w.restarts
+        self._replaces[new.id] = w
+
+    def _reap_strays(self) -> None:
+        """As PID 1: wait for orphans the kernel gave us (not our own children)."""
+        ours = {w.process.pid for w in self.workers.values()} | _live_pids()
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid in ours:
+                return  # nothing, or one of ours that its owner reaps
+            try:
+                os.waitpid(info.si_pid, 0)
+            except ChildProcessError:
+                return
+
+    def status(self) -> list[dict[str, Any]]:
+        """A row per worker, for ``pyforkd status``.
+
+        Keys: ``id``, ``pid``, ``state``, ``ready``, ``uptime`` (s), ``restarts``,
+        ``served`` and ``open`` connections, ``cpu`` (% since the last status, or over its
+        life), ``rss`` (bytes, None when unknown).
+        """
+        rows = []
+        now = time.monotonic()
+        for w in sorted(list(self.workers.values()), key=lambda w: w.id):
+            pid = w.process.pid
+            cpu_now = _cpu_seconds(pid)
+            cpu = None
+            if cpu_now is not None:
+                then, used = w._cpu_sample or (w._started, 0.0)
+                cpu = 100.0 * (cpu_now - used) / max(now - then, 1e-6)
+                w._cpu_sample = (now, cpu_now)
+            try:
+                rss: int | None = _rss(pid)
+            except OSError:
+                rss = None
+            board = self._board
+            rows.append(
+                {
+                    "id": w.id,
+                    "pid": pid,
+                    "state": "draining"
+                    if w.exited_after_disconnect and w.state != "dead"
+                    else w.state,
+                    "ready": w.ready,
+                    "uptime": now - w._started,
+                    "restarts": w.restarts,
+                    "served": board.read(w._board, _board.SERVED) if board and w._board >= 0 else 0,
+                    "open": board.read(w._board, _board.OPEN) if board and w._board >= 0 else 0,
+                    "cpu": cpu,
+                    "rss": rss,
+                }
+            )
+        return rows
 
     def _service(self, w: Worker) -> bool:
         """Read what the worker sent; False once its channel has closed."""
@@ -408,8 +886,10 @@ class Cluster:
                 return False
             self._control(w, msg, handle)
         ready = ch._decoder.ready
-        while ready and self._handlers.get("message"):
+        while ready and (self._handlers.get("message") or self.settings["wait_ready"]):
             msg, handle = ready.popleft()
+            if msg == "ready" and self.settings["wait_ready"]:
+                self._became_ready(w)  # process.send('ready'), as PM2 has it
             if handle is None:
                 self._emit("message", w, msg)
             else:
@@ -429,51 +909,65 @@ class Cluster:
             w.state = "online"
             self._emit("online", w)
         elif kind == "listen":
-            self._listen_for(w, msg[2])
+            self._listen_for(w, tuple(msg[2]), msg[3])
+        elif kind == "ready":
+            self._became_ready(w)
 
-    def _listen_for(self, w: Worker, address: Any) -> None:
+    def _listen_for(self, w: Worker, key: tuple[str, int], kind: str) -> None:
         ch = w.process.channel
         assert ch is not None
-        key = tuple(address) if isinstance(address, list) else address
         if self._stopping or w.exited_after_disconnect:
             # Asked to stop before it listened: it has nothing to finish, it just ends.
             ch.send_control(("cluster", "stopping"))
             return
-        policy = self.settings["policy"]
+        policy = "shared" if kind == "udp" else self.settings["policy"]
         if policy == "reuseport":  # the worker binds its own socket: nothing to share here
             w._slots.append((key, -1))
-            w._listened = True
-            ch.send_control(("cluster", "listening", key, policy))
-            w.state = "listening"
-            self._emit("listening", w, key)
-            self._replace_done(w)
+            self._now_listening(w, key, policy, None)
             return
         try:
-            if key not in self._listeners:
-                self._listeners[key] = [socket.create_server(key), None]
-            entry = self._listeners[key]
+            if (kind, key) not in self._listeners:
+                if kind == "udp":
+                    sock = _systemd.matching(key, socket.SOCK_DGRAM) or _udp_socket(key)
+                else:
+                    sock = _systemd.matching(key) or socket.create_server(key)
+                self._listeners[(kind, key)] = [sock, None]
+            entry = self._listeners[(kind, key)]
             if policy == "rr":
                 if entry[1] is None:
-                    entry[1] = RoundRobin(entry[0])
-                slot, theirs = entry[1].connect()
-            else:  # "shared": the worker accepts on the listening socket itself
-                slot, theirs = -1, entry[0]
+                    least = self.settings["balance"] == "least-connections"
+                    entry[1] = RoundRobin(entry[0], least_connections=least)
+                assert self._board is not None
+                slot, theirs = entry[1].connect(self._board.pointer(w._board, _board.OPEN))
+            else:  # "shared": the worker takes from the socket itself (UDP: always)
+                slot, theirs = (-2 if kind == "udp" else -1), entry[0]
         except OSError as exc:
             ch.send_control(("cluster", "listen-error", exc.errno, exc.strerror, key))
             return
-        w._slots.append((key, slot))
+        w._slots.append(((kind, key), slot))
+        self._now_listening(w, entry[0].getsockname(), policy, theirs, keep_open=slot < 0)
+
+    def _now_listening(
+        self, w: Worker, address: Any, policy: str, handle: Any, keep_open: bool = False
+    ) -> None:
+        ch = w.process.channel
+        assert ch is not None
         w._listened = True
-        address = entry[0].getsockname()
-        ch.send_control(("cluster", "listening", address, policy), theirs, keep_open=slot < 0)
+        ch.send_control(("cluster", "listening", address, policy), handle, keep_open=keep_open)
         w.state = "listening"
         self._emit("listening", w, address)
-        self._replace_done(w)
+        if not self.settings["wait_ready"]:
+            self._became_ready(w)
 
-    def _replace_done(self, w: Worker) -> None:
-        """``w`` listens: the worker a reload started it for can go."""
+    def _became_ready(self, w: Worker) -> None:
+        """``w`` is ready (it listens, or said so): the worker it replaces can go."""
+        if w.ready:
+            return
+        w.ready = True
         old = self._replaces.pop(w.id, None)
         if old is not None and old.state != "dead":
             old.disconnect()  # its replacement serves now: the old one drains and exits
+        self._systemd_status()
 
     def _stop_dispatching(self, w: Worker) -> None:
         ch = w.process.channel
@@ -481,7 +975,7 @@ class Cluster:
             entry = self._listeners.get(key)
             if slot >= 0 and entry is not None and entry[1] is not None:
                 entry[1].remove(slot)
-            elif slot < 0 and ch is not None and ch.connected:  # shared/reuseport: it stops
+            elif slot == -1 and ch is not None and ch.connected:  # shared/reuseport: it stops
                 try:
                     ch.send_control(("cluster", "disconnect"))
                 except ChannelClosedError:
@@ -498,7 +992,14 @@ class Cluster:
     def _reap(self, w: Worker) -> None:
         """Its channel closed: wait for the process, tell, and maybe start another."""
         self._stop_dispatching(w)
-        self._replaces.pop(w.id, None)  # a replacement that died: the old one stays
+        # A replacement that died before it was ready: the old one stays (and is not
+        # recycled again: the next replacement would likely fail the same way).
+        replaced = self._replaces.pop(w.id, None)
+        if replaced is not None and replaced.state != "dead":
+            sys.stderr.write(
+                f"pyforkd cluster: worker {w.id}, the replacement of worker {replaced.id}, "
+                f"died before it was ready: worker {replaced.id} goes on serving\n"
+            )
         w.state = "disconnected"
         self._emit("disconnect", w)
         try:
@@ -516,13 +1017,18 @@ class Cluster:
         # error, like exit codes 3 and 4 (its traceback was printed when it came).
         outcome = w.process._outcome
         boot_error = outcome is not None and outcome[0] == "error" and not w._listened
+        self._board_release(w)
         if (
             self._stopping
             or w.exited_after_disconnect
+            or w._recycling  # its replacement is there already
+            or replaced is not None
+            or not w._restart_after_kill
             or not self.settings["restart"]
             or exit_code in _NO_RESTART_CODES
             or boot_error
         ):
+            self._systemd_status()
             return
         lived = time.monotonic() - w._started
         self._failures = 0 if lived >= _STABLE_UPTIME else self._failures + 1
@@ -536,14 +1042,31 @@ class Cluster:
         delay = min(_BACKOFF_FIRST * _BACKOFF_FACTOR ** max(0, self._failures - 1), _BACKOFF_MAX)
         if lived >= _STABLE_UPTIME:
             delay = 0.0
-        self._restarts.append((time.monotonic() + delay, w._env))
+        self._restarts.append((time.monotonic() + delay, w._env, w.restarts + 1))
         self._restarts.sort(key=lambda r: r[0])
+
+    def _board_release(self, w: Worker) -> None:
+        if self._board is not None and w._board >= 0:
+            self._board.give_back(w._board)
+            w._board = -1
 
     def _due_restarts(self) -> None:
         now = time.monotonic()
         while self._restarts and self._restarts[0][0] <= now and not self._stopping:
-            _, env = self._restarts.pop(0)
-            self.fork(env)
+            _, env, restarts = self._restarts.pop(0)
+            self.fork(env).restarts = restarts
+
+    def _systemd_status(self) -> None:
+        """Tell systemd (when it listens) how many workers are ready; READY=1 once all."""
+        if not os.environ.get("NOTIFY_SOCKET") or self._stopping:
+            return
+        live = [w for w in self.workers.values() if not w.exited_after_disconnect]
+        ready = sum(1 for w in live if w.ready)
+        state = f"STATUS={ready} of {len(live)} workers ready"
+        if live and ready == len(live) and not self._replaces and not self._sd_ready:
+            self._sd_ready = True
+            state = "READY=1\n" + state
+        _systemd.notify(state)
 
     def reload(self) -> None:
         """Replace every worker, refusing no connection.
@@ -552,8 +1075,7 @@ class Cluster:
         replacement listens, finishes what it has and exits.  SIGHUP does this in
         :meth:`run`.
         """
-        self._requests.append(("reload", 0))
-        self._wake()
+        self._request("reload", 0)
 
     def scale(self, n: int) -> None:
         """Run ``n`` workers: start more, or stop the newest (gracefully).
@@ -562,7 +1084,11 @@ class Cluster:
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"scale() needs a worker count >= 0, not {n!r}")
-        self._requests.append(("scale", n))
+        self._request("scale-to", n)
+
+    def _request(self, kind: str, n: int) -> None:
+        """For run()'s loop (safe from a signal handler or another thread)."""
+        self._requests.append((kind, n))
         self._wake()
 
     def _count(self) -> int:
@@ -574,11 +1100,21 @@ class Cluster:
     def _do_requests(self) -> None:
         while self._requests and not self._stopping:
             kind, n = self._requests.pop(0)
-            if kind == "reload":
+            if kind == "stop":
+                self.shutdown(fast=bool(n))
+            elif kind == "reload":
+                if self._sd_ready:
+                    self._sd_ready = False
+                    _systemd.notify("RELOADING=1\nSTATUS=reloading")
                 for old in [w for w in self.workers.values() if not w.exited_after_disconnect]:
-                    if old not in self._replaces.values():
-                        self._replaces[self.fork(old._env).id] = old
+                    if old not in self._replaces.values() and not old._recycling:
+                        new = self.fork(old._env)
+                        new.restarts = old.restarts
+                        self._replaces[new.id] = old
+                self._systemd_status()
             else:
+                if kind == "scale":  # SIGTTIN / SIGTTOU: one more or one less
+                    n = max(1, self._count() + n)
                 current = [w for w in self.workers.values() if not w.exited_after_disconnect]
                 for _ in range(n - self._count()):
                     self.fork()
@@ -587,30 +1123,35 @@ class Cluster:
                 ]:
                     w.disconnect()
 
-    def shutdown(self, graceful_timeout: float = 10.0) -> None:
+    def shutdown(self, graceful_timeout: float | None = None, *, fast: bool = False) -> None:
         """Stop: no restarts; workers stop taking connections, finish and exit.
 
-        Those still running after ``graceful_timeout`` are killed.  It only starts the
-        stop (a signal handler may call it): :meth:`run` returns once every worker is gone.
+        Those still running after ``graceful_timeout`` (default: the setting, 10 s) are
+        killed.  ``fast``: SIGTERM every worker now (SIGKILL after ``kill_timeout``).  It
+        only starts the stop: :meth:`run` returns once every worker is gone.
         """
+        if graceful_timeout is not None:
+            _seconds("graceful_timeout", graceful_timeout, allow_none=False)
+        if not self._stopping:
+            _systemd.notify("STOPPING=1")
         self._stopping = True
         self._restarts.clear()
         self._requests.clear()
+        now = time.monotonic()
         for w in list(self.workers.values()):
-            if w.state != "dead":
-                w.disconnect()
-        deadline = time.monotonic() + graceful_timeout
-        threading.Thread(target=self._kill_late, args=(deadline,), daemon=True).start()
+            if w.state == "dead":
+                continue
+            if fast:
+                w.exited_after_disconnect = True
+                self._stop_dispatching(w)
+                w._kill_at = now + self.settings["kill_timeout"]
+                try:
+                    w.process.kill("SIGTERM")
+                except OSError:
+                    pass  # it has just exited: the reap comes
+            else:
+                w.disconnect(graceful_timeout)
         self._wake()
-
-    def _kill_late(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if not any(w.process.returncode is None for w in list(self.workers.values())):
-                return
-            time.sleep(0.05)
-        for w in list(self.workers.values()):
-            if w.process.returncode is None:
-                w.process.kill("SIGKILL")
 
 
 # ---- in a worker ------------------------------------------------------------------------
@@ -619,10 +1160,15 @@ _role: dict[str, Any] = {"worker": None}  # the worker's id, in a worker
 
 
 class _Self:
-    """``cluster.worker`` inside a worker: its ``id``; ``send``/``recv`` to the primary."""
+    """``cluster.worker`` inside a worker.
 
-    def __init__(self, wid: int) -> None:
+    Its ``id``; ``send``/``recv`` to talk to the primary; ``ready()`` and ``heartbeat()``.
+    """
+
+    def __init__(self, wid: int, slot: _board.Slot, timeout: float | None) -> None:
         self.id = wid
+        self.slot = slot
+        self.timeout = timeout  # the primary's hang limit, or None
 
     def send(self, message: Any, handle: Any = None) -> None:
         """Send a message to the primary (its ``"message"`` event)."""
@@ -636,22 +1182,59 @@ class _Self:
         assert ch is not None
         return ch.recv(timeout)
 
+    def ready(self) -> None:
+        """Tell the primary this worker is ready (what ``wait_ready`` waits for)."""
+        ch = _worker.parent()
+        assert ch is not None
+        ch.send_control(("cluster", "ready"))
+
+    def heartbeat(self) -> None:
+        """Still alive: long work calls this more often than the cluster's ``timeout``."""
+        self.slot.beat()
+
+
+def ready() -> None:
+    """In a worker: tell the primary it is ready (see ``setup_primary(wait_ready=True)``)."""
+    me = _role["worker"]
+    if me is None:
+        raise RuntimeError("ready() is for workers")
+    me.ready()
+
+
+def heartbeat() -> None:
+    """In a worker: still alive (resets the hang clock of ``setup_primary(timeout=...)``)."""
+    me = _role["worker"]
+    if me is None:
+        raise RuntimeError("heartbeat() is for workers")
+    me.heartbeat()
+
 
 def _worker_main(wid: int, path: str, argv: list[str] | None, env: dict[str, str]) -> None:
-    """In a forked worker: become one, then run the program's __main__ from the top."""
-    if argv is not None:
-        sys.argv[:] = argv
-        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    # The primary's handlers (stop, reload, scale) came along with the fork: a worker
-    # takes these signals the default way (SIGTERM ends it).
+    """In a worker: become one, then run the program's __main__ from the top."""
+    # The primary's handlers (stop, reload, scale) came along with a fork: a worker takes
+    # these signals the default way (SIGTERM ends it).
     for sig in _PRIMARY_SIGNALS:
         _signal.signal(sig, _signal.SIG_DFL)
     _signal.signal(_signal.SIGINT, _signal.default_int_handler)
-    os.environ.update(env)
-    os.environ["PYFORKD_WORKER_ID"] = str(wid)
-    _role["worker"] = _Self(wid)
     ch = _worker.parent()
     assert ch is not None
+    hello, board = ch.recv_control(with_handle=True)
+    _, _, slot, timeout, has_logs = hello
+    if has_logs:
+        _, ends = ch.recv_control(with_handle=True)
+        for end, target in zip(ends, (1, 2)):
+            os.dup2(end.fileno(), target)
+            end.close()
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(line_buffering=True)
+    if argv is not None:
+        sys.argv[:] = argv
+        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    os.environ.update(env)
+    os.environ["PYFORKD_WORKER_ID"] = str(wid)
+    me = _Self(wid, _board.Slot(board.detach(), slot), timeout)
+    _role["worker"] = me
     ch.send_control(("cluster", "online"))
     try:
         runpy.run_path(path, run_name="__main__")
@@ -666,28 +1249,58 @@ def _worker_main(wid: int, path: str, argv: list[str] | None, env: dict[str, str
         raise
 
 
-def listen(address: Any) -> Listener:
+_worker_main._pyforkd_no_main = True  # type: ignore[attr-defined]  # runs __main__ itself
+
+
+def listen(address: Any, type: int = socket.SOCK_STREAM) -> Any:
     """In a worker: a :class:`Listener` for TCP ``address`` (``(host, port)``).
 
     Every worker that listens there shares it.  ``OSError`` names the address when the
-    primary cannot bind it (e.g. ``EADDRINUSE``).
+    primary cannot bind it (e.g. ``EADDRINUSE``).  With ``type=socket.SOCK_DGRAM``: the
+    UDP socket the primary bound, shared by every worker (``recvfrom``/``sendto``; each
+    datagram goes to one of them), whatever the cluster's policy.
     """
     if _role["worker"] is None:
         raise RuntimeError("listen() is for workers: the primary listens for them")
+    address = _check_address(address)
+    if type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        raise ValueError("listen() takes type=socket.SOCK_STREAM (TCP) or SOCK_DGRAM (UDP)")
+    kind = "udp" if type == socket.SOCK_DGRAM else "tcp"
     ch = _worker.parent()
     assert ch is not None
-    ch.send_control(("cluster", "listen", address))
+    ch.send_control(("cluster", "listen", address, kind))
     reply, handle = ch.recv_control(with_handle=True)
     if reply[1] == "stopping":  # the cluster stops (or replaced us) before we served
         raise SystemExit(0)
     if reply[1] == "listen-error":
         _, _, err, text, key = reply
-        raise OSError(err, f"{text}: cannot listen on {key[0]}:{key[1]}")
+        raise OSError(err, f"{text}: cannot listen on {key[0]}:{key[1]} ({kind.upper()})")
+    if kind == "udp":
+        return handle
     if reply[3] == "shared":
         return _SharedListener(handle, ch)
     if reply[3] == "reuseport":  # a socket of its own on the same port (the kernel balances)
-        return _SharedListener(socket.create_server(tuple(address), reuse_port=True), ch)
-    return Listener(handle)
+        return _SharedListener(socket.create_server(address, reuse_port=True), ch)
+    listener = Listener(handle)
+    listener.address = tuple(reply[2])
+    return listener
+
+
+def _check_address(address: Any) -> tuple[str, int]:
+    """``(host, port)`` checked (``TypeError``/``ValueError`` say what is wrong)."""
+    if isinstance(address, list):
+        address = tuple(address)
+    if not (
+        isinstance(address, tuple)
+        and len(address) == 2
+        and isinstance(address[0], str)
+        and isinstance(address[1], int)
+        and not isinstance(address[1], bool)
+    ):
+        raise TypeError(f"listen() takes a (host, port) address, not {address!r}")
+    if not 0 <= address[1] <= 65535:
+        raise ValueError(f"port must be 0-65535, not {address[1]}")
+    return address
 
 
 class _SharedListener(Listener):
@@ -698,6 +1311,7 @@ class _SharedListener(Listener):
 
     def __init__(self, sock: socket.socket, channel: Any) -> None:
         self.socket = sock
+        self.address = sock.getsockname()
         self._lock = threading.Lock()
         self._channel = channel
         sock.setblocking(False)  # another worker may take a connection first
@@ -705,6 +1319,9 @@ class _SharedListener(Listener):
     def accept(self, timeout: float | None = None) -> tuple[socket.socket, Any]:
         """The next connection, as ``socket.accept()``; see :meth:`Listener.accept`."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        me = _role["worker"]
+        if me is not None:
+            me.slot.idle()
         with self._lock, selectors.DefaultSelector() as sel:
             sel.register(self.socket, selectors.EVENT_READ, "listen")
             sel.register(self._channel.fileno(), selectors.EVENT_READ, "primary")
@@ -718,10 +1335,12 @@ class _SharedListener(Listener):
                         self._from_primary()
                         continue
                     try:
-                        conn, address = self.socket.accept()
+                        fd, address = self.socket._accept()  # type: ignore[attr-defined]
                     except BlockingIOError:
                         continue  # another worker took it
-                    conn.setblocking(True)
+                    conn = _connection(fd, self.socket.family, self.socket.type)
+                    if socket.getdefaulttimeout() is None:
+                        conn.setblocking(True)
                     return conn, address
 
     def _from_primary(self) -> None:
@@ -738,6 +1357,69 @@ class _SharedListener(Listener):
                 raise ChannelClosedError("the primary stopped this worker's listening")
 
 
+class ServerMixin:
+    """Makes a ``socketserver`` server take its connections from the cluster.
+
+    Put it first: ``class Server(cluster.ServerMixin, socketserver.ThreadingTCPServer)``.
+    In a worker, the server's address is what it asks ``cluster.listen()`` for (under every
+    policy); ``serve_forever()`` ends when the primary stops giving it connections (a
+    reload, a scale-down, a stop), and ``server_close()`` then waits for the requests in
+    progress (with ``ThreadingMixIn``), so a worker drains before it exits.
+    """
+
+    listener: Listener
+    server_address: Any
+    socket: Any  # a socket.socket (in this class, that name is the attribute)
+
+    def server_bind(self) -> None:
+        """Listen through the cluster (instead of binding a socket of its own)."""
+        self.socket.close()  # the one socketserver made: never bound
+        self.listener = listen(self.server_address)
+        self.socket = self.listener.socket
+        self.server_address = self.listener.address
+        host, port = self.server_address[:2]
+        self.server_name = socket.getfqdn(host)  # what http.server.HTTPServer sets
+        self.server_port = port
+
+    def server_activate(self) -> None:
+        """Nothing to do: the primary listens."""
+
+    def fileno(self) -> int:
+        """Readable when a connection waits (what ``serve_forever`` selects on)."""
+        return self.listener.fileno()
+
+    def get_request(self) -> tuple[Any, Any]:
+        """The next connection, if it is still there (another worker may take it first)."""
+        try:
+            return self.listener.accept(timeout=0)
+        except TimeoutError:
+            raise OSError("no connection waits") from None  # socketserver skips this one
+        except ChannelClosedError:
+            self._BaseServer__shutdown_request = True  # ends serve_forever
+            raise OSError("the primary stopped this worker's listening") from None
+
+    def server_close(self) -> None:
+        """Stop taking connections (and, with threads, wait for the requests served)."""
+        self.listener.close()
+        super().server_close()  # type: ignore[misc]
+
+
+class TCPServer(ServerMixin, socketserver.TCPServer):
+    """``socketserver.TCPServer`` whose connections come from the cluster."""
+
+
+class ThreadingTCPServer(ServerMixin, socketserver.ThreadingTCPServer):
+    """``socketserver.ThreadingTCPServer`` whose connections come from the cluster."""
+
+
+class HTTPServer(ServerMixin, http.server.HTTPServer):
+    """``http.server.HTTPServer`` whose connections come from the cluster."""
+
+
+class ThreadingHTTPServer(ServerMixin, http.server.ThreadingHTTPServer):
+    """``http.server.ThreadingHTTPServer`` whose connections come from the cluster."""
+
+
 _clusters: weakref.WeakSet[Cluster] = weakref.WeakSet()
 
 
@@ -751,6 +1433,10 @@ def _after_fork_in_child() -> None:
         c._close_listeners()
         c.workers.clear()
         c._restarts.clear()
+        if c._board is not None:
+            c._board.close()
+            c._board = None
+    _systemd.forget()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -862,6 +1548,6 @@ def scale(n: int) -> None:
     _default.scale(n)
 
 
-def shutdown(graceful_timeout: float = 10.0) -> None:
+def shutdown(graceful_timeout: float | None = None, *, fast: bool = False) -> None:
     """Stop the default cluster (see :meth:`Cluster.shutdown`)."""
-    _default.shutdown(graceful_timeout)
+    _default.shutdown(graceful_timeout, fast=fast)

@@ -390,7 +390,8 @@ def _spawn_interpreter(
     )
     assert worker.channel is not None
     _parent_ends.add(worker.channel)
-    info.update(_main_info(), parent=os.getpid(), pdeathsig=main_thread)
+    main = _main_info() if info.pop("import_main", True) else {"main_path": None, "main_name": None}
+    info.update(main, sys_path=list(sys.path), parent=os.getpid(), pdeathsig=main_thread)
     try:
         worker.channel.send_control(("bootstrap", info))
     except ChannelClosedError:
@@ -406,7 +407,10 @@ def _start_spawn(
     ring: int | None,
 ) -> Worker:
     payload = _pickled(target, args, kwargs, "spawn")
-    worker = _spawn_interpreter("_spawn_main", {"payload": payload}, main_thread, ring)
+    # A target that marks itself so (the cluster's worker entry, which runs the script as
+    # __main__ itself) needs no __main__ imported first.
+    info = {"payload": payload, "import_main": not getattr(target, "_pyforkd_no_main", False)}
+    worker = _spawn_interpreter("_spawn_main", info, main_thread, ring)
     worker.args = [getattr(target, "__qualname__", repr(target))]
     return worker
 

@@ -12,7 +12,9 @@ typedef struct pfd_dispatch_s pfd_dispatch_t;
 
 enum {
   PFD_DISPATCH_MAX_WORKERS = 4096,
-  PFD_DISPATCH_DEFAULT_INFLIGHT = 64  /* hand-offs not yet acknowledged, per worker */
+  PFD_DISPATCH_DEFAULT_INFLIGHT = 64, /* hand-offs not yet acknowledged, per worker */
+  PFD_DISPATCH_ROUND_ROBIN = 0,       /* each connection to the next worker in turn */
+  PFD_DISPATCH_LEAST_CONN = 1         /* to the worker with the fewest open connections */
 };
 
 /* A dispatcher for `listen_fd` (made non-blocking here; the caller keeps owning it).
@@ -26,6 +28,17 @@ int pfd_dispatch_start(pfd_dispatch_t *d);
 /* Adds a worker: `sock` is the dispatcher's end of its socketpair, owned by the dispatcher
  * from now on.  Returns the worker's slot (>= 0), or -EMFILE (too many workers), -ENOMEM. */
 int pfd_dispatch_add(pfd_dispatch_t *d, int sock);
+
+/* Sets how a worker is chosen: PFD_DISPATCH_ROUND_ROBIN (the default) or
+ * PFD_DISPATCH_LEAST_CONN.  Returns 0 or -EINVAL. */
+int pfd_dispatch_balance(pfd_dispatch_t *d, int mode);
+
+/* Where the worker in `slot` reports how many connections it has open (a counter it
+ * updates in memory shared with the dispatcher, e.g. a cluster's worker board; NULL: none).
+ * Least-connections ranks a worker by that count plus its hand-offs not yet acknowledged.
+ * The memory must stay mapped until the worker is removed or the dispatcher freed.
+ * Returns 0 or -ENOENT. */
+int pfd_dispatch_load(pfd_dispatch_t *d, int slot, const unsigned long long *open);
 
 /* Stops handing connections to a worker; those it has not acknowledged go to others, and
  * its socket is closed.  Returns 0 or -ENOENT (no such live worker). */

@@ -52,6 +52,8 @@ typedef struct {
   unsigned char ack[PFD__MSG];
   unsigned ack_fill; /* bytes of a partly received acknowledgement */
   unsigned long long handed, acked;
+  const unsigned long long *open; /* the worker's own count of open connections, or NULL */
+  unsigned long long tried;       /* == the dispatcher's `attempt`: tried for this one */
 } pfd__worker_t;
 
 struct pfd_dispatch_s {
@@ -65,6 +67,8 @@ struct pfd_dispatch_s {
   pfd__worker_t *workers;
   int nslots;
   int next; /* where the round-robin looks first */
+  int balance;                /* PFD_DISPATCH_ROUND_ROBIN or PFD_DISPATCH_LEAST_CONN */
+  unsigned long long attempt; /* counts pfd__hand calls (marks the workers tried) */
   int queue[PFD__QUEUE_MAX];
   unsigned qhead, qlen;
   int accept_paused; /* out of descriptors: wait for one to be freed before accepting */
@@ -190,21 +194,43 @@ static void pfd__worker_down(pfd_dispatch_t *d, pfd__worker_t *w) {
   w->npending = 0;
 }
 
-/* Hands `fd` to a worker; 1 when one took it, 0 when none can now. */
-static int pfd__hand(pfd_dispatch_t *d, int fd) {
-  int tried;
+/* The worker that should take the next connection and has not been tried for it: the next
+ * in turn, or the least loaded (ties go to the next in turn).  -1 when there is none. */
+static int pfd__choose(pfd_dispatch_t *d) {
+  int best = -1, tried;
+  unsigned long long best_load = 0;
   for (tried = 0; tried < d->nslots; tried++) {
     int slot = (d->next + tried) % d->nslots;
+    pfd__worker_t *w = &d->workers[slot];
+    unsigned long long load;
+    if (w->sock < 0 || !w->live || w->npending >= d->max_inflight || w->tried == d->attempt)
+      continue;
+    if (d->balance == PFD_DISPATCH_ROUND_ROBIN) return slot;
+    /* A worker's count is written by the worker alone; a stale value only skews a choice. */
+    load = w->npending + (w->open ? __atomic_load_n(w->open, __ATOMIC_RELAXED) : 0);
+    if (best < 0 || load < best_load) {
+      best = slot;
+      best_load = load;
+    }
+  }
+  return best;
+}
+
+/* Hands `fd` to a worker; 1 when one took it, 0 when none can now. */
+static int pfd__hand(pfd_dispatch_t *d, int fd) {
+  int slot;
+  d->attempt++;
+  while ((slot = pfd__choose(d)) >= 0) {
     pfd__worker_t *w = &d->workers[slot];
     unsigned char msg[PFD__MSG];
     unsigned long long seq;
     long n;
     int k;
-    if (w->sock < 0 || !w->live || w->npending >= d->max_inflight) continue;
+    w->tried = d->attempt;
     seq = d->seq + 1;
     for (k = 0; k < PFD__MSG; k++) msg[k] = (unsigned char)(seq >> (8 * k));
     n = pfd_fd_send(w->sock, msg, sizeof(msg), NULL, 0, &fd, 1, 0);
-    if (n == -EAGAIN) continue; /* its socket is full: a busy worker, try the next */
+    if (n == -EAGAIN) continue; /* its socket is full: a busy worker, try another */
     if (n != PFD__MSG) {
       /* Gone (-EPIPE, -ECONNRESET), or a hand-off cut in two: the stream to this worker
        * cannot be trusted any more either way. */
@@ -442,11 +468,31 @@ done:
   return r;
 }
 
+int pfd_dispatch_balance(pfd_dispatch_t *d, int mode) {
+  if (mode != PFD_DISPATCH_ROUND_ROBIN && mode != PFD_DISPATCH_LEAST_CONN) return -EINVAL;
+  (void)pthread_mutex_lock(&d->lock);
+  d->balance = mode;
+  (void)pthread_mutex_unlock(&d->lock);
+  return 0;
+}
+
+int pfd_dispatch_load(pfd_dispatch_t *d, int slot, const unsigned long long *open) {
+  int r = -ENOENT;
+  (void)pthread_mutex_lock(&d->lock);
+  if (slot >= 0 && slot < d->nslots && d->workers[slot].sock >= 0 && d->workers[slot].live) {
+    d->workers[slot].open = open;
+    r = 0;
+  }
+  (void)pthread_mutex_unlock(&d->lock);
+  return r;
+}
+
 int pfd_dispatch_remove(pfd_dispatch_t *d, int slot) {
   int r = -ENOENT;
   (void)pthread_mutex_lock(&d->lock);
   if (slot >= 0 && slot < d->nslots && d->workers[slot].sock >= 0 && d->workers[slot].live) {
     pfd__worker_down(d, &d->workers[slot]);
+    d->workers[slot].open = NULL; /* the caller may unmap or reuse that memory now */
     if (!d->started) { /* no thread polls it: close now */
       (void)close(d->workers[slot].sock);
       d->workers[slot].sock = -1;

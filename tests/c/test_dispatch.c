@@ -151,3 +151,40 @@ TEST_IMPL(dispatch_bounds_a_workers_connections_in_flight) {
   CHECK_EQ(pfd_test_count_fds(), base);
   return 0;
 }
+
+TEST_IMPL(dispatch_least_connections_prefers_the_least_loaded) {
+  int base = pfd_test_count_fds(), port, lfd, w0[2], w1[2], clients[4], i;
+  unsigned long long open[2] = {3, 0}, out[4];
+  pfd_dispatch_t *d;
+  lfd = listener(&port);
+  CHECK_EQ(pfd_dispatch_new(&d, lfd, 8), 0);
+  CHECK_EQ(pfd_dispatch_balance(d, 7), -EINVAL);
+  CHECK_EQ(pfd_dispatch_balance(d, PFD_DISPATCH_LEAST_CONN), 0);
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w0) == 0);
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w1) == 0);
+  CHECK_EQ(pfd_dispatch_add(d, w0[0]), 0);
+  CHECK_EQ(pfd_dispatch_add(d, w1[0]), 1);
+  CHECK_EQ(pfd_dispatch_load(d, 0, &open[0]), 0);
+  CHECK_EQ(pfd_dispatch_load(d, 1, &open[1]), 0);
+  CHECK_EQ(pfd_dispatch_load(d, 2, &open[1]), -ENOENT);
+  CHECK_EQ(pfd_dispatch_start(d), 0);
+  /* Worker 0 has 3 open, worker 1 none: the first three go to worker 1 (its load counts
+   * the hand-offs not yet acknowledged), then the tie goes in turn. */
+  for (i = 0; i < 3; i++) {
+    clients[i] = client(port, i);
+    await_stat(d, 1, 0, (unsigned long long)i + 1);
+  }
+  CHECK_EQ(pfd_dispatch_stats(d, 0, out), 0);
+  CHECK_EQ(out[0], 0);
+  clients[3] = client(port, 3);
+  await_stat(d, -1, 0, 4);
+  CHECK_EQ(pfd_dispatch_stats(d, 0, out), 0);
+  CHECK_EQ(out[0], 1);
+  pfd_dispatch_free(d); /* closes the hand-offs nobody took */
+  for (i = 0; i < 4; i++) close(clients[i]);
+  close(w0[1]);
+  close(w1[1]);
+  close(lfd);
+  CHECK_EQ(pfd_test_count_fds(), base);
+  return 0;
+}

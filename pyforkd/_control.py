@@ -1,0 +1,274 @@
+"""A running cluster's control socket: ``pyforkd status | reload | scale N | stop``.
+
+The primary listens on ``<runtime dir>/<name>.sock`` (an AF_UNIX stream socket, mode
+0600, in a 0700 directory of the user's: ``$XDG_RUNTIME_DIR/pyforkd``, else
+``/tmp/pyforkd-<uid>``; ``PYFORKD_RUNTIME_DIR`` overrides).  A client sends one JSON line,
+``{"cmd": "status" | "reload" | "scale" | "stop", ...}``, and reads one JSON line back,
+``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.  The primary also checks the
+client's uid (``SO_PEERCRED``, ``LOCAL_PEERCRED`` on macOS): only its own user and root
+are served; others, and malformed requests, are refused and logged, and the primary goes
+on as before.  One thread serves the clients, one at a time, each for 5 s at most.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import socket
+import stat
+import struct
+import sys
+import threading
+from typing import Any
+
+__all__ = ["ControlError", "ControlServer", "request", "runtime_dir", "socket_path"]
+
+_MAX_REQUEST = 65536
+_CLIENT_TIMEOUT = 5.0
+
+
+class ControlError(Exception):
+    """A control request that could not be made or was refused (the message says why)."""
+
+
+def runtime_dir(create: bool = False) -> str:
+    """The directory of control sockets (made 0700 when ``create``; checked to be ours)."""
+    path = os.environ.get("PYFORKD_RUNTIME_DIR")
+    if not path:
+        base = os.environ.get("XDG_RUNTIME_DIR")
+        path = os.path.join(base, "pyforkd") if base else f"/tmp/pyforkd-{os.geteuid()}"
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise ControlError(
+            f"{path} must be a directory of uid {os.geteuid()} with mode 0700 (it is "
+            f"{'not a directory' if not stat.S_ISDIR(st.st_mode) else oct(st.st_mode & 0o777)}"
+            f", uid {st.st_uid}): refusing to use it"
+        )
+    return path
+
+
+def socket_path(name: str) -> str:
+    """Where the cluster called ``name`` listens."""
+    if not name or "/" in name or name.startswith(".") or len(name) > 64:
+        raise ValueError(f"a cluster name is 1-64 characters, no '/' or leading '.': {name!r}")
+    return os.path.join(runtime_dir(), name + ".sock")
+
+
+def peer_uid(sock: socket.socket) -> tuple[int, int]:
+    """``(uid, pid)`` of the process at the other end of a Unix socket (pid -1: unknown)."""
+    if hasattr(socket, "SO_PEERCRED"):
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _ = struct.unpack("3i", raw)
+        return uid, pid
+    # macOS: LOCAL_PEERCRED (level 0) gives a struct xucred {u_int version; uid_t uid; ...}.
+    raw = sock.getsockopt(0, 0x001, 76)
+    return struct.unpack_from("2I", raw)[1], -1
+
+
+class ControlServer:
+    """The primary's control socket, served by a thread of its own until :meth:`close`."""
+
+    def __init__(self, cluster: Any, name: str) -> None:
+        self.name = name
+        self.path = socket_path(name)
+        self._cluster = cluster
+        runtime_dir(create=True)
+        if os.path.exists(self.path):
+            try:
+                request(name, {"cmd": "ping"}, timeout=2)
+            except ControlError:
+                os.unlink(self.path)  # left by a primary that died: nobody answers it
+            else:
+                raise ControlError(
+                    f"a cluster named {name!r} runs already (its control socket is "
+                    f"{self.path}): stop it, or give this one another --name"
+                )
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self._sock.bind(self.path)
+        except OSError:
+            self._sock.close()
+            raise
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self._sock.listen(16)
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._serve, name="pyforkd control", daemon=True)
+        self._thread.start()
+        _servers.add(self)
+
+    def _serve(self) -> None:
+        while True:
+            ready, _, _ = select.select([self._sock.fileno(), self._stop_r], [], [])
+            if self._stop_r in ready:
+                return
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue  # the client left before we took it
+            with conn:
+                try:
+                    self._client(conn)
+                except (OSError, ValueError) as exc:
+                    self._log(f"a client's request failed: {exc}")
+
+    def _client(self, conn: socket.socket) -> None:
+        conn.settimeout(_CLIENT_TIMEOUT)
+        uid, pid = peer_uid(conn)
+        if uid not in (os.geteuid(), 0):
+            self._log(f"refused a client of uid {uid} (pid {pid}): not this user's")
+            _reply(conn, {"ok": False, "error": f"uid {uid} may not control this cluster"})
+            return
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > _MAX_REQUEST:
+                self._log("refused a request over 64 KiB")
+                _reply(conn, {"ok": False, "error": "request too large"})
+                return
+        try:
+            req = json.loads(data)
+            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                raise ValueError("not an object with a 'cmd' string")
+        except ValueError as exc:
+            self._log(f"refused a malformed request ({exc}): {data[:80]!r}")
+            _reply(conn, {"ok": False, "error": f"malformed request: {exc}"})
+            return
+        _reply(conn, self._answer(req))
+
+    def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
+        c = self._cluster
+        cmd = req["cmd"]
+        if cmd == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if cmd == "status":
+            return {
+                "ok": True,
+                "name": self.name,
+                "pid": os.getpid(),
+                "policy": c.settings["policy"],
+                "workers": c.status(),
+            }
+        if cmd == "reload":
+            c.reload()
+            return {"ok": True}
+        if cmd == "scale":
+            n = req.get("n")
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= 1024:
+                self._log(f"refused scale to {n!r}")
+                return {"ok": False, "error": f"scale needs a worker count 1-1024, not {n!r}"}
+            c.scale(n)
+            return {"ok": True}
+        if cmd == "stop":
+            c._request("stop", 1 if req.get("fast") else 0)
+            return {"ok": True}
+        self._log(f"refused an unknown command {cmd!r}")
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    def _log(self, text: str) -> None:
+        sys.stderr.write(f"pyforkd {self.name}: control: {text}\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """Stop serving and remove the socket."""
+        if self._stop_w < 0:
+            return
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        self._forget()
+        _servers.discard(self)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass  # removed by hand already
+
+    def _forget(self) -> None:
+        """Close our descriptors (and nothing in the file system: a forked child's part)."""
+        self._sock.close()
+        for fd in (self._stop_r, self._stop_w):
+            if fd >= 0:
+                os.close(fd)
+        self._stop_r = self._stop_w = -1
+
+
+def _reply(conn: socket.socket, obj: dict[str, Any]) -> None:
+    conn.sendall(json.dumps(obj).encode() + b"\n")
+
+
+def request(name: str | None, req: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """Send ``req`` to the cluster ``name`` (None: the only one running); its answer.
+
+    ``ControlError`` says what went wrong: no such cluster, several to choose from, a
+    refusal, no answer in ``timeout``.
+    """
+    if name is None:
+        name = _only_cluster()
+    path = socket_path(name)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ControlError(f"no cluster named {name!r} runs (nothing at {path})") from None
+        except PermissionError:
+            raise ControlError(f"{path}: permission denied (it is another user's)") from None
+        try:
+            sock.sendall(json.dumps(req).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            raise ControlError(f"the cluster {name!r} did not answer in {timeout:g} s") from None
+        except OSError as exc:
+            name_ = errno.errorcode.get(exc.errno or 0, "?")
+            raise ControlError(f"talking to {path} failed: {name_} ({exc.strerror})") from None
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise ControlError(f"the cluster {name!r} answered no JSON: {data[:80]!r}") from None
+    if not answer.get("ok"):
+        raise ControlError(f"the cluster {name!r} refused: {answer.get('error')}")
+    return dict(answer)
+
+
+def _only_cluster() -> str:
+    where = runtime_dir()
+    try:
+        names = sorted(n[:-5] for n in os.listdir(where) if n.endswith(".sock"))
+    except FileNotFoundError:
+        names = []
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ControlError(f"no cluster is running (no control socket in {where})")
+    raise ControlError(f"several clusters run ({', '.join(names)}): say which with --name")
+
+
+_servers: set[ControlServer] = set()
+
+
+def _after_fork_in_child() -> None:
+    for server in list(_servers):
+        server._forget()
+    _servers.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
