@@ -80,11 +80,14 @@ class Slot:
     """A worker's own slot, mapped from the board's descriptor."""
 
     def __init__(self, fd: int, slot: int) -> None:
-        size = _b.shm_size(fd)
-        if not 0 <= slot < size // (SLOT_WORDS * 8):
-            raise ValueError(f"board slot {slot} is out of range")
-        self._map = mmap.mmap(fd, size)
-        os.close(fd)
+        """Map slot ``slot`` of the board behind ``fd`` (which is closed, in every case)."""
+        try:
+            size = _b.shm_size(fd)
+            if not 0 <= slot < size // (SLOT_WORDS * 8):
+                raise ValueError(f"board slot {slot} is out of range")
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
         self._words = memoryview(self._map).cast("Q")[slot * SLOT_WORDS : (slot + 1) * SLOT_WORDS]
         self._lock = threading.Lock()
 

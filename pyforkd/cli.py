@@ -159,6 +159,21 @@ def _parser() -> argparse.ArgumentParser:
         help="how long a stopping or replaced worker may finish its connections (default 10)",
     )
     run.add_argument(
+        "--max-restarts",
+        type=_count,
+        default=10,
+        metavar="N",
+        help="stop the cluster after N restarts in a row of workers that died young (default 10)",
+    )
+    run.add_argument(
+        "--restart-delay",
+        type=_seconds,
+        default=0.1,
+        metavar="S",
+        help="the delay before restarting a worker that died young, after the first "
+        "(grows x1.5 each time, up to 15 s; default 0.1)",
+    )
+    run.add_argument(
         "--no-log-prefix",
         action="store_true",
         help="leave workers' output as it is (default: each line starts with [worker N])",
@@ -212,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         max_requests=args.max_requests or None,
         max_requests_jitter=args.max_requests_jitter,
         graceful_timeout=args.graceful_timeout or 0.001,
+        max_restarts=args.max_restarts,
+        restart_delay=args.restart_delay,
         log_prefix=not args.no_log_prefix,
     )
     try:

@@ -80,9 +80,8 @@ __all__ = [
 
 EVENTS = ("fork", "online", "listening", "message", "disconnect", "exit", "setup")
 _NO_RESTART_CODES = (3, 4)  # a worker's "boot or app error: do not restart me"
-_BACKOFF_FIRST, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.1, 1.5, 15.0  # seconds
+_BACKOFF_FACTOR, _BACKOFF_MAX = 1.5, 15.0  # the restart delay grows so, up to 15 s
 _STABLE_UPTIME = 30.0  # a worker that lived this long resets the back-off
-_CRASH_LOOP = 10  # restarts in a row of workers that died young: the cluster stops
 _POLICIES = ("rr", "shared", "reuseport")
 _BALANCES = ("round-robin", "least-connections")
 _DEFAULTS: dict[str, Any] = {
@@ -90,6 +89,8 @@ _DEFAULTS: dict[str, Any] = {
     "balance": "round-robin",
     "start": "fork",
     "restart": True,
+    "restart_delay": 0.1,  # the first restart's delay (then x1.5 per young death)
+    "max_restarts": 10,  # restarts in a row of workers that died young: the cluster stops
     "timeout": None,
     "kill_timeout": 3.0,
     "ready_timeout": None,
@@ -154,14 +155,18 @@ def _check_setting(key: str, value: Any) -> Any:
         return value
     if key in ("timeout", "ready_timeout"):
         return _seconds(key, value)
+    if key == "restart_delay":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"restart_delay must be a number of seconds >= 0, not {value!r}")
+        return float(value)
     if key in ("graceful_timeout", "kill_timeout"):
         return _seconds(key, value, allow_none=False)
-    if key in ("max_requests", "max_requests_jitter"):
+    if key in ("max_requests", "max_requests_jitter", "max_restarts"):
         if value is None and key == "max_requests":
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{key} must be a count >= 0, not {value!r}")
-        return value if value or key == "max_requests_jitter" else None
+        return value if value or key != "max_requests" else None
     if key == "max_memory":
         if value is None:
             return None
@@ -331,15 +336,27 @@ class RoundRobin:
         """
         ours, theirs = socket.socketpair()
         try:
+            slot = self.attach(ours, load)
+        except BaseException:
+            theirs.close()
+            raise
+        return slot, theirs
+
+    def attach(self, ours: socket.socket, load: Any = None) -> int:
+        """Start handing connections over ``ours``; returns its slot.
+
+        ``ours`` is one end of a socketpair: the dispatcher owns it from now on (and it is
+        closed on failure too).
+        """
+        try:
             slot = self._dispatcher.add(ours.fileno())
         except BaseException:
             ours.close()
-            theirs.close()
             raise
-        ours.detach()  # the dispatcher owns it now
+        ours.detach()
         if load is not None:
             self._dispatcher.load(slot, load)
-        return slot, theirs
+        return slot
 
     def remove(self, slot: int) -> bool:
         """No more connections for that worker; those it did not accept go to the others."""
@@ -450,6 +467,7 @@ class Worker:
         self._recycling = False  # a replacement is on its way
         self._max_served: int | None = None  # max_requests, with its jitter
         self._logs: list[Any] = []  # its stdout/stderr pipes (log_prefix)
+        self._unattached: list[tuple[Any, socket.socket]] = []  # rr ends kept until ready
 
     def send(self, message: Any, handle: Any = None, **options: Any) -> None:
         """Send a message to the worker (it reads it with ``pyforkd.parent().recv()``)."""
@@ -546,9 +564,13 @@ class Cluster:
         own accept queue).  ``balance`` (``"rr"`` only): ``"round-robin"`` or
         ``"least-connections"`` (to the worker with the fewest open connections).
 
-        ``restart`` (bool): start a new worker when one dies.  ``timeout`` (seconds): a
-        worker busy with one connection (or whose asyncio loop does not turn) for longer is
-        hung: it gets SIGTERM, then SIGKILL after ``kill_timeout``, and is replaced.
+        ``restart`` (bool): start a new worker when one dies: at once, and when workers
+        keep dying young (before 30 s) after ``restart_delay`` (0.1 s) growing x1.5 per
+        death in a row (up to 15 s; a worker that lived 30 s resets it); ``max_restarts``
+        (10) such restarts in a row stop the cluster (``run()`` raises: a crash loop).
+        ``timeout`` (seconds): a worker busy with one connection for longer (or whose
+        asyncio loop does not turn, under :func:`start_server`) is hung: it gets SIGTERM,
+        then SIGKILL after ``kill_timeout``, and is replaced.
         ``ready_timeout`` (seconds): a worker not ready by then (listening, or
         ``cluster.ready()`` when ``wait_ready`` is true) is killed and not restarted.
         ``max_requests`` (+ a random ``max_requests_jitter``): a worker that took that many
@@ -937,12 +959,19 @@ class Cluster:
                 if entry[1] is None:
                     least = self.settings["balance"] == "least-connections"
                     entry[1] = RoundRobin(entry[0], least_connections=least)
-                assert self._board is not None
-                slot, theirs = entry[1].connect(self._board.pointer(w._board, _board.OPEN))
+                if self.settings["wait_ready"] and not w.ready:
+                    # No connection for it before it is ready: the dispatcher gets its end
+                    # then (_became_ready).
+                    ours, theirs = socket.socketpair()
+                    w._unattached.append(((kind, key), ours))
+                    self._now_listening(w, entry[0].getsockname(), policy, theirs)
+                    return
+                slot, theirs = entry[1].connect(self._load(w))
             else:  # "shared": the worker takes from the socket itself (UDP: always)
                 slot, theirs = (-2 if kind == "udp" else -1), entry[0]
         except OSError as exc:
-            ch.send_control(("cluster", "listen-error", exc.errno, exc.strerror, key))
+            text = os.strerror(exc.errno) if exc.errno else str(exc)
+            ch.send_control(("cluster", "listen-error", exc.errno, text, key))
             return
         w._slots.append(((kind, key), slot))
         self._now_listening(w, entry[0].getsockname(), policy, theirs, keep_open=slot < 0)
@@ -959,17 +988,33 @@ class Cluster:
         if not self.settings["wait_ready"]:
             self._became_ready(w)
 
+    def _load(self, w: Worker) -> Any:
+        assert self._board is not None
+        return self._board.pointer(w._board, _board.OPEN)
+
     def _became_ready(self, w: Worker) -> None:
         """``w`` is ready (it listens, or said so): the worker it replaces can go."""
         if w.ready:
             return
         w.ready = True
+        while w._unattached:
+            key, ours = w._unattached.pop(0)
+            entry = self._listeners.get(key)
+            if entry is None or entry[1] is None:
+                ours.close()
+                continue
+            try:
+                w._slots.append((key, entry[1].attach(ours, self._load(w))))
+            except OSError as exc:
+                sys.stderr.write(f"pyforkd cluster: worker {w.id} cannot be given work: {exc}\n")
         old = self._replaces.pop(w.id, None)
         if old is not None and old.state != "dead":
             old.disconnect()  # its replacement serves now: the old one drains and exits
         self._systemd_status()
 
     def _stop_dispatching(self, w: Worker) -> None:
+        while w._unattached:
+            w._unattached.pop()[1].close()  # it never got a connection through this one
         ch = w.process.channel
         for key, slot in w._slots:
             entry = self._listeners.get(key)
@@ -1032,15 +1077,17 @@ class Cluster:
             return
         lived = time.monotonic() - w._started
         self._failures = 0 if lived >= _STABLE_UPTIME else self._failures + 1
-        if self._failures > _CRASH_LOOP:
+        if self._failures > self.settings["max_restarts"]:
             self.error = (
                 f"workers keep dying young ({self._failures} in a row, the last exit "
                 f"{exit_code if sig is None else sig}): the cluster stops"
             )
             self.shutdown()
             return
-        delay = min(_BACKOFF_FIRST * _BACKOFF_FACTOR ** max(0, self._failures - 1), _BACKOFF_MAX)
-        if lived >= _STABLE_UPTIME:
+        # The first death in a row is restarted at once; then the delay grows.
+        first = self.settings["restart_delay"]
+        delay = min(first * _BACKOFF_FACTOR ** max(0, self._failures - 2), _BACKOFF_MAX)
+        if self._failures <= 1:
             delay = 0.0
         self._restarts.append((time.monotonic() + delay, w._env, w.restarts + 1))
         self._restarts.sort(key=lambda r: r[0])
@@ -1322,6 +1369,13 @@ class _SharedListener(Listener):
         me = _role["worker"]
         if me is not None:
             me.slot.idle()
+        if _b.fd_wait(self._channel.fileno(), _b.POLL_IN, 0):
+            self._from_primary()  # raises once the primary said stop
+        try:  # the common case under load, without a selector
+            return self._take()
+        except BlockingIOError:
+            if timeout == 0:
+                raise TimeoutError("no connection waits") from None
         with self._lock, selectors.DefaultSelector() as sel:
             sel.register(self.socket, selectors.EVENT_READ, "listen")
             sel.register(self._channel.fileno(), selectors.EVENT_READ, "primary")
@@ -1335,13 +1389,16 @@ class _SharedListener(Listener):
                         self._from_primary()
                         continue
                     try:
-                        fd, address = self.socket._accept()  # type: ignore[attr-defined]
+                        return self._take()
                     except BlockingIOError:
                         continue  # another worker took it
-                    conn = _connection(fd, self.socket.family, self.socket.type)
-                    if socket.getdefaulttimeout() is None:
-                        conn.setblocking(True)
-                    return conn, address
+
+    def _take(self) -> tuple[socket.socket, Any]:
+        fd, address = self.socket._accept()  # type: ignore[attr-defined]
+        conn = _connection(fd, self.socket.family, self.socket.type)
+        if socket.getdefaulttimeout() is None:
+            conn.setblocking(True)
+        return conn, address
 
     def _from_primary(self) -> None:
         """Read the primary's control messages: a disconnect ends accepting."""
@@ -1397,6 +1454,13 @@ class ServerMixin:
         except ChannelClosedError:
             self._BaseServer__shutdown_request = True  # ends serve_forever
             raise OSError("the primary stopped this worker's listening") from None
+
+    def service_actions(self) -> None:
+        """Between requests (``serve_forever`` calls it): this worker waits, not hung."""
+        me = _role["worker"]
+        if me is not None:
+            me.slot.idle()
+        super().service_actions()  # type: ignore[misc]
 
     def server_close(self) -> None:
         """Stop taking connections (and, with threads, wait for the requests served)."""
@@ -1474,6 +1538,16 @@ async def start_server(
             server._tasks.add(task)
             task.add_done_callback(server._tasks.discard)
 
+    me = _role["worker"]
+    if me is not None and me.timeout:
+        # A loop that stops turning (a handler that blocks it) is a hung worker: the beat
+        # below stops, and the primary's timeout kills it.
+        def beat() -> None:
+            if not server._closed.done():
+                me.slot.beat()
+                loop.call_later(me.timeout / 4, beat)
+
+        beat()
     server._fds.append(listener.fileno())
     if isinstance(listener, _SharedListener):  # the primary's disconnect comes this way
         server._fds.append(listener._channel.fileno())

@@ -5,6 +5,7 @@ restarted, a graceful stop on SIGTERM, and nothing left behind."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import textwrap
 import threading
@@ -130,6 +131,24 @@ def test_listen_is_for_workers_and_events_are_checked():
         cluster.on("bogus", print)
     with pytest.raises(ValueError, match="policy must be 'rr', 'shared' or 'reuseport'"):
         cluster.setup_primary(policy="nope")
+    bad = [
+        ({"balance": "random"}, ValueError, "balance must be 'round-robin' or 'least-conn"),
+        ({"timeout": -1}, ValueError, "timeout must be positive, not -1"),
+        ({"timeout": "soon"}, TypeError, "timeout must be a number of seconds, not 'soon'"),
+        ({"max_memory": "lots"}, ValueError, "not a memory size: 'lots'"),
+        ({"max_requests": -5}, ValueError, "max_requests must be a count >= 0, not -5"),
+        ({"start": "vfork"}, ValueError, "start must be 'fork' or 'spawn', not 'vfork'"),
+        ({"wait_ready": 1}, TypeError, "wait_ready must be a bool, not 1"),
+        ({"workers": 4}, TypeError, "unknown setting 'workers'"),
+    ]
+    before = dict(cluster.settings)
+    for settings, error, text in bad:
+        with pytest.raises(error, match=re.escape(text)):
+            cluster.setup_primary(policy="shared", **settings)
+    assert cluster.settings == before  # a bad setting changes nothing
+    assert cluster.parse_size("300M") == 300 << 20
+    assert cluster.parse_size("1.5GiB") == 3 << 29
+    assert cluster.parse_size(4096) == 4096
     assert cluster.is_primary and not cluster.is_worker and cluster.worker is None
 
 
@@ -201,3 +220,34 @@ def test_other_policies_serve_and_stop_gracefully(tmp_path, policy):
     exits = sorted(line for line in out if line.startswith("exit "))
     assert exits == ["exit 1 0 None", "exit 2 0 None"]  # both stopped cleanly, not killed
     assert not any(alive(pid) for pid in pids)
+
+
+CRASHING = textwrap.dedent(
+    """
+    import os
+    from pyforkd import cluster
+
+    if cluster.is_primary:
+        cluster.setup_primary(restart_delay=0.01, max_restarts=3)
+        cluster.on("exit", lambda w, code, sig: print("exit", w.id, code, flush=True))
+        cluster.fork()
+        cluster.run()
+    else:
+        cluster.listen(("127.0.0.1", int(os.environ["PORT"])))
+        os._exit(1)  # it served, then died: an app error, restarted until it is a loop
+    """
+)
+
+
+def test_a_crash_loop_stops_the_cluster(tmp_path):
+    script = tmp_path / "crashing.py"
+    script.write_text(CRASHING)
+    env = dict(os.environ, PORT=str(free_port()))
+    done = pyforkd.spawn_sync(PY, [str(script)], env=env, timeout=60)
+    assert done.returncode == 1
+    assert "workers keep dying young (4 in a row, the last exit 1): the cluster stops" in (
+        done.stderr.decode()
+    )
+    assert done.stdout.decode().split("\n")[:-1] == [
+        f"exit {i} 1" for i in range(1, 5)
+    ]  # 3 restarts

@@ -32,6 +32,8 @@ def serve(accepting=True):
         except ChannelClosedError:
             return served
         assert address[0] == "127.0.0.1"
+        if accepting == "die":  # killed once the connection is its own (acknowledged)
+            os.kill(os.getpid(), signal.SIGKILL)
         conn.recv(4096)  # the request (small: one read)
         body = str(os.getpid()).encode()
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -96,3 +98,19 @@ def test_connections_waiting_for_a_dead_worker_go_to_another(primary):
         t.join(timeout=60)
     assert results == [good.pid] * 4  # all four answered, none lost
     assert rr.stats()["redispatched"] >= 2
+
+
+def test_a_connection_taken_by_a_worker_that_dies_dies_with_it(primary):
+    port, rr, start = primary
+    dying_slot, dying = start(accepting="die")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+        c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            assert c.recv(4096) == b""  # closed with its worker: no answer ...
+        except ConnectionResetError:
+            pass  # (or reset: the worker had unread data)
+    dying.wait(timeout=30)
+    assert rr.stats(dying_slot)["accepted"] == 1
+    _, good = start()
+    assert get(port) == good.pid
+    assert rr.stats()["redispatched"] == 0  # ... and never served twice

@@ -491,8 +491,16 @@ int pfd_dispatch_remove(pfd_dispatch_t *d, int slot) {
   int r = -ENOENT;
   (void)pthread_mutex_lock(&d->lock);
   if (slot >= 0 && slot < d->nslots && d->workers[slot].sock >= 0 && d->workers[slot].live) {
-    pfd__worker_down(d, &d->workers[slot]);
-    d->workers[slot].open = NULL; /* the caller may unmap or reuse that memory now */
+    pfd__worker_t *w = &d->workers[slot];
+    /* The worker may be acknowledging right now.  After shutdown() its next
+     * acknowledgement fails (EPIPE: it closes that connection, never serves it), and the
+     * ones it sent before are still queued: read them, so that only connections it does
+     * not have go to another worker.  Otherwise one could be served by two workers (one
+     * of which waits for a request the other read, holding the client open). */
+    (void)shutdown(w->sock, SHUT_RDWR);
+    pfd__read_acks(d, w); /* ends in pfd__worker_down (the shut-down socket reads as EOF) */
+    if (w->live) pfd__worker_down(d, w);
+    w->open = NULL; /* the caller may unmap or reuse that memory now */
     if (!d->started) { /* no thread polls it: close now */
       (void)close(d->workers[slot].sock);
       d->workers[slot].sock = -1;

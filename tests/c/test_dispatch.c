@@ -188,3 +188,50 @@ TEST_IMPL(dispatch_least_connections_prefers_the_least_loaded) {
   CHECK_EQ(pfd_test_count_fds(), base);
   return 0;
 }
+
+/* A worker removed while it acknowledges: what it acknowledged first stays its own (never
+ * given to a second worker), what it acknowledges after fails and goes to another. */
+TEST_IMPL(dispatch_remove_honours_acks_already_sent) {
+  int base = pfd_test_count_fds(), port, lfd, w0[2], w1[2], c1, c2, fd1, fd2, fd;
+  unsigned long long seq1, seq2, seq, out[4];
+  pfd_dispatch_t *d;
+  lfd = listener(&port);
+  CHECK_EQ(pfd_dispatch_new(&d, lfd, 8), 0);
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w0) == 0);
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w1) == 0);
+  CHECK_EQ(pfd_dispatch_add(d, w0[0]), 0);
+  CHECK_EQ(pfd_dispatch_start(d), 0);
+  c1 = client(port, 1);
+  c2 = client(port, 2);
+  await_stat(d, 0, 0, 2); /* both handed to worker 0 */
+  fd1 = pfd_dispatch_take(w0[1], &seq1, PFD_FD_BLOCK);
+  fd2 = pfd_dispatch_take(w0[1], &seq2, PFD_FD_BLOCK);
+  CHECK(fd1 >= 0 && fd2 >= 0);
+  CHECK_EQ(pfd_dispatch_ack(w0[1], seq1), 0); /* sent; the dispatcher may not have read it */
+  CHECK_EQ(pfd_dispatch_add(d, w1[0]), 1);
+  CHECK_EQ(pfd_dispatch_remove(d, 0), 0);
+  CHECK_EQ(pfd_dispatch_ack(w0[1], seq2), -EPIPE); /* too late: not ours any more */
+  close(fd2);
+  fd = pfd_dispatch_take(w1[1], &seq, PFD_FD_BLOCK); /* only the second one moves */
+  CHECK(fd >= 0);
+  CHECK_EQ(pfd_dispatch_ack(w1[1], seq), 0);
+  {
+    char id;
+    CHECK(read(fd, &id, 1) == 1 && id == '2');
+  }
+  CHECK_EQ(pfd_dispatch_take(w1[1], &seq, 0), -EAGAIN);
+  CHECK_EQ(pfd_dispatch_stats(d, -1, out), 0);
+  CHECK_EQ(out[2], 1); /* one re-dispatched */
+  CHECK_EQ(pfd_dispatch_stats(d, 0, out), 0);
+  CHECK_EQ(out[1], 1); /* worker 0's first acknowledgement counted */
+  pfd_dispatch_free(d);
+  close(fd);
+  close(fd1);
+  close(c1);
+  close(c2);
+  close(w0[1]);
+  close(w1[1]);
+  close(lfd);
+  CHECK_EQ(pfd_test_count_fds(), base);
+  return 0;
+}

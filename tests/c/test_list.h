@@ -40,6 +40,7 @@
   X(dispatch_survives_a_worker_dying_with_connections) \
   X(dispatch_bounds_a_workers_connections_in_flight) \
   X(dispatch_least_connections_prefers_the_least_loaded) \
+  X(dispatch_remove_honours_acks_already_sent) \
   X(shm_ring_between_processes)
 
 #define PFD_CHILDREN(X) \
