@@ -29,6 +29,7 @@ import http.server
 import os
 import random
 import runpy
+import select
 import selectors
 import signal as _signal
 import socket
@@ -233,6 +234,7 @@ class Listener:
         self.socket = sock
         self.address: Any = None  # the address the primary listens on
         self._lock = threading.Lock()
+        self._kind: tuple[int, int] = (-1, -1)  # its connections' (family, type), once known
 
     def fileno(self) -> int:
         """The hand-off socket's descriptor (readable when a connection waits)."""
@@ -252,7 +254,7 @@ class Listener:
             me.slot.idle()
         with self._lock:
             while True:
-                if deadline is not None:
+                if deadline is not None and timeout != 0:  # (0: one non-blocking try)
                     left = max(0, int((deadline - time.monotonic()) * 1000))
                     if _b.fd_wait(fd, _b.POLL_IN, left) is False:
                         raise TimeoutError("no connection came in time")
@@ -262,9 +264,14 @@ class Listener:
                     raise ChannelClosedError("the primary is gone") from None
                 if got is not None:
                     break
+                if timeout == 0:
+                    raise TimeoutError("no connection waits")
             conn_fd, seq = got
             try:
-                conn = _connection(conn_fd)
+                conn = _connection(conn_fd, *self._kind)
+                # Every connection of a listener is of one kind: asking the kernel for it
+                # once saves three system calls per connection after the first.
+                self._kind = (conn.family, conn.type)
             except OSError:
                 os.close(conn_fd)
                 raise
@@ -1362,6 +1369,34 @@ class _SharedListener(Listener):
         self._lock = threading.Lock()
         self._channel = channel
         sock.setblocking(False)  # another worker may take a connection first
+        # fileno(): one descriptor readable when a connection waits *or* the primary has
+        # something to say (a stop), so that a selector over it never misses the stop.
+        self._either: Any = None
+        if sys.platform == "linux":
+            self._either = select.epoll()
+            self._either.register(sock.fileno(), select.EPOLLIN)
+            self._either.register(channel.fileno(), select.EPOLLIN)
+        elif sys.platform == "darwin" or "bsd" in sys.platform:
+            self._either = select.kqueue()
+            self._either.control(
+                [
+                    select.kevent(sock.fileno(), select.KQ_FILTER_READ),
+                    select.kevent(channel.fileno(), select.KQ_FILTER_READ),
+                ],
+                0,
+            )
+
+    def fileno(self) -> int:
+        """Readable when a connection waits or the primary has a message (a stop)."""
+        if self._either is not None and not self._either.closed:
+            return int(self._either.fileno())
+        return self.socket.fileno()
+
+    def close(self) -> None:
+        """Stop taking connections."""
+        if self._either is not None:
+            self._either.close()
+        self.socket.close()
 
     def accept(self, timeout: float | None = None) -> tuple[socket.socket, Any]:
         """The next connection, as ``socket.accept()``; see :meth:`Listener.accept`."""
@@ -1410,7 +1445,7 @@ class _SharedListener(Listener):
             except ChannelClosedError:
                 raise ChannelClosedError("the primary is gone") from None
             if msg == ("cluster", "disconnect"):
-                self.socket.close()
+                self.close()
                 raise ChannelClosedError("the primary stopped this worker's listening")
 
 
@@ -1548,9 +1583,7 @@ async def start_server(
                 loop.call_later(me.timeout / 4, beat)
 
         beat()
-    server._fds.append(listener.fileno())
-    if isinstance(listener, _SharedListener):  # the primary's disconnect comes this way
-        server._fds.append(listener._channel.fileno())
+    server._fds.append(listener.fileno())  # (shared: it covers the primary's stop too)
     for fd in server._fds:
         loop.add_reader(fd, ready)
     return server
