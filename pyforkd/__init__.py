@@ -32,6 +32,7 @@ from .errors import (
     TimeoutExpired,
     WorkerError,
 )
+from .pool import Pool, PoolBrokenError, WorkerCrashedError
 from .ring import Ring
 from .worker import Worker, fork_worker, parent
 
@@ -57,11 +58,14 @@ __all__ = [
     "Fd",
     "FrameError",
     "MaxBufferError",
+    "Pool",
+    "PoolBrokenError",
     "PyforkdError",
     "Ring",
     "SpawnError",
     "TimeoutExpired",
     "Worker",
+    "WorkerCrashedError",
     "WorkerError",
     "__version__",
     "aio",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import _socket
 import asyncio
 import collections
+import errno
 import http.server
 import os
 import random
@@ -757,6 +758,9 @@ class Cluster:
             for pipe in logs:
                 pipe.close()
             self._close_listeners()
+            if not self.workers and self._board is not None:
+                self._board.close()  # (after the dispatchers that read it)
+                self._board = None
             _systemd.notify("STOPPING=1")
         if self.error:
             raise RuntimeError(self.error)
@@ -951,6 +955,10 @@ class Cluster:
             return
         policy = "shared" if kind == "udp" else self.settings["policy"]
         if policy == "reuseport":  # the worker binds its own socket: nothing to share here
+            if key[1] == 0:  # each worker would get a port of its own
+                text = "policy 'reuseport' needs a fixed port, not 0"
+                ch.send_control(("cluster", "listen-error", errno.EINVAL, text, key))
+                return
             w._slots.append((key, -1))
             self._now_listening(w, key, policy, None)
             return

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import socket
 import sys
 
 from pyforkd import cluster
@@ -28,12 +29,42 @@ def report(*_: object) -> None:
     os._exit(0)
 
 
+def answer(conn: socket.socket, buf: bytes) -> tuple[bool, bytes]:
+    """Read what the client sent and answer every whole request: (keep it?, what is left)."""
+    while True:
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return True, buf  # wait for more
+        except OSError:
+            return False, b""
+        if not data:
+            return False, b""
+        buf += data
+        while b"\r\n\r\n" in buf:
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            close = draining["on"] or b"onnection: close" in head or b"onnection: Close" in head
+            count["served"] += 1
+            try:
+                conn.send(CLOSE if close else KEEP)  # small: the socket buffer takes it
+            except OSError:
+                return False, b""
+            if close:
+                return False, b""
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, report)
     listener = cluster.listen(("127.0.0.1", int(os.environ["PORT"])))
     sel = selectors.DefaultSelector()
     sel.register(listener.fileno(), selectors.EVENT_READ, None)
-    pending: dict[int, bytes] = {}
+    pending: dict[int, bytes] = {}  # open connections (registered): what they sent so far
+
+    def done(conn: socket.socket) -> None:
+        conn.close()
+        if draining["on"] and not pending:
+            report()
+
     while True:
         for key, _ in sel.select():
             if key.data is None:
@@ -49,44 +80,24 @@ def main() -> None:
                             report()
                         break
                     conn.setblocking(False)
-                    sel.register(conn, selectors.EVENT_READ, conn)
-                    pending[conn.fileno()] = b""
+                    # The request is usually there already: answer it before any selector
+                    # work (a connection that closes then costs no registration at all).
+                    keep, rest = answer(conn, b"")
+                    if keep:
+                        sel.register(conn, selectors.EVENT_READ, conn)
+                        pending[conn.fileno()] = rest
+                    else:
+                        done(conn)
                 continue
             conn = key.data
             fd = conn.fileno()
-            try:
-                data = conn.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                sel.unregister(conn)
-                del pending[fd]
-                conn.close()
-                if draining["on"] and not pending:
-                    report()
-                continue
-            buf = pending[fd] + data
-            close = False
-            while b"\r\n\r\n" in buf:
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                close = draining["on"] or b"onnection: close" in head or b"onnection: Close" in head
-                count["served"] += 1
-                try:
-                    conn.send(CLOSE if close else KEEP)  # small: the socket buffer takes it
-                except OSError:
-                    close = True
-                if close:
-                    break
-            if close:
-                sel.unregister(conn)
-                del pending[fd]
-                conn.close()
-                if draining["on"] and not pending:
-                    report()
+            keep, rest = answer(conn, pending[fd])
+            if keep:
+                pending[fd] = rest
             else:
-                pending[fd] = buf
+                sel.unregister(conn)
+                del pending[fd]
+                done(conn)
 
 
 if cluster.is_worker:

@@ -1,0 +1,581 @@
+"""Pool: a ``concurrent.futures.Executor`` over pyforkd workers and their rings.
+
+    with pyforkd.Pool(workers=4) as pool:
+        fut = pool.submit(score, item)                  # a concurrent.futures.Future
+        for r in pool.map(score, items): ...            # ordered; adaptive batching
+        for r in pool.imap_unordered(score, items): ... # as they finish
+
+Each worker is a :func:`pyforkd.fork_worker` with a pair of shared-memory rings (``ring``
+bytes each way): tasks and results are pickled with protocol 5, so numpy arrays and other
+out-of-band buffers are written straight into the ring (one copy).  A worker runs one
+message at a time, a batch of tasks, and the pool gives work only to a worker with none:
+a long task never holds short ones behind it while another worker is free.  Batches grow
+with the queue (one wake-up for many small tasks).
+
+A worker that dies (a segfault, ``os._exit``, the OOM killer) fails only the tasks it was
+running, with :class:`WorkerCrashedError` naming its exit code or signal; it is replaced
+and the pool goes on.  A task's exception comes back with its remote traceback attached as
+``__cause__``, as in ``ProcessPoolExecutor``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import itertools
+import os
+import pickle
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from . import worker as _worker
+from .errors import ChannelClosedError, PyforkdError
+
+__all__ = ["Pool", "PoolBrokenError", "WorkerCrashedError"]
+
+_BALANCES = ("least-loaded", "round-robin")
+_MAX_BATCH = 256  # tasks in one message, at most
+_INIT_FAILURES = 3  # failed worker starts in a row (initializer raising): the pool breaks
+_CHUNK_SECONDS = 0.002  # map()'s adaptive chunks aim at this much work each
+
+
+class WorkerCrashedError(PyforkdError, RuntimeError):
+    """The worker running this task died (``exitcode``: its exit code, or -signal)."""
+
+    def __init__(self, message: str, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+
+class PoolBrokenError(PyforkdError, RuntimeError):
+    """The pool cannot run tasks any more (its workers keep failing to start)."""
+
+
+class _RemoteTraceback(Exception):
+    """The worker's traceback, as the ``__cause__`` of a task's exception."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _Task:
+    __slots__ = ("args", "dropped", "fn", "future", "kwargs", "running", "tid")
+
+    def __init__(self, tid: int, future: cf.Future[Any], fn: Any, args: Any, kwargs: Any) -> None:
+        self.tid = tid
+        self.future = future
+        self.dropped = False  # cancelled while it was being sent: it runs, nobody waits
+        self.running = False  # its future says so (it was sent once; it may come back)
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+
+class _Slot:
+    """One worker place: the process there now, its batch in flight, its counters."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: _worker.Worker | None = None
+        self.batch: collections.deque[_Task] = collections.deque()  # sent, not answered (in order)
+        self.done = 0
+        self.restarts = 0
+        self.sent = 0  # tasks given to the current process (max_tasks_per_worker)
+        self.retiring = False
+        self.init_error: str | None = None  # its initializer's traceback, if it raised
+        self.reader: threading.Thread | None = None
+
+
+class Pool(cf.Executor):
+    """A pool of ``workers`` processes (default: one per CPU) running submitted callables.
+
+    ``start``: ``"fork"`` (POSIX default), ``"spawn"`` or ``"forkserver"`` (see
+    :func:`pyforkd.fork_worker`).  ``balance``: ``"least-loaded"`` (an idle worker gets the
+    next batch; the default) or ``"round-robin"`` (idle workers in turn).  ``ring``: each
+    worker's ring size in bytes per direction (a power of two; 16 MiB by default; None:
+    the socket only).  ``initializer(*initargs)`` runs in each worker first; a pool whose
+    workers fail it ``3`` times in a row is broken (:class:`PoolBrokenError` on every
+    waiting future).  ``max_tasks_per_worker``: a worker that ran that many tasks is
+    replaced.  ``restart``: replace workers that die (else the pool shrinks).
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        start: str | None = None,
+        balance: str = "least-loaded",
+        ring: int | None = 16 << 20,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
+        restart: bool = True,
+    ) -> None:
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a count >= 1, not {workers!r}")
+        if balance not in _BALANCES:
+            raise ValueError(f"balance must be 'least-loaded' or 'round-robin', not {balance!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be callable")
+        if max_tasks_per_worker is not None and (
+            isinstance(max_tasks_per_worker, bool)
+            or not isinstance(max_tasks_per_worker, int)
+            or max_tasks_per_worker < 1
+        ):
+            raise ValueError(
+                f"max_tasks_per_worker must be a count >= 1, not {max_tasks_per_worker!r}"
+            )
+        if start not in (None, *_worker.START_METHODS):
+            raise ValueError(f"start must be one of {', '.join(_worker.START_METHODS)}")
+        self._start = start
+        self._balance = balance
+        self._ring = ring
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._max_tasks = max_tasks_per_worker
+        self._restart = restart
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._queue: collections.deque[_Task] = collections.deque()
+        self._ids = itertools.count()
+        self._shutdown = False
+        self._stopping = False  # the workers were told to stop
+        self._broken: str | None = None
+        self._init_failures = 0
+        self._next = 0  # round-robin: where the search for an idle worker starts
+        self._slots = [_Slot(i) for i in range(workers)]
+        try:
+            for slot in self._slots:
+                self._launch(slot)
+        except BaseException:
+            self.shutdown(wait=True, cancel_futures=True)
+            raise
+
+    @property
+    def workers(self) -> int:
+        """How many worker places the pool has."""
+        return len(self._slots)
+
+    # ---- submitting -------------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        """Run ``fn(*args, **kwargs)`` in a worker; its ``Future``.
+
+        ``RuntimeError`` after :meth:`shutdown`; a function or argument that cannot be
+        pickled fails that future only (``TypeError`` / ``PicklingError``).
+        """
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, not {type(fn).__name__}")
+        future: cf.Future[Any] = cf.Future()
+        with self._lock:
+            if self._broken is not None:
+                raise PoolBrokenError(self._broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._queue.append(_Task(next(self._ids), future, fn, args, kwargs))
+            self._dispatch()
+        return future
+
+    def _dispatch(self) -> None:
+        """Give batches to idle workers (under the lock)."""
+        n = len(self._slots)
+        for k in range(n):
+            if not self._queue:
+                return
+            slot = self._slots[(self._next + k) % n]
+            if slot.batch or slot.process is None or slot.retiring:
+                continue
+            if self._balance == "round-robin":
+                self._next = (slot.index + 1) % n
+            self._send_batch(slot)
+
+    def _send_batch(self, slot: _Slot) -> None:
+        idle = sum(1 for s in self._slots if not s.batch and s.process is not None)
+        size = max(1, min(_MAX_BATCH, len(self._queue) // max(1, idle)))
+        if self._max_tasks is not None:
+            size = min(size, self._max_tasks - slot.sent)
+        batch: list[_Task] = []
+        while self._queue and len(batch) < size:
+            task = self._queue.popleft()
+            if task.running or not task.future.cancelled():
+                batch.append(task)
+        if not batch:
+            return
+        process = slot.process
+        assert process is not None
+        message = ("run", [(t.tid, t.fn, t.args, t.kwargs) for t in batch])
+        try:
+            process.send(message)
+        except (TypeError, ValueError, pickle.PicklingError, AttributeError) as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            # Find the task(s) that cannot be pickled: each fails alone, the rest wait again.
+            for task in reversed(batch):
+                try:
+                    pickle.dumps((task.fn, task.args, task.kwargs), protocol=5)
+                except Exception as one:
+                    task.future.set_exception(one)
+                else:
+                    self._queue.appendleft(task)
+            return
+        except ChannelClosedError:
+            self._queue.extendleft(reversed(batch))
+            return  # it died: its reader thread replaces it
+        for task in batch:
+            if not task.running:
+                task.running = True
+                task.dropped = not task.future.set_running_or_notify_cancel()
+        slot.batch = collections.deque(batch)
+        slot.sent += len(batch)
+
+    # ---- the workers --------------------------------------------------------------------
+
+    def _launch(self, slot: _Slot) -> None:
+        """Start a worker in ``slot`` and the thread that reads its answers."""
+        process = _worker.fork_worker(
+            _serve,
+            self._initializer,
+            self._initargs,
+            start=self._start,
+            ring=self._ring,
+            name=f"pool worker {slot.index}",
+        )
+        reader = threading.Thread(
+            target=self._read, args=(slot, process), name="pyforkd pool reader", daemon=True
+        )
+        with self._lock:
+            slot.process = process
+            slot.sent = 0
+            slot.retiring = False
+            slot.reader = reader
+            if self._stopping:  # the pool wound down while this one started
+                _stop(process)
+        reader.start()
+
+    def _read(self, slot: _Slot, process: _worker.Worker) -> None:
+        """In a thread per worker: its answers, until it ends.
+
+        A worker answers each task as it finishes it (through its ring, where a reader
+        that is busy is not woken: many small answers cost one wake-up), so when it dies,
+        the first task not answered is the one it was running and the rest never began.
+        """
+        while True:
+            try:
+                kind, tid, value = process.recv()
+            except (ChannelClosedError, OSError):
+                break
+            except Exception as exc:  # an answer that cannot be unpickled: that task fails
+                with self._lock:
+                    if slot.batch:
+                        task = slot.batch.popleft()
+                        if not task.dropped:
+                            task.future.set_exception(exc)
+                        self._answered(slot)
+                continue
+            if kind == "init-error":
+                self._init_failed(slot, value)
+                break
+            if kind == "ready":
+                with self._lock:
+                    self._init_failures = 0
+                    self._dispatch()
+                continue
+            with self._lock:
+                task = slot.batch.popleft()
+                assert task.tid == tid, "a worker answered out of order"
+                if not task.dropped:  # (cancelled while it was being sent: nobody waits)
+                    if kind == "r":
+                        task.future.set_result(value)
+                    else:
+                        task.future.set_exception(_with_cause(value))
+                slot.done += 1
+                self._answered(slot)
+        self._ended(slot, process)
+
+    def _answered(self, slot: _Slot) -> None:
+        if not slot.batch:
+            self._after_batch(slot)
+
+    def _after_batch(self, slot: _Slot) -> None:
+        """Under the lock: retire a worker at its quota, then give out more work."""
+        if self._max_tasks is not None and slot.sent >= self._max_tasks and not slot.retiring:
+            slot.retiring = True
+            assert slot.process is not None
+            _stop(slot.process)  # it ends; _ended replaces it
+        self._dispatch()
+        self._changed.notify_all()
+
+    def _init_failed(self, slot: _Slot, text: str) -> None:
+        with self._lock:
+            slot.init_error = text
+            self._init_failures += 1
+            if self._init_failures >= _INIT_FAILURES and self._broken is None:
+                self._broken = (
+                    f"the pool's workers keep failing to start ({self._init_failures} in a "
+                    f"row); the initializer raised:\n{text}"
+                )
+
+    def _ended(self, slot: _Slot, process: _worker.Worker) -> None:
+        """The worker's channel closed: reap it, fail what it ran, maybe replace it."""
+        try:
+            code = process.wait(timeout=10)
+        except PyforkdError:
+            process.kill("SIGKILL")
+            code = process.wait()
+        with self._lock:
+            lost, slot.batch = list(slot.batch), collections.deque()
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            if slot.init_error is not None:
+                error: BaseException = WorkerCrashedError(
+                    f"the worker (pid {process.pid}) for this task failed to start: its "
+                    f"initializer raised:\n{slot.init_error}",
+                    code,
+                )
+                self._queue.extendleft(reversed(lost[1:]))  # they may run elsewhere
+                lost = lost[:1]
+            else:
+                error = WorkerCrashedError(
+                    f"the worker (pid {process.pid}) running this task died ({how})", code
+                )
+                # The first unanswered task was running; the others never began: they
+                # wait for another worker.
+                self._queue.extendleft(reversed(lost[1:]))
+                lost = lost[:1]
+            for task in lost:
+                if not task.dropped:
+                    task.future.set_exception(error)
+            slot.init_error = None
+            slot.process = None
+            again = not self._shutdown and self._broken is None and (self._restart or slot.retiring)
+            if self._broken is not None:
+                self._fail_queue(PoolBrokenError(self._broken))
+        if again:
+            try:
+                self._launch(slot)
+            except Exception as exc:
+                with self._lock:
+                    self._broken = f"a replacement worker could not start: {exc}"
+                    self._fail_queue(PoolBrokenError(self._broken))
+            else:
+                if not slot.retiring:
+                    slot.restarts += 1
+        with self._lock:
+            if not any(s.process is not None for s in self._slots) and not again:
+                self._fail_queue(PoolBrokenError("every worker of the pool is gone"))
+            self._dispatch()
+            self._changed.notify_all()
+
+    def _fail_queue(self, exc: BaseException) -> None:
+        while self._queue:
+            task = self._queue.popleft()
+            if task.running:
+                if not task.dropped:
+                    task.future.set_exception(exc)
+            elif task.future.set_running_or_notify_cancel():
+                task.future.set_exception(exc)
+
+    # ---- map -----------------------------------------------------------------------------
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[Any]:
+        """``fn`` over the items of ``iterables`` in order, as ``Executor.map``.
+
+        The input is read as the results are consumed (a bounded window ahead), in chunks
+        of ``chunksize`` items per task; by default the chunk size adapts so that each task
+        does about 2 ms of work.  ``TimeoutError`` when a result is not there ``timeout``
+        seconds after the call.
+        """
+        return self._mapped(fn, zip(*iterables), timeout, chunksize, ordered=True)
+
+    def imap_unordered(
+        self, fn: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None
+    ) -> Iterator[Any]:
+        """``fn`` over ``iterable``'s items, each result as soon as it is there."""
+        return self._mapped(fn, ((x,) for x in iterable), None, chunksize, ordered=False)
+
+    def _mapped(
+        self,
+        fn: Callable[..., Any],
+        items: Iterator[tuple[Any, ...]],
+        timeout: float | None,
+        chunksize: int | None,
+        ordered: bool,
+    ) -> Iterator[Any]:
+        if chunksize is not None and (
+            isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
+        ):
+            raise ValueError(f"chunksize must be a count >= 1, not {chunksize!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        window = 4 * len(self._slots)
+        size = chunksize or 1
+        pending: collections.deque[cf.Future[Any]] = collections.deque()
+        source = iter(items)
+        exhausted = False
+
+        def refill() -> None:
+            nonlocal exhausted
+            while not exhausted and len(pending) < window:
+                chunk = list(itertools.islice(source, size))
+                if not chunk:
+                    exhausted = True
+                    return
+                pending.append(self.submit(_run_chunk, fn, chunk))
+
+        def results() -> Iterator[Any]:
+            nonlocal size
+            try:
+                refill()
+                while pending:
+                    if ordered:
+                        future = pending.popleft()
+                    else:
+                        done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                        future = done.pop()
+                        pending.remove(future)
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    values, error, spent = future.result(left)
+                    if chunksize is None and values:
+                        per_item = spent / max(1, len(values) + (error is not None))
+                        size = max(1, min(4096, int(_CHUNK_SECONDS / max(per_item, 1e-7))))
+                    refill()
+                    yield from values
+                    if error is not None:
+                        raise _with_cause(error)
+            finally:
+                for future in pending:
+                    future.cancel()
+
+        return results()
+
+    # ---- the end -------------------------------------------------------------------------
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more submissions; the workers stop once the queue is done.
+
+        ``cancel_futures``: cancel what has not started.  ``wait``: return once every
+        worker has exited (else at once; the workers finish the queue in the background).
+        """
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                kept = [t for t in self._queue if t.running]  # sent once: they cannot be
+                for task in self._queue:
+                    task.future.cancel()
+                self._queue.clear()
+                self._queue.extend(kept)
+        threading.Thread(target=self._wind_down, name="pyforkd pool shutdown", daemon=True).start()
+        if wait:
+            for slot in self._slots:
+                reader = slot.reader
+                if reader is not None:
+                    reader.join()
+                    while slot.reader is not reader and slot.reader is not None:
+                        reader = slot.reader  # replaced meanwhile (a crash): wait for it too
+                        reader.join()
+
+    def _wind_down(self) -> None:
+        with self._lock:
+            while self._queue or any(s.batch for s in self._slots):
+                if not any(s.process is not None for s in self._slots):
+                    break
+                self._changed.wait(0.5)
+            self._stopping = True  # a worker started after this is stopped at once
+            for slot in self._slots:
+                if slot.process is not None:
+                    _stop(slot.process)
+
+    def stats(self) -> list[dict[str, int]]:
+        """Per worker place: ``pid`` (0 while none runs), ``done``, ``in_flight``, ``restarts``."""
+        with self._lock:
+            return [
+                {
+                    "pid": s.process.pid if s.process is not None else 0,
+                    "done": s.done,
+                    "in_flight": len(s.batch),
+                    "restarts": s.restarts,
+                }
+                for s in self._slots
+            ]
+
+
+def _with_cause(value: tuple[BaseException, str]) -> BaseException:
+    exc, text = value
+    exc.__cause__ = _RemoteTraceback(text)
+    return exc
+
+
+def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> Any:
+    """One task of map(): ``fn`` over a chunk; (results, the first error or None, seconds spent)."""
+    out = []
+    t0 = time.perf_counter()
+    for args in chunk:
+        try:
+            out.append(fn(*args))
+        except Exception as exc:
+            return out, _describe(exc), time.perf_counter() - t0
+    return out, None, time.perf_counter() - t0
+
+
+def _describe(exc: BaseException) -> tuple[BaseException, str]:
+    """An exception and its traceback's text, in a form that pickles."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickle.dumps(exc, protocol=5)
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__qualname__}: {exc} (the exception could not be pickled)")
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+    return exc, text
+
+
+def _serve(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) -> None:
+    """A pool worker: run batches until the pool closes the channel."""
+    ch = _worker.parent()
+    assert ch is not None
+    if initializer is not None:
+        try:
+            initializer(*initargs)
+        except BaseException as exc:
+            ch.send(("init-error", None, _describe(exc)[1]))
+            return
+    ch.send(("ready", None, None))
+    while True:
+        try:
+            kind, batch = ch.recv()
+        except ChannelClosedError:
+            return
+        if kind == "stop":
+            return
+        for tid, fn, args, kwargs in batch:
+            try:
+                answer = ("r", tid, fn(*args, **kwargs))
+            except Exception as exc:
+                answer = ("x", tid, _describe(exc))
+            try:
+                ch.send(answer)
+            except (TypeError, ValueError, pickle.PicklingError, AttributeError) as exc:
+                ch.send(("x", tid, _describe(exc)))  # a result that cannot be pickled
+
+
+def _stop(process: _worker.Worker) -> None:
+    """Ask a worker to end (after the batch it runs, if any)."""
+    try:
+        process.send(("stop", None))
+    except ChannelClosedError:
+        pass  # it is gone already: its reader sees to it

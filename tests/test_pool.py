@@ -1,0 +1,293 @@
+"""pyforkd.Pool: the concurrent.futures Executor contract (result, exception with its remote
+traceback, cancel, as_completed, wait, map with timeout, shutdown variants), crash isolation
+(a task that kills its worker fails alone), recycling, an idle worker getting the next task
+while another runs a long one, initializer failures, asyncio's run_in_executor, arrays
+through the rings, and no process left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import faulthandler
+import os
+import pickle
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from _helpers import alive, linux_only, zombie_children
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pyforkd
+from pyforkd.pool import Pool, PoolBrokenError, WorkerCrashedError
+
+pytestmark = linux_only
+
+
+def add_one(x):
+    return x + 1
+
+
+def fail(text):
+    raise ValueError(text)
+
+
+def pid_after(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def die(code):
+    os._exit(code)
+
+
+def die_every_100th(i):
+    if i % 100 == 99:
+        os._exit(1)
+    return i * 2
+
+
+def segfault():
+    faulthandler.disable()  # (pytest's, inherited by the fork: no dump on the console)
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def double(a):
+    return a * 2
+
+
+def pid():
+    return os.getpid()
+
+
+def init_fails():
+    raise RuntimeError("no database here")
+
+
+def init_sets(value):
+    os.environ["POOL_INIT"] = value
+
+
+def read_init():
+    return os.environ.get("POOL_INIT")
+
+
+def wait_for_file(path):
+    while not os.path.exists(path):
+        time.sleep(0.005)
+    return "released"
+
+
+@pytest.fixture
+def pool():
+    with Pool(workers=2) as p:
+        yield p
+
+
+def test_submit_result_exception_and_remote_traceback(pool):
+    assert pool.submit(add_one, 41).result(timeout=30) == 42
+    fut = pool.submit(fail, "bad input 7")
+    with pytest.raises(ValueError, match="bad input 7") as info:
+        fut.result(timeout=30)
+    cause = info.value.__cause__
+    assert cause is not None and "in fail\n    raise ValueError(text)" in str(cause)
+    assert pool.submit(pow, 2, 10).result(timeout=30) == 1024  # builtins travel too
+    assert pool.workers == 2
+
+
+def test_unpicklable_function_or_argument_fails_that_future_only(pool):
+    good = [pool.submit(add_one, i) for i in range(20)]
+    bad = pool.submit(add_one, threading.Lock())
+    lam = pool.submit(lambda: 1)
+    with pytest.raises(TypeError, match="lock"):
+        bad.result(timeout=30)
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        lam.result(timeout=30)
+    assert [f.result(timeout=30) for f in good] == list(range(1, 21))
+
+
+def test_as_completed_wait_and_map(pool):
+    futures = [pool.submit(add_one, i) for i in range(50)]
+    assert sorted(f.result() for f in cf.as_completed(futures, timeout=30)) == list(range(1, 51))
+    done, not_done = cf.wait(futures, timeout=30)
+    assert len(done) == 50 and not not_done
+    assert list(pool.map(add_one, range(1000))) == list(range(1, 1001))
+    assert list(pool.map(pow, [2, 3], [5, 2], chunksize=1)) == [32, 9]
+    assert sorted(pool.imap_unordered(add_one, range(300))) == list(range(1, 301))
+    with pytest.raises(ValueError, match="chunksize must be a count >= 1"):
+        pool.map(add_one, [1], chunksize=0)
+
+
+def test_map_raises_at_the_failing_item_and_honours_timeout(pool, tmp_path):
+    results = pool.map(fail_on_3, range(6), chunksize=2)
+    assert next(results) == 0 and next(results) == 1 and next(results) == 2
+    with pytest.raises(ValueError, match="item 3"):
+        next(results)
+    gate = tmp_path / "gate"
+    slow = pool.map(wait_for_file, [str(gate)], timeout=0.2)
+    with pytest.raises(cf.TimeoutError):
+        next(slow)
+    gate.touch()  # (the task itself goes on; let it end)
+
+
+def fail_on_3(i):
+    if i == 3:
+        raise ValueError("item 3")
+    return i
+
+
+def test_map_reads_its_input_lazily(pool):
+    taken = []
+
+    def source():
+        for i in range(10**9):  # endless if read ahead without bound
+            taken.append(i)
+            yield i
+
+    it = pool.map(add_one, source(), chunksize=4)
+    assert [next(it) for _ in range(10)] == list(range(1, 11))
+    assert len(taken) < 200  # a bounded window ahead, not the whole input
+    it.close()
+
+
+def test_cancel_before_start_and_shutdown_cancel_futures(tmp_path):
+    gate = tmp_path / "gate"
+    p = Pool(workers=1)
+    try:
+        running = p.submit(wait_for_file, str(gate))
+        time.sleep(0.05)
+        queued = [p.submit(add_one, i) for i in range(5)]
+        assert queued[0].cancel() and queued[0].cancelled()
+        assert not running.cancel()  # started: it cannot be
+        threading.Timer(0.2, gate.touch).start()
+        p.shutdown(wait=True, cancel_futures=True)
+        assert running.result() == "released"
+        assert all(f.cancelled() for f in queued)
+        with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+            p.submit(add_one, 1)
+    finally:
+        p.shutdown()
+
+
+def test_shutdown_without_wait_still_runs_the_queue():
+    p = Pool(workers=2)
+    futures = [p.submit(add_one, i) for i in range(200)]
+    pids = {s["pid"] for s in p.stats()}
+    p.shutdown(wait=False)
+    assert [f.result(timeout=30) for f in futures] == list(range(1, 201))
+    deadline = time.monotonic() + 30
+    while any(alive(x) for x in pids) or set(zombie_children()) & pids:
+        assert time.monotonic() < deadline, "the workers never stopped (or were never reaped)"
+        time.sleep(0.01)
+
+
+def test_a_task_killing_its_worker_fails_alone():
+    with Pool(workers=2) as p:
+        futures = [p.submit(die_every_100th, i) for i in range(1000)]
+        crashed = 0
+        for i, f in enumerate(futures):
+            try:
+                assert f.result(timeout=60) == i * 2
+            except WorkerCrashedError as exc:
+                crashed += 1
+                assert "died (exit code 1)" in str(exc) and exc.exitcode == 1
+        # Every 100th task kills its worker: it fails, and so may the tasks batched with it
+        # on that worker; every other task completes, and the pool keeps serving.
+        assert 10 <= crashed < 1000
+        assert sum(f.exception() is None for f in futures) >= 500
+        with pytest.raises(WorkerCrashedError, match="signal 11"):
+            p.submit(segfault).result(timeout=30)
+        assert p.submit(add_one, 1).result(timeout=30) == 2
+        assert sum(s["restarts"] for s in p.stats()) >= 10
+
+
+def test_max_tasks_per_worker_recycles():
+    with Pool(workers=1, max_tasks_per_worker=3) as p:
+        pids = [p.submit(pid).result(timeout=30) for _ in range(9)]
+    assert len(set(pids)) == 3 and pids == sorted(pids, key=pids.index)
+
+
+def test_an_idle_worker_takes_short_tasks_while_another_runs_a_long_one(tmp_path):
+    gate = tmp_path / "gate"
+    with Pool(workers=2) as p:
+        long = p.submit(wait_for_file, str(gate))
+        short = [p.submit(pid) for _ in range(20)]
+        pids = {f.result(timeout=30) for f in short}  # all done while the long one waits
+        assert not long.done() and len(pids) == 1
+        gate.touch()
+        assert long.result(timeout=30) == "released"
+
+
+def test_initializer_runs_first_and_a_failing_one_breaks_the_pool():
+    with Pool(workers=2, initializer=init_sets, initargs=("yes",)) as p:
+        assert {p.submit(read_init).result(timeout=30) for _ in range(4)} == {"yes"}
+    p = Pool(workers=1, initializer=init_fails)
+    try:
+        with pytest.raises((WorkerCrashedError, PoolBrokenError), match="no database here"):
+            p.submit(add_one, 1).result(timeout=60)
+        deadline = time.monotonic() + 60
+        while True:  # the pool stops restarting after a bounded number of failed starts
+            try:
+                p.submit(add_one, 1).result(timeout=60)
+            except PoolBrokenError as exc:
+                assert "keep failing to start" in str(exc)
+                break
+            except WorkerCrashedError:
+                assert time.monotonic() < deadline
+    finally:
+        p.shutdown()
+
+
+def test_run_in_executor(pool):
+    async def main():
+        loop = asyncio.get_running_loop()
+        return await asyncio.gather(*(loop.run_in_executor(pool, add_one, i) for i in range(10)))
+
+    assert asyncio.run(main()) == list(range(1, 11))
+
+
+def test_numpy_arrays_travel_through_the_rings(pool):
+    arrays = [np.arange(i, i + 500_000, dtype=np.float64) for i in range(4)]  # 4 MB each
+    for a, b in zip(arrays, pool.map(double, arrays, chunksize=1)):
+        assert np.array_equal(b, a * 2)
+
+
+def test_no_process_is_left_behind():
+    p = Pool(workers=3)
+    pids = {s["pid"] for s in p.stats()}
+    assert [f.result(timeout=30) for f in [p.submit(add_one, i) for i in range(30)]]
+    p.shutdown(wait=True)
+    assert not any(alive(x) for x in pids)
+    assert not zombie_children()
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="workers must be a count >= 1, not 0"):
+        Pool(workers=0)
+    with pytest.raises(ValueError, match="balance must be 'least-loaded' or 'round-robin'"):
+        Pool(workers=1, balance="random")
+    with pytest.raises(ValueError, match="max_tasks_per_worker must be a count >= 1"):
+        Pool(workers=1, max_tasks_per_worker=0)
+    with pytest.raises(TypeError, match="initializer must be callable"):
+        Pool(workers=1, initializer=3)
+    with pytest.raises(ValueError, match="start must be one of"):
+        Pool(workers=1, start="thread")
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(-(2**40), 2**40), max_size=300), st.integers(1, 50) | st.none())
+def test_map_equals_the_builtin(shared_pool, xs, chunksize):
+    assert list(shared_pool.map(add_one, xs, chunksize=chunksize)) == [x + 1 for x in xs]
+
+
+@pytest.fixture(scope="module")
+def shared_pool():
+    with Pool(workers=2, ring=1 << 16) as p:
+        yield p
+
+
+def test_the_pool_is_in_the_package():
+    assert pyforkd.Pool is Pool and pyforkd.WorkerCrashedError is WorkerCrashedError
