@@ -39,7 +39,8 @@ __all__ = ["Pool", "PoolBrokenError", "WorkerCrashedError"]
 _BALANCES = ("least-loaded", "round-robin")
 _MAX_BATCH = 256  # tasks in one message, at most
 _INIT_FAILURES = 3  # failed worker starts in a row (initializer raising): the pool breaks
-_CHUNK_SECONDS = 0.002  # map()'s adaptive chunks aim at this much work each
+_MAX_CHUNK = 16384  # items in one of map()'s tasks, at most
+_CHUNK_SECONDS = 0.02  # map()'s adaptive chunks aim at this much work each
 
 
 class WorkerCrashedError(PyforkdError, RuntimeError):
@@ -397,24 +398,27 @@ class Pool(cf.Executor):
 
         The input is read as the results are consumed (a bounded window ahead), in chunks
         of ``chunksize`` items per task; by default the chunk size adapts so that each task
-        does about 2 ms of work.  ``TimeoutError`` when a result is not there ``timeout``
+        does about 20 ms of work.  ``TimeoutError`` when a result is not there ``timeout``
         seconds after the call.
         """
-        return self._mapped(fn, zip(*iterables), timeout, chunksize, ordered=True)
+        if len(iterables) == 1:  # items as they are (the worker maps them in C)
+            return self._mapped(fn, iter(iterables[0]), timeout, chunksize, True, False)
+        return self._mapped(fn, zip(*iterables), timeout, chunksize, True, True)
 
     def imap_unordered(
         self, fn: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None
     ) -> Iterator[Any]:
         """``fn`` over ``iterable``'s items, each result as soon as it is there."""
-        return self._mapped(fn, ((x,) for x in iterable), None, chunksize, ordered=False)
+        return self._mapped(fn, iter(iterable), None, chunksize, False, False)
 
     def _mapped(
         self,
         fn: Callable[..., Any],
-        items: Iterator[tuple[Any, ...]],
+        items: Iterator[Any],
         timeout: float | None,
         chunksize: int | None,
         ordered: bool,
+        star: bool,
     ) -> Iterator[Any]:
         if chunksize is not None and (
             isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
@@ -434,7 +438,7 @@ class Pool(cf.Executor):
                 if not chunk:
                     exhausted = True
                     return
-                pending.append(self.submit(_run_chunk, fn, chunk))
+                pending.append(self.submit(_run_chunk, fn, chunk, star))
 
         def results() -> Iterator[Any]:
             nonlocal size
@@ -451,7 +455,7 @@ class Pool(cf.Executor):
                     values, error, spent = future.result(left)
                     if chunksize is None and values:
                         per_item = spent / max(1, len(values) + (error is not None))
-                        size = max(1, min(4096, int(_CHUNK_SECONDS / max(per_item, 1e-7))))
+                        size = max(1, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(per_item, 1e-8))))
                     refill()
                     yield from values
                     if error is not None:
@@ -519,15 +523,18 @@ def _with_cause(value: tuple[BaseException, str]) -> BaseException:
     return exc
 
 
-def _run_chunk(fn: Callable[..., Any], chunk: list[tuple[Any, ...]]) -> Any:
-    """One task of map(): ``fn`` over a chunk; (results, the first error or None, seconds spent)."""
-    out = []
+def _run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> Any:
+    """One task of map(): ``fn`` over a chunk (``star``: items are argument tuples).
+
+    Returns (results, the first error or None, seconds spent).  The loop is C's (``map``
+    into ``list.extend``, which keeps what it appended when ``fn`` raises).
+    """
+    out: list[Any] = []
     t0 = time.perf_counter()
-    for args in chunk:
-        try:
-            out.append(fn(*args))
-        except Exception as exc:
-            return out, _describe(exc), time.perf_counter() - t0
+    try:
+        out.extend(itertools.starmap(fn, chunk) if star else map(fn, chunk))
+    except Exception as exc:
+        return out, _describe(exc), time.perf_counter() - t0
     return out, None, time.perf_counter() - t0
 
 
