@@ -131,16 +131,11 @@ class ControlServer:
             self._log(f"refused a client of uid {uid} (pid {pid}): not this user's")
             _reply(conn, {"ok": False, "error": f"uid {uid} may not control this cluster"})
             return
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > _MAX_REQUEST:
-                self._log("refused a request over 64 KiB")
-                _reply(conn, {"ok": False, "error": "request too large"})
-                return
+        data = _read_line(conn)
+        if len(data) > _MAX_REQUEST:
+            self._log("refused a request over 64 KiB")
+            _reply(conn, {"ok": False, "error": "request too large"})
+            return
         try:
             req = json.loads(data)
             if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
@@ -206,6 +201,17 @@ class ControlServer:
         self._stop_r = self._stop_w = -1
 
 
+def _read_line(sock: socket.socket, limit: int = _MAX_REQUEST) -> bytes:
+    """Bytes up to a newline or the end (more than ``limit``: stops there, longer)."""
+    data = b""
+    while not data.endswith(b"\n") and len(data) <= limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def _reply(conn: socket.socket, obj: dict[str, Any]) -> None:
     conn.sendall(json.dumps(obj).encode() + b"\n")
 
@@ -229,12 +235,7 @@ def request(name: str | None, req: dict[str, Any], timeout: float = 10.0) -> dic
             raise ControlError(f"{path}: permission denied (it is another user's)") from None
         try:
             sock.sendall(json.dumps(req).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = _read_line(sock, limit=1 << 24)
         except TimeoutError:
             raise ControlError(f"the cluster {name!r} did not answer in {timeout:g} s") from None
         except OSError as exc:

@@ -20,26 +20,25 @@ from . import _control, cluster
 __all__ = ["main"]
 
 
+def _number(text: str, kind: type, what: str, minimum: float) -> Any:
+    """``text`` as an int or a float at least ``minimum`` (else argparse's error)."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, not {text}")
+    return value
+
+
 def _instances(text: str) -> int:
     if text == "max":
         return os.cpu_count() or 1
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"-i takes a number or 'max', not {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"-i must be at least 1, not {n}")
-    return n
+    return int(_number(text, int, "a worker count (or max)", 1))
 
 
 def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"seconds must not be negative: {text!r}")
-    return value
+    return float(_number(text, float, "a number of seconds", 0))
 
 
 def _size(text: str) -> int:
@@ -50,13 +49,7 @@ def _size(text: str) -> int:
 
 
 def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"a count must not be negative: {n}")
-    return n
+    return int(_number(text, int, "a count", 0))
 
 
 def _parser() -> argparse.ArgumentParser:

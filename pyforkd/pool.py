@@ -178,10 +178,10 @@ class Pool(cf.Executor):
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__}")
         future: cf.Future[Any] = cf.Future()
         with self._lock:
-            if self._broken is not None:
-                raise PoolBrokenError(self._broken)
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._broken is not None:
+                raise PoolBrokenError(self._broken)
             self._queue.append(_Task(next(self._ids), future, fn, args, kwargs))
             self._dispatch()
         return future
@@ -372,7 +372,9 @@ class Pool(cf.Executor):
                     slot.restarts += 1
         with self._lock:
             if not any(s.process is not None for s in self._slots) and not again:
-                self._fail_queue(PoolBrokenError("every worker of the pool is gone"))
+                if not self._shutdown and self._broken is None:
+                    self._broken = "every worker of the pool is gone (restart=False)"
+                self._fail_queue(PoolBrokenError(self._broken or "the pool is shut down"))
             self._dispatch()
             self._changed.notify_all()
 

@@ -61,7 +61,9 @@ def test_pyforkd_run_serves_curl_and_stops_on_sigterm(example, policy):
 
 def test_bad_arguments_are_explained():
     done = pyforkd.spawn_sync(PY, ["-m", "pyforkd", "run", EXAMPLE, "-i", "0"])
-    assert done.returncode == 2 and b"-i must be at least 1" in done.stderr
+    assert (
+        done.returncode == 2 and b"a worker count (or max) must be at least 1, not 0" in done.stderr
+    )
     done = pyforkd.spawn_sync(PY, ["-m", "pyforkd", "run", "no/such/script.py"])
     assert done.returncode == 2 and b"no such script: no/such/script.py" in done.stderr
     done = pyforkd.spawn_sync(PY, ["-m", "pyforkd", "run", EXAMPLE, "--policy", "nope"])

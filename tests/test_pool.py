@@ -291,3 +291,18 @@ def shared_pool():
 
 def test_the_pool_is_in_the_package():
     assert pyforkd.Pool is Pool and pyforkd.WorkerCrashedError is WorkerCrashedError
+
+
+def test_without_restart_a_pool_whose_workers_died_says_so():
+    with Pool(workers=1, restart=False) as p:
+        with pytest.raises(WorkerCrashedError, match="exit code 3"):
+            p.submit(die, 3).result(timeout=30)
+        deadline = time.monotonic() + 30
+        while True:  # (the reader thread notices the death just after the future fails)
+            try:
+                p.submit(add_one, 1)
+            except PoolBrokenError as exc:
+                assert "every worker of the pool is gone" in str(exc)
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
