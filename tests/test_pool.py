@@ -12,6 +12,7 @@ import faulthandler
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 
@@ -306,3 +307,36 @@ def test_without_restart_a_pool_whose_workers_died_says_so():
                 break
             assert time.monotonic() < deadline
             time.sleep(0.01)
+
+
+KILLED_PARENT = """
+import os, sys, time
+import pyforkd
+sys.path.insert(0, sys.argv[1])
+from test_pool import add_one, die
+pool = pyforkd.Pool(workers=2)
+try:
+    pool.submit(die, 1).result()  # one replacement, started from a reader thread
+except pyforkd.WorkerCrashedError:
+    pass
+assert pool.submit(add_one, 1).result() == 2
+print(" ".join(str(s["pid"]) for s in pool.stats()), flush=True)
+time.sleep(600)
+"""
+
+
+def test_workers_die_with_a_killed_parent():
+    here = os.path.dirname(os.path.abspath(__file__))
+    parent = pyforkd.spawn(
+        sys.executable, ["-c", KILLED_PARENT, here], stdio=["ignore", "pipe", "inherit"]
+    )
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(alive(p) for p in pids)
+    finally:
+        parent.kill("SIGKILL")
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < deadline, "a worker outlived its killed parent"
+        time.sleep(0.01)
