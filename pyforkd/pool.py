@@ -259,9 +259,9 @@ class Pool(cf.Executor):
             slot.sent = 0
             slot.retiring = False
             slot.reader = reader
+            reader.start()  # (under the lock: shutdown() may join it as soon as it is there)
             if self._stopping:  # the pool wound down while this one started
                 _stop(process)
-        reader.start()
 
     def _read(self, slot: _Slot, process: _worker.Worker) -> None:
         """In a thread per worker: its answers, until it ends.

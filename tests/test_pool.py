@@ -320,6 +320,8 @@ try:
 except pyforkd.WorkerCrashedError:
     pass
 assert pool.submit(add_one, 1).result() == 2
+while not all(s["pid"] for s in pool.stats()):  # the replacement is on its way
+    time.sleep(0.01)
 print(" ".join(str(s["pid"]) for s in pool.stats()), flush=True)
 time.sleep(600)
 """
