@@ -317,7 +317,7 @@ static void *pfd__run(void *arg) {
   (void)pthread_sigmask(SIG_BLOCK, &all, NULL);
   (void)pthread_mutex_lock(&d->lock);
   for (;;) {
-    int n = 0, i, r, have_listen;
+    int n = 0, i, r, have_listen, paused;
     struct pollfd *grown;
     int *grown_slots;
     if (d->stopping) break;
@@ -356,9 +356,10 @@ static void *pfd__run(void *arg) {
       fds[n].events = POLLIN;
       slots[n++] = i;
     }
+    paused = d->accept_paused; /* (read under the lock: remove() may change it) */
     (void)pthread_mutex_unlock(&d->lock);
     /* Paused accepting (no descriptors): look again every 100 ms. */
-    r = poll(fds, (nfds_t)n, d->accept_paused ? 100 : -1);
+    r = poll(fds, (nfds_t)n, paused ? 100 : -1);
     (void)pthread_mutex_lock(&d->lock);
     if (r < 0) continue; /* EINTR cannot happen (signals blocked); ENOMEM: try again */
     if (r == 0) d->accept_paused = 0;
