@@ -117,34 +117,29 @@ def main() -> int:
     makers = pools()
     tuned = max(1, len(trivial) // (WORKERS * 4))
     rows: list[tuple[str, dict[str, float]]] = []
-    workloads: list[tuple[str, Callable[[Any], list[Any]], Callable[[str], bool]]] = [
+    workloads: list[tuple[str, Callable[[Any], list[Any]]]] = [
         (
             f"{len(trivial):,} x+1, submit",
             lambda p: submit_all(p, add_one, trivial),
-            lambda n: True,
         ),
         (
             f"{len(trivial):,} x+1, map (default chunks)",
             lambda p: map_all(p, add_one, trivial, None),
-            lambda n: True,
         ),
         (
             f"{len(trivial):,} x+1, map (chunksize {tuned:,})",
             lambda p: map_all(p, add_one, trivial, tuned),
-            lambda n: True,
         ),
         (
             f"{len(slow):,} x 1 ms, map (default chunks)",
             lambda p: map_all(p, one_ms, slow, None),
-            lambda n: True,
         ),
         (
             f"{len(arrays)} x 4 MB numpy round trips, map chunksize 1",
             lambda p: map_all(p, double, arrays, 1),
-            lambda n: True,
         ),
     ]
-    for label, work, _ in workloads:
+    for label, work in workloads:
         times = {name: timed(make, work, reps) for name, make in makers.items()}
         rows.append((label, times))
     names = list(makers)

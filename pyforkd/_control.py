@@ -43,7 +43,7 @@ def runtime_dir(create: bool = False) -> str:
         try:
             os.mkdir(path, 0o700)
         except FileExistsError:
-            pass
+            pass  # checked just below, as one found there is
     try:
         st = os.lstat(path)
     except FileNotFoundError:
