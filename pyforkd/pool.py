@@ -12,10 +12,12 @@ message at a time, a batch of tasks, and the pool gives work only to a worker wi
 a long task never holds short ones behind it while another worker is free.  Batches grow
 with the queue (one wake-up for many small tasks).
 
-A worker that dies (a segfault, ``os._exit``, the OOM killer) fails only the tasks it was
+A worker that dies (a segfault, ``os._exit``, the OOM killer) fails only the task it was
 running, with :class:`WorkerCrashedError` naming its exit code or signal; it is replaced
-and the pool goes on.  A task's exception comes back with its remote traceback attached as
-``__cause__``, as in ``ProcessPoolExecutor``.
+and the pool goes on.  A worker sends its answers at least every millisecond, so when it
+dies with several unanswered, each of those runs again alone to find the one: a task
+that finished in the worker's last millisecond runs twice.  A task's exception comes
+back with its remote traceback attached as ``__cause__``, as in ``ProcessPoolExecutor``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ _BALANCES = ("least-loaded", "round-robin")
 _MAX_BATCH = 256  # tasks in one message, at most
 _INIT_FAILURES = 3  # failed worker starts in a row (initializer raising): the pool breaks
 _MAX_CHUNK = 16384  # items in one of map()'s tasks, at most
+_FLUSH_SECONDS = 0.001  # a worker sends its answers at least this often
 _CHUNK_SECONDS = 0.02  # map()'s adaptive chunks aim at this much work each
 
 
@@ -67,13 +70,14 @@ class _RemoteTraceback(Exception):
 
 
 class _Task:
-    __slots__ = ("args", "dropped", "fn", "future", "kwargs", "running", "tid")
+    __slots__ = ("args", "dropped", "fn", "future", "kwargs", "running", "suspect", "tid")
 
     def __init__(self, tid: int, future: cf.Future[Any], fn: Any, args: Any, kwargs: Any) -> None:
         self.tid = tid
         self.future = future
         self.dropped = False  # cancelled while it was being sent: it runs, nobody waits
         self.running = False  # its future says so (it was sent once; it may come back)
+        self.suspect = False  # its worker died before answering it: it runs alone
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -204,6 +208,8 @@ class Pool(cf.Executor):
         size = max(1, min(_MAX_BATCH, len(self._queue) // max(1, idle)))
         if self._max_tasks is not None:
             size = min(size, self._max_tasks - slot.sent)
+        if self._queue and self._queue[0].suspect:
+            size = 1
         batch: list[_Task] = []
         while self._queue and len(batch) < size:
             task = self._queue.popleft()
@@ -266,22 +272,24 @@ class Pool(cf.Executor):
     def _read(self, slot: _Slot, process: _worker.Worker) -> None:
         """In a thread per worker: its answers, until it ends.
 
-        A worker answers each task as it finishes it (through its ring, where a reader
-        that is busy is not woken: many small answers cost one wake-up), so when it dies,
-        the first task not answered is the one it was running and the rest never began.
+        A worker sends its answers at least every millisecond (a slower task's at once),
+        in order; see :meth:`_ended` for what a death means for the ones not answered.
         """
         while True:
             try:
                 kind, tid, value = process.recv()
             except (ChannelClosedError, OSError):
                 break
-            except Exception as exc:  # an answer that cannot be unpickled: that task fails
+            except Exception as exc:
+                # Answers that cannot be unpickled (a result type this process cannot
+                # import, say): which tasks they were is unknown, so the batch fails with
+                # that error and the worker is replaced (no later answer can be trusted).
                 with self._lock:
-                    if slot.batch:
-                        task = slot.batch.popleft()
+                    for task in slot.batch:
                         if not task.dropped:
                             task.future.set_exception(exc)
-                        self._answered(slot)
+                    slot.batch.clear()
+                process.kill("SIGKILL")
                 continue
             if kind == "init-error":
                 self._init_failed(slot, value)
@@ -292,14 +300,15 @@ class Pool(cf.Executor):
                     self._dispatch()
                 continue
             with self._lock:
-                task = slot.batch.popleft()
-                assert task.tid == tid, "a worker answered out of order"
-                if not task.dropped:  # (cancelled while it was being sent: nobody waits)
-                    if kind == "r":
-                        task.future.set_result(value)
-                    else:
-                        task.future.set_exception(_with_cause(value))
-                slot.done += 1
+                for tid, ok, result in value:
+                    task = slot.batch.popleft()
+                    assert task.tid == tid, "a worker answered out of order"
+                    if not task.dropped:  # (cancelled while it was being sent: nobody waits)
+                        if ok:
+                            task.future.set_result(result)
+                        else:
+                            task.future.set_exception(_with_cause(result))
+                slot.done += len(value)
                 self._answered(slot)
         self._ended(slot, process)
 
@@ -344,14 +353,21 @@ class Pool(cf.Executor):
                 )
                 self._queue.extendleft(reversed(lost[1:]))  # they may run elsewhere
                 lost = lost[:1]
-            else:
+            elif len(lost) <= 1 or lost[0].suspect:
                 error = WorkerCrashedError(
                     f"the worker (pid {process.pid}) running this task died ({how})", code
                 )
-                # The first unanswered task was running; the others never began: they
-                # wait for another worker.
+                # It ran alone, or first: it is the one. The others never began.
                 self._queue.extendleft(reversed(lost[1:]))
                 lost = lost[:1]
+            else:
+                # Answers go at least every millisecond, so the task that killed the worker
+                # is among the unanswered ones, but which one is not known: each runs
+                # again, alone (a task that finished in that last millisecond runs twice).
+                for task in lost:
+                    task.suspect = True
+                self._queue.extendleft(reversed(lost))
+                lost = []
             for task in lost:
                 if not task.dropped:
                     task.future.set_exception(error)
@@ -571,15 +587,36 @@ def _serve(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) ->
             return
         if kind == "stop":
             return
+        answers: list[tuple[int, bool, Any]] = []
+        last = time.perf_counter()
         for tid, fn, args, kwargs in batch:
             try:
-                answer = ("r", tid, fn(*args, **kwargs))
+                answers.append((tid, True, fn(*args, **kwargs)))
             except Exception as exc:
-                answer = ("x", tid, _describe(exc))
+                answers.append((tid, False, _describe(exc)))
+            now = time.perf_counter()
+            if now - last >= _FLUSH_SECONDS:  # a slow task's answer goes at once
+                _answer(ch, answers)
+                answers = []
+                last = now
+        if answers:
+            _answer(ch, answers)
+
+
+def _answer(ch: Any, answers: list[tuple[int, bool, Any]]) -> None:
+    """Send answers; one whose result cannot be pickled becomes that task's error."""
+    try:
+        ch.send(("done", None, answers))
+    except (TypeError, ValueError, pickle.PicklingError, AttributeError):
+        fixed = []
+        for tid, ok, value in answers:
             try:
-                ch.send(answer)
-            except (TypeError, ValueError, pickle.PicklingError, AttributeError) as exc:
-                ch.send(("x", tid, _describe(exc)))  # a result that cannot be pickled
+                pickle.dumps(value, protocol=5)
+            except Exception as exc:
+                fixed.append((tid, False, _describe(exc)))
+            else:
+                fixed.append((tid, ok, value))
+        ch.send(("done", None, fixed))
 
 
 def _stop(process: _worker.Worker) -> None:
