@@ -344,3 +344,14 @@ def test_workers_die_with_a_killed_parent():
     while any(alive(p) for p in pids):
         assert time.monotonic() < deadline, "a worker outlived its killed parent"
         time.sleep(0.01)
+
+
+def returns_a_lock(_):
+    return threading.Lock()
+
+
+def test_a_result_that_cannot_be_pickled_fails_that_task_only(pool):
+    futures = [pool.submit(add_one, 1), pool.submit(returns_a_lock, 0), pool.submit(add_one, 2)]
+    assert futures[0].result(timeout=30) == 2 and futures[2].result(timeout=30) == 3
+    with pytest.raises(TypeError, match="lock"):
+        futures[1].result(timeout=30)
