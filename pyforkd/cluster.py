@@ -385,6 +385,33 @@ class RoundRobin:
 # ---- the cluster --------------------------------------------------------------------------
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _user_frames(text: str) -> str:
+    """A worker's traceback without the pyforkd and runpy frames that ran the script.
+
+    Only the leading ones go: frames under the script's own calls stay.
+    """
+    out: list[str] = []
+    skip = False
+    leading = True
+    for line in text.splitlines(keepends=True):
+        if line.startswith('  File "'):
+            path = line[len('  File "') :].split('"', 1)[0]
+            ours = path.startswith(_PACKAGE + os.sep) or path == "<frozen runpy>"
+            skip = leading and ours
+            leading = leading and ours
+            if skip:
+                continue
+        elif skip and line.startswith("    "):
+            continue  # the skipped frame's source lines
+        else:
+            skip = False
+        out.append(line)
+    return "".join(out)
+
+
 def _udp_socket(address: tuple[str, int]) -> socket.socket:
     """A bound UDP socket for ``address`` (IPv6 when the host says so)."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -934,7 +961,7 @@ class Cluster:
             # The worker's outcome (its script ended): keep it, say why if it failed.
             w.process._outcome = msg
             if msg[0] == "error":
-                remote_tb = msg[1][2]
+                remote_tb = _user_frames(msg[1][2])
                 sys.stderr.write(f"pyforkd cluster: worker {w.id} failed:\n{remote_tb}")
             return
         kind = msg[1]

@@ -118,6 +118,10 @@ def test_a_worker_failing_at_start_is_reported_and_not_restarted(tmp_path):
     done = pyforkd.spawn_sync(PY, [str(script)], timeout=60)
     err = done.stderr.decode()
     assert "worker 1 failed" in err and "RuntimeError: this app cannot start" in err
+    report = err[err.index("worker 1 failed") : err.index("this app cannot start")]
+    assert f'File "{script}", line 8, in <module>' in report  # the script's own frame ...
+    assert "runpy" not in report and "pyforkd/" not in report  # ... not those that ran it
+    assert report.index("Traceback") < report.index(str(script))
     assert "no workers are left" in err  # the primary stops, no crash loop
     assert done.returncode == 1
 
