@@ -41,6 +41,8 @@ __all__ = ["Pool", "PoolBrokenError", "WorkerCrashedError"]
 _BALANCES = ("least-loaded", "round-robin")
 _MAX_BATCH = 256  # tasks in one message, at most
 _INIT_FAILURES = 3  # failed worker starts in a row (initializer raising): the pool breaks
+# What Channel.send raises for a message that cannot be pickled (nothing was written).
+_UNPICKLABLE = (TypeError, ValueError, pickle.PicklingError, AttributeError)
 _MAX_CHUNK = 16384  # items in one of map()'s tasks, at most
 _FLUSH_SECONDS = 0.001  # a worker sends its answers at least this often
 _CHUNK_SECONDS = 0.02  # map()'s adaptive chunks aim at this much work each
@@ -222,15 +224,14 @@ class Pool(cf.Executor):
         message = ("run", [(t.tid, t.fn, t.args, t.kwargs) for t in batch])
         try:
             process.send(message)
-        except (TypeError, ValueError, pickle.PicklingError, AttributeError) as exc:
+        except _UNPICKLABLE as exc:
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
                 return
             # Find the task(s) that cannot be pickled: each fails alone, the rest wait again.
             for task in reversed(batch):
-                try:
-                    pickle.dumps((task.fn, task.args, task.kwargs), protocol=5)
-                except Exception as one:
+                one = _pickle_error((task.fn, task.args, task.kwargs))
+                if one is not None:
                     task.future.set_exception(one)
                 else:
                     self._queue.appendleft(task)
@@ -277,7 +278,7 @@ class Pool(cf.Executor):
         """
         while True:
             try:
-                kind, tid, value = process.recv()
+                kind, value = process.recv()
             except (ChannelClosedError, OSError):
                 break
             except Exception as exc:
@@ -346,21 +347,11 @@ class Pool(cf.Executor):
             lost, slot.batch = list(slot.batch), collections.deque()
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             if slot.init_error is not None:
-                error: BaseException = WorkerCrashedError(
-                    f"the worker (pid {process.pid}) for this task failed to start: its "
-                    f"initializer raised:\n{slot.init_error}",
-                    code,
-                )
-                self._queue.extendleft(reversed(lost[1:]))  # they may run elsewhere
-                lost = lost[:1]
-            elif len(lost) <= 1 or lost[0].suspect:
-                error = WorkerCrashedError(
-                    f"the worker (pid {process.pid}) running this task died ({how})", code
-                )
-                # It ran alone, or first: it is the one. The others never began.
-                self._queue.extendleft(reversed(lost[1:]))
-                lost = lost[:1]
+                why = f"failed to start: its initializer raised:\n{slot.init_error}"
             else:
+                why = f"running this task died ({how})"
+            error = WorkerCrashedError(f"the worker (pid {process.pid}) {why}", code)
+            if slot.init_error is None and len(lost) > 1 and not lost[0].suspect:
                 # Answers go at least every millisecond, so the task that killed the worker
                 # is among the unanswered ones, but which one is not known: each runs
                 # again, alone (a task that finished in that last millisecond runs twice).
@@ -368,6 +359,11 @@ class Pool(cf.Executor):
                     task.suspect = True
                 self._queue.extendleft(reversed(lost))
                 lost = []
+            else:
+                # It ran alone or first (or the worker never started): it is the one that
+                # fails; the others never began and wait for another worker.
+                self._queue.extendleft(reversed(lost[1:]))
+                lost = lost[:1]
             for task in lost:
                 if not task.dropped:
                     task.future.set_exception(error)
@@ -377,6 +373,7 @@ class Pool(cf.Executor):
             if self._broken is not None:
                 self._fail_queue(PoolBrokenError(self._broken))
         if again:
+            retired = slot.retiring  # (_launch resets it)
             try:
                 self._launch(slot)
             except Exception as exc:
@@ -384,7 +381,7 @@ class Pool(cf.Executor):
                     self._broken = f"a replacement worker could not start: {exc}"
                     self._fail_queue(PoolBrokenError(self._broken))
             else:
-                if not slot.retiring:
+                if not retired:
                     slot.restarts += 1
         with self._lock:
             if not any(s.process is not None for s in self._slots) and not again:
@@ -559,9 +556,7 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> Any:
 def _describe(exc: BaseException) -> tuple[BaseException, str]:
     """An exception and its traceback's text, in a form that pickles."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        pickle.dumps(exc, protocol=5)
-    except Exception:
+    if _pickle_error(exc) is not None:
         exc = RuntimeError(f"{type(exc).__qualname__}: {exc} (the exception could not be pickled)")
     exc.__traceback__ = None
     exc.__context__ = None
@@ -577,9 +572,9 @@ def _serve(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) ->
         try:
             initializer(*initargs)
         except BaseException as exc:
-            ch.send(("init-error", None, _describe(exc)[1]))
+            ch.send(("init-error", _describe(exc)[1]))
             return
-    ch.send(("ready", None, None))
+    ch.send(("ready", None))
     while True:
         try:
             kind, batch = ch.recv()
@@ -606,17 +601,22 @@ def _serve(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) ->
 def _answer(ch: Any, answers: list[tuple[int, bool, Any]]) -> None:
     """Send answers; one whose result cannot be pickled becomes that task's error."""
     try:
-        ch.send(("done", None, answers))
-    except (TypeError, ValueError, pickle.PicklingError, AttributeError):
+        ch.send(("done", answers))
+    except _UNPICKLABLE:
         fixed = []
         for tid, ok, value in answers:
-            try:
-                pickle.dumps(value, protocol=5)
-            except Exception as exc:
-                fixed.append((tid, False, _describe(exc)))
-            else:
-                fixed.append((tid, ok, value))
-        ch.send(("done", None, fixed))
+            error = _pickle_error(value)
+            fixed.append((tid, ok, value) if error is None else (tid, False, _describe(error)))
+        ch.send(("done", fixed))
+
+
+def _pickle_error(obj: Any) -> Exception | None:
+    """Why ``obj`` cannot be pickled, or None when it can."""
+    try:
+        pickle.dumps(obj, protocol=5)
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _stop(process: _worker.Worker) -> None:

@@ -210,6 +210,7 @@ def test_a_task_killing_its_worker_fails_alone():
 def test_max_tasks_per_worker_recycles():
     with Pool(workers=1, max_tasks_per_worker=3) as p:
         pids = [p.submit(pid).result(timeout=30) for _ in range(9)]
+        assert p.stats()[0]["restarts"] == 0  # a recycled worker is not a restart
     assert len(set(pids)) == 3 and pids == sorted(pids, key=pids.index)
 
 
