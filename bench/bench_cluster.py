@@ -34,11 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+
+from pyforkd import _control
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESPONDER = os.path.join(HERE, "cluster", "responder.py")
 RUNTIME = tempfile.mkdtemp(prefix="pyforkd-bench-")
+os.environ["PYFORKD_RUNTIME_DIR"] = RUNTIME  # the control sockets, ours and the servers'
 
 
 def free_port() -> int:
@@ -102,7 +104,7 @@ class Server:
         self.name = name
         self.port = free_port()
         cmd = [c.replace("PORT", str(self.port)) if c.startswith("127.0.0.1:") else c for c in cmd]
-        env = dict(os.environ, PORT=str(self.port), WORKERS="2", PYFORKD_RUNTIME_DIR=RUNTIME)
+        env = dict(os.environ, PORT=str(self.port), WORKERS="2")
         env["NODE_CLUSTER_SCHED_POLICY"] = "none" if "SCHED_NONE" in name else "rr"
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -188,15 +190,10 @@ def throughput(todo: dict[str, list[str]], seconds: int, reps: int, close: bool)
         )
 
 
-def control(req: dict[str, Any]) -> dict[str, Any]:
-    os.environ["PYFORKD_RUNTIME_DIR"] = RUNTIME
-    from pyforkd import _control
-
-    return _control.request("bench", req)
-
-
 def ready_pids() -> set[int]:
-    return {w["pid"] for w in control({"cmd": "status"})["workers"] if w["ready"]}
+    """The ready workers of the pyforkd server running now (through its control socket)."""
+    answer = _control.request("bench", {"cmd": "status"})
+    return {w["pid"] for w in answer["workers"] if w["ready"]}
 
 
 def under_load(

@@ -115,7 +115,7 @@ def parse_size(text: str | int) -> int:
     if not isinstance(text, str):
         raise TypeError(f"a memory size is a number of bytes or a string like '300M', not {text!r}")
     t = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] else ""
+    unit = t[-1] if t and t[-1] in "KMG" else ""
     try:
         n = float(t[: len(t) - len(unit)])
     except ValueError:
@@ -788,7 +788,8 @@ class Cluster:
             if not self.workers and self._board is not None:
                 self._board.close()  # (after the dispatchers that read it)
                 self._board = None
-            _systemd.notify("STOPPING=1")
+            if not self._stopping:  # (shutdown() told systemd already)
+                _systemd.notify("STOPPING=1")
         if self.error:
             raise RuntimeError(self.error)
 
@@ -862,6 +863,10 @@ class Cluster:
         w._restart_after_kill = restart
         sys.stderr.write(f"pyforkd cluster: worker {w.id} (pid {w.process.pid}) {why}: killed\n")
         sys.stderr.flush()
+        self._terminate(w)
+
+    def _terminate(self, w: Worker) -> None:
+        """No more work for ``w``; SIGTERM now, SIGKILL after ``kill_timeout``."""
         self._stop_dispatching(w)
         w._kill_at = time.monotonic() + self.settings["kill_timeout"]
         try:
@@ -1226,18 +1231,12 @@ class Cluster:
         self._stopping = True
         self._restarts.clear()
         self._requests.clear()
-        now = time.monotonic()
         for w in list(self.workers.values()):
             if w.state == "dead":
                 continue
             if fast:
                 w.exited_after_disconnect = True
-                self._stop_dispatching(w)
-                w._kill_at = now + self.settings["kill_timeout"]
-                try:
-                    w.process.kill("SIGTERM")
-                except OSError:
-                    pass  # it has just exited: the reap comes
+                self._terminate(w)
             else:
                 w.disconnect(graceful_timeout)
         self._wake()
