@@ -203,6 +203,7 @@ class Link:
         self.peer_gone = False  # a wait on a ring saw the peer hang up
         self.tx_on_ring = True  # where our next record goes
         self.rx_on_ring = True  # where the peer's next record comes from
+        self.copy_out = False  # build received objects on a copy, never on views of rx
         # A chunked message being received: its buffer, a view of it, and bytes so far.
         self.whole: Any = None
         self.whole_view: memoryview | None = None
@@ -425,6 +426,13 @@ class Link:
                     obj = self._decoded(data)
                 rx._let_go(1)
                 return obj
+            if n and self.copy_out:
+                # The receiver keeps what it gets for long (a pool's results): a held view
+                # would stop the ring at that record, so the record is copied out.
+                copy = bytearray(length)
+                copy[:] = whole[offset : offset + length]
+                rx._let_go(1)
+                return self._decoded(memoryview(copy))
             if n:  # the object will be built on views of the record: it stays held
                 part = whole[offset : offset + length]
                 view, exporter = _b.RingSide.record_view(part, writable=True)

@@ -9,6 +9,7 @@ shape Python users know from ``subprocess``: :class:`ChildProcess` (``wait``, ``
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import io
@@ -348,6 +349,66 @@ def _reap_abandoned() -> None:
 
 
 # ---- the timeout watchdog of spawn(timeout=...) -----------------------------------------
+
+
+class _ForkGuard:
+    """Keeps a fork of this interpreter from copying descriptors meant for another child.
+
+    A spawn holds the child's ends of its pipes and channel in this process until the
+    child has them; a ``fork_worker`` fork in another thread meanwhile would give its
+    worker a copy, and the first child's death (or EOF) would never be seen.  Spawns run
+    side by side inside :meth:`opening`; a fork waits for them in :meth:`forking` (and
+    spawns wait for the fork).  A plain ``os.fork()`` from another thread is not covered,
+    as with ``subprocess``.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:  # (also in a forked child: the other threads are gone)
+        self._cond = threading.Condition(threading.Lock())
+        self._open = 0
+        self._forking = False
+
+    def enter(self) -> None:
+        """Before making descriptors for a child (:meth:`leave` once it has them)."""
+        with self._cond:
+            while self._forking:
+                self._cond.wait()
+            self._open += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._open -= 1
+            if not self._open:
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def opening(self) -> Iterator[None]:
+        """Around making descriptors for a child and handing them over."""
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    @contextlib.contextmanager
+    def forking(self) -> Iterator[None]:
+        """Around making a forked child's descriptors, the fork and closing them here."""
+        with self._cond:
+            while self._forking or self._open:
+                self._cond.wait()
+            self._forking = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._forking = False
+                self._cond.notify_all()
+
+
+fork_guard = _ForkGuard()
+os.register_at_fork(after_in_child=fork_guard._reset)
 
 
 class _Watchdog:
@@ -824,7 +885,8 @@ def _launch(
     """Start a checked command; shared by spawn, fork and fork_worker."""
     slots = _stdio_slots(stdio)
     try:
-        pid, fds = cmd.start(slots, _b.SPAWN_PDEATHSIG if pdeathsig else 0, pdeathsig)
+        with fork_guard.opening():  # (its pipes are open here until the child has them)
+            pid, fds = cmd.start(slots, _b.SPAWN_PDEATHSIG if pdeathsig else 0, pdeathsig)
     except BaseException:
         if ipc is not None:
             ipc.abandon()
@@ -848,9 +910,11 @@ class _IpcPlan:
         self.slot = slot
         # The rings are made before the child starts: failing then leaves nothing behind.
         self.rings = (Ring(ring), Ring(ring)) if ring is not None else None
+        fork_guard.enter()  # until the child has its end (connect or abandon)
         try:
             self.parent_end, self.child_end = socket.socketpair()
         except BaseException:
+            fork_guard.leave()
             self._close_rings()
             raise
         stdio = list(stdio)
@@ -912,6 +976,7 @@ class _IpcPlan:
     def connect(self) -> Channel:
         """After the spawn: our end becomes the Channel, the child's end is closed here."""
         self.child_end.close()
+        fork_guard.leave()
         channel = Channel(self.parent_end, framing=self.framing, serialization=self.serialization)
         if self.rings is not None:
             channel._offer_rings(*self.rings)
@@ -919,6 +984,7 @@ class _IpcPlan:
 
     def abandon(self) -> None:
         self.child_end.close()
+        fork_guard.leave()
         self.parent_end.close()
         self._close_rings()
 

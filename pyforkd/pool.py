@@ -30,8 +30,8 @@ import pickle
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import Any, cast
 
 from . import worker as _worker
 from .errors import ChannelClosedError, PyforkdError
@@ -40,6 +40,7 @@ __all__ = ["Pool", "PoolBrokenError", "WorkerCrashedError"]
 
 _BALANCES = ("least-loaded", "round-robin")
 _MAX_BATCH = 256  # tasks in one message, at most
+_RR_DEPTH = 2  # round-robin: batches a worker holds (the one it runs and the next)
 _INIT_FAILURES = 3  # failed worker starts in a row (initializer raising): the pool breaks
 # What Channel.send raises for a message that cannot be pickled (nothing was written).
 _UNPICKLABLE = (TypeError, ValueError, pickle.PicklingError, AttributeError)
@@ -92,6 +93,7 @@ class _Slot:
         self.index = index
         self.process: _worker.Worker | None = None
         self.batch: collections.deque[_Task] = collections.deque()  # sent, not answered (in order)
+        self.ends: collections.deque[int] = collections.deque()  # the last task id of each batch
         self.done = 0
         self.restarts = 0
         self.sent = 0  # tasks given to the current process (max_tasks_per_worker)
@@ -104,8 +106,11 @@ class Pool(cf.Executor):
     """A pool of ``workers`` processes (default: one per CPU) running submitted callables.
 
     ``start``: ``"fork"`` (POSIX default), ``"spawn"`` or ``"forkserver"`` (see
-    :func:`pyforkd.fork_worker`).  ``balance``: ``"least-loaded"`` (an idle worker gets the
-    next batch; the default) or ``"round-robin"`` (idle workers in turn).  ``ring``: each
+    :func:`pyforkd.fork_worker`).  ``balance``: ``"least-loaded"`` (the default: only an
+    idle worker gets a batch, so a slow task never holds others back while a worker is
+    free) or ``"round-robin"`` (batches go to the workers in turn without waiting for them
+    to be idle: each holds the batch it runs and the next, so it never waits for the
+    parent between batches, but a slow task delays the ones queued behind it).  ``ring``: each
     worker's ring size in bytes per direction (a power of two; 16 MiB by default; None:
     the socket only).  ``initializer(*initargs)`` runs in each worker first; a pool whose
     workers fail it ``3`` times in a row is broken (:class:`PoolBrokenError` on every
@@ -193,30 +198,43 @@ class Pool(cf.Executor):
         return future
 
     def _dispatch(self) -> None:
-        """Give batches to idle workers (under the lock)."""
+        """Give batches to the workers that can take one (under the lock).
+
+        least-loaded: idle workers only.  round-robin: each worker in turn, up to
+        ``_RR_DEPTH`` batches unanswered.
+        """
         n = len(self._slots)
+        depth = _RR_DEPTH if self._balance == "round-robin" else 1
         for k in range(n):
             if not self._queue:
                 return
             slot = self._slots[(self._next + k) % n]
-            if slot.batch or slot.process is None or slot.retiring:
+            if len(slot.ends) >= depth or slot.process is None or slot.retiring:
                 continue
+            if self._max_tasks is not None and slot.sent >= self._max_tasks:
+                continue  # it retires once its batch is answered
             if self._balance == "round-robin":
                 self._next = (slot.index + 1) % n
             self._send_batch(slot)
 
     def _send_batch(self, slot: _Slot) -> None:
-        idle = sum(1 for s in self._slots if not s.batch and s.process is not None)
-        size = max(1, min(_MAX_BATCH, len(self._queue) // max(1, idle)))
+        if self._balance == "round-robin":
+            takers = sum(1 for s in self._slots if s.process is not None)
+        else:
+            takers = sum(1 for s in self._slots if not s.batch and s.process is not None)
+        size = max(1, min(_MAX_BATCH, len(self._queue) // max(1, takers)))
         if self._max_tasks is not None:
             size = min(size, self._max_tasks - slot.sent)
-        if self._queue and self._queue[0].suspect:
-            size = 1
         batch: list[_Task] = []
         while self._queue and len(batch) < size:
-            task = self._queue.popleft()
+            task = self._queue[0]
+            if task.suspect and batch:
+                break  # a suspect runs alone: its own batch
+            self._queue.popleft()
             if task.running or not task.future.cancelled():
                 batch.append(task)
+                if task.suspect:
+                    break
         if not batch:
             return
         process = slot.process
@@ -243,7 +261,8 @@ class Pool(cf.Executor):
             if not task.running:
                 task.running = True
                 task.dropped = not task.future.set_running_or_notify_cancel()
-        slot.batch = collections.deque(batch)
+        slot.batch.extend(batch)
+        slot.ends.append(batch[-1].tid)
         slot.sent += len(batch)
 
     # ---- the workers --------------------------------------------------------------------
@@ -276,6 +295,14 @@ class Pool(cf.Executor):
         A worker sends its answers at least every millisecond (a slower task's at once),
         in order; see :meth:`_ended` for what a death means for the ones not answered.
         """
+        try:
+            link = process._channel()._ring_link()
+        except ChannelClosedError:
+            link = None  # (the loop below sees the end)
+        if link is not None:
+            # Results are kept as long as their futures: built on views of the ring, the
+            # first one kept would stop the ring there; each is copied out instead.
+            link.copy_out = True
         while True:
             try:
                 kind, value = process.recv()
@@ -290,6 +317,7 @@ class Pool(cf.Executor):
                         if not task.dropped:
                             task.future.set_exception(exc)
                     slot.batch.clear()
+                    slot.ends.clear()
                 process.kill("SIGKILL")
                 continue
             if kind == "init-error":
@@ -304,6 +332,8 @@ class Pool(cf.Executor):
                 for tid, ok, result in value:
                     task = slot.batch.popleft()
                     assert task.tid == tid, "a worker answered out of order"
+                    if tid == slot.ends[0]:
+                        slot.ends.popleft()
                     if not task.dropped:  # (cancelled while it was being sent: nobody waits)
                         if ok:
                             task.future.set_result(result)
@@ -316,6 +346,8 @@ class Pool(cf.Executor):
     def _answered(self, slot: _Slot) -> None:
         if not slot.batch:
             self._after_batch(slot)
+        elif len(slot.ends) < _RR_DEPTH and self._balance == "round-robin":
+            self._dispatch()  # a batch ended: room for the next
 
     def _after_batch(self, slot: _Slot) -> None:
         """Under the lock: retire a worker at its quota, then give out more work."""
@@ -345,6 +377,13 @@ class Pool(cf.Executor):
             code = process.wait()
         with self._lock:
             lost, slot.batch = list(slot.batch), collections.deque()
+            # Only the batch it was running (up to its first batch end) can hold the task
+            # that killed it; a round-robin worker's next batch never began.
+            first = slot.ends[0] if slot.ends else None
+            slot.ends.clear()
+            cut = next((i + 1 for i, t in enumerate(lost) if t.tid == first), len(lost))
+            self._queue.extendleft(reversed(lost[cut:]))
+            lost = lost[:cut]
             how = f"signal {-code}" if code < 0 else f"exit code {code}"
             if slot.init_error is not None:
                 why = f"failed to start: its initializer raised:\n{slot.init_error}"
@@ -455,7 +494,7 @@ class Pool(cf.Executor):
                     return
                 pending.append(self.submit(_run_chunk, fn, chunk, star))
 
-        def results() -> Iterator[Any]:
+        def chunks() -> Generator[list[Any], None, None]:
             nonlocal size
             try:
                 refill()
@@ -472,14 +511,14 @@ class Pool(cf.Executor):
                         per_item = spent / max(1, len(values) + (error is not None))
                         size = max(1, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(per_item, 1e-8))))
                     refill()
-                    yield from values
+                    yield values
                     if error is not None:
                         raise _with_cause(error)
             finally:
                 for future in pending:
                     future.cancel()
 
-        return results()
+        return _Results(chunks())
 
     # ---- the end -------------------------------------------------------------------------
 
@@ -500,12 +539,14 @@ class Pool(cf.Executor):
         threading.Thread(target=self._wind_down, name="pyforkd pool shutdown", daemon=True).start()
         if wait:
             for slot in self._slots:
-                reader = slot.reader
-                if reader is not None:
-                    reader.join()
-                    while slot.reader is not reader and slot.reader is not None:
-                        reader = slot.reader  # replaced meanwhile (a crash): wait for it too
-                        reader.join()
+                joined = None
+                while True:
+                    with self._lock:  # (a reader is set and started under the lock)
+                        reader = slot.reader
+                    if reader is None or reader is joined:
+                        break
+                    reader.join()  # then its replacement, if one started meanwhile
+                    joined = reader
 
     def _wind_down(self) -> None:
         with self._lock:
@@ -530,6 +571,27 @@ class Pool(cf.Executor):
                 }
                 for s in self._slots
             ]
+
+
+class _Results(itertools.chain[Any]):
+    """map()'s iterator, with ``close()`` as a generator has (it cancels what is ahead).
+
+    The chunks' items are handed out by C: a generator's yield per item costs the caller
+    more than a worker spends on a trivial task.
+    """
+
+    _chunks: Generator[list[Any], None, None]
+
+    def __new__(cls, chunks: Generator[list[Any], None, None]) -> _Results:
+        self = cast(_Results, super().from_iterable(chunks))
+        self._chunks = chunks
+        return self
+
+    def close(self) -> None:
+        """Stop: the chunks submitted ahead are cancelled; nothing more comes."""
+        self._chunks.close()
+        for _ in self:  # the rest of the chunk at hand (already here)
+            pass
 
 
 def _with_cause(value: tuple[BaseException, str]) -> BaseException:

@@ -302,6 +302,19 @@ def _start_fork(
     main_thread: bool,
     ring: int | None,
 ) -> Worker:
+    # No other thread's spawn or fork runs meanwhile: this fork would copy that child's
+    # descriptors (and that child's would copy these), hiding a death from its parent.
+    with _cp.fork_guard.forking():
+        return _fork_locked(target, args, kwargs, main_thread, ring)
+
+
+def _fork_locked(
+    target: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    main_thread: bool,
+    ring: int | None,
+) -> Worker:
     parent_end, child_end = socket.socketpair()
     # Both Channel objects are made before the fork: the child then runs no set-up code of
     # its own (in a forked CPython every object touched first costs a page copy).
@@ -577,7 +590,7 @@ class _ForkServerClient:
         status_r, status_w = socket.socketpair()
         request = ("fork", payload, os.getpid(), rings is not None)
         try:
-            with self._lock:
+            with self._lock, _cp.fork_guard.opening():  # (until the ends are sent)
                 server = self._ensure()
                 try:
                     server.send(request, handle=[child_end, status_w])

@@ -185,8 +185,9 @@ def test_shutdown_without_wait_still_runs_the_queue():
         time.sleep(0.01)
 
 
-def test_a_task_killing_its_worker_fails_alone():
-    with Pool(workers=2) as p:
+@pytest.mark.parametrize("balance", ["least-loaded", "round-robin"])
+def test_a_task_killing_its_worker_fails_alone(balance):
+    with Pool(workers=2, balance=balance) as p:
         futures = [p.submit(die_every_100th, i) for i in range(1000)]
         crashed = 0
         for i, f in enumerate(futures):
@@ -225,6 +226,19 @@ def test_an_idle_worker_takes_short_tasks_while_another_runs_a_long_one(tmp_path
         assert long.result(timeout=30) == "released"
 
 
+def test_round_robin_gives_batches_in_turn_even_to_a_busy_worker(tmp_path):
+    gate = tmp_path / "gate"
+    with Pool(workers=2, balance="round-robin") as p:
+        long = p.submit(wait_for_file, str(gate))  # the first worker
+        short = [p.submit(pid) for _ in range(3)]  # second, first (queued), second
+        assert short[0].result(timeout=30) == short[2].result(timeout=30)
+        assert not short[1].done() and not long.done()  # behind the long task, its turn
+        gate.touch()
+        assert long.result(timeout=30) == "released"
+        assert short[1].result(timeout=30) != short[0].result()
+        assert [s["done"] for s in p.stats()] == [2, 2]
+
+
 def test_initializer_runs_first_and_a_failing_one_breaks_the_pool():
     with Pool(workers=2, initializer=init_sets, initargs=("yes",)) as p:
         assert {p.submit(read_init).result(timeout=30) for _ in range(4)} == {"yes"}
@@ -257,6 +271,19 @@ def test_numpy_arrays_travel_through_the_rings(pool):
     arrays = [np.arange(i, i + 500_000, dtype=np.float64) for i in range(4)]  # 4 MB each
     for a, b in zip(arrays, pool.map(double, arrays, chunksize=1)):
         assert np.array_equal(b, a * 2)
+
+
+def test_results_kept_for_long_never_hold_the_ring():
+    # 24 results of 512 KiB kept at once through 1 MiB rings: each is the caller's own
+    # writable copy, and the ring it came through stays free for the next.
+    with Pool(workers=2, ring=1 << 20) as p:
+        arrays = [np.full(1 << 16, i, dtype=np.float64) for i in range(24)]
+        kept = list(p.map(double, arrays, chunksize=1))
+        for i, k in enumerate(kept):
+            assert k.flags.writeable and k[0] == 2 * i and np.array_equal(k, arrays[i] * 2)
+            k[0] = -1.0
+        assert [k[0] for k in kept] == [-1.0] * 24
+        assert all(s["restarts"] == 0 for s in p.stats())
 
 
 def test_no_process_is_left_behind():
@@ -356,3 +383,44 @@ def test_a_result_that_cannot_be_pickled_fails_that_task_only(pool):
     assert futures[0].result(timeout=30) == 2 and futures[2].result(timeout=30) == 3
     with pytest.raises(TypeError, match="lock"):
         futures[1].result(timeout=30)
+
+
+def soak_task(kind, i):
+    if kind == "exit":
+        os._exit(3)
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "raise":
+        raise ValueError(i)
+    if kind == "sleep":
+        time.sleep(0.002)
+    return i
+
+
+@pytest.mark.parametrize("balance", ["least-loaded", "round-robin"])
+def test_crash_isolation_soak(balance):
+    # One round by default; PYFORKD_POOL_SOAK=SECONDS repeats rounds that long.
+    import random
+
+    seconds = float(os.environ.get("PYFORKD_POOL_SOAK", "0"))
+    rng = random.Random(balance)
+    end = time.monotonic() + seconds
+    with Pool(workers=2, balance=balance, max_tasks_per_worker=500) as p:
+        while True:
+            kinds = rng.choices(["ok", "sleep", "raise", "exit", "kill"], [80, 10, 6, 2, 2], k=400)
+            futures = [p.submit(soak_task, k, i) for i, k in enumerate(kinds)]
+            for i, (k, f) in enumerate(zip(kinds, futures)):
+                if k in ("exit", "kill"):
+                    with pytest.raises(WorkerCrashedError) as info:
+                        f.result(timeout=60)
+                    assert info.value.exitcode == (3 if k == "exit" else -signal.SIGKILL)
+                elif k == "raise":
+                    with pytest.raises(ValueError):
+                        f.result(timeout=60)
+                else:
+                    assert f.result(timeout=60) == i
+            if time.monotonic() >= end:
+                break
+        pids = {s["pid"] for s in p.stats()}
+    assert not set(zombie_children()) & pids
+    assert not any(alive(x) for x in pids if x)

@@ -248,3 +248,48 @@ def test_forked_workers_do_not_keep_each_others_parent_ends(tmp_path):
         w.disconnect()
         assert w.wait(timeout=10) == -signal.SIGKILL
     assert len(open_fds()) <= len(before)
+
+
+def socket_inodes(pid):
+    found = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+def test_workers_forked_from_many_threads_at_once_hold_only_their_own_end():
+    # Threads starting workers at the same moment (a pool replacing several): a fork in
+    # one thread must not take another's worker-side socket not yet handed over, or that
+    # worker's death would never be seen by its parent.
+    import threading
+
+    barrier = threading.Barrier(4)
+    workers = []
+
+    def start_some():
+        barrier.wait()
+        for _ in range(6):
+            workers.append(pyforkd.fork_worker(ready_then_sleep))
+
+    threads = [threading.Thread(target=start_some) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        for w in workers:
+            assert w.recv(timeout=30) == "ready"
+        ours = socket_inodes(os.getpid())
+        for w in workers:
+            # Sockets this process had before are inherited by all; beyond them, a
+            # worker holds one: its own channel's end.
+            assert len(socket_inodes(w.pid) - ours) == 1
+    finally:
+        for w in workers:
+            w.disconnect()
+            w.wait(timeout=30)
