@@ -26,7 +26,9 @@ enum {
                                 (Linux; -ENOTSUP elsewhere) */
   PFD_SPAWN_USE_POSIX_SPAWN = 16, /* posix_spawn even where the vfork path is the default
                                      (it still gives way for options it cannot express) */
-  PFD_SPAWN_USE_FORK_PATH = 32     /* always the vfork/fork path */
+  PFD_SPAWN_USE_FORK_PATH = 32,    /* always the vfork/fork path */
+  PFD_SPAWN_HIDE = 64              /* Windows: no console window (CREATE_NO_WINDOW, SW_HIDE);
+                                      ignored elsewhere */
 };
 
 /* Which step of starting the child failed, so the caller can name the syscall and path. */
@@ -42,7 +44,9 @@ enum {
   PFD_STEP_SETGID = 8,
   PFD_STEP_SETUID = 9,
   PFD_STEP_CHDIR = 10,
-  PFD_STEP_EXEC = 11
+  PFD_STEP_EXEC = 11,
+  PFD_STEP_BATCH = 12     /* Windows: a .bat/.cmd program without a shell, refused (the
+                             cmd.exe quoting hole of CVE-2024-27980); -EINVAL */
 };
 
 typedef struct pfd_spawn_options_s {

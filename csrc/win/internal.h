@@ -1,0 +1,52 @@
+/*
+ * internal.h - what the Windows files of the C core share (never part of the public API).
+ *
+ * On Windows the core's "descriptors" are HANDLE values and its pids are process ids:
+ * both fit in an int (64-bit Windows keeps kernel handles within 32 bits so that 32- and
+ * 64-bit processes can share them), so the declarations of csrc/cdef/ serve unchanged.
+ */
+#ifndef PFD_WIN_INTERNAL_H
+#define PFD_WIN_INTERNAL_H
+
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+
+#include "pyforkd.h"
+
+/* A Windows error code (GetLastError, or a WSA code) as a negative errno value. */
+int pfd__win_errno(DWORD code);
+
+/* -errno for GetLastError() now. */
+int pfd__win_last_errno(void);
+
+/* The exit code a process killed by pfd_process_kill(sig) is given, and back: a code in
+ * the NTSTATUS "customer" space that no program's exit() or crash produces. */
+#define PFD__WIN_KILLED_MARK 0xE0504600u /* 0xE0 'P' 'F' sig */
+#define PFD__WIN_KILLED(sig) (PFD__WIN_KILLED_MARK | ((unsigned)(sig) & 0xFFu))
+
+/* UTF-8 to a new UTF-16 string (free() it); NULL with *err = -errno on failure. */
+wchar_t *pfd__utf16(const char *utf8, int *err);
+
+/* The command line CreateProcessW gets for argv (UTF-8): each argument quoted so that the
+ * Microsoft C runtime splits it back exactly (spawn.c).  *out is malloc'd.  Returns 0,
+ * -EINVAL (no argv[0], or a quote in it), -EILSEQ (not UTF-8) or -ENOMEM. */
+int pfd__win_command_line(char *const *argv, wchar_t **out);
+
+/* int <-> HANDLE, as the core passes handles around. */
+#define PFD__HANDLE(fd) ((HANDLE)(intptr_t)(fd))
+#define PFD__FD(handle) ((int)(intptr_t)(handle))
+
+/* The children this process started (spawn.c adds them, process.c uses and reaps them):
+ * the process handle is kept until the child is reaped, so that its pid cannot be reused
+ * meanwhile.  Returns 0 or -ENOMEM. */
+int pfd__child_add(DWORD pid, HANDLE process);
+
+/* The handle of a child still in the table (not a new one), or NULL. */
+HANDLE pfd__child_handle(DWORD pid);
+
+/* Removes a child from the table and closes its handle. */
+void pfd__child_remove(DWORD pid);
+
+#endif /* PFD_WIN_INTERNAL_H */

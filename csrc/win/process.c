@@ -1,0 +1,141 @@
+/*
+ * process.c - a started child on Windows: waiting, reaping and killing.
+ *
+ * The same contract as csrc/unix/process.c (cdef/process.h).  A child's process handle
+ * (from CreateProcessW) stays in this file's table until the child is reaped: Windows
+ * keeps a process id from being reused while a handle to it is open, so a kill by pid
+ * can never hit another program, as on Unix a zombie keeps its pid.
+ *
+ * Windows has no signals: kill(sig) is TerminateProcess with an exit code that records
+ * the signal (PFD__WIN_KILLED), so that reaping reports the child as ended by `sig`, the
+ * way Python reports `returncode == -SIGTERM` on Unix.  Signal 0 only checks that the
+ * child still runs.
+ *
+ * Output collection (pfd_collect_*) is not here yet: the Windows C layer is being filled
+ * in capability by capability (see README, "Platforms").
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+typedef struct pfd__win_child_s {
+  DWORD pid;
+  HANDLE process;
+} pfd__win_child_t;
+
+static SRWLOCK pfd__win_children_lock = SRWLOCK_INIT;
+static pfd__win_child_t *pfd__win_children;
+static size_t pfd__win_children_count, pfd__win_children_cap;
+
+int pfd__child_add(DWORD pid, HANDLE process) {
+  int err = 0;
+  AcquireSRWLockExclusive(&pfd__win_children_lock);
+  if (pfd__win_children_count == pfd__win_children_cap) {
+    size_t cap = pfd__win_children_cap ? pfd__win_children_cap * 2 : 16;
+    pfd__win_child_t *grown = realloc(pfd__win_children, cap * sizeof *grown);
+    if (grown == NULL) {
+      err = -ENOMEM;
+    } else {
+      pfd__win_children = grown;
+      pfd__win_children_cap = cap;
+    }
+  }
+  if (err == 0) {
+    pfd__win_children[pfd__win_children_count].pid = pid;
+    pfd__win_children[pfd__win_children_count++].process = process;
+  }
+  ReleaseSRWLockExclusive(&pfd__win_children_lock);
+  return err;
+}
+
+HANDLE pfd__child_handle(DWORD pid) {
+  HANDLE found = NULL;
+  size_t i;
+  AcquireSRWLockShared(&pfd__win_children_lock);
+  for (i = 0; i < pfd__win_children_count; i++) {
+    if (pfd__win_children[i].pid == pid) found = pfd__win_children[i].process;
+  }
+  ReleaseSRWLockShared(&pfd__win_children_lock);
+  return found;
+}
+
+void pfd__child_remove(DWORD pid) {
+  size_t i;
+  AcquireSRWLockExclusive(&pfd__win_children_lock);
+  for (i = 0; i < pfd__win_children_count; i++) {
+    if (pfd__win_children[i].pid == pid) {
+      CloseHandle(pfd__win_children[i].process);
+      pfd__win_children[i] = pfd__win_children[--pfd__win_children_count];
+      break;
+    }
+  }
+  ReleaseSRWLockExclusive(&pfd__win_children_lock);
+}
+
+/* The handle to wait on or kill through: the caller's, else the table's. */
+static HANDLE pfd__win_target(int pid, int handle) {
+  if (handle >= 0) return PFD__HANDLE(handle);
+  return pfd__child_handle((DWORD)pid);
+}
+
+int pfd_process_open(int pid) {
+  HANDLE h = pfd__child_handle((DWORD)pid), dup;
+  if (h == NULL) return -ECHILD;
+  if (!DuplicateHandle(GetCurrentProcess(), h, GetCurrentProcess(), &dup, 0, FALSE,
+                       DUPLICATE_SAME_ACCESS)) {
+    return pfd__win_last_errno();
+  }
+  return PFD__FD(dup);
+}
+
+int pfd_process_wait(int pid, int handle, int timeout_ms) {
+  HANDLE h = pfd__win_target(pid, handle);
+  DWORD r;
+  if (h == NULL) return -ECHILD;
+  r = WaitForSingleObject(h, timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms);
+  if (r == WAIT_OBJECT_0) return 1;
+  if (r == WAIT_TIMEOUT) return 0;
+  return pfd__win_last_errno();
+}
+
+int pfd_process_reap(int pid, int *exit_code, int *term_signal) {
+  HANDLE h = pfd__child_handle((DWORD)pid);
+  DWORD r, code;
+  if (h == NULL) return -ECHILD;
+  r = WaitForSingleObject(h, 0);
+  if (r == WAIT_TIMEOUT) return 0;
+  if (r != WAIT_OBJECT_0) return pfd__win_last_errno();
+  if (!GetExitCodeProcess(h, &code)) return pfd__win_last_errno();
+  if ((code & 0xFFFFFF00u) == PFD__WIN_KILLED_MARK) {
+    *exit_code = -1;
+    *term_signal = (int)(code & 0xFFu);
+  } else {
+    *exit_code = (int)code; /* NTSTATUS crash codes (0xC0000005) come through as they are */
+    *term_signal = 0;
+  }
+  pfd__child_remove((DWORD)pid);
+  return 1;
+}
+
+int pfd_process_kill(int pid, int handle, int sig) {
+  HANDLE h = pfd__win_target(pid, handle);
+  if (h == NULL) return -ESRCH;
+  if (sig < 0 || sig > 0xFF) return -EINVAL;
+  if (WaitForSingleObject(h, 0) == WAIT_OBJECT_0) return -ESRCH; /* ended already */
+  if (sig == 0) return 0;
+  if (!TerminateProcess(h, PFD__WIN_KILLED(sig))) {
+    DWORD e = GetLastError();
+    /* Terminating a process that is ending gives ERROR_ACCESS_DENIED. */
+    if (e == ERROR_ACCESS_DENIED && WaitForSingleObject(h, 0) == WAIT_OBJECT_0) return -ESRCH;
+    return pfd__win_errno(e);
+  }
+  return 0;
+}
+
+int pfd_process_die_with_parent(int sig, int expected_parent) {
+  (void)sig;
+  (void)expected_parent;
+  return -ENOTSUP; /* the Job Object of spawn.c does this for every child */
+}

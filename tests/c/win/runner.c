@@ -1,0 +1,414 @@
+/*
+ * runner.c - the Windows C tests (built with mingw-w64, run under wine in .ci/run, or on
+ * Windows): `runner.exe` runs them all, `runner.exe NAME...` the ones whose names start
+ * with NAME.  As on Unix, the binary is also every child the tests need
+ * (`runner.exe --child ROLE ARGS...`), so no helper programs exist.
+ */
+#include <errno.h>
+#include <io.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <wchar.h>
+
+#include "../../../csrc/win/internal.h"
+
+#define CHECK(cond)                                                             \
+  do {                                                                          \
+    if (!(cond)) {                                                              \
+      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+      exit(1);                                                                  \
+    }                                                                           \
+  } while (0)
+
+#define CHECK_EQ(a, b)                                                                   \
+  do {                                                                                   \
+    long long pfd_a_ = (long long)(a), pfd_b_ = (long long)(b);                          \
+    if (pfd_a_ != pfd_b_) {                                                              \
+      fprintf(stderr, "%s:%d: check failed: %s == %s (%lld != %lld)\n", __FILE__,        \
+              __LINE__, #a, #b, pfd_a_, pfd_b_);                                          \
+      exit(1);                                                                           \
+    }                                                                                    \
+  } while (0)
+
+static char pfd_self[MAX_PATH * 4];
+
+/* ---- helpers ------------------------------------------------------------------------- */
+
+/* Starts "self --child ROLE args..." with `stdio`; returns pfd_spawn's code. */
+static int spawn_child(const char *role, const char *const *args, pfd_stdio_t *stdio, int count,
+                       unsigned flags, pfd_spawn_result_t *result) {
+  char *argv[32];
+  int n = 0;
+  pfd_spawn_options_t o;
+  argv[n++] = pfd_self;
+  argv[n++] = "--child";
+  argv[n++] = (char *)role;
+  while (args != NULL && *args != NULL && n < 31) argv[n++] = (char *)*args++;
+  argv[n] = NULL;
+  memset(&o, 0, sizeof o);
+  o.file = pfd_self;
+  o.argv = argv;
+  o.stdio = stdio;
+  o.stdio_count = count;
+  o.flags = flags;
+  return pfd_spawn(&o, result);
+}
+
+static size_t read_all(int fd, char *buf, size_t size) {
+  size_t got = 0;
+  DWORD n;
+  while (got + 1 < size && ReadFile(PFD__HANDLE(fd), buf + got, (DWORD)(size - 1 - got), &n, NULL) &&
+         n > 0) {
+    got += n;
+  }
+  buf[got] = '\0';
+  return got;
+}
+
+/* Waits for and reaps pid: its exit code, or -signal. */
+static int reap(int pid) {
+  int code = 0, sig = 0;
+  CHECK_EQ(pfd_process_wait(pid, -1, -1), 1);
+  CHECK_EQ(pfd_process_reap(pid, &code, &sig), 1);
+  return sig ? -sig : code;
+}
+
+static void hex_utf8(const wchar_t *w, char *out, size_t size) {
+  char utf8[4096];
+  int n = WideCharToMultiByte(CP_UTF8, 0, w, -1, utf8, sizeof utf8, NULL, NULL);
+  size_t i, at = 0;
+  CHECK(n > 0);
+  for (i = 0; i + 1 < (size_t)n && at + 3 < size; i++) {
+    at += (size_t)snprintf(out + at, size - at, "%02x", (unsigned char)utf8[i]);
+  }
+  out[at] = '\0';
+}
+
+/* ---- children ------------------------------------------------------------------------ */
+
+static int child_main(int argc, wchar_t **argv) {
+  char role[64];
+  WideCharToMultiByte(CP_UTF8, 0, argv[2], -1, role, sizeof role, NULL, NULL);
+  if (strcmp(role, "exit") == 0) return _wtoi(argv[3]);
+  if (strcmp(role, "sleep") == 0) {
+    Sleep(60000);
+    return 0;
+  }
+  if (strcmp(role, "echo_args") == 0) {
+    /* Each argument after the role as hex of its UTF-8, one per line. */
+    int i;
+    for (i = 3; i < argc; i++) {
+      char hex[8192];
+      hex_utf8(argv[i], hex, sizeof hex);
+      printf("%s\n", hex);
+    }
+    fflush(stdout);
+    return 0;
+  }
+  if (strcmp(role, "stdio") == 0) {
+    fputs("to stdout", stdout);
+    fputs("to stderr", stderr);
+    return 0;
+  }
+  if (strcmp(role, "handles") == 0) {
+    /* argv[3]: a handle value the parent made inheritable but did not list.  Slot 3: a
+     * pipe that was listed.  Says what it found through slot 3. */
+    HANDLE unlisted = (HANDLE)(intptr_t)_wtoi64(argv[3]);
+    DWORD flags;
+    HANDLE slot3 = (HANDLE)_get_osfhandle(3);
+    const char *msg = GetHandleInformation(unlisted, &flags) ? "leaked" : "clean";
+    DWORD n;
+    if (slot3 == INVALID_HANDLE_VALUE) return 3;
+    if (!WriteFile(slot3, msg, (DWORD)strlen(msg), &n, NULL)) return 4;
+    return 0;
+  }
+  if (strcmp(role, "shm") == 0) {
+    /* Slot 3: a shared memory section; reads the parent's number, writes its own. */
+    void *view;
+    unsigned *word;
+    HANDLE h = (HANDLE)_get_osfhandle(3);
+    if (h == INVALID_HANDLE_VALUE) return 3;
+    if (pfd_shm_map(PFD__FD(h), 4096, &view) != 0) return 4;
+    word = view;
+    if (word[0] != 12345u) return 5;
+    word[1] = 54321u;
+    pfd_shm_unmap(view, 4096);
+    return 0;
+  }
+  if (strcmp(role, "grandparent") == 0) {
+    /* Starts a sleeping child of its own, prints its pid, and ends without waiting. */
+    pfd_spawn_result_t r;
+    pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}};
+    if (spawn_child("sleep", NULL, stdio, 3, 0, &r) != 0) return 3;
+    printf("%d\n", r.pid);
+    fflush(stdout);
+    ExitProcess(0);
+  }
+  fprintf(stderr, "unknown child role %s\n", role);
+  return 2;
+}
+
+/* ---- tests --------------------------------------------------------------------------- */
+
+static void test_errors_translated(void) {
+  CHECK_EQ(pfd__win_errno(ERROR_FILE_NOT_FOUND), -ENOENT);
+  CHECK_EQ(pfd__win_errno(ERROR_ACCESS_DENIED), -EACCES);
+  CHECK_EQ(pfd__win_errno(ERROR_BROKEN_PIPE), -EPIPE);
+  CHECK_EQ(pfd__win_errno(WSAECONNREFUSED), -ECONNREFUSED);
+  CHECK_EQ(pfd__win_errno(WSAEWOULDBLOCK), -EAGAIN);
+  CHECK_EQ(pfd__win_errno(ERROR_SUCCESS), -EIO);  /* never "no error" */
+  CHECK_EQ(pfd__win_errno(0x7fffffffu), -EIO);
+  CHECK(strcmp(pfd_err_name(pfd__win_errno(ERROR_PATH_NOT_FOUND)), "ENOENT") == 0);
+  CHECK(strcmp(pfd_err_name(pfd__win_errno(ERROR_DIRECTORY)), "ENOTDIR") == 0);
+}
+
+static void test_quoting_table(void) {
+  static const struct {
+    const char *args[4];
+    const wchar_t *line; /* the quoted arguments after "prog" */
+  } table[] = {
+      {{"plain", NULL}, L"prog plain"},
+      {{"", NULL}, L"prog \"\""},
+      {{"two words", NULL}, L"prog \"two words\""},
+      {{"say \"hi\"", NULL}, L"prog \"say \\\"hi\\\"\""},
+      {{"C:\\dir\\", NULL}, L"prog C:\\dir\\"},
+      {{"C:\\my dir\\", NULL}, L"prog \"C:\\my dir\\\\\""},
+      {{"a\\\\\"b", NULL}, L"prog \"a\\\\\\\\\\\"b\""},
+      {{"tab\there", "", "x", NULL}, L"prog \"tab\there\" \"\" x"},
+  };
+  size_t i;
+  for (i = 0; i < sizeof table / sizeof table[0]; i++) {
+    char *argv[6] = {"prog"};
+    wchar_t *line = NULL;
+    int k;
+    for (k = 0; table[i].args[k] != NULL; k++) argv[k + 1] = (char *)table[i].args[k];
+    argv[k + 1] = NULL;
+    CHECK_EQ(pfd__win_command_line(argv, &line), 0);
+    if (wcscmp(line, table[i].line) != 0) {
+      fprintf(stderr, "row %u: got %ls\n", (unsigned)i, line);
+      CHECK(0);
+    }
+    free(line);
+  }
+  {
+    char *bad[] = {"pro\"g", NULL};
+    wchar_t *line = NULL;
+    CHECK_EQ(pfd__win_command_line(bad, &line), -EINVAL);
+  }
+}
+
+static void test_arguments_round_trip(void) {
+  /* What the child's C runtime splits back is exactly what was given. */
+  static const char *const args[] = {
+      "",          "plain",         "two words",   "say \"hi\"",      "C:\\dir\\",
+      "C:\\my dir\\", "a\\\\\"b",   "\\\\server\\share", "tab\there",  "\xc3\xa9t\xc3\xa9 \xe2\x82\xac",
+      "\"",        "\\",            "\\\"",        "  ",              "end\\\\",
+      NULL};
+  pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_INHERIT_SAME, -1}};
+  pfd_spawn_result_t r;
+  char out[65536], *line;
+  size_t i;
+  CHECK_EQ(spawn_child("echo_args", args, stdio, 3, 0, &r), 0);
+  read_all(stdio[1].fd, out, sizeof out);
+  CloseHandle(PFD__HANDLE(stdio[1].fd));
+  CHECK_EQ(reap(r.pid), 0);
+  line = out;
+  for (i = 0; args[i] != NULL; i++) {
+    char want[4096] = "";
+    size_t k, at = 0;
+    char *nl = strchr(line, '\n');
+    CHECK(nl != NULL);
+    *nl = '\0';
+    if (nl > line && nl[-1] == '\r') nl[-1] = '\0';
+    for (k = 0; args[i][k] != '\0'; k++) at += (size_t)sprintf(want + at, "%02x", (unsigned char)args[i][k]);
+    if (strcmp(line, want) != 0) {
+      fprintf(stderr, "argument %u: sent %s, got %s\n", (unsigned)i, want, line);
+      CHECK(0);
+    }
+    line = nl + 1;
+  }
+}
+
+static void test_exit_codes_and_kill(void) {
+  pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}};
+  pfd_spawn_result_t r;
+  const char *code[] = {"42", NULL};
+  int exit_code, sig;
+  CHECK_EQ(spawn_child("exit", code, stdio, 3, 0, &r), 0);
+  CHECK(r.pid > 0);
+  CHECK_EQ(reap(r.pid), 42);
+  CHECK_EQ(pfd_process_reap(r.pid, &exit_code, &sig), -ECHILD); /* reaped once */
+
+  CHECK_EQ(spawn_child("sleep", NULL, stdio, 3, 0, &r), 0);
+  CHECK_EQ(pfd_process_wait(r.pid, -1, 50), 0); /* still running */
+  CHECK_EQ(pfd_process_kill(r.pid, -1, 0), 0);
+  CHECK_EQ(pfd_process_reap(r.pid, &exit_code, &sig), 0);
+  CHECK_EQ(pfd_process_kill(r.pid, -1, SIGTERM), 0);
+  CHECK_EQ(reap(r.pid), -SIGTERM); /* returncode == -SIGTERM, as on Unix */
+  CHECK_EQ(pfd_process_kill(r.pid, -1, SIGTERM), -ESRCH);
+}
+
+static void test_stdio_pipes(void) {
+  pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}};
+  pfd_spawn_result_t r;
+  char out[256], err[256];
+  CHECK_EQ(spawn_child("stdio", NULL, stdio, 3, 0, &r), 0);
+  read_all(stdio[1].fd, out, sizeof out);
+  read_all(stdio[2].fd, err, sizeof err);
+  CloseHandle(PFD__HANDLE(stdio[1].fd));
+  CloseHandle(PFD__HANDLE(stdio[2].fd));
+  CHECK_EQ(reap(r.pid), 0);
+  CHECK(strcmp(out, "to stdout") == 0);
+  CHECK(strcmp(err, "to stderr") == 0);
+}
+
+static void test_failures_name_their_step(void) {
+  char dir[MAX_PATH], bat[MAX_PATH + 16], *argv[2] = {NULL, NULL};
+  char *env[2] = {NULL, NULL}, path_var[MAX_PATH + 8];
+  pfd_spawn_options_t o;
+  pfd_spawn_result_t r;
+  FILE *f;
+  DWORD n = GetTempPathA(sizeof dir, dir);
+  CHECK(n > 0 && n < sizeof dir);
+  memset(&o, 0, sizeof o);
+
+  o.file = argv[0] = (char *)"no-such-program-pyforkd";
+  o.argv = argv;
+  CHECK_EQ(pfd_spawn(&o, &r), -ENOENT);
+  CHECK_EQ(r.step, PFD_STEP_RESOLVE);
+  CHECK_EQ(r.pid, -1);
+
+  o.file = argv[0] = pfd_self;
+  o.cwd = "C:\\no\\such\\dir\\pyforkd";
+  CHECK_EQ(pfd_spawn(&o, &r), -ENOENT);
+  CHECK_EQ(r.step, PFD_STEP_CHDIR);
+  o.cwd = NULL;
+
+  /* A batch file is refused, named directly or found in PATH without its extension. */
+  snprintf(bat, sizeof bat, "%spyforkd-test.bat", dir);
+  CHECK((f = fopen(bat, "w")) != NULL);
+  fputs("@echo off\r\necho pwned\r\n", f);
+  fclose(f);
+  o.file = argv[0] = bat;
+  CHECK_EQ(pfd_spawn(&o, &r), -EINVAL);
+  CHECK_EQ(r.step, PFD_STEP_BATCH);
+  snprintf(path_var, sizeof path_var, "PATH=%s", dir);
+  env[0] = path_var;
+  o.envp = env;
+  o.file = argv[0] = (char *)"pyforkd-test";
+  CHECK_EQ(pfd_spawn(&o, &r), -EINVAL);
+  CHECK_EQ(r.step, PFD_STEP_BATCH);
+  CHECK(DeleteFileA(bat));
+  o.envp = NULL;
+
+  o.file = argv[0] = pfd_self;
+  o.flags = PFD_SPAWN_SETUID;
+  CHECK_EQ(pfd_spawn(&o, &r), -ENOTSUP);
+}
+
+static void test_only_listed_handles_are_inherited(void) {
+  SECURITY_ATTRIBUTES sa = {sizeof sa, NULL, TRUE};
+  HANDLE unlisted = CreateEventW(&sa, TRUE, FALSE, NULL), r_end, w_end;
+  pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1},
+                          {PFD_STDIO_INHERIT, -1}};
+  pfd_spawn_result_t r;
+  char value[32], got[64];
+  const char *args[] = {value, NULL};
+  CHECK(unlisted != NULL);
+  CHECK(CreatePipe(&r_end, &w_end, NULL, 0));
+  stdio[3].fd = PFD__FD(w_end);
+  snprintf(value, sizeof value, "%lld", (long long)(intptr_t)unlisted);
+  CHECK_EQ(spawn_child("handles", args, stdio, 4, 0, &r), 0);
+  CloseHandle(w_end); /* the child has its own copy */
+  read_all(PFD__FD(r_end), got, sizeof got);
+  CHECK_EQ(reap(r.pid), 0);
+  CHECK(strcmp(got, "clean") == 0);
+  CloseHandle(r_end);
+  CloseHandle(unlisted);
+}
+
+static void test_shared_memory_between_processes(void) {
+  pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1},
+                          {PFD_STDIO_INHERIT, -1}};
+  pfd_spawn_result_t r;
+  void *view;
+  unsigned *word;
+  int fd = pfd_shm_create("test", 4096);
+  CHECK(fd > 0);
+  CHECK(pfd_shm_size(fd) >= 4096);
+  CHECK_EQ(pfd_shm_map(fd, 4096, &view), 0);
+  word = view;
+  word[0] = 12345u;
+  stdio[3].fd = fd;
+  CHECK_EQ(spawn_child("shm", NULL, stdio, 4, 0, &r), 0);
+  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(word[1], 54321u);
+  CHECK_EQ(pfd_shm_unmap(view, 4096), 0);
+  CHECK_EQ(pfd_shm_size(PFD__FD(GetCurrentProcess())), -EINVAL); /* not a section */
+  CloseHandle(PFD__HANDLE(fd));
+}
+
+static void test_children_die_with_their_parent(void) {
+  /* A child that ends leaves no child of its own behind: its kill-on-close job ends it. */
+  pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_INHERIT_SAME, -1}};
+  pfd_spawn_result_t r;
+  char out[64];
+  HANDLE grandchild;
+  int gpid;
+  CHECK_EQ(spawn_child("grandparent", NULL, stdio, 3, 0, &r), 0);
+  read_all(stdio[1].fd, out, sizeof out);
+  CloseHandle(PFD__HANDLE(stdio[1].fd));
+  CHECK_EQ(reap(r.pid), 0);
+  gpid = atoi(out);
+  CHECK(gpid > 0);
+  grandchild = OpenProcess(SYNCHRONIZE, FALSE, (DWORD)gpid);
+  if (grandchild != NULL) { /* (NULL: gone already) */
+    CHECK_EQ(WaitForSingleObject(grandchild, 20000), WAIT_OBJECT_0);
+    CloseHandle(grandchild);
+  }
+}
+
+/* ---- main ---------------------------------------------------------------------------- */
+
+typedef struct {
+  const char *name;
+  void (*run)(void);
+} test_t;
+
+static const test_t tests[] = {
+    {"errors_translated", test_errors_translated},
+    {"quoting_table", test_quoting_table},
+    {"arguments_round_trip", test_arguments_round_trip},
+    {"exit_codes_and_kill", test_exit_codes_and_kill},
+    {"stdio_pipes", test_stdio_pipes},
+    {"failures_name_their_step", test_failures_name_their_step},
+    {"only_listed_handles_are_inherited", test_only_listed_handles_are_inherited},
+    {"shared_memory_between_processes", test_shared_memory_between_processes},
+    {"children_die_with_their_parent", test_children_die_with_their_parent},
+};
+
+int wmain(int argc, wchar_t **argv) {
+  size_t i;
+  int k, ran = 0;
+  WideCharToMultiByte(CP_UTF8, 0, argv[0], -1, pfd_self, sizeof pfd_self, NULL, NULL);
+  if (GetModuleFileNameA(NULL, pfd_self, sizeof pfd_self) == 0) return 2;
+  if (argc >= 3 && wcscmp(argv[1], L"--child") == 0) return child_main(argc, argv);
+  for (i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+    int wanted = argc < 2;
+    for (k = 1; k < argc && !wanted; k++) {
+      char prefix[128];
+      WideCharToMultiByte(CP_UTF8, 0, argv[k], -1, prefix, sizeof prefix, NULL, NULL);
+      wanted = strncmp(tests[i].name, prefix, strlen(prefix)) == 0;
+    }
+    if (!wanted) continue;
+    printf("win %-40s ", tests[i].name);
+    fflush(stdout);
+    tests[i].run();
+    printf("ok\n");
+    ran++;
+  }
+  printf("%d Windows test(s) passed\n", ran);
+  return ran > 0 ? 0 : 1;
+}
