@@ -146,7 +146,13 @@ def _raise_spawn_error(
 ) -> NoReturn:
     step_syscall = _STEP_SYSCALL.get(step, "spawn")
     path: str | None
-    if step_syscall is None:
+    if step == lib.PFD_STEP_BATCH:  # Windows
+        syscall, path = f"spawn {name}", name
+        text = (
+            f"spawn {name}: a .bat/.cmd program runs only with shell=True (cmd.exe parses "
+            "its command line by rules no argument quoting makes safe: CVE-2024-27980)"
+        )
+    elif step_syscall is None:
         syscall, path, text = f"spawn {name}", name, f"spawn {name}: {strerror(err)}"
     elif step == lib.PFD_STEP_CHDIR:
         syscall, path, text = step_syscall, cwd, f"spawn {name}: chdir: {strerror(err)}"

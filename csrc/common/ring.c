@@ -18,7 +18,8 @@
  * "what follows goes another way" even into a full ring (pfd_ring_stage_empty).
  *
  * Who writes what.  The shared header is three 64-byte lines: line 0 is written once, by
- * pfd_ring_init (magic, version, capacity); line 1 belongs to the producer (tail, and the
+ * pfd_ring_init (magic, version, capacity, the key that names its wake-ups on Windows);
+ * line 1 belongs to the producer (tail, and the
  * words the wait layer uses to wake the consumer); line 2 to the consumer (head, and the
  * words that wake the producer).  Each side keeps its own copy of the other's counter and
  * reads the shared one only when its copy says "full" or "empty", so the two lines do not
@@ -66,6 +67,7 @@
 #define PFD__OFF_MAGIC 0
 #define PFD__OFF_VERSION 4
 #define PFD__OFF_CAPACITY 8
+#define PFD__OFF_WAKE_KEY 16  /* names the ring's wake-ups where they need a name (Windows) */
 #define PFD__OFF_TAIL 64       /* line 1: the producer's */
 #define PFD__OFF_DATA_SEQ 72   /*   bumped to wake a consumer waiting for data */
 #define PFD__OFF_PROD_SLEEP 76 /*   1 while the producer sleeps for space */
@@ -91,6 +93,14 @@ static pfd_atomic_u64_t *pfd__cons_read(const pfd_ring_t *ring) {
 
 static pfd_atomic_u32_t *pfd__word(const pfd_ring_t *ring, int offset) {
   return (pfd_atomic_u32_t *)(void *)(ring->shared + offset);
+}
+
+/* The name of the sequence word a `what` waiter sleeps on, the same in every process
+ * (wait.h): the ring's key, written once by pfd_ring_init, plus the word's offset. */
+static unsigned long long pfd__key(const pfd_ring_t *ring, int what) {
+  unsigned long long key;
+  memcpy(&key, ring->shared + PFD__OFF_WAKE_KEY, 8);
+  return key + (what == PFD_RING_WAIT_DATA ? PFD__OFF_DATA_SEQ : PFD__OFF_SPACE_SEQ);
 }
 
 static unsigned long long pfd__align(unsigned long long n) {
@@ -132,12 +142,13 @@ size_t pfd_ring_size(size_t capacity) {
 int pfd_ring_init(void *mem, size_t size, size_t capacity) {
   unsigned char *base = mem;
   uint32_t magic = PFD__RING_MAGIC, version = PFD__RING_VERSION;
-  unsigned long long cap = capacity;
+  unsigned long long cap = capacity, key = pfd__wait_key_new();
   if (mem == NULL || ((uintptr_t)mem & 7) != 0) return -EINVAL;
   if (pfd_ring_size(capacity) == 0 || size < pfd_ring_size(capacity)) return -EINVAL;
   memset(base, 0, PFD_RING_HEADER_SIZE);
   memcpy(base + PFD__OFF_VERSION, &version, 4);
   memcpy(base + PFD__OFF_CAPACITY, &cap, 8);
+  memcpy(base + PFD__OFF_WAKE_KEY, &key, 8);
   /* The magic goes last: a side that attaches while this runs sees "not a ring yet".
    * (The memory reaches the other process through a channel message sent after this
    * returns, which orders it; no atomic is needed here.) */
@@ -409,7 +420,7 @@ int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int p
         return 0;
       }
       if (timeout_ms >= 0 && timeout_ms - waited < slice) slice = (int)(timeout_ms - waited);
-      r = pfd__wait_on_word(seq, expected, slice);
+      r = pfd__wait_on_word(seq, expected, slice, pfd__key(ring, what));
       pfd_atomic_store_u32(sleeping, 0u);
       if (r == -EINTR) return -EINTR;
       if (r < 0 && r != -ETIMEDOUT) return r;
@@ -430,6 +441,6 @@ void pfd_ring_notify(pfd_ring_t *ring, int what) {
   pfd_atomic_fence(); /* Dekker, with the fence in pfd_ring_wait */
   if (pfd_atomic_load_u32(sleeping) != 0) {
     (void)pfd_atomic_add_u32(seq, 1u);
-    (void)pfd__wake_word(seq);
+    (void)pfd__wake_word(seq, pfd__key(ring, what));
   }
 }

@@ -25,7 +25,9 @@ extern int __ulock_wait(uint32_t operation, void *addr, uint64_t value, uint32_t
 extern int __ulock_wake(uint32_t operation, void *addr, uint64_t wake_value)
     __attribute__((weak_import));
 
-int pfd__wait_on_word(pfd_atomic_u32_t *word, unsigned expected, int timeout_ms) {
+int pfd__wait_on_word(pfd_atomic_u32_t *word, unsigned expected, int timeout_ms,
+                      unsigned long long key) {
+  (void)key; /* the kernel keys on the shared memory itself */
   if (__ulock_wait != NULL) {
     /* timeout 0 means "for ever" to __ulock_wait; a 0 ms wait is a check only. */
     uint32_t us = timeout_ms < 0 ? 0 : (uint32_t)timeout_ms * 1000u;
@@ -47,12 +49,15 @@ int pfd__wait_on_word(pfd_atomic_u32_t *word, unsigned expected, int timeout_ms)
   }
 }
 
-int pfd__wake_word(pfd_atomic_u32_t *word) {
+int pfd__wake_word(pfd_atomic_u32_t *word, unsigned long long key) {
+  (void)key;
   if (__ulock_wake != NULL) {
     (void)__ulock_wake(PFD__UL_COMPARE_AND_WAIT_SHARED | PFD__ULF_WAKE_ALL, (void *)word, 0);
   }
   return 0; /* without ulock the sleepers poll the word */
 }
+
+unsigned long long pfd__wait_key_new(void) { return 0; /* no names needed here */ }
 
 long long pfd__monotonic_us(void) {
   struct timespec ts;

@@ -21,7 +21,9 @@
 #include "../common/wait.h"
 #include "pyforkd.h"
 
-int pfd__wait_on_word(pfd_atomic_u32_t *word, unsigned expected, int timeout_ms) {
+int pfd__wait_on_word(pfd_atomic_u32_t *word, unsigned expected, int timeout_ms,
+                      unsigned long long key) {
+  (void)key; /* the kernel keys on the shared memory itself */
   struct timespec ts, *tsp = NULL;
   long r;
   if (timeout_ms >= 0) {
@@ -34,10 +36,13 @@ int pfd__wait_on_word(pfd_atomic_u32_t *word, unsigned expected, int timeout_ms)
   return -errno;                           /* ETIMEDOUT, EINTR, ... */
 }
 
-int pfd__wake_word(pfd_atomic_u32_t *word) {
+int pfd__wake_word(pfd_atomic_u32_t *word, unsigned long long key) {
+  (void)key;
   if (syscall(SYS_futex, (void *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0) < 0) return -errno;
   return 0;
 }
+
+unsigned long long pfd__wait_key_new(void) { return 0; /* no names needed here */ }
 
 long long pfd__monotonic_us(void) {
   struct timespec ts;

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <wchar.h>
 
+#include "../../../csrc/common/wait.h"
 #include "../../../csrc/win/internal.h"
 
 #define CHECK(cond)                                                             \
@@ -145,6 +146,52 @@ static int child_main(int argc, wchar_t **argv) {
     printf("%d\n", r.pid);
     fflush(stdout);
     ExitProcess(0);
+  }
+  if (strcmp(role, "ring_consumer") == 0) {
+    /* Slot 3: a section holding a ring.  Reads argv[3] records, checks each one's bytes,
+     * and writes back (slot 4, a pipe) the sum of their lengths. */
+    void *view;
+    pfd_ring_t ring;
+    HANDLE h = (HANDLE)_get_osfhandle(3), out = (HANDLE)_get_osfhandle(4);
+    long long n = _wtoi64(argv[3]), i, total = 0, size = _wtoi64(argv[4]);
+    char line[32];
+    DWORD written;
+    if (h == INVALID_HANDLE_VALUE || out == INVALID_HANDLE_VALUE) return 3;
+    if (pfd_shm_map(PFD__FD(h), (size_t)size, &view) != 0) return 4;
+    if (pfd_ring_attach(&ring, view, (size_t)size) != 0) return 5;
+    for (i = 0; i < n; i++) {
+      const unsigned char *rec;
+      long long len, k;
+      while ((len = pfd_ring_peek(&ring, &rec)) == -EAGAIN) {
+        if (pfd_ring_wait(&ring, PFD_RING_WAIT_DATA, 0, 30000, -1) != 1) return 6;
+      }
+      if (len != i % 1500 + 1) return 7;
+      for (k = 0; k < len; k++) {
+        if (rec[k] != (unsigned char)(i + k)) return 8;
+      }
+      total += len;
+      if (pfd_ring_release(&ring, 1) != 0) return 9;
+      pfd_ring_notify(&ring, PFD_RING_WAIT_SPACE);
+    }
+    snprintf(line, sizeof line, "%lld", total);
+    if (!WriteFile(out, line, (DWORD)strlen(line), &written, NULL)) return 10;
+    return 0;
+  }
+  if (strcmp(role, "sleeper") == 0) {
+    /* Slot 3: a section; sleeps on its first word (no timeout) until woken, then says so
+     * in the second. */
+    void *view;
+    HANDLE h = (HANDLE)_get_osfhandle(3);
+    unsigned long long key = (unsigned long long)_wtoi64(argv[3]);
+    pfd_atomic_u32_t *word;
+    if (h == INVALID_HANDLE_VALUE || pfd_shm_map(PFD__FD(h), 4096, &view) != 0) return 3;
+    word = view;
+    pfd_atomic_store_u32(&word[1], 1u); /* about to sleep */
+    while (pfd_atomic_load_u32(&word[0]) == 0) {
+      if (pfd__wait_on_word(&word[0], 0, -1, key) != 0) return 4;
+    }
+    pfd_atomic_store_u32(&word[1], 2u);
+    return 0;
   }
   fprintf(stderr, "unknown child role %s\n", role);
   return 2;
@@ -370,6 +417,109 @@ static void test_children_die_with_their_parent(void) {
   }
 }
 
+static void test_wake_crosses_processes(void) {
+  /* A child asleep on a shared word with no timeout wakes when this process bumps the
+   * word and wakes it by key: nothing else could end its wait. */
+  pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
+                          {PFD_STDIO_INHERIT_SAME, -1}, {PFD_STDIO_INHERIT, -1}};
+  pfd_spawn_result_t r;
+  void *view;
+  pfd_atomic_u32_t *word;
+  unsigned long long key = pfd__wait_key_new() + 72;
+  char text[32];
+  const char *args[] = {text, NULL};
+  int fd = pfd_shm_create("wake", 4096), rounds = 0;
+  CHECK(fd > 0);
+  CHECK_EQ(pfd_shm_map(fd, 4096, &view), 0);
+  word = view;
+  stdio[3].fd = fd;
+  snprintf(text, sizeof text, "%llu", key);
+  CHECK_EQ(spawn_child("sleeper", args, stdio, 4, 0, &r), 0);
+  while (pfd_atomic_load_u32(&word[1]) == 0) Sleep(1);
+  Sleep(200); /* (it is asleep by now, or about to check the word: either way it wakes) */
+  pfd_atomic_store_u32(&word[0], 1u);
+  CHECK_EQ(pfd__wake_word(&word[0], key), 0);
+  while (pfd_process_wait(r.pid, -1, 1000) == 0) {
+    CHECK(++rounds < 60); /* a lost wake-up leaves it asleep for good */
+  }
+  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_atomic_load_u32(&word[1]), 2u);
+  CHECK_EQ(pfd_shm_unmap(view, 4096), 0);
+  CloseHandle(PFD__HANDLE(fd));
+}
+
+static void test_ring_between_processes(void) {
+  /* 20,000 records of 1..1500 bytes through a 16 KiB ring: both sides sleep and wake each
+   * other (named events) many times; every byte arrives in order. */
+  const size_t size = pfd_ring_size(16384);
+  const long long n = 20000;
+  pfd_stdio_t stdio[5] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
+                          {PFD_STDIO_INHERIT_SAME, -1}, {PFD_STDIO_INHERIT, -1},
+                          {PFD_STDIO_INHERIT, -1}};
+  pfd_spawn_result_t r;
+  pfd_ring_t ring;
+  void *view;
+  HANDLE r_end, w_end;
+  char count[32], bytes[32], got[64];
+  const char *args[] = {count, bytes, NULL};
+  long long i, total = 0;
+  int fd = pfd_shm_create("ring", size);
+  CHECK(fd > 0);
+  CHECK_EQ(pfd_shm_map(fd, size, &view), 0);
+  CHECK_EQ(pfd_ring_init(view, size, 16384), 0);
+  CHECK_EQ(pfd_ring_attach(&ring, view, size), 0);
+  CHECK(CreatePipe(&r_end, &w_end, NULL, 0));
+  stdio[3].fd = fd;
+  stdio[4].fd = PFD__FD(w_end);
+  snprintf(count, sizeof count, "%lld", n);
+  snprintf(bytes, sizeof bytes, "%u", (unsigned)size);
+  CHECK_EQ(spawn_child("ring_consumer", args, stdio, 5, 0, &r), 0);
+  CloseHandle(w_end);
+  for (i = 0; i < n; i++) {
+    unsigned char *p;
+    size_t len = (size_t)(i % 1500 + 1), k;
+    int e;
+    while ((e = pfd_ring_reserve(&ring, len, &p)) == -EAGAIN) {
+      CHECK_EQ(pfd_ring_wait(&ring, PFD_RING_WAIT_SPACE, len, 30000, -1), 1);
+    }
+    CHECK_EQ(e, 0);
+    for (k = 0; k < len; k++) p[k] = (unsigned char)(i + (long long)k);
+    CHECK_EQ(pfd_ring_commit(&ring, len), 0);
+    pfd_ring_notify(&ring, PFD_RING_WAIT_DATA);
+    total += (long long)len;
+  }
+  read_all(PFD__FD(r_end), got, sizeof got);
+  CloseHandle(r_end);
+  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(atoll(got), total);
+  CHECK_EQ(pfd_shm_unmap(view, size), 0);
+  CloseHandle(PFD__HANDLE(fd));
+}
+
+static void test_ring_wait_sees_its_peer_gone(void) {
+  /* A consumer waiting for data whose producer's pipe end is closed: -EPIPE, not a hang. */
+  const size_t size = pfd_ring_size(4096);
+  pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
+                          {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_PIPE, -1}};
+  const char *code[] = {"0", NULL};
+  pfd_spawn_result_t r;
+  pfd_ring_t ring;
+  void *view;
+  int fd = pfd_shm_create("ring", size);
+  CHECK(fd > 0);
+  CHECK_EQ(pfd_shm_map(fd, size, &view), 0);
+  CHECK_EQ(pfd_ring_init(view, size, 4096), 0);
+  CHECK_EQ(pfd_ring_attach(&ring, view, size), 0);
+  CHECK_EQ(spawn_child("exit", code, stdio, 4, 0, &r), 0); /* slot 3: a duplex pipe */
+  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_fd_wait_hangup(stdio[3].fd, 0), 1);
+  CHECK_EQ(pfd_ring_wait(&ring, PFD_RING_WAIT_DATA, 0, 30000, stdio[3].fd), -EPIPE);
+  CHECK_EQ(pfd_ring_wait(&ring, PFD_RING_WAIT_DATA, 0, 0, -1), 0); /* nothing, no wait */
+  CloseHandle(PFD__HANDLE(stdio[3].fd));
+  CHECK_EQ(pfd_shm_unmap(view, size), 0);
+  CloseHandle(PFD__HANDLE(fd));
+}
+
 /* ---- main ---------------------------------------------------------------------------- */
 
 typedef struct {
@@ -387,6 +537,9 @@ static const test_t tests[] = {
     {"only_listed_handles_are_inherited", test_only_listed_handles_are_inherited},
     {"shared_memory_between_processes", test_shared_memory_between_processes},
     {"children_die_with_their_parent", test_children_die_with_their_parent},
+    {"wake_crosses_processes", test_wake_crosses_processes},
+    {"ring_between_processes", test_ring_between_processes},
+    {"ring_wait_sees_its_peer_gone", test_ring_wait_sees_its_peer_gone},
 };
 
 int wmain(int argc, wchar_t **argv) {
