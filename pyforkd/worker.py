@@ -305,47 +305,37 @@ def _start_fork(
     # No other thread's spawn or fork runs meanwhile: this fork would copy that child's
     # descriptors (and that child's would copy these), hiding a death from its parent.
     with _cp.fork_guard.forking():
-        return _fork_locked(target, args, kwargs, main_thread, ring)
-
-
-def _fork_locked(
-    target: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    main_thread: bool,
-    ring: int | None,
-) -> Worker:
-    parent_end, child_end = socket.socketpair()
-    # Both Channel objects are made before the fork: the child then runs no set-up code of
-    # its own (in a forked CPython every object touched first costs a page copy).
-    ours, theirs = Channel(parent_end), Channel(child_end)
-    if ring is not None:
+        parent_end, child_end = socket.socketpair()
+        # Both Channel objects are made before the fork: the child then runs no set-up code of
+        # its own (in a forked CPython every object touched first costs a page copy).
+        ours, theirs = Channel(parent_end), Channel(child_end)
+        if ring is not None:
+            try:
+                down, up = Ring(ring), Ring(ring)  # mapped now, so both processes have them
+            except BaseException:
+                ours.close()
+                theirs.close()
+                raise
+            ours._use_rings(down, up)
+            theirs._use_rings(up, down)
+        me = os.getpid()
         try:
-            down, up = Ring(ring), Ring(ring)  # mapped now, so both processes have them
+            pid = os.fork()
         except BaseException:
             ours.close()
             theirs.close()
             raise
-        ours._use_rings(down, up)
-        theirs._use_rings(up, down)
-    me = os.getpid()
-    try:
-        pid = os.fork()
-    except BaseException:
-        ours.close()
-        theirs.close()
-        raise
-    if pid == 0:  # the worker: never returns into the caller
-        try:
-            ours._forget()
-            _serve(theirs, target, args, kwargs, me, main_thread)
-        finally:
-            os._exit(1)
-    theirs._forget()
-    worker = Worker(pid, [getattr(target, "__qualname__", repr(target))], [])
-    worker.channel = ours
-    _parent_ends.add(ours)
-    return worker
+        if pid == 0:  # the worker: never returns into the caller
+            try:
+                ours._forget()
+                _serve(theirs, target, args, kwargs, me, main_thread)
+            finally:
+                os._exit(1)
+        theirs._forget()
+        worker = Worker(pid, [getattr(target, "__qualname__", repr(target))], [])
+        worker.channel = ours
+        _parent_ends.add(ours)
+        return worker
 
 
 def _main_info() -> dict[str, Any]:

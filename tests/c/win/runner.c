@@ -12,26 +12,9 @@
 #include <string.h>
 #include <wchar.h>
 
+#include "../runner.h"
 #include "../../../csrc/common/wait.h"
 #include "../../../csrc/win/internal.h"
-
-#define CHECK(cond)                                                             \
-  do {                                                                          \
-    if (!(cond)) {                                                              \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-      exit(1);                                                                  \
-    }                                                                           \
-  } while (0)
-
-#define CHECK_EQ(a, b)                                                                   \
-  do {                                                                                   \
-    long long pfd_a_ = (long long)(a), pfd_b_ = (long long)(b);                          \
-    if (pfd_a_ != pfd_b_) {                                                              \
-      fprintf(stderr, "%s:%d: check failed: %s == %s (%lld != %lld)\n", __FILE__,        \
-              __LINE__, #a, #b, pfd_a_, pfd_b_);                                          \
-      exit(1);                                                                           \
-    }                                                                                    \
-  } while (0)
 
 static char pfd_self[MAX_PATH * 4];
 
