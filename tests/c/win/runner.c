@@ -229,16 +229,12 @@ static void test_quoting_table(void) {
   }
 }
 
-static void test_arguments_round_trip(void) {
-  /* What the child's C runtime splits back is exactly what was given. */
-  static const char *const args[] = {
-      "",          "plain",         "two words",   "say \"hi\"",      "C:\\dir\\",
-      "C:\\my dir\\", "a\\\\\"b",   "\\\\server\\share", "tab\there",  "\xc3\xa9t\xc3\xa9 \xe2\x82\xac",
-      "\"",        "\\",            "\\\"",        "  ",              "end\\\\",
-      NULL};
+/* Spawns the echo_args child with `args` and checks that it got exactly them. */
+static void check_round_trip(const char *const *args) {
   pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_INHERIT_SAME, -1}};
   pfd_spawn_result_t r;
-  char out[65536], *line;
+  static char out[1 << 17];
+  char *line;
   size_t i;
   CHECK_EQ(spawn_child("echo_args", args, stdio, 3, 0, &r), 0);
   read_all(stdio[1].fd, out, sizeof out);
@@ -246,18 +242,61 @@ static void test_arguments_round_trip(void) {
   CHECK_EQ(reap(r.pid), 0);
   line = out;
   for (i = 0; args[i] != NULL; i++) {
-    char want[4096] = "";
+    char want[8192] = "";
     size_t k, at = 0;
     char *nl = strchr(line, '\n');
     CHECK(nl != NULL);
     *nl = '\0';
     if (nl > line && nl[-1] == '\r') nl[-1] = '\0';
-    for (k = 0; args[i][k] != '\0'; k++) at += (size_t)sprintf(want + at, "%02x", (unsigned char)args[i][k]);
+    for (k = 0; args[i][k] != '\0'; k++) {
+      at += (size_t)snprintf(want + at, sizeof want - at, "%02x", (unsigned char)args[i][k]);
+    }
     if (strcmp(line, want) != 0) {
       fprintf(stderr, "argument %u: sent %s, got %s\n", (unsigned)i, want, line);
       CHECK(0);
     }
     line = nl + 1;
+  }
+  CHECK(*line == '\0'); /* and no more */
+}
+
+static void test_arguments_round_trip(void) {
+  /* What the child's C runtime splits back is exactly what was given. */
+  static const char *const args[] = {
+      "",          "plain",         "two words",   "say \"hi\"",      "C:\\dir\\",
+      "C:\\my dir\\", "a\\\\\"b",   "\\\\server\\share", "tab\there",  "\xc3\xa9t\xc3\xa9 \xe2\x82\xac",
+      "\"",        "\\",            "\\\"",        "  ",              "end\\\\",
+      NULL};
+  check_round_trip(args);
+}
+
+static void test_random_arguments_round_trip(void) {
+  /* 25 children of 12 arguments each, built from the pieces quoting gets wrong (quotes,
+   * runs of backslashes, spaces, tabs, non-ASCII up to a UTF-16 surrogate pair). */
+  static const char *const pieces[] = {"a", " ", "\t", "\"", "\\", "\\\\", "\\\"",
+                                       "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9d\x84\x9e", "x y", ""};
+  static char storage[12][256];
+  const char *args[13];
+  unsigned long long state = 0x9E3779B97F4A7C15ull;
+  int child, i, k;
+  for (child = 0; child < 25; child++) {
+    for (i = 0; i < 12; i++) {
+      int n;
+      storage[i][0] = '\0';
+      state ^= state << 13;
+      state ^= state >> 7;
+      state ^= state << 17;
+      n = (int)(state % 9);
+      for (k = 0; k < n; k++) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        strcat(storage[i], pieces[state % (sizeof pieces / sizeof pieces[0])]);
+      }
+      args[i] = storage[i];
+    }
+    args[12] = NULL;
+    check_round_trip(args);
   }
 }
 
@@ -514,6 +553,7 @@ static const test_t tests[] = {
     {"errors_translated", test_errors_translated},
     {"quoting_table", test_quoting_table},
     {"arguments_round_trip", test_arguments_round_trip},
+    {"random_arguments_round_trip", test_random_arguments_round_trip},
     {"exit_codes_and_kill", test_exit_codes_and_kill},
     {"stdio_pipes", test_stdio_pipes},
     {"failures_name_their_step", test_failures_name_their_step},
