@@ -34,6 +34,23 @@ wchar_t *pfd__utf16(const char *utf8, int *err);
  * -EINVAL (no argv[0], or a quote in it), -EILSEQ (not UTF-8) or -ENOMEM. */
 int pfd__win_command_line(char *const *argv, wchar_t **out);
 
+/* Handle passing (fdpass.c).  Copies `handle` into process `pid` and stores the value it
+ * has there in *remote (DuplicateHandle; with `move`, this process's copy is closed in the
+ * same step, whatever the outcome).  The receiver must be told the value, or its copy
+ * leaks there.  Returns 0 or -errno. */
+int pfd__win_handle_send(DWORD pid, int handle, int move, long long *remote);
+
+/* Describes socket `sock` for process `pid` (WSADuplicateSocketW): the receiver makes its
+ * own socket from `info` with pfd__win_socket_receive.  Returns 0 or -errno. */
+int pfd__win_socket_send(DWORD pid, unsigned long long sock, void *info, size_t info_size);
+
+/* The receiving side: a socket of this process from what pfd__win_socket_send wrote.
+ * Returns 0 and *sock, or -errno. */
+int pfd__win_socket_receive(const void *info, size_t info_size, unsigned long long *sock);
+
+/* The size of what pfd__win_socket_send writes (a WSAPROTOCOL_INFOW). */
+size_t pfd__win_socket_info_size(void);
+
 /* int <-> HANDLE, as the core passes handles around. */
 #define PFD__HANDLE(fd) ((HANDLE)(intptr_t)(fd))
 #define PFD__FD(handle) ((int)(intptr_t)(handle))

@@ -4,6 +4,9 @@
  * with NAME.  As on Unix, the binary is also every child the tests need
  * (`runner.exe --child ROLE ARGS...`), so no helper programs exist.
  */
+#include <winsock2.h>
+#include <ws2tcpip.h>
+
 #include <errno.h>
 #include <io.h>
 #include <signal.h>
@@ -174,6 +177,43 @@ static int child_main(int argc, wchar_t **argv) {
       if (pfd__wait_on_word(&word[0], 0, -1, key) != 0) return 4;
     }
     pfd_atomic_store_u32(&word[1], 2u);
+    return 0;
+  }
+  if (strcmp(role, "handle_receiver") == 0) {
+    /* Reads a handle value (this process's) on stdin, writes "moved" through it. */
+    char line[64] = "";
+    DWORD n, written;
+    HANDLE h;
+    if (!ReadFile(GetStdHandle(STD_INPUT_HANDLE), line, sizeof line - 1, &n, NULL)) return 3;
+    line[n] = '\0';
+    h = (HANDLE)(intptr_t)_atoi64(line);
+    if (!WriteFile(h, "moved", 5, &written, NULL)) return 4;
+    CloseHandle(h);
+    return 0;
+  }
+  if (strcmp(role, "socket_receiver") == 0) {
+    /* Reads a socket's description on stdin (as hex), makes the socket, sends on it. */
+    static char hex[4096];
+    unsigned char info[1024];
+    unsigned long long s;
+    size_t size = pfd__win_socket_info_size(), i, got = 0;
+    DWORD n;
+    WSADATA wsa;
+    if (WSAStartup(MAKEWORD(2, 2), &wsa) != 0) return 3;
+    while (got < size * 2 &&
+           ReadFile(GetStdHandle(STD_INPUT_HANDLE), hex + got, (DWORD)(size * 2 - got), &n, NULL) &&
+           n > 0) {
+      got += n;
+    }
+    if (got != size * 2 || size > sizeof info) return 4;
+    for (i = 0; i < size; i++) {
+      unsigned v;
+      if (sscanf(hex + 2 * i, "%2x", &v) != 1) return 5;
+      info[i] = (unsigned char)v;
+    }
+    if (pfd__win_socket_receive(info, size, &s) != 0) return 6;
+    if (send((SOCKET)s, "via socket", 10, 0) != 10) return 7;
+    closesocket((SOCKET)s);
     return 0;
   }
   fprintf(stderr, "unknown child role %s\n", role);
@@ -542,6 +582,73 @@ static void test_ring_wait_sees_its_peer_gone(void) {
   CloseHandle(PFD__HANDLE(fd));
 }
 
+static void test_handle_passing_between_processes(void) {
+  /* A pipe's write end moved into a child: the child writes through it, and once it
+   * exits the read end sees the end of the data (no copy was left behind here). */
+  pfd_stdio_t stdio[3] = {{PFD_STDIO_PIPE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1}};
+  pfd_spawn_result_t r;
+  HANDLE r_end, w_end;
+  long long remote = 0;
+  char text[32], got[64];
+  DWORD n;
+  CHECK(CreatePipe(&r_end, &w_end, NULL, 0));
+  CHECK_EQ(spawn_child("handle_receiver", NULL, stdio, 3, 0, &r), 0);
+  CHECK_EQ(pfd__win_handle_send((DWORD)r.pid, PFD__FD(w_end), 1, &remote), 0);
+  CHECK(remote != 0);
+  snprintf(text, sizeof text, "%lld", remote);
+  CHECK(WriteFile(PFD__HANDLE(stdio[0].fd), text, (DWORD)strlen(text), &n, NULL));
+  CloseHandle(PFD__HANDLE(stdio[0].fd));
+  read_all(PFD__FD(r_end), got, sizeof got); /* to EOF: the moved copy was the only one */
+  CHECK_EQ(reap(r.pid), 0);
+  CHECK(strcmp(got, "moved") == 0);
+  CloseHandle(r_end);
+  /* A process that is gone cannot be given anything. */
+  CHECK(CreatePipe(&r_end, &w_end, NULL, 0));
+  CHECK(pfd__win_handle_send((DWORD)r.pid, PFD__FD(w_end), 0, &remote) < 0);
+  CloseHandle(r_end);
+  CloseHandle(w_end);
+}
+
+static void test_socket_passing_between_processes(void) {
+  /* An accepted TCP connection handed to a child (WSADuplicateSocketW): what the child
+   * sends on it reaches the client. */
+  pfd_stdio_t stdio[3] = {{PFD_STDIO_PIPE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1}};
+  pfd_spawn_result_t r;
+  struct sockaddr_in addr;
+  int len = sizeof addr;
+  SOCKET listener, client, accepted;
+  unsigned char info[1024];
+  char hex[2048], got[64];
+  size_t size = pfd__win_socket_info_size(), i;
+  int n, total = 0;
+  DWORD written;
+  CHECK(size <= sizeof info);
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK((listener = socket(AF_INET, SOCK_STREAM, 0)) != INVALID_SOCKET);
+  CHECK(bind(listener, (struct sockaddr *)&addr, sizeof addr) == 0);
+  CHECK(listen(listener, 1) == 0);
+  CHECK(getsockname(listener, (struct sockaddr *)&addr, &len) == 0);
+  CHECK((client = socket(AF_INET, SOCK_STREAM, 0)) != INVALID_SOCKET);
+  CHECK(connect(client, (struct sockaddr *)&addr, sizeof addr) == 0);
+  CHECK((accepted = accept(listener, NULL, NULL)) != INVALID_SOCKET);
+  CHECK_EQ(spawn_child("socket_receiver", NULL, stdio, 3, 0, &r), 0);
+  CHECK_EQ(pfd__win_socket_send((DWORD)r.pid, (unsigned long long)accepted, info, sizeof info), 0);
+  for (i = 0; i < size; i++) snprintf(hex + 2 * i, 3, "%02x", info[i]);
+  CHECK(WriteFile(PFD__HANDLE(stdio[0].fd), hex, (DWORD)(2 * size), &written, NULL));
+  CloseHandle(PFD__HANDLE(stdio[0].fd));
+  closesocket(accepted); /* the child has its own socket now */
+  while (total < (int)sizeof got - 1 && (n = recv(client, got + total, (int)sizeof got - 1 - total, 0)) > 0) {
+    total += n;
+  }
+  got[total] = '\0';
+  CHECK_EQ(reap(r.pid), 0);
+  CHECK(strcmp(got, "via socket") == 0);
+  closesocket(client);
+  closesocket(listener);
+}
+
 /* ---- main ---------------------------------------------------------------------------- */
 
 typedef struct {
@@ -560,6 +667,8 @@ static const test_t tests[] = {
     {"only_listed_handles_are_inherited", test_only_listed_handles_are_inherited},
     {"shared_memory_between_processes", test_shared_memory_between_processes},
     {"children_die_with_their_parent", test_children_die_with_their_parent},
+    {"handle_passing_between_processes", test_handle_passing_between_processes},
+    {"socket_passing_between_processes", test_socket_passing_between_processes},
     {"wake_crosses_processes", test_wake_crosses_processes},
     {"ring_between_processes", test_ring_between_processes},
     {"ring_wait_sees_its_peer_gone", test_ring_wait_sees_its_peer_gone},
@@ -571,6 +680,10 @@ int wmain(int argc, wchar_t **argv) {
   WideCharToMultiByte(CP_UTF8, 0, argv[0], -1, pfd_self, sizeof pfd_self, NULL, NULL);
   if (GetModuleFileNameA(NULL, pfd_self, sizeof pfd_self) == 0) return 2;
   if (argc >= 3 && wcscmp(argv[1], L"--child") == 0) return child_main(argc, argv);
+  {
+    WSADATA wsa;
+    CHECK_EQ(WSAStartup(MAKEWORD(2, 2), &wsa), 0);
+  }
   for (i = 0; i < sizeof tests / sizeof tests[0]; i++) {
     int wanted = argc < 2;
     for (k = 1; k < argc && !wanted; k++) {
