@@ -75,3 +75,18 @@ long long pfd_frame_scan(const unsigned char *buf, size_t size, unsigned long lo
   total = PFD_FRAME_HEADER_SIZE + frame->length;
   return size >= total ? (long long)total : 0;
 }
+
+long pfd_frame_send(int sock, unsigned int kind, unsigned int frame_flags, const char *payload,
+                    size_t size, const int *fds, int nfds, int flags) {
+  unsigned char header[PFD_FRAME_HEADER_SIZE];
+  pfd_frame_t frame;
+
+  if (nfds < 0) return -EINVAL;
+  frame.kind = kind;
+  frame.flags = frame_flags;
+  frame.nfds = (unsigned int)nfds;
+  frame.length = size;
+  pfd_frame_encode(&frame, header);
+  /* (fdpass.c of each platform: one sendmsg with SCM_RIGHTS, or one pipe frame) */
+  return pfd_fd_send(sock, header, sizeof(header), payload, size, fds, nfds, flags);
+}

@@ -93,20 +93,6 @@ long pfd_fd_send(int sock, const void *head, size_t head_size, const void *body,
   return (long)n;
 }
 
-long pfd_frame_send(int sock, unsigned int kind, unsigned int frame_flags, const char *payload,
-                    size_t size, const int *fds, int nfds, int flags) {
-  unsigned char header[PFD_FRAME_HEADER_SIZE];
-  pfd_frame_t frame;
-
-  if (nfds < 0) return -EINVAL;
-  frame.kind = kind;
-  frame.flags = frame_flags;
-  frame.nfds = (unsigned int)nfds;
-  frame.length = size;
-  pfd_frame_encode(&frame, header);
-  return pfd_fd_send(sock, header, sizeof(header), payload, size, fds, nfds, flags);
-}
-
 static void pfd__close_received(struct msghdr *msg) {
   struct cmsghdr *cmsg;
   for (cmsg = CMSG_FIRSTHDR(msg); cmsg != NULL; cmsg = CMSG_NXTHDR(msg, cmsg)) {

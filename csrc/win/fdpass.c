@@ -1,21 +1,39 @@
 /*
- * fdpass.c - handles between processes, and the channel's byte pipe, on Windows.
+ * fdpass.c - bytes and handles over a channel pipe, on Windows (cdef/fdpass.h).
  *
  * Unix passes descriptors beside the bytes (SCM_RIGHTS); Windows has no such thing.  A
- * handle is copied straight into the receiving process (DuplicateHandle, which needs the
- * receiver's process handle with PROCESS_DUP_HANDLE) and the receiver is told its value;
- * a socket is described for the receiver (WSADuplicateSocketW) and the receiver makes its
- * own from that description, as libuv does for Node.  A pyforkd channel on Windows is a
- * duplex overlapped named pipe (spawn.c makes one for a PIPE slot above 2); its peer
- * hang-up check is here too, for the ring.  Not written yet: the frames themselves over
- * the pipe (libuv's IPC framing) and the cdef/fdpass.h send/receive calls built on them
- * (README, "Platforms").
+ * channel here is a duplex overlapped named pipe (spawn.c makes one for a PIPE slot above
+ * 2), and every send is one frame in libuv's IPC format, so that a Node process at the
+ * other end reads it as its own (the same layout as libuv's src/win/pipe.c):
+ *
+ *   u32 flags       1 data follows, 2 a socket follows, 4 it is a TCP connection
+ *                   (pyforkd adds 0x100: a handle follows)
+ *   u32 reserved    ignored
+ *   u32 data length 0 when there is none
+ *   u32 reserved    must be 0
+ *   [632 bytes: WSAPROTOCOL_INFOW + u32 delayed error]   with flag 2
+ *   [u64: the handle's value in the receiver]             with flag 0x100
+ *   data
+ *
+ * A socket is described for the receiver (WSADuplicateSocketW) and the receiver makes its
+ * own from the description; any other handle is copied straight into the receiver
+ * (DuplicateHandle) and its value sent.  A frame carries one of them at most, as libuv's
+ * do; the receiver hands it out with the frame's first data byte.  The receiving side
+ * keeps, per pipe, how much of the current frame is still to come (a small table).
+ *
+ * Sends write the whole frame, waiting for the reader when the pipe's buffer is full
+ * (Windows offers no "would block" for a pipe write); receives and waits never block
+ * without PFD_FD_BLOCK or a timeout.
  */
 #include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <winsock2.h>
 
 #include "internal.h"
+
+#include <tlhelp32.h>
 
 int pfd__win_handle_send(DWORD pid, int handle, int move, long long *remote) {
   HANDLE target = OpenProcess(PROCESS_DUP_HANDLE, FALSE, pid), copy = NULL;
@@ -82,4 +100,332 @@ int pfd_fd_wait_hangup(int sock, int timeout_ms) {
     if (timeout_ms >= 0 && GetTickCount64() >= deadline) return 0;
     Sleep(10);
   }
+}
+
+/* ---- frames ----------------------------------------------------------------------------- */
+
+enum {
+  PFD__IPC_HAS_DATA = 0x01,
+  PFD__IPC_HAS_SOCKET = 0x02,
+  PFD__IPC_IS_TCP_CONNECTION = 0x04,
+  PFD__IPC_HAS_HANDLE = 0x100, /* pyforkd's: never sent to a Node peer (it cannot send one) */
+  PFD__IPC_VALID = 0x107,
+  PFD__IPC_HEADER = 16,
+  PFD__IPC_SOCKET_INFO = 632, /* sizeof(WSAPROTOCOL_INFOW) + a u32 error, as libuv */
+  PFD__IPC_HANDLE_INFO = 8
+};
+
+/* What a pipe's receiver has of the frame it is in. */
+typedef struct pfd__win_rx_s {
+  HANDLE pipe;
+  unsigned char head[PFD__IPC_HEADER + PFD__IPC_SOCKET_INFO]; /* header + transfer info */
+  size_t head_got, head_need; /* head_need 0: between frames */
+  unsigned long long data_left;
+  int pending;                /* a received handle, for the frame's first data byte */
+  int has_pending;
+  DWORD peer;                 /* the process at the other end, once known */
+} pfd__win_rx_t;
+
+static SRWLOCK pfd__win_rx_lock = SRWLOCK_INIT;
+static pfd__win_rx_t *pfd__win_rx;
+static size_t pfd__win_rx_count, pfd__win_rx_cap;
+
+/* The pipe's receive state (made on first use); NULL when out of memory.  A receive runs
+ * under the caller's lock per channel, so the entry itself needs no lock. */
+static pfd__win_rx_t *pfd__win_rx_for(HANDLE pipe) {
+  pfd__win_rx_t *found = NULL;
+  size_t i;
+  AcquireSRWLockExclusive(&pfd__win_rx_lock);
+  for (i = 0; i < pfd__win_rx_count; i++) {
+    if (pfd__win_rx[i].pipe == pipe) found = &pfd__win_rx[i];
+  }
+  if (found == NULL) {
+    if (pfd__win_rx_count == pfd__win_rx_cap) {
+      size_t cap = pfd__win_rx_cap ? pfd__win_rx_cap * 2 : 16;
+      pfd__win_rx_t *grown = realloc(pfd__win_rx, cap * sizeof *grown);
+      if (grown != NULL) {
+        pfd__win_rx = grown;
+        pfd__win_rx_cap = cap;
+      }
+    }
+    if (pfd__win_rx_count < pfd__win_rx_cap) {
+      found = &pfd__win_rx[pfd__win_rx_count++];
+      memset(found, 0, sizeof *found);
+      found->pipe = pipe;
+    }
+  }
+  ReleaseSRWLockExclusive(&pfd__win_rx_lock);
+  return found;
+}
+
+void pfd__win_pipe_forget(int pipe) {
+  size_t i;
+  AcquireSRWLockExclusive(&pfd__win_rx_lock);
+  for (i = 0; i < pfd__win_rx_count; i++) {
+    if (pfd__win_rx[i].pipe == PFD__HANDLE(pipe)) {
+      if (pfd__win_rx[i].has_pending) CloseHandle(PFD__HANDLE(pfd__win_rx[i].pending));
+      pfd__win_rx[i] = pfd__win_rx[--pfd__win_rx_count];
+      break;
+    }
+  }
+  ReleaseSRWLockExclusive(&pfd__win_rx_lock);
+}
+
+void pfd__win_pipe_peer(int pipe, DWORD pid) {
+  pfd__win_rx_t *rx = pfd__win_rx_for(PFD__HANDLE(pipe));
+  if (rx != NULL) rx->peer = pid;
+}
+
+/* This process's parent (Windows keeps no getppid: the process snapshot tells). */
+static DWORD pfd__win_parent_pid(void) {
+  PROCESSENTRY32W entry;
+  DWORD me = GetCurrentProcessId(), parent = 0;
+  HANDLE snap = CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0);
+  if (snap == INVALID_HANDLE_VALUE) return 0;
+  entry.dwSize = sizeof entry;
+  if (Process32FirstW(snap, &entry)) {
+    do {
+      if (entry.th32ProcessID == me) parent = entry.th32ParentProcessID;
+    } while (parent == 0 && Process32NextW(snap, &entry));
+  }
+  CloseHandle(snap);
+  return parent;
+}
+
+/* The process at the other end of the pipe: the one spawn.c recorded for a pipe it made
+ * for a child, else (a child's own channel) this process's parent, as libuv does.  Both
+ * ends of a pipe spawn.c made were opened by the parent, so the pipe itself cannot tell. */
+static int pfd__win_peer(HANDLE pipe, DWORD *pid) {
+  pfd__win_rx_t *rx = pfd__win_rx_for(pipe);
+  if (rx == NULL) return -ENOMEM;
+  if (rx->peer == 0) rx->peer = pfd__win_parent_pid();
+  if (rx->peer == 0) return -ESRCH;
+  *pid = rx->peer;
+  return 0;
+}
+
+static int pfd__win_is_socket(int handle) {
+  int type = 0, len = sizeof type;
+  return getsockopt((SOCKET)(intptr_t)handle, SOL_SOCKET, SO_TYPE, (char *)&type, &len) == 0;
+}
+
+/* One whole overlapped (or plain) read or write of `size` bytes; blocks until done. */
+static int pfd__win_io(HANDLE h, void *buf, DWORD size, int writing, DWORD *done) {
+  OVERLAPPED ov;
+  BOOL ok;
+  int err = 0;
+  memset(&ov, 0, sizeof ov);
+  ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
+  if (ov.hEvent == NULL) return pfd__win_last_errno();
+  ok = writing ? WriteFile(h, buf, size, done, &ov) : ReadFile(h, buf, size, done, &ov);
+  if (!ok && GetLastError() == ERROR_IO_PENDING) ok = GetOverlappedResult(h, &ov, done, TRUE);
+  if (!ok) err = pfd__win_last_errno();
+  CloseHandle(ov.hEvent);
+  return err;
+}
+
+static int pfd__win_write_all(HANDLE h, const unsigned char *p, size_t size) {
+  while (size > 0) {
+    DWORD chunk = size > 0x40000000u ? 0x40000000u : (DWORD)size, done = 0;
+    int err = pfd__win_io(h, (void *)p, chunk, 1, &done);
+    if (err < 0) return err;
+    p += done;
+    size -= done;
+  }
+  return 0;
+}
+
+long pfd_fd_send(int sock, const void *head, size_t head_size, const void *body,
+                 size_t body_size, const int *fds, int nfds, int flags) {
+  HANDLE pipe = PFD__HANDLE(sock);
+  unsigned char frame[PFD__IPC_HEADER + PFD__IPC_SOCKET_INFO];
+  uint32_t fl = 0, zero = 0, length;
+  size_t extra = 0;
+  int err;
+  (void)flags; /* a pipe write always completes (see the top of this file) */
+  if (nfds < 0 || nfds > 1) return -EINVAL; /* one socket or handle per frame, as libuv */
+  if (head_size + body_size > 0xFFFFFFFFu) return -EMSGSIZE;
+  length = (uint32_t)(head_size + body_size);
+  if (length > 0) fl |= PFD__IPC_HAS_DATA;
+  if (nfds == 1) {
+    DWORD peer = 0;
+    if ((err = pfd__win_peer(pipe, &peer)) < 0) return err;
+    if (pfd__win_is_socket(fds[0])) {
+      memset(frame + PFD__IPC_HEADER, 0, PFD__IPC_SOCKET_INFO);
+      err = pfd__win_socket_send(peer, (unsigned long long)(intptr_t)fds[0],
+                                 frame + PFD__IPC_HEADER, PFD__IPC_SOCKET_INFO);
+      fl |= PFD__IPC_HAS_SOCKET | PFD__IPC_IS_TCP_CONNECTION;
+      extra = PFD__IPC_SOCKET_INFO;
+    } else {
+      long long remote = 0;
+      err = pfd__win_handle_send(peer, fds[0], 0, &remote);
+      memcpy(frame + PFD__IPC_HEADER, &remote, 8);
+      fl |= PFD__IPC_HAS_HANDLE;
+      extra = PFD__IPC_HANDLE_INFO;
+    }
+    if (err < 0) return err;
+  }
+  memcpy(frame, &fl, 4);
+  memcpy(frame + 4, &zero, 4);
+  memcpy(frame + 8, &length, 4);
+  memcpy(frame + 12, &zero, 4);
+  /* The channel's send lock keeps the three writes of one frame together. */
+  if ((err = pfd__win_write_all(pipe, frame, PFD__IPC_HEADER + extra)) < 0 ||
+      (err = pfd__win_write_all(pipe, head, head_size)) < 0 ||
+      (err = pfd__win_write_all(pipe, body, body_size)) < 0) {
+    return err == -EPIPE ? -EPIPE : err;
+  }
+  return (long)length;
+}
+
+/* Bytes readable now (0 none), or 0 with *eof when the peer has closed, or -errno. */
+static long long pfd__win_available(HANDLE pipe, int *eof) {
+  DWORD avail = 0;
+  *eof = 0;
+  if (PeekNamedPipe(pipe, NULL, 0, NULL, &avail, NULL)) return avail;
+  if (pfd__win_pipe_closed(pipe) == 1) {
+    *eof = 1;
+    return 0;
+  }
+  return pfd__win_last_errno();
+}
+
+/* Reads up to `want` bytes: what is there, or (blocking) at least one; 0 at EOF. */
+static long long pfd__win_read_some(HANDLE pipe, void *buf, size_t want, int block) {
+  int eof, err;
+  DWORD done = 0;
+  long long avail = pfd__win_available(pipe, &eof);
+  if (avail < 0) return avail;
+  if (eof) return 0;
+  if (avail == 0 && !block) return -EAGAIN;
+  if (avail > 0 && (unsigned long long)avail < want) want = (size_t)avail;
+  if (want > 0x40000000u) want = 0x40000000u;
+  err = pfd__win_io(pipe, buf, (DWORD)want, 0, &done);
+  if (err == -EPIPE) return 0; /* the peer closed: the end of the stream */
+  if (err < 0) return err;
+  return done;
+}
+
+long pfd_fd_recv(int sock, void *buf, size_t size, int *fds, int max_fds, int *nfds,
+                 int flags) {
+  HANDLE pipe = PFD__HANDLE(sock);
+  int block = (flags & PFD_FD_BLOCK) != 0;
+  pfd__win_rx_t *rx = pfd__win_rx_for(pipe);
+  long long n;
+  *nfds = 0;
+  if (rx == NULL) return -ENOMEM;
+  for (;;) {
+    uint32_t fl, reserved2, length;
+    if (rx->data_left > 0) break;
+    /* Between frames, or in a header: read the rest of it. */
+    if (rx->head_need == 0) rx->head_need = PFD__IPC_HEADER;
+    while (rx->head_got < rx->head_need) {
+      n = pfd__win_read_some(pipe, rx->head + rx->head_got, rx->head_need - rx->head_got, block);
+      if (n == 0) return rx->head_got == 0 ? 0 : -EPIPE; /* EOF; or inside a frame */
+      if (n < 0) return (long)n;
+      rx->head_got += (size_t)n;
+    }
+    memcpy(&fl, rx->head, 4);
+    memcpy(&length, rx->head + 8, 4);
+    memcpy(&reserved2, rx->head + 12, 4);
+    if ((fl & ~(uint32_t)PFD__IPC_VALID) != 0 || reserved2 != 0 ||
+        ((fl & PFD__IPC_HAS_DATA) != 0) != (length != 0) ||
+        ((fl & PFD__IPC_HAS_SOCKET) && (fl & PFD__IPC_HAS_HANDLE))) {
+      return -EBADMSG;
+    }
+    if (rx->head_need == PFD__IPC_HEADER && (fl & (PFD__IPC_HAS_SOCKET | PFD__IPC_HAS_HANDLE))) {
+      rx->head_need += (fl & PFD__IPC_HAS_SOCKET) ? PFD__IPC_SOCKET_INFO : PFD__IPC_HANDLE_INFO;
+      continue; /* the transfer information follows */
+    }
+    if (fl & PFD__IPC_HAS_SOCKET) {
+      unsigned long long s;
+      int err = pfd__win_socket_receive(rx->head + PFD__IPC_HEADER, PFD__IPC_SOCKET_INFO, &s);
+      if (err < 0) return err;
+      if (rx->has_pending) CloseHandle(PFD__HANDLE(rx->pending));
+      rx->pending = (int)(intptr_t)s;
+      rx->has_pending = 1;
+    } else if (fl & PFD__IPC_HAS_HANDLE) {
+      long long value;
+      memcpy(&value, rx->head + PFD__IPC_HEADER, 8);
+      if (rx->has_pending) CloseHandle(PFD__HANDLE(rx->pending));
+      rx->pending = (int)value;
+      rx->has_pending = 1;
+    }
+    rx->head_got = rx->head_need = 0;
+    rx->data_left = length; /* a frame with no data: its handle waits for the next byte */
+  }
+  n = pfd__win_read_some(pipe, buf, size < rx->data_left ? size : (size_t)rx->data_left, block);
+  if (n == 0) return -EPIPE; /* the peer closed inside a frame */
+  if (n < 0) return (long)n;
+  rx->data_left -= (unsigned long long)n;
+  if (rx->has_pending) {
+    if (max_fds >= 1) {
+      fds[0] = rx->pending;
+      *nfds = 1;
+    } else {
+      CloseHandle(PFD__HANDLE(rx->pending));
+      *nfds = PFD_FD_TRUNCATED;
+    }
+    rx->has_pending = 0;
+  }
+  return (long)n;
+}
+
+/* Waits until the pipe has data or is closed, at most timeout_ms (< 0: no limit): a
+ * zero-byte overlapped read completes then (libuv's "zero read").  1, 0 on timeout, or
+ * -errno; -ENOSYS when the handle is not overlapped (the read completed at once). */
+static int pfd__win_zero_read(HANDLE pipe, int timeout_ms) {
+  OVERLAPPED ov;
+  DWORD done = 0, r;
+  char none[1];
+  int result = 1;
+  memset(&ov, 0, sizeof ov);
+  ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
+  if (ov.hEvent == NULL) return pfd__win_last_errno();
+  if (ReadFile(pipe, none, 0, &done, &ov)) {
+    result = -ENOSYS;
+  } else if (GetLastError() == ERROR_BROKEN_PIPE) {
+    result = 1; /* closed: the next receive says so */
+  } else if (GetLastError() != ERROR_IO_PENDING) {
+    result = pfd__win_last_errno();
+  } else {
+    r = WaitForSingleObject(ov.hEvent, timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms);
+    if (r == WAIT_TIMEOUT) {
+      result = 0;
+      (void)CancelIoEx(pipe, &ov);
+    } else if (r != WAIT_OBJECT_0) {
+      result = pfd__win_last_errno();
+      (void)CancelIoEx(pipe, &ov);
+    }
+    (void)GetOverlappedResult(pipe, &ov, &done, TRUE); /* the read is over before `ov` goes */
+  }
+  CloseHandle(ov.hEvent);
+  return result;
+}
+
+int pfd_fd_wait(int sock, int events, int timeout_ms) {
+  HANDLE pipe = PFD__HANDLE(sock);
+  ULONGLONG deadline = GetTickCount64() + (ULONGLONG)(timeout_ms < 0 ? 0 : timeout_ms);
+  if (events & PFD_POLL_OUT) return 1; /* a pipe write always completes */
+  for (;;) {
+    int eof, r;
+    ULONGLONG now;
+    pfd__win_rx_t *rx = pfd__win_rx_for(pipe);
+    long long avail = pfd__win_available(pipe, &eof);
+    if (avail < 0) return (int)avail;
+    if (avail > 0 || eof || (rx != NULL && rx->data_left == 0 && rx->has_pending)) return 1;
+    now = GetTickCount64();
+    if (timeout_ms >= 0 && now >= deadline) return 0;
+    r = pfd__win_zero_read(pipe, timeout_ms < 0 ? -1 : (int)(deadline - now));
+    if (r == -ENOSYS) {
+      Sleep(1); /* a handle opened without FILE_FLAG_OVERLAPPED: look again */
+    } else if (r <= 0) {
+      return r;
+    }
+  }
+}
+
+int pfd_socket_nosigpipe(int sock) {
+  (void)sock;
+  return 0; /* Windows has no SIGPIPE */
 }

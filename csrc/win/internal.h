@@ -51,6 +51,13 @@ int pfd__win_socket_receive(const void *info, size_t info_size, unsigned long lo
 /* The size of what pfd__win_socket_send writes (a WSAPROTOCOL_INFOW). */
 size_t pfd__win_socket_info_size(void);
 
+/* Records the process at the other end of a channel pipe (spawn.c, for the pipes it makes
+ * for a child; a child's own channel defaults to its parent). */
+void pfd__win_pipe_peer(int pipe, DWORD pid);
+
+/* Drops what fdpass.c keeps for a channel pipe (before the pipe is closed). */
+void pfd__win_pipe_forget(int pipe);
+
 /* int <-> HANDLE, as the core passes handles around. */
 #define PFD__HANDLE(fd) ((HANDLE)(intptr_t)(fd))
 #define PFD__FD(handle) ((int)(intptr_t)(handle))

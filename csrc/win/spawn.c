@@ -296,7 +296,8 @@ static int pfd__win_duplex_pipe(HANDLE *ours, HANDLE *theirs) {
                                PIPE_REJECT_REMOTE_CLIENTS,
                            1, 65536, 65536, 0, NULL);
   if (*ours == INVALID_HANDLE_VALUE) return pfd__win_last_errno();
-  *theirs = CreateFileW(name, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING, 0, NULL);
+  *theirs = CreateFileW(name, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
+                        FILE_FLAG_OVERLAPPED, NULL);
   if (*theirs == INVALID_HANDLE_VALUE) {
     int err = pfd__win_last_errno();
     CloseHandle(*ours);
@@ -535,7 +536,9 @@ int pfd_spawn(const pfd_spawn_options_t *o, pfd_spawn_result_t *result) {
   }
   CloseHandle(pi.hThread);
   for (i = 0; i < o->stdio_count; i++) {
-    if (o->stdio[i].kind == PFD_STDIO_PIPE) o->stdio[i].fd = PFD__FD(st.parent_end[i]);
+    if (o->stdio[i].kind != PFD_STDIO_PIPE) continue;
+    o->stdio[i].fd = PFD__FD(st.parent_end[i]);
+    if (i > 2) pfd__win_pipe_peer(o->stdio[i].fd, pi.dwProcessId); /* a channel to it */
   }
   result->pid = (int)pi.dwProcessId;
   free(inherit);

@@ -216,6 +216,34 @@ static int child_main(int argc, wchar_t **argv) {
     closesocket((SOCKET)s);
     return 0;
   }
+  if (strcmp(role, "frames_echo") == 0) {
+    /* Slot 3: a channel pipe.  Echoes every chunk it receives as a frame of its own; a
+     * handle that comes along is used (a socket: "via frame" sent on it; anything else:
+     * "got handle" written to it) and closed.  Exit 0 at EOF, 42 on a malformed frame. */
+    static char buf[70000];
+    HANDLE pipe = (HANDLE)_get_osfhandle(3);
+    WSADATA wsa;
+    if (pipe == INVALID_HANDLE_VALUE || WSAStartup(MAKEWORD(2, 2), &wsa) != 0) return 3;
+    for (;;) {
+      int fds[1], nfds = 0;
+      long n = pfd_fd_recv(PFD__FD(pipe), buf, sizeof buf, fds, 1, &nfds, PFD_FD_BLOCK);
+      if (n == 0) return 0;
+      if (n == -EBADMSG) return 42;
+      if (n < 0) return 4;
+      if (nfds == 1) {
+        int type = 0, len = sizeof type;
+        DWORD written;
+        if (getsockopt((SOCKET)(intptr_t)fds[0], SOL_SOCKET, SO_TYPE, (char *)&type, &len) == 0) {
+          if (send((SOCKET)(intptr_t)fds[0], "via frame", 9, 0) != 9) return 5;
+          closesocket((SOCKET)(intptr_t)fds[0]);
+        } else {
+          if (!WriteFile(PFD__HANDLE(fds[0]), "got handle", 10, &written, NULL)) return 6;
+          CloseHandle(PFD__HANDLE(fds[0]));
+        }
+      }
+      if (pfd_fd_send(PFD__FD(pipe), buf, (size_t)n, NULL, 0, NULL, 0, PFD_FD_BLOCK) != n) return 7;
+    }
+  }
   fprintf(stderr, "unknown child role %s\n", role);
   return 2;
 }
@@ -649,6 +677,147 @@ static void test_socket_passing_between_processes(void) {
   closesocket(listener);
 }
 
+/* Writes bytes as they are to an overlapped pipe (no framing). */
+static void write_raw(int pipe, const void *buf, DWORD size) {
+  OVERLAPPED ov;
+  DWORD done = 0;
+  memset(&ov, 0, sizeof ov);
+  CHECK((ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL)) != NULL);
+  if (!WriteFile(PFD__HANDLE(pipe), buf, size, &done, &ov)) {
+    CHECK(GetLastError() == ERROR_IO_PENDING);
+    CHECK(GetOverlappedResult(PFD__HANDLE(pipe), &ov, &done, TRUE));
+  }
+  CHECK_EQ(done, size);
+  CloseHandle(ov.hEvent);
+}
+
+typedef struct {
+  int pipe;
+  unsigned char *got;
+  size_t want, have;
+  long error;
+} echo_reader_t;
+
+static DWORD WINAPI read_echo(void *arg) {
+  echo_reader_t *r = arg;
+  while (r->have < r->want) {
+    int fds[1], nfds = 0;
+    long n = pfd_fd_recv(r->pipe, r->got + r->have, r->want - r->have, fds, 1, &nfds,
+                         PFD_FD_BLOCK);
+    if (n <= 0) {
+      r->error = n == 0 ? -EPIPE : n;
+      return 1;
+    }
+    r->have += (size_t)n;
+  }
+  return 0;
+}
+
+static void test_pipe_frames_between_processes(void) {
+  /* 60 messages of up to 200 KB through a channel pipe and back (partial reads, a full
+   * pipe on both sides), a handle and a socket inside frames, a frame written by hand in
+   * libuv's layout, and a malformed header that the receiver refuses. */
+  pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
+                          {PFD_STDIO_INHERIT_SAME, -1}, {PFD_STDIO_PIPE, -1}};
+  pfd_spawn_result_t r;
+  echo_reader_t reader;
+  HANDLE thread, r_end, w_end;
+  static unsigned char sent[7 << 20];
+  size_t total = 0, i, k;
+  unsigned char libuv_frame[] = {1, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 'h', 'e', 'l', 'l', 'o'};
+  unsigned char bad_frame[] = {1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 'x'};
+  char got[64];
+  int pipe;
+  CHECK_EQ(spawn_child("frames_echo", NULL, stdio, 4, 0, &r), 0);
+  pipe = stdio[3].fd;
+  CHECK_EQ(pfd_fd_wait(pipe, PFD_POLL_IN, 50), 0); /* nothing yet: a timed wait ends */
+  for (i = 0; i < 60; i++) {
+    size_t len = (i * 4099) % 200000 + 1;
+    char head[16];
+    int hl = snprintf(head, sizeof head, "MSG%u:", (unsigned)i);
+    memcpy(sent + total, head, (size_t)hl);
+    for (k = 0; k < len; k++) sent[total + (size_t)hl + k] = (unsigned char)(i * 7 + k);
+    total += (size_t)hl + len;
+  }
+  memset(&reader, 0, sizeof reader);
+  reader.pipe = pipe;
+  reader.got = malloc(total + 64);
+  reader.want = total;
+  CHECK(reader.got != NULL);
+  thread = CreateThread(NULL, 0, read_echo, &reader, 0, NULL);
+  CHECK(thread != NULL);
+  {
+    size_t at = 0;
+    for (i = 0; i < 60; i++) {
+      size_t len = (i * 4099) % 200000 + 1;
+      size_t hl = (size_t)snprintf(got, sizeof got, "MSG%u:", (unsigned)i);
+      CHECK_EQ(pfd_fd_send(pipe, sent + at, hl, sent + at + hl, len, NULL, 0, PFD_FD_BLOCK),
+               (long)(hl + len));
+      at += hl + len;
+    }
+  }
+  CHECK_EQ(WaitForSingleObject(thread, 120000), WAIT_OBJECT_0);
+  CloseHandle(thread);
+  CHECK_EQ(reader.error, 0);
+  CHECK(memcmp(reader.got, sent, total) == 0);
+
+  /* A handle in a frame: the child writes through its own copy. */
+  CHECK(CreatePipe(&r_end, &w_end, NULL, 0));
+  {
+    int fd = PFD__FD(w_end), fds[1], nfds = 0;
+    char echo[16];
+    CHECK_EQ(pfd_fd_send(pipe, "handle", 6, NULL, 0, &fd, 1, PFD_FD_BLOCK), 6);
+    CloseHandle(w_end);
+    CHECK_EQ(pfd_fd_recv(pipe, echo, 6, fds, 1, &nfds, PFD_FD_BLOCK), 6);
+    CHECK(memcmp(echo, "handle", 6) == 0 && nfds == 0);
+  }
+  read_all(PFD__FD(r_end), got, sizeof got);
+  CHECK(strcmp(got, "got handle") == 0);
+  CloseHandle(r_end);
+
+  /* A socket in a frame (libuv's socket transfer): the child answers on it. */
+  {
+    struct sockaddr_in addr;
+    int len = sizeof addr, fd, fds[1], nfds = 0, n, have = 0;
+    SOCKET listener, client, accepted;
+    char echo[16];
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK((listener = socket(AF_INET, SOCK_STREAM, 0)) != INVALID_SOCKET);
+    CHECK(bind(listener, (struct sockaddr *)&addr, sizeof addr) == 0 && listen(listener, 1) == 0);
+    CHECK(getsockname(listener, (struct sockaddr *)&addr, &len) == 0);
+    CHECK((client = socket(AF_INET, SOCK_STREAM, 0)) != INVALID_SOCKET);
+    CHECK(connect(client, (struct sockaddr *)&addr, sizeof addr) == 0);
+    CHECK((accepted = accept(listener, NULL, NULL)) != INVALID_SOCKET);
+    fd = (int)accepted;
+    CHECK_EQ(pfd_fd_send(pipe, "socket", 6, NULL, 0, &fd, 1, PFD_FD_BLOCK), 6);
+    closesocket(accepted);
+    CHECK_EQ(pfd_fd_recv(pipe, echo, 6, fds, 1, &nfds, PFD_FD_BLOCK), 6);
+    while (have < 9 && (n = recv(client, got + have, 9 - have, 0)) > 0) have += n;
+    got[have] = '\0';
+    CHECK(strcmp(got, "via frame") == 0);
+    closesocket(client);
+    closesocket(listener);
+  }
+
+  /* libuv's own layout, written by hand, reads as a message. */
+  {
+    int fds[1], nfds = 0;
+    char echo[16];
+    write_raw(pipe, libuv_frame, sizeof libuv_frame);
+    CHECK_EQ(pfd_fd_recv(pipe, echo, 5, fds, 1, &nfds, PFD_FD_BLOCK), 5);
+    CHECK(memcmp(echo, "hello", 5) == 0);
+  }
+
+  /* A header with a non-zero reserved field: the receiver refuses it (exit 42). */
+  write_raw(pipe, bad_frame, sizeof bad_frame);
+  CHECK_EQ(reap(r.pid), 42);
+  pfd__win_pipe_forget(pipe);
+  CloseHandle(PFD__HANDLE(pipe));
+  free(reader.got);
+}
+
 /* ---- main ---------------------------------------------------------------------------- */
 
 typedef struct {
@@ -669,6 +838,7 @@ static const test_t tests[] = {
     {"children_die_with_their_parent", test_children_die_with_their_parent},
     {"handle_passing_between_processes", test_handle_passing_between_processes},
     {"socket_passing_between_processes", test_socket_passing_between_processes},
+    {"pipe_frames_between_processes", test_pipe_frames_between_processes},
     {"wake_crosses_processes", test_wake_crosses_processes},
     {"ring_between_processes", test_ring_between_processes},
     {"ring_wait_sees_its_peer_gone", test_ring_wait_sees_its_peer_gone},
