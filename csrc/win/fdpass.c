@@ -127,7 +127,7 @@ typedef struct pfd__win_rx_s {
 } pfd__win_rx_t;
 
 static SRWLOCK pfd__win_rx_lock = SRWLOCK_INIT;
-static pfd__win_rx_t *pfd__win_rx;
+static pfd__win_rx_t **pfd__win_rx; /* each entry allocated alone: its address stays */
 static size_t pfd__win_rx_count, pfd__win_rx_cap;
 
 /* The pipe's receive state (made on first use); NULL when out of memory.  A receive runs
@@ -136,23 +136,21 @@ static pfd__win_rx_t *pfd__win_rx_for(HANDLE pipe) {
   pfd__win_rx_t *found = NULL;
   size_t i;
   AcquireSRWLockExclusive(&pfd__win_rx_lock);
-  for (i = 0; i < pfd__win_rx_count; i++) {
-    if (pfd__win_rx[i].pipe == pipe) found = &pfd__win_rx[i];
+  for (i = 0; i < pfd__win_rx_count && found == NULL; i++) {
+    if (pfd__win_rx[i]->pipe == pipe) found = pfd__win_rx[i];
   }
-  if (found == NULL) {
-    if (pfd__win_rx_count == pfd__win_rx_cap) {
-      size_t cap = pfd__win_rx_cap ? pfd__win_rx_cap * 2 : 16;
-      pfd__win_rx_t *grown = realloc(pfd__win_rx, cap * sizeof *grown);
-      if (grown != NULL) {
-        pfd__win_rx = grown;
-        pfd__win_rx_cap = cap;
-      }
+  if (found == NULL && pfd__win_rx_count == pfd__win_rx_cap) {
+    size_t cap = pfd__win_rx_cap ? pfd__win_rx_cap * 2 : 16;
+    pfd__win_rx_t **grown = realloc(pfd__win_rx, cap * sizeof *grown);
+    if (grown != NULL) {
+      pfd__win_rx = grown;
+      pfd__win_rx_cap = cap;
     }
-    if (pfd__win_rx_count < pfd__win_rx_cap) {
-      found = &pfd__win_rx[pfd__win_rx_count++];
-      memset(found, 0, sizeof *found);
-      found->pipe = pipe;
-    }
+  }
+  if (found == NULL && pfd__win_rx_count < pfd__win_rx_cap &&
+      (found = calloc(1, sizeof *found)) != NULL) {
+    found->pipe = pipe;
+    pfd__win_rx[pfd__win_rx_count++] = found;
   }
   ReleaseSRWLockExclusive(&pfd__win_rx_lock);
   return found;
@@ -162,8 +160,10 @@ void pfd__win_pipe_forget(int pipe) {
   size_t i;
   AcquireSRWLockExclusive(&pfd__win_rx_lock);
   for (i = 0; i < pfd__win_rx_count; i++) {
-    if (pfd__win_rx[i].pipe == PFD__HANDLE(pipe)) {
-      if (pfd__win_rx[i].has_pending) CloseHandle(PFD__HANDLE(pfd__win_rx[i].pending));
+    pfd__win_rx_t *rx = pfd__win_rx[i];
+    if (rx->pipe == PFD__HANDLE(pipe)) {
+      if (rx->has_pending) CloseHandle(PFD__HANDLE(rx->pending));
+      free(rx);
       pfd__win_rx[i] = pfd__win_rx[--pfd__win_rx_count];
       break;
     }
