@@ -883,17 +883,18 @@ def _launch(
     cls: type[ChildProcess] = ChildProcess,
 ) -> Any:
     """Start a checked command; shared by spawn, fork and fork_worker."""
-    slots = _stdio_slots(stdio)
     try:
+        slots = _stdio_slots(stdio)
         with fork_guard.opening():  # (its pipes are open here until the child has them)
             pid, fds = cmd.start(slots, _b.SPAWN_PDEATHSIG if pdeathsig else 0, pdeathsig)
     except BaseException:
         if ipc is not None:
             ipc.abandon()
         raise
+    channel = ipc.connect() if ipc is not None else None  # (the fork guard is left here)
     child = cls(pid, cmd.spawnargs, fds, encoding=encoding, errors=errors, kill_signal=kill_signal)
-    if ipc is not None:
-        child.channel = ipc.connect()
+    if channel is not None:
+        child.channel = channel
     if timeout is not None:
         _watchdog.add(child, timeout)
     return child
@@ -975,16 +976,20 @@ class _IpcPlan:
 
     def connect(self) -> Channel:
         """After the spawn: our end becomes the Channel, the child's end is closed here."""
-        self.child_end.close()
-        fork_guard.leave()
+        try:
+            self.child_end.close()
+        finally:
+            fork_guard.leave()
         channel = Channel(self.parent_end, framing=self.framing, serialization=self.serialization)
         if self.rings is not None:
             channel._offer_rings(*self.rings)
         return channel
 
     def abandon(self) -> None:
-        self.child_end.close()
-        fork_guard.leave()
+        try:
+            self.child_end.close()
+        finally:
+            fork_guard.leave()
         self.parent_end.close()
         self._close_rings()
 

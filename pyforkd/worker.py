@@ -371,17 +371,21 @@ def _spawn_interpreter(
     """A fresh interpreter running ``pyforkd.worker.<entry>()``, its bootstrap sent."""
     ipc = _cp._IpcPlan.from_stdio(["inherit", "inherit", "inherit", "ipc"], "pickle", ring)
     assert ipc is not None
-    cmd = _cp._Command(
-        sys.executable,
-        ["-c", f"from pyforkd.worker import {entry}; {entry}()"],
-        cwd=None,
-        env=ipc.environment(None),
-        argv0=None,
-        shell=False,
-        detached=False,
-        uid=None,
-        gid=None,
-    )
+    try:
+        cmd = _cp._Command(
+            sys.executable,
+            ["-c", f"from pyforkd.worker import {entry}; {entry}()"],
+            cwd=None,
+            env=ipc.environment(None),
+            argv0=None,
+            shell=False,
+            detached=False,
+            uid=None,
+            gid=None,
+        )
+    except BaseException:
+        ipc.abandon()  # its sockets and rings go, and the fork guard is left
+        raise
     worker: Worker = _cp._launch(
         cmd,
         ipc.stdio,

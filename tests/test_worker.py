@@ -293,3 +293,19 @@ def test_workers_forked_from_many_threads_at_once_hold_only_their_own_end():
         for w in workers:
             w.disconnect()
             w.wait(timeout=30)
+
+
+def test_failed_spawns_leave_forks_free():
+    # A spawn that fails, with or without a channel, must not keep the fork guard: a later
+    # fork_worker fork would wait for it for ever.
+    from pyforkd import child_process
+
+    for stdio in ("pipe", ["pipe", "pipe", "pipe", "ipc"]):
+        with pytest.raises(FileNotFoundError):
+            pyforkd.spawn("/no/such/program", stdio=stdio)
+    with pytest.raises(FileNotFoundError):
+        pyforkd.spawn(PY, ["-c", "pass"], cwd="/no/such/dir", stdio=["pipe", "pipe", "pipe", "ipc"])
+    assert child_process.fork_guard._open == 0
+    w = pyforkd.fork_worker(add, 2, 3)
+    assert w.result(timeout=30) == 5
+    w.join(timeout=30)
