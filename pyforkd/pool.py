@@ -246,13 +246,18 @@ class Pool(cf.Executor):
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
                 return
-            # Find the task(s) that cannot be pickled: each fails alone, the rest wait again.
+            # Find the task(s) that cannot be pickled: each fails alone, the rest go again
+            # (at once: nothing else may come to wake the dispatch).
+            failed = 0
             for task in reversed(batch):
                 one = _pickle_error((task.fn, task.args, task.kwargs))
                 if one is not None:
                     task.future.set_exception(one)
+                    failed += 1
                 else:
                     self._queue.appendleft(task)
+            if failed and self._queue:
+                self._send_batch(slot)
             return
         except ChannelClosedError:
             self._queue.extendleft(reversed(batch))

@@ -110,6 +110,19 @@ def test_unpicklable_function_or_argument_fails_that_future_only(pool):
     assert [f.result(timeout=30) for f in good] == list(range(1, 21))
 
 
+def test_an_unpicklable_task_batched_with_others_does_not_strand_them(tmp_path):
+    gate = tmp_path / "gate"
+    with Pool(workers=1) as p:
+        blocker = p.submit(wait_for_file, str(gate))
+        time.sleep(0.05)  # (it runs: the next three wait and go together as one batch)
+        queued = [p.submit(add_one, 1), p.submit(add_one, threading.Lock()), p.submit(add_one, 2)]
+        gate.touch()
+        assert blocker.result(timeout=30) == "released"
+        with pytest.raises(TypeError, match="lock"):
+            queued[1].result(timeout=30)
+        assert [queued[0].result(timeout=30), queued[2].result(timeout=30)] == [2, 3]
+
+
 def test_as_completed_wait_and_map(pool):
     futures = [pool.submit(add_one, i) for i in range(50)]
     assert sorted(f.result() for f in cf.as_completed(futures, timeout=30)) == list(range(1, 51))
