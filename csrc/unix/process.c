@@ -39,8 +39,8 @@
 #endif
 
 #include "pyforkd.h"
+#include "../common/collect.h"
 
-#define PFD__READ_CHUNK (64 * 1024)
 
 /* Milliseconds left until `deadline` (CLOCK_MONOTONIC), or -1 for no deadline. */
 static int pfd__remaining_ms(const struct timespec *deadline) {
@@ -193,26 +193,15 @@ static void pfd__close_slot(int *fd) {
 /* Reads what is ready on stream i.  Returns 0 to go on, -ENOBUFS when over max_buffer,
  * or -errno. */
 static int pfd__collect_read(pfd_collect_t *c, int i) {
-  pfd_buffer_t *b = &c->out[i];
   for (;;) {
     ssize_t n;
-    if (b->capacity - b->size < PFD__READ_CHUNK) {
-      size_t cap = b->capacity ? b->capacity * 2 : 4 * PFD__READ_CHUNK;
-      char *data;
-      while (cap - b->size < PFD__READ_CHUNK) cap *= 2;
-      data = realloc(b->data, cap);
-      if (data == NULL) return -ENOMEM;
-      b->data = data;
-      b->capacity = cap;
-    }
-    n = read(c->out_fd[i], b->data + b->size, b->capacity - b->size);
+    char *at;
+    size_t room;
+    int err = pfd__collect_room(c, i, &at, &room);
+    if (err < 0) return err;
+    n = read(c->out_fd[i], at, room);
     if (n > 0) {
-      b->size += (size_t)n;
-      if (c->max_buffer != 0 && b->size > c->max_buffer) {
-        b->size = c->max_buffer;
-        c->overflow = i + 1;
-        return -ENOBUFS;
-      }
+      if ((err = pfd__collect_took(c, i, (size_t)n)) < 0) return err;
       continue;
     }
     if (n == 0) {
@@ -286,10 +275,6 @@ int pfd_collect_run(pfd_collect_t *c, int timeout_ms) {
 void pfd_collect_close(pfd_collect_t *c) {
   int i;
   pfd__close_slot(&c->in_fd);
-  for (i = 0; i < 2; i++) {
-    pfd__close_slot(&c->out_fd[i]);
-    free(c->out[i].data);
-    c->out[i].data = NULL;
-    c->out[i].size = c->out[i].capacity = 0;
-  }
+  for (i = 0; i < 2; i++) pfd__close_slot(&c->out_fd[i]);
+  pfd__collect_free(c);
 }

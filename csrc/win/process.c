@@ -11,14 +11,17 @@
  * way Python reports `returncode == -SIGTERM` on Unix.  Signal 0 only checks that the
  * child still runs.
  *
- * Output collection (pfd_collect_*) is not here yet: the Windows C layer is being filled
- * in capability by capability (see README, "Platforms").
+ * Output collection (pfd_collect_*): anonymous pipes have no overlapped I/O, so the loop
+ * looks at each pipe in turn: PeekNamedPipe says how much a read can take without
+ * waiting, and the child's stdin is switched to PIPE_NOWAIT so that a write takes only
+ * what fits.  When nothing moved it sleeps a millisecond (at most until the deadline).
  */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 
 #include "internal.h"
+#include "../common/collect.h"
 
 typedef struct pfd__win_child_s {
   DWORD pid;
@@ -138,4 +141,85 @@ int pfd_process_die_with_parent(int sig, int expected_parent) {
   (void)sig;
   (void)expected_parent;
   return -ENOTSUP; /* the Job Object of spawn.c does this for every child */
+}
+
+/* ---- output collection ------------------------------------------------------------------ */
+
+static void pfd__win_close_slot(int *fd) {
+  if (*fd >= 0) CloseHandle(PFD__HANDLE(*fd));
+  *fd = -1;
+}
+
+/* Reads what stream i has now.  1 when something moved, 0 when not, or -errno. */
+static int pfd__win_collect_read(pfd_collect_t *c, int i) {
+  DWORD avail = 0, got = 0;
+  char *at;
+  size_t room;
+  int err;
+  if (!PeekNamedPipe(PFD__HANDLE(c->out_fd[i]), NULL, 0, NULL, &avail, NULL)) {
+    DWORD e = GetLastError();
+    if (e != ERROR_BROKEN_PIPE) return pfd__win_errno(e);
+    pfd__win_close_slot(&c->out_fd[i]); /* the child closed its end: the stream is done */
+    return 1;
+  }
+  if (avail == 0) return 0;
+  if ((err = pfd__collect_room(c, i, &at, &room)) < 0) return err;
+  if (avail > room) avail = (DWORD)room;
+  if (!ReadFile(PFD__HANDLE(c->out_fd[i]), at, avail, &got, NULL)) return pfd__win_last_errno();
+  if ((err = pfd__collect_took(c, i, got)) < 0) return err;
+  return 1;
+}
+
+/* Writes what the child's stdin takes now (PIPE_NOWAIT).  1 when something moved. */
+static int pfd__win_collect_write(pfd_collect_t *c) {
+  DWORD n = 0;
+  size_t left = c->input_size - c->input_done;
+  if (left > 0) {
+    if (!WriteFile(PFD__HANDLE(c->in_fd), c->input + c->input_done,
+                   left > 65536 ? 65536 : (DWORD)left, &n, NULL)) {
+      DWORD e = GetLastError();
+      /* A child that closed its stdin just does not get the rest, as on Unix. */
+      if (e != ERROR_NO_DATA && e != ERROR_BROKEN_PIPE) return pfd__win_errno(e);
+      left = 0;
+    }
+    c->input_done += n;
+    if (left > 0 && c->input_done < c->input_size) return n > 0;
+  }
+  pfd__win_close_slot(&c->in_fd);
+  return 1;
+}
+
+int pfd_collect_run(pfd_collect_t *c, int timeout_ms) {
+  ULONGLONG deadline = GetTickCount64() + (ULONGLONG)(timeout_ms < 0 ? 0 : timeout_ms);
+  if (c->overflow) return -ENOBUFS;
+  if (c->in_fd >= 0) {
+    DWORD mode = PIPE_READMODE_BYTE | PIPE_NOWAIT;
+    if (!SetNamedPipeHandleState(PFD__HANDLE(c->in_fd), &mode, NULL, NULL)) {
+      return pfd__win_last_errno();
+    }
+  }
+  for (;;) {
+    int i, r, moved = 0;
+    if (c->in_fd >= 0) {
+      if ((r = pfd__win_collect_write(c)) < 0) return r;
+      moved |= r;
+    }
+    for (i = 0; i < 2; i++) {
+      if (c->out_fd[i] < 0) continue;
+      if ((r = pfd__win_collect_read(c, i)) < 0) return r;
+      moved |= r;
+    }
+    if (c->in_fd < 0 && c->out_fd[0] < 0 && c->out_fd[1] < 0) return 0;
+    if (!moved) {
+      if (timeout_ms >= 0 && GetTickCount64() >= deadline) return -ETIMEDOUT;
+      Sleep(1);
+    }
+  }
+}
+
+void pfd_collect_close(pfd_collect_t *c) {
+  int i;
+  pfd__win_close_slot(&c->in_fd);
+  for (i = 0; i < 2; i++) pfd__win_close_slot(&c->out_fd[i]);
+  pfd__collect_free(c);
 }

@@ -16,6 +16,10 @@
 #include <wchar.h>
 
 #include "../runner.h"
+
+#ifndef SIGKILL
+#define SIGKILL 9 /* (not in the Windows C runtime; pfd_process_kill records any number) */
+#endif
 #include "../../../csrc/common/wait.h"
 #include "../../../csrc/win/internal.h"
 
@@ -243,6 +247,22 @@ static int child_main(int argc, wchar_t **argv) {
       }
       if (pfd_fd_send(PFD__FD(pipe), buf, (size_t)n, NULL, 0, NULL, 0, PFD_FD_BLOCK) != n) return 7;
     }
+  }
+  if (strcmp(role, "cat") == 0) {
+    /* stdin to stdout, then the byte count to stderr. */
+    static char buf[65536];
+    DWORD n, written;
+    unsigned long long total = 0;
+    char line[32];
+    while (ReadFile(GetStdHandle(STD_INPUT_HANDLE), buf, sizeof buf, &n, NULL) && n > 0) {
+      if (!WriteFile(GetStdHandle(STD_OUTPUT_HANDLE), buf, n, &written, NULL)) return 3;
+      total += n;
+    }
+    snprintf(line, sizeof line, "read %llu", total);
+    if (!WriteFile(GetStdHandle(STD_ERROR_HANDLE), line, (DWORD)strlen(line), &written, NULL)) {
+      return 4;
+    }
+    return 0;
   }
   fprintf(stderr, "unknown child role %s\n", role);
   return 2;
@@ -818,6 +838,65 @@ static void test_pipe_frames_between_processes(void) {
   free(reader.got);
 }
 
+static void test_collect_both_streams_and_limits(void) {
+  /* 1 MB through a child's stdin and back on stdout while it also writes stderr: no pipe
+   * fills up for good; then max_buffer and a timeout. */
+  pfd_stdio_t stdio[3] = {{PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}};
+  pfd_spawn_result_t r;
+  pfd_collect_t c;
+  static char input[1 << 20];
+  size_t i;
+  for (i = 0; i < sizeof input; i++) input[i] = (char)(i * 31 + 7);
+  CHECK_EQ(spawn_child("cat", NULL, stdio, 3, 0, &r), 0);
+  memset(&c, 0, sizeof c);
+  c.in_fd = stdio[0].fd;
+  c.input = input;
+  c.input_size = sizeof input;
+  c.out_fd[0] = stdio[1].fd;
+  c.out_fd[1] = stdio[2].fd;
+  CHECK_EQ(pfd_collect_run(&c, 60000), 0);
+  CHECK_EQ(c.out[0].size, sizeof input);
+  CHECK(memcmp(c.out[0].data, input, sizeof input) == 0);
+  CHECK_EQ(c.out[1].size, strlen("read 1048576"));
+  CHECK(memcmp(c.out[1].data, "read 1048576", c.out[1].size) == 0);
+  CHECK_EQ(c.in_fd, -1);
+  pfd_collect_close(&c);
+  CHECK_EQ(reap(r.pid), 0);
+
+  /* Over max_buffer: cut there, -ENOBUFS, stream 1 named. */
+  CHECK_EQ(spawn_child("cat", NULL, stdio, 3, 0, &r), 0);
+  memset(&c, 0, sizeof c);
+  c.in_fd = stdio[0].fd;
+  c.input = input;
+  c.input_size = sizeof input;
+  c.out_fd[0] = stdio[1].fd;
+  c.out_fd[1] = stdio[2].fd;
+  c.max_buffer = 1000;
+  CHECK_EQ(pfd_collect_run(&c, 60000), -ENOBUFS);
+  CHECK_EQ(c.overflow, 1);
+  CHECK_EQ(c.out[0].size, 1000);
+  CHECK_EQ(pfd_collect_run(&c, 0), -ENOBUFS); /* it stays over */
+  pfd_collect_close(&c);
+  CHECK_EQ(pfd_process_kill(r.pid, -1, SIGKILL), 0);
+  CHECK_EQ(reap(r.pid), -SIGKILL);
+
+  /* A child that writes nothing: the deadline ends the run, and a later run goes on. */
+  {
+    pfd_stdio_t quiet[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_IGNORE, -1}};
+    CHECK_EQ(spawn_child("sleep", NULL, quiet, 3, 0, &r), 0);
+    memset(&c, 0, sizeof c);
+    c.in_fd = -1;
+    c.out_fd[0] = quiet[1].fd;
+    c.out_fd[1] = -1;
+    CHECK_EQ(pfd_collect_run(&c, 100), -ETIMEDOUT);
+    CHECK_EQ(pfd_process_kill(r.pid, -1, SIGTERM), 0);
+    CHECK_EQ(pfd_collect_run(&c, 60000), 0); /* the kill closed its end: done */
+    CHECK_EQ(c.out[0].size, 0);
+    pfd_collect_close(&c);
+    CHECK_EQ(reap(r.pid), -SIGTERM);
+  }
+}
+
 /* ---- main ---------------------------------------------------------------------------- */
 
 typedef struct {
@@ -832,6 +911,7 @@ static const test_t tests[] = {
     {"random_arguments_round_trip", test_random_arguments_round_trip},
     {"exit_codes_and_kill", test_exit_codes_and_kill},
     {"stdio_pipes", test_stdio_pipes},
+    {"collect_both_streams_and_limits", test_collect_both_streams_and_limits},
     {"failures_name_their_step", test_failures_name_their_step},
     {"only_listed_handles_are_inherited", test_only_listed_handles_are_inherited},
     {"shared_memory_between_processes", test_shared_memory_between_processes},
