@@ -113,8 +113,9 @@ def test_unpicklable_function_or_argument_fails_that_future_only(pool):
 def test_an_unpicklable_task_batched_with_others_does_not_strand_them(tmp_path):
     gate = tmp_path / "gate"
     with Pool(workers=1) as p:
+        # The blocker goes to the idle worker at once; the next three wait for it to be
+        # answered and then go together as one batch.
         blocker = p.submit(wait_for_file, str(gate))
-        time.sleep(0.05)  # (it runs: the next three wait and go together as one batch)
         queued = [p.submit(add_one, 1), p.submit(add_one, threading.Lock()), p.submit(add_one, 2)]
         gate.touch()
         assert blocker.result(timeout=30) == "released"

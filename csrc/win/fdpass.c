@@ -273,7 +273,7 @@ long pfd_fd_send(int sock, const void *head, size_t head_size, const void *body,
   if ((err = pfd__win_write_all(pipe, frame, PFD__IPC_HEADER + extra)) < 0 ||
       (err = pfd__win_write_all(pipe, head, head_size)) < 0 ||
       (err = pfd__win_write_all(pipe, body, body_size)) < 0) {
-    return err == -EPIPE ? -EPIPE : err;
+    return err;
   }
   return (long)length;
 }

@@ -838,22 +838,27 @@ static void test_pipe_frames_between_processes(void) {
   free(reader.got);
 }
 
+/* Starts the "cat" child with its three streams in `c`, to be given `input`. */
+static void start_cat(pfd_collect_t *c, pfd_spawn_result_t *r, const char *input, size_t size) {
+  pfd_stdio_t stdio[3] = {{PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}};
+  CHECK_EQ(spawn_child("cat", NULL, stdio, 3, 0, r), 0);
+  memset(c, 0, sizeof *c);
+  c->in_fd = stdio[0].fd;
+  c->input = input;
+  c->input_size = size;
+  c->out_fd[0] = stdio[1].fd;
+  c->out_fd[1] = stdio[2].fd;
+}
+
 static void test_collect_both_streams_and_limits(void) {
   /* 1 MB through a child's stdin and back on stdout while it also writes stderr: no pipe
    * fills up for good; then max_buffer and a timeout. */
-  pfd_stdio_t stdio[3] = {{PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}};
   pfd_spawn_result_t r;
   pfd_collect_t c;
   static char input[1 << 20];
   size_t i;
   for (i = 0; i < sizeof input; i++) input[i] = (char)(i * 31 + 7);
-  CHECK_EQ(spawn_child("cat", NULL, stdio, 3, 0, &r), 0);
-  memset(&c, 0, sizeof c);
-  c.in_fd = stdio[0].fd;
-  c.input = input;
-  c.input_size = sizeof input;
-  c.out_fd[0] = stdio[1].fd;
-  c.out_fd[1] = stdio[2].fd;
+  start_cat(&c, &r, input, sizeof input);
   CHECK_EQ(pfd_collect_run(&c, 60000), 0);
   CHECK_EQ(c.out[0].size, sizeof input);
   CHECK(memcmp(c.out[0].data, input, sizeof input) == 0);
@@ -864,13 +869,7 @@ static void test_collect_both_streams_and_limits(void) {
   CHECK_EQ(reap(r.pid), 0);
 
   /* Over max_buffer: cut there, -ENOBUFS, stream 1 named. */
-  CHECK_EQ(spawn_child("cat", NULL, stdio, 3, 0, &r), 0);
-  memset(&c, 0, sizeof c);
-  c.in_fd = stdio[0].fd;
-  c.input = input;
-  c.input_size = sizeof input;
-  c.out_fd[0] = stdio[1].fd;
-  c.out_fd[1] = stdio[2].fd;
+  start_cat(&c, &r, input, sizeof input);
   c.max_buffer = 1000;
   CHECK_EQ(pfd_collect_run(&c, 60000), -ENOBUFS);
   CHECK_EQ(c.overflow, 1);
