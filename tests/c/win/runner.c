@@ -137,6 +137,24 @@ static int child_main(int argc, wchar_t **argv) {
     fflush(stdout);
     ExitProcess(0);
   }
+  if (strcmp(role, "dispatch_worker") == 0) {
+    /* Slot 3: a dispatcher channel.  Serves each connection it is handed (reads the
+     * client's id byte, answers "ok" and the id) until the channel closes. */
+    HANDLE channel = (HANDLE)_get_osfhandle(3);
+    WSADATA wsa;
+    if (channel == INVALID_HANDLE_VALUE || WSAStartup(MAKEWORD(2, 2), &wsa) != 0) return 3;
+    for (;;) {
+      unsigned long long seq;
+      char answer[3] = {'o', 'k', 0};
+      int conn = pfd_dispatch_take(PFD__FD(channel), &seq, PFD_FD_BLOCK);
+      if (conn == -EPIPE) return 0;
+      if (conn < 0) return 4;
+      if (recv((SOCKET)conn, &answer[2], 1, 0) != 1) return 5;
+      if (send((SOCKET)conn, answer, 3, 0) != 3) return 6;
+      if (pfd_dispatch_ack(PFD__FD(channel), seq) != 0) return 7;
+      closesocket((SOCKET)conn);
+    }
+  }
   if (strcmp(role, "ring_consumer") == 0) {
     /* Slot 3: a section holding a ring.  Reads argv[3] records, checks each one's bytes,
      * and writes back (slot 4, a pipe) the sum of their lengths. */
@@ -898,6 +916,280 @@ static void test_collect_both_streams_and_limits(void) {
 
 /* ---- main ---------------------------------------------------------------------------- */
 
+/* ---- the cluster's dispatcher ------------------------------------------------------------ */
+
+static SOCKET dispatch_listener(int *port) {
+  struct sockaddr_in a;
+  int len = sizeof a;
+  SOCKET s = socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(s != INVALID_SOCKET);
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(s, (struct sockaddr *)&a, sizeof a) == 0);
+  CHECK(listen(s, 64) == 0);
+  CHECK(getsockname(s, (struct sockaddr *)&a, &len) == 0);
+  *port = ntohs(a.sin_port);
+  return s;
+}
+
+/* A connected client that has sent its id byte. */
+static SOCKET dispatch_client(int port, int id) {
+  struct sockaddr_in a;
+  char msg = (char)('0' + id);
+  SOCKET s = socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(s != INVALID_SOCKET);
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons((unsigned short)port);
+  CHECK(connect(s, (struct sockaddr *)&a, sizeof a) == 0);
+  CHECK(send(s, &msg, 1, 0) == 1);
+  return s;
+}
+
+/* A worker channel inside this process: the dispatcher's end (the server, whose peer is
+ * this process) and the worker's. */
+static void dispatch_channel(int *ours, int *theirs) {
+  static int counter;
+  wchar_t name[96];
+  HANDLE server, client;
+  _snwprintf(name, 96, L"\\\\.\\pipe\\pyforkd-test-%lu-%d", (unsigned long)GetCurrentProcessId(),
+             ++counter);
+  server = CreateNamedPipeW(name, PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED,
+                            PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT, 1, 65536, 65536, 0,
+                            NULL);
+  CHECK(server != INVALID_HANDLE_VALUE);
+  client = CreateFileW(name, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
+                       FILE_FLAG_OVERLAPPED, NULL);
+  CHECK(client != INVALID_HANDLE_VALUE);
+  pfd__win_pipe_peer(PFD__FD(server), GetCurrentProcessId());
+  *ours = PFD__FD(server);
+  *theirs = PFD__FD(client);
+}
+
+/* Waits (bounded) until a dispatcher counter reaches `want`. */
+static void await_stat(pfd_dispatch_t *d, int slot, int index, unsigned long long want) {
+  unsigned long long out[4];
+  int i;
+  for (i = 0; i < 2000; i++) {
+    CHECK_EQ(pfd_dispatch_stats(d, slot, out), 0);
+    if (out[index] == want) return;
+    Sleep(5);
+  }
+  CHECK_EQ(out[index], want);
+}
+
+static void close_channel(int theirs) {
+  pfd__win_pipe_forget(theirs);
+  CloseHandle(PFD__HANDLE(theirs));
+}
+
+static void test_dispatch_survives_a_worker_dying_with_connections(void) {
+  int port, w0, w0_end, w1, w1_end, i, taken = 0, seen[6] = {0};
+  SOCKET lsock = dispatch_listener(&port), clients[6];
+  unsigned long long seq, out[4];
+  pfd_dispatch_t *d;
+  CHECK_EQ(pfd_dispatch_new(&d, (int)lsock, 8), 0);
+  dispatch_channel(&w0, &w0_end);
+  dispatch_channel(&w1, &w1_end);
+  CHECK_EQ(pfd_dispatch_add(d, w0), 0);
+  CHECK_EQ(pfd_dispatch_add(d, w1), 1);
+  CHECK_EQ(pfd_dispatch_add(d, PFD__FD(GetCurrentProcess())), -EINVAL); /* not a pipe */
+  CHECK_EQ(pfd_dispatch_start(d), 0);
+  CHECK_EQ(pfd_dispatch_start(d), -EBUSY);
+  for (i = 0; i < 6; i++) clients[i] = dispatch_client(port, i);
+  await_stat(d, -1, 0, 6); /* all accepted */
+  await_stat(d, 0, 0, 3);  /* round-robin: three each */
+  await_stat(d, 1, 0, 3);
+  /* Worker 1 takes one connection and dies (its channel closes) acknowledging none. */
+  {
+    int conn = pfd_dispatch_take(w1_end, &seq, PFD_FD_BLOCK);
+    CHECK(conn >= 0);
+    closesocket((SOCKET)conn);
+    close_channel(w1_end);
+  }
+  /* Worker 0 gets all six in the end, each connection alive. */
+  while (taken < 6) {
+    char id;
+    int conn = pfd_dispatch_take(w0_end, &seq, PFD_FD_BLOCK);
+    CHECK(conn >= 0);
+    CHECK(recv((SOCKET)conn, &id, 1, 0) == 1);
+    CHECK(id >= '0' && id < '6' && !seen[id - '0']);
+    seen[id - '0'] = 1;
+    CHECK(send((SOCKET)conn, "ok", 2, 0) == 2);
+    CHECK_EQ(pfd_dispatch_ack(w0_end, seq), 0);
+    closesocket((SOCKET)conn);
+    taken++;
+  }
+  for (i = 0; i < 6; i++) {
+    char buf[2];
+    CHECK(recv(clients[i], buf, 2, MSG_WAITALL) == 2 && memcmp(buf, "ok", 2) == 0);
+    closesocket(clients[i]);
+  }
+  await_stat(d, 0, 1, 6); /* six acknowledged */
+  CHECK_EQ(pfd_dispatch_stats(d, -1, out), 0);
+  CHECK_EQ(out[2], 3); /* re-dispatched */
+  CHECK_EQ(pfd_dispatch_stats(d, 1, out), 0);
+  CHECK_EQ(out[3], 0); /* worker 1 is down */
+  CHECK_EQ(pfd_dispatch_remove(d, 1), -ENOENT);
+  CHECK_EQ(pfd_dispatch_remove(d, 0), 0);
+  CHECK_EQ(pfd_dispatch_remove(d, 0), -ENOENT);
+  CHECK_EQ(pfd_dispatch_stats(d, 7, out), -ENOENT);
+  /* Removed: its channel is closed, so the worker learns there is nothing more. */
+  CHECK_EQ(pfd_dispatch_take(w0_end, &seq, PFD_FD_BLOCK), -EPIPE);
+  pfd_dispatch_free(d);
+  close_channel(w0_end);
+  closesocket(lsock);
+}
+
+static void test_dispatch_bounds_a_workers_connections_in_flight(void) {
+  int port, w, w_end, conn;
+  SOCKET lsock = dispatch_listener(&port), c1, c2;
+  unsigned long long seq, seq2;
+  char buf[4];
+  pfd_dispatch_t *d;
+  CHECK_EQ(pfd_dispatch_new(&d, (int)lsock, 1), 0);
+  dispatch_channel(&w, &w_end);
+  CHECK_EQ(pfd_dispatch_add(d, w), 0);
+  CHECK_EQ(pfd_dispatch_start(d), 0);
+  c1 = dispatch_client(port, 1);
+  c2 = dispatch_client(port, 2);
+  await_stat(d, -1, 0, 2);
+  await_stat(d, -1, 1, 1); /* the second waits: the worker has one in flight */
+  conn = pfd_dispatch_take(w_end, &seq, PFD_FD_BLOCK);
+  CHECK(conn >= 0);
+  CHECK_EQ(pfd_dispatch_take(w_end, &seq2, 0), -EAGAIN); /* nothing more handed yet */
+  CHECK_EQ(pfd_dispatch_ack(w_end, seq), 0);
+  closesocket((SOCKET)conn);
+  conn = pfd_dispatch_take(w_end, &seq2, PFD_FD_BLOCK); /* now it comes */
+  CHECK(conn >= 0 && seq2 == seq + 1);
+  closesocket((SOCKET)conn);
+  /* Freed with a connection unacknowledged: the dispatcher closes its copy (the client
+   * sees the end once the worker's is closed too), and the channel. */
+  pfd_dispatch_free(d);
+  CHECK_EQ(pfd_dispatch_take(w_end, &seq, PFD_FD_BLOCK), -EPIPE);
+  CHECK_EQ(recv(c2, buf, sizeof buf, 0), 0);
+  close_channel(w_end);
+  closesocket(c1);
+  closesocket(c2);
+  closesocket(lsock);
+}
+
+static void test_dispatch_least_connections_prefers_the_least_loaded(void) {
+  int port, w0, w0_end, w1, w1_end, i;
+  SOCKET lsock = dispatch_listener(&port), clients[4];
+  unsigned long long open[2] = {3, 0}, out[4];
+  pfd_dispatch_t *d;
+  CHECK_EQ(pfd_dispatch_new(&d, (int)lsock, 8), 0);
+  CHECK_EQ(pfd_dispatch_balance(d, 7), -EINVAL);
+  CHECK_EQ(pfd_dispatch_balance(d, PFD_DISPATCH_LEAST_CONN), 0);
+  dispatch_channel(&w0, &w0_end);
+  dispatch_channel(&w1, &w1_end);
+  CHECK_EQ(pfd_dispatch_add(d, w0), 0);
+  CHECK_EQ(pfd_dispatch_add(d, w1), 1);
+  CHECK_EQ(pfd_dispatch_load(d, 0, &open[0]), 0);
+  CHECK_EQ(pfd_dispatch_load(d, 1, &open[1]), 0);
+  CHECK_EQ(pfd_dispatch_load(d, 2, &open[1]), -ENOENT);
+  CHECK_EQ(pfd_dispatch_start(d), 0);
+  /* Worker 0 has 3 open, worker 1 none: the first three go to worker 1 (its load counts
+   * the hand-offs not yet acknowledged), then the tie goes in turn. */
+  for (i = 0; i < 3; i++) {
+    clients[i] = dispatch_client(port, i);
+    await_stat(d, 1, 0, (unsigned long long)i + 1);
+  }
+  CHECK_EQ(pfd_dispatch_stats(d, 0, out), 0);
+  CHECK_EQ(out[0], 0);
+  clients[3] = dispatch_client(port, 3);
+  await_stat(d, -1, 0, 4);
+  await_stat(d, 0, 0, 1);
+  pfd_dispatch_free(d); /* closes the hand-offs nobody took */
+  for (i = 0; i < 4; i++) closesocket(clients[i]);
+  close_channel(w0_end);
+  close_channel(w1_end);
+  closesocket(lsock);
+}
+
+/* A worker removed after acknowledging: what it acknowledged stays its own (never given
+ * to a second worker), what it acknowledges after the removal fails and goes to another. */
+static void test_dispatch_remove_honours_acks_already_sent(void) {
+  int port, w0, w0_end, w1, w1_end, c1_conn, c2_conn, conn;
+  SOCKET lsock = dispatch_listener(&port), c1, c2;
+  unsigned long long seq1, seq2, seq, out[4];
+  char id;
+  pfd_dispatch_t *d;
+  CHECK_EQ(pfd_dispatch_new(&d, (int)lsock, 8), 0);
+  dispatch_channel(&w0, &w0_end);
+  dispatch_channel(&w1, &w1_end);
+  CHECK_EQ(pfd_dispatch_add(d, w0), 0);
+  CHECK_EQ(pfd_dispatch_start(d), 0);
+  c1 = dispatch_client(port, 1);
+  c2 = dispatch_client(port, 2);
+  await_stat(d, 0, 0, 2); /* both handed to worker 0 */
+  c1_conn = pfd_dispatch_take(w0_end, &seq1, PFD_FD_BLOCK);
+  c2_conn = pfd_dispatch_take(w0_end, &seq2, PFD_FD_BLOCK);
+  CHECK(c1_conn >= 0 && c2_conn >= 0);
+  CHECK_EQ(pfd_dispatch_ack(w0_end, seq1), 0); /* sent; the dispatcher may not have read it */
+  CHECK_EQ(pfd_dispatch_add(d, w1), 1);
+  CHECK_EQ(pfd_dispatch_remove(d, 0), 0);
+  CHECK_EQ(pfd_dispatch_ack(w0_end, seq2), -EPIPE); /* too late: not its own any more */
+  closesocket((SOCKET)c2_conn);
+  conn = pfd_dispatch_take(w1_end, &seq, PFD_FD_BLOCK); /* only the second one moves */
+  CHECK(conn >= 0);
+  CHECK_EQ(pfd_dispatch_ack(w1_end, seq), 0);
+  CHECK(recv((SOCKET)conn, &id, 1, 0) == 1 && id == '2');
+  CHECK_EQ(pfd_dispatch_take(w1_end, &seq, 0), -EAGAIN);
+  CHECK_EQ(pfd_dispatch_stats(d, -1, out), 0);
+  CHECK_EQ(out[2], 1); /* one re-dispatched */
+  CHECK_EQ(pfd_dispatch_stats(d, 0, out), 0);
+  CHECK_EQ(out[1], 1); /* worker 0's first acknowledgement counted */
+  pfd_dispatch_free(d);
+  closesocket((SOCKET)conn);
+  closesocket((SOCKET)c1_conn);
+  closesocket(c1);
+  closesocket(c2);
+  close_channel(w0_end);
+  close_channel(w1_end);
+  closesocket(lsock);
+}
+
+static void test_dispatch_to_worker_processes(void) {
+  /* Two worker processes on channels spawn.c made: each connection is served by one of
+   * them (the socket crosses into the worker), in turn; freeing the dispatcher closes the
+   * channels and both workers end. */
+  pfd_stdio_t stdio[2][4];
+  pfd_spawn_result_t r[2];
+  int port, i, k;
+  SOCKET lsock = dispatch_listener(&port), clients[8];
+  unsigned long long out[4];
+  pfd_dispatch_t *d;
+  CHECK_EQ(pfd_dispatch_new(&d, (int)lsock, 0), 0);
+  for (k = 0; k < 2; k++) {
+    pfd_stdio_t s[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
+                        {PFD_STDIO_INHERIT_SAME, -1}, {PFD_STDIO_PIPE, -1}};
+    memcpy(stdio[k], s, sizeof s);
+    CHECK_EQ(spawn_child("dispatch_worker", NULL, stdio[k], 4, 0, &r[k]), 0);
+    CHECK_EQ(pfd_dispatch_add(d, stdio[k][3].fd), k);
+  }
+  CHECK_EQ(pfd_dispatch_start(d), 0);
+  for (i = 0; i < 8; i++) clients[i] = dispatch_client(port, i);
+  for (i = 0; i < 8; i++) {
+    char buf[3];
+    CHECK(recv(clients[i], buf, 3, MSG_WAITALL) == 3);
+    CHECK(memcmp(buf, "ok", 2) == 0 && buf[2] == '0' + i);
+    closesocket(clients[i]);
+  }
+  await_stat(d, 0, 1, 4); /* in turn: four each, all acknowledged */
+  await_stat(d, 1, 1, 4);
+  CHECK_EQ(pfd_dispatch_stats(d, -1, out), 0);
+  CHECK_EQ(out[0], 8);
+  CHECK_EQ(out[2], 0);
+  pfd_dispatch_free(d);
+  CHECK_EQ(reap(r[0].pid), 0);
+  CHECK_EQ(reap(r[1].pid), 0);
+  closesocket(lsock);
+}
+
 typedef struct {
   const char *name;
   void (*run)(void);
@@ -921,6 +1213,14 @@ static const test_t tests[] = {
     {"wake_crosses_processes", test_wake_crosses_processes},
     {"ring_between_processes", test_ring_between_processes},
     {"ring_wait_sees_its_peer_gone", test_ring_wait_sees_its_peer_gone},
+    {"dispatch_survives_a_worker_dying_with_connections",
+     test_dispatch_survives_a_worker_dying_with_connections},
+    {"dispatch_bounds_a_workers_connections_in_flight",
+     test_dispatch_bounds_a_workers_connections_in_flight},
+    {"dispatch_least_connections_prefers_the_least_loaded",
+     test_dispatch_least_connections_prefers_the_least_loaded},
+    {"dispatch_remove_honours_acks_already_sent", test_dispatch_remove_honours_acks_already_sent},
+    {"dispatch_to_worker_processes", test_dispatch_to_worker_processes},
 };
 
 int wmain(int argc, wchar_t **argv) {
