@@ -10,11 +10,16 @@ run its signal handlers (Ctrl-C) and call again.
 from __future__ import annotations
 
 import errno as _errno
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ._core import ffi, lib
+from ._core import ffi
+from ._core import lib as _lib
 from .errors import FrameError, SpawnError, oserror_class
+
+lib: Any = _lib
 
 __all__ = [
     "STDIO_CLOSE",
@@ -22,8 +27,12 @@ __all__ = [
     "STDIO_INHERIT",
     "STDIO_INHERIT_SAME",
     "STDIO_PIPE",
+    "WINDOWS",
     "Collector",
+    "adopt",
+    "close_native",
     "err_name",
+    "native",
     "process_kill",
     "process_open",
     "process_reap",
@@ -45,6 +54,45 @@ SPAWN_SETGID: int = lib.PFD_SPAWN_SETGID
 SPAWN_PDEATHSIG: int = lib.PFD_SPAWN_PDEATHSIG
 SPAWN_USE_POSIX_SPAWN: int = lib.PFD_SPAWN_USE_POSIX_SPAWN
 SPAWN_USE_FORK_PATH: int = lib.PFD_SPAWN_USE_FORK_PATH
+SPAWN_HIDE: int = lib.PFD_SPAWN_HIDE
+SPAWN_VERBATIM: int = lib.PFD_SPAWN_VERBATIM
+
+# On Windows the C core's "descriptors" are the system's HANDLE values, not the C runtime's
+# descriptors that os.open and open() use: the three functions below convert at the edge,
+# so the rest of the package keeps one vocabulary (an int it owns and closes).
+WINDOWS: bool = sys.platform == "win32"
+
+if sys.platform == "win32":
+    import _winapi
+    import msvcrt
+
+    def native(fd: int) -> int:
+        """The system handle behind C runtime descriptor ``fd`` (``OSError`` EBADF)."""
+        return int(msvcrt.get_osfhandle(fd))
+
+    def adopt(handle: int, writable: bool) -> int:
+        """A C runtime descriptor that takes ``handle`` over (closing it closes the handle)."""
+        return int(msvcrt.open_osfhandle(handle, os.O_WRONLY if writable else os.O_RDONLY))
+
+    def close_native(handle: int) -> None:
+        """Close a handle the C core gave out (a pipe end, a process handle)."""
+        _winapi.CloseHandle(handle)
+
+else:
+
+    def native(fd: int) -> int:
+        """The descriptor the C core takes for ``fd``: itself, on POSIX."""
+        return fd
+
+    def adopt(handle: int, writable: bool) -> int:
+        """The descriptor for one the C core gave out: itself, on POSIX."""
+        del writable
+        return handle
+
+    def close_native(handle: int) -> None:
+        """Close a descriptor the C core gave out."""
+        os.close(handle)
+
 
 _CHARS = ffi.typeof("char[]")
 _POINTERS = ffi.typeof("char *[]")
@@ -67,16 +115,58 @@ _STEP_SYSCALL: dict[int, str | None] = {
     lib.PFD_STEP_SETUID: "setuid",
     lib.PFD_STEP_CHDIR: "chdir",
 }
+if WINDOWS:
+    _STEP_SYSCALL.update(
+        {
+            lib.PFD_STEP_PIPE: "CreateNamedPipeW",
+            lib.PFD_STEP_FORK: "CreateProcessW",
+            lib.PFD_STEP_STDIO: "DuplicateHandle",
+        }
+    )
 
 
 def err_name(err: int) -> str:
     """The symbolic name of an errno value of either sign (``"ENOENT"``)."""
-    return ffi.string(lib.pfd_err_name(err)).decode("ascii")
+    return ffi.string(_lib.pfd_err_name(_TO_C.get(abs(err), abs(err)))).decode("ascii")
 
 
 def strerror(err: int) -> str:
     """The message for an errno value of either sign."""
-    return ffi.string(lib.pfd_strerror(err)).decode("utf-8", "replace")
+    return ffi.string(_lib.pfd_strerror(_TO_C.get(abs(err), abs(err)))).decode("utf-8", "replace")
+
+
+# The C core's errno values are its C runtime's.  On Windows Python's errno module differs
+# for the socket errors (errno.ETIMEDOUT is WSAETIMEDOUT, 10060, where the C runtime says
+# 138): there every -errno the core returns is translated by name into Python's number,
+# and back for the messages, so that this module and its callers compare with errno.X.
+_TO_C: dict[int, int] = {}
+if WINDOWS:
+    _TO_PY: dict[int, int] = {}
+    for _code in range(1, 256):
+        _name = ffi.string(_lib.pfd_err_name(_code)).decode("ascii")
+        _py = getattr(_errno, _name, None)
+        if _py is not None and _py != _code:
+            _TO_PY[_code] = _py
+            _TO_C[_py] = _code
+
+    class _TranslatedLib:
+        """``lib`` with every negative int return translated into Python's errno."""
+
+        def __getattr__(self, name: str) -> Any:
+            value = getattr(_lib, name)
+            if callable(value) and name.startswith("pfd_"):
+                c_function = value
+
+                def value(*args: Any) -> Any:
+                    r = c_function(*args)
+                    if type(r) is int and r < 0:
+                        return -_TO_PY.get(-r, -r)
+                    return r
+
+            setattr(self, name, value)
+            return value
+
+    lib = _TranslatedLib()
 
 
 def raise_errno(err: int, syscall: str, filename: str | None = None) -> NoReturn:
@@ -119,6 +209,8 @@ def spawn(
         options.envp = c_envp = new(_POINTERS, env_keep)  # noqa: F841 - kept alive
     if cwd is not None:
         options.cwd = c_cwd = new(_CHARS, cwd)  # noqa: F841 - kept alive
+    if WINDOWS:
+        stdio = [_native_slot(i, kind, fd) for i, (kind, fd) in enumerate(stdio)]
     options.stdio = c_stdio = new(_STDIO, stdio)
     options.stdio_count = len(stdio)
     options.flags = flags
@@ -134,6 +226,23 @@ def spawn(
             raise ValueError(f"stdio[{slot}]: descriptor {stdio[slot][1]} is not open")
         _raise_spawn_error(-err, result.step, result.slot, name, spawnargs, cwd_text)
     return result.pid, [c_stdio[i].fd if k == STDIO_PIPE else -1 for i, (k, _) in enumerate(stdio)]
+
+
+def _native_slot(slot: int, kind: int, fd: int) -> tuple[int, int]:
+    # Windows: a descriptor given for a slot is passed on as its handle, looked up here
+    # (in the C runtime Python uses: the core's own runtime has another descriptor table).
+    if kind == STDIO_INHERIT_SAME:
+        try:
+            handle = native(fd)
+        except OSError:
+            return STDIO_CLOSE, -1  # what the parent has, closed included
+        return (STDIO_INHERIT, handle) if handle >= 0 else (STDIO_CLOSE, -1)
+    if kind != STDIO_INHERIT:
+        return kind, fd
+    try:
+        return kind, native(fd)
+    except OSError:
+        raise ValueError(f"stdio[{slot}]: descriptor {fd} is not open") from None
 
 
 def _raise_spawn_error(
@@ -170,7 +279,7 @@ def process_open(pid: int) -> int:
     if r == -_errno.ENOSYS:
         return -1
     if r < 0:
-        raise_errno(r, "pidfd_open")
+        raise_errno(r, "DuplicateHandle" if WINDOWS else "pidfd_open")
     return r
 
 

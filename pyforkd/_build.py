@@ -39,7 +39,7 @@ def _cdef() -> str:
 
 def _compile_args() -> list[str]:
     if sys.platform == "win32":
-        return ["/W3"]
+        return ["/W3", "/std:c11"]
     return ["-std=c11", "-Wall", "-Wextra", "-O2"]
 
 

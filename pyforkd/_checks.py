@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
-__all__ = ["check_timeout", "deadline"]
+__all__ = ["check_timeout", "deadline", "require_posix"]
+
+
+def require_posix(what: str) -> None:
+    """Refuse, on Windows, a capability this version of pyforkd has not ported there yet.
+
+    ``NotImplementedError`` naming the capability and what does run on Windows; nothing
+    on POSIX.
+    """
+    if sys.platform == "win32":
+        raise NotImplementedError(
+            f"{what} is not available on Windows in this version of pyforkd (spawn, "
+            "spawn_sync, exec, exec_file and their options are; see the README's Platforms)"
+        )
 
 
 def check_timeout(timeout: Any, what: str = "timeout") -> float | None:

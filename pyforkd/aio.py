@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from . import child_process as _cp
 from . import worker as _worker
 from ._checks import deadline as _deadline
+from ._checks import require_posix as _require_posix
 from .channel import Channel, _close_sent, _handle_list
 from .child_process import (
     DEFAULT_MAX_BUFFER,
@@ -41,6 +42,8 @@ from .child_process import (
     StrOrBytesPath,
 )
 from .errors import ChannelClosedError
+
+_require_posix("pyforkd.aio")
 
 __all__ = ["AsyncChannel", "Process", "Worker", "exec", "exec_file", "fork", "fork_worker", "spawn"]
 
@@ -479,7 +482,7 @@ async def _wrap(child: ChildProcess, limit: int) -> Process:
     try:
         await proc._connect(child._take_fds(), limit)
     except BaseException:
-        child.kill(_signal.SIGKILL)
+        child.kill(_cp.SIGKILL)
         await proc.wait()
         proc._close_transports()
         child.close()
@@ -499,7 +502,7 @@ async def _finish(proc: Process, kill_signal: int) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
-        proc.kill(_signal.SIGKILL)
+        proc.kill(_cp.SIGKILL)
         await proc.wait()
 
 

@@ -39,6 +39,7 @@ from typing import Any, NoReturn, Union
 
 from . import _bindings as _b
 from ._checks import deadline as _deadline
+from ._checks import require_posix as _require_posix
 from .errors import ChannelClosedError, FrameError
 from .ring import Ring
 
@@ -689,6 +690,7 @@ class Channel:
         framing: str = "pyforkd",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
+        _require_posix("pyforkd.Channel")
         if serialization not in _SERIALIZATIONS:
             raise ValueError(
                 f"serialization must be one of {', '.join(_SERIALIZATIONS)}, not {serialization!r}"

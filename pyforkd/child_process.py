@@ -15,6 +15,7 @@ import heapq
 import io
 import math
 import os
+import re
 import signal as _signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from typing import IO, Any, Union
 
 from . import _bindings as _b
 from ._checks import check_timeout as _check_timeout
+from ._checks import require_posix as _require_posix
 from .channel import Channel
 from .errors import ExecError, MaxBufferError, TimeoutExpired
 from .ring import Ring
@@ -54,6 +56,15 @@ KILL_GRACE = 5.0  # seconds a timed-out child gets after kill_signal before SIGK
 
 _STDIO_WORDS = ("pipe", "inherit", "ignore")
 _SIGNAL_NUMBERS = {s.name: int(s) for s in _signal.Signals}
+if _b.WINDOWS:
+    # Windows has no signals to send: kill() ends the child (TerminateProcess) and records
+    # the signal asked for, so returncode is -signal as on POSIX.  The names Node accepts
+    # there keep their POSIX numbers; CTRL_*_EVENT are console events, not signals.
+    for _event in ("CTRL_C_EVENT", "CTRL_BREAK_EVENT"):
+        _SIGNAL_NUMBERS.pop(_event, None)
+    _SIGNAL_NUMBERS.update({"SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGKILL": 9, "SIGTERM": 15})
+_SIGNAL_NAMES = {number: name for name, number in _SIGNAL_NUMBERS.items()}
+SIGKILL = _SIGNAL_NUMBERS["SIGKILL"]
 
 
 # ---- option checking: every bad input is refused before a process exists ----------------
@@ -149,13 +160,16 @@ def signal_number(sig: SignalLike, what: str = "signal", allow_zero: bool = Fals
         raise TypeError(f"{what} must be a signal number or name, not {type(sig).__name__}")
     if sig == 0 and allow_zero:
         return 0
-    if sig not in _signal.valid_signals():
+    if sig not in _signal.valid_signals() and sig not in _SIGNAL_NAMES:
         raise ValueError(f"{what}: {sig} is not a valid signal number")
     return int(sig)
 
 
 def signal_name(signum: int) -> str:
     """``"SIGKILL"`` for 9; ``"SIG<n>"`` for numbers without a name (real-time signals)."""
+    name = _SIGNAL_NAMES.get(signum)
+    if name is not None:
+        return name
     try:
         return _signal.Signals(signum).name
     except ValueError:
@@ -213,6 +227,8 @@ def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
         return (_b.STDIO_PIPE, -1) if i <= 2 else (_b.STDIO_IGNORE, -1)
     if isinstance(entry, str):
         if entry == "pipe":
+            if i > 2:
+                _require_posix(f"stdio[{i}]: a 'pipe' above slot 2")
             return (_b.STDIO_PIPE, -1)
         if entry == "ignore":
             return (_b.STDIO_IGNORE, -1)
@@ -246,6 +262,25 @@ def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
     return (_b.STDIO_INHERIT, _check_fd(fd, i))
 
 
+_CMD_EXE = re.compile(rb"^(?:.*[\\/])?cmd(?:\.exe)?$", re.IGNORECASE)
+
+
+def _shell_command(shell: bool | StrOrBytesPath, line: bytes) -> tuple[bytes, list[bytes], int]:
+    """The program, argv and spawn flags that run ``line`` through the shell, as Node does.
+
+    POSIX: ``/bin/sh -c line``.  Windows: ``%ComSpec%`` (cmd.exe) with ``/d /s /c "line"``
+    put on the command line as it is (cmd.exe does its own parsing, which no quoting of
+    arguments survives); another shell named there gets ``-c line`` quoted as usual.
+    """
+    if shell is True:
+        path = os.fsencode(os.environ.get("COMSPEC", "cmd.exe")) if _b.WINDOWS else b"/bin/sh"
+    else:
+        path = _fsencode(shell, "shell")
+    if _b.WINDOWS and _CMD_EXE.match(path):
+        return path, [path, b"/d", b"/s", b"/c", b'"' + line + b'"'], _b.SPAWN_VERBATIM
+    return path, [path, b"-c", line], 0
+
+
 class _Command:
     """A checked, encoded command line and environment, ready for ``_bindings.spawn``."""
 
@@ -274,6 +309,7 @@ class _Command:
         detached: bool,
         uid: int | None,
         gid: int | None,
+        windows_hide: bool = False,
     ) -> None:
         arglist = _check_args(args)
         file = _fsencode(command, "command")
@@ -281,11 +317,9 @@ class _Command:
             raise ValueError("command must not be empty")
         argv = [file]
         argv += [_fsencode(a, n) for n, a in enumerate(arglist)]
+        flags = 0
         if shell:
-            shell_path = b"/bin/sh" if shell is True else _fsencode(shell, "shell")
-            line = b" ".join(argv)
-            argv = [shell_path, b"-c", line]
-            file = shell_path
+            file, argv, flags = _shell_command(shell, b" ".join(argv))
             self.spawnargs = [os.fsdecode(a) for a in argv]
         elif type(command) is str and all(type(a) is str for a in arglist):
             self.spawnargs = [command, *arglist]  # as given: no decoding round trip
@@ -299,7 +333,8 @@ class _Command:
         self.envp = None if env is None else _encode_env(env)
         self.cwd = None if cwd is None else _fsencode(cwd, "cwd")
         self.cwd_text = None if cwd is None else _text(cwd)
-        flags = _b.SPAWN_SETSID if detached else 0
+        flags |= _b.SPAWN_SETSID if detached else 0
+        flags |= _b.SPAWN_HIDE if windows_hide else 0
         self.uid = self.gid = -1
         if uid is not None:
             self.uid = _check_id(uid, "uid")
@@ -408,7 +443,8 @@ class _ForkGuard:
 
 
 fork_guard = _ForkGuard()
-os.register_at_fork(after_in_child=fork_guard._reset)
+if hasattr(os, "register_at_fork"):  # (Windows has no fork)
+    os.register_at_fork(after_in_child=fork_guard._reset)
 
 
 class _Watchdog:
@@ -417,15 +453,19 @@ class _Watchdog:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         # Strong references, on purpose: a child whose ChildProcess was dropped must still be
-        # killed at its deadline (fire-and-forget with a safety timeout, as in Node).
-        self._heap: list[tuple[float, int, ChildProcess]] = []
+        # killed at its deadline (fire-and-forget with a safety timeout, as in Node).  Each
+        # entry holds its child in a one-item list that the child empties when it is reaped
+        # (ChildProcess._forget_deadline): an ended child is not kept until its deadline.
+        self._heap: list[tuple[float, int, list[ChildProcess | None]]] = []
         self._thread: threading.Thread | None = None
         self._seq = 0
 
     def add(self, child: ChildProcess, timeout: float) -> None:
         with self._cond:
             self._seq += 1
-            heapq.heappush(self._heap, (time.monotonic() + timeout, self._seq, child))
+            holder: list[ChildProcess | None] = [child]
+            child._deadline_holder = holder
+            heapq.heappush(self._heap, (time.monotonic() + timeout, self._seq, holder))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="pyforkd-timeouts", daemon=True
@@ -438,13 +478,15 @@ class _Watchdog:
             with self._cond:
                 while not self._heap:
                     self._cond.wait()
-                deadline, _, child = self._heap[0]
+                deadline, _, holder = self._heap[0]
                 delay = deadline - time.monotonic()
                 if delay > 0:
                     self._cond.wait(delay)
                     continue
                 heapq.heappop(self._heap)
-            child._time_out()
+                child = holder[0]
+            if child is not None:
+                child._time_out()
 
 
 _watchdog = _Watchdog()
@@ -498,6 +540,7 @@ class ChildProcess:
         self._handle = -2  # -2: not opened yet; -1: the system has none or it was closed
         self._handle_users = 0  # waiters polling the handle now; it is closed only at 0
         self._exit_event: threading.Event | None = None
+        self._deadline_holder: list[ChildProcess | None] | None = None  # (the watchdog's)
         self.channel: Channel | None = None  # set by fork() and by spawn() with "ipc"
 
     # -- the pipes, made into file objects only when asked for --
@@ -513,11 +556,11 @@ class ChildProcess:
         if i > 2:
             f = socket.socket(fileno=fd)
         elif i == 0:
-            f = open(fd, "wb")  # noqa: SIM115 - the child process owns its lifetime
+            f = open(_b.adopt(fd, True), "wb")  # noqa: SIM115 - the child process owns it
             if self._encoding:
                 f = io.TextIOWrapper(f, self._encoding, self._errors, write_through=True)
         else:
-            f = open(fd, "rb")  # noqa: SIM115
+            f = open(_b.adopt(fd, False), "rb")  # noqa: SIM115
             if self._encoding:
                 f = io.TextIOWrapper(f, self._encoding, self._errors)
         self._files[i] = f
@@ -569,12 +612,14 @@ class ChildProcess:
         else:
             self.exit_code, self.returncode = code, code
         self._release_handle_locked()
+        if self._deadline_holder is not None:
+            self._deadline_holder[0] = None  # the watchdog lets go of an ended child
         return True
 
     def _release_handle_locked(self) -> None:
         if self._handle_users == 0 and self.returncode is not None:
             if self._handle >= 0:
-                os.close(self._handle)
+                _b.close_native(self._handle)
             self._handle = -1
 
     def poll(self) -> int | None:
@@ -751,7 +796,7 @@ class ChildProcess:
                 self._files[i] = None
         for i, fd in enumerate(self._fds):
             if fd >= 0:
-                os.close(fd)
+                _b.close_native(fd)
                 self._fds[i] = -1
 
     def close(self) -> None:
@@ -772,7 +817,7 @@ class ChildProcess:
         for fd in fds:
             if fd >= 0:
                 try:
-                    os.close(fd)
+                    _b.close_native(fd)
                 except OSError:
                     pass
         if getattr(self, "returncode", 0) is not None:
@@ -784,7 +829,7 @@ class ChildProcess:
             return
         if self._handle >= 0 and self._handle_users == 0:
             try:
-                os.close(self._handle)
+                _b.close_native(self._handle)
             except OSError:
                 pass
         with _abandoned_lock:
@@ -845,7 +890,6 @@ def spawn(
     program cannot be started, naming the failing step in ``.syscall``; ``ValueError`` /
     ``TypeError`` for bad options, before any process exists.
     """
-    del windows_hide
     ipc = _IpcPlan.from_stdio(stdio, serialization, ring)
     try:
         if ipc is not None:
@@ -860,6 +904,7 @@ def spawn(
             detached=detached,
             uid=uid,
             gid=gid,
+            windows_hide=windows_hide,
         )
         timeout = _check_timeout(timeout)
         kill_sig = signal_number(kill_signal, "kill_signal")
@@ -952,6 +997,7 @@ class _IpcPlan:
             raise ValueError(f"stdio: one 'ipc' at most, found {len(slots)}")
         if slots[0] <= 2:
             raise ValueError(f"stdio[{slots[0]}]: the IPC channel needs a slot of 3 or more")
+        _require_posix("the IPC channel ('ipc' in stdio, fork, fork_worker)")
         ser = "json" if serialization is None else serialization
         if ser not in ("json", "pickle", "raw"):
             raise ValueError(f"serialization must be 'json', 'pickle' or 'raw', not {ser!r}")
@@ -1174,7 +1220,7 @@ def _wait_or_escalate(child: ChildProcess) -> None:
             RuntimeWarning,
             stacklevel=4,
         )
-        child.kill(_signal.SIGKILL)
+        child.kill(SIGKILL)
         child.wait()
 
 
@@ -1207,7 +1253,7 @@ def _collect(
     collector = _b.Collector(extra[0], data, extra[1], extra[2], limit)
     for fd in extra[3:]:
         if fd >= 0:
-            os.close(fd)
+            _b.close_native(fd)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         state = _run_collect(child, collector, deadline, kill_sig)
@@ -1293,7 +1339,6 @@ def spawn_sync(
     so neither can fill up and deadlock.  A stream over ``max_buffer`` bytes (None: no
     limit) kills the child and raises :class:`MaxBufferError` with what was read.
     """
-    del windows_hide
     result, state, overflow = _collect(
         command,
         args,
@@ -1311,6 +1356,7 @@ def spawn_sync(
         uid=uid,
         gid=gid,
         shell=shell,
+        windows_hide=windows_hide,
     )
     if state == "overflow":
         _raise_for(result, state, overflow, max_buffer, timeout)
@@ -1344,7 +1390,6 @@ def exec_file(
     goes over ``max_buffer`` bytes (default 1 MiB as in Node; None for no limit).
     Output is bytes unless ``encoding`` is given.
     """
-    del windows_hide
     timeout = _check_timeout(timeout)
     result, state, overflow = _collect(
         file,
@@ -1363,6 +1408,7 @@ def exec_file(
         uid=uid,
         gid=gid,
         shell=shell,
+        windows_hide=windows_hide,
     )
     _raise_for(result, state, overflow, max_buffer, timeout)
     return result

@@ -51,6 +51,7 @@ from . import _bindings as _b
 from . import _board, _systemd
 from . import channel as _channel
 from . import worker as _worker
+from ._checks import require_posix as _require_posix
 from .child_process import _live_pids, signal_name
 from .errors import ChannelClosedError, TimeoutExpired
 
@@ -217,7 +218,11 @@ def _cpu_seconds(pid: int) -> float | None:
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PRIMARY_SIGNALS = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGTTIN, _signal.SIGTTOU)
+_PRIMARY_SIGNALS = tuple(
+    getattr(_signal, name)
+    for name in ("SIGTERM", "SIGHUP", "SIGTTIN", "SIGTTOU")
+    if hasattr(_signal, name)  # (Windows has SIGTERM alone)
+)
 
 
 class Listener:
@@ -553,6 +558,7 @@ class Cluster:
     """A primary and its workers; the ``cluster`` module's functions use a default one."""
 
     def __init__(self) -> None:
+        _require_posix("the cluster (pyforkd.cluster)")
         self.workers: dict[int, Worker] = {}
         self.settings: dict[str, Any] = dict(_DEFAULTS)
         self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
@@ -1572,7 +1578,8 @@ def _after_fork_in_child() -> None:
     _systemd.forget()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # (Windows has no fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def start_server(

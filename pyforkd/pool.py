@@ -34,6 +34,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, cast
 
 from . import worker as _worker
+from ._checks import require_posix as _require_posix
 from .errors import ChannelClosedError, PyforkdError
 
 __all__ = ["Pool", "PoolBrokenError", "WorkerCrashedError"]
@@ -130,6 +131,7 @@ class Pool(cf.Executor):
         max_tasks_per_worker: int | None = None,
         restart: bool = True,
     ) -> None:
+        _require_posix("pyforkd.Pool")
         if workers is None:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

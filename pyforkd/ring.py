@@ -35,6 +35,7 @@ from typing import Any
 
 from . import _bindings as _b
 from ._checks import deadline as _deadline
+from ._checks import require_posix as _require_posix
 from .errors import ChannelClosedError
 
 __all__ = ["Ring"]
@@ -65,6 +66,7 @@ class Ring:
     """
 
     def __init__(self, capacity: int = 1 << 20) -> None:
+        _require_posix("pyforkd.Ring")
         size = check_capacity(capacity)
         fd = _b.shm_create("pyforkd-ring", size)
         try:

@@ -35,6 +35,7 @@ from typing import Any
 
 from . import _bindings as _b
 from . import child_process as _cp
+from ._checks import require_posix as _require_posix
 from .channel import Channel, Fd
 from .errors import ChannelClosedError, TimeoutExpired, WorkerError
 from .ring import Ring, check_capacity
@@ -59,6 +60,8 @@ def parent() -> Channel | None:
     with _lock:
         if "channel" in _state:
             return _state["channel"]
+        if os.environ.get("NODE_CHANNEL_FD"):
+            _require_posix("the IPC channel to a parent (pyforkd.parent)")
         found = {name: os.environ.pop(name, None) for name in _VARIABLES}
         _state["channel"] = channel = _open(found) if found["NODE_CHANNEL_FD"] else None
         return channel
@@ -118,7 +121,8 @@ def _after_fork_in_child() -> None:
     _forkserver._forget()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # (Windows has no fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Worker(_cp.ChildProcess):
@@ -267,6 +271,7 @@ def fork_worker(
     waits on that for good (it goes through the socket meanwhile).  Handles still travel
     on the socket, in order with the rest.
     """
+    _require_posix("fork_worker")
     _check_target(target)
     if _importing_main.is_set():
         raise RuntimeError(

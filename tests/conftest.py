@@ -8,6 +8,13 @@ import sys
 import pytest
 from _helpers import open_fds, zombie_children
 
+# tests/windows holds the Windows tests (run under wine by tests/windows/run_wine.py in
+# .ci/run, and natively by cibuildwheel); everything else here is the POSIX suite.
+if sys.platform == "win32":
+    collect_ignore_glob = ["test_*.py", "c/*"]
+else:
+    collect_ignore = ["windows"]
+
 
 @pytest.fixture(autouse=True)
 def _no_zombies_left():

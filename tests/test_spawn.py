@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import stat
 import subprocess
 import threading
 import time
+import weakref
 
 import pytest
 from _helpers import PY, alive, linux_only, open_fds, wait_gone, zombie_children
@@ -287,6 +289,24 @@ def test_spawn_timeout_leaves_a_finished_child_alone():
     assert p.wait() == 0
     time.sleep(0.1)
     assert not p.killed
+
+
+def test_a_reaped_child_is_not_kept_until_its_timeout():
+    # The watchdog holds a running child (it must still be killed at its deadline even if
+    # dropped), but lets go of one that ended: a long timeout keeps nothing alive.
+    p = pyforkd.spawn("true", stdio="ignore", timeout=3600)
+    assert p.wait() == 0
+    ref = weakref.ref(p)
+    del p
+    gc.collect()
+    assert ref() is None
+    running = pyforkd.spawn("sleep", ["30"], stdio="ignore", timeout=0.2)
+    ref = weakref.ref(running)
+    del running
+    gc.collect()
+    child = ref()
+    assert child is not None  # dropped while running: kept, and killed at its deadline
+    assert child.wait(timeout=10) == -signal.SIGTERM
 
 
 def test_encoding_gives_text_streams():

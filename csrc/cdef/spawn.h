@@ -27,7 +27,11 @@ enum {
   PFD_SPAWN_USE_POSIX_SPAWN = 16, /* posix_spawn even where the vfork path is the default
                                      (it still gives way for options it cannot express) */
   PFD_SPAWN_USE_FORK_PATH = 32,    /* always the vfork/fork path */
-  PFD_SPAWN_HIDE = 64              /* Windows: no console window (CREATE_NO_WINDOW, SW_HIDE);
+  PFD_SPAWN_HIDE = 64,             /* Windows: no console window (CREATE_NO_WINDOW, SW_HIDE);
+                                      ignored elsewhere */
+  PFD_SPAWN_VERBATIM = 128         /* Windows: the arguments after argv[0] go on the command
+                                      line as they are, joined by spaces, unquoted (Node's
+                                      windowsVerbatimArguments, for cmd.exe /d /s /c "...");
                                       ignored elsewhere */
 };
 

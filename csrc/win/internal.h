@@ -30,9 +30,10 @@ int pfd__win_last_errno(void);
 wchar_t *pfd__utf16(const char *utf8, int *err);
 
 /* The command line CreateProcessW gets for argv (UTF-8): each argument quoted so that the
- * Microsoft C runtime splits it back exactly (spawn.c).  *out is malloc'd.  Returns 0,
- * -EINVAL (no argv[0], or a quote in it), -EILSEQ (not UTF-8) or -ENOMEM. */
-int pfd__win_command_line(char *const *argv, wchar_t **out);
+ * Microsoft C runtime splits it back exactly (spawn.c), or with `verbatim` the arguments
+ * after argv[0] as they are (PFD_SPAWN_VERBATIM).  *out is malloc'd.  Returns 0, -EINVAL
+ * (no argv[0], or a quote in it), -EILSEQ (not UTF-8) or -ENOMEM. */
+int pfd__win_command_line(char *const *argv, int verbatim, wchar_t **out);
 
 /* Handle passing (fdpass.c).  Copies `handle` into process `pid` and stores the value it
  * has there in *remote (DuplicateHandle; with `move`, this process's copy is closed in the

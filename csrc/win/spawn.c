@@ -65,7 +65,7 @@ static size_t pfd__win_quote_one(const wchar_t *arg, wchar_t *out) {
   return n;
 }
 
-int pfd__win_command_line(char *const *argv, wchar_t **out) {
+int pfd__win_command_line(char *const *argv, int verbatim, wchar_t **out) {
   size_t count = 0, total = 0, i, at = 0;
   wchar_t **wide;
   int err = 0;
@@ -82,7 +82,9 @@ int pfd__win_command_line(char *const *argv, wchar_t **out) {
     err = -EINVAL;
     goto done;
   }
-  for (i = 0; i < count; i++) total += pfd__win_quote_one(wide[i], NULL) + 3;
+  for (i = 0; i < count; i++) {
+    total += (verbatim && i > 0 ? wcslen(wide[i]) : pfd__win_quote_one(wide[i], NULL)) + 3;
+  }
   if ((*out = malloc((total + 1) * sizeof(wchar_t))) == NULL) {
     err = -ENOMEM;
     goto done;
@@ -99,6 +101,10 @@ int pfd__win_command_line(char *const *argv, wchar_t **out) {
       memcpy(*out + at, wide[0], len * sizeof(wchar_t));
       at += len;
       (*out)[at++] = L'"';
+    } else if (verbatim) {
+      size_t len = wcslen(wide[i]);
+      memcpy(*out + at, wide[i], len * sizeof(wchar_t));
+      at += len;
     } else {
       at += pfd__win_quote_one(wide[i], *out + at);
     }
@@ -428,7 +434,7 @@ int pfd_spawn(const pfd_spawn_options_t *o, pfd_spawn_result_t *result) {
   if (o->flags & (PFD_SPAWN_SETUID | PFD_SPAWN_SETGID | PFD_SPAWN_PDEATHSIG)) return -ENOTSUP;
   if ((err = pfd__win_resolve(o->file, o->envp, &st.app, &result->step)) < 0) return err;
   result->step = PFD_STEP_NONE;
-  if ((err = pfd__win_command_line(o->argv, &st.cmdline)) < 0) goto fail;
+  if ((err = pfd__win_command_line(o->argv, (o->flags & PFD_SPAWN_VERBATIM) != 0, &st.cmdline)) < 0) goto fail;
   if (o->envp != NULL && (err = pfd__win_env_block(o->envp, &st.env)) < 0) goto fail;
   if (o->cwd != NULL) {
     if ((st.cwd = pfd__utf16(o->cwd, &err)) == NULL || (err = pfd__win_check_cwd(st.cwd)) < 0) {

@@ -321,7 +321,7 @@ static void test_quoting_table(void) {
     int k;
     for (k = 0; table[i].args[k] != NULL; k++) argv[k + 1] = (char *)table[i].args[k];
     argv[k + 1] = NULL;
-    CHECK_EQ(pfd__win_command_line(argv, &line), 0);
+    CHECK_EQ(pfd__win_command_line(argv, 0, &line), 0);
     if (wcscmp(line, table[i].line) != 0) {
       fprintf(stderr, "row %u: got %ls\n", (unsigned)i, line);
       CHECK(0);
@@ -331,7 +331,19 @@ static void test_quoting_table(void) {
   {
     char *bad[] = {"pro\"g", NULL};
     wchar_t *line = NULL;
-    CHECK_EQ(pfd__win_command_line(bad, &line), -EINVAL);
+    CHECK_EQ(pfd__win_command_line(bad, 0, &line), -EINVAL);
+  }
+  {
+    /* Verbatim (a shell's command line): argv[0] quoted as ever, the rest as they are. */
+    char *shell[] = {"C:\\Windows\\system32\\cmd.exe", "/d", "/s", "/c", "\"echo \"a b\" & ver\"", NULL};
+    char *spaced[] = {"C:\\my shell.exe", "/c", "x", NULL};
+    wchar_t *line = NULL;
+    CHECK_EQ(pfd__win_command_line(shell, 1, &line), 0);
+    CHECK(wcscmp(line, L"C:\\Windows\\system32\\cmd.exe /d /s /c \"echo \"a b\" & ver\"") == 0);
+    free(line);
+    CHECK_EQ(pfd__win_command_line(spaced, 1, &line), 0);
+    CHECK(wcscmp(line, L"\"C:\\my shell.exe\" /c x") == 0);
+    free(line);
   }
 }
 
@@ -893,8 +905,10 @@ static void test_collect_both_streams_and_limits(void) {
   CHECK_EQ(c.overflow, 1);
   CHECK_EQ(c.out[0].size, 1000);
   CHECK_EQ(pfd_collect_run(&c, 0), -ENOBUFS); /* it stays over */
-  pfd_collect_close(&c);
+  /* Killed while its pipes are open (it is blocked writing to a full one): once they are
+   * closed it could end by itself first. */
   CHECK_EQ(pfd_process_kill(r.pid, -1, SIGKILL), 0);
+  pfd_collect_close(&c);
   CHECK_EQ(reap(r.pid), -SIGKILL);
 
   /* A child that writes nothing: the deadline ends the run, and a later run goes on. */
