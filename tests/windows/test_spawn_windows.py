@@ -15,7 +15,7 @@ import os
 import sys
 
 import pytest
-from conftest import handle_count
+from _winhelpers import handle_count
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
