@@ -132,7 +132,15 @@ def main() -> int:
     cmd = [WINE, str(python / "python.exe"), "-m", "pytest", "-p", "no:cacheprovider",
            "--rootdir", windows_path(ROOT), *sys.argv[1:], tests]  # fmt: skip
     print("+", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, check=False, env=env, cwd=ROOT).returncode
+    # Through a pipe: wine's python.exe cannot start with its stdout on a regular file
+    # ("init_sys_streams: Invalid handle"), which is where CI sends it.
+    with subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.buffer.write(line)
+            sys.stdout.flush()
+    return proc.returncode
 
 
 if __name__ == "__main__":
