@@ -131,8 +131,14 @@ def err_name(err: int) -> str:
 
 
 def strerror(err: int) -> str:
-    """The message for an errno value of either sign."""
-    return ffi.string(_lib.pfd_strerror(_TO_C.get(abs(err), abs(err)))).decode("utf-8", "replace")
+    """The message for an errno value of either sign.
+
+    Its name where the C runtime has no message (Windows' knows only the oldest codes).
+    """
+    text = ffi.string(_lib.pfd_strerror(_TO_C.get(abs(err), abs(err)))).decode("utf-8", "replace")
+    if text.startswith("Unknown error") and err_name(err) != "UNKNOWN":
+        return err_name(err)
+    return text
 
 
 # The C core's errno values are its C runtime's.  On Windows Python's errno module differs

@@ -31,7 +31,7 @@ from . import _bindings as _b
 from ._checks import check_timeout as _check_timeout
 from ._checks import require_posix as _require_posix
 from .channel import Channel
-from .errors import ExecError, MaxBufferError, TimeoutExpired
+from .errors import ExecError, MaxBufferError, SpawnError, TimeoutExpired
 from .ring import Ring
 
 __all__ = [
@@ -336,6 +336,15 @@ class _Command:
         flags |= _b.SPAWN_SETSID if detached else 0
         flags |= _b.SPAWN_HIDE if windows_hide else 0
         self.uid = self.gid = -1
+        if _b.WINDOWS and (uid is not None or gid is not None):
+            raise SpawnError(
+                errno.ENOTSUP,
+                f"spawn {self.name}: uid and gid are not supported on Windows (it has no "
+                "user or group ids to switch to)",
+                self.name,
+                syscall=f"spawn {self.name}",
+                spawnargs=self.spawnargs,
+            )
         if uid is not None:
             self.uid = _check_id(uid, "uid")
             flags |= _b.SPAWN_SETUID

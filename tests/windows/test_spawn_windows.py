@@ -9,6 +9,7 @@ handles under the C runtime's descriptors.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import os
@@ -184,6 +185,23 @@ def test_a_closed_descriptor_is_refused_before_anything_starts(tmp_path):
     os.close(fd)
     with pytest.raises(ValueError, match=r"stdio\[1\]"):
         pyforkd.spawn(PY, ["-c", "pass"], stdio=["ignore", fd, "ignore"])
+
+
+def test_uid_and_gid_are_refused_by_name():
+    for option in ({"uid": 1000}, {"gid": 1000}):
+        with pytest.raises(pyforkd.SpawnError, match="not supported on Windows") as info:
+            pyforkd.spawn(PY, ["-c", "pass"], **option)
+        assert info.value.errno == errno.ENOTSUP
+        assert info.value.code == "ENOTSUP"
+
+
+def test_a_detached_child_runs_and_is_reaped():
+    child = pyforkd.spawn(
+        PY, ["-c", "print('alone')"], detached=True, stdio=["ignore", "pipe", "ignore"]
+    )
+    assert child.stdout.read().strip() == b"alone"
+    assert child.wait() == 0
+    child.close()
 
 
 def test_windows_hide_is_accepted():
