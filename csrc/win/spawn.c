@@ -287,6 +287,32 @@ static HANDLE pfd__win_job_get(int *err) {
 #define PFD__CRT_FPIPE 0x08
 #define PFD__CRT_FDEV 0x40
 
+/* The handle behind this process's C runtime descriptor `fd`, or INVALID_HANDLE_VALUE when
+ * it is not open.  The UCRT (an MSVC build, as the wheels are) reports a bad descriptor to
+ * its invalid-parameter handler, which ends the process by default: this thread gets a
+ * handler that returns, for the one call.  mingw's msvcrt.dll just answers -1. */
+#ifdef _MSC_VER
+static void __cdecl pfd__win_ignore_parameter(const wchar_t *expression, const wchar_t *function,
+                                              const wchar_t *file, unsigned int line,
+                                              uintptr_t reserved) {
+  (void)expression;
+  (void)function;
+  (void)file;
+  (void)line;
+  (void)reserved;
+}
+
+static HANDLE pfd__win_crt_handle(int fd) {
+  _invalid_parameter_handler old =
+      _set_thread_local_invalid_parameter_handler(pfd__win_ignore_parameter);
+  intptr_t h = _get_osfhandle(fd);
+  (void)_set_thread_local_invalid_parameter_handler(old);
+  return (HANDLE)h;
+}
+#else
+static HANDLE pfd__win_crt_handle(int fd) { return (HANDLE)_get_osfhandle(fd); }
+#endif
+
 /* One duplex, overlapped named pipe: our end (the server) and the child's (the client). */
 static int pfd__win_duplex_pipe(HANDLE *ours, HANDLE *theirs) {
   static volatile LONG counter;
@@ -330,7 +356,7 @@ static int pfd__win_slot(const pfd_stdio_t *s, int slot, HANDLE *child, HANDLE *
         static const DWORD which[3] = {STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE};
         source = GetStdHandle(which[slot]);
       } else {
-        source = (HANDLE)_get_osfhandle(slot);
+        source = pfd__win_crt_handle(slot);
       }
       if (source == INVALID_HANDLE_VALUE || source == NULL) return 0; /* closed here too */
       break;

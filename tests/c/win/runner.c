@@ -516,6 +516,19 @@ static void test_only_listed_handles_are_inherited(void) {
   CloseHandle(unlisted);
 }
 
+static void test_a_closed_slot_is_given_as_closed(void) {
+  /* "inherit" at slot 5, which is not open here: the child gets nothing there (no crash
+   * in the C runtime's descriptor lookup), as fork+exec would give. */
+  pfd_stdio_t stdio[6] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
+                          {PFD_STDIO_INHERIT_SAME, -1}, {PFD_STDIO_IGNORE, -1},
+                          {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1}};
+  const char *args[] = {"0", NULL};
+  pfd_spawn_result_t r;
+  CHECK(_get_osfhandle(5) == -1);
+  CHECK_EQ(spawn_child("exit", args, stdio, 6, 0, &r), 0);
+  CHECK_EQ(reap(r.pid), 0);
+}
+
 static void test_shared_memory_between_processes(void) {
   pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1},
                           {PFD_STDIO_INHERIT, -1}};
@@ -1219,6 +1232,7 @@ static const test_t tests[] = {
     {"collect_both_streams_and_limits", test_collect_both_streams_and_limits},
     {"failures_name_their_step", test_failures_name_their_step},
     {"only_listed_handles_are_inherited", test_only_listed_handles_are_inherited},
+    {"a_closed_slot_is_given_as_closed", test_a_closed_slot_is_given_as_closed},
     {"shared_memory_between_processes", test_shared_memory_between_processes},
     {"children_die_with_their_parent", test_children_die_with_their_parent},
     {"handle_passing_between_processes", test_handle_passing_between_processes},
