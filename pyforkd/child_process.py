@@ -507,6 +507,27 @@ _watchdog = _Watchdog()
 _children: weakref.WeakSet[ChildProcess] = weakref.WeakSet()  # for _live_pids()
 
 
+def _release_in_fork_child() -> None:
+    """In a worker that fork_worker forked: let go of this process's other children.
+
+    The fork copied the parent's ends of their pipes and channels; a worker holding them
+    would keep a child from ever seeing EOF on its stdin, or its channel's end, for as long
+    as the worker lives (a spawned worker, like a Node one, never has them).  Each pipe
+    descriptor is pointed at /dev/null in place (dup2), so that the objects wrapping it in
+    this copy of the program stay valid and, when they close or flush, touch nothing of the
+    parent's; each channel is forgotten the way a forked channel is.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return  # nothing to point them at: they stay (as they were before this existed)
+    try:
+        for child in list(_children):
+            child._release_pipes(devnull)
+    finally:
+        os.close(devnull)
+
+
 def _live_pids() -> set[int]:
     """Pids of this process's pyforkd children not reaped yet (a PID 1 leaves them be)."""
     return {c.pid for c in list(_children) if c.returncode is None}
@@ -594,6 +615,27 @@ class ChildProcess:
     def stdio(self) -> list[Any]:
         """Every slot: a file (0-2) or socket (3 and up) for pipes, None for the rest."""
         return [self._file(i) for i in range(len(self._fds))]
+
+    def _release_pipes(self, devnull: int) -> None:
+        """Point this child's pipes at ``devnull``: see _release_in_fork_child.
+
+        Only ever in a forked worker: the lock is not taken, since a thread of the parent
+        may have held it at the fork.
+        """
+        fds = [fd for fd in self._fds if fd >= 0]
+        for f in self._files:
+            if f is not None:
+                try:
+                    fds.append(f.fileno())
+                except (OSError, ValueError):
+                    pass  # closed already: nothing of the parent's is held
+        for fd in fds:
+            try:
+                os.dup2(devnull, fd, inheritable=False)
+            except OSError:
+                pass  # not open in this process (closed by the parent's other threads)
+        if self.channel is not None:
+            self.channel._forget()
 
     def _take_fds(self) -> list[int]:
         """Hand the raw pipe descriptors to another owner (the exec family, asyncio)."""

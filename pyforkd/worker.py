@@ -251,7 +251,9 @@ def fork_worker(
     """Run ``target(*args, **kwargs)`` in a new process; return its :class:`Worker`.
 
     ``start="fork"`` (the POSIX default) forks this interpreter through ``os.fork()``, so
-    the target runs with a copy of everything and its at-fork hooks run; ``start="spawn"``
+    the target runs with a copy of everything and its at-fork hooks run, except the pipes
+    and channels of the other children this process started (their descriptors point at
+    /dev/null in the worker: a worker must not keep them from seeing EOF); ``start="spawn"``
     starts a fresh interpreter that re-imports this program's ``__main__`` as
     ``__mp_main__`` and receives the pickled target (what Windows has to do, usable
     everywhere; a target that cannot be pickled raises ``TypeError`` before any process
@@ -333,6 +335,7 @@ def _start_fork(
         if pid == 0:  # the worker: never returns into the caller
             try:
                 ours._forget()
+                _cp._release_in_fork_child()
                 _serve(theirs, target, args, kwargs, me, main_thread)
             finally:
                 os._exit(1)

@@ -295,6 +295,56 @@ def test_workers_forked_from_many_threads_at_once_hold_only_their_own_end():
             w.wait(timeout=30)
 
 
+def pipe_inodes(pid):
+    found = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith(("pipe:", "socket:")):
+            found.add(target)
+    return found
+
+
+@linux_only
+def test_a_forked_worker_holds_nothing_of_the_other_children():
+    # A worker forked while other children run must not keep their pipes or channel
+    # open: closing a child's stdin would never give it EOF while the worker lives.
+    before = pipe_inodes(os.getpid())
+    cat = pyforkd.spawn("cat", stdio=["pipe", "pipe", "pipe"])  # stderr stays a raw fd
+    cat.stdin.write(b"once")  # buffered here: it reaches cat once, at the close
+    talker_code = (
+        "import pyforkd\n"
+        "try:\n    pyforkd.parent().recv()\n"
+        "except pyforkd.ChannelClosedError:\n    pass\n"
+    )
+    talker = pyforkd.spawn(
+        PY, ["-c", talker_code], stdio=["ignore", "ignore", "inherit", "ipc"],
+        serialization="pickle",
+    )  # fmt: skip
+    theirs = pipe_inodes(os.getpid()) - before
+    assert len(theirs) >= 4  # cat's three pipes and the channel
+    worker = pyforkd.fork_worker(ready_then_sleep)
+    try:
+        assert worker.recv(timeout=30) == "ready"
+        assert not pipe_inodes(worker.pid) & theirs
+        cat.stdin.close()
+        assert cat.wait(timeout=60) == 0  # EOF came though the worker lives
+        assert cat.stdout.read() == b"once"
+        talker.disconnect()
+        assert talker.wait(timeout=60) == 0  # so did the end of its channel
+        assert worker.poll() is None
+    finally:
+        worker.disconnect()
+        worker.wait(timeout=30)
+        cat.close()
+        for child in (cat, talker):
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
 def test_failed_spawns_leave_forks_free():
     # A spawn that fails, with or without a channel, must not keep the fork guard: a later
     # fork_worker fork would wait for it for ever.
