@@ -250,14 +250,15 @@ def test_forked_workers_do_not_keep_each_others_parent_ends(tmp_path):
     assert len(open_fds()) <= len(before)
 
 
-def socket_inodes(pid):
+def fd_targets(pid, kinds=("socket:",)):
+    """What process pid's descriptors of these kinds are ("socket:[123]", "pipe:[45]")."""
     found = set()
     for name in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{name}")
         except OSError:
             continue
-        if target.startswith("socket:"):
+        if target.startswith(kinds):
             found.add(target)
     return found
 
@@ -284,34 +285,22 @@ def test_workers_forked_from_many_threads_at_once_hold_only_their_own_end():
     try:
         for w in workers:
             assert w.recv(timeout=30) == "ready"
-        ours = socket_inodes(os.getpid())
+        ours = fd_targets(os.getpid())
         for w in workers:
             # Sockets this process had before are inherited by all; beyond them, a
             # worker holds one: its own channel's end.
-            assert len(socket_inodes(w.pid) - ours) == 1
+            assert len(fd_targets(w.pid) - ours) == 1
     finally:
         for w in workers:
             w.disconnect()
             w.wait(timeout=30)
 
 
-def pipe_inodes(pid):
-    found = set()
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{name}")
-        except OSError:
-            continue
-        if target.startswith(("pipe:", "socket:")):
-            found.add(target)
-    return found
-
-
 @linux_only
 def test_a_forked_worker_holds_nothing_of_the_other_children():
     # A worker forked while other children run must not keep their pipes or channel
     # open: closing a child's stdin would never give it EOF while the worker lives.
-    before = pipe_inodes(os.getpid())
+    before = fd_targets(os.getpid(), ("pipe:", "socket:"))
     cat = pyforkd.spawn("cat", stdio=["pipe", "pipe", "pipe"])  # stderr stays a raw fd
     cat.stdin.write(b"once")  # buffered here: it reaches cat once, at the close
     talker_code = (
@@ -323,12 +312,12 @@ def test_a_forked_worker_holds_nothing_of_the_other_children():
         PY, ["-c", talker_code], stdio=["ignore", "ignore", "inherit", "ipc"],
         serialization="pickle",
     )  # fmt: skip
-    theirs = pipe_inodes(os.getpid()) - before
+    theirs = fd_targets(os.getpid(), ("pipe:", "socket:")) - before
     assert len(theirs) >= 4  # cat's three pipes and the channel
     worker = pyforkd.fork_worker(ready_then_sleep)
     try:
         assert worker.recv(timeout=30) == "ready"
-        assert not pipe_inodes(worker.pid) & theirs
+        assert not fd_targets(worker.pid, ("pipe:", "socket:")) & theirs
         cat.stdin.close()
         assert cat.wait(timeout=60) == 0  # EOF came though the worker lives
         assert cat.stdout.read() == b"once"
