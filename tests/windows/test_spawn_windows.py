@@ -204,6 +204,24 @@ def test_a_detached_child_runs_and_is_reaped():
     child.close()
 
 
+def test_text_mode_and_input_as_text():
+    code = "import sys; sys.stdout.write(sys.stdin.read().upper())"
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    with pyforkd.spawn(PY, ["-c", code], env=env, encoding="utf-8") as child:
+        child.stdin.write("héllo ✓")
+        child.stdin.close()
+        assert child.stdout.read() == "HÉLLO ✓"
+    assert child.returncode == 0  # the with block waited
+    r = pyforkd.exec_file(PY, ["-c", code], env=env, input="ünï", encoding="utf-8")
+    assert r.stdout == "ÜNÏ"
+
+
+def test_the_spawn_timeout_kills_a_child_left_running():
+    child = pyforkd.spawn(PY, ["-c", "import time; time.sleep(60)"], stdio="ignore", timeout=0.3)
+    assert child.wait() == -15
+    assert child.killed
+
+
 def test_windows_hide_is_accepted():
     r = pyforkd.spawn_sync(PY, ["-c", "print('hidden')"], windows_hide=True)
     assert r.stdout.strip() == b"hidden"
