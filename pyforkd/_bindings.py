@@ -63,7 +63,6 @@ SPAWN_VERBATIM: int = lib.PFD_SPAWN_VERBATIM
 WINDOWS: bool = sys.platform == "win32"
 
 if sys.platform == "win32":
-    import _winapi
     import msvcrt
 
     def native(fd: int) -> int:
@@ -75,8 +74,13 @@ if sys.platform == "win32":
         return int(msvcrt.open_osfhandle(handle, os.O_WRONLY if writable else os.O_RDONLY))
 
     def close_native(handle: int) -> None:
-        """Close a handle the C core gave out (a pipe end, a process handle)."""
-        _winapi.CloseHandle(handle)
+        """Close a handle the C core gave out (a pipe end, a process handle).
+
+        What the core keeps for it goes too (pfd_fd_close).
+        """
+        r = lib.pfd_fd_close(handle)
+        if r < 0:
+            raise_errno(r, "CloseHandle")
 
 else:
 

@@ -517,6 +517,8 @@ def _release_in_fork_child() -> None:
     this copy of the program stay valid and, when they close or flush, touch nothing of the
     parent's; each channel is forgotten the way a forked channel is.
     """
+    if sys.platform == "win32":
+        return  # (no fork there)
     try:
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     except OSError:

@@ -45,3 +45,8 @@ int pfd_fd_wait_hangup(int sock, int timeout_ms);
 /* Makes sends on `sock` never raise SIGPIPE where the system needs a socket option for it
  * (SO_NOSIGPIPE on macOS; Linux uses MSG_NOSIGNAL per send).  Returns 0 or -errno. */
 int pfd_socket_nosigpipe(int sock);
+
+/* Closes a descriptor the core gave out or received (on Windows a handle or a socket),
+ * with what the core keeps for it (a channel pipe's receive state and peer: a handle
+ * value the system gives out again must not find them).  Returns 0 or -errno (-EBADF). */
+int pfd_fd_close(int fd);

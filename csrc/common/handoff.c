@@ -52,7 +52,7 @@ void pfd__table_worker_down(pfd__table_t *t, pfd__worker_t *w) {
   for (i = w->npending; i > 0; i--) {
     int conn = w->pending[i - 1].conn;
     if (pfd__table_push(t, conn, 1) < 0) {
-      pfd__conn_close(conn); /* the queue is full of newer ones: this one cannot be kept */
+      (void)pfd_fd_close(conn); /* the queue is full of newer ones: this one cannot be kept */
     } else {
       t->redispatched++;
     }
@@ -136,7 +136,7 @@ int pfd__table_acks(pfd__table_t *t, pfd__worker_t *w, const unsigned char *buf,
     for (j = 0; j < w->npending && w->pending[j].seq != seq; j++) {
     }
     if (j == w->npending) return -1; /* not a connection it holds: a broken worker */
-    pfd__conn_close(w->pending[j].conn);
+    (void)pfd_fd_close(w->pending[j].conn);
     memmove(&w->pending[j], &w->pending[j + 1], (w->npending - j - 1) * sizeof(pfd__conn_t));
     w->npending--;
     w->acked++;
@@ -200,10 +200,10 @@ void pfd__table_free(pfd__table_t *t) {
   unsigned k;
   for (i = 0; i < t->nslots; i++) {
     pfd__worker_t *w = &t->workers[i];
-    for (k = 0; k < w->npending; k++) pfd__conn_close(w->pending[k].conn);
+    for (k = 0; k < w->npending; k++) (void)pfd_fd_close(w->pending[k].conn);
     free(w->pending);
   }
-  for (k = 0; k < t->qlen; k++) pfd__conn_close(t->queue[(t->qhead + k) % PFD__QUEUE_MAX]);
+  for (k = 0; k < t->qlen; k++) (void)pfd_fd_close(t->queue[(t->qhead + k) % PFD__QUEUE_MAX]);
   free(t->workers);
   t->workers = NULL;
   t->nslots = 0;
@@ -222,8 +222,8 @@ int pfd_dispatch_take(int sock, unsigned long long *seq, int flags) {
                          got ? PFD_FD_BLOCK : flags);
     if (n == -EINTR && got) continue; /* the rest of a hand-off is on its way */
     if (n < 0 || n == 0 || nfds == PFD_FD_TRUNCATED || (nfds > 0 && (got || conn >= 0))) {
-      if (nfds > 0) pfd__conn_close(fds[0]);
-      if (conn >= 0) pfd__conn_close(conn);
+      if (nfds > 0) (void)pfd_fd_close(fds[0]);
+      if (conn >= 0) (void)pfd_fd_close(conn);
       if (n < 0) return (int)n;
       return n == 0 ? -EPIPE : -EBADMSG;
     }

@@ -57,10 +57,6 @@ void pfd__seq_put(unsigned char msg[PFD__MSG], unsigned long long seq);
 /* Reads it back. */
 unsigned long long pfd__seq_get(const unsigned char msg[PFD__MSG]);
 
-/* Closes a connection this process received or accepted (close() on Unix; closesocket()
- * on Windows).  Defined per platform, in dispatch.c. */
-void pfd__conn_close(int conn);
-
 /* Queues an accepted connection (at the front: one given back by a worker that went
  * down).  Returns 0, or -1 when the queue is full. */
 int pfd__table_push(pfd__table_t *t, int conn, int front);

@@ -363,5 +363,3 @@ void pfd_dispatch_free(pfd_dispatch_t *d) {
   (void)pthread_mutex_destroy(&d->lock);
   free(d);
 }
-
-void pfd__conn_close(int conn) { (void)close(conn); }

@@ -216,3 +216,9 @@ int pfd_socket_nosigpipe(int sock) {
 #endif
   return 0;
 }
+
+int pfd_fd_close(int fd) {
+  /* Linux and macOS release the descriptor even when close() reports EINTR: never retry. */
+  if (close(fd) < 0 && errno != EINTR) return -errno;
+  return 0;
+}

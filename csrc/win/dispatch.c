@@ -68,12 +68,6 @@ struct pfd_dispatch_s {
   CONDITION_VARIABLE closed; /* a pipe that remove() asked for was closed */
 };
 
-void pfd__conn_close(int conn) {
-  if (closesocket((SOCKET)(intptr_t)conn) != 0 && WSAGetLastError() == WSAENOTSOCK) {
-    CloseHandle(PFD__HANDLE(conn)); /* a handle a broken peer sent instead of a socket */
-  }
-}
-
 /* Runs in the thread pool when a worker's zero read completes: only wakes the thread
  * (no lock is taken here, so the thread may wait for this callback under its lock). */
 static void CALLBACK pfd__win_ready(void *arg, BOOLEAN timed_out) {
@@ -89,7 +83,7 @@ static void pfd__read_acks(pfd_dispatch_t *d, pfd__worker_t *w) {
     int fds[1], nfds = 0;
     long n = pfd_fd_recv(w->sock, buf, sizeof buf, fds, 1, &nfds, 0);
     if (n == -EAGAIN) return;
-    if (nfds > 0) pfd__conn_close(fds[0]); /* a worker sends no handles: broken */
+    if (nfds > 0) (void)pfd_fd_close(fds[0]); /* a worker sends no handles: broken */
     if (n <= 0 || nfds != 0 || pfd__table_acks(&d->t, w, buf, (size_t)n) < 0) {
       pfd__table_worker_down(&d->t, w);
       return;
@@ -149,8 +143,7 @@ static void pfd__win_close_worker(pfd_dispatch_t *d, int slot) {
   if (w->live) pfd__read_acks(d, w);
   if (r->ready != NULL) CloseHandle(r->ready);
   r->ready = NULL;
-  pfd__win_pipe_forget(w->sock);
-  CloseHandle(PFD__HANDLE(w->sock));
+  (void)pfd_fd_close(w->sock);
   w->sock = -1;
   if (w->live) pfd__table_worker_down(&d->t, w);
   if (r->cut) {

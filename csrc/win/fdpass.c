@@ -429,3 +429,12 @@ int pfd_socket_nosigpipe(int sock) {
   (void)sock;
   return 0; /* Windows has no SIGPIPE */
 }
+
+int pfd_fd_close(int fd) {
+  pfd__win_pipe_forget(fd);
+  if (closesocket((SOCKET)(intptr_t)fd) == 0) return 0;
+  if (WSAGetLastError() != WSAENOTSOCK && WSAGetLastError() != WSANOTINITIALISED) {
+    return pfd__win_errno((DWORD)WSAGetLastError());
+  }
+  return CloseHandle(PFD__HANDLE(fd)) ? 0 : pfd__win_last_errno();
+}

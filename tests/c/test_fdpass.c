@@ -28,7 +28,8 @@ TEST_IMPL(fdpass_round_trip) {
     CHECK(fcntl(got[i], F_GETFD) & FD_CLOEXEC);
     CHECK(write(got[i], "x", 1) == 1); /* the received copy is the same pipe */
     CHECK(read(pipes[i][0], &c, 1) == 1 && c == 'x');
-    close(got[i]);
+    CHECK_EQ(pfd_fd_close(got[i]), 0);
+    CHECK_EQ(pfd_fd_close(got[i]), -EBADF); /* (nothing else opens one meanwhile) */
     close(pipes[i][0]);
     close(pipes[i][1]);
   }

@@ -529,6 +529,22 @@ static void test_a_closed_slot_is_given_as_closed(void) {
   CHECK_EQ(reap(r.pid), 0);
 }
 
+static void test_fd_close_closes_handles_and_sockets(void) {
+  /* One call for anything the core gives out: a pipe end, a socket; a closed one is
+   * EBADF (nothing else in this test opens handles meanwhile). */
+  HANDLE r, w;
+  DWORD flags;
+  SOCKET s = socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(s != INVALID_SOCKET);
+  CHECK(CreatePipe(&r, &w, NULL, 0));
+  CHECK_EQ(pfd_fd_close(PFD__FD(r)), 0);
+  CHECK(!GetHandleInformation(r, &flags));
+  CHECK_EQ(pfd_fd_close(PFD__FD(r)), -EBADF);
+  CHECK_EQ(pfd_fd_close((int)s), 0);
+  CHECK_EQ(pfd_fd_close((int)s), -EBADF);
+  CHECK_EQ(pfd_fd_close(PFD__FD(w)), 0);
+}
+
 static void test_shared_memory_between_processes(void) {
   pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1},
                           {PFD_STDIO_INHERIT, -1}};
@@ -1007,10 +1023,7 @@ static void await_stat(pfd_dispatch_t *d, int slot, int index, unsigned long lon
   CHECK_EQ(out[index], want);
 }
 
-static void close_channel(int theirs) {
-  pfd__win_pipe_forget(theirs);
-  CloseHandle(PFD__HANDLE(theirs));
-}
+static void close_channel(int theirs) { CHECK_EQ(pfd_fd_close(theirs), 0); }
 
 static void test_dispatch_survives_a_worker_dying_with_connections(void) {
   int port, w0, w0_end, w1, w1_end, i, taken = 0, seen[6] = {0};
@@ -1233,6 +1246,7 @@ static const test_t tests[] = {
     {"failures_name_their_step", test_failures_name_their_step},
     {"only_listed_handles_are_inherited", test_only_listed_handles_are_inherited},
     {"a_closed_slot_is_given_as_closed", test_a_closed_slot_is_given_as_closed},
+    {"fd_close_closes_handles_and_sockets", test_fd_close_closes_handles_and_sockets},
     {"shared_memory_between_processes", test_shared_memory_between_processes},
     {"children_die_with_their_parent", test_children_die_with_their_parent},
     {"handle_passing_between_processes", test_handle_passing_between_processes},
