@@ -219,6 +219,7 @@ def spawn(
         options.envp = c_envp = new(_POINTERS, env_keep)  # noqa: F841 - kept alive
     if cwd is not None:
         options.cwd = c_cwd = new(_CHARS, cwd)  # noqa: F841 - kept alive
+    given = stdio
     if WINDOWS:
         stdio = [_native_slot(i, kind, fd) for i, (kind, fd) in enumerate(stdio)]
     options.stdio = c_stdio = new(_STDIO, stdio)
@@ -233,7 +234,7 @@ def spawn(
     if err < 0:
         if result.step == lib.PFD_STEP_STDIO and err == -_errno.EBADF:
             slot = result.slot
-            raise ValueError(f"stdio[{slot}]: descriptor {stdio[slot][1]} is not open")
+            raise ValueError(f"stdio[{slot}]: descriptor {given[slot][1]} is not open")
         _raise_spawn_error(-err, result.step, result.slot, name, spawnargs, cwd_text)
     return result.pid, [c_stdio[i].fd if k == STDIO_PIPE else -1 for i, (k, _) in enumerate(stdio)]
 
@@ -250,9 +251,12 @@ def _native_slot(slot: int, kind: int, fd: int) -> tuple[int, int]:
     if kind != STDIO_INHERIT:
         return kind, fd
     try:
-        return kind, native(fd)
+        handle = native(fd)
     except OSError:
-        raise ValueError(f"stdio[{slot}]: descriptor {fd} is not open") from None
+        handle = -1
+    if handle < 0:  # (-2: a standard descriptor of a process without a console)
+        raise ValueError(f"stdio[{slot}]: descriptor {fd} is not open")
+    return kind, handle
 
 
 def _raise_spawn_error(
