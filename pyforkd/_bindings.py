@@ -63,6 +63,7 @@ SPAWN_VERBATIM: int = lib.PFD_SPAWN_VERBATIM
 WINDOWS: bool = sys.platform == "win32"
 
 if sys.platform == "win32":
+    import _winapi
     import msvcrt
 
     def native(fd: int) -> int:
@@ -72,6 +73,18 @@ if sys.platform == "win32":
     def adopt(handle: int, writable: bool) -> int:
         """A C runtime descriptor that takes ``handle`` over (closing it closes the handle)."""
         return int(msvcrt.open_osfhandle(handle, os.O_WRONLY if writable else os.O_RDONLY))
+
+    def take_inherited(fd: int) -> int:
+        """The handle behind inherited descriptor ``fd``, made this process's own.
+
+        A copy that children do not inherit; the descriptor (and its handle) is closed.
+        """
+        this = _winapi.GetCurrentProcess()
+        handle = int(
+            _winapi.DuplicateHandle(this, native(fd), this, 0, False, _winapi.DUPLICATE_SAME_ACCESS)
+        )
+        os.close(fd)
+        return handle
 
     def close_native(handle: int) -> None:
         """Close a handle the C core gave out (a pipe end, a process handle).
@@ -508,6 +521,13 @@ class Receiver:
     def scan_received(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
         """Scan a frame header in what the last :meth:`recv` returned, at ``offset``."""
         return self._codec.scan(self._c_buf, offset, size)
+
+
+def fd_shutdown(sock: int) -> None:
+    """Shut a channel down both ways: blocked sends and receives in this process return."""
+    r = lib.pfd_fd_shutdown(sock)
+    if r < 0:
+        raise_errno(r, "shutdown")
 
 
 def fd_wait(sock: int, events: int, timeout_ms: int) -> bool | None:

@@ -19,7 +19,8 @@ def require_posix(what: str) -> None:
     if sys.platform == "win32":
         raise NotImplementedError(
             f"{what} is not available on Windows in this version of pyforkd (spawn, "
-            "spawn_sync, exec, exec_file and their options are; see the README's Platforms)"
+            "spawn_sync, exec, exec_file and the IPC channel - 'ipc', fork, parent() - are; "
+            "see the README's Platforms)"
         )
 
 

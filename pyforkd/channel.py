@@ -30,6 +30,7 @@ import pickle
 import socket
 import stat
 import struct
+import sys
 import threading
 import time
 import warnings
@@ -270,7 +271,7 @@ def _node_handle_fields(handle: Any) -> tuple[int, dict[str, Any]]:
     if sock_type == socket.SOCK_STREAM and family in (
         socket.AF_INET,
         socket.AF_INET6,
-        socket.AF_UNIX,
+        getattr(socket, "AF_UNIX", None),  # (Windows sends no handles yet)
     ):
         return fd, {"type": "net.Server" if listening else "net.Socket"}
     if sock_type == socket.SOCK_DGRAM and family in (socket.AF_INET, socket.AF_INET6):
@@ -690,7 +691,6 @@ class Channel:
         framing: str = "pyforkd",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
-        _require_posix("pyforkd.Channel")
         if serialization not in _SERIALIZATIONS:
             raise ValueError(
                 f"serialization must be one of {', '.join(_SERIALIZATIONS)}, not {serialization!r}"
@@ -703,16 +703,27 @@ class Channel:
             raise TypeError("max_message_size must be an int")
         if max_message_size <= 0:
             raise ValueError(f"max_message_size must be > 0, got {max_message_size}")
-        if isinstance(sock, int) and not isinstance(sock, bool):
-            sock = socket.socket(fileno=sock)
-        if not isinstance(sock, socket.socket):
-            raise TypeError(f"Channel needs a socket or a descriptor, not {type(sock).__name__}")
-        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
-            raise ValueError("a Channel needs a connected AF_UNIX SOCK_STREAM socket")
-        sock.setblocking(True)  # sends and receives choose per call whether to wait
-        _b.socket_nosigpipe(sock.fileno())
-        self._sock: socket.socket | None = sock
-        self._fd = sock.fileno()
+        self._sock: socket.socket | None = None
+        if sys.platform == "win32":
+            # A duplex overlapped named pipe (what spawn makes for "ipc"), as a handle.
+            if isinstance(sock, bool) or not isinstance(sock, int):
+                raise TypeError(
+                    f"on Windows a Channel takes a pipe handle, not {type(sock).__name__}"
+                )
+            self._fd = sock
+        else:
+            if isinstance(sock, int) and not isinstance(sock, bool):
+                sock = socket.socket(fileno=sock)
+            if not isinstance(sock, socket.socket):
+                raise TypeError(
+                    f"Channel needs a socket or a descriptor, not {type(sock).__name__}"
+                )
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError("a Channel needs a connected AF_UNIX SOCK_STREAM socket")
+            sock.setblocking(True)  # sends and receives choose per call whether to wait
+            _b.socket_nosigpipe(sock.fileno())
+            self._sock = sock
+            self._fd = sock.fileno()
         self.serialization = serialization
         self.framing = framing
         self.max_message_size = max_message_size
@@ -726,6 +737,7 @@ class Channel:
         self._scan_received = self._receiver.scan_received
         self._eof = False
         self._closed = False
+        self._closed_fd = False  # (Windows: the pipe handle was closed)
         # Node framing: the handle awaiting its ACK (every later send waits for it), and
         # the open sockets per Node server key, which the Node side may ask about.
         self._node_pending: _PendingHandle | None = None
@@ -833,6 +845,8 @@ class Channel:
         ``max_message_size``, before writing anything; ``ChannelClosedError`` once the
         peer is gone.
         """
+        if handle is not None:
+            _require_posix("sending handles over a channel")
         if self._link is not None:
             deadline = _deadline(timeout)
             self._ring_link(deadline).send(obj, handle, keep_open, deadline)
@@ -1305,6 +1319,9 @@ class Channel:
             raise ChannelClosedError("the channel is closed")
 
     def _close_socket(self) -> None:
+        if _b.WINDOWS and not self._closed_fd:
+            self._closed_fd = True
+            _b.close_native(self._fd)
         self._closed = True
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -1321,6 +1338,8 @@ class Channel:
                 sock.shutdown(socket.SHUT_RDWR)  # wakes any thread blocked on it
             except OSError:
                 pass
+        elif _b.WINDOWS and not self._closed_fd:
+            _b.fd_shutdown(self._fd)  # (the same for the pipe: blocked threads return)
         with self._send_lock, self._recv_lock:
             self._decoder.discard()
             self._close_socket()

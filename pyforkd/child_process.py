@@ -222,7 +222,12 @@ def _stdio_slots(stdio: Stdio) -> list[tuple[int, int]]:
     return slots
 
 
+_IPC_PIPE = object()  # (Windows: the "ipc" slot, a duplex pipe that spawn makes)
+
+
 def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
+    if entry is _IPC_PIPE:
+        return (_b.STDIO_PIPE, -1)
     if entry is None:  # Node's default: pipes for 0-2, nothing above
         return (_b.STDIO_PIPE, -1) if i <= 2 else (_b.STDIO_IGNORE, -1)
     if isinstance(entry, str):
@@ -989,7 +994,7 @@ def _launch(
         if ipc is not None:
             ipc.abandon()
         raise
-    channel = ipc.connect() if ipc is not None else None  # (the fork guard is left here)
+    channel = ipc.connect(fds) if ipc is not None else None  # (the fork guard is left here)
     child = cls(pid, cmd.spawnargs, fds, encoding=encoding, errors=errors, kill_signal=kill_signal)
     if channel is not None:
         child.channel = channel
@@ -1009,6 +1014,14 @@ class _IpcPlan:
         self.slot = slot
         # The rings are made before the child starts: failing then leaves nothing behind.
         self.rings = (Ring(ring), Ring(ring)) if ring is not None else None
+        stdio = list(stdio)
+        self.parent_end: socket.socket | None = None
+        self.child_end: socket.socket | None = None
+        if _b.WINDOWS:
+            # spawn makes the duplex overlapped named pipe; connect() takes our end.
+            stdio[slot] = _IPC_PIPE
+            self.stdio = stdio
+            return
         fork_guard.enter()  # until the child has its end (connect or abandon)
         try:
             self.parent_end, self.child_end = socket.socketpair()
@@ -1016,7 +1029,6 @@ class _IpcPlan:
             fork_guard.leave()
             self._close_rings()
             raise
-        stdio = list(stdio)
         stdio[slot] = self.child_end.fileno()
         self.stdio = stdio
 
@@ -1050,7 +1062,8 @@ class _IpcPlan:
             raise ValueError(f"stdio: one 'ipc' at most, found {len(slots)}")
         if slots[0] <= 2:
             raise ValueError(f"stdio[{slots[0]}]: the IPC channel needs a slot of 3 or more")
-        _require_posix("the IPC channel ('ipc' in stdio, fork, fork_worker)")
+        if ring is not None:
+            _require_posix("rings under a channel")
         ser = "json" if serialization is None else serialization
         if ser not in ("json", "pickle", "raw"):
             raise ValueError(f"serialization must be 'json', 'pickle' or 'raw', not {ser!r}")
@@ -1073,23 +1086,34 @@ class _IpcPlan:
             out["PYFORKD_CHANNEL"] = f"pyforkd:{self.serialization}{rings}"
         return out
 
-    def connect(self) -> Channel:
-        """After the spawn: our end becomes the Channel, the child's end is closed here."""
-        try:
-            self.child_end.close()
-        finally:
-            fork_guard.leave()
-        channel = Channel(self.parent_end, framing=self.framing, serialization=self.serialization)
+    def connect(self, fds: list[int]) -> Channel:
+        """After the spawn: our end becomes the Channel, the child's end is closed here.
+
+        On Windows our end is the pipe spawn made at the slot, taken out of ``fds``.
+        """
+        if self.parent_end is None:
+            end: socket.socket | int = fds[self.slot]
+            fds[self.slot] = -1
+        else:
+            end = self.parent_end
+            try:
+                assert self.child_end is not None
+                self.child_end.close()
+            finally:
+                fork_guard.leave()
+        channel = Channel(end, framing=self.framing, serialization=self.serialization)
         if self.rings is not None:
             channel._offer_rings(*self.rings)
         return channel
 
     def abandon(self) -> None:
-        try:
-            self.child_end.close()
-        finally:
-            fork_guard.leave()
-        self.parent_end.close()
+        if self.parent_end is not None:
+            try:
+                assert self.child_end is not None
+                self.child_end.close()
+            finally:
+                fork_guard.leave()
+            self.parent_end.close()
         self._close_rings()
 
     def _close_rings(self) -> None:

@@ -60,8 +60,6 @@ def parent() -> Channel | None:
     with _lock:
         if "channel" in _state:
             return _state["channel"]
-        if os.environ.get("NODE_CHANNEL_FD"):
-            _require_posix("the IPC channel to a parent (pyforkd.parent)")
         found = {name: os.environ.pop(name, None) for name in _VARIABLES}
         _state["channel"] = channel = _open(found) if found["NODE_CHANNEL_FD"] else None
         return channel
@@ -73,13 +71,22 @@ def _open(found: dict[str, str | None]) -> Channel:
         fd = int(text)
     except ValueError:
         raise ValueError(f"NODE_CHANNEL_FD={text!r} is not a descriptor number") from None
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError:
-        raise ValueError(f"NODE_CHANNEL_FD={fd}: that descriptor is not open") from None
-    if not stat.S_ISSOCK(mode):
-        raise ValueError(f"NODE_CHANNEL_FD={fd}: that descriptor is not a socket")
-    os.set_inheritable(fd, False)
+    end: Any
+    if sys.platform == "win32":
+        # The pipe spawn gave this process at that C runtime descriptor (as libuv does).
+        try:
+            end = _b.take_inherited(fd)
+        except OSError:
+            raise ValueError(f"NODE_CHANNEL_FD={fd}: that descriptor is not open") from None
+    else:
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            raise ValueError(f"NODE_CHANNEL_FD={fd}: that descriptor is not open") from None
+        if not stat.S_ISSOCK(mode):
+            raise ValueError(f"NODE_CHANNEL_FD={fd}: that descriptor is not a socket")
+        os.set_inheritable(fd, False)
+        end = socket.socket(fileno=fd)
     ours = found["PYFORKD_CHANNEL"]
     if ours:
         framing, serialization, *options = ours.split(":")
@@ -89,7 +96,7 @@ def _open(found: dict[str, str | None]) -> Channel:
             or options not in ([], ["ring"])
         ):
             raise ValueError(f"PYFORKD_CHANNEL={ours!r} is not understood")
-        channel = Channel(socket.socket(fileno=fd), framing="pyforkd", serialization=serialization)
+        channel = Channel(end, framing="pyforkd", serialization=serialization)
         if options:
             channel._expect_rings()  # the parent sends them first
         return channel
@@ -99,7 +106,7 @@ def _open(found: dict[str, str | None]) -> Channel:
             f"the parent uses serialization {node_mode!r}; pyforkd speaks Node's "
             "'json' serialization (fork with serialization: 'json')"
         )
-    return Channel(socket.socket(fileno=fd), framing="node", serialization="json")
+    return Channel(end, framing="node", serialization="json")
 
 
 # ---- workers ----------------------------------------------------------------------------------

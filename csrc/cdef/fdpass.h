@@ -50,3 +50,8 @@ int pfd_socket_nosigpipe(int sock);
  * with what the core keeps for it (a channel pipe's receive state and peer: a handle
  * value the system gives out again must not find them).  Returns 0 or -errno (-EBADF). */
 int pfd_fd_close(int fd);
+
+/* Shuts a channel down in both directions (shutdown(SHUT_RDWR) on Unix): threads blocked
+ * sending or receiving on it return, and from then on receives see the end of the stream
+ * and sends fail with -EPIPE, in this process.  Returns 0 or -errno. */
+int pfd_fd_shutdown(int fd);

@@ -222,3 +222,8 @@ int pfd_fd_close(int fd) {
   if (close(fd) < 0 && errno != EINTR) return -errno;
   return 0;
 }
+
+int pfd_fd_shutdown(int fd) {
+  if (shutdown(fd, SHUT_RDWR) < 0 && errno != ENOTCONN) return -errno;
+  return 0;
+}

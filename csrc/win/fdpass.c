@@ -124,6 +124,7 @@ typedef struct pfd__win_rx_s {
   int pending;                /* a received handle, for the frame's first data byte */
   int has_pending;
   DWORD peer;                 /* the process at the other end, once known */
+  HANDLE shut;                /* manual-reset, set by pfd_fd_shutdown: waits end on it */
 } pfd__win_rx_t;
 
 static SRWLOCK pfd__win_rx_lock = SRWLOCK_INIT;
@@ -150,7 +151,13 @@ static pfd__win_rx_t *pfd__win_rx_for(HANDLE pipe) {
   if (found == NULL && pfd__win_rx_count < pfd__win_rx_cap &&
       (found = calloc(1, sizeof *found)) != NULL) {
     found->pipe = pipe;
-    pfd__win_rx[pfd__win_rx_count++] = found;
+    found->shut = CreateEventW(NULL, TRUE, FALSE, NULL);
+    if (found->shut == NULL) {
+      free(found);
+      found = NULL;
+    } else {
+      pfd__win_rx[pfd__win_rx_count++] = found;
+    }
   }
   ReleaseSRWLockExclusive(&pfd__win_rx_lock);
   return found;
@@ -163,6 +170,7 @@ void pfd__win_pipe_forget(int pipe) {
     pfd__win_rx_t *rx = pfd__win_rx[i];
     if (rx->pipe == PFD__HANDLE(pipe)) {
       if (rx->has_pending) CloseHandle(PFD__HANDLE(rx->pending));
+      CloseHandle(rx->shut);
       free(rx);
       pfd__win_rx[i] = pfd__win_rx[--pfd__win_rx_count];
       break;
@@ -209,8 +217,15 @@ static int pfd__win_is_socket(int handle) {
   return getsockopt((SOCKET)(intptr_t)handle, SOL_SOCKET, SO_TYPE, (char *)&type, &len) == 0;
 }
 
-/* One whole overlapped (or plain) read or write of `size` bytes; blocks until done. */
-static int pfd__win_io(HANDLE h, void *buf, DWORD size, int writing, DWORD *done) {
+/* Whether pfd_fd_shutdown was called on the pipe (its event is set). */
+static int pfd__win_is_shut(const pfd__win_rx_t *rx) {
+  return rx != NULL && WaitForSingleObject(rx->shut, 0) == WAIT_OBJECT_0;
+}
+
+/* One whole overlapped (or plain) read or write of `size` bytes; blocks until done, or
+ * until the pipe is shut down (`rx`'s event; then -EPIPE, the I/O cancelled and over). */
+static int pfd__win_io(HANDLE h, void *buf, DWORD size, int writing, DWORD *done,
+                       const pfd__win_rx_t *rx) {
   OVERLAPPED ov;
   BOOL ok;
   int err = 0;
@@ -218,16 +233,28 @@ static int pfd__win_io(HANDLE h, void *buf, DWORD size, int writing, DWORD *done
   ov.hEvent = CreateEventW(NULL, TRUE, FALSE, NULL);
   if (ov.hEvent == NULL) return pfd__win_last_errno();
   ok = writing ? WriteFile(h, buf, size, done, &ov) : ReadFile(h, buf, size, done, &ov);
-  if (!ok && GetLastError() == ERROR_IO_PENDING) ok = GetOverlappedResult(h, &ov, done, TRUE);
+  if (!ok && GetLastError() == ERROR_IO_PENDING) {
+    HANDLE both[2];
+    both[0] = ov.hEvent;
+    both[1] = rx != NULL ? rx->shut : ov.hEvent;
+    if (WaitForMultipleObjects(2, both, FALSE, INFINITE) == WAIT_OBJECT_0 + 1) {
+      (void)CancelIoEx(h, &ov);
+      (void)GetOverlappedResult(h, &ov, done, TRUE); /* over before `ov` goes */
+      CloseHandle(ov.hEvent);
+      return -EPIPE;
+    }
+    ok = GetOverlappedResult(h, &ov, done, TRUE);
+  }
   if (!ok) err = pfd__win_last_errno();
   CloseHandle(ov.hEvent);
   return err;
 }
 
-static int pfd__win_write_all(HANDLE h, const unsigned char *p, size_t size) {
+static int pfd__win_write_all(HANDLE h, const unsigned char *p, size_t size,
+                              const pfd__win_rx_t *rx) {
   while (size > 0) {
     DWORD chunk = size > 0x40000000u ? 0x40000000u : (DWORD)size, done = 0;
-    int err = pfd__win_io(h, (void *)p, chunk, 1, &done);
+    int err = pfd__win_io(h, (void *)p, chunk, 1, &done, rx);
     if (err < 0) return err;
     p += done;
     size -= done;
@@ -242,8 +269,10 @@ long pfd_fd_send(int sock, const void *head, size_t head_size, const void *body,
   uint32_t fl = 0, zero = 0, length;
   size_t extra = 0;
   int err;
+  pfd__win_rx_t *rx = pfd__win_rx_for(pipe);
   (void)flags; /* a pipe write always completes (see the top of this file) */
   if (nfds < 0 || nfds > 1) return -EINVAL; /* one socket or handle per frame, as libuv */
+  if (pfd__win_is_shut(rx)) return -EPIPE;
   if (head_size + body_size > 0xFFFFFFFFu) return -EMSGSIZE;
   length = (uint32_t)(head_size + body_size);
   if (length > 0) fl |= PFD__IPC_HAS_DATA;
@@ -270,9 +299,9 @@ long pfd_fd_send(int sock, const void *head, size_t head_size, const void *body,
   memcpy(frame + 8, &length, 4);
   memcpy(frame + 12, &zero, 4);
   /* The channel's send lock keeps the three writes of one frame together. */
-  if ((err = pfd__win_write_all(pipe, frame, PFD__IPC_HEADER + extra)) < 0 ||
-      (err = pfd__win_write_all(pipe, head, head_size)) < 0 ||
-      (err = pfd__win_write_all(pipe, body, body_size)) < 0) {
+  if ((err = pfd__win_write_all(pipe, frame, PFD__IPC_HEADER + extra, rx)) < 0 ||
+      (err = pfd__win_write_all(pipe, head, head_size, rx)) < 0 ||
+      (err = pfd__win_write_all(pipe, body, body_size, rx)) < 0) {
     return err;
   }
   return (long)length;
@@ -290,18 +319,22 @@ static long long pfd__win_available(HANDLE pipe, int *eof) {
   return pfd__win_last_errno();
 }
 
-/* Reads up to `want` bytes: what is there, or (blocking) at least one; 0 at EOF. */
-static long long pfd__win_read_some(HANDLE pipe, void *buf, size_t want, int block) {
+/* Reads up to `want` bytes: what is there, or (blocking) at least one; 0 at EOF (and once
+ * the pipe is shut down here). */
+static long long pfd__win_read_some(HANDLE pipe, void *buf, size_t want, int block,
+                                    const pfd__win_rx_t *rx) {
   int eof, err;
   DWORD done = 0;
-  long long avail = pfd__win_available(pipe, &eof);
+  long long avail;
+  if (pfd__win_is_shut(rx)) return 0;
+  avail = pfd__win_available(pipe, &eof);
   if (avail < 0) return avail;
   if (eof) return 0;
   if (avail == 0 && !block) return -EAGAIN;
   if (avail > 0 && (unsigned long long)avail < want) want = (size_t)avail;
   if (want > 0x40000000u) want = 0x40000000u;
-  err = pfd__win_io(pipe, buf, (DWORD)want, 0, &done);
-  if (err == -EPIPE) return 0; /* the peer closed: the end of the stream */
+  err = pfd__win_io(pipe, buf, (DWORD)want, 0, &done, rx);
+  if (err == -EPIPE) return 0; /* the peer closed (or shut down here): the end of the stream */
   if (err < 0) return err;
   return done;
 }
@@ -320,7 +353,8 @@ long pfd_fd_recv(int sock, void *buf, size_t size, int *fds, int max_fds, int *n
     /* Between frames, or in a header: read the rest of it. */
     if (rx->head_need == 0) rx->head_need = PFD__IPC_HEADER;
     while (rx->head_got < rx->head_need) {
-      n = pfd__win_read_some(pipe, rx->head + rx->head_got, rx->head_need - rx->head_got, block);
+      n = pfd__win_read_some(pipe, rx->head + rx->head_got, rx->head_need - rx->head_got, block,
+                             rx);
       if (n == 0) return rx->head_got == 0 ? 0 : -EPIPE; /* EOF; or inside a frame */
       if (n < 0) return (long)n;
       rx->head_got += (size_t)n;
@@ -354,7 +388,8 @@ long pfd_fd_recv(int sock, void *buf, size_t size, int *fds, int max_fds, int *n
     rx->head_got = rx->head_need = 0;
     rx->data_left = length; /* a frame with no data: its handle waits for the next byte */
   }
-  n = pfd__win_read_some(pipe, buf, size < rx->data_left ? size : (size_t)rx->data_left, block);
+  n = pfd__win_read_some(pipe, buf, size < rx->data_left ? size : (size_t)rx->data_left, block,
+                         rx);
   if (n == 0) return -EPIPE; /* the peer closed inside a frame */
   if (n < 0) return (long)n;
   rx->data_left -= (unsigned long long)n;
@@ -374,8 +409,9 @@ long pfd_fd_recv(int sock, void *buf, size_t size, int *fds, int max_fds, int *n
 /* Waits until the pipe has data or is closed, at most timeout_ms (< 0: no limit): a
  * zero-byte overlapped read completes then (libuv's "zero read").  1, 0 on timeout, or
  * -errno; -ENOSYS when the handle is not overlapped (the read completed at once). */
-static int pfd__win_zero_read(HANDLE pipe, int timeout_ms) {
+static int pfd__win_zero_read(HANDLE pipe, int timeout_ms, const pfd__win_rx_t *rx) {
   OVERLAPPED ov;
+  HANDLE both[2];
   DWORD done = 0, r;
   char none[1];
   int result = 1;
@@ -389,8 +425,12 @@ static int pfd__win_zero_read(HANDLE pipe, int timeout_ms) {
   } else if (GetLastError() != ERROR_IO_PENDING) {
     result = pfd__win_last_errno();
   } else {
-    r = WaitForSingleObject(ov.hEvent, timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms);
-    if (r == WAIT_TIMEOUT) {
+    both[0] = ov.hEvent;
+    both[1] = rx != NULL ? rx->shut : ov.hEvent;
+    r = WaitForMultipleObjects(2, both, FALSE, timeout_ms < 0 ? INFINITE : (DWORD)timeout_ms);
+    if (r == WAIT_OBJECT_0 + 1) { /* shut down here: ready (the receive says the end) */
+      (void)CancelIoEx(pipe, &ov);
+    } else if (r == WAIT_TIMEOUT) {
       result = 0;
       (void)CancelIoEx(pipe, &ov);
     } else if (r != WAIT_OBJECT_0) {
@@ -413,10 +453,11 @@ int pfd_fd_wait(int sock, int events, int timeout_ms) {
     pfd__win_rx_t *rx = pfd__win_rx_for(pipe);
     long long avail = pfd__win_available(pipe, &eof);
     if (avail < 0) return (int)avail;
+    if (pfd__win_is_shut(rx)) return 1; /* the next receive sees the end */
     if (avail > 0 || eof || (rx != NULL && rx->data_left == 0 && rx->has_pending)) return 1;
     now = GetTickCount64();
     if (timeout_ms >= 0 && now >= deadline) return 0;
-    r = pfd__win_zero_read(pipe, timeout_ms < 0 ? -1 : (int)(deadline - now));
+    r = pfd__win_zero_read(pipe, timeout_ms < 0 ? -1 : (int)(deadline - now), rx);
     if (r == -ENOSYS) {
       Sleep(1); /* a handle opened without FILE_FLAG_OVERLAPPED: look again */
     } else if (r <= 0) {
@@ -437,4 +478,12 @@ int pfd_fd_close(int fd) {
     return pfd__win_errno((DWORD)WSAGetLastError());
   }
   return CloseHandle(PFD__HANDLE(fd)) ? 0 : pfd__win_last_errno();
+}
+
+int pfd_fd_shutdown(int fd) {
+  pfd__win_rx_t *rx = pfd__win_rx_for(PFD__HANDLE(fd));
+  if (rx == NULL) return -ENOMEM;
+  /* Waits of this process on the pipe end on the event; no new one starts after it. */
+  if (!SetEvent(rx->shut)) return pfd__win_last_errno();
+  return 0;
 }

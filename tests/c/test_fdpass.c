@@ -36,6 +36,10 @@ TEST_IMPL(fdpass_round_trip) {
   CHECK_EQ(pfd_fd_recv(sv[1], buf, sizeof(buf), got, 8, &nfds, 0), -EAGAIN);
   CHECK_EQ(pfd_fd_wait(sv[1], PFD_POLL_IN, 0), 0);
   CHECK_EQ(pfd_fd_send(sv[0], NULL, 0, NULL, 0, sent, 1, 0), -EINVAL); /* nothing to ride on */
+  /* Shut down: a receive sees the end at once, a send fails. */
+  CHECK_EQ(pfd_fd_shutdown(sv[1]), 0);
+  CHECK_EQ(pfd_fd_recv(sv[1], buf, sizeof(buf), got, 8, &nfds, PFD_FD_BLOCK), 0);
+  CHECK_EQ(pfd_fd_send(sv[1], "x", 1, NULL, 0, NULL, 0, 0), -EPIPE);
   close(sv[0]);
   close(sv[1]);
   return 0;

@@ -257,8 +257,16 @@ def test_spawning_leaks_no_handle():
 @pytest.mark.parametrize(
     ("what", "call"),
     [
-        ("IPC channel", lambda: pyforkd.spawn(PY, ["-c", "pass"], stdio=[None, None, None, "ipc"])),
-        ("IPC channel", lambda: pyforkd.fork("child.py")),
+        (
+            "rings under a channel",
+            lambda: pyforkd.spawn(
+                PY,
+                ["-c", "pass"],
+                stdio=[None, None, None, "ipc"],
+                serialization="pickle",
+                ring=1 << 16,
+            ),
+        ),
         ("fork_worker", lambda: pyforkd.fork_worker(print)),
         ("pyforkd.Pool", lambda: pyforkd.Pool(1)),
         ("pyforkd.Ring", lambda: pyforkd.Ring(4096)),
