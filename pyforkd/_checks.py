@@ -19,8 +19,8 @@ def require_posix(what: str) -> None:
     if sys.platform == "win32":
         raise NotImplementedError(
             f"{what} is not available on Windows in this version of pyforkd (spawn, "
-            "spawn_sync, exec, exec_file and the IPC channel - 'ipc', fork, parent() - are; "
-            "see the README's Platforms)"
+            "spawn_sync, exec, exec_file, the IPC channel, fork_worker(start='spawn') and "
+            "Pool are; see the README's Platforms)"
         )
 
 

@@ -27,6 +27,7 @@ import concurrent.futures as cf
 import itertools
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -34,7 +35,6 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, cast
 
 from . import worker as _worker
-from ._checks import require_posix as _require_posix
 from .errors import ChannelClosedError, PyforkdError
 
 __all__ = ["Pool", "PoolBrokenError", "WorkerCrashedError"]
@@ -48,6 +48,11 @@ _UNPICKLABLE = (TypeError, ValueError, pickle.PicklingError, AttributeError)
 _MAX_CHUNK = 16384  # items in one of map()'s tasks, at most
 _FLUSH_SECONDS = 0.001  # a worker sends its answers at least this often
 _CHUNK_SECONDS = 0.02  # map()'s adaptive chunks aim at this much work each
+
+
+# Each worker's ring size per direction: 16 MiB; none on Windows, where channels have no
+# rings yet (messages go through the pipe).
+DEFAULT_RING: int | None = None if sys.platform == "win32" else 16 << 20
 
 
 class WorkerCrashedError(PyforkdError, RuntimeError):
@@ -112,11 +117,12 @@ class Pool(cf.Executor):
     free) or ``"round-robin"`` (batches go to the workers in turn without waiting for them
     to be idle: each holds the batch it runs and the next, so it never waits for the
     parent between batches, but a slow task delays the ones queued behind it).  ``ring``: each
-    worker's ring size in bytes per direction (a power of two; 16 MiB by default; None:
-    the socket only).  ``initializer(*initargs)`` runs in each worker first; a pool whose
-    workers fail it ``3`` times in a row is broken (:class:`PoolBrokenError` on every
-    waiting future).  ``max_tasks_per_worker``: a worker that ran that many tasks is
-    replaced.  ``restart``: replace workers that die (else the pool shrinks).
+    worker's ring size in bytes per direction (a power of two; 16 MiB by default, None on
+    Windows; None: the channel only).  ``initializer(*initargs)`` runs in each worker
+    first; a pool whose workers fail it ``3`` times in a row is broken
+    (:class:`PoolBrokenError` on every waiting future).  ``max_tasks_per_worker``: a worker
+    that ran that many tasks is replaced.  ``restart``: replace workers that die (else the
+    pool shrinks).
     """
 
     def __init__(
@@ -125,13 +131,12 @@ class Pool(cf.Executor):
         *,
         start: str | None = None,
         balance: str = "least-loaded",
-        ring: int | None = 16 << 20,
+        ring: int | None = DEFAULT_RING,
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
         restart: bool = True,
     ) -> None:
-        _require_posix("pyforkd.Pool")
         if workers is None:
             workers = os.cpu_count() or 1
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:

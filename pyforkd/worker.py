@@ -257,7 +257,8 @@ def fork_worker(
 ) -> Worker:
     """Run ``target(*args, **kwargs)`` in a new process; return its :class:`Worker`.
 
-    ``start="fork"`` (the POSIX default) forks this interpreter through ``os.fork()``, so
+    ``start="fork"`` (the POSIX default; Windows has only ``"spawn"``, its default, and no
+    rings yet) forks this interpreter through ``os.fork()``, so
     the target runs with a copy of everything and its at-fork hooks run, except the pipes
     and channels of the other children this process started (their descriptors point at
     /dev/null in the worker: a worker must not keep them from seeing EOF); ``start="spawn"``
@@ -280,7 +281,6 @@ def fork_worker(
     waits on that for good (it goes through the socket meanwhile).  Handles still travel
     on the socket, in order with the rest.
     """
-    _require_posix("fork_worker")
     _check_target(target)
     if _importing_main.is_set():
         raise RuntimeError(
@@ -288,9 +288,13 @@ def fork_worker(
             "(start='spawn' and 'forkserver' re-import it): start workers under "
             "`if __name__ == '__main__':`"
         )
-    method = "fork" if start is None else start
+    method = ("spawn" if sys.platform == "win32" else "fork") if start is None else start
     if method not in START_METHODS:
         raise ValueError(f"start must be one of {', '.join(START_METHODS)}, not {start!r}")
+    if method != "spawn":
+        _require_posix(f"fork_worker(start={method!r}) (Windows has no fork: start='spawn')")
+    if ring is not None:
+        _require_posix("fork_worker(ring=...)")
     label = name if name is not None else getattr(target, "__qualname__", "worker")
     main_thread = threading.current_thread() is threading.main_thread()
     if ring is not None:
@@ -407,13 +411,16 @@ def _spawn_interpreter(
         ipc,
         signal.SIGTERM,
         None,
-        pdeathsig=signal.SIGKILL if main_thread else 0,
+        # (Windows: the Job Object every child is in ends it with this process instead.)
+        pdeathsig=_cp.SIGKILL if main_thread and not _b.WINDOWS else 0,
         cls=Worker,
     )
     assert worker.channel is not None
     _parent_ends.add(worker.channel)
     main = _main_info() if info.pop("import_main", True) else {"main_path": None, "main_name": None}
-    info.update(main, sys_path=list(sys.path), parent=os.getpid(), pdeathsig=main_thread)
+    info.update(
+        main, sys_path=list(sys.path), parent=os.getpid(), pdeathsig=main_thread and not _b.WINDOWS
+    )
     try:
         worker.channel.send_control(("bootstrap", info))
     except ChannelClosedError:

@@ -267,8 +267,6 @@ def test_spawning_leaks_no_handle():
                 ring=1 << 16,
             ),
         ),
-        ("fork_worker", lambda: pyforkd.fork_worker(print)),
-        ("pyforkd.Pool", lambda: pyforkd.Pool(1)),
         ("pyforkd.Ring", lambda: pyforkd.Ring(4096)),
         ("stdio[3]", lambda: pyforkd.spawn(PY, ["-c", "pass"], stdio=["pipe"] * 4)),
     ],
