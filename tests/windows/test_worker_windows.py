@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 
 import pytest
 from _winhelpers import handle_count
@@ -86,3 +87,27 @@ def test_workers_leak_no_handle():
         one(i)
     gc.collect()
     assert handle_count() <= before
+
+
+SCRIPT = """
+import os, sys
+import pyforkd
+
+def cube(x):
+    return x ** 3
+
+if __name__ == "__main__":
+    worker = pyforkd.fork_worker(cube, 3)
+    print("worker", worker.result(timeout=60), worker.pid != os.getpid())
+    with pyforkd.Pool(2) as pool:
+        print("pool", sum(pool.map(cube, range(10))))
+"""
+
+
+def test_a_script_under_a_main_guard_runs_its_own_functions_in_workers(tmp_path):
+    # The emulation of fork: the worker re-imports the script as __mp_main__ (its guard
+    # keeps it from starting workers of its own) and finds cube there.
+    script = tmp_path / "app.py"
+    script.write_text(SCRIPT)
+    r = pyforkd.exec_file(sys.executable, [str(script)], cwd=str(tmp_path), encoding="utf-8")
+    assert r.stdout.split() == ["worker", "27", "True", "pool", "2025"]
