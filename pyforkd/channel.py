@@ -762,6 +762,7 @@ class Channel:
         With ``ring`` (bytes: a power of two, at least 4096) they also share a pair of
         rings, made now, through which their messages go (see :func:`fork_worker`).
         """
+        _require_posix("pyforkd.Channel.pair")
         rings = (Ring(ring), Ring(ring)) if ring is not None else None
         x, y = socket.socketpair()
         options: dict[str, Any] = {

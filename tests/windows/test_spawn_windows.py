@@ -268,6 +268,7 @@ def test_spawning_leaks_no_handle():
             ),
         ),
         ("pyforkd.Ring", lambda: pyforkd.Ring(4096)),
+        ("pyforkd.Channel.pair", pyforkd.Channel.pair),
         ("stdio[3]", lambda: pyforkd.spawn(PY, ["-c", "pass"], stdio=["pipe"] * 4)),
     ],
 )
