@@ -469,7 +469,7 @@ class _Watchdog:
         # Strong references, on purpose: a child whose ChildProcess was dropped must still be
         # killed at its deadline (fire-and-forget with a safety timeout, as in Node).  Each
         # entry holds its child in a one-item list that the child empties when it is reaped
-        # (ChildProcess._forget_deadline): an ended child is not kept until its deadline.
+        # (ChildProcess._reap_locked): an ended child is not kept until its deadline.
         self._heap: list[tuple[float, int, list[ChildProcess | None]]] = []
         self._thread: threading.Thread | None = None
         self._seq = 0
@@ -1092,16 +1092,20 @@ class _IpcPlan:
         On Windows our end is the pipe spawn made at the slot, taken out of ``fds``.
         """
         if self.parent_end is None:
-            end: socket.socket | int = fds[self.slot]
+            handle = fds[self.slot]
             fds[self.slot] = -1
-        else:
-            end = self.parent_end
             try:
-                assert self.child_end is not None
-                self.child_end.close()
-            finally:
-                fork_guard.leave()
-        channel = Channel(end, framing=self.framing, serialization=self.serialization)
+                channel = Channel(handle, framing=self.framing, serialization=self.serialization)
+            except BaseException:
+                _b.close_native(handle)  # (the child sees its channel end)
+                raise
+            return channel  # (no rings on Windows yet: refused before the spawn)
+        try:
+            assert self.child_end is not None
+            self.child_end.close()
+        finally:
+            fork_guard.leave()
+        channel = Channel(self.parent_end, framing=self.framing, serialization=self.serialization)
         if self.rings is not None:
             channel._offer_rings(*self.rings)
         return channel

@@ -125,6 +125,7 @@ typedef struct pfd__win_rx_s {
   int has_pending;
   DWORD peer;                 /* the process at the other end, once known */
   HANDLE shut;                /* manual-reset, set by pfd_fd_shutdown: waits end on it */
+  volatile LONG is_shut;      /* the same, for the checks of every send and receive */
 } pfd__win_rx_t;
 
 static SRWLOCK pfd__win_rx_lock = SRWLOCK_INIT;
@@ -217,9 +218,10 @@ static int pfd__win_is_socket(int handle) {
   return getsockopt((SOCKET)(intptr_t)handle, SOL_SOCKET, SO_TYPE, (char *)&type, &len) == 0;
 }
 
-/* Whether pfd_fd_shutdown was called on the pipe (its event is set). */
+/* Whether pfd_fd_shutdown was called on the pipe: a flag, read without a system call (a
+ * wait that starts just before it is set still ends, on the event). */
 static int pfd__win_is_shut(const pfd__win_rx_t *rx) {
-  return rx != NULL && WaitForSingleObject(rx->shut, 0) == WAIT_OBJECT_0;
+  return rx != NULL && InterlockedCompareExchange((volatile LONG *)&rx->is_shut, 0, 0) != 0;
 }
 
 /* One whole overlapped (or plain) read or write of `size` bytes; blocks until done, or
@@ -484,6 +486,7 @@ int pfd_fd_shutdown(int fd) {
   pfd__win_rx_t *rx = pfd__win_rx_for(PFD__HANDLE(fd));
   if (rx == NULL) return -ENOMEM;
   /* Waits of this process on the pipe end on the event; no new one starts after it. */
+  InterlockedExchange(&rx->is_shut, 1);
   if (!SetEvent(rx->shut)) return pfd__win_last_errno();
   return 0;
 }
