@@ -10,6 +10,7 @@ run its signal handlers (Ctrl-C) and call again.
 from __future__ import annotations
 
 import errno as _errno
+import mmap
 import os
 import sys
 from collections.abc import Sequence
@@ -95,6 +96,42 @@ if sys.platform == "win32":
         if r < 0:
             raise_errno(r, "CloseHandle")
 
+    def dup_native(handle: int) -> int:
+        """A second handle to what ``handle`` is, not inherited by children."""
+        this = _winapi.GetCurrentProcess()
+        try:
+            copy = _winapi.DuplicateHandle(
+                this, handle, this, 0, False, _winapi.DUPLICATE_SAME_ACCESS
+            )
+        except OSError as exc:
+            code = _errno.EBADF if exc.winerror == 6 else _errno.EINVAL  # INVALID_HANDLE
+            raise OSError(code, f"DuplicateHandle: {exc.strerror}") from None
+        return int(copy)
+
+    def map_shared(fd: int, size: int) -> Any:
+        """A writable buffer over ``size`` bytes of the shared memory behind ``fd``.
+
+        (A view of the section; it is unmapped with the last reference to the buffer, so
+        that a memoryview still alive keeps it mapped.)
+        """
+        out = ffi.new("void **")
+        r = lib.pfd_shm_map(fd, size, out)
+        if r < 0:
+            raise_errno(r, "MapViewOfFile")
+        view = ffi.gc(out[0], _unmap_view, size)
+        return ffi.buffer(view, size)
+
+    def _unmap_view(view: Any) -> None:
+        _lib.pfd_shm_unmap(view, 0)
+
+    def unmap_shared(mapping: Any) -> None:
+        """Let go of what :func:`map_shared` gave (the view goes with its last user)."""
+        del mapping
+
+    def fresh_pages(size: int) -> mmap.mmap:
+        """``size`` bytes of new private memory (zero pages, no zero-filling pass)."""
+        return mmap.mmap(-1, size)
+
 else:
 
     def native(fd: int) -> int:
@@ -109,6 +146,22 @@ else:
     def close_native(handle: int) -> None:
         """Close a descriptor the C core gave out."""
         os.close(handle)
+
+    def dup_native(handle: int) -> int:
+        """A second descriptor for what ``handle`` is (close-on-exec)."""
+        return os.dup(handle)
+
+    def map_shared(fd: int, size: int) -> Any:
+        """A writable shared mapping of ``size`` bytes of ``fd`` (an ``mmap``)."""
+        return mmap.mmap(fd, size)
+
+    def unmap_shared(mapping: Any) -> None:
+        """Unmap what :func:`map_shared` gave (``BufferError`` while views of it live)."""
+        mapping.close()
+
+    def fresh_pages(size: int) -> mmap.mmap:
+        """``size`` bytes of new private memory (zero pages, no zero-filling pass)."""
+        return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 _CHARS = ffi.typeof("char[]")
@@ -521,6 +574,15 @@ class Receiver:
     def scan_received(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
         """Scan a frame header in what the last :meth:`recv` returned, at ``offset``."""
         return self._codec.scan(self._c_buf, offset, size)
+
+
+def fd_pair() -> tuple[int, int]:
+    """Two connected channel ends (a socketpair; on Windows a duplex named pipe)."""
+    out = ffi.new("int[2]")
+    r = lib.pfd_fd_pair(out)
+    if r < 0:
+        raise_errno(r, "CreateNamedPipeW" if WINDOWS else "socketpair")
+    return out[0], out[1]
 
 
 def fd_shutdown(sock: int) -> None:

@@ -28,7 +28,6 @@ as the first frame on the socket (FRAME_RING with the two rings as handles).
 
 from __future__ import annotations
 
-import mmap
 import pickle
 import struct
 from typing import Any
@@ -476,7 +475,7 @@ class Link:
                 self._corrupt(f"a message of {size} bytes (max_message_size is {limit})")
             # Fresh private pages for a large one (no zero-filling pass before the copy).
             if size >= _MAPPED_MIN:
-                self.whole = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+                self.whole = _b.fresh_pages(size)
             else:
                 self.whole = bytearray(size)
             self.whole_view = memoryview(self.whole)

@@ -40,7 +40,6 @@ from typing import Any, NoReturn, Union
 
 from . import _bindings as _b
 from ._checks import deadline as _deadline
-from ._checks import require_posix as _require_posix
 from .errors import ChannelClosedError, FrameError
 from .ring import Ring
 
@@ -122,7 +121,7 @@ def _describe(handles: list[Any], many: bool) -> tuple[list[int], bytes]:
     for i, handle in enumerate(handles):
         where = f"handle[{i}]" if len(handles) > 1 else "handle"
         if isinstance(handle, Fd):
-            fds.append(handle.fileno())
+            fds.append(_native_of(handle.fileno(), where))
             out.append(_KIND_FD)
             continue
         if isinstance(handle, socket.socket):
@@ -145,7 +144,7 @@ def _describe(handles: list[Any], many: bool) -> tuple[list[int], bytes]:
         if getattr(handle, "closed", False):
             raise ValueError(f"{where}: {handle!r} is closed")
         try:
-            fds.append(handle.fileno())
+            fds.append(_native_of(handle.fileno(), where))
         except (OSError, ValueError) as exc:
             raise ValueError(f"{where}: {handle!r} has no descriptor ({exc})") from None
         if hasattr(handle, "flush"):
@@ -161,6 +160,29 @@ def _describe(handles: list[Any], many: bool) -> tuple[list[int], bytes]:
             out.append(len(data))
             out += data
     return fds, bytes(out)
+
+
+def _native_of(fd: int, where: str) -> int:
+    """What the C core sends for descriptor ``fd``: itself; on Windows the handle behind it.
+
+    ``ValueError`` naming ``where`` when it is not open.
+    """
+    try:
+        return _b.native(fd)
+    except OSError as exc:
+        raise ValueError(f"{where}: descriptor {fd} is not open ({exc.strerror})") from None
+
+
+def _adopted(handle: int, writable: bool) -> int:
+    """A descriptor of this process for a received ``handle`` (Windows: the C runtime's).
+
+    The handle is closed when that fails.
+    """
+    try:
+        return _b.adopt(handle, writable)
+    except OSError:
+        _b.close_native(handle)
+        raise
 
 
 def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
@@ -182,7 +204,8 @@ def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
             kind = desc[pos]
             pos += 1
             if kind == _KIND_FD:
-                made.append(Fd(fd))
+                fds[len(made)] = -1  # (adopted: closed through the Fd from here on)
+                made.append(Fd(_adopted(fd, True)))
             elif kind == _KIND_SOCKET:
                 try:
                     made.append(socket.socket(fileno=fd))
@@ -206,7 +229,13 @@ def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
                     except LookupError:
                         raise ValueError(f"unknown encoding {encoding!r}") from None
                 buffering = 0 if "b" in mode and "+" not in mode and mode.startswith("a") else -1
-                made.append(open(fd, mode, buffering=buffering, encoding=encoding))  # noqa: SIM115
+                fds[len(made)] = -1
+                own = _adopted(fd, mode[0] != "r" or "+" in mode)
+                try:
+                    made.append(open(own, mode, buffering=buffering, encoding=encoding))  # noqa: SIM115
+                except BaseException:
+                    os.close(own)
+                    raise
             else:
                 raise ValueError(f"unknown handle kind {kind!r}")
         if pos != len(desc):
@@ -271,7 +300,7 @@ def _node_handle_fields(handle: Any) -> tuple[int, dict[str, Any]]:
     if sock_type == socket.SOCK_STREAM and family in (
         socket.AF_INET,
         socket.AF_INET6,
-        getattr(socket, "AF_UNIX", None),  # (Windows sends no handles yet)
+        getattr(socket, "AF_UNIX", None),  # (Python on Windows has no AF_UNIX)
     ):
         return fd, {"type": "net.Server" if listening else "net.Socket"}
     if sock_type == socket.SOCK_DGRAM and family in (socket.AF_INET, socket.AF_INET6):
@@ -335,11 +364,13 @@ def _fail(why: str) -> NoReturn:
 
 
 def _close_fds(fds: list[int]) -> None:
+    """Close received descriptors (Windows: handles) no object took over."""
     for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        if fd >= 0:
+            try:
+                _b.close_native(fd)
+            except OSError:
+                pass
     fds.clear()
 
 
@@ -757,23 +788,37 @@ class Channel:
         serialization: str = "pickle",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> tuple[Channel, Channel]:
-        """Two connected channels (over a new socketpair), e.g. to keep one across a fork.
+        """Two connected channels (a new socketpair; a duplex pipe on Windows).
+
+        E.g. to keep one across a fork, or to hand one end to a child.
 
         With ``ring`` (bytes: a power of two, at least 4096) they also share a pair of
         rings, made now, through which their messages go (see :func:`fork_worker`).
         """
-        _require_posix("pyforkd.Channel.pair")
         rings = (Ring(ring), Ring(ring)) if ring is not None else None
-        x, y = socket.socketpair()
         options: dict[str, Any] = {
             "serialization": serialization,
             "max_message_size": max_message_size,
         }
         try:
-            here, there = cls(x, **options), cls(y, **options)
+            x, y = _b.fd_pair()
         except BaseException:
-            x.close()
-            y.close()
+            for r in rings or ():
+                r.close()
+            raise
+        try:
+            here = cls(x, **options)
+        except BaseException:
+            _b.close_native(x)
+            _b.close_native(y)
+            for r in rings or ():
+                r.close()
+            raise
+        try:
+            there = cls(y, **options)
+        except BaseException:
+            here.close()
+            _b.close_native(y)
             for r in rings or ():
                 r.close()
             raise
@@ -783,11 +828,11 @@ class Channel:
             theirs: list[Ring] = []
             try:
                 for shared in (up, down):
-                    fd = os.dup(shared.fileno())
+                    fd = _b.dup_native(shared.fileno())
                     try:
                         theirs.append(Ring._from_fd(fd))
                     except BaseException:
-                        os.close(fd)
+                        _b.close_native(fd)
                         raise
             except BaseException:
                 for r in (*theirs, down, up):
@@ -846,8 +891,6 @@ class Channel:
         ``max_message_size``, before writing anything; ``ChannelClosedError`` once the
         peer is gone.
         """
-        if handle is not None:
-            _require_posix("sending handles over a channel")
         if self._link is not None:
             deadline = _deadline(timeout)
             self._ring_link(deadline).send(obj, handle, keep_open, deadline)
@@ -1047,7 +1090,7 @@ class Channel:
         try:
             sock = _NodeSocket(fileno=fd) if key is not None else socket.socket(fileno=fd)
         except OSError as exc:
-            os.close(fd)
+            _b.close_native(fd)
             raise ValueError(f"a NODE_HANDLE descriptor is not a socket ({exc})") from None
         sock.setblocking(True)
         if isinstance(sock, _NodeSocket) and key is not None:

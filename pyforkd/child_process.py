@@ -1062,8 +1062,6 @@ class _IpcPlan:
             raise ValueError(f"stdio: one 'ipc' at most, found {len(slots)}")
         if slots[0] <= 2:
             raise ValueError(f"stdio[{slots[0]}]: the IPC channel needs a slot of 3 or more")
-        if ring is not None:
-            _require_posix("rings under a channel")
         ser = "json" if serialization is None else serialization
         if ser not in ("json", "pickle", "raw"):
             raise ValueError(f"serialization must be 'json', 'pickle' or 'raw', not {ser!r}")
@@ -1098,14 +1096,17 @@ class _IpcPlan:
                 channel = Channel(handle, framing=self.framing, serialization=self.serialization)
             except BaseException:
                 _b.close_native(handle)  # (the child sees its channel end)
+                self._close_rings()
                 raise
-            return channel  # (no rings on Windows yet: refused before the spawn)
-        try:
-            assert self.child_end is not None
-            self.child_end.close()
-        finally:
-            fork_guard.leave()
-        channel = Channel(self.parent_end, framing=self.framing, serialization=self.serialization)
+        else:
+            try:
+                assert self.child_end is not None
+                self.child_end.close()
+            finally:
+                fork_guard.leave()
+            channel = Channel(
+                self.parent_end, framing=self.framing, serialization=self.serialization
+            )
         if self.rings is not None:
             channel._offer_rings(*self.rings)
         return channel

@@ -27,7 +27,6 @@ import concurrent.futures as cf
 import itertools
 import os
 import pickle
-import sys
 import threading
 import time
 import traceback
@@ -50,9 +49,8 @@ _FLUSH_SECONDS = 0.001  # a worker sends its answers at least this often
 _CHUNK_SECONDS = 0.02  # map()'s adaptive chunks aim at this much work each
 
 
-# Each worker's ring size per direction: 16 MiB; none on Windows, where channels have no
-# rings yet (messages go through the pipe).
-DEFAULT_RING: int | None = None if sys.platform == "win32" else 16 << 20
+# Each worker's ring size per direction: 16 MiB.
+DEFAULT_RING: int | None = 16 << 20
 
 
 class WorkerCrashedError(PyforkdError, RuntimeError):
@@ -117,8 +115,8 @@ class Pool(cf.Executor):
     free) or ``"round-robin"`` (batches go to the workers in turn without waiting for them
     to be idle: each holds the batch it runs and the next, so it never waits for the
     parent between batches, but a slow task delays the ones queued behind it).  ``ring``: each
-    worker's ring size in bytes per direction (a power of two; 16 MiB by default, None on
-    Windows; None: the channel only).  ``initializer(*initargs)`` runs in each worker
+    worker's ring size in bytes per direction (a power of two; 16 MiB by default; None: the
+    channel only).  ``initializer(*initargs)`` runs in each worker
     first; a pool whose workers fail it ``3`` times in a row is broken
     (:class:`PoolBrokenError` on every waiting future).  ``max_tasks_per_worker``: a worker
     that ran that many tasks is replaced.  ``restart``: replace workers that die (else the

@@ -24,8 +24,6 @@ process that maps it.
 from __future__ import annotations
 
 import collections
-import mmap
-import os
 import sys
 import threading
 import time
@@ -35,7 +33,6 @@ from typing import Any
 
 from . import _bindings as _b
 from ._checks import deadline as _deadline
-from ._checks import require_posix as _require_posix
 from .errors import ChannelClosedError
 
 __all__ = ["Ring"]
@@ -66,13 +63,12 @@ class Ring:
     """
 
     def __init__(self, capacity: int = 1 << 20) -> None:
-        _require_posix("pyforkd.Ring")
         size = check_capacity(capacity)
         fd = _b.shm_create("pyforkd-ring", size)
         try:
             self._setup(fd, size, capacity)
         except BaseException:
-            os.close(fd)
+            _b.close_native(fd)
             raise
 
     @classmethod
@@ -90,11 +86,11 @@ class Ring:
 
     def _setup(self, fd: int, size: int, create: int) -> None:
         self._fd = fd
-        self._map: mmap.mmap | None = mmap.mmap(fd, size)
+        self._map: Any = _b.map_shared(fd, size)
         try:
             self._side = _b.RingSide(self._map, create)
         except BaseException:
-            self._map.close()
+            _b.unmap_shared(self._map)
             raise
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
@@ -137,7 +133,7 @@ class Ring:
 
     # ---- sending -----------------------------------------------------------------------
 
-    def _check_open(self) -> mmap.mmap:
+    def _check_open(self) -> Any:
         if self._map is None or self._fd < 0:
             raise ValueError("the Ring is closed")
         return self._map
@@ -355,10 +351,10 @@ class Ring:
                 )
             self._side.detach()
             self._whole.release()
-            self._map.close()
+            _b.unmap_shared(self._map)
             self._map = None
             if self._fd >= 0:
-                os.close(self._fd)
+                _b.close_native(self._fd)
                 self._fd = -1
 
     def _close_unused(self) -> None:
@@ -370,7 +366,7 @@ class Ring:
             self.close()
         except BufferError:
             if self._fd >= 0:
-                os.close(self._fd)
+                _b.close_native(self._fd)
                 self._fd = -1
 
     def __enter__(self) -> Ring:

@@ -257,20 +257,19 @@ def fork_worker(
 ) -> Worker:
     """Run ``target(*args, **kwargs)`` in a new process; return its :class:`Worker`.
 
-    ``start="fork"`` (the POSIX default; Windows has only ``"spawn"``, its default, and no
-    rings yet) forks this interpreter through ``os.fork()``, so
-    the target runs with a copy of everything and its at-fork hooks run, except the pipes
-    and channels of the other children this process started (their descriptors point at
-    /dev/null in the worker: a worker must not keep them from seeing EOF); ``start="spawn"``
-    starts a fresh interpreter that re-imports this program's ``__main__`` as
-    ``__mp_main__`` and receives the pickled target (what Windows has to do, usable
-    everywhere; a target that cannot be pickled raises ``TypeError`` before any process
-    starts); ``start="forkserver"`` asks a server process, started once from a fresh
-    interpreter that imported this program's ``__main__`` (as ``spawn`` does), to fork
-    the worker: as cheap as ``fork`` once the server runs, and safe when this process has
-    threads (nothing of this process is copied but what is pickled).  Inside the target
-    :func:`parent` is the channel to this process.  The worker dies with this process (or
-    when its channel is closed), whichever thread started it.
+    ``start="fork"`` (the POSIX default; Windows has only ``"spawn"``, its default) forks
+    this interpreter through ``os.fork()``, so the target runs with a copy of everything and
+    its at-fork hooks run, except the pipes and channels of the other children this process
+    started (their descriptors point at /dev/null in the worker: a worker must not keep them
+    from seeing EOF); ``start="spawn"`` starts a fresh interpreter that re-imports this
+    program's ``__main__`` as ``__mp_main__`` and receives the pickled target (what Windows
+    has to do, usable everywhere; a target that cannot be pickled raises ``TypeError``
+    before any process starts); ``start="forkserver"`` asks a server process, started once
+    from a fresh interpreter that imported this program's ``__main__`` (as ``spawn`` does),
+    to fork the worker: as cheap as ``fork`` once the server runs, and safe when this
+    process has threads (nothing of this process is copied but what is pickled).  Inside the
+    target :func:`parent` is the channel to this process.  The worker dies with this process
+    (or when its channel is closed), whichever thread started it.
 
     ``ring`` (bytes: a power of two, at least 4096) gives the channel a pair of
     shared-memory rings, one per direction: messages then go through shared memory, and
@@ -293,8 +292,6 @@ def fork_worker(
         raise ValueError(f"start must be one of {', '.join(START_METHODS)}, not {start!r}")
     if method != "spawn":
         _require_posix(f"fork_worker(start={method!r}) (Windows has no fork: start='spawn')")
-    if ring is not None:
-        _require_posix("fork_worker(ring=...)")
     label = name if name is not None else getattr(target, "__qualname__", "worker")
     main_thread = threading.current_thread() is threading.main_thread()
     if ring is not None:

@@ -46,6 +46,10 @@ int pfd_fd_wait_hangup(int sock, int timeout_ms);
  * (SO_NOSIGPIPE on macOS; Linux uses MSG_NOSIGNAL per send).  Returns 0 or -errno. */
 int pfd_socket_nosigpipe(int sock);
 
+/* Two connected channel ends, close-on-exec: an AF_UNIX stream socketpair on Unix, a
+ * duplex overlapped named pipe on Windows.  Returns 0 (out[0], out[1]) or -errno. */
+int pfd_fd_pair(int out[2]);
+
 /* Closes a descriptor the core gave out or received (on Windows a handle or a socket),
  * with what the core keeps for it (a channel pipe's receive state and peer: a handle
  * value the system gives out again must not find them).  Returns 0 or -errno (-EBADF). */

@@ -227,3 +227,21 @@ int pfd_fd_shutdown(int fd) {
   if (shutdown(fd, SHUT_RDWR) < 0 && errno != ENOTCONN) return -errno;
   return 0;
 }
+
+int pfd_fd_pair(int out[2]) {
+#ifdef SOCK_CLOEXEC
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, out) < 0) return -errno;
+#else
+  int i;
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, out) < 0) return -errno;
+  for (i = 0; i < 2; i++) {
+    if (fcntl(out[i], F_SETFD, FD_CLOEXEC) < 0) {
+      int err = -errno;
+      close(out[0]);
+      close(out[1]);
+      return err;
+    }
+  }
+#endif
+  return 0;
+}

@@ -18,8 +18,11 @@
  * A socket is described for the receiver (WSADuplicateSocketW) and the receiver makes its
  * own from the description; any other handle is copied straight into the receiver
  * (DuplicateHandle) and its value sent.  A frame carries one of them at most, as libuv's
- * do; the receiver hands it out with the frame's first data byte.  The receiving side
- * keeps, per pipe, how much of the current frame is still to come (a small table).
+ * do: a send of n handles writes n - 1 frames with a handle and no data, then the frame
+ * with the data and the last handle, all in one write.  The receiver queues what comes
+ * without data and hands the queue out with the next data byte, as recvmsg hands out
+ * SCM_RIGHTS.  The receiving side keeps, per pipe, how much of the current frame is
+ * still to come and the handles queued (a small table).
  *
  * Sends write the whole frame, waiting for the reader when the pipe's buffer is full
  * (Windows offers no "would block" for a pipe write); receives and waits never block
@@ -27,6 +30,7 @@
  */
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <winsock2.h>
@@ -90,12 +94,45 @@ static int pfd__win_pipe_closed(HANDLE h) {
   }
 }
 
+/* NtQueryInformationFile's answer for FilePipeLocalInformation (ntifs.h, not in the SDK's
+ * user-mode headers): NamedPipeState 4 (FILE_PIPE_CLOSING_STATE) once the other end is
+ * closed, even while unread data is left in the pipe. */
+typedef struct {
+  ULONG type, configuration, max_instances, instances, inbound_quota, read_available,
+      outbound_quota, write_available, state, end;
+} pfd__pipe_local_info_t;
+typedef struct {
+  LONG_PTR status;
+  ULONG_PTR information;
+} pfd__io_status_t;
+typedef LONG(WINAPI *pfd__query_file_t)(HANDLE, pfd__io_status_t *, void *, ULONG, int);
+enum { PFD__FILE_PIPE_LOCAL_INFORMATION = 24, PFD__FILE_PIPE_CLOSING_STATE = 4 };
+
+/* 1 when the other end of the pipe is closed, unread data or not; 0 while it is open. */
+static int pfd__win_peer_closed(HANDLE h) {
+  static pfd__query_file_t query;
+  pfd__pipe_local_info_t info;
+  pfd__io_status_t status;
+  int r = pfd__win_pipe_closed(h);
+  if (r != 0) return r;
+  if (query == NULL) {
+    HMODULE ntdll = GetModuleHandleW(L"ntdll.dll");
+    FARPROC found = ntdll != NULL ? GetProcAddress(ntdll, "NtQueryInformationFile") : NULL;
+    if (found == NULL) return 0; /* (always there) */
+    query = (pfd__query_file_t)(void (*)(void))found;
+  }
+  memset(&info, 0, sizeof info);
+  if (query(h, &status, &info, sizeof info, PFD__FILE_PIPE_LOCAL_INFORMATION) < 0) return 0;
+  return info.state == PFD__FILE_PIPE_CLOSING_STATE;
+}
+
 int pfd_fd_wait_hangup(int sock, int timeout_ms) {
   /* Windows offers no wait for "the peer closed" that reads nothing: look every 10 ms.
-   * (Only the ring calls this, with a timeout of 0, between its own timed sleeps.) */
+   * (Only the ring calls this, with a timeout of 0, between its own timed sleeps.)  The
+   * pipe may still hold the peer's last messages: as POLLRDHUP, that is a hang-up too. */
   ULONGLONG deadline = GetTickCount64() + (ULONGLONG)(timeout_ms < 0 ? 0 : timeout_ms);
   for (;;) {
-    int r = pfd__win_pipe_closed(PFD__HANDLE(sock));
+    int r = pfd__win_peer_closed(PFD__HANDLE(sock));
     if (r != 0) return r;
     if (timeout_ms >= 0 && GetTickCount64() >= deadline) return 0;
     Sleep(10);
@@ -121,8 +158,9 @@ typedef struct pfd__win_rx_s {
   unsigned char head[PFD__IPC_HEADER + PFD__IPC_SOCKET_INFO]; /* header + transfer info */
   size_t head_got, head_need; /* head_need 0: between frames */
   unsigned long long data_left;
-  int pending;                /* a received handle, for the frame's first data byte */
-  int has_pending;
+  int pending[PFD_FRAME_MAX_FDS]; /* received handles, for the next data byte */
+  int npending;
+  int overflow;               /* more came than fit in `pending` (all closed): truncated */
   DWORD peer;                 /* the process at the other end, once known */
   HANDLE shut;                /* manual-reset, set by pfd_fd_shutdown: waits end on it */
   volatile LONG is_shut;      /* the same, for the checks of every send and receive */
@@ -164,13 +202,30 @@ static pfd__win_rx_t *pfd__win_rx_for(HANDLE pipe) {
   return found;
 }
 
+/* Closes a socket or any other handle. */
+static int pfd__win_close_any(int fd) {
+  if (closesocket((SOCKET)(intptr_t)fd) == 0) return 0;
+  if (WSAGetLastError() != WSAENOTSOCK && WSAGetLastError() != WSANOTINITIALISED) {
+    return pfd__win_errno((DWORD)WSAGetLastError());
+  }
+  return CloseHandle(PFD__HANDLE(fd)) ? 0 : pfd__win_last_errno();
+}
+
+/* Closes the handles queued for the next data byte. */
+static void pfd__win_drop_pending(pfd__win_rx_t *rx) {
+  int i;
+  for (i = 0; i < rx->npending; i++) pfd__win_close_any(rx->pending[i]);
+  rx->npending = 0;
+  rx->overflow = 0;
+}
+
 void pfd__win_pipe_forget(int pipe) {
   size_t i;
   AcquireSRWLockExclusive(&pfd__win_rx_lock);
   for (i = 0; i < pfd__win_rx_count; i++) {
     pfd__win_rx_t *rx = pfd__win_rx[i];
     if (rx->pipe == PFD__HANDLE(pipe)) {
-      if (rx->has_pending) CloseHandle(PFD__HANDLE(rx->pending));
+      pfd__win_drop_pending(rx);
       CloseHandle(rx->shut);
       free(rx);
       pfd__win_rx[i] = pfd__win_rx[--pfd__win_rx_count];
@@ -264,49 +319,93 @@ static int pfd__win_write_all(HANDLE h, const unsigned char *p, size_t size,
   return 0;
 }
 
+/* Closes handle `remote` in process `pid` (a copy made for a frame that is not sent). */
+static void pfd__win_handle_recall(DWORD pid, long long remote) {
+  HANDLE target = OpenProcess(PROCESS_DUP_HANDLE, FALSE, pid);
+  if (target == NULL) return; /* gone: its handles went with it */
+  (void)DuplicateHandle(target, (HANDLE)(intptr_t)remote, NULL, NULL, 0, FALSE,
+                        DUPLICATE_CLOSE_SOURCE);
+  CloseHandle(target);
+}
+
+/* Writes frame i's header and transfer information at `out` (libuv's layout): a socket is
+ * described for `peer`, another handle copied into it.  Returns the bytes written, or
+ * -errno; *remote gets a copied handle's value there (else -1). */
+static long pfd__win_xfer(unsigned char *out, DWORD peer, int handle, uint32_t length,
+                          long long *remote) {
+  uint32_t fl = length > 0 ? PFD__IPC_HAS_DATA : 0, zero = 0;
+  long extra;
+  int err;
+  *remote = -1;
+  if (pfd__win_is_socket(handle)) {
+    memset(out + PFD__IPC_HEADER, 0, PFD__IPC_SOCKET_INFO);
+    err = pfd__win_socket_send(peer, (unsigned long long)(intptr_t)handle,
+                               out + PFD__IPC_HEADER, PFD__IPC_SOCKET_INFO);
+    fl |= PFD__IPC_HAS_SOCKET | PFD__IPC_IS_TCP_CONNECTION;
+    extra = PFD__IPC_SOCKET_INFO;
+  } else {
+    long long value = 0;
+    err = pfd__win_handle_send(peer, handle, 0, &value);
+    if (err == 0) *remote = value;
+    memcpy(out + PFD__IPC_HEADER, &value, 8);
+    fl |= PFD__IPC_HAS_HANDLE;
+    extra = PFD__IPC_HANDLE_INFO;
+  }
+  if (err < 0) return err;
+  memcpy(out, &fl, 4);
+  memcpy(out + 4, &zero, 4);
+  memcpy(out + 8, &length, 4);
+  memcpy(out + 12, &zero, 4);
+  return PFD__IPC_HEADER + extra;
+}
+
 long pfd_fd_send(int sock, const void *head, size_t head_size, const void *body,
                  size_t body_size, const int *fds, int nfds, int flags) {
   HANDLE pipe = PFD__HANDLE(sock);
-  unsigned char frame[PFD__IPC_HEADER + PFD__IPC_SOCKET_INFO];
-  uint32_t fl = 0, zero = 0, length;
-  size_t extra = 0;
-  int err;
+  unsigned char one[PFD__IPC_HEADER + PFD__IPC_SOCKET_INFO], *frames = one;
+  long long *remote = NULL;
+  uint32_t length;
+  size_t used = 0;
+  DWORD peer = 0;
+  int err = 0, i, made = 0;
   pfd__win_rx_t *rx = pfd__win_rx_for(pipe);
   (void)flags; /* a pipe write always completes (see the top of this file) */
-  if (nfds < 0 || nfds > 1) return -EINVAL; /* one socket or handle per frame, as libuv */
+  if (nfds < 0 || nfds > PFD_FRAME_MAX_FDS || (nfds > 0 && fds == NULL)) return -EINVAL;
   if (pfd__win_is_shut(rx)) return -EPIPE;
   if (head_size + body_size > 0xFFFFFFFFu) return -EMSGSIZE;
   length = (uint32_t)(head_size + body_size);
-  if (length > 0) fl |= PFD__IPC_HAS_DATA;
-  if (nfds == 1) {
-    DWORD peer = 0;
+  if (nfds > 0) {
     if ((err = pfd__win_peer(pipe, &peer)) < 0) return err;
-    if (pfd__win_is_socket(fds[0])) {
-      memset(frame + PFD__IPC_HEADER, 0, PFD__IPC_SOCKET_INFO);
-      err = pfd__win_socket_send(peer, (unsigned long long)(intptr_t)fds[0],
-                                 frame + PFD__IPC_HEADER, PFD__IPC_SOCKET_INFO);
-      fl |= PFD__IPC_HAS_SOCKET | PFD__IPC_IS_TCP_CONNECTION;
-      extra = PFD__IPC_SOCKET_INFO;
-    } else {
-      long long remote = 0;
-      err = pfd__win_handle_send(peer, fds[0], 0, &remote);
-      memcpy(frame + PFD__IPC_HEADER, &remote, 8);
-      fl |= PFD__IPC_HAS_HANDLE;
-      extra = PFD__IPC_HANDLE_INFO;
+    if (nfds > 1 && (frames = malloc((size_t)nfds * sizeof one)) == NULL) return -ENOMEM;
+    if ((remote = malloc((size_t)nfds * sizeof *remote)) == NULL) err = -ENOMEM;
+    /* Every handle is copied before anything is written: a failure sends nothing. */
+    for (i = 0; i < nfds && err == 0; i++, made++) {
+      long n = pfd__win_xfer(frames + used, peer, fds[i], i == nfds - 1 ? length : 0,
+                             &remote[i]);
+      if (n < 0) err = (int)n; else used += (size_t)n;
     }
-    if (err < 0) return err;
+  } else {
+    uint32_t fl = length > 0 ? PFD__IPC_HAS_DATA : 0, zero = 0;
+    memcpy(one, &fl, 4);
+    memcpy(one + 4, &zero, 4);
+    memcpy(one + 8, &length, 4);
+    memcpy(one + 12, &zero, 4);
+    used = PFD__IPC_HEADER;
   }
-  memcpy(frame, &fl, 4);
-  memcpy(frame + 4, &zero, 4);
-  memcpy(frame + 8, &length, 4);
-  memcpy(frame + 12, &zero, 4);
-  /* The channel's send lock keeps the three writes of one frame together. */
-  if ((err = pfd__win_write_all(pipe, frame, PFD__IPC_HEADER + extra, rx)) < 0 ||
-      (err = pfd__win_write_all(pipe, head, head_size, rx)) < 0 ||
-      (err = pfd__win_write_all(pipe, body, body_size, rx)) < 0) {
-    return err;
+  /* The channel's send lock keeps the three writes of one message together. */
+  if (err == 0 && ((err = pfd__win_write_all(pipe, frames, used, rx)) < 0 ||
+                   (err = pfd__win_write_all(pipe, head, head_size, rx)) < 0 ||
+                   (err = pfd__win_write_all(pipe, body, body_size, rx)) < 0)) {
+    made = 0; /* written (or half): the copies are the peer's now */
   }
-  return (long)length;
+  if (err < 0 && remote != NULL) {
+    for (i = 0; i < made; i++) {
+      if (remote[i] != -1) pfd__win_handle_recall(peer, remote[i]);
+    }
+  }
+  if (frames != one) free(frames);
+  free(remote);
+  return err < 0 ? err : (long)length;
 }
 
 /* Bytes readable now (0 none), or 0 with *eof when the peer has closed, or -errno. */
@@ -345,10 +444,11 @@ long pfd_fd_recv(int sock, void *buf, size_t size, int *fds, int max_fds, int *n
                  int flags) {
   HANDLE pipe = PFD__HANDLE(sock);
   int block = (flags & PFD_FD_BLOCK) != 0;
-  pfd__win_rx_t *rx = pfd__win_rx_for(pipe);
+  pfd__win_rx_t *rx;
   long long n;
   *nfds = 0;
-  if (rx == NULL) return -ENOMEM;
+  if (max_fds < 0 || max_fds > PFD_FRAME_MAX_FDS) return -EINVAL;
+  if ((rx = pfd__win_rx_for(pipe)) == NULL) return -ENOMEM;
   for (;;) {
     uint32_t fl, reserved2, length;
     if (rx->data_left > 0) break;
@@ -373,19 +473,23 @@ long pfd_fd_recv(int sock, void *buf, size_t size, int *fds, int max_fds, int *n
       rx->head_need += (fl & PFD__IPC_HAS_SOCKET) ? PFD__IPC_SOCKET_INFO : PFD__IPC_HANDLE_INFO;
       continue; /* the transfer information follows */
     }
-    if (fl & PFD__IPC_HAS_SOCKET) {
-      unsigned long long s;
-      int err = pfd__win_socket_receive(rx->head + PFD__IPC_HEADER, PFD__IPC_SOCKET_INFO, &s);
-      if (err < 0) return err;
-      if (rx->has_pending) CloseHandle(PFD__HANDLE(rx->pending));
-      rx->pending = (int)(intptr_t)s;
-      rx->has_pending = 1;
-    } else if (fl & PFD__IPC_HAS_HANDLE) {
-      long long value;
-      memcpy(&value, rx->head + PFD__IPC_HEADER, 8);
-      if (rx->has_pending) CloseHandle(PFD__HANDLE(rx->pending));
-      rx->pending = (int)value;
-      rx->has_pending = 1;
+    if (fl & (PFD__IPC_HAS_SOCKET | PFD__IPC_HAS_HANDLE)) {
+      unsigned long long value;
+      if (fl & PFD__IPC_HAS_SOCKET) {
+        int err = pfd__win_socket_receive(rx->head + PFD__IPC_HEADER, PFD__IPC_SOCKET_INFO,
+                                          &value);
+        if (err < 0) return err;
+      } else {
+        long long v;
+        memcpy(&v, rx->head + PFD__IPC_HEADER, 8);
+        value = (unsigned long long)v;
+      }
+      if (rx->npending < PFD_FRAME_MAX_FDS) {
+        rx->pending[rx->npending++] = (int)(intptr_t)value;
+      } else {
+        pfd__win_close_any((int)(intptr_t)value);
+        rx->overflow = 1;
+      }
     }
     rx->head_got = rx->head_need = 0;
     rx->data_left = length; /* a frame with no data: its handle waits for the next byte */
@@ -395,15 +499,15 @@ long pfd_fd_recv(int sock, void *buf, size_t size, int *fds, int max_fds, int *n
   if (n == 0) return -EPIPE; /* the peer closed inside a frame */
   if (n < 0) return (long)n;
   rx->data_left -= (unsigned long long)n;
-  if (rx->has_pending) {
-    if (max_fds >= 1) {
-      fds[0] = rx->pending;
-      *nfds = 1;
+  if (rx->npending > 0 || rx->overflow) {
+    if (!rx->overflow && rx->npending <= max_fds) {
+      memcpy(fds, rx->pending, (size_t)rx->npending * sizeof *fds);
+      *nfds = rx->npending;
+      rx->npending = 0;
     } else {
-      CloseHandle(PFD__HANDLE(rx->pending));
+      pfd__win_drop_pending(rx);
       *nfds = PFD_FD_TRUNCATED;
     }
-    rx->has_pending = 0;
   }
   return (long)n;
 }
@@ -456,7 +560,7 @@ int pfd_fd_wait(int sock, int events, int timeout_ms) {
     long long avail = pfd__win_available(pipe, &eof);
     if (avail < 0) return (int)avail;
     if (pfd__win_is_shut(rx)) return 1; /* the next receive sees the end */
-    if (avail > 0 || eof || (rx != NULL && rx->data_left == 0 && rx->has_pending)) return 1;
+    if (avail > 0 || eof) return 1;
     now = GetTickCount64();
     if (timeout_ms >= 0 && now >= deadline) return 0;
     r = pfd__win_zero_read(pipe, timeout_ms < 0 ? -1 : (int)(deadline - now), rx);
@@ -468,6 +572,42 @@ int pfd_fd_wait(int sock, int events, int timeout_ms) {
   }
 }
 
+int pfd__win_duplex_pipe(HANDLE *ours, HANDLE *theirs) {
+  static volatile LONG counter;
+  wchar_t name[96];
+  _snwprintf(name, sizeof name / sizeof name[0], L"\\\\.\\pipe\\pyforkd-%lu-%ld-%llu",
+             (unsigned long)GetCurrentProcessId(), (long)InterlockedIncrement(&counter),
+             (unsigned long long)GetTickCount64());
+  name[sizeof name / sizeof name[0] - 1] = L'\0';
+  *ours = CreateNamedPipeW(name,
+                           PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED |
+                               FILE_FLAG_FIRST_PIPE_INSTANCE,
+                           PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT |
+                               PIPE_REJECT_REMOTE_CLIENTS,
+                           1, 65536, 65536, 0, NULL);
+  if (*ours == INVALID_HANDLE_VALUE) return pfd__win_last_errno();
+  *theirs = CreateFileW(name, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
+                        FILE_FLAG_OVERLAPPED, NULL);
+  if (*theirs == INVALID_HANDLE_VALUE) {
+    int err = pfd__win_last_errno();
+    CloseHandle(*ours);
+    return err;
+  }
+  return 0;
+}
+
+int pfd_fd_pair(int out[2]) {
+  HANDLE a, b;
+  int err = pfd__win_duplex_pipe(&a, &b);
+  if (err < 0) return err;
+  /* Both ends in this process: a handle sent on either goes to this process. */
+  pfd__win_pipe_peer(PFD__FD(a), GetCurrentProcessId());
+  pfd__win_pipe_peer(PFD__FD(b), GetCurrentProcessId());
+  out[0] = PFD__FD(a);
+  out[1] = PFD__FD(b);
+  return 0;
+}
+
 int pfd_socket_nosigpipe(int sock) {
   (void)sock;
   return 0; /* Windows has no SIGPIPE */
@@ -475,11 +615,7 @@ int pfd_socket_nosigpipe(int sock) {
 
 int pfd_fd_close(int fd) {
   pfd__win_pipe_forget(fd);
-  if (closesocket((SOCKET)(intptr_t)fd) == 0) return 0;
-  if (WSAGetLastError() != WSAENOTSOCK && WSAGetLastError() != WSANOTINITIALISED) {
-    return pfd__win_errno((DWORD)WSAGetLastError());
-  }
-  return CloseHandle(PFD__HANDLE(fd)) ? 0 : pfd__win_last_errno();
+  return pfd__win_close_any(fd);
 }
 
 int pfd_fd_shutdown(int fd) {

@@ -56,6 +56,10 @@ size_t pfd__win_socket_info_size(void);
  * for a child; a child's own channel defaults to its parent). */
 void pfd__win_pipe_peer(int pipe, DWORD pid);
 
+/* One duplex, overlapped named pipe (fdpass.c): *ours the server end, *theirs the client
+ * end, neither inheritable.  Returns 0 or -errno. */
+int pfd__win_duplex_pipe(HANDLE *ours, HANDLE *theirs);
+
 /* Drops what fdpass.c keeps for a channel pipe (before the pipe is closed). */
 void pfd__win_pipe_forget(int pipe);
 

@@ -313,31 +313,6 @@ static HANDLE pfd__win_crt_handle(int fd) {
 static HANDLE pfd__win_crt_handle(int fd) { return (HANDLE)_get_osfhandle(fd); }
 #endif
 
-/* One duplex, overlapped named pipe: our end (the server) and the child's (the client). */
-static int pfd__win_duplex_pipe(HANDLE *ours, HANDLE *theirs) {
-  static volatile LONG counter;
-  wchar_t name[96];
-  _snwprintf(name, sizeof name / sizeof name[0], L"\\\\.\\pipe\\pyforkd-%lu-%ld-%llu",
-             (unsigned long)GetCurrentProcessId(), (long)InterlockedIncrement(&counter),
-             (unsigned long long)GetTickCount64());
-  name[sizeof name / sizeof name[0] - 1] = L'\0';
-  *ours = CreateNamedPipeW(name,
-                           PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED |
-                               FILE_FLAG_FIRST_PIPE_INSTANCE,
-                           PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT |
-                               PIPE_REJECT_REMOTE_CLIENTS,
-                           1, 65536, 65536, 0, NULL);
-  if (*ours == INVALID_HANDLE_VALUE) return pfd__win_last_errno();
-  *theirs = CreateFileW(name, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
-                        FILE_FLAG_OVERLAPPED, NULL);
-  if (*theirs == INVALID_HANDLE_VALUE) {
-    int err = pfd__win_last_errno();
-    CloseHandle(*ours);
-    return err;
-  }
-  return 0;
-}
-
 /* The handle the child gets at `slot` (inheritable, ours to close after the start), or
  * NULL for none; for a PIPE, our end goes to *parent_end. */
 static int pfd__win_slot(const pfd_stdio_t *s, int slot, HANDLE *child, HANDLE *parent_end,

@@ -257,18 +257,6 @@ def test_spawning_leaks_no_handle():
 @pytest.mark.parametrize(
     ("what", "call"),
     [
-        (
-            "rings under a channel",
-            lambda: pyforkd.spawn(
-                PY,
-                ["-c", "pass"],
-                stdio=[None, None, None, "ipc"],
-                serialization="pickle",
-                ring=1 << 16,
-            ),
-        ),
-        ("pyforkd.Ring", lambda: pyforkd.Ring(4096)),
-        ("pyforkd.Channel.pair", pyforkd.Channel.pair),
         ("stdio[3]", lambda: pyforkd.spawn(PY, ["-c", "pass"], stdio=["pipe"] * 4)),
     ],
 )

@@ -61,8 +61,17 @@ def test_only_spawn_exists_on_windows():
     for method in ("fork", "forkserver"):
         with pytest.raises(NotImplementedError, match="start='spawn'"):
             pyforkd.fork_worker(square, 1, start=method)
-    with pytest.raises(NotImplementedError, match="ring"):
-        pyforkd.fork_worker(square, 1, ring=1 << 16)
+
+
+def echo_big(data: bytes) -> bytes:
+    return data[::-1]
+
+
+def test_a_worker_over_rings_moves_big_payloads_both_ways():
+    data = bytes(range(256)) * 8192  # 2 MiB: through the rings, not the pipe
+    worker = pyforkd.fork_worker(echo_big, data, ring=1 << 22)
+    assert worker.result(timeout=60) == data[::-1]
+    assert worker.join(timeout=60) == 0
 
 
 def test_a_pool_maps_submits_and_survives_a_crash():

@@ -897,6 +897,75 @@ static void test_pipe_frames_between_processes(void) {
   free(reader.got);
 }
 
+static void test_pair_carries_many_handles_per_message(void) {
+  /* A message with three handles (two pipe ends and a socket) arrives with copies of all
+   * three on its first byte; more than the receiver has room for arrive as TRUNCATED and
+   * closed; a handle that cannot be copied fails the send and nothing is written. */
+  int pair[2], fds[4], nfds = -7, i, type = 0, len = sizeof type;
+  HANDLE r[2], w[2];
+  SOCKET s = socket(AF_INET, SOCK_STREAM, 0);
+  char buf[16];
+  DWORD n;
+  CHECK(s != INVALID_SOCKET);
+  CHECK_EQ(pfd_fd_pair(pair), 0);
+  for (i = 0; i < 2; i++) CHECK(CreatePipe(&r[i], &w[i], NULL, 0));
+  {
+    int sent[3];
+    sent[0] = PFD__FD(w[0]);
+    sent[1] = (int)s;
+    sent[2] = PFD__FD(w[1]);
+    CHECK_EQ(pfd_fd_send(pair[0], "ab", 2, "c", 1, sent, 3, PFD_FD_BLOCK), 3);
+    CHECK_EQ(pfd_fd_recv(pair[1], buf, sizeof buf, fds, 4, &nfds, PFD_FD_BLOCK), 3);
+    CHECK(memcmp(buf, "abc", 3) == 0);
+    CHECK_EQ(nfds, 3);
+    for (i = 0; i < 3; i++) CHECK(fds[i] != sent[i]); /* copies, in the order sent */
+  }
+  CHECK(WriteFile(PFD__HANDLE(fds[0]), "one", 3, &n, NULL) && n == 3);
+  CHECK(ReadFile(r[0], buf, 3, &n, NULL) && n == 3 && memcmp(buf, "one", 3) == 0);
+  CHECK(getsockopt((SOCKET)(intptr_t)fds[1], SOL_SOCKET, SO_TYPE, (char *)&type, &len) == 0);
+  CHECK_EQ(type, SOCK_STREAM);
+  CHECK(WriteFile(PFD__HANDLE(fds[2]), "two", 3, &n, NULL) && n == 3);
+  CHECK(ReadFile(r[1], buf, 3, &n, NULL) && n == 3 && memcmp(buf, "two", 3) == 0);
+  for (i = 0; i < 3; i++) CHECK_EQ(pfd_fd_close(fds[i]), 0);
+
+  /* Three handles, room for two: all closed, the bytes still delivered. */
+  {
+    int sent[3];
+    sent[0] = sent[1] = sent[2] = PFD__FD(w[0]);
+    CHECK_EQ(pfd_fd_send(pair[0], "x", 1, NULL, 0, sent, 3, PFD_FD_BLOCK), 1);
+    CHECK_EQ(pfd_fd_recv(pair[1], buf, sizeof buf, fds, 2, &nfds, PFD_FD_BLOCK), 1);
+    CHECK_EQ(nfds, PFD_FD_TRUNCATED);
+  }
+  /* The second handle is not one: EBADF, and the receiver sees nothing at all. */
+  {
+    int sent[2];
+    sent[0] = PFD__FD(w[1]);
+    sent[1] = 0x7ffffff0;
+    CHECK_EQ(pfd_fd_send(pair[0], "y", 1, NULL, 0, sent, 2, PFD_FD_BLOCK), -EBADF);
+    CHECK_EQ(pfd_fd_wait(pair[1], PFD_POLL_IN, 50), 0);
+    CHECK_EQ(pfd_fd_send(pair[0], "z", 1, NULL, 0, NULL, 0, PFD_FD_BLOCK), 1);
+    CHECK_EQ(pfd_fd_recv(pair[1], buf, sizeof buf, fds, 4, &nfds, PFD_FD_BLOCK), 1);
+    CHECK(buf[0] == 'z' && nfds == 0);
+  }
+  CHECK_EQ(pfd_fd_send(pair[0], "q", 1, NULL, 0, fds, PFD_FRAME_MAX_FDS + 1, 0), -EINVAL);
+  CHECK_EQ(pfd_fd_recv(pair[1], buf, 1, fds, PFD_FRAME_MAX_FDS + 1, &nfds, 0), -EINVAL);
+  /* Closing one end with a message unread: the other sees the hang-up at once (as
+   * POLLRDHUP), reads the message, then the end of the stream. */
+  CHECK_EQ(pfd_fd_send(pair[0], "last", 4, NULL, 0, NULL, 0, PFD_FD_BLOCK), 4);
+  CHECK_EQ(pfd_fd_wait_hangup(pair[1], 0), 0);
+  CHECK_EQ(pfd_fd_close(pair[0]), 0);
+  CHECK_EQ(pfd_fd_wait_hangup(pair[1], 0), 1);
+  CHECK_EQ(pfd_fd_recv(pair[1], buf, sizeof buf, fds, 4, &nfds, PFD_FD_BLOCK), 4);
+  CHECK(memcmp(buf, "last", 4) == 0);
+  CHECK_EQ(pfd_fd_recv(pair[1], buf, sizeof buf, fds, 4, &nfds, PFD_FD_BLOCK), 0);
+  CHECK_EQ(pfd_fd_close(pair[1]), 0);
+  for (i = 0; i < 2; i++) {
+    CloseHandle(r[i]);
+    CloseHandle(w[i]);
+  }
+  closesocket(s);
+}
+
 /* Starts the "cat" child with its three streams in `c`, to be given `input`. */
 static void start_cat(pfd_collect_t *c, pfd_spawn_result_t *r, const char *input, size_t size) {
   pfd_stdio_t stdio[3] = {{PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}};
@@ -1252,6 +1321,7 @@ static const test_t tests[] = {
     {"handle_passing_between_processes", test_handle_passing_between_processes},
     {"socket_passing_between_processes", test_socket_passing_between_processes},
     {"pipe_frames_between_processes", test_pipe_frames_between_processes},
+    {"pair_carries_many_handles_per_message", test_pair_carries_many_handles_per_message},
     {"wake_crosses_processes", test_wake_crosses_processes},
     {"ring_between_processes", test_ring_between_processes},
     {"ring_wait_sees_its_peer_gone", test_ring_wait_sees_its_peer_gone},
