@@ -162,6 +162,7 @@ typedef struct pfd__win_rx_s {
   int npending;
   int overflow;               /* more came than fit in `pending` (all closed): truncated */
   DWORD peer;                 /* the process at the other end, once known */
+  HANDLE partner;             /* pfd_fd_pair's other end, while it is in this process */
   HANDLE shut;                /* manual-reset, set by pfd_fd_shutdown: waits end on it */
   volatile LONG is_shut;      /* the same, for the checks of every send and receive */
 } pfd__win_rx_t;
@@ -224,6 +225,10 @@ void pfd__win_pipe_forget(int pipe) {
   AcquireSRWLockExclusive(&pfd__win_rx_lock);
   for (i = 0; i < pfd__win_rx_count; i++) {
     pfd__win_rx_t *rx = pfd__win_rx[i];
+    if (rx->partner == PFD__HANDLE(pipe)) rx->partner = NULL;
+  }
+  for (i = 0; i < pfd__win_rx_count; i++) {
+    pfd__win_rx_t *rx = pfd__win_rx[i];
     if (rx->pipe == PFD__HANDLE(pipe)) {
       pfd__win_drop_pending(rx);
       CloseHandle(rx->shut);
@@ -233,6 +238,29 @@ void pfd__win_pipe_forget(int pipe) {
     }
   }
   ReleaseSRWLockExclusive(&pfd__win_rx_lock);
+}
+
+/* The pipe's receive state if it has one (NULL otherwise: nothing is made). */
+static pfd__win_rx_t *pfd__win_rx_find(HANDLE pipe) {
+  pfd__win_rx_t *found = NULL;
+  size_t i;
+  AcquireSRWLockShared(&pfd__win_rx_lock);
+  for (i = 0; i < pfd__win_rx_count && found == NULL; i++) {
+    if (pfd__win_rx[i]->pipe == pipe) found = pfd__win_rx[i];
+  }
+  ReleaseSRWLockShared(&pfd__win_rx_lock);
+  return found;
+}
+
+/* Handles just sent to process `pid`: an end of a pfd_fd_pair among them now belongs to
+ * that process, so the end kept here talks to it (its handles go there). */
+static void pfd__win_partners_moved(const int *fds, int nfds, DWORD pid) {
+  int i;
+  for (i = 0; i < nfds; i++) {
+    pfd__win_rx_t *sent = pfd__win_rx_find(PFD__HANDLE(fds[i])), *kept;
+    if (sent == NULL || sent->partner == NULL || pid == GetCurrentProcessId()) continue;
+    if ((kept = pfd__win_rx_find(sent->partner)) != NULL) kept->peer = pid;
+  }
 }
 
 void pfd__win_pipe_peer(int pipe, DWORD pid) {
@@ -271,6 +299,14 @@ static int pfd__win_peer(HANDLE pipe, DWORD *pid) {
 static int pfd__win_is_socket(int handle) {
   int type = 0, len = sizeof type;
   return getsockopt((SOCKET)(intptr_t)handle, SOL_SOCKET, SO_TYPE, (char *)&type, &len) == 0;
+}
+
+static int pfd__win_is_listening(int handle) {
+  BOOL listening = FALSE;
+  int len = sizeof listening;
+  return getsockopt((SOCKET)(intptr_t)handle, SOL_SOCKET, SO_ACCEPTCONN, (char *)&listening,
+                    &len) == 0 &&
+         listening;
 }
 
 /* Whether pfd_fd_shutdown was called on the pipe: a flag, read without a system call (a
@@ -341,7 +377,8 @@ static long pfd__win_xfer(unsigned char *out, DWORD peer, int handle, uint32_t l
     memset(out + PFD__IPC_HEADER, 0, PFD__IPC_SOCKET_INFO);
     err = pfd__win_socket_send(peer, (unsigned long long)(intptr_t)handle,
                                out + PFD__IPC_HEADER, PFD__IPC_SOCKET_INFO);
-    fl |= PFD__IPC_HAS_SOCKET | PFD__IPC_IS_TCP_CONNECTION;
+    /* libuv's two kinds: a connection (it reads the socket as one) or a server. */
+    fl |= PFD__IPC_HAS_SOCKET | (pfd__win_is_listening(handle) ? 0 : PFD__IPC_IS_TCP_CONNECTION);
     extra = PFD__IPC_SOCKET_INFO;
   } else {
     long long value = 0;
@@ -402,6 +439,8 @@ long pfd_fd_send(int sock, const void *head, size_t head_size, const void *body,
     for (i = 0; i < made; i++) {
       if (remote[i] != -1) pfd__win_handle_recall(peer, remote[i]);
     }
+  } else if (nfds > 0) {
+    pfd__win_partners_moved(fds, nfds, peer);
   }
   if (frames != one) free(frames);
   free(remote);
@@ -600,9 +639,21 @@ int pfd_fd_pair(int out[2]) {
   HANDLE a, b;
   int err = pfd__win_duplex_pipe(&a, &b);
   if (err < 0) return err;
-  /* Both ends in this process: a handle sent on either goes to this process. */
-  pfd__win_pipe_peer(PFD__FD(a), GetCurrentProcessId());
-  pfd__win_pipe_peer(PFD__FD(b), GetCurrentProcessId());
+  /* Both ends in this process: a handle sent on either goes to this process, until one
+   * end is sent to another (pfd__win_partners_moved). */
+  {
+    pfd__win_rx_t *ra = pfd__win_rx_for(a), *rb = pfd__win_rx_for(b);
+    if (ra == NULL || rb == NULL) {
+      pfd__win_pipe_forget(PFD__FD(a));
+      pfd__win_pipe_forget(PFD__FD(b));
+      CloseHandle(a);
+      CloseHandle(b);
+      return -ENOMEM;
+    }
+    ra->peer = rb->peer = GetCurrentProcessId();
+    ra->partner = b;
+    rb->partner = a;
+  }
   out[0] = PFD__FD(a);
   out[1] = PFD__FD(b);
   return 0;
