@@ -48,6 +48,7 @@ STDIO_PIPE: int = lib.PFD_STDIO_PIPE
 STDIO_IGNORE: int = lib.PFD_STDIO_IGNORE
 STDIO_CLOSE: int = lib.PFD_STDIO_CLOSE
 STDIO_INHERIT_SAME: int = lib.PFD_STDIO_INHERIT_SAME
+STDIO_CHANNEL: int = lib.PFD_STDIO_CHANNEL
 
 SPAWN_SETSID: int = lib.PFD_SPAWN_SETSID
 SPAWN_SETUID: int = lib.PFD_SPAWN_SETUID
@@ -72,8 +73,12 @@ if sys.platform == "win32":
         return int(msvcrt.get_osfhandle(fd))
 
     def adopt(handle: int, writable: bool) -> int:
-        """A C runtime descriptor that takes ``handle`` over (closing it closes the handle)."""
-        return int(msvcrt.open_osfhandle(handle, os.O_WRONLY if writable else os.O_RDONLY))
+        """A C runtime descriptor that takes ``handle`` over (closing it closes the handle).
+
+        (The C runtime keeps no access mode for it: ``writable`` is for POSIX's sake.)
+        """
+        del writable
+        return int(msvcrt.open_osfhandle(handle, 0))
 
     def take_inherited(fd: int) -> int:
         """The handle behind inherited descriptor ``fd``, made this process's own.
@@ -302,7 +307,8 @@ def spawn(
             slot = result.slot
             raise ValueError(f"stdio[{slot}]: descriptor {given[slot][1]} is not open")
         _raise_spawn_error(-err, result.step, result.slot, name, spawnargs, cwd_text)
-    return result.pid, [c_stdio[i].fd if k == STDIO_PIPE else -1 for i, (k, _) in enumerate(stdio)]
+    piped = (STDIO_PIPE, STDIO_CHANNEL)
+    return result.pid, [c_stdio[i].fd if k in piped else -1 for i, (k, _) in enumerate(stdio)]
 
 
 def _native_slot(slot: int, kind: int, fd: int) -> tuple[int, int]:

@@ -29,7 +29,6 @@ from typing import IO, Any, Union
 
 from . import _bindings as _b
 from ._checks import check_timeout as _check_timeout
-from ._checks import require_posix as _require_posix
 from .channel import Channel
 from .errors import ExecError, MaxBufferError, SpawnError, TimeoutExpired
 from .ring import Ring
@@ -227,13 +226,11 @@ _IPC_PIPE = object()  # (Windows: the "ipc" slot, a duplex pipe that spawn makes
 
 def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
     if entry is _IPC_PIPE:
-        return (_b.STDIO_PIPE, -1)
+        return (_b.STDIO_CHANNEL, -1)
     if entry is None:  # Node's default: pipes for 0-2, nothing above
         return (_b.STDIO_PIPE, -1) if i <= 2 else (_b.STDIO_IGNORE, -1)
     if isinstance(entry, str):
         if entry == "pipe":
-            if i > 2:
-                _require_posix(f"stdio[{i}]: a 'pipe' above slot 2")
             return (_b.STDIO_PIPE, -1)
         if entry == "ignore":
             return (_b.STDIO_IGNORE, -1)
@@ -590,7 +587,10 @@ class ChildProcess:
             if self._fds[i] < 0:
                 return self._files[i]
             fd, self._fds[i] = self._fds[i], -1
-        if i > 2:
+        if i > 2 and _b.WINDOWS:
+            # A duplex pipe (Windows has no socketpair to give a child): read and write.
+            f = open(_b.adopt(fd, True), "r+b", buffering=0)  # noqa: SIM115
+        elif i > 2:
             f = socket.socket(fileno=fd)
         elif i == 0:
             f = open(_b.adopt(fd, True), "wb")  # noqa: SIM115 - the child process owns it
@@ -620,7 +620,11 @@ class ChildProcess:
 
     @property
     def stdio(self) -> list[Any]:
-        """Every slot: a file (0-2) or socket (3 and up) for pipes, None for the rest."""
+        """Every slot: a file (0-2) or socket (3 and up) for pipes, None for the rest.
+
+        (On Windows a pipe above slot 2 is a duplex pipe: an unbuffered binary file, open
+        for reading and writing.)
+        """
         return [self._file(i) for i in range(len(self._fds))]
 
     def _release_pipes(self, devnull: int) -> None:

@@ -7,8 +7,13 @@ enum {
                             parent's end is returned in `fd`, close-on-exec */
   PFD_STDIO_IGNORE = 2,  /* /dev/null at slots 0-2; nothing (the slot is closed) above */
   PFD_STDIO_CLOSE = 3,   /* the slot is closed in the child */
-  PFD_STDIO_INHERIT_SAME = 4 /* the parent's own descriptor at this slot, or closed when the
+  PFD_STDIO_INHERIT_SAME = 4, /* the parent's own descriptor at this slot, or closed when the
                                 parent has it closed (what fork+exec gives) */
+  PFD_STDIO_CHANNEL = 5  /* slots 3 and up: a message channel to the child, the parent's end
+                            returned in `fd`.  Unix: a socketpair, as PIPE.  Windows: the
+                            overlapped duplex named pipe that csrc/win/fdpass.c reads and
+                            writes libuv's frames on (PIPE above slot 2 is there a plain
+                            duplex pipe, read and written with ordinary blocking I/O) */
 };
 
 typedef struct pfd_stdio_s {

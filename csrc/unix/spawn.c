@@ -254,6 +254,13 @@ static int pfd__plan_stdio(pfd__plan_t *plan, pfd_spawn_result_t *result) {
     pfd_stdio_t *slot = &o->stdio[i];
     int fds[2];
     switch (slot->kind) {
+      case PFD_STDIO_CHANNEL:
+        if (i <= 2) {
+          result->step = PFD_STEP_STDIO;
+          result->slot = i;
+          return -EINVAL;
+        }
+        /* fall through: a socketpair, as a PIPE above slot 2 */
       case PFD_STDIO_PIPE:
         /* Slots 0-2 get one-way pipes, as every shell gives; higher slots have no fixed
          * direction, so they get a socketpair, which is what Node/libuv give every slot. */
@@ -761,7 +768,9 @@ int pfd_spawn(const pfd_spawn_options_t *o, pfd_spawn_result_t *result) {
     return err;
   }
   for (i = 0; i < o->stdio_count; i++) {
-    if (o->stdio[i].kind == PFD_STDIO_PIPE) o->stdio[i].fd = -1;
+    if (o->stdio[i].kind == PFD_STDIO_PIPE || o->stdio[i].kind == PFD_STDIO_CHANNEL) {
+      o->stdio[i].fd = -1;
+    }
   }
   if ((err = pfd__spawn_resolve(&plan)) < 0) {
     result->step = PFD_STEP_RESOLVE;
@@ -787,7 +796,8 @@ int pfd_spawn(const pfd_spawn_options_t *o, pfd_spawn_result_t *result) {
 error:
   for (i = 0; i < plan.owned_count; i++) pfd__close_quietly(plan.owned[i]);
   for (i = 0; i < o->stdio_count; i++) {
-    if (o->stdio[i].kind == PFD_STDIO_PIPE && o->stdio[i].fd >= 0) {
+    if ((o->stdio[i].kind == PFD_STDIO_PIPE || o->stdio[i].kind == PFD_STDIO_CHANNEL) &&
+        o->stdio[i].fd >= 0) {
       pfd__close_quietly(o->stdio[i].fd);
       o->stdio[i].fd = -1;
     }

@@ -56,9 +56,10 @@ size_t pfd__win_socket_info_size(void);
  * for a child; a child's own channel defaults to its parent). */
 void pfd__win_pipe_peer(int pipe, DWORD pid);
 
-/* One duplex, overlapped named pipe (fdpass.c): *ours the server end, *theirs the client
- * end, neither inheritable.  Returns 0 or -errno. */
-int pfd__win_duplex_pipe(HANDLE *ours, HANDLE *theirs);
+/* One duplex named pipe (fdpass.c): *ours the server end, *theirs the client end, neither
+ * inheritable; both ends opened for overlapped I/O with `overlapped` (a channel), else for
+ * plain blocking reads and writes (a stream).  Returns 0 or -errno. */
+int pfd__win_duplex_pipe(HANDLE *ours, HANDLE *theirs, int overlapped);
 
 /* Drops what fdpass.c keeps for a channel pipe (before the pipe is closed). */
 void pfd__win_pipe_forget(int pipe);

@@ -352,9 +352,18 @@ static int pfd__win_slot(const pfd_stdio_t *s, int slot, HANDLE *child, HANDLE *
         if (!CreatePipe(&r, &w, NULL, 0)) return pfd__win_last_errno();
         made = slot == 0 ? r : w;
         *parent_end = slot == 0 ? w : r;
-      } else if ((err = pfd__win_duplex_pipe(parent_end, &made)) < 0) {
+      } else if ((err = pfd__win_duplex_pipe(parent_end, &made, 0)) < 0) {
         return err;
       }
+      *crt_flags |= PFD__CRT_FPIPE;
+      break;
+    case PFD_STDIO_CHANNEL:
+      if (slot <= 2) {
+        *step = PFD_STEP_STDIO;
+        return -EINVAL;
+      }
+      *step = PFD_STEP_PIPE;
+      if ((err = pfd__win_duplex_pipe(parent_end, &made, 1)) < 0) return err;
       *crt_flags |= PFD__CRT_FPIPE;
       break;
     case PFD_STDIO_CLOSE:
@@ -543,9 +552,11 @@ int pfd_spawn(const pfd_spawn_options_t *o, pfd_spawn_result_t *result) {
   }
   CloseHandle(pi.hThread);
   for (i = 0; i < o->stdio_count; i++) {
-    if (o->stdio[i].kind != PFD_STDIO_PIPE) continue;
+    if (o->stdio[i].kind != PFD_STDIO_PIPE && o->stdio[i].kind != PFD_STDIO_CHANNEL) continue;
     o->stdio[i].fd = PFD__FD(st.parent_end[i]);
-    if (i > 2) pfd__win_pipe_peer(o->stdio[i].fd, pi.dwProcessId); /* a channel to it */
+    if (o->stdio[i].kind == PFD_STDIO_CHANNEL) {
+      pfd__win_pipe_peer(o->stdio[i].fd, pi.dwProcessId); /* a channel to it */
+    }
   }
   result->pid = (int)pi.dwProcessId;
   free(inherit);

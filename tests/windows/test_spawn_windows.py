@@ -10,6 +10,7 @@ handles under the C runtime's descriptors.
 from __future__ import annotations
 
 import errno
+import gc
 import importlib
 import json
 import os
@@ -254,19 +255,25 @@ def test_spawning_leaks_no_handle():
     assert handle_count() <= before
 
 
-@pytest.mark.parametrize(
-    ("what", "call"),
-    [
-        ("stdio[3]", lambda: pyforkd.spawn(PY, ["-c", "pass"], stdio=["pipe"] * 4)),
-    ],
-)
-def test_what_is_not_ported_yet_says_so_before_starting_anything(what, call):
+def test_a_pipe_above_slot_2_is_a_duplex_stream():
+    code = "import os; data = os.read(3, 100); os.write(3, data.upper())"
     before = handle_count()
-    with pytest.raises(NotImplementedError, match="not available on Windows") as info:
-        call()
-    assert what in str(info.value)
-    assert "spawn" in str(info.value)  # it says what does run there
+    child = pyforkd.spawn(PY, ["-c", code], stdio=["ignore", "ignore", "inherit", "pipe"])
+    f = child.stdio[3]
+    f.write(b"both ways")
+    assert f.read(100) == b"BOTH WAYS"
+    assert child.wait(timeout=60) == 0
+    assert f.read(100) == b""  # the child's end is closed: the end of the stream
+    child.close()
+    assert f.closed
+    gc.collect()
     assert handle_count() <= before
+
+
+def test_what_is_not_ported_yet_says_so():
+    with pytest.raises(NotImplementedError, match="not available on Windows") as info:
+        importlib.import_module("pyforkd.cluster")
+    assert "spawn" in str(info.value)  # it says what does run there
 
 
 def test_the_cluster_and_aio_say_so_on_import():

@@ -266,6 +266,14 @@ static int child_main(int argc, wchar_t **argv) {
       if (pfd_fd_send(PFD__FD(pipe), buf, (size_t)n, NULL, 0, NULL, 0, PFD_FD_BLOCK) != n) return 7;
     }
   }
+  if (strcmp(role, "echo3") == 0) {
+    /* Slot 3: a stream (plain reads and writes through the C runtime): one chunk back. */
+    char buf[256];
+    int n = _read(3, buf, sizeof buf);
+    if (n <= 0) return 3;
+    if (_write(3, buf, (unsigned)n) != n) return 4;
+    return 0;
+  }
   if (strcmp(role, "cat") == 0) {
     /* stdin to stdout, then the byte count to stderr. */
     static char buf[65536];
@@ -669,7 +677,7 @@ static void test_ring_wait_sees_its_peer_gone(void) {
   /* A consumer waiting for data whose producer's pipe end is closed: -EPIPE, not a hang. */
   const size_t size = pfd_ring_size(4096);
   pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
-                          {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_PIPE, -1}};
+                          {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_CHANNEL, -1}};
   const char *code[] = {"0", NULL};
   pfd_spawn_result_t r;
   pfd_ring_t ring;
@@ -797,7 +805,7 @@ static void test_pipe_frames_between_processes(void) {
    * pipe on both sides), a handle and a socket inside frames, a frame written by hand in
    * libuv's layout, and a malformed header that the receiver refuses. */
   pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
-                          {PFD_STDIO_INHERIT_SAME, -1}, {PFD_STDIO_PIPE, -1}};
+                          {PFD_STDIO_INHERIT_SAME, -1}, {PFD_STDIO_CHANNEL, -1}};
   pfd_spawn_result_t r;
   echo_reader_t reader;
   HANDLE thread, r_end, w_end;
@@ -895,6 +903,29 @@ static void test_pipe_frames_between_processes(void) {
   pfd__win_pipe_forget(pipe);
   CloseHandle(PFD__HANDLE(pipe));
   free(reader.got);
+}
+
+static void test_a_stream_pipe_above_slot_2(void) {
+  /* PIPE at slot 3 is a duplex pipe for plain blocking I/O at both ends (a CHANNEL is the
+   * overlapped one): the child reads it through its C runtime and answers on it. */
+  pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
+                          {PFD_STDIO_INHERIT_SAME, -1}, {PFD_STDIO_PIPE, -1}};
+  pfd_spawn_result_t r;
+  char buf[64];
+  DWORD n = 0;
+  CHECK_EQ(spawn_child("echo3", NULL, stdio, 4, 0, &r), 0);
+  CHECK(WriteFile(PFD__HANDLE(stdio[3].fd), "both ways", 9, &n, NULL) && n == 9);
+  CHECK(ReadFile(PFD__HANDLE(stdio[3].fd), buf, sizeof buf, &n, NULL) && n == 9);
+  CHECK(memcmp(buf, "both ways", 9) == 0);
+  CHECK_EQ(reap(r.pid), 0);
+  CHECK(!ReadFile(PFD__HANDLE(stdio[3].fd), buf, sizeof buf, &n, NULL)); /* its end closed */
+  CHECK_EQ(GetLastError(), ERROR_BROKEN_PIPE);
+  CloseHandle(PFD__HANDLE(stdio[3].fd));
+  /* A CHANNEL below slot 3 is refused. */
+  {
+    pfd_stdio_t bad[2] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_CHANNEL, -1}};
+    CHECK_EQ(spawn_child("echo3", NULL, bad, 2, 0, &r), -EINVAL);
+  }
 }
 
 static void test_pair_carries_many_handles_per_message(void) {
@@ -1275,7 +1306,7 @@ static void test_dispatch_to_worker_processes(void) {
   CHECK_EQ(pfd_dispatch_new(&d, (int)lsock, 0), 0);
   for (k = 0; k < 2; k++) {
     pfd_stdio_t s[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
-                        {PFD_STDIO_INHERIT_SAME, -1}, {PFD_STDIO_PIPE, -1}};
+                        {PFD_STDIO_INHERIT_SAME, -1}, {PFD_STDIO_CHANNEL, -1}};
     memcpy(stdio[k], s, sizeof s);
     CHECK_EQ(spawn_child("dispatch_worker", NULL, stdio[k], 4, 0, &r[k]), 0);
     CHECK_EQ(pfd_dispatch_add(d, stdio[k][3].fd), k);
@@ -1322,6 +1353,7 @@ static const test_t tests[] = {
     {"socket_passing_between_processes", test_socket_passing_between_processes},
     {"pipe_frames_between_processes", test_pipe_frames_between_processes},
     {"pair_carries_many_handles_per_message", test_pair_carries_many_handles_per_message},
+    {"a_stream_pipe_above_slot_2", test_a_stream_pipe_above_slot_2},
     {"wake_crosses_processes", test_wake_crosses_processes},
     {"ring_between_processes", test_ring_between_processes},
     {"ring_wait_sees_its_peer_gone", test_ring_wait_sees_its_peer_gone},
