@@ -16,7 +16,6 @@ orders the worker's own threads.
 
 from __future__ import annotations
 
-import mmap
 import os
 import threading
 import time
@@ -33,11 +32,15 @@ class Board:
     """The primary's board: ``CAPACITY`` slots, handed out and taken back."""
 
     def __init__(self) -> None:
-        self.fd = _b.shm_create("pyforkd-board", CAPACITY * SLOT_WORDS * 8)
+        size = CAPACITY * SLOT_WORDS * 8
+        handle = _b.shm_create("pyforkd-board", size)
         try:
-            self._map = mmap.mmap(self.fd, CAPACITY * SLOT_WORDS * 8)
+            self._map = _b.map_shared(handle, size)
+            # What goes to the workers as a pyforkd.Fd (on Windows a C runtime descriptor
+            # over the section's handle).
+            self.fd = _b.adopt(handle, True)
         except BaseException:
-            os.close(self.fd)
+            _b.close_native(handle)
             raise
         self._words = memoryview(self._map).cast("Q")
         self._base: Any = _b.ffi.cast("unsigned long long *", _b.ffi.from_buffer(self._map))
@@ -71,7 +74,8 @@ class Board:
             return
         self._base = None
         self._words.release()
-        self._map.close()
+        _b.unmap_shared(self._map)
+        self._map = None
         os.close(self.fd)
         self.fd = -1
 
@@ -82,10 +86,11 @@ class Slot:
     def __init__(self, fd: int, slot: int) -> None:
         """Map slot ``slot`` of the board behind ``fd`` (which is closed, in every case)."""
         try:
-            size = _b.shm_size(fd)
+            handle = _b.native(fd)
+            size = _b.shm_size(handle)
             if not 0 <= slot < size // (SLOT_WORDS * 8):
                 raise ValueError(f"board slot {slot} is out of range")
-            self._map = mmap.mmap(fd, size)
+            self._map = _b.map_shared(handle, size)
         finally:
             os.close(fd)
         self._words = memoryview(self._map).cast("Q")[slot * SLOT_WORDS : (slot + 1) * SLOT_WORDS]

@@ -1,0 +1,54 @@
+"""The cluster's worker board on Windows: a pagefile section, mapped by the primary and
+handed to a worker as a pyforkd.Fd (a C runtime descriptor over the section's handle);
+what the worker writes in its slot, the primary reads."""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+from _winhelpers import handle_count
+
+import pyforkd
+from pyforkd import _board
+
+PY = sys.executable
+WORKER = r"""
+import pyforkd
+from pyforkd import _board
+ch = pyforkd.parent()
+(slot,), fd = ch.recv(with_handle=True)
+mine = _board.Slot(fd.detach(), slot)
+mine.took()
+mine.took()
+mine.closed()
+ch.send("written")
+ch.recv()
+"""
+
+
+def a_worker_writes_its_slot() -> None:
+    board = _board.Board()
+    slot = board.take()
+    child = pyforkd.spawn(
+        PY, ["-c", WORKER], stdio=["ignore", "ignore", "inherit", "ipc"], serialization="pickle"
+    )
+    child.send((slot,), handle=pyforkd.Fd(board.fd), keep_open=True)
+    assert child.recv(timeout=60) == "written"
+    assert board.read(slot, _board.SERVED) == 2
+    assert board.read(slot, _board.OPEN) == 1
+    assert board.read(slot, _board.BUSY) > 0
+    other = board.take()
+    assert other != slot and board.read(other, _board.SERVED) == 0
+    child.send("bye")
+    assert child.wait(timeout=60) == 0
+    child.close()
+    board.close()
+
+
+def test_a_worker_writes_its_slot_and_the_primary_reads_it():
+    a_worker_writes_its_slot()  # (what is made once: the job object, the timeout thread)
+    before = handle_count()
+    a_worker_writes_its_slot()
+    gc.collect()
+    assert handle_count() <= before
