@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno as _errno
 import mmap
 import os
+import select
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -137,6 +138,14 @@ if sys.platform == "win32":
         """``size`` bytes of new private memory (zero pages, no zero-filling pass)."""
         return mmap.mmap(-1, size)
 
+    def pipe_readable(fd: int) -> bool:
+        """Whether a read of pipe descriptor ``fd`` returns at once (data, or the end)."""
+        try:
+            available = _winapi.PeekNamedPipe(native(fd), 0)[0]
+        except OSError:
+            return True  # broken: the writer is gone, a read says so
+        return bool(available)
+
 else:
 
     def native(fd: int) -> int:
@@ -167,6 +176,10 @@ else:
     def fresh_pages(size: int) -> mmap.mmap:
         """``size`` bytes of new private memory (zero pages, no zero-filling pass)."""
         return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+    def pipe_readable(fd: int) -> bool:
+        """Whether a read of pipe descriptor ``fd`` returns at once (data, or the end)."""
+        return bool(select.select([fd], [], [], 0)[0])
 
 
 _CHARS = ffi.typeof("char[]")

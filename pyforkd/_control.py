@@ -27,6 +27,13 @@ __all__ = ["ControlError", "ControlServer", "request", "runtime_dir", "socket_pa
 
 _MAX_REQUEST = 65536
 _CLIENT_TIMEOUT = 5.0
+# Python offers no AF_UNIX on Windows: no control socket there (a primary stops on Ctrl-C
+# or Ctrl-Break).
+AVAILABLE = hasattr(socket, "AF_UNIX")
+_UNAVAILABLE = (
+    "the control socket needs AF_UNIX, which Python does not offer on Windows: stop the "
+    "cluster with Ctrl-C (fast) or Ctrl-Break (graceful) in its console"
+)
 
 
 class ControlError(Exception):
@@ -79,6 +86,8 @@ class ControlServer:
     """The primary's control socket, served by a thread of its own until :meth:`close`."""
 
     def __init__(self, cluster: Any, name: str) -> None:
+        if not AVAILABLE:
+            raise ControlError(_UNAVAILABLE)
         self.name = name
         self.path = socket_path(name)
         self._cluster = cluster
@@ -222,6 +231,8 @@ def request(name: str | None, req: dict[str, Any], timeout: float = 10.0) -> dic
     ``ControlError`` says what went wrong: no such cluster, several to choose from, a
     refusal, no answer in ``timeout``.
     """
+    if not AVAILABLE:
+        raise ControlError(_UNAVAILABLE)
     if name is None:
         name = _only_cluster()
     path = socket_path(name)

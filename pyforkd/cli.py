@@ -82,10 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--policy",
         choices=("rr", "shared", "reuseport"),
-        default="rr",
-        help="rr: the primary hands connections out (default); shared: workers accept on "
-        "the listening socket themselves; reuseport: each worker binds its own "
-        "SO_REUSEPORT socket",
+        default=cluster._DEFAULTS["policy"],
+        help="rr: the primary hands connections out (default; on Windows shared is); "
+        "shared: workers accept on the listening socket themselves; reuseport: each "
+        "worker binds its own SO_REUSEPORT socket",
     )
     run.add_argument(
         "--balance",
@@ -96,8 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--start",
         choices=("fork", "spawn"),
-        default="fork",
-        help="fork the primary (default: imports are warm) or spawn a fresh interpreter",
+        default=cluster._DEFAULTS["start"],
+        help="fork the primary (default: imports are warm) or spawn a fresh interpreter "
+        "(Windows: the only way)",
     )
     run.add_argument(
         "--name",
@@ -224,18 +225,21 @@ def main(argv: list[str] | None = None) -> int:
         restart_delay=args.restart_delay,
         log_prefix=not args.no_log_prefix,
     )
-    try:
-        control = _control.ControlServer(c, name)
-    except (_control.ControlError, ValueError, OSError) as exc:
-        print(f"pyforkd: {exc}", file=sys.stderr)
-        return 2
+    control = None
+    if _control.AVAILABLE:  # (not on Windows: Ctrl-C / Ctrl-Break stop the cluster there)
+        try:
+            control = _control.ControlServer(c, name)
+        except (_control.ControlError, ValueError, OSError) as exc:
+            print(f"pyforkd: {exc}", file=sys.stderr)
+            return 2
     try:
         c.on("exit", _report_exit)
         for _ in range(args.instances):
             c.fork()
+        how = f"`pyforkd status --name {name}`" if control is not None else "Ctrl-C stops it"
         print(
             f"pyforkd: {args.instances} worker(s) running {args.script} as {name!r} "
-            f"(pid {os.getpid()}; `pyforkd status --name {name}`)",
+            f"(pid {os.getpid()}; {how})",
             file=sys.stderr,
             flush=True,
         )
@@ -245,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pyforkd: {exc}", file=sys.stderr)
             return 1
     finally:
-        control.close()
+        if control is not None:
+            control.close()
     return 0
 
 

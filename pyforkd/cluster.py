@@ -1,9 +1,11 @@
 """The cluster: a primary that shares a port across workers and restarts them.
 
-In progress (see the open issue): the primary, ``fork`` workers, the ``"rr"`` policy
-(a C dispatcher thread, no GIL, hands every connection over and keeps its copy until
-the worker has it: a worker that dies loses none), events, restarts with back-off and
-a crash-loop stop.  The Node-style use::
+The primary, its workers, the ``"rr"`` policy (a C dispatcher thread, no GIL, hands
+every connection over and keeps its copy until the worker has it: a worker that dies
+loses none), ``"shared"`` and ``"reuseport"``, events, restarts with back-off and a
+crash-loop stop, zero-downtime reloads.  On Windows workers are spawned (there is no
+fork) and share the listening socket (``"shared"``, the default there).  The Node-style
+use::
 
     from pyforkd import cluster
     if cluster.is_primary:
@@ -17,7 +19,8 @@ a crash-loop stop.  The Node-style use::
 
 A forked worker runs the script's ``__main__`` again from the top, with ``is_worker``
 true (its imports are warm: it is a fork).  SIGTERM or SIGINT to the primary stop the
-cluster: workers stop taking connections, finish, and exit.
+cluster (on Windows Ctrl-Break or Ctrl-C): workers stop taking connections, finish, and
+exit.
 """
 
 from __future__ import annotations
@@ -51,7 +54,6 @@ from . import _bindings as _b
 from . import _board, _systemd
 from . import channel as _channel
 from . import worker as _worker
-from ._checks import require_posix as _require_posix
 from .child_process import _live_pids, signal_name
 from .errors import ChannelClosedError, TimeoutExpired
 
@@ -87,10 +89,11 @@ _BACKOFF_FACTOR, _BACKOFF_MAX = 1.5, 15.0  # the restart delay grows so, up to 1
 _STABLE_UPTIME = 30.0  # a worker that lived this long resets the back-off
 _POLICIES = ("rr", "shared", "reuseport")
 _BALANCES = ("round-robin", "least-connections")
+# Windows: no fork, and workers share the listening socket (Node's default there too).
 _DEFAULTS: dict[str, Any] = {
-    "policy": "rr",
+    "policy": "shared" if _b.WINDOWS else "rr",
     "balance": "round-robin",
-    "start": "fork",
+    "start": "spawn" if _b.WINDOWS else "fork",
     "restart": True,
     "restart_delay": 0.1,  # the first restart's delay (then x1.5 per young death)
     "max_restarts": 10,  # restarts in a row of workers that died young: the cluster stops
@@ -143,6 +146,11 @@ def _check_setting(key: str, value: Any) -> Any:
             raise ValueError(f"policy must be 'rr', 'shared' or 'reuseport', not {value!r}")
         if value == "reuseport" and not hasattr(socket, "SO_REUSEPORT"):
             raise ValueError("policy 'reuseport' needs SO_REUSEPORT, which this OS lacks")
+        if value == "rr" and _b.WINDOWS:
+            raise ValueError(
+                "policy 'rr' is not available on Windows yet (a worker's hand-off pipe "
+                "cannot be selected on there): use 'shared', the default there"
+            )
         return value
     if key == "balance":
         if value not in _BALANCES:
@@ -151,6 +159,8 @@ def _check_setting(key: str, value: Any) -> Any:
     if key == "start":
         if value not in ("fork", "spawn"):
             raise ValueError(f"start must be 'fork' or 'spawn', not {value!r}")
+        if value == "fork" and _b.WINDOWS:
+            raise ValueError("start must be 'spawn' on Windows (it has no fork)")
         return value
     if key in ("restart", "wait_ready", "log_prefix"):
         if not isinstance(value, bool):
@@ -235,7 +245,7 @@ class Listener:
     """
 
     def __init__(self, sock: socket.socket) -> None:
-        if not isinstance(sock, socket.socket) or sock.family != socket.AF_UNIX:
+        if not isinstance(sock, socket.socket) or sock.family != getattr(socket, "AF_UNIX", -1):
             raise TypeError("Listener needs the AF_UNIX socket the primary gave this worker")
         self.socket = sock
         self.address: Any = None  # the address the primary listens on
@@ -393,6 +403,15 @@ class RoundRobin:
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
+_POLL_SECONDS = 0.05  # Windows: how often the primary looks at its workers' pipes
+
+
+def _ready(w: Worker) -> bool:
+    """Whether a worker's channel has something to read (or its end) now."""
+    ch = w.process.channel
+    return ch is not None and ch.fileno() >= 0 and bool(_b.fd_wait(ch.fileno(), _b.POLL_IN, 0))
+
+
 def _user_frames(text: str) -> str:
     """A worker's traceback without the pyforkd and runpy frames that ran the script.
 
@@ -437,11 +456,16 @@ class _LogPipe:
         self._prefix = prefix.encode()
         self._stream = stream
         self._partial = b""
-        os.set_blocking(fd, False)
+        # Windows (Python before 3.12) cannot make a pipe non-blocking: it asks first.
+        self._asks = sys.platform == "win32"
+        if sys.platform != "win32":
+            os.set_blocking(fd, False)
 
     def pump(self) -> bool:
         """Copy what is there; False at the end (every writer closed it)."""
         while True:
+            if self._asks and not _b.pipe_readable(self.fd):
+                return True
             try:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
@@ -558,7 +582,6 @@ class Cluster:
     """A primary and its workers; the ``cluster`` module's functions use a default one."""
 
     def __init__(self) -> None:
-        _require_posix("the cluster (pyforkd.cluster)")
         self.workers: dict[int, Worker] = {}
         self.settings: dict[str, Any] = dict(_DEFAULTS)
         self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
@@ -727,20 +750,26 @@ class Cluster:
             raise RuntimeError("run() is for the primary (this is a worker)")
         previous = {}
         if threading.current_thread() is threading.main_thread():
-            handlers: dict[int, Callable[..., Any]] = {
-                _signal.SIGTERM: lambda *_: self._request("stop", 0),
-                _signal.SIGINT: lambda *_: self._request("stop", 1),
-                _signal.SIGQUIT: lambda *_: self._request("stop", 1),
-                _signal.SIGHUP: lambda *_: self._request("reload", 0),
-                _signal.SIGTTIN: lambda *_: self._request("scale", 1),
-                _signal.SIGTTOU: lambda *_: self._request("scale", -1),
-                _signal.SIGUSR1: self._forward,
-                _signal.SIGUSR2: self._forward,
+            handlers: dict[str, Callable[..., Any]] = {
+                "SIGTERM": lambda *_: self._request("stop", 0),
+                "SIGINT": lambda *_: self._request("stop", 1),
+                "SIGQUIT": lambda *_: self._request("stop", 1),
+                "SIGBREAK": lambda *_: self._request("stop", 0),  # Windows: Ctrl-Break
+                "SIGHUP": lambda *_: self._request("reload", 0),
+                "SIGTTIN": lambda *_: self._request("scale", 1),
+                "SIGTTOU": lambda *_: self._request("scale", -1),
+                "SIGUSR1": self._forward,
+                "SIGUSR2": self._forward,
             }
-            for sig, fn in handlers.items():
-                previous[sig] = _signal.signal(sig, fn)
+            for name, fn in handlers.items():
+                sig = getattr(_signal, name, None)
+                if sig is not None:  # (Windows has SIGTERM, SIGINT and SIGBREAK)
+                    previous[sig] = _signal.signal(sig, fn)
         sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, None)
+        # Windows' select() takes sockets only: the channels' and logs' pipes are looked
+        # at in turn instead, every _POLL_SECONDS at most.
+        polled = _b.WINDOWS
         watched: dict[int, Worker] = {}
         logs: set[_LogPipe] = set()
         try:
@@ -748,11 +777,13 @@ class Cluster:
                 for w in list(self.workers.values()):
                     ch = w.process.channel
                     if w.id not in watched and ch is not None and ch.fileno() >= 0:
-                        sel.register(ch.fileno(), selectors.EVENT_READ, w)
+                        if not polled:
+                            sel.register(ch.fileno(), selectors.EVENT_READ, w)
                         watched[w.id] = w
                     for pipe in w._logs:
                         if pipe not in logs and pipe.fd >= 0:
-                            sel.register(pipe.fd, selectors.EVENT_READ, pipe)
+                            if not polled:
+                                sel.register(pipe.fd, selectors.EVENT_READ, pipe)
                             logs.add(pipe)
                 if not self.workers and not self._restarts:
                     if not self._stopping and self.error is None:
@@ -762,23 +793,31 @@ class Cluster:
                 if self._restarts:
                     due = max(0.0, self._restarts[0][0] - time.monotonic())
                     timeout = due if timeout is None else min(due, timeout)
-                for key, _ in sel.select(timeout):
-                    if key.data is None:
+                if polled and (watched or logs):
+                    timeout = _POLL_SECONDS if timeout is None else min(timeout, _POLL_SECONDS)
+                ready: list[tuple[Any, Any]] = [(k.fileobj, k.data) for k, _ in sel.select(timeout)]
+                if polled:
+                    ready += [(p.fd, p) for p in logs if _b.pipe_readable(p.fd)]
+                    ready += [(w.process.channel, w) for w in watched.values() if _ready(w)]
+                for fileobj, data in ready:
+                    if data is None:
                         try:
                             while self._wake_r.recv(512):
                                 pass  # drain: one wake-up covers them all
                         except BlockingIOError:
                             pass  # drained
                         continue
-                    if isinstance(key.data, _LogPipe):
-                        if not key.data.pump():
-                            sel.unregister(key.fileobj)
-                            logs.discard(key.data)
-                            key.data.close()
+                    if isinstance(data, _LogPipe):
+                        if data in logs and not data.pump():
+                            if not polled:
+                                sel.unregister(fileobj)
+                            logs.discard(data)
+                            data.close()
                         continue
-                    w = key.data
-                    if not self._service(w):
-                        sel.unregister(key.fileobj)
+                    w = data
+                    if w.id in watched and not self._service(w):
+                        if not polled:
+                            sel.unregister(fileobj)
                         del watched[w.id]
                         self._reap(w)
                 self._check_workers()
@@ -891,6 +930,8 @@ class Cluster:
 
     def _reap_strays(self) -> None:
         """As PID 1: wait for orphans the kernel gave us (not our own children)."""
+        if sys.platform == "win32":
+            return  # (no PID 1 there)
         ours = {w.process.pid for w in self.workers.values()} | _live_pids()
         while True:
             try:
@@ -1416,7 +1457,7 @@ class _SharedListener(Listener):
             self._either = select.epoll()
             self._either.register(sock.fileno(), select.EPOLLIN)
             self._either.register(channel.fileno(), select.EPOLLIN)
-        elif sys.platform == "darwin" or "bsd" in sys.platform:
+        elif sys.platform != "win32" and hasattr(select, "kqueue"):  # macOS, the BSDs
             self._either = select.kqueue()
             self._either.control(
                 [
@@ -1451,12 +1492,18 @@ class _SharedListener(Listener):
         except BlockingIOError:
             if timeout == 0:
                 raise TimeoutError("no connection waits") from None
+        polled = _b.WINDOWS  # (its select() takes sockets only: the channel is looked at)
         with self._lock, selectors.DefaultSelector() as sel:
             sel.register(self.socket, selectors.EVENT_READ, "listen")
-            sel.register(self._channel.fileno(), selectors.EVENT_READ, "primary")
+            if not polled:
+                sel.register(self._channel.fileno(), selectors.EVENT_READ, "primary")
             while True:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if polled:
+                    left = _POLL_SECONDS if left is None else min(left, _POLL_SECONDS)
                 events = sel.select(left)
+                if polled and _b.fd_wait(self._channel.fileno(), _b.POLL_IN, 0):
+                    self._from_primary()
                 if not events and deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError("no connection came in time")
                 for key, _ in events:
@@ -1474,6 +1521,20 @@ class _SharedListener(Listener):
         if socket.getdefaulttimeout() is None:
             conn.setblocking(True)
         return conn, address
+
+    def _primary_said_stop(self) -> bool:
+        """Whether the primary stopped this listener (looked at now, without waiting).
+
+        For the platforms where :meth:`fileno` does not cover the primary (Windows).
+        """
+        if self._either is not None:
+            return False  # fileno() covers the primary: accept() sees its stop
+        try:
+            if _b.fd_wait(self._channel.fileno(), _b.POLL_IN, 0):
+                self._from_primary()
+        except ChannelClosedError:
+            return True
+        return False
 
     def _from_primary(self) -> None:
         """Read the primary's control messages: a disconnect ends accepting."""
@@ -1535,6 +1596,9 @@ class ServerMixin:
         me = _role["worker"]
         if me is not None:
             me.slot.idle()
+        said_stop = getattr(self.listener, "_primary_said_stop", None)
+        if said_stop is not None and said_stop():
+            self._BaseServer__shutdown_request = True  # ends serve_forever
         super().service_actions()  # type: ignore[misc]
 
     def server_close(self) -> None:
@@ -1591,8 +1655,14 @@ async def start_server(
     asyncio.StreamWriter)`` pair passed to ``client_connected_cb`` (a coroutine function
     or a plain one); ``options`` go to ``asyncio.open_connection`` (e.g. ``limit``).
     """
-    listener = listen(address)
     loop = asyncio.get_running_loop()
+    if _b.WINDOWS and not isinstance(loop, asyncio.SelectorEventLoop):
+        raise NotImplementedError(
+            "cluster.start_server on Windows needs a selector event loop (the proactor has "
+            "no add_reader): asyncio.set_event_loop_policy("
+            "asyncio.WindowsSelectorEventLoopPolicy()) before asyncio.run"
+        )
+    listener = listen(address)
     server = AsyncServer(listener, loop)
 
     async def serve(conn: socket.socket) -> None:
@@ -1624,6 +1694,18 @@ async def start_server(
                 loop.call_later(me.timeout / 4, beat)
 
         beat()
+    said_stop = getattr(listener, "_primary_said_stop", None)
+    if said_stop is not None and getattr(listener, "_either", None) is None:
+        # fileno() does not cover the primary here (Windows): look at it now and then.
+        def look() -> None:
+            if server._closed.done():
+                return
+            if said_stop():
+                server.close()
+            else:
+                loop.call_later(_POLL_SECONDS * 5, look)
+
+        look()
     server._fds.append(listener.fileno())  # (shared: it covers the primary's stop too)
     for fd in server._fds:
         loop.add_reader(fd, ready)

@@ -22,3 +22,21 @@ def handle_count() -> int:
     return sum(
         1 for h in range(4, 1 << 16, 4) if kernel32.GetHandleInformation(h, ctypes.byref(flags))
     )
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (OpenProcess + GetExitCodeProcess: os.kill(pid, 0)
+    would end it on Windows)."""
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
+    kernel32.GetExitCodeProcess.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
+    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    code = wintypes.DWORD()
+    try:
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259
+    finally:
+        kernel32.CloseHandle(handle)

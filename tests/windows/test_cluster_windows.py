@@ -1,0 +1,97 @@
+"""The cluster on Windows: spawned workers (start="spawn", the only way there) that share
+the primary's listening socket (policy "shared", the default there), real HTTP through
+them, a killed worker replaced, a graceful stop that lets every worker finish, and
+`pyforkd run` whose workers die with it."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import pytest
+from _helpers import answering_pid, free_port, http_get
+from _winhelpers import alive
+
+import pyforkd
+from pyforkd import cluster
+
+PY = sys.executable
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HELLO = os.path.join(ROOT, "examples", "hello_http.py")
+
+
+def test_the_windows_defaults_and_what_is_refused():
+    c = cluster.Cluster()
+    assert c.settings["policy"] == "shared" and c.settings["start"] == "spawn"
+    with pytest.raises(ValueError, match="no fork"):
+        c.setup_primary(start="fork")
+    with pytest.raises(ValueError, match="'rr' is not available on Windows"):
+        c.setup_primary(policy="rr")
+    with pytest.raises(ValueError, match="SO_REUSEPORT"):
+        c.setup_primary(policy="reuseport")
+
+
+def test_spawned_workers_serve_a_shared_port_are_replaced_and_stop_gracefully():
+    port = free_port()
+    c = cluster.Cluster()
+    c.setup_primary(exec=HELLO, graceful_timeout=30)
+    events: list[tuple] = []
+    c.on("listening", lambda w, address: events.append(("listening", w.id, address[1])))
+    c.on("exit", lambda w, code, sig: events.append(("exit", w.id, code, sig)))
+    first = [c.fork(env={"PORT": str(port)}) for _ in range(2)]
+    runner = threading.Thread(target=c.run)
+    runner.start()
+    try:
+        pids = {w.process.pid for w in first}
+        for _ in range(10):
+            assert answering_pid(http_get(port, wait=60)) in pids
+        deadline = time.monotonic() + 60
+        while sum(e[0] == "listening" for e in events) < 2:
+            assert time.monotonic() < deadline, events
+            time.sleep(0.05)
+        assert sorted(e[1:] for e in events if e[0] == "listening") == [(1, port), (2, port)]
+
+        first[0].process.kill()  # (TerminateProcess): the cluster restarts it
+        deadline = time.monotonic() + 60
+        while len(c.workers) < 2 or 3 not in c.workers:
+            assert time.monotonic() < deadline, (events, c.workers)
+            time.sleep(0.05)
+        assert ("exit", 1, None, "SIGTERM") in events
+        while sum(e[0] == "listening" for e in events) < 3:
+            assert time.monotonic() < deadline, events
+            time.sleep(0.05)
+        now = {w.process.pid for w in c.workers.values()}
+        for _ in range(10):
+            assert answering_pid(http_get(port, wait=60)) in now
+    finally:
+        c.shutdown()
+        runner.join(120)
+    assert not runner.is_alive()
+    assert c.error is None
+    # Stopped gracefully: every worker finished on its own (exit code 0), none was killed.
+    exits = {e[1]: e[2:] for e in events if e[0] == "exit"}
+    assert exits == {1: (None, "SIGTERM"), 2: (0, None), 3: (0, None)}
+    assert not any(alive(pid) for pid in now)
+
+
+def test_pyforkd_run_serves_and_its_workers_die_with_it():
+    port = free_port()
+    primary = pyforkd.spawn(
+        PY,
+        ["-m", "pyforkd", "run", HELLO, "-i", "2"],
+        env=dict(os.environ, PORT=str(port)),
+        stdio=["ignore", "ignore", "pipe"],
+    )
+    try:
+        pid = answering_pid(http_get(port, wait=60))
+        assert pid != primary.pid and alive(pid)
+    finally:
+        primary.kill()  # its job object goes with it, and the workers in it
+        primary.wait(timeout=60)
+        primary.close()
+    deadline = time.monotonic() + 60
+    while alive(pid):
+        assert time.monotonic() < deadline, f"worker {pid} outlived its primary"
+        time.sleep(0.05)
