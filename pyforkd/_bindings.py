@@ -59,6 +59,7 @@ SPAWN_USE_POSIX_SPAWN: int = lib.PFD_SPAWN_USE_POSIX_SPAWN
 SPAWN_USE_FORK_PATH: int = lib.PFD_SPAWN_USE_FORK_PATH
 SPAWN_HIDE: int = lib.PFD_SPAWN_HIDE
 SPAWN_VERBATIM: int = lib.PFD_SPAWN_VERBATIM
+SPAWN_ASYNC_PIPES: int = lib.PFD_SPAWN_ASYNC_PIPES
 
 # On Windows the C core's "descriptors" are the system's HANDLE values, not the C runtime's
 # descriptors that os.open and open() use: the three functions below convert at the edge,

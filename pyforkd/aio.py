@@ -3,7 +3,8 @@
 ``spawn`` starts the child exactly as the synchronous one does (same checks, same C call),
 then hands its pipes to the running loop as ``asyncio.StreamReader`` / ``StreamWriter``.
 Waiting is driven by the child's pidfd registered with the loop (Linux; a helper thread
-elsewhere), so no SIGCHLD handler and no child watcher is involved::
+elsewhere), so no SIGCHLD handler and no child watcher is involved.  On Windows it runs
+under asyncio's default proactor loop (the pipes are made for overlapped I/O)::
 
     async with pyforkd.aio.spawn("cat") as p:
         p.stdin.write(b"hi"); await p.stdin.drain(); p.stdin.close()
@@ -19,18 +20,18 @@ from the loop or from threads, not both at once from the loop's own thread.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal as _signal
 import socket
+import sys
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from typing import Any, TypeVar
 
+from . import _bindings as _b
 from . import child_process as _cp
 from . import worker as _worker
 from ._checks import deadline as _deadline
-from ._checks import require_posix as _require_posix
 from .channel import Channel, _close_sent, _handle_list
 from .child_process import (
     DEFAULT_MAX_BUFFER,
@@ -43,13 +44,17 @@ from .child_process import (
 )
 from .errors import ChannelClosedError
 
-_require_posix("pyforkd.aio")
+if sys.platform == "win32":
+    from asyncio import windows_utils
 
 __all__ = ["AsyncChannel", "Process", "Worker", "exec", "exec_file", "fork", "fork_worker", "spawn"]
 
 _STREAM_LIMIT = 2**16
 _DRAIN_AFTER_KILL = 0.1  # seconds
 _RING_SLICE_MS = 100  # a cancelled wait on a ring leaves its thread within this
+# Windows: the proactor loop watches no descriptor (add_reader), so a channel's pipe is
+# waited on in a thread, in slices (a cancelled wait leaves its thread within one), and
+# sends go through a thread (a pipe write there completes only once the reader has read).
 
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
@@ -76,6 +81,22 @@ class _WriteProtocol(asyncio.streams.FlowControlMixin):
         return self._closed
 
 
+async def _in_slices(wait: Callable[[int], Any], deadline: float | None) -> bool:
+    """``wait(ms)`` in a thread, a slice at a time, until it is true; False at ``deadline``.
+
+    Nothing is taken in the thread: a cancelled wait loses nothing, and its thread is
+    gone within a slice.
+    """
+    while True:
+        ms = _RING_SLICE_MS
+        if deadline is not None:
+            ms = min(ms, max(0, int((deadline - time.monotonic()) * 1000)))
+        if await asyncio.to_thread(wait, ms):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
 class AsyncChannel:
     """A :class:`pyforkd.Channel` driven by the running asyncio loop.
 
@@ -96,6 +117,9 @@ class AsyncChannel:
         fd = self.channel.fileno()
         if fd < 0:
             raise ChannelClosedError("the channel is closed")
+        if _b.WINDOWS:
+            events = _b.POLL_OUT if write else _b.POLL_IN
+            return await _in_slices(lambda ms: _b.fd_wait(fd, events, ms), deadline)
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[bool] = loop.create_future()
 
@@ -125,6 +149,10 @@ class AsyncChannel:
         """Send one message (and handles): see :meth:`pyforkd.Channel.send`."""
         ch = self.channel
         deadline = _deadline(timeout)
+        if _b.WINDOWS:  # (see _RING_SLICE_MS): a send, once begun, completes
+            async with self._send_lock:
+                await asyncio.to_thread(ch.send, obj, handle, keep_open=keep_open, timeout=timeout)
+            return
         if ch._link is not None:
             # A channel over rings waits on shared memory, which the loop cannot watch: a
             # thread sends (a send, once begun, completes even if this task is cancelled).
@@ -181,19 +209,8 @@ class AsyncChannel:
                     raise TimeoutError("recv timed out")
 
     async def _ring_ready(self, deadline: float | None) -> bool:
-        """Wait in a thread, in slices, until a channel over rings has something to read.
-
-        Nothing is taken in the thread: a cancelled wait loses no message.
-        """
-        link = self.channel._ring_link(deadline)
-        while True:
-            ms = _RING_SLICE_MS
-            if deadline is not None:
-                ms = min(ms, max(0, int((deadline - time.monotonic()) * 1000)))
-            if await asyncio.to_thread(link.wait_readable, ms):
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
+        """Wait until a channel over rings has something to read (in a thread)."""
+        return await _in_slices(self.channel._ring_link(deadline).wait_readable, deadline)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()
@@ -284,7 +301,7 @@ class Process:
                 if i > 2:
                     self.stdio.append(socket.socket(fileno=fd))
                 elif i == 0:
-                    pipe = open(fd, "wb", buffering=0)  # noqa: SIM115 - the transport owns it
+                    pipe = _pipe(fd, "wb")
                     wtransport, protocol = await loop.connect_write_pipe(
                         lambda: _WriteProtocol(loop), pipe
                     )
@@ -294,7 +311,7 @@ class Process:
                 else:
                     reader = asyncio.StreamReader(limit=limit, loop=loop)
                     protocol_r = asyncio.StreamReaderProtocol(reader, loop=loop)
-                    pipe = open(fd, "rb", buffering=0)  # noqa: SIM115 - the transport owns it
+                    pipe = _pipe(fd, "rb")
                     rtransport, _ = await loop.connect_read_pipe(_returning(protocol_r), pipe)
                     self._transports.append(rtransport)
                     self.stdio.append(reader)
@@ -305,7 +322,7 @@ class Process:
         finally:
             for fd in fds:
                 if fd >= 0:
-                    os.close(fd)
+                    _b.close_native(fd)
 
     @property
     def pid(self) -> int:
@@ -351,13 +368,14 @@ class Process:
             return self._child.returncode  # type: ignore[return-value]
         if self._exited is None:
             self._exited = self._loop.create_future()
-            handle = self._child._acquire_exit_handle()
+            # (Windows: the proactor watches no handle with add_reader: a thread waits.)
+            handle = -1 if _b.WINDOWS else self._child._acquire_exit_handle()
             if handle >= 0 and self._child.returncode is None:
                 self._watching = handle
                 self._loop.add_reader(handle, self._on_exit)
             else:
                 self._child._release_exit_handle(handle)
-                # No pidfd (macOS, old Linux): one thread does the blocking wait.
+                # No pidfd (macOS, old Linux, Windows): one thread does the blocking wait.
                 task = self._loop.create_task(asyncio.to_thread(self._child.wait))
                 task.add_done_callback(lambda _t: self._on_exit())
         return await asyncio.shield(self._exited)
@@ -435,6 +453,17 @@ async def _feed(stdin: asyncio.StreamWriter | None, data: bytes | None) -> None:
         stdin.close()
 
 
+def _pipe(fd: int, mode: str) -> Any:
+    """What the loop's pipe transports take for a pipe end (they own it from then on).
+
+    A file; on Windows the handle itself (opened for overlapped I/O: the spawn asked for
+    PFD_SPAWN_ASYNC_PIPES), which the proactor reads and writes.
+    """
+    if sys.platform == "win32":
+        return windows_utils.PipeHandle(fd)
+    return open(fd, mode, buffering=0)  # (the transport owns it)
+
+
 class _Spawning:
     """What :func:`spawn` returns: await it, or use it directly in ``async with``."""
 
@@ -471,9 +500,24 @@ def spawn(
     """
 
     async def start() -> Process:
-        return await _wrap(_cp.spawn(command, args, stdio=stdio, **options), limit)
+        _check_pipes(stdio)
+        token = _cp._async_pipes.set(True)
+        try:
+            child = _cp.spawn(command, args, stdio=stdio, **options)
+        finally:
+            _cp._async_pipes.reset(token)
+        return await _wrap(child, limit)
 
     return _Spawning(start)
+
+
+def _check_pipes(stdio: Any) -> None:
+    """Windows: a 'pipe' above slot 2 is refused before anything starts (see below)."""
+    if _b.WINDOWS and isinstance(stdio, (list, tuple)) and "pipe" in list(stdio)[3:]:
+        raise NotImplementedError(
+            "pyforkd.aio on Windows: a 'pipe' above slot 2 is not available yet (use "
+            "pyforkd.spawn, where it is a duplex pipe, or the 'ipc' channel)"
+        )
 
 
 async def _wrap(child: ChildProcess, limit: int) -> Process:
@@ -614,7 +658,13 @@ async def fork(
     ``await p.send(msg)``, ``await p.recv()``, ``async for msg in p``; with ``silent=True``
     the child's stdout and stderr are ``asyncio.StreamReader`` objects.
     """
-    return await _wrap(_cp.fork(module_path, args, **options), limit)
+    _check_pipes(options.get("stdio"))
+    token = _cp._async_pipes.set(True)
+    try:
+        child = _cp.fork(module_path, args, **options)
+    finally:
+        _cp._async_pipes.reset(token)
+    return await _wrap(child, limit)
 
 
 class Worker(Process):

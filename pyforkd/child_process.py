@@ -10,6 +10,7 @@ shape Python users know from ``subprocess``: :class:`ChildProcess` (``wait``, ``
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import heapq
 import io
@@ -222,6 +223,11 @@ def _stdio_slots(stdio: Stdio) -> list[tuple[int, int]]:
 
 
 _IPC_PIPE = object()  # (Windows: the "ipc" slot, a duplex pipe that spawn makes)
+# Set by pyforkd.aio around a spawn: on Windows the parent's pipe ends are then opened for
+# overlapped I/O (what asyncio's proactor reads and writes).
+_async_pipes: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "pyforkd_async_pipes", default=False
+)
 
 
 def _stdio_slot(i: int, entry: Any) -> tuple[int, int]:
@@ -337,6 +343,7 @@ class _Command:
         self.cwd_text = None if cwd is None else _text(cwd)
         flags |= _b.SPAWN_SETSID if detached else 0
         flags |= _b.SPAWN_HIDE if windows_hide else 0
+        flags |= _b.SPAWN_ASYNC_PIPES if _async_pipes.get() else 0
         self.uid = self.gid = -1
         if _b.WINDOWS and (uid is not None or gid is not None):
             raise SpawnError(

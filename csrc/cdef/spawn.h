@@ -34,10 +34,13 @@ enum {
   PFD_SPAWN_USE_FORK_PATH = 32,    /* always the vfork/fork path */
   PFD_SPAWN_HIDE = 64,             /* Windows: no console window (CREATE_NO_WINDOW, SW_HIDE);
                                       ignored elsewhere */
-  PFD_SPAWN_VERBATIM = 128         /* Windows: the arguments after argv[0] go on the command
+  PFD_SPAWN_VERBATIM = 128,        /* Windows: the arguments after argv[0] go on the command
                                       line as they are, joined by spaces, unquoted (Node's
                                       windowsVerbatimArguments, for cmd.exe /d /s /c "...");
                                       ignored elsewhere */
+  PFD_SPAWN_ASYNC_PIPES = 256      /* Windows: the parent's ends of PIPE slots are opened for
+                                      overlapped I/O (an event loop's: asyncio's proactor),
+                                      the child's for ordinary I/O; ignored elsewhere */
 };
 
 /* Which step of starting the child failed, so the caller can name the syscall and path. */

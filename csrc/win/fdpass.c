@@ -612,7 +612,8 @@ int pfd_fd_wait(int sock, int events, int timeout_ms) {
 }
 
 int pfd__win_duplex_pipe(HANDLE *ours, HANDLE *theirs, int overlapped) {
-  DWORD async = overlapped ? FILE_FLAG_OVERLAPPED : 0;
+  DWORD async = (overlapped & PFD__PIPE_OURS_OVERLAPPED) ? FILE_FLAG_OVERLAPPED : 0;
+  DWORD their_async = (overlapped & PFD__PIPE_THEIRS_OVERLAPPED) ? FILE_FLAG_OVERLAPPED : 0;
   static volatile LONG counter;
   wchar_t name[96];
   _snwprintf(name, sizeof name / sizeof name[0], L"\\\\.\\pipe\\pyforkd-%lu-%ld-%llu",
@@ -625,8 +626,8 @@ int pfd__win_duplex_pipe(HANDLE *ours, HANDLE *theirs, int overlapped) {
                                PIPE_REJECT_REMOTE_CLIENTS,
                            1, 65536, 65536, 0, NULL);
   if (*ours == INVALID_HANDLE_VALUE) return pfd__win_last_errno();
-  *theirs = CreateFileW(name, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING, async,
-                        NULL);
+  *theirs = CreateFileW(name, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
+                        their_async, NULL);
   if (*theirs == INVALID_HANDLE_VALUE) {
     int err = pfd__win_last_errno();
     CloseHandle(*ours);
@@ -637,7 +638,8 @@ int pfd__win_duplex_pipe(HANDLE *ours, HANDLE *theirs, int overlapped) {
 
 int pfd_fd_pair(int out[2]) {
   HANDLE a, b;
-  int err = pfd__win_duplex_pipe(&a, &b, 1);
+  int err = pfd__win_duplex_pipe(&a, &b,
+                                 PFD__PIPE_OURS_OVERLAPPED | PFD__PIPE_THEIRS_OVERLAPPED);
   if (err < 0) return err;
   /* Both ends in this process: a handle sent on either goes to this process, until one
    * end is sent to another (pfd__win_partners_moved). */

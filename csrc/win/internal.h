@@ -57,8 +57,10 @@ size_t pfd__win_socket_info_size(void);
 void pfd__win_pipe_peer(int pipe, DWORD pid);
 
 /* One duplex named pipe (fdpass.c): *ours the server end, *theirs the client end, neither
- * inheritable; both ends opened for overlapped I/O with `overlapped` (a channel), else for
- * plain blocking reads and writes (a stream).  Returns 0 or -errno. */
+ * inheritable.  `overlapped`: PFD__PIPE_OURS_OVERLAPPED and PFD__PIPE_THEIRS_OVERLAPPED say
+ * which end is opened for overlapped I/O (both: a channel), the others are for plain
+ * blocking reads and writes.  Returns 0 or -errno. */
+enum { PFD__PIPE_OURS_OVERLAPPED = 1, PFD__PIPE_THEIRS_OVERLAPPED = 2 };
 int pfd__win_duplex_pipe(HANDLE *ours, HANDLE *theirs, int overlapped);
 
 /* Drops what fdpass.c keeps for a channel pipe (before the pipe is closed). */

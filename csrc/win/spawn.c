@@ -315,8 +315,8 @@ static HANDLE pfd__win_crt_handle(int fd) { return (HANDLE)_get_osfhandle(fd); }
 
 /* The handle the child gets at `slot` (inheritable, ours to close after the start), or
  * NULL for none; for a PIPE, our end goes to *parent_end. */
-static int pfd__win_slot(const pfd_stdio_t *s, int slot, HANDLE *child, HANDLE *parent_end,
-                         unsigned char *crt_flags, int *step) {
+static int pfd__win_slot(const pfd_stdio_t *s, int slot, int async_pipes, HANDLE *child,
+                         HANDLE *parent_end, unsigned char *crt_flags, int *step) {
   HANDLE source = NULL, made = NULL;
   int err = 0;
   *child = NULL;
@@ -347,7 +347,11 @@ static int pfd__win_slot(const pfd_stdio_t *s, int slot, HANDLE *child, HANDLE *
       break;
     case PFD_STDIO_PIPE:
       *step = PFD_STEP_PIPE;
-      if (slot <= 2) {
+      if (async_pipes) { /* (a named pipe: an anonymous one cannot be overlapped) */
+        if ((err = pfd__win_duplex_pipe(parent_end, &made, PFD__PIPE_OURS_OVERLAPPED)) < 0) {
+          return err;
+        }
+      } else if (slot <= 2) {
         HANDLE r, w;
         if (!CreatePipe(&r, &w, NULL, 0)) return pfd__win_last_errno();
         made = slot == 0 ? r : w;
@@ -363,7 +367,9 @@ static int pfd__win_slot(const pfd_stdio_t *s, int slot, HANDLE *child, HANDLE *
         return -EINVAL;
       }
       *step = PFD_STEP_PIPE;
-      if ((err = pfd__win_duplex_pipe(parent_end, &made, 1)) < 0) return err;
+      err = pfd__win_duplex_pipe(parent_end, &made,
+                                 PFD__PIPE_OURS_OVERLAPPED | PFD__PIPE_THEIRS_OVERLAPPED);
+      if (err < 0) return err;
       *crt_flags |= PFD__CRT_FPIPE;
       break;
     case PFD_STDIO_CLOSE:
@@ -472,8 +478,8 @@ int pfd_spawn(const pfd_spawn_options_t *o, pfd_spawn_result_t *result) {
     unsigned char flags = 0;
     HANDLE none = INVALID_HANDLE_VALUE;
     if (i < o->stdio_count) {
-      err = pfd__win_slot(&o->stdio[i], i, &st.child[i], &st.parent_end[i], &flags,
-                          &result->step);
+      err = pfd__win_slot(&o->stdio[i], i, (o->flags & PFD_SPAWN_ASYNC_PIPES) != 0,
+                          &st.child[i], &st.parent_end[i], &flags, &result->step);
       if (err < 0) {
         result->slot = i;
         goto fail;

@@ -267,9 +267,3 @@ def test_a_pipe_above_slot_2_is_a_duplex_stream():
     assert f.closed
     gc.collect()
     assert handle_count() <= before
-
-
-def test_aio_says_so_on_import():
-    with pytest.raises(NotImplementedError, match=r"pyforkd\.aio") as info:
-        pyforkd.aio  # noqa: B018
-    assert "not available on Windows" in str(info.value)
