@@ -77,10 +77,13 @@ if sys.platform == "win32":
     def adopt(handle: int, writable: bool) -> int:
         """A C runtime descriptor that takes ``handle`` over (closing it closes the handle).
 
-        (The C runtime keeps no access mode for it: ``writable`` is for POSIX's sake.)
+        The core forgets what it kept for the handle (it no longer sees it closed).  (The
+        C runtime keeps no access mode for it: ``writable`` is for POSIX's sake.)
         """
         del writable
-        return int(msvcrt.open_osfhandle(handle, 0))
+        fd = int(msvcrt.open_osfhandle(handle, 0))
+        lib.pfd_fd_release(handle)
+        return fd
 
     def take_inherited(fd: int) -> int:
         """The handle behind inherited descriptor ``fd``, made this process's own.
@@ -603,6 +606,13 @@ def fd_pair() -> tuple[int, int]:
     if r < 0:
         raise_errno(r, "CreateNamedPipeW" if WINDOWS else "socketpair")
     return out[0], out[1]
+
+
+def fd_peer(fd: int, pid: int) -> None:
+    """Name the process at the other end of channel ``fd`` (Windows: handles go there)."""
+    r = lib.pfd_fd_peer(fd, pid)
+    if r < 0:
+        raise_errno(r, "pfd_fd_peer")
 
 
 def fd_shutdown(sock: int) -> None:

@@ -4,8 +4,8 @@ The primary, its workers, the ``"rr"`` policy (a C dispatcher thread, no GIL, ha
 every connection over and keeps its copy until the worker has it: a worker that dies
 loses none), ``"shared"`` and ``"reuseport"``, events, restarts with back-off and a
 crash-loop stop, zero-downtime reloads.  On Windows workers are spawned (there is no
-fork) and share the listening socket (``"shared"``, the default there).  The Node-style
-use::
+fork) and share the listening socket by default (``"shared"``, as in Node there); ``"rr"``
+works there too.  The Node-style use::
 
     from pyforkd import cluster
     if cluster.is_primary:
@@ -146,11 +146,6 @@ def _check_setting(key: str, value: Any) -> Any:
             raise ValueError(f"policy must be 'rr', 'shared' or 'reuseport', not {value!r}")
         if value == "reuseport" and not hasattr(socket, "SO_REUSEPORT"):
             raise ValueError("policy 'reuseport' needs SO_REUSEPORT, which this OS lacks")
-        if value == "rr" and _b.WINDOWS:
-            raise ValueError(
-                "policy 'rr' is not available on Windows yet (a worker's hand-off pipe "
-                "cannot be selected on there): use 'shared', the default there"
-            )
         return value
     if key == "balance":
         if value not in _BALANCES:
@@ -244,24 +239,38 @@ class Listener:
     after telling the primary that this worker has the connection.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
-        if not isinstance(sock, socket.socket) or sock.family != getattr(socket, "AF_UNIX", -1):
-            raise TypeError("Listener needs the AF_UNIX socket the primary gave this worker")
-        self.socket = sock
+    def __init__(self, sock: Any) -> None:
+        self.socket: socket.socket | None = None  # (None on Windows: a pipe, not a socket)
+        if sys.platform == "win32" and isinstance(sock, _channel.Fd):
+            # The hand-off pipe, as a handle of this process's own (no C runtime slot).
+            self._fd = _b.take_inherited(sock.detach())
+        elif isinstance(sock, socket.socket) and sock.family == getattr(socket, "AF_UNIX", -1):
+            self.socket = sock
+            self._fd = sock.fileno()
+        else:
+            raise TypeError("Listener needs the hand-off socket the primary gave this worker")
         self.address: Any = None  # the address the primary listens on
         self._lock = threading.Lock()
         self._kind: tuple[int, int] = (-1, -1)  # its connections' (family, type), once known
 
     def fileno(self) -> int:
-        """The hand-off socket's descriptor (readable when a connection waits)."""
-        return self.socket.fileno()
+        """The hand-off socket's descriptor (readable when a connection waits).
+
+        On Windows a pipe handle, which ``select`` does not take: see :meth:`wait`.
+        """
+        return self._fd
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until a connection waits (or the primary is gone); False after ``timeout``."""
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        return bool(_b.fd_wait(self._fd, _b.POLL_IN, ms)) if self._fd >= 0 else True
 
     def accept(self, timeout: float | None = None) -> tuple[socket.socket, Any]:
         """The next connection and its peer's address; ``TimeoutError`` after ``timeout``.
 
         :class:`ChannelClosedError` once the primary is gone.
         """
-        fd = self.socket.fileno()
+        fd = self._fd
         if fd < 0:
             raise ChannelClosedError("the listener is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -289,7 +298,7 @@ class Listener:
                 # once saves three system calls per connection after the first.
                 self._kind = (conn.family, conn.type)
             except OSError:
-                os.close(conn_fd)
+                _b.close_native(conn_fd)
                 raise
             try:
                 _b.dispatch_ack(fd, seq)
@@ -304,7 +313,11 @@ class Listener:
 
     def close(self) -> None:
         """Stop taking connections (the primary gives this worker's others to the rest)."""
-        self.socket.close()
+        fd, self._fd = self._fd, -1
+        if self.socket is not None:
+            self.socket.close()
+        elif fd >= 0:
+            _b.close_native(fd)
 
     def __enter__(self) -> Listener:
         return self
@@ -351,32 +364,30 @@ class RoundRobin:
         self._dispatcher = _b.Dispatcher(listener.fileno(), max_inflight)
         self._dispatcher.balance(least_connections)
 
-    def connect(self, load: Any = None) -> tuple[int, socket.socket]:
-        """A new worker's hand-off socket: ``(slot, its end)`` to send to the worker.
+    def connect(self, load: Any = None, pid: int = 0) -> tuple[int, Any]:
+        """A new worker's hand-off channel: ``(slot, its end)`` to send to worker ``pid``.
 
         ``load``: a C pointer to the worker's count of open connections (for
         least-connections), kept valid until the worker is removed.
         """
-        ours, theirs = socket.socketpair()
+        ours, theirs = handoff_pair(pid)
         try:
             slot = self.attach(ours, load)
         except BaseException:
-            theirs.close()
+            _channel._close_handle(theirs)
             raise
         return slot, theirs
 
-    def attach(self, ours: socket.socket, load: Any = None) -> int:
-        """Start handing connections over ``ours``; returns its slot.
+    def attach(self, ours: int, load: Any = None) -> int:
+        """Start handing connections over ``ours`` (see :func:`handoff_pair`); its slot.
 
-        ``ours`` is one end of a socketpair: the dispatcher owns it from now on (and it is
-        closed on failure too).
+        The dispatcher owns ``ours`` from now on (it is closed on failure too).
         """
         try:
-            slot = self._dispatcher.add(ours.fileno())
+            slot = self._dispatcher.add(ours)
         except BaseException:
-            ours.close()
+            _b.close_native(ours)
             raise
-        ours.detach()
         if load is not None:
             self._dispatcher.load(slot, load)
         return slot
@@ -395,6 +406,26 @@ class RoundRobin:
     def close(self) -> None:
         """Stop dispatching; connections no worker accepted are closed."""
         self._dispatcher.close()
+
+
+def handoff_pair(pid: int) -> tuple[int, Any]:
+    """A hand-off channel to worker ``pid``: ``(the dispatcher's end, the worker's)``.
+
+    The dispatcher's end is a descriptor; the worker's a handle to send it (a socket; on
+    Windows a pipe, as a :class:`Fd`).
+    """
+    ours, theirs = _b.fd_pair()
+    try:
+        if pid > 0:
+            _b.fd_peer(ours, pid)  # (Windows: the connections handed over go to it)
+        sendable: Any = (
+            _channel.Fd(_b.adopt(theirs, True)) if _b.WINDOWS else socket.socket(fileno=theirs)
+        )
+    except BaseException:
+        _b.close_native(ours)
+        _b.close_native(theirs)
+        raise
+    return ours, sendable
 
 
 # ---- the cluster --------------------------------------------------------------------------
@@ -531,7 +562,7 @@ class Worker:
         self._recycling = False  # a replacement is on its way
         self._max_served: int | None = None  # max_requests, with its jitter
         self._logs: list[Any] = []  # its stdout/stderr pipes (log_prefix)
-        self._unattached: list[tuple[Any, socket.socket]] = []  # rr ends kept until ready
+        self._unattached: list[tuple[Any, int]] = []  # rr ends kept until ready
 
     def send(self, message: Any, handle: Any = None, **options: Any) -> None:
         """Send a message to the worker (it reads it with ``pyforkd.parent().recv()``)."""
@@ -1056,11 +1087,11 @@ class Cluster:
                 if self.settings["wait_ready"] and not w.ready:
                     # No connection for it before it is ready: the dispatcher gets its end
                     # then (_became_ready).
-                    ours, theirs = socket.socketpair()
+                    ours, theirs = handoff_pair(w.process.pid)
                     w._unattached.append(((kind, key), ours))
                     self._now_listening(w, entry[0].getsockname(), policy, theirs)
                     return
-                slot, theirs = entry[1].connect(self._load(w))
+                slot, theirs = entry[1].connect(self._load(w), w.process.pid)
             else:  # "shared": the worker takes from the socket itself (UDP: always)
                 slot, theirs = (-2 if kind == "udp" else -1), entry[0]
         except OSError as exc:
@@ -1095,7 +1126,7 @@ class Cluster:
             key, ours = w._unattached.pop(0)
             entry = self._listeners.get(key)
             if entry is None or entry[1] is None:
-                ours.close()
+                _b.close_native(ours)
                 continue
             try:
                 w._slots.append((key, entry[1].attach(ours, self._load(w))))
@@ -1108,7 +1139,7 @@ class Cluster:
 
     def _stop_dispatching(self, w: Worker) -> None:
         while w._unattached:
-            w._unattached.pop()[1].close()  # it never got a connection through this one
+            _b.close_native(w._unattached.pop()[1])  # it never got a connection through it
         ch = w.process.channel
         for key, slot in w._slots:
             entry = self._listeners.get(key)
@@ -1445,7 +1476,8 @@ class _SharedListener(Listener):
     """
 
     def __init__(self, sock: socket.socket, channel: Any) -> None:
-        self.socket = sock
+        self.socket = self._sock = sock
+        self._fd = sock.fileno()
         self.address = sock.getsockname()
         self._lock = threading.Lock()
         self._channel = channel
@@ -1471,13 +1503,13 @@ class _SharedListener(Listener):
         """Readable when a connection waits or the primary has a message (a stop)."""
         if self._either is not None and not self._either.closed:
             return int(self._either.fileno())
-        return self.socket.fileno()
+        return self._sock.fileno()
 
     def close(self) -> None:
         """Stop taking connections."""
         if self._either is not None:
             self._either.close()
-        self.socket.close()
+        self._sock.close()
 
     def accept(self, timeout: float | None = None) -> tuple[socket.socket, Any]:
         """The next connection, as ``socket.accept()``; see :meth:`Listener.accept`."""
@@ -1494,7 +1526,7 @@ class _SharedListener(Listener):
                 raise TimeoutError("no connection waits") from None
         polled = _b.WINDOWS  # (its select() takes sockets only: the channel is looked at)
         with self._lock, selectors.DefaultSelector() as sel:
-            sel.register(self.socket, selectors.EVENT_READ, "listen")
+            sel.register(self._sock, selectors.EVENT_READ, "listen")
             if not polled:
                 sel.register(self._channel.fileno(), selectors.EVENT_READ, "primary")
             while True:
@@ -1516,8 +1548,8 @@ class _SharedListener(Listener):
                         continue  # another worker took it
 
     def _take(self) -> tuple[socket.socket, Any]:
-        fd, address = self.socket._accept()  # type: ignore[attr-defined]
-        conn = _connection(fd, self.socket.family, self.socket.type)
+        fd, address = self._sock._accept()  # type: ignore[attr-defined, unused-ignore]
+        conn = _connection(fd, self._sock.family, self._sock.type)
         if socket.getdefaulttimeout() is None:
             conn.setblocking(True)
         return conn, address
@@ -1568,7 +1600,8 @@ class ServerMixin:
         """Listen through the cluster (instead of binding a socket of its own)."""
         self.socket.close()  # the one socketserver made: never bound
         self.listener = listen(self.server_address)
-        self.socket = self.listener.socket
+        if self.listener.socket is not None:  # (Windows "rr": a pipe; the closed one stays)
+            self.socket = self.listener.socket
         self.server_address = self.listener.address
         host, port = self.server_address[:2]
         self.server_name = socket.getfqdn(host)  # what http.server.HTTPServer sets
@@ -1580,6 +1613,26 @@ class ServerMixin:
     def fileno(self) -> int:
         """Readable when a connection waits (what ``serve_forever`` selects on)."""
         return self.listener.fileno()
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve until shut down, as socketserver's loop.
+
+        On Windows under ``"rr"`` it waits on the hand-off pipe itself (``select`` there
+        takes sockets only).
+        """
+        if not (_b.WINDOWS and self.listener.socket is None):
+            super().serve_forever(poll_interval)  # type: ignore[misc]
+            return
+        state = self.__dict__  # socketserver.BaseServer's private flags
+        state["_BaseServer__is_shut_down"].clear()
+        try:
+            while not state["_BaseServer__shutdown_request"]:
+                if self.listener.wait(poll_interval):
+                    self._handle_request_noblock()  # type: ignore[attr-defined]
+                self.service_actions()
+        finally:
+            state["_BaseServer__shutdown_request"] = False
+            state["_BaseServer__is_shut_down"].set()
 
     def get_request(self) -> tuple[Any, Any]:
         """The next connection, if it is still there (another worker may take it first)."""
@@ -1663,6 +1716,12 @@ async def start_server(
             "asyncio.WindowsSelectorEventLoopPolicy()) before asyncio.run"
         )
     listener = listen(address)
+    if _b.WINDOWS and listener.socket is None:
+        listener.close()  # (the primary gives its connections to the other workers)
+        raise NotImplementedError(
+            "cluster.start_server on Windows needs policy 'shared' (under 'rr' a worker's "
+            "hand-off pipe is no socket the event loop can watch)"
+        )
     server = AsyncServer(listener, loop)
 
     async def serve(conn: socket.socket) -> None:

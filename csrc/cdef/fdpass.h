@@ -50,6 +50,19 @@ int pfd_socket_nosigpipe(int sock);
  * duplex overlapped named pipe on Windows.  Returns 0 (out[0], out[1]) or -errno. */
 int pfd_fd_pair(int out[2]);
 
+/* Names the process at the other end of channel `fd`: on Windows a handle sent on it is
+ * copied into that process (a pfd_fd_pair's ends start with this one; a spawned child's
+ * channel with the child; a channel received or inherited with this process's parent).
+ * Call it when one end of a pair is handed to another process, before sending handles on
+ * the other.  Unix: nothing to do (the kernel knows).  Returns 0, -EINVAL (pid <= 0) or
+ * -ENOMEM. */
+int pfd_fd_peer(int fd, int pid);
+
+/* Forgets what the core keeps for `fd` (on Windows a channel pipe's receive state), without
+ * closing it: for a descriptor whose closing goes elsewhere from now on (a C runtime
+ * descriptor takes a Windows handle over).  Unix: nothing.  Returns 0. */
+int pfd_fd_release(int fd);
+
 /* Closes a descriptor the core gave out or received (on Windows a handle or a socket),
  * with what the core keeps for it (a channel pipe's receive state and peer: a handle
  * value the system gives out again must not find them).  Returns 0 or -errno (-EBADF). */

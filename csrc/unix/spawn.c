@@ -254,14 +254,13 @@ static int pfd__plan_stdio(pfd__plan_t *plan, pfd_spawn_result_t *result) {
     pfd_stdio_t *slot = &o->stdio[i];
     int fds[2];
     switch (slot->kind) {
-      case PFD_STDIO_CHANNEL:
-        if (i <= 2) {
+      case PFD_STDIO_CHANNEL: /* a socketpair, as a PIPE above slot 2 */
+      case PFD_STDIO_PIPE:
+        if (slot->kind == PFD_STDIO_CHANNEL && i <= 2) {
           result->step = PFD_STEP_STDIO;
           result->slot = i;
           return -EINVAL;
         }
-        /* fall through: a socketpair, as a PIPE above slot 2 */
-      case PFD_STDIO_PIPE:
         /* Slots 0-2 get one-way pipes, as every shell gives; higher slots have no fixed
          * direction, so they get a socketpair, which is what Node/libuv give every slot. */
         err = i <= 2 ? pfd__make_pipe(fds) : pfd__make_socketpair(fds);

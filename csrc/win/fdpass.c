@@ -162,7 +162,6 @@ typedef struct pfd__win_rx_s {
   int npending;
   int overflow;               /* more came than fit in `pending` (all closed): truncated */
   DWORD peer;                 /* the process at the other end, once known */
-  HANDLE partner;             /* pfd_fd_pair's other end, while it is in this process */
   HANDLE shut;                /* manual-reset, set by pfd_fd_shutdown: waits end on it */
   volatile LONG is_shut;      /* the same, for the checks of every send and receive */
 } pfd__win_rx_t;
@@ -225,10 +224,6 @@ void pfd__win_pipe_forget(int pipe) {
   AcquireSRWLockExclusive(&pfd__win_rx_lock);
   for (i = 0; i < pfd__win_rx_count; i++) {
     pfd__win_rx_t *rx = pfd__win_rx[i];
-    if (rx->partner == PFD__HANDLE(pipe)) rx->partner = NULL;
-  }
-  for (i = 0; i < pfd__win_rx_count; i++) {
-    pfd__win_rx_t *rx = pfd__win_rx[i];
     if (rx->pipe == PFD__HANDLE(pipe)) {
       pfd__win_drop_pending(rx);
       CloseHandle(rx->shut);
@@ -238,29 +233,6 @@ void pfd__win_pipe_forget(int pipe) {
     }
   }
   ReleaseSRWLockExclusive(&pfd__win_rx_lock);
-}
-
-/* The pipe's receive state if it has one (NULL otherwise: nothing is made). */
-static pfd__win_rx_t *pfd__win_rx_find(HANDLE pipe) {
-  pfd__win_rx_t *found = NULL;
-  size_t i;
-  AcquireSRWLockShared(&pfd__win_rx_lock);
-  for (i = 0; i < pfd__win_rx_count && found == NULL; i++) {
-    if (pfd__win_rx[i]->pipe == pipe) found = pfd__win_rx[i];
-  }
-  ReleaseSRWLockShared(&pfd__win_rx_lock);
-  return found;
-}
-
-/* Handles just sent to process `pid`: an end of a pfd_fd_pair among them now belongs to
- * that process, so the end kept here talks to it (its handles go there). */
-static void pfd__win_partners_moved(const int *fds, int nfds, DWORD pid) {
-  int i;
-  for (i = 0; i < nfds; i++) {
-    pfd__win_rx_t *sent = pfd__win_rx_find(PFD__HANDLE(fds[i])), *kept;
-    if (sent == NULL || sent->partner == NULL || pid == GetCurrentProcessId()) continue;
-    if ((kept = pfd__win_rx_find(sent->partner)) != NULL) kept->peer = pid;
-  }
 }
 
 void pfd__win_pipe_peer(int pipe, DWORD pid) {
@@ -439,8 +411,6 @@ long pfd_fd_send(int sock, const void *head, size_t head_size, const void *body,
     for (i = 0; i < made; i++) {
       if (remote[i] != -1) pfd__win_handle_recall(peer, remote[i]);
     }
-  } else if (nfds > 0) {
-    pfd__win_partners_moved(fds, nfds, peer);
   }
   if (frames != one) free(frames);
   free(remote);
@@ -641,8 +611,8 @@ int pfd_fd_pair(int out[2]) {
   int err = pfd__win_duplex_pipe(&a, &b,
                                  PFD__PIPE_OURS_OVERLAPPED | PFD__PIPE_THEIRS_OVERLAPPED);
   if (err < 0) return err;
-  /* Both ends in this process: a handle sent on either goes to this process, until one
-   * end is sent to another (pfd__win_partners_moved). */
+  /* Both ends in this process: a handle sent on either goes to this process (until
+   * pfd_fd_peer says otherwise: one end was handed to another process). */
   {
     pfd__win_rx_t *ra = pfd__win_rx_for(a), *rb = pfd__win_rx_for(b);
     if (ra == NULL || rb == NULL) {
@@ -653,11 +623,22 @@ int pfd_fd_pair(int out[2]) {
       return -ENOMEM;
     }
     ra->peer = rb->peer = GetCurrentProcessId();
-    ra->partner = b;
-    rb->partner = a;
   }
   out[0] = PFD__FD(a);
   out[1] = PFD__FD(b);
+  return 0;
+}
+
+int pfd_fd_peer(int fd, int pid) {
+  pfd__win_rx_t *rx;
+  if (pid <= 0) return -EINVAL;
+  if ((rx = pfd__win_rx_for(PFD__HANDLE(fd))) == NULL) return -ENOMEM;
+  rx->peer = (DWORD)pid;
+  return 0;
+}
+
+int pfd_fd_release(int fd) {
+  pfd__win_pipe_forget(fd);
   return 0;
 }
 

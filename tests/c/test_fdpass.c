@@ -100,3 +100,24 @@ TEST_IMPL(fdpass_frame_send_is_one_frame) {
   close(sv[1]);
   return 0;
 }
+
+TEST_IMPL(fdpass_pair_is_a_connected_channel) {
+  /* pfd_fd_pair: two connected, close-on-exec stream sockets; naming a peer or releasing a
+   * descriptor has nothing to do on Unix but checks its arguments. */
+  int sv[2], type = 0;
+  socklen_t len = sizeof(type);
+  char buf[8];
+  CHECK_EQ(pfd_fd_pair(sv), 0);
+  CHECK(fcntl(sv[0], F_GETFD) & FD_CLOEXEC);
+  CHECK(fcntl(sv[1], F_GETFD) & FD_CLOEXEC);
+  CHECK(getsockopt(sv[0], SOL_SOCKET, SO_TYPE, &type, &len) == 0 && type == SOCK_STREAM);
+  CHECK(write(sv[0], "ab", 2) == 2 && read(sv[1], buf, 2) == 2 && memcmp(buf, "ab", 2) == 0);
+  CHECK(write(sv[1], "cd", 2) == 2 && read(sv[0], buf, 2) == 2 && memcmp(buf, "cd", 2) == 0);
+  CHECK_EQ(pfd_fd_peer(sv[0], getpid()), 0);
+  CHECK_EQ(pfd_fd_peer(sv[0], 0), -EINVAL);
+  CHECK_EQ(pfd_fd_release(sv[0]), 0);
+  CHECK_EQ(pfd_fd_close(sv[0]), 0);
+  CHECK(read(sv[1], buf, 1) == 0); /* the other end sees the end */
+  CHECK_EQ(pfd_fd_close(sv[1]), 0);
+  return 0;
+}

@@ -27,6 +27,7 @@
   X(fdpass_truncated_closes_all)  \
   X(fdpass_peer_gone_no_sigpipe)  \
   X(fdpass_frame_send_is_one_frame) \
+  X(fdpass_pair_is_a_connected_channel) \
   X(ring_layout_checks)             \
   X(ring_wraps_at_every_small_size) \
   X(ring_full_and_empty_edges)      \

@@ -390,6 +390,9 @@ TEST_IMPL(spawn_bad_options) {
   o.stdio = bad_kind;
   CHECK_EQ(pfd_spawn(&o, &r), -EINVAL);
   CHECK_EQ(r.slot, 0);
+  bad_kind[0].kind = PFD_STDIO_CHANNEL; /* a channel is for slots 3 and up */
+  CHECK_EQ(pfd_spawn(&o, &r), -EINVAL);
+  CHECK_EQ(r.step, PFD_STEP_STDIO);
   o.file = "";
   CHECK_EQ(pfd_spawn(&o, &r), -ENOENT);
   CHECK_EQ(pfd_test_count_fds(), before);

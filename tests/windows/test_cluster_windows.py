@@ -1,7 +1,8 @@
 """The cluster on Windows: spawned workers (start="spawn", the only way there) that share
-the primary's listening socket (policy "shared", the default there), real HTTP through
-them, a killed worker replaced, a graceful stop that lets every worker finish, and
-`pyforkd run` whose workers die with it."""
+the primary's listening socket (policy "shared", the default there) or take connections
+from the primary's C dispatcher over their pipes ("rr"), real HTTP through them, a killed
+worker replaced, a graceful stop that lets every worker finish, and `pyforkd run` whose
+workers die with it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pyforkd import cluster
 PY = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HELLO = os.path.join(ROOT, "examples", "hello_http.py")
+SOCKETSERVER = os.path.join(ROOT, "examples", "hello_socketserver.py")
 
 
 def test_the_windows_defaults_and_what_is_refused():
@@ -27,8 +29,6 @@ def test_the_windows_defaults_and_what_is_refused():
     assert c.settings["policy"] == "shared" and c.settings["start"] == "spawn"
     with pytest.raises(ValueError, match="no fork"):
         c.setup_primary(start="fork")
-    with pytest.raises(ValueError, match="'rr' is not available on Windows"):
-        c.setup_primary(policy="rr")
     with pytest.raises(ValueError, match="SO_REUSEPORT"):
         c.setup_primary(policy="reuseport")
 
@@ -95,3 +95,30 @@ def test_pyforkd_run_serves_and_its_workers_die_with_it():
     while alive(pid):
         assert time.monotonic() < deadline, f"worker {pid} outlived its primary"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("script", [HELLO, SOCKETSERVER], ids=["accept", "socketserver"])
+def test_round_robin_hands_connections_to_each_worker_in_turn(script):
+    port = free_port()
+    c = cluster.Cluster()
+    c.setup_primary(exec=script, policy="rr", graceful_timeout=30)
+    listening: list[int] = []
+    c.on("listening", lambda w, address: listening.append(w.id))
+    workers = [c.fork(env={"PORT": str(port)}) for _ in range(2)]
+    runner = threading.Thread(target=c.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(listening) < 2:  # (a connection before then goes to the one listening)
+            assert time.monotonic() < deadline, listening
+            time.sleep(0.05)
+        answers = [answering_pid(http_get(port, wait=60)) for _ in range(10)]
+        pids = [w.process.pid for w in workers]
+        assert set(answers) == set(pids)  # the dispatcher gave each of them work
+        assert all(a != b for a, b in zip(answers, answers[1:]))  # in turn
+    finally:
+        c.shutdown()
+        runner.join(120)
+    assert not runner.is_alive()
+    assert c.error is None
+    assert all(w.process.returncode == 0 for w in workers)  # each finished on its own

@@ -979,6 +979,7 @@ static void test_pair_carries_many_handles_per_message(void) {
     CHECK(buf[0] == 'z' && nfds == 0);
   }
   CHECK_EQ(pfd_fd_send(pair[0], "q", 1, NULL, 0, fds, PFD_FRAME_MAX_FDS + 1, 0), -EINVAL);
+  CHECK_EQ(pfd_fd_peer(pair[0], 0), -EINVAL);
   CHECK_EQ(pfd_fd_recv(pair[1], buf, 1, fds, PFD_FRAME_MAX_FDS + 1, &nfds, 0), -EINVAL);
   /* Closing one end with a message unread: the other sees the hang-up at once (as
    * POLLRDHUP), reads the message, then the end of the stream. */
