@@ -1,4 +1,10 @@
-"""A running cluster's control socket: ``pyforkd status | reload | scale N | stop``.
+r"""A running cluster's control socket: ``pyforkd status | reload | scale N | stop``.
+
+(On Windows, where Python has no AF_UNIX, a named pipe of the user's instead:
+``\\.\pipe\pyforkd-<user>-<name>``, whose default security admits only its creator,
+administrators and SYSTEM to write; each request and answer is one message of
+``multiprocessing.connection`` there, and ``<name>.pipe`` in the runtime directory,
+``%LOCALAPPDATA%\pyforkd``, says which clusters run.)
 
 The primary listens on ``<runtime dir>/<name>.sock`` (an AF_UNIX stream socket, mode
 0600, in a 0700 directory of the user's: ``$XDG_RUNTIME_DIR/pyforkd``, else
@@ -23,17 +29,16 @@ import sys
 import threading
 from typing import Any
 
+if sys.platform == "win32":
+    from multiprocessing.connection import Client as _PipeClient
+    from multiprocessing.connection import Listener as _PipeListener
+
 __all__ = ["ControlError", "ControlServer", "request", "runtime_dir", "socket_path"]
 
 _MAX_REQUEST = 65536
 _CLIENT_TIMEOUT = 5.0
-# Python offers no AF_UNIX on Windows: no control socket there (a primary stops on Ctrl-C
-# or Ctrl-Break).
-AVAILABLE = hasattr(socket, "AF_UNIX")
-_UNAVAILABLE = (
-    "the control socket needs AF_UNIX, which Python does not offer on Windows: stop the "
-    "cluster with Ctrl-C (fast) or Ctrl-Break (graceful) in its console"
-)
+# Python offers no AF_UNIX on Windows: a named pipe serves there.
+_PIPES = sys.platform == "win32"
 
 
 class ControlError(Exception):
@@ -43,6 +48,11 @@ class ControlError(Exception):
 def runtime_dir(create: bool = False) -> str:
     """The directory of control sockets (made 0700 when ``create``; checked to be ours)."""
     path = os.environ.get("PYFORKD_RUNTIME_DIR")
+    if sys.platform == "win32":  # a directory of the user's profile: the user's permissions
+        path = path or os.path.join(os.environ.get("LOCALAPPDATA", ""), "pyforkd")
+        if create:
+            os.makedirs(path, exist_ok=True)
+        return path
     if not path:
         base = os.environ.get("XDG_RUNTIME_DIR")
         path = os.path.join(base, "pyforkd") if base else f"/tmp/pyforkd-{os.geteuid()}"
@@ -65,9 +75,13 @@ def runtime_dir(create: bool = False) -> str:
 
 
 def socket_path(name: str) -> str:
-    """Where the cluster called ``name`` listens."""
-    if not name or "/" in name or name.startswith(".") or len(name) > 64:
-        raise ValueError(f"a cluster name is 1-64 characters, no '/' or leading '.': {name!r}")
+    """Where the cluster called ``name`` listens (on Windows: the file saying it runs)."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or len(name) > 64:
+        raise ValueError(
+            f"a cluster name is 1-64 characters, no '/', '\\' or leading '.': {name!r}"
+        )
+    if sys.platform == "win32":
+        return os.path.join(runtime_dir(), name + _SUFFIX)
     return os.path.join(runtime_dir(), name + ".sock")
 
 
@@ -82,12 +96,34 @@ def peer_uid(sock: socket.socket) -> tuple[int, int]:
     return struct.unpack_from("2I", raw)[1], -1
 
 
+_SUFFIX = ".pipe" if _PIPES else ".sock"
+
+
+def pipe_address(name: str) -> str:
+    """Windows: the named pipe of the cluster called ``name`` (of this user's)."""
+    user = os.environ.get("USERNAME", "user")
+    return f"\\\\.\\pipe\\pyforkd-{user}-{name}"
+
+
 class ControlServer:
     """The primary's control socket, served by a thread of its own until :meth:`close`."""
 
+    name: str
+    path: str
+    _cluster: Any
+    _sock: socket.socket
+    _stop_r: int
+    _stop_w: int
+    _thread: threading.Thread
+
+    def __new__(cls, cluster: Any, name: str) -> ControlServer:
+        if sys.platform == "win32" and cls is ControlServer:
+            return super().__new__(_PipeControlServer)
+        return super().__new__(cls)
+
     def __init__(self, cluster: Any, name: str) -> None:
-        if not AVAILABLE:
-            raise ControlError(_UNAVAILABLE)
+        if sys.platform == "win32":
+            raise NotImplementedError  # (_PipeControlServer serves there: see __new__)
         self.name = name
         self.path = socket_path(name)
         self._cluster = cluster
@@ -134,26 +170,29 @@ class ControlServer:
                     self._log(f"a client's request failed: {exc}")
 
     def _client(self, conn: socket.socket) -> None:
+        if sys.platform == "win32":
+            raise NotImplementedError  # (_PipeControlServer serves there)
         conn.settimeout(_CLIENT_TIMEOUT)
         uid, pid = peer_uid(conn)
         if uid not in (os.geteuid(), 0):
             self._log(f"refused a client of uid {uid} (pid {pid}): not this user's")
             _reply(conn, {"ok": False, "error": f"uid {uid} may not control this cluster"})
             return
-        data = _read_line(conn)
+        _reply(conn, self._respond(_read_line(conn)))
+
+    def _respond(self, data: bytes) -> dict[str, Any]:
+        """The answer to one request as received (checked: size, JSON, a 'cmd')."""
         if len(data) > _MAX_REQUEST:
             self._log("refused a request over 64 KiB")
-            _reply(conn, {"ok": False, "error": "request too large"})
-            return
+            return {"ok": False, "error": "request too large"}
         try:
             req = json.loads(data)
             if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
                 raise ValueError("not an object with a 'cmd' string")
         except ValueError as exc:
             self._log(f"refused a malformed request ({exc}): {data[:80]!r}")
-            _reply(conn, {"ok": False, "error": f"malformed request: {exc}"})
-            return
-        _reply(conn, self._answer(req))
+            return {"ok": False, "error": f"malformed request: {exc}"}
+        return self._answer(req)
 
     def _answer(self, req: dict[str, Any]) -> dict[str, Any]:
         c = self._cluster
@@ -231,10 +270,10 @@ def request(name: str | None, req: dict[str, Any], timeout: float = 10.0) -> dic
     ``ControlError`` says what went wrong: no such cluster, several to choose from, a
     refusal, no answer in ``timeout``.
     """
-    if not AVAILABLE:
-        raise ControlError(_UNAVAILABLE)
     if name is None:
         name = _only_cluster()
+    if sys.platform == "win32":
+        return _pipe_request(name, req, timeout)
     path = socket_path(name)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
@@ -252,6 +291,24 @@ def request(name: str | None, req: dict[str, Any], timeout: float = 10.0) -> dic
         except OSError as exc:
             name_ = errno.errorcode.get(exc.errno or 0, "?")
             raise ControlError(f"talking to {path} failed: {name_} ({exc.strerror})") from None
+    return _checked_answer(name, data)
+
+
+def _only_cluster() -> str:
+    where = runtime_dir()
+    try:
+        names = sorted(n[:-5] for n in os.listdir(where) if n.endswith(_SUFFIX))
+    except FileNotFoundError:
+        names = []
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise ControlError(f"no cluster is running (nothing in {where})")
+    raise ControlError(f"several clusters run ({', '.join(names)}): say which with --name")
+
+
+def _checked_answer(name: str, data: bytes) -> dict[str, Any]:
+    """A primary's answer, or ``ControlError`` saying what was wrong with it."""
     try:
         answer = json.loads(data)
     except ValueError:
@@ -261,17 +318,91 @@ def request(name: str | None, req: dict[str, Any], timeout: float = 10.0) -> dic
     return dict(answer)
 
 
-def _only_cluster() -> str:
-    where = runtime_dir()
-    try:
-        names = sorted(n[:-5] for n in os.listdir(where) if n.endswith(".sock"))
-    except FileNotFoundError:
-        names = []
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        raise ControlError(f"no cluster is running (no control socket in {where})")
-    raise ControlError(f"several clusters run ({', '.join(names)}): say which with --name")
+if sys.platform == "win32":
+
+    class _PipeControlServer(ControlServer):
+        """Windows: the control channel is a named pipe (see the top of this module)."""
+
+        def __init__(self, cluster: Any, name: str) -> None:
+            self.name = name
+            self.path = socket_path(name)
+            self.address = pipe_address(name)
+            self._cluster = cluster
+            runtime_dir(create=True)
+            try:
+                request(name, {"cmd": "ping"}, timeout=2)
+            except ControlError:
+                pass  # nobody answers there: free
+            else:
+                raise ControlError(
+                    f"a cluster named {name!r} runs already (its control pipe is "
+                    f"{self.address}): stop it, or give this one another --name"
+                )
+            self._listener = _PipeListener(self.address, family="AF_PIPE")
+            with open(self.path, "w", encoding="ascii") as marker:
+                marker.write(f"{os.getpid()}\n")
+            self._stopping = False
+            self._thread = threading.Thread(target=self._serve, name="pyforkd control", daemon=True)
+            self._thread.start()
+            _servers.add(self)
+
+        def _serve(self) -> None:
+            while True:
+                try:
+                    conn = self._listener.accept()
+                except OSError:
+                    if self._stopping:
+                        return
+                    continue  # the client left before we took it
+                with conn:
+                    if self._stopping:
+                        return
+                    try:
+                        if not conn.poll(_CLIENT_TIMEOUT):
+                            raise OSError(errno.ETIMEDOUT, "no request in time")
+                        data = conn.recv_bytes(_MAX_REQUEST + 1)
+                        conn.send_bytes(json.dumps(self._respond(data)).encode())
+                    except (OSError, EOFError, ValueError) as exc:
+                        self._log(f"a client's request failed: {exc}")
+
+        def close(self) -> None:
+            """Stop serving and remove the file saying this cluster runs."""
+            if self._stopping:
+                return
+            self._stopping = True
+            try:
+                _PipeClient(self.address, family="AF_PIPE").close()  # wakes the accept()
+            except OSError:
+                pass  # the thread is not waiting there
+            self._thread.join()
+            self._listener.close()
+            _servers.discard(self)
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass  # removed by hand already
+
+        def _forget(self) -> None:
+            """Nothing to forget: Windows has no fork."""
+
+    def _pipe_request(name: str, req: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Windows: one request over the cluster's named pipe."""
+        address = pipe_address(name)
+        try:
+            conn = _PipeClient(address, family="AF_PIPE")
+        except FileNotFoundError:
+            raise ControlError(f"no cluster named {name!r} runs (nothing at {address})") from None
+        except OSError as exc:
+            raise ControlError(f"talking to {address} failed: {exc}") from None
+        with conn:
+            try:
+                conn.send_bytes(json.dumps(req).encode())
+                if not conn.poll(timeout):
+                    raise ControlError(f"the cluster {name!r} did not answer in {timeout:g} s")
+                data = conn.recv_bytes(1 << 24)
+            except (OSError, EOFError) as exc:
+                raise ControlError(f"talking to {address} failed: {exc}") from None
+        return _checked_answer(name, data)
 
 
 _servers: set[ControlServer] = set()

@@ -225,21 +225,18 @@ def main(argv: list[str] | None = None) -> int:
         restart_delay=args.restart_delay,
         log_prefix=not args.no_log_prefix,
     )
-    control = None
-    if _control.AVAILABLE:  # (not on Windows: Ctrl-C / Ctrl-Break stop the cluster there)
-        try:
-            control = _control.ControlServer(c, name)
-        except (_control.ControlError, ValueError, OSError) as exc:
-            print(f"pyforkd: {exc}", file=sys.stderr)
-            return 2
+    try:
+        control = _control.ControlServer(c, name)
+    except (_control.ControlError, ValueError, OSError) as exc:
+        print(f"pyforkd: {exc}", file=sys.stderr)
+        return 2
     try:
         c.on("exit", _report_exit)
         for _ in range(args.instances):
             c.fork()
-        how = f"`pyforkd status --name {name}`" if control is not None else "Ctrl-C stops it"
         print(
             f"pyforkd: {args.instances} worker(s) running {args.script} as {name!r} "
-            f"(pid {os.getpid()}; {how})",
+            f"(pid {os.getpid()}; `pyforkd status --name {name}`)",
             file=sys.stderr,
             flush=True,
         )
@@ -249,8 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pyforkd: {exc}", file=sys.stderr)
             return 1
     finally:
-        if control is not None:
-            control.close()
+        control.close()
     return 0
 
 

@@ -6,6 +6,7 @@ workers die with it."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -122,3 +123,52 @@ def test_round_robin_hands_connections_to_each_worker_in_turn(script):
     assert not runner.is_alive()
     assert c.error is None
     assert all(w.process.returncode == 0 for w in workers)  # each finished on its own
+
+
+def test_pyforkd_status_scale_reload_and_stop_over_the_control_pipe(tmp_path):
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), PYFORKD_RUNTIME_DIR=str(tmp_path))
+    name = f"wintest{port}"
+    primary = pyforkd.spawn(
+        PY,
+        ["-m", "pyforkd", "run", HELLO, "-i", "1", "--name", name],
+        env=env,
+        stdio=["ignore", "ignore", "pipe"],
+    )
+
+    def ctl(*args: str) -> bytes:
+        return pyforkd.exec_file(
+            PY, ["-m", "pyforkd", *args, "--name", name], env=env, timeout=60
+        ).stdout
+
+    def workers() -> list[tuple[int, str]]:
+        status = json.loads(ctl("status", "--json"))
+        assert status["pid"] == primary.pid
+        return sorted((w["id"], w["state"]) for w in status["workers"])
+
+    def until(wanted: list[tuple[int, str]]) -> None:
+        deadline = time.monotonic() + 60
+        while (now := workers()) != wanted:
+            assert time.monotonic() < deadline, now
+            time.sleep(0.1)
+
+    try:
+        http_get(port, wait=60)
+        assert (tmp_path / f"{name}.pipe").exists()  # what says it runs
+        until([(1, "listening")])
+        ctl("scale", "2")
+        until([(1, "listening"), (2, "listening")])
+        ctl("reload")  # new workers first, then the old ones drain and go
+        until([(3, "listening"), (4, "listening")])
+        assert answering_pid(http_get(port, wait=60)) != primary.pid
+        ctl("stop")
+        assert primary.wait(timeout=120) == 0
+        assert not (tmp_path / f"{name}.pipe").exists()
+        with pytest.raises(pyforkd.ExecError) as info:
+            ctl("status")
+        assert b"no cluster named" in info.value.stderr
+    finally:
+        if primary.returncode is None:
+            primary.kill()
+            primary.wait(timeout=60)
+        primary.close()
