@@ -228,10 +228,9 @@ class ControlServer:
         sys.stderr.flush()
 
     def close(self) -> None:
-        """Stop serving and remove the socket."""
-        if self._stop_w < 0:
+        """Stop serving and remove the socket (on Windows the file saying it runs)."""
+        if not self._wake_to_stop():
             return
-        os.write(self._stop_w, b"x")
         self._thread.join()
         self._forget()
         _servers.discard(self)
@@ -239,6 +238,13 @@ class ControlServer:
             os.unlink(self.path)
         except FileNotFoundError:
             pass  # removed by hand already
+
+    def _wake_to_stop(self) -> bool:
+        """Tell the serving thread to end; False when it was told already."""
+        if self._stop_w < 0:
+            return False
+        os.write(self._stop_w, b"x")
+        return True
 
     def _forget(self) -> None:
         """Close our descriptors (and nothing in the file system: a forked child's part)."""
@@ -365,25 +371,18 @@ if sys.platform == "win32":
                     except (OSError, EOFError, ValueError) as exc:
                         self._log(f"a client's request failed: {exc}")
 
-        def close(self) -> None:
-            """Stop serving and remove the file saying this cluster runs."""
+        def _wake_to_stop(self) -> bool:
             if self._stopping:
-                return
+                return False
             self._stopping = True
             try:
                 _PipeClient(self.address, family="AF_PIPE").close()  # wakes the accept()
             except OSError:
                 pass  # the thread is not waiting there
-            self._thread.join()
-            self._listener.close()
-            _servers.discard(self)
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass  # removed by hand already
+            return True
 
         def _forget(self) -> None:
-            """Nothing to forget: Windows has no fork."""
+            self._listener.close()
 
     def _pipe_request(name: str, req: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Windows: one request over the cluster's named pipe."""

@@ -800,28 +800,21 @@ class Channel:
             "serialization": serialization,
             "max_message_size": max_message_size,
         }
+        made: list[Channel] = []
+        ends: tuple[int, ...] = ()
         try:
-            x, y = _b.fd_pair()
+            ends = _b.fd_pair()
+            for fd in ends:
+                made.append(cls(fd, **options))
         except BaseException:
+            for ch in made:
+                ch.close()
+            for fd in ends[len(made) :]:
+                _b.close_native(fd)
             for r in rings or ():
                 r.close()
             raise
-        try:
-            here = cls(x, **options)
-        except BaseException:
-            _b.close_native(x)
-            _b.close_native(y)
-            for r in rings or ():
-                r.close()
-            raise
-        try:
-            there = cls(y, **options)
-        except BaseException:
-            here.close()
-            _b.close_native(y)
-            for r in rings or ():
-                r.close()
-            raise
+        here, there = made
         if rings is not None:
             # Each end maps the memory on its own, so that closing one leaves the other's.
             down, up = rings

@@ -8,6 +8,18 @@ import sys
 if sys.platform == "win32":
     from ctypes import wintypes
 
+# A child that echoes every message of its channel back as ("echo", message).
+ECHO = r"""
+import pyforkd
+ch = pyforkd.parent()
+while True:
+    try:
+        message = ch.recv()
+    except pyforkd.ChannelClosedError:
+        break
+    ch.send(("echo", message))
+"""
+
 
 def handle_count() -> int:
     """How many handles this process has open.

@@ -8,6 +8,7 @@ import asyncio
 import sys
 
 import pytest
+from _winhelpers import ECHO
 
 import pyforkd
 from pyforkd import aio
@@ -17,16 +18,6 @@ REVERSE = (
     "import sys; data = sys.stdin.buffer.read(); sys.stdout.buffer.write(data[::-1]); "
     "sys.stderr.write('read %d' % len(data))"
 )
-ECHO = r"""
-import pyforkd
-ch = pyforkd.parent()
-while True:
-    try:
-        message = ch.recv()
-    except pyforkd.ChannelClosedError:
-        break
-    ch.send(("echo", message))
-"""
 
 
 def square(x: int) -> int:

@@ -11,21 +11,11 @@ import sys
 import threading
 
 import pytest
-from _winhelpers import handle_count
+from _winhelpers import ECHO, handle_count
 
 import pyforkd
 
 PY = sys.executable
-ECHO = r"""
-import pyforkd
-ch = pyforkd.parent()
-while True:
-    try:
-        message = ch.recv()
-    except pyforkd.ChannelClosedError:
-        break
-    ch.send(("echo", message))
-"""
 
 
 def echo_child(serialization: str | None = "pickle") -> pyforkd.ChildProcess:
