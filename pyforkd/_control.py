@@ -292,7 +292,7 @@ def request(name: str | None, req: dict[str, Any], timeout: float = 10.0) -> dic
         try:
             sock.sendall(json.dumps(req).encode() + b"\n")
             data = _read_line(sock, limit=1 << 24)
-        except TimeoutError:
+        except socket.timeout:  # (TimeoutError from Python 3.10 on)
             raise ControlError(f"the cluster {name!r} did not answer in {timeout:g} s") from None
         except OSError as exc:
             name_ = errno.errorcode.get(exc.errno or 0, "?")

@@ -20,6 +20,7 @@ from the loop or from threads, not both at once from the loop's own thread.
 from __future__ import annotations
 
 import asyncio
+import io
 import signal as _signal
 import socket
 import sys
@@ -298,7 +299,9 @@ class Process:
                     self.stdio.append(None)
                     continue
                 fds[i] = -1  # from here on owned by its transport or socket
-                if i > 2:
+                if i > 2 and _b.WINDOWS:  # what pyforkd.spawn gives there: a duplex pipe
+                    self.stdio.append(open(_b.adopt(fd, True), "r+b", buffering=0))  # noqa: SIM115
+                elif i > 2:
                     self.stdio.append(socket.socket(fileno=fd))
                 elif i == 0:
                     pipe = _pipe(fd, "wb")
@@ -421,7 +424,7 @@ class Process:
         for t in self._transports:
             t.close()
         for s in self.stdio:
-            if isinstance(s, socket.socket):
+            if isinstance(s, (socket.socket, io.RawIOBase)):  # (slots above 2)
                 s.close()
 
     async def __aenter__(self) -> Process:
@@ -500,7 +503,6 @@ def spawn(
     """
 
     async def start() -> Process:
-        _check_pipes(stdio)
         token = _cp._async_pipes.set(True)
         try:
             child = _cp.spawn(command, args, stdio=stdio, **options)
@@ -509,15 +511,6 @@ def spawn(
         return await _wrap(child, limit)
 
     return _Spawning(start)
-
-
-def _check_pipes(stdio: Any) -> None:
-    """Windows: a 'pipe' above slot 2 is refused before anything starts (see below)."""
-    if _b.WINDOWS and isinstance(stdio, (list, tuple)) and "pipe" in list(stdio)[3:]:
-        raise NotImplementedError(
-            "pyforkd.aio on Windows: a 'pipe' above slot 2 is not available yet (use "
-            "pyforkd.spawn, where it is a duplex pipe, or the 'ipc' channel)"
-        )
 
 
 async def _wrap(child: ChildProcess, limit: int) -> Process:
@@ -658,7 +651,6 @@ async def fork(
     ``await p.send(msg)``, ``await p.recv()``, ``async for msg in p``; with ``silent=True``
     the child's stdout and stderr are ``asyncio.StreamReader`` objects.
     """
-    _check_pipes(options.get("stdio"))
     token = _cp._async_pipes.set(True)
     try:
         child = _cp.fork(module_path, args, **options)

@@ -443,6 +443,9 @@ def _ready(w: Worker) -> bool:
     return ch is not None and ch.fileno() >= 0 and bool(_b.fd_wait(ch.fileno(), _b.POLL_IN, 0))
 
 
+_RUNPY = ("<frozen runpy>", runpy.__file__)  # (frozen from Python 3.11 on)
+
+
 def _user_frames(text: str) -> str:
     """A worker's traceback without the pyforkd and runpy frames that ran the script.
 
@@ -454,7 +457,7 @@ def _user_frames(text: str) -> str:
     for line in text.splitlines(keepends=True):
         if line.startswith('  File "'):
             path = line[len('  File "') :].split('"', 1)[0]
-            ours = path.startswith(_PACKAGE + os.sep) or path == "<frozen runpy>"
+            ours = path.startswith(_PACKAGE + os.sep) or path in _RUNPY
             skip = leading and ours
             leading = leading and ours
             if skip:

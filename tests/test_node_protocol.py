@@ -46,7 +46,7 @@ class NodeLike:
         self.sock.settimeout(seconds)
         try:
             data = self.sock.recv(1, socket.MSG_PEEK)
-        except TimeoutError:
+        except socket.timeout:  # (TimeoutError from Python 3.10 on)
             return True
         return not data and not self.buf
 

@@ -38,9 +38,10 @@ enum {
                                       line as they are, joined by spaces, unquoted (Node's
                                       windowsVerbatimArguments, for cmd.exe /d /s /c "...");
                                       ignored elsewhere */
-  PFD_SPAWN_ASYNC_PIPES = 256      /* Windows: the parent's ends of PIPE slots are opened for
-                                      overlapped I/O (an event loop's: asyncio's proactor),
-                                      the child's for ordinary I/O; ignored elsewhere */
+  PFD_SPAWN_ASYNC_PIPES = 256      /* Windows: the parent's ends of PIPE slots 0-2 are opened
+                                      for overlapped I/O (an event loop's: asyncio's
+                                      proactor), the child's for ordinary I/O; ignored
+                                      elsewhere */
 };
 
 /* Which step of starting the child failed, so the caller can name the syscall and path. */

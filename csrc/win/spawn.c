@@ -347,7 +347,7 @@ static int pfd__win_slot(const pfd_stdio_t *s, int slot, int async_pipes, HANDLE
       break;
     case PFD_STDIO_PIPE:
       *step = PFD_STEP_PIPE;
-      if (async_pipes) { /* (a named pipe: an anonymous one cannot be overlapped) */
+      if (async_pipes && slot <= 2) { /* (named: an anonymous pipe cannot be overlapped) */
         if ((err = pfd__win_duplex_pipe(parent_end, &made, PFD__PIPE_OURS_OVERLAPPED)) < 0) {
           return err;
         }

@@ -108,9 +108,15 @@ def test_fork_worker_from_asyncio():
     assert asyncio.run(main()) == (81, 0)
 
 
-def test_a_pipe_above_slot_2_is_refused_by_name_before_anything_starts():
-    async def main():
-        await aio.spawn(PY, ["-c", "pass"], stdio=["pipe", "pipe", "pipe", "pipe"])
+def test_a_pipe_above_slot_2_is_the_duplex_file_spawn_gives():
+    code = "import os; os.write(3, os.read(3, 100).upper())"
 
-    with pytest.raises(NotImplementedError, match="above slot 2"):
-        asyncio.run(main())
+    async def main():
+        stdio = ["ignore", "ignore", "ignore", "pipe"]
+        async with aio.spawn(PY, ["-c", code], stdio=stdio) as p:
+            f = p.stdio[3]
+            await asyncio.to_thread(f.write, b"both ways")
+            answer = await asyncio.to_thread(f.read, 100)
+        return answer, f.closed, p.returncode
+
+    assert asyncio.run(main()) == (b"BOTH WAYS", True, 0)
