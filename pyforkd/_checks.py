@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from typing import Any
 
-__all__ = ["check_timeout", "deadline", "require_posix"]
-
-
-def require_posix(what: str) -> None:
-    """Refuse, on Windows, a capability this version of pyforkd has not ported there yet.
-
-    ``NotImplementedError`` naming the capability and what does run on Windows; nothing
-    on POSIX.
-    """
-    if sys.platform == "win32":
-        raise NotImplementedError(
-            f"{what} is not available on Windows in this version of pyforkd (spawn, "
-            "spawn_sync, exec, exec_file, the IPC channel, fork_worker(start='spawn') and "
-            "Pool are; see the README's Platforms)"
-        )
+__all__ = ["check_timeout", "deadline"]
 
 
 def check_timeout(timeout: Any, what: str = "timeout") -> float | None:

@@ -35,7 +35,6 @@ from typing import Any
 
 from . import _bindings as _b
 from . import child_process as _cp
-from ._checks import require_posix as _require_posix
 from .channel import Channel, Fd
 from .errors import ChannelClosedError, TimeoutExpired, WorkerError
 from .ring import Ring, check_capacity
@@ -290,8 +289,11 @@ def fork_worker(
     method = ("spawn" if sys.platform == "win32" else "fork") if start is None else start
     if method not in START_METHODS:
         raise ValueError(f"start must be one of {', '.join(START_METHODS)}, not {start!r}")
-    if method != "spawn":
-        _require_posix(f"fork_worker(start={method!r}) (Windows has no fork: start='spawn')")
+    if method != "spawn" and sys.platform == "win32":
+        raise NotImplementedError(
+            f"fork_worker(start={method!r}) is not available on Windows: it has no fork "
+            "(start='spawn' is the method there, and the default)"
+        )
     label = name if name is not None else getattr(target, "__qualname__", "worker")
     main_thread = threading.current_thread() is threading.main_thread()
     if ring is not None:
