@@ -18,6 +18,7 @@ on as before.  One thread serves the clients, one at a time, each for 5 s at mos
 
 from __future__ import annotations
 
+import abc
 import errno
 import json
 import os
@@ -37,8 +38,9 @@ __all__ = ["ControlError", "ControlServer", "request", "runtime_dir", "socket_pa
 
 _MAX_REQUEST = 65536
 _CLIENT_TIMEOUT = 5.0
-# Python offers no AF_UNIX on Windows: a named pipe serves there.
-_PIPES = sys.platform == "win32"
+# Python offers no AF_UNIX on Windows: a named pipe serves there, with a file of this
+# suffix in the runtime directory saying it runs.
+_SUFFIX = ".pipe" if sys.platform == "win32" else ".sock"
 
 
 class ControlError(Exception):
@@ -80,9 +82,7 @@ def socket_path(name: str) -> str:
         raise ValueError(
             f"a cluster name is 1-64 characters, no '/', '\\' or leading '.': {name!r}"
         )
-    if sys.platform == "win32":
-        return os.path.join(runtime_dir(), name + _SUFFIX)
-    return os.path.join(runtime_dir(), name + ".sock")
+    return os.path.join(runtime_dir(), name + _SUFFIX)
 
 
 def peer_uid(sock: socket.socket) -> tuple[int, int]:
@@ -96,89 +96,43 @@ def peer_uid(sock: socket.socket) -> tuple[int, int]:
     return struct.unpack_from("2I", raw)[1], -1
 
 
-_SUFFIX = ".pipe" if _PIPES else ".sock"
-
-
 def pipe_address(name: str) -> str:
     """Windows: the named pipe of the cluster called ``name`` (of this user's)."""
     user = os.environ.get("USERNAME", "user")
     return f"\\\\.\\pipe\\pyforkd-{user}-{name}"
 
 
-class ControlServer:
-    """The primary's control socket, served by a thread of its own until :meth:`close`."""
+class _Server(abc.ABC):
+    """The primary's control channel, served by a thread of its own until :meth:`close`.
 
-    name: str
-    path: str
-    _cluster: Any
-    _sock: socket.socket
-    _stop_r: int
-    _stop_w: int
-    _thread: threading.Thread
-
-    def __new__(cls, cluster: Any, name: str) -> ControlServer:
-        if sys.platform == "win32" and cls is ControlServer:
-            return super().__new__(_PipeControlServer)
-        return super().__new__(cls)
+    What both transports share: the requests checked and answered, the stop.
+    """
 
     def __init__(self, cluster: Any, name: str) -> None:
-        if sys.platform == "win32":
-            raise NotImplementedError  # (_PipeControlServer serves there: see __new__)
         self.name = name
         self.path = socket_path(name)
         self._cluster = cluster
         runtime_dir(create=True)
-        if os.path.exists(self.path):
-            try:
-                request(name, {"cmd": "ping"}, timeout=2)
-            except ControlError:
-                os.unlink(self.path)  # left by a primary that died: nobody answers it
-            else:
-                raise ControlError(
-                    f"a cluster named {name!r} runs already (its control socket is "
-                    f"{self.path}): stop it, or give this one another --name"
-                )
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            self._sock.bind(self.path)
-        except OSError:
-            self._sock.close()
-            raise
-        finally:
-            os.umask(old)
-        os.chmod(self.path, 0o600)
-        self._sock.listen(16)
-        self._stop_r, self._stop_w = os.pipe()
+        self._listen()
         self._thread = threading.Thread(target=self._serve, name="pyforkd control", daemon=True)
         self._thread.start()
         _servers.add(self)
 
-    def _serve(self) -> None:
-        while True:
-            ready, _, _ = select.select([self._sock.fileno(), self._stop_r], [], [])
-            if self._stop_r in ready:
-                return
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                continue  # the client left before we took it
-            with conn:
-                try:
-                    self._client(conn)
-                except (OSError, ValueError) as exc:
-                    self._log(f"a client's request failed: {exc}")
+    @abc.abstractmethod
+    def _listen(self) -> None:
+        """Open the channel; ``ControlError`` when a live primary holds the name."""
 
-    def _client(self, conn: socket.socket) -> None:
-        if sys.platform == "win32":
-            raise NotImplementedError  # (_PipeControlServer serves there)
-        conn.settimeout(_CLIENT_TIMEOUT)
-        uid, pid = peer_uid(conn)
-        if uid not in (os.geteuid(), 0):
-            self._log(f"refused a client of uid {uid} (pid {pid}): not this user's")
-            _reply(conn, {"ok": False, "error": f"uid {uid} may not control this cluster"})
-            return
-        _reply(conn, self._respond(_read_line(conn)))
+    @abc.abstractmethod
+    def _serve(self) -> None:
+        """The thread: take clients one at a time, until told to stop."""
+
+    @abc.abstractmethod
+    def _wake_to_stop(self) -> bool:
+        """Tell the serving thread to end; False when it was told already."""
+
+    @abc.abstractmethod
+    def _forget(self) -> None:
+        """Close the channel's descriptors (nothing in the file system)."""
 
     def _respond(self, data: bytes) -> dict[str, Any]:
         """The answer to one request as received (checked: size, JSON, a 'cmd')."""
@@ -239,20 +193,74 @@ class ControlServer:
         except FileNotFoundError:
             pass  # removed by hand already
 
-    def _wake_to_stop(self) -> bool:
-        """Tell the serving thread to end; False when it was told already."""
-        if self._stop_w < 0:
-            return False
-        os.write(self._stop_w, b"x")
-        return True
 
-    def _forget(self) -> None:
-        """Close our descriptors (and nothing in the file system: a forked child's part)."""
-        self._sock.close()
-        for fd in (self._stop_r, self._stop_w):
-            if fd >= 0:
-                os.close(fd)
-        self._stop_r = self._stop_w = -1
+if sys.platform != "win32":
+
+    class _SocketServer(_Server):
+        """Unix: an AF_UNIX stream socket, a JSON line each way (see the top of this module)."""
+
+        def _listen(self) -> None:
+            if os.path.exists(self.path):
+                try:
+                    request(self.name, {"cmd": "ping"}, timeout=2)
+                except ControlError:
+                    os.unlink(self.path)  # left by a primary that died: nobody answers it
+                else:
+                    raise ControlError(
+                        f"a cluster named {self.name!r} runs already (its control socket is "
+                        f"{self.path}): stop it, or give this one another --name"
+                    )
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)
+            try:
+                self._sock.bind(self.path)
+            except OSError:
+                self._sock.close()
+                raise
+            finally:
+                os.umask(old)
+            os.chmod(self.path, 0o600)
+            self._sock.listen(16)
+            self._stop_r, self._stop_w = os.pipe()
+
+        def _serve(self) -> None:
+            while True:
+                ready, _, _ = select.select([self._sock.fileno(), self._stop_r], [], [])
+                if self._stop_r in ready:
+                    return
+                try:
+                    conn, _ = self._sock.accept()
+                except OSError:
+                    continue  # the client left before we took it
+                with conn:
+                    try:
+                        self._client(conn)
+                    except (OSError, ValueError) as exc:
+                        self._log(f"a client's request failed: {exc}")
+
+        def _client(self, conn: socket.socket) -> None:
+            conn.settimeout(_CLIENT_TIMEOUT)
+            uid, pid = peer_uid(conn)
+            if uid not in (os.geteuid(), 0):
+                self._log(f"refused a client of uid {uid} (pid {pid}): not this user's")
+                _reply(conn, {"ok": False, "error": f"uid {uid} may not control this cluster"})
+                return
+            _reply(conn, self._respond(_read_line(conn)))
+
+        def _wake_to_stop(self) -> bool:
+            if self._stop_w < 0:
+                return False
+            os.write(self._stop_w, b"x")
+            return True
+
+        def _forget(self) -> None:  # (also a forked child's part: the socket stays the primary's)
+            self._sock.close()
+            for fd in (self._stop_r, self._stop_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._stop_r = self._stop_w = -1
+
+    ControlServer = _SocketServer
 
 
 def _read_line(sock: socket.socket, limit: int = _MAX_REQUEST) -> bytes:
@@ -326,31 +334,24 @@ def _checked_answer(name: str, data: bytes) -> dict[str, Any]:
 
 if sys.platform == "win32":
 
-    class _PipeControlServer(ControlServer):
-        """Windows: the control channel is a named pipe (see the top of this module)."""
+    class _PipeServer(_Server):
+        """Windows: a named pipe, a message each way (see the top of this module)."""
 
-        def __init__(self, cluster: Any, name: str) -> None:
-            self.name = name
-            self.path = socket_path(name)
-            self.address = pipe_address(name)
-            self._cluster = cluster
-            runtime_dir(create=True)
+        def _listen(self) -> None:
+            self.address = pipe_address(self.name)
             try:
-                request(name, {"cmd": "ping"}, timeout=2)
+                request(self.name, {"cmd": "ping"}, timeout=2)
             except ControlError:
-                pass  # nobody answers there: free
+                pass  # nobody answers there: the name is free
             else:
                 raise ControlError(
-                    f"a cluster named {name!r} runs already (its control pipe is "
+                    f"a cluster named {self.name!r} runs already (its control pipe is "
                     f"{self.address}): stop it, or give this one another --name"
                 )
             self._listener = _PipeListener(self.address, family="AF_PIPE")
             with open(self.path, "w", encoding="ascii") as marker:
                 marker.write(f"{os.getpid()}\n")
             self._stopping = False
-            self._thread = threading.Thread(target=self._serve, name="pyforkd control", daemon=True)
-            self._thread.start()
-            _servers.add(self)
 
         def _serve(self) -> None:
             while True:
@@ -384,6 +385,8 @@ if sys.platform == "win32":
         def _forget(self) -> None:
             self._listener.close()
 
+    ControlServer = _PipeServer
+
     def _pipe_request(name: str, req: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Windows: one request over the cluster's named pipe."""
         address = pipe_address(name)
@@ -404,7 +407,7 @@ if sys.platform == "win32":
         return _checked_answer(name, data)
 
 
-_servers: set[ControlServer] = set()
+_servers: set[_Server] = set()
 
 
 def _after_fork_in_child() -> None:

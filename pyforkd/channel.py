@@ -370,7 +370,7 @@ def _close_fds(fds: list[int]) -> None:
             try:
                 _b.close_native(fd)
             except OSError:
-                pass
+                pass  # (not ours to close any more: nothing to give back)
     fds.clear()
 
 

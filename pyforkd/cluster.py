@@ -490,15 +490,14 @@ class _LogPipe:
         self._prefix = prefix.encode()
         self._stream = stream
         self._partial = b""
-        # Windows (Python before 3.12) cannot make a pipe non-blocking: it asks first.
-        self._asks = sys.platform == "win32"
+        # Windows (Python before 3.12) cannot make a pipe non-blocking: pump() asks first.
         if sys.platform != "win32":
             os.set_blocking(fd, False)
 
     def pump(self) -> bool:
         """Copy what is there; False at the end (every writer closed it)."""
         while True:
-            if self._asks and not _b.pipe_readable(self.fd):
+            if sys.platform == "win32" and not _b.pipe_readable(self.fd):
                 return True
             try:
                 data = os.read(self.fd, 65536)
