@@ -4,10 +4,9 @@ what the worker writes in its slot, the primary reads."""
 
 from __future__ import annotations
 
-import gc
 import sys
 
-from _winhelpers import handle_count
+from _winhelpers import assert_no_handle_leak
 
 import pyforkd
 from pyforkd import _board
@@ -47,8 +46,4 @@ def a_worker_writes_its_slot() -> None:
 
 
 def test_a_worker_writes_its_slot_and_the_primary_reads_it():
-    a_worker_writes_its_slot()  # (what is made once: the job object, the timeout thread)
-    before = handle_count()
-    a_worker_writes_its_slot()
-    gc.collect()
-    assert handle_count() <= before
+    assert_no_handle_leak(a_worker_writes_its_slot, times=3)

@@ -4,14 +4,13 @@ inside, against a real child (this interpreter calling pyforkd.parent())."""
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import sys
 import threading
 
 import pytest
-from _winhelpers import ECHO, handle_count
+from _winhelpers import ECHO, assert_no_handle_leak
 
 import pyforkd
 
@@ -152,16 +151,17 @@ def read_all(sock: socket.socket) -> bytes:
 
 def test_a_socket_sent_to_the_child_is_its_own_and_ours_is_closed():
     child = handler_child()
-    before = handle_count()
-    client, accepted = connected_pair()
-    child.send("socket", handle=accepted)
-    assert accepted.fileno() == -1  # sent: this side's copy is closed (as in Node)
-    assert child.recv(timeout=60) == "done"
-    # The child wrote and closed its copy; ours is gone too, so the stream ends.
-    assert read_all(client) == b"hello from the child"
-    client.close()
-    gc.collect()
-    assert handle_count() <= before
+
+    def send_one() -> None:
+        client, accepted = connected_pair()
+        child.send("socket", handle=accepted)
+        assert accepted.fileno() == -1  # sent: this side's copy is closed (as in Node)
+        assert child.recv(timeout=60) == "done"
+        # The child wrote and closed its copy; ours is gone too, so the stream ends.
+        assert read_all(client) == b"hello from the child"
+        client.close()
+
+    assert_no_handle_leak(send_one)
     child.disconnect()
     assert child.wait(timeout=60) == 0
 
@@ -181,17 +181,18 @@ def test_a_file_sent_to_the_child_is_written_through(tmp_path):
 
 def test_several_handles_in_one_message_arrive_as_the_same_kinds(tmp_path):
     child = handler_child()
-    before = handle_count()
-    client, accepted = connected_pair()
-    f = open(tmp_path / "x.bin", "wb")  # noqa: SIM115
-    fd = os.open(tmp_path / "y.bin", os.O_WRONLY | os.O_CREAT)
-    child.send("many", handle=[accepted, f, pyforkd.Fd(fd)])
-    assert child.recv(timeout=60) == ["socket", "BufferedWriter", "Fd"]
-    assert f.closed
-    assert read_all(client) == b""  # every copy of the connection is closed
-    client.close()
-    gc.collect()
-    assert handle_count() <= before
+
+    def send_three() -> None:
+        client, accepted = connected_pair()
+        f = open(tmp_path / "x.bin", "wb")  # noqa: SIM115
+        fd = os.open(tmp_path / "y.bin", os.O_WRONLY | os.O_CREAT)
+        child.send("many", handle=[accepted, f, pyforkd.Fd(fd)])
+        assert child.recv(timeout=60) == ["socket", "BufferedWriter", "Fd"]
+        assert f.closed
+        assert read_all(client) == b""  # every copy of the connection is closed
+        client.close()
+
+    assert_no_handle_leak(send_three)
     child.disconnect()
     assert child.wait(timeout=60) == 0
 
@@ -240,24 +241,24 @@ def test_a_ring_sent_to_the_child_shares_its_memory():
 
 
 def test_channel_pair_carries_messages_and_handles_within_a_process():
-    before = handle_count()
-    a, b = pyforkd.Channel.pair()
-    a.send({"x": 1})
-    assert b.recv(timeout=60) == {"x": 1}
-    client, accepted = connected_pair()
-    b.send("conn", handle=accepted)
-    msg, got = a.recv(timeout=60, with_handle=True)
-    assert msg == "conn" and isinstance(got, socket.socket)
-    got.sendall(b"via the pair")
-    got.close()
-    assert read_all(client) == b"via the pair"
-    client.close()
-    a.close()
-    with pytest.raises(pyforkd.ChannelClosedError):
-        b.recv(timeout=60)
-    b.close()
-    gc.collect()
-    assert handle_count() <= before
+    def through_a_pair() -> None:
+        a, b = pyforkd.Channel.pair()
+        a.send({"x": 1})
+        assert b.recv(timeout=60) == {"x": 1}
+        client, accepted = connected_pair()
+        b.send("conn", handle=accepted)
+        msg, got = a.recv(timeout=60, with_handle=True)
+        assert msg == "conn" and isinstance(got, socket.socket)
+        got.sendall(b"via the pair")
+        got.close()
+        assert read_all(client) == b"via the pair"
+        client.close()
+        a.close()
+        with pytest.raises(pyforkd.ChannelClosedError):
+            b.recv(timeout=60)
+        b.close()
+
+    assert_no_handle_leak(through_a_pair)
 
 
 def test_channel_pair_over_rings():

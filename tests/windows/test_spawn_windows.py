@@ -10,13 +10,12 @@ handles under the C runtime's descriptors.
 from __future__ import annotations
 
 import errno
-import gc
 import json
 import os
 import sys
 
 import pytest
-from _winhelpers import handle_count
+from _winhelpers import assert_no_handle_leak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -247,23 +246,20 @@ def _spawn_every_way() -> None:
 
 
 def test_spawning_leaks_no_handle():
-    _spawn_every_way()  # (what is made once: the job object, the timeout thread)
-    before = handle_count()
-    for _ in range(10):
-        _spawn_every_way()
-    assert handle_count() <= before
+    assert_no_handle_leak(_spawn_every_way)
 
 
 def test_a_pipe_above_slot_2_is_a_duplex_stream():
     code = "import os; data = os.read(3, 100); os.write(3, data.upper())"
-    before = handle_count()
-    child = pyforkd.spawn(PY, ["-c", code], stdio=["ignore", "ignore", "inherit", "pipe"])
-    f = child.stdio[3]
-    f.write(b"both ways")
-    assert f.read(100) == b"BOTH WAYS"
-    assert child.wait(timeout=60) == 0
-    assert f.read(100) == b""  # the child's end is closed: the end of the stream
-    child.close()
-    assert f.closed
-    gc.collect()
-    assert handle_count() <= before
+
+    def both_ways() -> None:
+        child = pyforkd.spawn(PY, ["-c", code], stdio=["ignore", "ignore", "inherit", "pipe"])
+        f = child.stdio[3]
+        f.write(b"both ways")
+        assert f.read(100) == b"BOTH WAYS"
+        assert child.wait(timeout=60) == 0
+        assert f.read(100) == b""  # the child's end is closed: the end of the stream
+        child.close()
+        assert f.closed
+
+    assert_no_handle_leak(both_ways)

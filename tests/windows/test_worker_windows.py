@@ -4,12 +4,11 @@ target pickled; everything travels on the IPC channel."""
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 
 import pytest
-from _winhelpers import handle_count
+from _winhelpers import assert_no_handle_leak
 
 import pyforkd
 
@@ -89,13 +88,7 @@ def test_workers_leak_no_handle():
         assert worker.result(timeout=60) == i * i
         worker.join(timeout=60)
 
-    one(1)
-    gc.collect()
-    before = handle_count()
-    for i in range(5):
-        one(i)
-    gc.collect()
-    assert handle_count() <= before
+    assert_no_handle_leak(lambda: one(3))
 
 
 SCRIPT = """
