@@ -33,6 +33,7 @@ __all__ = [
     "Collector",
     "adopt",
     "close_native",
+    "describe",
     "err_name",
     "native",
     "process_kill",
@@ -233,6 +234,17 @@ def strerror(err: int) -> str:
     return text
 
 
+def describe(err: int) -> str:
+    """An errno value of either sign for a message: its name and its text.
+
+    ``"ENOENT (No such file or directory)"``; the name alone where there is no text.
+    """
+    name, text = err_name(err), strerror(err)
+    if name == "UNKNOWN":
+        return text
+    return name if text == name else f"{name} ({text})"
+
+
 # The C core's errno values are its C runtime's.  On Windows Python's errno module differs
 # for the socket errors (errno.ETIMEDOUT is WSAETIMEDOUT, 10060, where the C runtime says
 # 138): there every -errno the core returns is translated by name into Python's number,
@@ -268,9 +280,9 @@ if WINDOWS:
 
 
 def raise_errno(err: int, syscall: str, filename: str | None = None) -> NoReturn:
-    """Raise the ``OSError`` subclass for ``-err`` as ``"<syscall>: <message>"``."""
+    """Raise the ``OSError`` subclass for ``-err`` as ``"<syscall>: ENAME (<message>)"``."""
     code = -err if err < 0 else err
-    raise OSError(code, f"{syscall}: {strerror(code)}", filename)
+    raise OSError(code, f"{syscall}: {describe(code)}", filename)
 
 
 def spawn(
@@ -365,13 +377,13 @@ def _raise_spawn_error(
             "its command line by rules no argument quoting makes safe: CVE-2024-27980)"
         )
     elif step_syscall is None:
-        syscall, path, text = f"spawn {name}", name, f"spawn {name}: {strerror(err)}"
+        syscall, path, text = f"spawn {name}", name, f"spawn {name}: {describe(err)}"
     elif step == lib.PFD_STEP_CHDIR:
-        syscall, path, text = step_syscall, cwd, f"spawn {name}: chdir: {strerror(err)}"
+        syscall, path, text = step_syscall, cwd, f"spawn {name}: chdir: {describe(err)}"
     else:
         syscall, path = step_syscall, None
         where = f" (stdio[{slot}])" if slot >= 0 else ""
-        text = f"spawn {name}: {syscall}{where}: {strerror(err)}"
+        text = f"spawn {name}: {syscall}{where}: {describe(err)}"
     cls = oserror_class(SpawnError, err)
     raise cls(err, text, path, syscall=syscall, spawnargs=spawnargs)
 

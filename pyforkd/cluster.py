@@ -1097,7 +1097,7 @@ class Cluster:
             else:  # "shared": the worker takes from the socket itself (UDP: always)
                 slot, theirs = (-2 if kind == "udp" else -1), entry[0]
         except OSError as exc:
-            text = os.strerror(exc.errno) if exc.errno else str(exc)
+            text = _b.describe(exc.errno) if exc.errno else str(exc)
             ch.send_control(("cluster", "listen-error", exc.errno, text, key))
             return
         w._slots.append(((kind, key), slot))

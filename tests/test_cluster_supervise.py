@@ -277,7 +277,7 @@ def test_a_port_in_use_is_named(tmp_path):
         )
     err = done.stderr.decode()
     assert done.returncode == 1
-    assert f"Address already in use: cannot listen on 127.0.0.1:{port} (TCP)" in err
+    assert f"EADDRINUSE (Address already in use): cannot listen on 127.0.0.1:{port} (TCP)" in err
     assert err.count("Traceback") == 1  # reported once: a boot error is not restarted
 
 

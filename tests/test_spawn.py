@@ -274,7 +274,7 @@ def test_uid_refused_without_privilege():
     else:
         code, syscall, message = _spawn_as_root_without_privilege()
     assert (code, syscall) == (errno.EPERM, "setgid"), message
-    assert "setgid" in message
+    assert "setgid: EPERM" in message
 
 
 @pytest.mark.parametrize(
@@ -461,7 +461,7 @@ def test_missing_command(fd_baseline):
     assert e.syscall == "spawn pfd-no-such-command"
     assert e.path == "pfd-no-such-command" and e.filename == "pfd-no-such-command"
     assert e.spawnargs == ["pfd-no-such-command", "--flag"]
-    assert "spawn pfd-no-such-command" in str(e)
+    assert "spawn pfd-no-such-command: ENOENT (No such file or directory)" in str(e)
 
 
 def test_missing_command_with_slash(fd_baseline):
@@ -494,7 +494,7 @@ def test_missing_cwd_names_the_cwd(tmp_path, fd_baseline):
     assert isinstance(e, FileNotFoundError) and e.errno == errno.ENOENT
     assert e.syscall == "chdir"
     assert e.path == str(missing)
-    assert str(missing) in str(e) and "chdir" in str(e)
+    assert str(missing) in str(e) and "chdir: ENOENT" in str(e)
 
 
 def test_cwd_that_is_a_file(tmp_path):
