@@ -63,7 +63,9 @@ static void pfd__deadline_set(struct timespec *deadline, int timeout_ms) {
   }
 }
 
-/* poll(2) until `fd` is readable or the deadline passes.  Returns 1, 0 (timeout), -errno. */
+#ifndef __APPLE__
+/* poll(2) until `fd` is readable or the deadline passes.  Returns 1, 0 (timeout), -errno.
+ * (macOS waits on a kqueue instead: below.) */
 static int pfd__poll_one(int fd, int timeout_ms) {
   struct pollfd p;
   int r;
@@ -74,6 +76,7 @@ static int pfd__poll_one(int fd, int timeout_ms) {
   if (r < 0) return -errno;
   return r > 0 ? 1 : 0;
 }
+#endif
 
 int pfd_process_open(int pid) {
 #if defined(__linux__) && defined(SYS_pidfd_open)

@@ -328,6 +328,13 @@ static int pfd__plan_stdio(pfd__plan_t *plan, pfd_spawn_result_t *result) {
 /* ---- posix_spawn ---------------------------------------------------------------------------- */
 
 #if defined(PFD__FAST_GLIBC) || defined(PFD__FAST_DARWIN)
+#ifdef PFD__FAST_DARWIN
+/* posix_spawn_file_actions_addchdir_np, weakly imported under a name of our own (the SDK's
+ * declaration carries its availability, and __builtin_available needs compiler-rt). */
+extern int pfd__addchdir(posix_spawn_file_actions_t *fa, const char *path)
+    __asm__("_posix_spawn_file_actions_addchdir_np") __attribute__((weak_import));
+#endif
+
 static int pfd__spawn_actions(const pfd__plan_t *plan, posix_spawn_file_actions_t *fa) {
   const pfd_spawn_options_t *o = plan->options;
   int i, r = 0;
@@ -349,7 +356,16 @@ static int pfd__spawn_actions(const pfd__plan_t *plan, posix_spawn_file_actions_
 #ifdef PFD__FAST_GLIBC
   if (r == 0) r = posix_spawn_file_actions_addclosefrom_np(fa, o->stdio_count);
 #endif
-  if (r == 0 && o->cwd != NULL) r = posix_spawn_file_actions_addchdir_np(fa, o->cwd);
+  if (r == 0 && o->cwd != NULL) {
+#ifdef PFD__FAST_DARWIN
+    /* Absent before macOS 10.15 (the x86_64 wheels are for 10.13 on): the fork path,
+     * which can chdir, takes over. */
+    if (pfd__addchdir == NULL) return -ENOTSUP;
+    r = pfd__addchdir(fa, o->cwd);
+#else
+    r = posix_spawn_file_actions_addchdir_np(fa, o->cwd);
+#endif
+  }
   return -r;
 }
 

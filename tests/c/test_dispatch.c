@@ -17,8 +17,9 @@
 static int listener(int *port) {
   struct sockaddr_in a;
   socklen_t len = sizeof(a);
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_INET, SOCK_STREAM, 0); /* (no SOCK_CLOEXEC on macOS) */
   CHECK(fd >= 0);
+  CHECK(fcntl(fd, F_SETFD, FD_CLOEXEC) == 0);
   memset(&a, 0, sizeof(a));
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -32,8 +33,9 @@ static int listener(int *port) {
 static int client(int port, int id) {
   struct sockaddr_in a;
   char msg = (char)('0' + id);
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_INET, SOCK_STREAM, 0); /* (no SOCK_CLOEXEC on macOS) */
   CHECK(fd >= 0);
+  CHECK(fcntl(fd, F_SETFD, FD_CLOEXEC) == 0);
   memset(&a, 0, sizeof(a));
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -63,8 +65,8 @@ TEST_IMPL(dispatch_survives_a_worker_dying_with_connections) {
   pfd_dispatch_t *d;
   lfd = listener(&port);
   CHECK_EQ(pfd_dispatch_new(&d, lfd, 8), 0);
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w0) == 0);
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w1) == 0);
+  CHECK(pfd_fd_pair(w0) == 0);
+  CHECK(pfd_fd_pair(w1) == 0);
   CHECK_EQ(pfd_dispatch_add(d, w0[0]), 0);
   CHECK_EQ(pfd_dispatch_add(d, w1[0]), 1);
   CHECK_EQ(pfd_dispatch_start(d), 0);
@@ -118,7 +120,7 @@ TEST_IMPL(dispatch_bounds_a_workers_connections_in_flight) {
   pfd_dispatch_t *d;
   lfd = listener(&port);
   CHECK_EQ(pfd_dispatch_new(&d, lfd, 1), 0);
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w) == 0);
+  CHECK(pfd_fd_pair(w) == 0);
   CHECK_EQ(pfd_dispatch_add(d, w[0]), 0);
   CHECK_EQ(pfd_dispatch_start(d), 0);
   {
@@ -160,8 +162,8 @@ TEST_IMPL(dispatch_least_connections_prefers_the_least_loaded) {
   CHECK_EQ(pfd_dispatch_new(&d, lfd, 8), 0);
   CHECK_EQ(pfd_dispatch_balance(d, 7), -EINVAL);
   CHECK_EQ(pfd_dispatch_balance(d, PFD_DISPATCH_LEAST_CONN), 0);
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w0) == 0);
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w1) == 0);
+  CHECK(pfd_fd_pair(w0) == 0);
+  CHECK(pfd_fd_pair(w1) == 0);
   CHECK_EQ(pfd_dispatch_add(d, w0[0]), 0);
   CHECK_EQ(pfd_dispatch_add(d, w1[0]), 1);
   CHECK_EQ(pfd_dispatch_load(d, 0, &open[0]), 0);
@@ -197,8 +199,8 @@ TEST_IMPL(dispatch_remove_honours_acks_already_sent) {
   pfd_dispatch_t *d;
   lfd = listener(&port);
   CHECK_EQ(pfd_dispatch_new(&d, lfd, 8), 0);
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w0) == 0);
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, w1) == 0);
+  CHECK(pfd_fd_pair(w0) == 0);
+  CHECK(pfd_fd_pair(w1) == 0);
   CHECK_EQ(pfd_dispatch_add(d, w0[0]), 0);
   CHECK_EQ(pfd_dispatch_start(d), 0);
   c1 = client(port, 1);

@@ -13,7 +13,7 @@ TEST_IMPL(fdpass_round_trip) {
   int sv[2], pipes[3][2], got[8], nfds = 0, i;
   int sent[3];
   char buf[64];
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  CHECK(pfd_fd_pair(sv) == 0);
   for (i = 0; i < 3; i++) {
     CHECK(pipe(pipes[i]) == 0);
     sent[i] = pipes[i][1];
@@ -48,7 +48,7 @@ TEST_IMPL(fdpass_round_trip) {
 TEST_IMPL(fdpass_truncated_closes_all) {
   int sv[2], fds[10], got[2], nfds = 0, i, before;
   char buf[16];
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  CHECK(pfd_fd_pair(sv) == 0);
   before = pfd_test_count_fds();
   for (i = 0; i < 10; i++) fds[i] = sv[0];
   CHECK_EQ(pfd_fd_send(sv[0], "x", 1, NULL, 0, fds, 10, 0), 1);
@@ -64,7 +64,7 @@ TEST_IMPL(fdpass_peer_gone_no_sigpipe) {
   int sv[2], nfds = 0;
   char buf[4];
   signal(SIGPIPE, SIG_DFL); /* a SIGPIPE would kill this test */
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  CHECK(pfd_fd_pair(sv) == 0);
   CHECK_EQ(pfd_socket_nosigpipe(sv[0]), 0);
   close(sv[1]);
   CHECK_EQ(pfd_fd_send(sv[0], "x", 1, NULL, 0, NULL, 0, 0), -EPIPE);
@@ -78,7 +78,7 @@ TEST_IMPL(fdpass_frame_send_is_one_frame) {
   int sv[2], pipefd[2], got[2], nfds = 0;
   unsigned char buf[64];
   pfd_frame_t frame;
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  CHECK(pfd_fd_pair(sv) == 0);
   CHECK(pipe(pipefd) == 0);
   CHECK_EQ(pfd_frame_send(sv[0], PFD_FRAME_RAW, 0, "abc", 3, &pipefd[1], 1, 0),
            PFD_FRAME_HEADER_SIZE + 3);

@@ -416,7 +416,7 @@ TEST_IMPL(ring_wait_times_out_wakes_and_sees_the_peer_go) {
   CHECK_EQ(pfd_ring_wait(&c, PFD_RING_WAIT_DATA, 0, 10000, -1), 1); /* woken, not timed out */
   CHECK(pthread_join(t, NULL) == 0);
   /* The peer's channel closes: a sleeper notices without waiting out its timeout. */
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  CHECK(pfd_fd_pair(sv) == 0);
   fresh(&p, &c);
   close(sv[1]);
   CHECK_EQ(pfd_ring_wait(&c, PFD_RING_WAIT_DATA, 0, 10000, sv[0]), -EPIPE); /* not 0: timeout */

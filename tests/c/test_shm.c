@@ -56,7 +56,7 @@ TEST_IMPL(shm_ring_between_processes) {
   void *mem;
   pfd_ring_t c;
   unsigned i;
-  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+  CHECK(pfd_fd_pair(sv) == 0);
   pid = fork();
   CHECK(pid >= 0);
   if (pid == 0) { /* the producer: gets the memory as a descriptor, like a peer would */
