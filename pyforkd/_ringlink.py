@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import weakref
 from typing import Any
 
 from . import _bindings as _b
@@ -196,7 +197,9 @@ class Link:
     """
 
     def __init__(self, channel: Channel, tx: Ring, rx: Ring) -> None:
-        self.channel = channel
+        # A weak reference: the channel owns its link, and a cycle between them would leave
+        # the channel's socket to the garbage collector (which may finalize it first).
+        self._channel = weakref.ref(channel)
         self.tx = tx
         self.rx = rx
         self.peer_gone = False  # a wait on a ring saw the peer hang up
@@ -210,6 +213,14 @@ class Link:
         # Records of at most this much go in one piece: a quarter of the ring, so that
         # the receiver copies one out while the sender writes the next.
         self.chunk = min(tx.max_record, tx.capacity // 4)
+
+    @property
+    def channel(self) -> Channel:
+        """The channel these rings serve (alive: only it calls the link)."""
+        channel = self._channel()
+        if channel is None:
+            raise ChannelClosedError("the channel of these rings is gone")
+        return channel
 
     # ---- sending -----------------------------------------------------------------------
 

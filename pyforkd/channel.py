@@ -401,7 +401,8 @@ class _Decoder:
         # Node framing: internal messages for the channel to act on, and the socket maker
         # ("got", message) for Node's own messages, ("answer", message) for replies to send
         self.node_internal: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
-        self.node_socket: Any = None  # (fd, key) -> socket.socket, set by the Channel
+        # WeakMethod of (fd, key) -> socket.socket, set by the Channel
+        self.node_socket: Any = None
         self.rings = False  # whether FRAME_RING frames are expected (a channel over rings)
         self.ring_setup: list[Any] | None = None  # the rings a set-up frame brought
 
@@ -696,7 +697,7 @@ class _Decoder:
             _close_fds(fds)
             _fail(f"a NODE_HANDLE of type {kind!r} came with {count} descriptors")
         key = obj.get("key")
-        handle = self.node_socket(fds[0], key if isinstance(key, str) else None)
+        handle = self.node_socket()(fds[0], key if isinstance(key, str) else None)
         self.node_internal.append(("answer", {"cmd": "NODE_HANDLE_ACK"}))
         msg = obj.get("msg")
         if _is_node_internal(msg):  # Node cluster traffic: not for the user either
@@ -755,6 +756,11 @@ class Channel:
             _b.socket_nosigpipe(sock.fileno())
             self._sock = sock
             self._fd = sock.fileno()
+            # A channel dropped in a reference cycle (a Worker kept by an exception's
+            # traceback, say) is collected with its socket, in no set order: the socket
+            # could be finalized first and warn "unclosed".  The garbage collector runs
+            # weakref callbacks before any finalizer, so this closes it first.
+            weakref.finalize(self, sock.close)
         self.serialization = serialization
         self.framing = framing
         self.max_message_size = max_message_size
@@ -764,7 +770,9 @@ class Channel:
         self._send_codec = _b.FrameCodec(max_message_size)
         self._receiver = _b.Receiver(max_message_size)
         self._decoder = _Decoder(framing, self._receiver.scan, max_message_size)
-        self._decoder.node_socket = self._make_node_socket
+        # A weak reference: the channel owns the decoder, and a cycle between them would
+        # leave the socket to the garbage collector, which may finalize it first (unclosed).
+        self._decoder.node_socket = weakref.WeakMethod(self._make_node_socket)
         self._scan_received = self._receiver.scan_received
         self._eof = False
         self._closed = False

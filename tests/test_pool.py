@@ -382,6 +382,7 @@ def test_workers_die_with_a_killed_parent():
     finally:
         parent.kill("SIGKILL")
         parent.wait()
+        parent.close()
     deadline = time.monotonic() + 30
     while any(alive(p) for p in pids):
         assert time.monotonic() < deadline, "a worker outlived its killed parent"

@@ -3,10 +3,12 @@ and no orphans when the parent dies."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import textwrap
 import time
+import warnings
 
 import pytest
 from _helpers import PY, alive, linux_only, open_fds, wait_gone
@@ -57,6 +59,28 @@ def test_result_and_join(start):
     assert w.result(timeout=60) == 6
     assert w.result() == 6  # kept
     assert w.join(timeout=60) == 0
+
+
+@pytest.mark.parametrize("start", METHODS)
+@pytest.mark.parametrize("ring", [None, 1 << 16])
+def test_a_dropped_worker_closes_its_channel_quietly(start, ring):
+    # Nobody calls close() on a worker (multiprocessing's Process has no such duty): the
+    # channel goes with the Worker, closed by it, not left to the garbage collector (which
+    # may finalize the socket first: "ResourceWarning: unclosed socket").
+    def run_and_drop() -> None:
+        w = pyforkd.fork_worker(add, 1, 2, start=start, ring=ring)
+        assert w.result(timeout=60) == 3
+        assert w.join(timeout=60) == 0
+
+    run_and_drop()  # (what is made once: the fork server)
+    gc.collect()
+    before = open_fds()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        run_and_drop()
+        gc.collect()
+    assert open_fds() == before
+    assert [str(x.message) for x in seen if issubclass(x.category, ResourceWarning)] == []
 
 
 @pytest.mark.parametrize("start", METHODS)
