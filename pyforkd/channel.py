@@ -759,8 +759,9 @@ class Channel:
             # A channel dropped in a reference cycle (a Worker kept by an exception's
             # traceback, say) is collected with its socket, in no set order: the socket
             # could be finalized first and warn "unclosed".  The garbage collector runs
-            # weakref callbacks before any finalizer, so this closes it first.
-            weakref.finalize(self, sock.close)
+            # weakref callbacks before any finalizer, so this closes it first.  (Not at
+            # interpreter exit: a daemon thread may still be blocked on the socket then.)
+            weakref.finalize(self, sock.close).atexit = False
         self.serialization = serialization
         self.framing = framing
         self.max_message_size = max_message_size

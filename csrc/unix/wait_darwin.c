@@ -39,6 +39,12 @@ extern int __ulock_wait(uint32_t operation, void *addr, uint64_t value, uint32_t
 extern int __ulock_wake(uint32_t operation, void *addr, uint64_t wake_value)
     __attribute__((weak_import));
 
+/* Whether this system has the os_sync calls (all three came together, in 14.4). */
+static int pfd__have_os_sync(void) {
+  return pfd__os_sync_wait != NULL && pfd__os_sync_wait_timeout != NULL &&
+         pfd__os_sync_wake_all != NULL;
+}
+
 /* What a failed wait's errno means to the caller: a timeout, a signal, or (anything else,
  * such as EFAULT on memory unmapped meanwhile) a wake-up to re-check the word. */
 static int pfd__wait_failed(int err) {
@@ -51,8 +57,7 @@ int pfd__wait_on_word(pfd_atomic_u32_t *word, unsigned expected, int timeout_ms,
                       unsigned long long key) {
   (void)key; /* the kernel keys on the shared memory itself */
   if (timeout_ms == 0) return pfd_atomic_load_u32(word) == expected ? -ETIMEDOUT : 0;
-  if (pfd__os_sync_wait != NULL && pfd__os_sync_wait_timeout != NULL &&
-      pfd__os_sync_wake_all != NULL) {
+  if (pfd__have_os_sync()) {
     int r = timeout_ms < 0
                 ? pfd__os_sync_wait((void *)word, expected, sizeof(*word), PFD__OS_SYNC_SHARED)
                 : pfd__os_sync_wait_timeout((void *)word, expected, sizeof(*word),
@@ -86,8 +91,7 @@ int pfd__wait_on_word(pfd_atomic_u32_t *word, unsigned expected, int timeout_ms,
 int pfd__wake_word(pfd_atomic_u32_t *word, unsigned long long key) {
   (void)key;
   /* Both answer ENOENT when nobody sleeps there: not an error to the caller. */
-  if (pfd__os_sync_wait != NULL && pfd__os_sync_wait_timeout != NULL &&
-      pfd__os_sync_wake_all != NULL) {
+  if (pfd__have_os_sync()) {
     (void)pfd__os_sync_wake_all((void *)word, sizeof(*word), PFD__OS_SYNC_SHARED);
   } else if (__ulock_wake != NULL) {
     (void)__ulock_wake(PFD__UL_COMPARE_AND_WAIT_SHARED | PFD__ULF_WAKE_ALL, (void *)word, 0);
