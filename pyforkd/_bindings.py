@@ -745,6 +745,8 @@ def shm_create(name: str, size: int) -> int:
 def shm_size(fd: int) -> int:
     """The size of the shared memory behind ``fd``; ``OSError`` when it is not one."""
     r = lib.pfd_shm_size(fd)
+    if r == -_errno.EPERM:
+        raise_errno(r, "fcntl(F_GET_SEALS): not sealed against shrinking")
     if r < 0:
         raise_errno(r, "fstat")
     return int(r)

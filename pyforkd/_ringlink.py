@@ -134,10 +134,11 @@ def _pickled(obj: Any) -> tuple[int, Any, list[memoryview]]:
     return _PICKLE, body, buffers
 
 
-def decode(data: memoryview) -> Any:
+def decode(data: memoryview, allow_pickle: bool = True) -> Any:
     """The message in a whole record (``FrameError`` when it is malformed).
 
-    Out-of-band buffers are slices of ``data``: the object is built on them.
+    Out-of-band buffers are slices of ``data``: the object is built on them.  A pickle is
+    refused unless ``allow_pickle`` (the channel's serialization is pickle).
     """
     size = len(data)
     if size < _HEAD.size:
@@ -148,6 +149,10 @@ def decode(data: memoryview) -> Any:
     if end > size:
         raise FrameError(f"a ring record of {size} bytes declares {end} bytes of message")
     body = data[start:end]
+    if kind == _PICKLE and not allow_pickle:
+        raise FrameError(
+            "a pickle came, and this channel does not unpickle (its serialization is not 'pickle')"
+        )
     try:
         if kind == _PICKLE:
             if not n:
@@ -202,6 +207,7 @@ class Link:
         self._channel = weakref.ref(channel)
         self.tx = tx
         self.rx = rx
+        self.allow_pickle = channel.serialization == "pickle"
         self.peer_gone = False  # a wait on a ring saw the peer hang up
         self.tx_on_ring = True  # where our next record goes
         self.rx_on_ring = True  # where the peer's next record comes from
@@ -395,7 +401,12 @@ class Link:
                 whole = rx._whole
                 if length >= _HEAD.size:
                     kind, _, n, body = _HEAD.unpack_from(whole, offset)
-                    if kind == _PICKLE and not n and _HEAD.size + body <= length:
+                    if (
+                        kind == _PICKLE
+                        and not n
+                        and _HEAD.size + body <= length
+                        and (self.allow_pickle)
+                    ):
                         start = offset + _HEAD.size
                         try:
                             obj = pickle.loads(whole[start : start + body])
@@ -456,7 +467,7 @@ class Link:
     def _decoded(self, data: memoryview) -> Any:
         """The message in a whole record; the channel closes on a malformed one."""
         try:
-            return decode(data)
+            return decode(data, self.allow_pickle)
         except FrameError as exc:
             self._corrupt(str(exc))
 

@@ -38,6 +38,9 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, NoReturn, Union
 
+if sys.platform != "win32":
+    import resource
+
 from . import _bindings as _b
 from ._checks import deadline as _deadline
 from .errors import ChannelClosedError, FrameError
@@ -52,7 +55,26 @@ _KIND = {"pickle": _b.FRAME_PICKLE, "json": _b.FRAME_JSON, "raw": _b.FRAME_RAW}
 _META_LEN = struct.Struct("<I")
 _NO_FDS: list[Any] = []  # shared, never modified
 _BIG_FRAME = 1 << 18  # frames larger than this (the receive buffer) get a buffer of their own
+_BIG_FIRST = 1 << 20  # which starts this large and doubles as the bytes come, up to the frame
 _BIG_KEEP = 16 << 20  # and such a buffer up to this size is kept for the next one
+
+
+def _held_fds_limit() -> int:
+    """How many received descriptors a channel holds unread before it refuses more.
+
+    A quarter of this process's descriptor limit (and never fewer than one message may
+    carry): a peer must not be able to use up the descriptors the program needs.
+    """
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (NameError, OSError, ValueError):
+        soft = 2048  # (Windows, which has no resource module: the C runtime's is of this order)
+    if soft < 0:
+        soft = 1 << 16
+    return max(_b.FRAME_MAX_FDS, min(soft // 4, 1 << 16))
+
+
+_MAX_HELD_FDS = _held_fds_limit()
 
 
 class Fd:
@@ -185,6 +207,118 @@ def _adopted(handle: int, writable: bool) -> int:
         raise
 
 
+_FILE_MODE_CHARS = frozenset("rwaxbt+")
+
+
+def _check_file_mode(mode: str) -> None:
+    """``ValueError`` unless ``mode`` is one ``open()`` takes (one of r/w/a/x, then b|t, +)."""
+    chars = set(mode)
+    if (
+        not mode
+        or len(chars) != len(mode)
+        or not chars <= _FILE_MODE_CHARS
+        or len(chars & set("rwax")) != 1
+        or {"b", "t"} <= chars
+    ):
+        raise ValueError(f"a file's mode {mode!r} is not one open() takes")
+
+
+def _check_text_encoding(encoding: str) -> None:
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"unknown encoding {encoding!r}") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise ValueError(f"{encoding!r} is not a text encoding")
+
+
+def _parse_description(desc: bytes, count: int) -> tuple[bool, list[tuple[int, str, str]]]:
+    """``(many, [(kind, mode, encoding), ...])`` from a handle description.
+
+    Every field is checked before anything is acted on: ``ValueError`` says what is wrong.
+    """
+    if not desc:
+        raise ValueError("empty handle description")
+    if desc[0] & ~1:
+        raise ValueError(f"unknown handle description flags 0x{desc[0]:02x}")
+    many, pos = bool(desc[0] & 1), 1
+    specs: list[tuple[int, str, str]] = []
+    while pos < len(desc):
+        kind = desc[pos]
+        pos += 1
+        mode = encoding = ""
+        if kind == _KIND_FILE:
+            texts = []
+            for _ in range(2):
+                n = desc[pos] if pos < len(desc) else -1
+                if n < 0 or pos + 1 + n > len(desc):
+                    raise ValueError("a file's description is cut short")
+                try:
+                    texts.append(desc[pos + 1 : pos + 1 + n].decode("ascii"))
+                except UnicodeDecodeError:
+                    raise ValueError("a file's mode or encoding is not ASCII") from None
+                pos += 1 + n
+            mode, encoding = texts
+            _check_file_mode(mode)
+            if encoding:
+                if "b" in mode:
+                    raise ValueError(f"a binary file (mode {mode!r}) has no encoding")
+                _check_text_encoding(encoding)
+        elif kind not in (_KIND_FD, _KIND_SOCKET, _KIND_RING):
+            raise ValueError(f"unknown handle kind {kind!r}")
+        specs.append((kind, mode, encoding))
+    if len(specs) < count:
+        raise ValueError(f"{count} descriptors came, fewer are described")
+    if len(specs) > count:
+        raise ValueError(f"{count} descriptors came, more are described")
+    if not many and count != 1:
+        raise ValueError(f"{count} descriptors came, but not as a list")
+    return many, specs
+
+
+def _open_received(fd: int, mode: str, encoding: str) -> Any:
+    """A file object over a received descriptor, which it owns from then on.
+
+    Built layer by layer, as ``open()`` does, so that whichever layer fails, the descriptor
+    is closed exactly once.  ``ValueError`` when the descriptor cannot be such a file.
+    """
+    problem: OSError | None = None
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+    except OSError as exc:
+        is_dir, problem = False, exc
+    if is_dir or problem is not None:
+        os.close(fd)
+        why = "is a directory" if is_dir else f"cannot be used ({problem})"
+        raise ValueError(f"a descriptor described as a file {why}")
+    raw_mode = mode.replace("b", "").replace("t", "").replace("x", "w")
+    try:
+        raw = io.FileIO(fd, raw_mode, closefd=True)
+    except BaseException:
+        os.close(fd)  # (FileIO leaves a descriptor it was given open when it fails)
+        raise
+    try:
+        if "b" in mode and mode[0] == "a" and "+" not in mode:
+            return raw  # unbuffered: appends from several processes stay whole
+        if "+" in raw_mode:
+            if not raw.seekable():
+                raise ValueError(f"a file opened {mode!r} must be seekable; this one is not")
+            buffered: Any = io.BufferedRandom(raw)
+        elif raw_mode[0] == "r":
+            buffered = io.BufferedReader(raw)
+        else:
+            buffered = io.BufferedWriter(raw)
+        if "b" in mode:
+            return buffered
+        text = io.TextIOWrapper(buffered, encoding=encoding or None)
+        # What open() reports as the mode, and what a later send describes.
+        text.mode = mode  # type: ignore[misc]
+        return text
+    except BaseException:
+        raw.close()
+        raise
+
+
 def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
     """Objects for received descriptors as described; they own the descriptors.
 
@@ -192,19 +326,13 @@ def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
     descriptors not yet made into objects are the caller's to close, the objects made
     are closed here).
     """
-    desc = bytes(description)
-    if not desc:
-        raise ValueError("empty handle description")
-    many, pos = bool(desc[0] & 1), 1
+    many, specs = _parse_description(bytes(description), len(fds))
     made: list[Any] = []
     try:
-        for fd in fds:
-            if pos >= len(desc):
-                raise ValueError(f"{len(fds)} descriptors came, fewer are described")
-            kind = desc[pos]
-            pos += 1
+        for i, (kind, mode, encoding) in enumerate(specs):
+            fd = fds[i]
             if kind == _KIND_FD:
-                fds[len(made)] = -1  # (adopted: closed through the Fd from here on)
+                fds[i] = -1  # (adopted: closed through the Fd from here on)
                 made.append(Fd(_adopted(fd, True)))
             elif kind == _KIND_SOCKET:
                 try:
@@ -212,36 +340,16 @@ def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
                 except OSError as exc:
                     why = f"a descriptor described as a socket is not one ({exc})"
                     raise ValueError(why) from None
+                fds[i] = -1
             elif kind == _KIND_RING:
                 made.append(Ring._from_fd(fd))
-            elif kind == _KIND_FILE:
-                texts = []
-                for _ in range(2):
-                    n = desc[pos] if pos < len(desc) else -1
-                    if n < 0 or pos + 1 + n > len(desc):
-                        raise ValueError("a file's description is cut short")
-                    texts.append(desc[pos + 1 : pos + 1 + n].decode("ascii"))
-                    pos += 1 + n
-                mode, encoding = texts[0].replace("x", "w"), texts[1] or None
-                if encoding is not None:
-                    try:  # checked first: a failed TextIOWrapper would close the descriptor
-                        codecs.lookup(encoding)
-                    except LookupError:
-                        raise ValueError(f"unknown encoding {encoding!r}") from None
-                buffering = 0 if "b" in mode and "+" not in mode and mode.startswith("a") else -1
-                fds[len(made)] = -1
-                own = _adopted(fd, mode[0] != "r" or "+" in mode)
-                try:
-                    made.append(open(own, mode, buffering=buffering, encoding=encoding))  # noqa: SIM115
-                except BaseException:
-                    os.close(own)
-                    raise
+                fds[i] = -1
             else:
-                raise ValueError(f"unknown handle kind {kind!r}")
-        if pos != len(desc):
-            raise ValueError(f"{len(fds)} descriptors came, more are described")
+                fds[i] = -1
+                made.append(
+                    _open_received(_adopted(fd, mode[0] != "r" or "+" in mode), mode, encoding)
+                )
     except BaseException:
-        del fds[: len(made)]  # those are closed with their objects
         _close_handle(made)
         raise
     fds.clear()
@@ -253,12 +361,20 @@ def _no_constant(name: str) -> NoReturn:
 
 
 def _json_loads(data: str | bytes) -> Any:
-    """Strict JSON, as Node's JSON.parse: NaN and Infinity are refused."""
-    return json.loads(data, parse_constant=_no_constant)
+    """Strict JSON, as Node's JSON.parse: NaN and Infinity are refused.
+
+    ``ValueError`` for anything else that is not JSON, a document nested too deeply for
+    this interpreter's stack included.
+    """
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to decode") from None
 
 
 _NODE_PREFIX = "NODE_"
 _NODE_MAX_RETRANSMISSIONS = 3  # Node's MAX_HANDLE_RETRANSMISSIONS
+_NODE_MAX_ANSWERS = 4096  # answers to a Node peer's queries that wait for it to read
 _NODE_SOCKET_TYPES = ("net.Socket", "net.Server", "net.Native", "dgram.Socket", "dgram.Native")
 
 
@@ -363,6 +479,14 @@ def _fail(why: str) -> NoReturn:
     raise FrameError(why)
 
 
+def _reason(exc: BaseException) -> str:
+    """What a decoder's exception says, for a FrameError (its type when it says nothing)."""
+    text = str(exc)
+    if isinstance(exc, RecursionError):
+        return f"nested too deeply ({text})"
+    return text if text else type(exc).__name__
+
+
 def _close_fds(fds: list[int]) -> None:
     """Close received descriptors (Windows: handles) no object took over."""
     for fd in fds:
@@ -382,8 +506,11 @@ class _Decoder:
     :class:`FrameError` after every descriptor held here is closed.  It does no I/O.
     """
 
-    def __init__(self, framing: str, scan: Any, max_length: int) -> None:
+    def __init__(self, framing: str, scan: Any, max_length: int, allow_pickle: bool) -> None:
         self.framing = framing
+        self.allow_pickle = allow_pickle  # a channel unpickles only when its owner chose pickle
+        self.line_scanned = 0  # Node framing: how much of ``pending`` has no newline
+        self.held_fds = 0  # descriptors in ``ready`` and ``control``, not yet taken
         self.scan = scan  # Receiver.scan: the C frame header check
         self.max_length = max_length
         self.pending = bytearray()  # bytes of a message not whole yet
@@ -452,19 +579,9 @@ class _Decoder:
         except FrameError:
             self.discard()
             raise
-        except (
-            ValueError,
-            pickle.UnpicklingError,
-            EOFError,
-            TypeError,
-            AttributeError,
-            ImportError,
-            IndexError,
-            KeyError,
-            UnicodeDecodeError,
-        ) as exc:
+        except Exception as exc:  # whatever a payload made the decoders raise
             self.discard()
-            raise FrameError(f"cannot decode a message: {exc}") from None
+            raise FrameError(f"cannot decode a message: {_reason(exc)}") from None
 
     def _complete_pending(self, chunk: Any) -> int:
         """Move from ``chunk`` what the partial frame in ``pending`` lacks, at most.
@@ -496,9 +613,13 @@ class _Decoder:
         if total <= _BIG_FRAME:
             return
         # A buffer kept from an earlier large frame is used again: a fresh one costs a page
-        # fault per 4 KiB, which for large frames is most of the receive time.
+        # fault per 4 KiB, which for large frames is most of the receive time.  A new one
+        # grows as the bytes come: a header alone must not make this process allocate.
         spare, self.spare = self.spare, None
-        self.big = spare if spare is not None and len(spare) >= total else bytearray(total)
+        if spare is not None and len(spare) >= total:
+            self.big = spare
+        else:
+            self.big = bytearray(min(total, max(_BIG_FIRST, 2 * len(self.pending))))
         self.big[: len(self.pending)] = self.pending
         self.big_fill = len(self.pending)
         self.big_total = total
@@ -506,10 +627,13 @@ class _Decoder:
         self.pending.clear()  # pending_start stays at the frame's first byte
 
     def big_room(self) -> memoryview | None:
-        """The part of a large frame still to come, to receive into; None when none."""
-        if self.big is None:
+        """Room for the part of a large frame still to come; None when none is awaited."""
+        big = self.big
+        if big is None:
             return None
-        return memoryview(self.big)[self.big_fill : self.big_total]
+        if self.big_fill == len(big):  # what came so far fills it: twice the size
+            big.extend(bytes(min(self.big_total, 2 * len(big)) - len(big)))
+        return memoryview(big)[self.big_fill : self.big_total]
 
     def feed_big(self, count: int, fds: list[int] | None) -> None:
         """``count`` bytes arrived in :meth:`big_room`, with ``fds`` (which must be none)."""
@@ -536,7 +660,7 @@ class _Decoder:
             raise
         except Exception as exc:
             self.discard()
-            raise FrameError(f"cannot decode a message: {exc}") from None
+            raise FrameError(f"cannot decode a message: {_reason(exc)}") from None
         if len(buf) <= _BIG_KEEP:
             self.spare = buf
 
@@ -557,7 +681,16 @@ class _Decoder:
                 _close_handle(handle)
                 self.control[i] = (obj, None)
         self.pending.clear()
+        self.line_scanned = 0
         self.big = self.spare = None
+        self.held_fds = 0
+
+    def pop(self, queue: collections.deque[tuple[Any, Any]]) -> tuple[Any, Any]:
+        """The first message of ``queue`` (``ready`` or ``control``) and its handle."""
+        obj, handle = queue.popleft()
+        if handle is not None:
+            self.held_fds -= len(handle) if isinstance(handle, list) else 1
+        return obj, handle
 
     def _take_fds(self, pos: int, nfds: int) -> list[int]:
         """The descriptors of the message whose first byte is at stream offset ``pos``.
@@ -581,10 +714,17 @@ class _Decoder:
         _fail(f"a message declares {nfds} descriptors but {count} came with it")
 
     def _check_unclaimed(self) -> None:
-        """Descriptors whose chunk has been decoded entirely belong to no message."""
-        batches = self.fd_batches
-        if batches and batches[0][1] <= self.pending_start:
-            _fail("descriptors came with a message that declares none")
+        """Refuse descriptors that no message can claim, as soon as they come.
+
+        Once every whole message is decoded, the one batch that may wait is the one that
+        came with the first byte of the partial message.  Any other is refused at once:
+        a peer cannot park descriptors here by never finishing a message.
+        """
+        for start, end, _ in self.fd_batches:
+            if end <= self.pending_start:
+                _fail("descriptors came with a message that declares none")
+            if start > self.pending_start:
+                _fail("descriptors came in the middle of a message")
 
     def _decode_frames(self, buf: Any, scan: Any, base: int) -> int:
         """Deliver every whole frame in ``buf`` (at stream offset ``base``); bytes used."""
@@ -606,6 +746,12 @@ class _Decoder:
 
     def _deliver(self, kind: int, flags: int, payload: Any, fds: list[int]) -> None:
         """Decode one frame's payload (bytes, or a view valid only during this call)."""
+        if kind in (_b.FRAME_PICKLE, _b.FRAME_CONTROL) and not self.allow_pickle:
+            _close_fds(fds)
+            raise ValueError(
+                "a pickle came, and this channel does not unpickle (its "
+                "serialization is not 'pickle')"
+            )
         if not flags and not fds:  # the common case: a plain message
             if kind == _b.FRAME_PICKLE:
                 self.ready.append((pickle.loads(payload), None))
@@ -627,6 +773,12 @@ class _Decoder:
         try:
             if not flags & _b.FRAME_FLAG_HANDLES:
                 raise ValueError("descriptors came without a description")
+            if self.held_fds + len(fds) > _MAX_HELD_FDS:
+                raise ValueError(
+                    f"the peer sent more than {_MAX_HELD_FDS} descriptors that are not received yet"
+                )
+            if len(payload) < _META_LEN.size:
+                raise ValueError("a frame with handles is too short for their description")
             (size,) = _META_LEN.unpack_from(payload)
             if 4 + size > len(payload):
                 raise ValueError("the handle description runs past the frame")
@@ -642,6 +794,7 @@ class _Decoder:
                 return
             if kind == _b.FRAME_CONTROL:  # the channel's own, with handles
                 self.control.append((pickle.loads(payload), handle))
+                self.held_fds += len(handles)
                 return
             if kind == _b.FRAME_PICKLE:
                 obj = pickle.loads(payload)
@@ -654,21 +807,24 @@ class _Decoder:
             _close_handle(handle)
             raise
         self.ready.append((obj, handle))
+        self.held_fds += len(handles)
 
     def _decode_lines(self) -> None:
         buf = self.pending
         off = 0
+        search = self.line_scanned  # (what was searched before holds no newline)
         while True:
-            nl = buf.find(b"\n", off)
+            nl = buf.find(b"\n", search)
             if nl < 0:
                 break
             line_start = self.pending_start + off
             line = bytes(buf[off:nl])
-            off = nl + 1
+            off = search = nl + 1
             self._deliver_node(line, line_start)
         if off:
             del buf[:off]
             self.pending_start += off
+        self.line_scanned = len(buf)
         self._check_unclaimed()
         if len(buf) > self.max_length:
             _fail(f"a line longer than max_message_size ({self.max_length}) bytes")
@@ -696,6 +852,9 @@ class _Decoder:
             count = len(fds)
             _close_fds(fds)
             _fail(f"a NODE_HANDLE of type {kind!r} came with {count} descriptors")
+        if self.held_fds >= _MAX_HELD_FDS:
+            _close_fds(fds)
+            _fail(f"the peer sent more than {_MAX_HELD_FDS} handles that are not received yet")
         key = obj.get("key")
         handle = self.node_socket()(fds[0], key if isinstance(key, str) else None)
         self.node_internal.append(("answer", {"cmd": "NODE_HANDLE_ACK"}))
@@ -704,13 +863,15 @@ class _Decoder:
             handle.close()
             return
         self.ready.append((msg, handle))
+        self.held_fds += 1
 
 
 class Channel:
     """A message channel over a connected ``AF_UNIX`` stream socket (or its descriptor).
 
     ``serialization`` is how :meth:`send` encodes (``"pickle"``, ``"json"`` or ``"raw"``
-    bytes); what arrives is decoded by the kind the sender wrote.  ``framing="node"`` speaks
+    bytes).  What arrives is decoded by the kind the sender wrote, except that only a
+    ``"pickle"`` channel unpickles: a pickle on any other is a :class:`FrameError`.  ``framing="node"`` speaks
     Node's JSON-lines IPC instead (``serialization`` must then be ``"json"``).  Messages
     over ``max_message_size`` bytes are refused on both sides.  The channel owns the socket.
     """
@@ -770,7 +931,9 @@ class Channel:
         self._recv_lock = threading.RLock()
         self._send_codec = _b.FrameCodec(max_message_size)
         self._receiver = _b.Receiver(max_message_size)
-        self._decoder = _Decoder(framing, self._receiver.scan, max_message_size)
+        self._decoder = _Decoder(
+            framing, self._receiver.scan, max_message_size, serialization == "pickle"
+        )
         # A weak reference: the channel owns the decoder, and a cycle between them would
         # leave the socket to the garbage collector, which may finalize it first (unclosed).
         self._decoder.node_socket = weakref.WeakMethod(self._make_node_socket)
@@ -785,6 +948,7 @@ class Channel:
         self._node_lock = threading.Lock()
         self._node_open: dict[str, int] = {}
         self._node_notify: set[str] = set()
+        self._node_answers: collections.deque[bytes] = collections.deque()  # unsent lines
         # A channel over rings: its Link (pyforkd/_ringlink.py), or _AWAITING_RINGS until
         # the set-up frame brings them; None for a socket-only channel.
         self._link: Any = None
@@ -894,6 +1058,7 @@ class Channel:
         peer is gone.
         """
         if self._link is not None:
+            self._check_open()  # (a FrameError closes a ring channel and leaves its link)
             deadline = _deadline(timeout)
             self._ring_link(deadline).send(obj, handle, keep_open, deadline)
             return
@@ -1027,8 +1192,13 @@ class Channel:
         pending.nacked = False
         self._write(b"", pending.line, [pending.fd], None)
 
-    def _node_internal(self) -> None:
-        """Act on Node's internal messages that the last read decoded."""
+    def _node_internal(self, deadline: float | None) -> None:
+        """Act on Node's internal messages that the last read decoded.
+
+        The answers go out by ``deadline`` (the receive's) as far as the peer reads them;
+        the rest wait for the next receive.  A peer that keeps asking and never reads
+        cannot make this side hold more than a bounded number of answers.
+        """
         queue = self._decoder.node_internal
         while queue:
             direction, msg = queue.popleft()
@@ -1049,6 +1219,13 @@ class Channel:
                 if empty:
                     self._node_write({"cmd": "NODE_SOCKET_ALL_CLOSED", "key": key})
             # anything else (NODE_CLUSTER, NODE_DEBUG_ENABLED, ...) is not for this channel
+        if len(self._node_answers) > _NODE_MAX_ANSWERS:
+            self._discard()
+            raise FrameError(
+                f"the Node peer asked more than {_NODE_MAX_ANSWERS} questions without reading "
+                "the answers"
+            )
+        self._node_flush(deadline)
 
     def _node_handle_reply(self, acked: bool) -> None:
         """The peer's ACK or NACK for the pending handle."""
@@ -1077,15 +1254,36 @@ class Channel:
         _close_handle(pending.handle)
 
     def _node_write(self, msg: dict[str, Any]) -> None:
-        """Send one of the channel's own lines (never queued behind a pending handle)."""
-        line = json.dumps(msg, separators=(",", ":")).encode() + b"\n"
-        with self._send_lock:
-            if self._closed or self._eof:
-                return  # as Node: an answer the peer can no longer read is dropped
-            try:
-                self._write(b"", line, [], None)
-            except ChannelClosedError:
-                pass  # the peer left meanwhile: nobody to answer
+        """Queue one of the channel's own lines.
+
+        The next flush sends it, never behind a pending handle.
+        """
+        self._node_answers.append(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
+
+    def _node_flush(self, deadline: float | None) -> None:
+        """Send the queued answers, waiting until ``deadline`` at most (None: no limit).
+
+        What the peer has no room for stays queued.
+        """
+        answers = self._node_answers
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not answers or not self._send_lock.acquire(timeout=wait):
+            return
+        try:
+            while answers:
+                if self._closed or self._eof:
+                    answers.clear()  # as Node: an answer the peer can no longer read is dropped
+                    return
+                try:
+                    self._write(b"", answers[0], [], deadline)
+                except ChannelClosedError:
+                    answers.clear()  # the peer left meanwhile: nobody to answer
+                    return
+                except TimeoutError:
+                    return  # the peer reads nothing (a half-written line closed the channel)
+                answers.popleft()
+        finally:
+            self._send_lock.release()
 
     def _make_node_socket(self, fd: int, key: str | None) -> socket.socket:
         """The socket object for a descriptor a Node peer sent (blocking, like accept())."""
@@ -1112,6 +1310,7 @@ class Channel:
                 self._node_notify.discard(key)
         if notify:
             self._node_write({"cmd": "NODE_SOCKET_ALL_CLOSED", "key": key})
+            self._node_flush(time.monotonic())  # (no wait here: the next receive sends it)
 
     def send_control(self, obj: Any, handle: Any = None, *, keep_open: bool = False) -> None:
         """Send one of the channel's own messages (pickled), kept apart from user messages.
@@ -1219,6 +1418,7 @@ class Channel:
         deadline = None if timeout is None else _deadline(timeout)
         with self._recv_lock:
             if self._link is not None:
+                self._check_open()
                 obj, handle = self._ring_link(deadline).recv(deadline)
             else:
                 obj, handle = self._pop_ready(deadline)
@@ -1250,7 +1450,7 @@ class Channel:
             if self._eof:
                 raise ChannelClosedError("the peer closed the channel")
             self._receive(deadline)
-        return queue.popleft()
+        return self._decoder.pop(queue)
 
     # ---- rings ---------------------------------------------------------------------------
 
@@ -1331,8 +1531,8 @@ class Channel:
         if decoder.ring_setup is not None and self._link is _AWAITING_RINGS:
             rx, tx = decoder.ring_setup  # the peer's first ring is the one it writes
             self._link = _ringlink.make(self, tx, rx)
-        if decoder.node_internal:
-            self._node_internal()
+        if decoder.node_internal or self._node_answers:
+            self._node_internal(deadline)
 
     def _discard(self) -> None:
         self._decoder.discard()
@@ -1378,14 +1578,18 @@ class Channel:
         if self._closed:
             return
         self._closed = True
-        sock = self._sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes any thread blocked on it
-            except OSError:
-                pass
-        elif _b.WINDOWS and not self._closed_fd:
-            _b.fd_shutdown(self._fd)  # (the same for the pipe: blocked threads return)
+        # A shutdown wakes a thread of this process blocked on the socket, and reaches
+        # every process that shares it too (a child forked with its copy): so only when
+        # such a thread is there.
+        if self._in_use():
+            sock = self._sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            elif _b.WINDOWS and not self._closed_fd:
+                _b.fd_shutdown(self._fd)  # (the same for the pipe: blocked threads return)
         with self._send_lock, self._recv_lock:
             self._decoder.discard()
             self._close_socket()
@@ -1398,6 +1602,14 @@ class Channel:
             self._node_acked.set()
 
     disconnect = close
+
+    def _in_use(self) -> bool:
+        """Whether another thread is sending or receiving on this channel now."""
+        for lock in (self._recv_lock, self._send_lock):
+            if not lock.acquire(blocking=False):
+                return True
+            lock.release()
+        return False
 
     def __enter__(self) -> Channel:
         return self

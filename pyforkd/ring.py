@@ -79,19 +79,29 @@ class Ring:
         """
         ring = cls.__new__(cls)
         try:
-            ring._setup(fd, _b.shm_size(fd), 0)
+            size = _b.shm_size(fd)
+        except PermissionError:
+            raise ValueError(
+                "a ring's memory must be sealed against shrinking (a peer could truncate it "
+                "under the mapping)"
+            ) from None
         except OSError as exc:
             raise ValueError(f"the descriptor does not hold shared memory ({exc})") from None
+        if size < _b.ring_size(_b.RING_MIN_CAPACITY):
+            raise ValueError(f"shared memory of {size} bytes is too small for a ring")
+        ring._setup(fd, size, 0)  # (ValueError when it holds no ring; fd stays the caller's)
         return ring
 
     def _setup(self, fd: int, size: int, create: int) -> None:
-        self._fd = fd
-        self._map: Any = _b.map_shared(fd, size)
+        self._fd = -1  # (the caller's until this succeeds)
+        self._map: Any = None
+        mapped = _b.map_shared(fd, size)
         try:
-            self._side = _b.RingSide(self._map, create)
+            self._side = _b.RingSide(mapped, create)
         except BaseException:
-            _b.unmap_shared(self._map)
+            _b.unmap_shared(mapped)
             raise
+        self._fd, self._map = fd, mapped
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
         # Received records not given back yet: (view, its exporter, slice of _whole).

@@ -135,3 +135,10 @@ class reaped:
         if self.child.returncode is None:
             self.child.kill("SIGKILL")
             self.child.wait()
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident memory of a process (Linux: /proc/PID/statm), in bytes."""
+    with open(f"/proc/{pid or 'self'}/statm", "rb") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")

@@ -7,7 +7,8 @@
 int pfd_shm_create(const char *name, size_t size);
 
 /* The size of the shared memory object behind `fd`, or -errno (-EINVAL when `fd` is not
- * one: a pipe, a socket, ...). */
+ * one: a pipe, a socket, ...; -EPERM on Linux when it is not a memfd sealed against
+ * shrinking, which a peer could truncate under a mapping). */
 long long pfd_shm_size(int fd);
 
 /* Maps `size` bytes of `fd` read-write and shared; *out gets the address.  Returns 0 or

@@ -65,10 +65,30 @@ int pfd_shm_create(const char *name, size_t size) {
 }
 #endif
 
+#ifdef __linux__
+/* Memory that came from a peer is mapped whole: were it shrunk under the mapping, a read
+ * past the new end would raise SIGBUS.  Only a memfd sealed against shrinking is taken. */
+static int pfd__shm_check_sealed(int fd) {
+  int seals = fcntl(fd, F_GET_SEALS);
+  if (seals < 0) return errno == EINVAL ? -EPERM : -errno; /* (EINVAL: not a memfd) */
+  return (seals & F_SEAL_SHRINK) != 0 ? 0 : -EPERM;
+}
+#else
+/* macOS has no seals.  A shm_open object takes one ftruncate only, so its size cannot
+ * change after; a regular file passed off as one still could (not told apart here). */
+static int pfd__shm_check_sealed(int fd) {
+  (void)fd;
+  return 0;
+}
+#endif
+
 long long pfd_shm_size(int fd) {
   struct stat st;
+  int r;
   if (fstat(fd, &st) != 0) return -errno;
   if (!S_ISREG(st.st_mode)) return -EINVAL; /* memfd and shm objects are regular files */
+  r = pfd__shm_check_sealed(fd);
+  if (r < 0) return r;
   return (long long)st.st_size;
 }
 
