@@ -13,7 +13,13 @@ The primary listens on ``<runtime dir>/<name>.sock`` (an AF_UNIX stream socket, 
 ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.  The primary also checks the
 client's uid (``SO_PEERCRED``, ``LOCAL_PEERCRED`` on macOS): only its own user and root
 are served; others, and malformed requests, are refused and logged, and the primary goes
-on as before.  One thread serves the clients, one at a time, each for 5 s at most.
+on as before.  One thread serves up to 32 clients at once; each has 5 s in all to send
+its request (64 KiB at most) and take the answer, so a client that drips bytes or never
+reads holds up no other.
+
+Without ``XDG_RUNTIME_DIR``, ``/tmp/pyforkd-<uid>`` is used when it is this user's (or
+can be made), else ``~/.cache/pyforkd/run``: another user who made the /tmp one first
+cannot keep a cluster from starting.  ``pyforkd status`` looks in the same place.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import abc
 import errno
 import json
 import os
-import select
+import selectors
 import socket
 import stat
 import struct
 import sys
 import threading
+import time
 from typing import Any
 
 if sys.platform == "win32":
@@ -38,6 +45,7 @@ __all__ = ["ControlError", "ControlServer", "request", "runtime_dir", "socket_pa
 
 _MAX_REQUEST = 65536
 _CLIENT_TIMEOUT = 5.0
+_MAX_CLIENTS = 32
 # Python offers no AF_UNIX on Windows: a named pipe serves there, with a file of this
 # suffix in the runtime directory saying it runs.
 _SUFFIX = ".pipe" if sys.platform == "win32" else ".sock"
@@ -55,11 +63,28 @@ def runtime_dir(create: bool = False) -> str:
         if create:
             os.makedirs(path, exist_ok=True)
         return path
-    if not path:
-        base = os.environ.get("XDG_RUNTIME_DIR")
-        path = os.path.join(base, "pyforkd") if base else f"/tmp/pyforkd-{os.geteuid()}"
+    if path:
+        return _own_dir(path, create)
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return _own_dir(os.path.join(base, "pyforkd"), create)
+    shared = f"/tmp/pyforkd-{os.geteuid()}"
+    try:
+        return _own_dir(shared, create)
+    except ControlError:
+        # Another user made it first (/tmp is everybody's): this user's home is not.
+        home = os.path.expanduser("~")
+        if not home or home == "~":
+            raise
+        return _own_dir(os.path.join(home, ".cache", "pyforkd", "run"), create, parents=True)
+
+
+def _own_dir(path: str, create: bool, parents: bool = False) -> str:
+    """``path``, checked to be a directory of this user's that no one else may enter."""
     if create:
         try:
+            if parents:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             os.mkdir(path, 0o700)
         except FileExistsError:
             pass  # checked just below, as one found there is
@@ -143,6 +168,9 @@ class _Server(abc.ABC):
             req = json.loads(data)
             if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
                 raise ValueError("not an object with a 'cmd' string")
+        except RecursionError:
+            self._log("refused a request nested too deeply")
+            return {"ok": False, "error": "malformed request: nested too deeply"}
         except ValueError as exc:
             self._log(f"refused a malformed request ({exc}): {data[:80]!r}")
             return {"ok": False, "error": f"malformed request: {exc}"}
@@ -224,28 +252,99 @@ if sys.platform != "win32":
             self._stop_r, self._stop_w = os.pipe()
 
         def _serve(self) -> None:
-            while True:
-                ready, _, _ = select.select([self._sock.fileno(), self._stop_r], [], [])
-                if self._stop_r in ready:
-                    return
-                try:
-                    conn, _ = self._sock.accept()
-                except OSError:
-                    continue  # the client left before we took it
-                with conn:
-                    try:
-                        self._client(conn)
-                    except (OSError, ValueError) as exc:
-                        self._log(f"a client's request failed: {exc}")
+            """Clients at once, each with a deadline: one that drips holds up no other."""
+            sel = selectors.DefaultSelector()
+            sel.register(self._sock, selectors.EVENT_READ, None)
+            sel.register(self._stop_r, selectors.EVENT_READ, "stop")
+            clients: dict[socket.socket, _Client] = {}
+            try:
+                while True:
+                    now = time.monotonic()
+                    for late in [c for c in clients.values() if c.deadline <= now]:
+                        self._log(
+                            f"dropped a client (pid {late.pid}) that took over "
+                            f"{_CLIENT_TIMEOUT:g} s"
+                        )
+                        self._drop(sel, clients, late)
+                    soonest = min((c.deadline for c in clients.values()), default=None)
+                    wait = None if soonest is None else max(0.0, soonest - now)
+                    for key, events in sel.select(wait):
+                        if key.data == "stop":
+                            return
+                        if key.data is None:
+                            self._accept(sel, clients)
+                        else:
+                            self._step(sel, clients, key.data, events)
+            finally:
+                for c in list(clients.values()):
+                    self._drop(sel, clients, c)
+                sel.close()
 
-        def _client(self, conn: socket.socket) -> None:
-            conn.settimeout(_CLIENT_TIMEOUT)
-            uid, pid = peer_uid(conn)
+        def _accept(self, sel: selectors.BaseSelector, clients: dict[Any, _Client]) -> None:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # the client left before we took it
+            if len(clients) >= _MAX_CLIENTS:
+                self._log(f"refused a client: {_MAX_CLIENTS} are being served")
+                with conn:
+                    conn.setblocking(False)
+                    try:  # (a fresh socket has room for this much)
+                        _reply(conn, {"ok": False, "error": "busy: try again"})
+                    except OSError:
+                        pass  # it left already
+                return
+            conn.setblocking(False)
+            try:
+                uid, pid = peer_uid(conn)
+            except OSError:
+                conn.close()
+                return
+            client = _Client(conn, pid)
+            clients[conn] = client
             if uid not in (os.geteuid(), 0):
                 self._log(f"refused a client of uid {uid} (pid {pid}): not this user's")
-                _reply(conn, {"ok": False, "error": f"uid {uid} may not control this cluster"})
-                return
-            _reply(conn, self._respond(_read_line(conn)))
+                client.answer({"ok": False, "error": f"uid {uid} may not control this cluster"})
+                sel.register(conn, selectors.EVENT_WRITE, client)
+            else:
+                sel.register(conn, selectors.EVENT_READ, client)
+
+        def _step(
+            self,
+            sel: selectors.BaseSelector,
+            clients: dict[Any, _Client],
+            client: _Client,
+            events: int,
+        ) -> None:
+            """Read more of a request, or write more of its answer."""
+            try:
+                if events & selectors.EVENT_WRITE:
+                    if client.flush():
+                        self._drop(sel, clients, client)
+                    return
+                line = client.read()
+                if line is None:
+                    return  # not whole yet
+                try:
+                    answer = self._respond(line)
+                except Exception as exc:  # a bug here must not end the control thread
+                    self._log(f"a request failed: {type(exc).__name__}: {exc}")
+                    answer = {"ok": False, "error": f"the request failed: {exc}"}
+                client.answer(answer)
+                sel.modify(client.conn, selectors.EVENT_WRITE, client)
+            except OSError as exc:
+                self._log(f"a client's request failed: {exc}")
+                self._drop(sel, clients, client)
+
+        def _drop(
+            self, sel: selectors.BaseSelector, clients: dict[Any, _Client], client: _Client
+        ) -> None:
+            clients.pop(client.conn, None)
+            try:
+                sel.unregister(client.conn)
+            except (KeyError, ValueError):
+                pass  # (never registered)
+            client.conn.close()
 
         def _wake_to_stop(self) -> bool:
             if self._stop_w < 0:
@@ -261,6 +360,40 @@ if sys.platform != "win32":
             self._stop_r = self._stop_w = -1
 
     ControlServer = _SocketServer
+
+
+class _Client:
+    """One control client: its request as it comes, then its answer as it goes."""
+
+    def __init__(self, conn: socket.socket, pid: int) -> None:
+        self.conn = conn
+        self.pid = pid
+        self.deadline = time.monotonic() + _CLIENT_TIMEOUT
+        self.data = bytearray()
+        self.out = memoryview(b"")
+
+    def read(self) -> bytes | None:
+        """The request once it is whole (a newline, the end, or over the limit); else None."""
+        try:
+            chunk = self.conn.recv(65536)
+        except BlockingIOError:
+            return None
+        self.data += chunk
+        if chunk and b"\n" not in chunk and len(self.data) <= _MAX_REQUEST:
+            return None
+        return bytes(self.data)
+
+    def answer(self, obj: dict[str, Any]) -> None:
+        self.out = memoryview(json.dumps(obj).encode() + b"\n")
+
+    def flush(self) -> bool:
+        """Write what the client takes of the answer; True once all of it went."""
+        try:
+            n = self.conn.send(self.out)
+        except BlockingIOError:
+            return False
+        self.out = self.out[n:]
+        return not self.out
 
 
 def _read_line(sock: socket.socket, limit: int = _MAX_REQUEST) -> bytes:

@@ -55,7 +55,7 @@ from . import _board, _systemd
 from . import channel as _channel
 from . import worker as _worker
 from .child_process import _live_pids, signal_name
-from .errors import ChannelClosedError, TimeoutExpired
+from .errors import ChannelClosedError, FrameError, TimeoutExpired
 
 __all__ = [
     "EVENTS",
@@ -534,6 +534,14 @@ class _LogPipe:
             self.fd = -1
 
 
+class _Malformed(ValueError):
+    """A worker's control message that is not one the primary knows."""
+
+
+_MESSAGES_AT_ONCE = 1024
+_DROPPED_WARNING_EVERY = 10.0
+
+
 class Worker:
     """A worker as the primary sees it.
 
@@ -571,7 +579,11 @@ class Worker:
         self.process.send(message, handle, **options)
 
     def recv(self, timeout: float | None = None, **options: Any) -> Any:
-        """Receive a message from the worker (when no ``"message"`` handler takes them)."""
+        """Receive a message from the worker, while :meth:`Cluster.run` does not run.
+
+        (``run()`` hands every message to the ``"message"`` handlers, and drops them when
+        there is none.)
+        """
         return self.process.recv(timeout, **options)
 
     def disconnect(self, graceful_timeout: float | None = None) -> None:
@@ -633,6 +645,8 @@ class Cluster:
         self._board: _board.Board | None = None  # made with the first worker
         self._memory_checked = 0.0
         self._sd_ready = False  # systemd was told READY=1 (and no reload since)
+        self._dropped = 0  # workers' messages no handler took, since the last warning
+        self._dropped_warned = -_DROPPED_WARNING_EVERY
         _clusters.add(self)
 
     @property
@@ -1019,44 +1033,104 @@ class Cluster:
         return rows
 
     def _service(self, w: Worker) -> bool:
-        """Read what the worker sent; False once its channel has closed."""
+        """Read what the worker sent; False once its channel has closed.
+
+        A worker that sends anything malformed is killed (and restarted like one that
+        crashed): the primary and the other workers go on.
+        """
         ch = w.process.channel
         assert ch is not None
-        while True:
+        try:
+            while True:
+                try:
+                    msg, handle = ch.recv_control(0, with_handle=True)
+                except TimeoutError:
+                    break
+                except ChannelClosedError:
+                    return False
+                self._control(w, msg, handle)
+            return self._messages(w, ch)
+        except (FrameError, _Malformed) as exc:
+            w._why = f"sent a malformed message ({exc})"
+            sys.stderr.write(
+                f"pyforkd cluster: worker {w.id} (pid {w.process.pid}) {w._why}: killed\n"
+            )
+            sys.stderr.flush()
+            w.process.kill("SIGKILL")  # (its channel is closed: nothing of it can drain)
+            return False
+
+    def _messages(self, w: Worker, ch: Any) -> bool:
+        """Hand the worker's messages to the "message" handlers; False once it has gone.
+
+        Without a handler they are dropped, with a warning at most every 10 s: a primary
+        that does not listen must not keep them.  At most _MESSAGES_AT_ONCE are taken per
+        call, so that one worker's flood holds up no other.
+        """
+        handlers = self._handlers.get("message")
+        wait_ready = self.settings["wait_ready"]
+        for _ in range(_MESSAGES_AT_ONCE):
             try:
-                msg, handle = ch.recv_control(0, with_handle=True)
+                msg, handle = ch.recv(0, with_handle=True)
             except TimeoutError:
                 break
             except ChannelClosedError:
                 return False
-            self._control(w, msg, handle)
-        ready = ch._decoder.ready
-        while ready and (self._handlers.get("message") or self.settings["wait_ready"]):
-            msg, handle = ready.popleft()
-            if msg == "ready" and self.settings["wait_ready"]:
+            if wait_ready and isinstance(msg, str) and msg == "ready":
                 self._became_ready(w)  # process.send('ready'), as PM2 has it
+            if not handlers:
+                self._dropped += 1
+                for h in handle if isinstance(handle, list) else [handle] if handle else []:
+                    h.close()
+                continue
             if handle is None:
                 self._emit("message", w, msg)
             else:
                 self._emit("message", w, msg, handle)
+        if self._dropped and time.monotonic() >= self._dropped_warned + _DROPPED_WARNING_EVERY:
+            self._dropped_warned = time.monotonic()
+            sys.stderr.write(
+                f"pyforkd cluster: {self._dropped} message(s) from workers dropped: there is "
+                "no 'message' handler (cluster.on('message', fn) takes them)\n"
+            )
+            sys.stderr.flush()
+            self._dropped = 0
         return ch.connected
 
     def _control(self, w: Worker, msg: Any, handle: Any) -> None:
-        if not (isinstance(msg, tuple) and msg and msg[0] == "cluster"):
+        """Act on one of the worker's own messages (``_Malformed`` when it is not one)."""
+        if not isinstance(msg, tuple) or not msg:
+            raise _Malformed(f"a control message of type {type(msg).__name__}")
+        if msg[0] != "cluster":
             # The worker's outcome (its script ended): keep it, say why if it failed.
+            if msg[0] == "result" and len(msg) == 2:
+                w.process._outcome = msg
+                return
+            if not (
+                msg[0] == "error"
+                and len(msg) == 2
+                and isinstance(msg[1], tuple)
+                and len(msg[1]) == 5
+                and isinstance(msg[1][2], str)
+            ):
+                raise _Malformed(f"an outcome {str(msg)[:80]!r}")
             w.process._outcome = msg
-            if msg[0] == "error":
-                remote_tb = _user_frames(msg[1][2])
-                sys.stderr.write(f"pyforkd cluster: worker {w.id} failed:\n{remote_tb}")
+            remote_tb = _user_frames(msg[1][2])
+            sys.stderr.write(f"pyforkd cluster: worker {w.id} failed:\n{remote_tb}")
             return
-        kind = msg[1]
-        if kind == "online":
+        kind = msg[1] if len(msg) > 1 else None
+        if kind == "online" and len(msg) == 2:
             w.state = "online"
             self._emit("online", w)
-        elif kind == "listen":
-            self._listen_for(w, tuple(msg[2]), msg[3])
-        elif kind == "ready":
+        elif kind == "listen" and len(msg) == 4 and msg[3] in ("tcp", "udp"):
+            try:
+                key = _check_address(msg[2])
+            except (TypeError, ValueError) as exc:
+                raise _Malformed(f"a listen request: {exc}") from None
+            self._listen_for(w, key, msg[3])
+        elif kind == "ready" and len(msg) == 2:
             self._became_ready(w)
+        else:
+            raise _Malformed(f"a control message {str(msg)[:80]!r}")
 
     def _listen_for(self, w: Worker, key: tuple[str, int], kind: str) -> None:
         ch = w.process.channel
@@ -1658,7 +1732,9 @@ class ServerMixin:
 
     def server_close(self) -> None:
         """Stop taking connections (and, with threads, wait for the requests served)."""
-        self.listener.close()
+        listener = self.__dict__.get("listener")
+        if listener is not None:  # (None: server_bind failed, and socketserver closes)
+            listener.close()
         super().server_close()  # type: ignore[misc]
 
 
