@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any, Union
 
 from . import _bindings as _b
+from ._checks import check_encoding as _check_encoding
 from ._checks import check_timeout as _check_timeout
 from .channel import Channel
 from .errors import ExecError, MaxBufferError, SpawnError, TimeoutExpired
@@ -188,7 +189,12 @@ def _check_fd(fd: int, slot: int) -> int:
     # Whether it is open is checked in C, at no extra cost, which names the slot too.
     if fd < 0:
         raise ValueError(f"stdio[{slot}]: descriptor {fd} is negative")
+    if fd > _MAX_FD:
+        raise ValueError(f"stdio[{slot}]: {fd} is past the largest descriptor number ({_MAX_FD})")
     return fd
+
+
+_MAX_FD = 2**31 - 1  # (a C int)
 
 
 _WORD_SLOTS = {
@@ -977,6 +983,7 @@ def spawn(
         )
         timeout = _check_timeout(timeout)
         kill_sig = signal_number(kill_signal, "kill_signal")
+        _check_encoding(encoding, errors)
     except BaseException:
         if ipc is not None:
             ipc.abandon()  # nothing started: its sockets and rings go now
@@ -1330,6 +1337,7 @@ def _collect(
     errors: str,
     **spawn_options: Any,
 ) -> tuple[CompletedProcess, str, int]:
+    _check_encoding(encoding, errors)
     cmd = _Command(command, args, **spawn_options)
     timeout = _check_timeout(timeout)
     limit = _check_max_buffer(max_buffer)
