@@ -752,6 +752,30 @@ def shm_size(fd: int) -> int:
     return int(r)
 
 
+def map_detached(fd: int, size: int) -> Any:
+    """A writable buffer over ``size`` bytes of the shared memory behind ``fd``.
+
+    Unlike :func:`map_shared` on POSIX (Python's mmap keeps a duplicate descriptor, which a
+    forked child would inherit), the mapping holds no descriptor: once ``fd`` is closed,
+    nothing in this process's descriptor table leads to the memory.  It is unmapped with
+    the last reference to the buffer.
+    """
+    out = ffi.new("void **")
+    r = lib.pfd_shm_map(fd, size, out)
+    if r < 0:
+        raise_errno(r, "mmap")
+    view = ffi.gc(out[0], lambda address: _lib.pfd_shm_unmap(address, size), size)
+    return ffi.buffer(view, size)
+
+
+def words_pointer(buffer: Any) -> Any:
+    """A C ``unsigned long long *`` to the start of a writable buffer (the board's slots).
+
+    Valid while the buffer is.
+    """
+    return ffi.cast("unsigned long long *", ffi.from_buffer(buffer, require_writable=True))
+
+
 def ring_size(capacity: int) -> int:
     """Bytes a ring of ``capacity`` needs, or 0 when ``capacity`` is not a valid one."""
     if not 0 <= capacity < 1 << 62:

@@ -9,9 +9,12 @@ worker writes its slot, the primary (and its C dispatcher) read it:
 - ``OPEN``: connections it has open (least-connections balancing reads it).
 - ``SERVED``: connections it has taken in all (``max_requests`` recycling, ``status``).
 
-Each slot is a 64-byte line of its own (no false sharing between workers).  Only the
-worker writes its slot, and an aligned 8-byte store is never seen half-done; a lock
-orders the worker's own threads.
+Each worker's slot is shared memory of its own (64 bytes, a page mapped), made for it
+alone: the primary maps it and sends the worker its descriptor, then closes that
+descriptor, so no other worker can reach it (not through the primary's descriptors, and
+a forked worker unmaps what it inherited before the program runs).  A worker can thus
+lie only about itself.  Only the worker writes its slot, and an aligned 8-byte store is
+never seen half-done; a lock orders the worker's own threads.
 """
 
 from __future__ import annotations
@@ -24,37 +27,40 @@ from typing import Any
 from . import _bindings as _b
 
 SLOT_WORDS = 8  # 64 bytes
+SLOT_BYTES = SLOT_WORDS * 8
 BUSY, OPEN, SERVED = 0, 1, 2
 CAPACITY = 1024  # workers at once
 
 
 class Board:
-    """The primary's board: ``CAPACITY`` slots, handed out and taken back."""
+    """The primary's board: up to ``CAPACITY`` slots, handed out and taken back."""
 
     def __init__(self) -> None:
-        size = CAPACITY * SLOT_WORDS * 8
-        handle = _b.shm_create("pyforkd-board", size)
+        # slot -> (mapping, its words, a C pointer to them).  A slot's memory stays mapped
+        # until the slot is taken again (a dispatcher may read it until then) or close().
+        self._slots: dict[int, tuple[Any, memoryview, Any]] = {}
+        self._free = list(range(CAPACITY - 1, -1, -1))
+
+    def take(self) -> tuple[int, int]:
+        """A free slot in new, zeroed memory: ``(slot, descriptor for its worker)``.
+
+        The caller sends the descriptor to the worker and closes it.
+        """
+        if not self._free:
+            raise RuntimeError(f"a cluster runs at most {CAPACITY} workers at once")
+        handle = _b.shm_create("pyforkd-board-slot", SLOT_BYTES)
         try:
-            self._map = _b.map_shared(handle, size)
-            # What goes to the workers as a pyforkd.Fd (on Windows a C runtime descriptor
-            # over the section's handle).
-            self.fd = _b.adopt(handle, True)
+            mapping = _b.map_detached(handle, SLOT_BYTES)
+            # (On Windows a C runtime descriptor over the section's handle.)
+            fd = _b.adopt(handle, True)
         except BaseException:
             _b.close_native(handle)
             raise
-        self._words = memoryview(self._map).cast("Q")
-        self._base: Any = _b.ffi.cast("unsigned long long *", _b.ffi.from_buffer(self._map))
-        self._free = list(range(CAPACITY - 1, -1, -1))
-
-    def take(self) -> int:
-        """A free slot, zeroed."""
-        if not self._free:
-            raise RuntimeError(f"a cluster runs at most {CAPACITY} workers at once")
         slot = self._free.pop()
-        self._words[slot * SLOT_WORDS : (slot + 1) * SLOT_WORDS] = memoryview(
-            bytes(SLOT_WORDS * 8)
-        ).cast("Q")
-        return slot
+        self._unmap(slot)
+        words = memoryview(mapping).cast("Q")
+        self._slots[slot] = (mapping, words, _b.words_pointer(mapping))
+        return slot, fd
 
     def give_back(self, slot: int) -> None:
         """The slot's worker is gone."""
@@ -62,38 +68,37 @@ class Board:
 
     def read(self, slot: int, field: int) -> int:
         """One word of a worker's slot."""
-        return int(self._words[slot * SLOT_WORDS + field])
+        return int(self._slots[slot][1][field])
 
     def pointer(self, slot: int, field: int) -> Any:
         """A C pointer to one word (valid while the board is open)."""
-        return self._base + slot * SLOT_WORDS + field
+        return self._slots[slot][2] + field
+
+    def _unmap(self, slot: int) -> None:
+        entry = self._slots.pop(slot, None)
+        if entry is not None:
+            entry[1].release()  # (the mapping goes with the last reference to it)
 
     def close(self) -> None:
-        """Unmap and close (after the dispatchers that read it are closed)."""
-        if self.fd < 0:
-            return
-        self._base = None
-        self._words.release()
-        _b.unmap_shared(self._map)
-        self._map = None
-        os.close(self.fd)
-        self.fd = -1
+        """Unmap every slot (after the dispatchers that read it are closed)."""
+        for slot in list(self._slots):
+            self._unmap(slot)
 
 
 class Slot:
-    """A worker's own slot, mapped from the board's descriptor."""
+    """A worker's own slot, mapped from the descriptor its primary sent."""
 
-    def __init__(self, fd: int, slot: int) -> None:
-        """Map slot ``slot`` of the board behind ``fd`` (which is closed, in every case)."""
+    def __init__(self, fd: int) -> None:
+        """Map the slot behind ``fd`` (which is closed, in every case)."""
         try:
             handle = _b.native(fd)
             size = _b.shm_size(handle)
-            if not 0 <= slot < size // (SLOT_WORDS * 8):
-                raise ValueError(f"board slot {slot} is out of range")
-            self._map = _b.map_shared(handle, size)
+            if size != SLOT_BYTES:
+                raise ValueError(f"a board slot is {SLOT_BYTES} bytes, not {size}")
+            self._map = _b.map_detached(handle, size)
         finally:
             os.close(fd)
-        self._words = memoryview(self._map).cast("Q")[slot * SLOT_WORDS : (slot + 1) * SLOT_WORDS]
+        self._words = memoryview(self._map).cast("Q")
         self._lock = threading.Lock()
 
     def took(self) -> None:

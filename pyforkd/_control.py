@@ -81,6 +81,8 @@ def runtime_dir(create: bool = False) -> str:
 
 def _own_dir(path: str, create: bool, parents: bool = False) -> str:
     """``path``, checked to be a directory of this user's that no one else may enter."""
+    if sys.platform == "win32":
+        raise AssertionError("the profile's directory is used there")
     if create:
         try:
             if parents:

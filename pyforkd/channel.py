@@ -65,12 +65,12 @@ def _held_fds_limit() -> int:
     A quarter of this process's descriptor limit (and never fewer than one message may
     carry): a peer must not be able to use up the descriptors the program needs.
     """
-    try:
+    if sys.platform == "win32":
+        soft = 2048  # (no RLIMIT_NOFILE: the C runtime's limit is of this order)
+    else:
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    except (NameError, OSError, ValueError):
-        soft = 2048  # (Windows, which has no resource module: the C runtime's is of this order)
-    if soft < 0:
-        soft = 1 << 16
+        if soft < 0:  # RLIM_INFINITY
+            soft = 1 << 18
     return max(_b.FRAME_MAX_FDS, min(soft // 4, 1 << 16))
 
 
@@ -871,9 +871,10 @@ class Channel:
 
     ``serialization`` is how :meth:`send` encodes (``"pickle"``, ``"json"`` or ``"raw"``
     bytes).  What arrives is decoded by the kind the sender wrote, except that only a
-    ``"pickle"`` channel unpickles: a pickle on any other is a :class:`FrameError`.  ``framing="node"`` speaks
-    Node's JSON-lines IPC instead (``serialization`` must then be ``"json"``).  Messages
-    over ``max_message_size`` bytes are refused on both sides.  The channel owns the socket.
+    ``"pickle"`` channel unpickles: a pickle on any other is a :class:`FrameError`.
+    ``framing="node"`` speaks Node's JSON-lines IPC instead (``serialization`` must then
+    be ``"json"``).  Messages over ``max_message_size`` bytes are refused on both sides.
+    The channel owns the socket.
     """
 
     def __init__(

@@ -728,7 +728,6 @@ class Cluster:
                 argv = list(sys.argv)
         if self._board is None:
             self._board = _board.Board()
-        slot = self._board.take()
         logs: list[tuple[int, int]] = []
         try:
             if self.settings["log_prefix"]:
@@ -745,11 +744,23 @@ class Cluster:
                 name=f"worker {wid}",
             )
         except BaseException:
-            self._board.give_back(slot)
             for r, w_ in logs:
                 os.close(r)
                 os.close(w_)
             raise
+        # Its board slot is made after the fork and its descriptor closed here once sent:
+        # this worker alone has it, no worker forked before or after.
+        try:
+            slot, slot_fd = self._board.take()
+        except BaseException:
+            process.kill("SIGKILL")  # (it waits for its hello: nothing of it ran)
+            process.wait()
+            process.close()
+            for r, w_ in logs:
+                os.close(r)
+                os.close(w_)
+            raise
+        board_fd = _channel.Fd(slot_fd)
         self._next_id += 1
         w = Worker(self, wid, process, slot)
         w._env = extra
@@ -761,13 +772,14 @@ class Cluster:
         ch = process.channel
         assert ch is not None
         try:
-            ch.send_control(hello, _channel.Fd(self._board.fd), keep_open=True)
+            ch.send_control(hello, board_fd)
             if logs:
                 ends = [_channel.Fd(logs[0][1]), _channel.Fd(logs[1][1])]
                 ch.send_control(("cluster", "logs"), ends, keep_open=True)
         except ChannelClosedError:
             pass  # it died already: run() reaps it
         finally:
+            board_fd.close()  # (closed once sent; here when it was not)
             for _, w_ in logs:
                 os.close(w_)  # the worker has its own copies
         for r, stream in zip((r for r, _ in logs), (sys.stdout, sys.stderr)):
@@ -1461,7 +1473,7 @@ def _worker_main(wid: int, path: str, argv: list[str] | None, env: dict[str, str
     ch = _worker.parent()
     assert ch is not None
     hello, board = ch.recv_control(with_handle=True)
-    _, _, slot, timeout, has_logs = hello
+    _, _, _, timeout, has_logs = hello
     if has_logs:
         _, ends = ch.recv_control(with_handle=True)
         for end, target in zip(ends, (1, 2)):
@@ -1475,7 +1487,7 @@ def _worker_main(wid: int, path: str, argv: list[str] | None, env: dict[str, str
         sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     os.environ.update(env)
     os.environ["PYFORKD_WORKER_ID"] = str(wid)
-    me = _Self(wid, _board.Slot(board.detach(), slot), timeout)
+    me = _Self(wid, _board.Slot(board.detach()), timeout)
     _role["worker"] = me
     ch.send_control(("cluster", "online"))
     try:

@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+import pyforkd
 from pyforkd import _board
 
 pytestmark = linux_only
@@ -27,11 +28,11 @@ class Slots(RuleBasedStateMachine):
     @precondition(lambda self: len(self.out) < _board.CAPACITY)
     @rule(served=st.integers(0, 2**64 - 1))
     def take(self, served):
-        slot = self.board.take()
+        slot, fd = self.board.take()
         assert slot not in self.out and 0 <= slot < _board.CAPACITY
         for field in (_board.BUSY, _board.OPEN, _board.SERVED):
             assert self.board.read(slot, field) == 0
-        self.board._words[slot * _board.SLOT_WORDS + _board.SERVED] = served  # dirty it
+        _board.Slot(fd)._words[_board.SERVED] = served  # the worker dirties it
         self.out.add(slot)
 
     @precondition(lambda self: self.out)
@@ -57,7 +58,7 @@ def test_a_full_board_says_so():
     board = _board.Board()
     try:
         for _ in range(_board.CAPACITY):
-            board.take()
+            os.close(board.take()[1])
         with pytest.raises(RuntimeError, match=f"at most {_board.CAPACITY} workers"):
             board.take()
     finally:
@@ -66,11 +67,11 @@ def test_a_full_board_says_so():
 
 def test_a_workers_counters_reach_the_primary_across_a_fork():
     board = _board.Board()
-    slot = board.take()
+    slot, fd = board.take()
     pid = os.fork()
     if pid == 0:
         try:
-            mine = _board.Slot(os.dup(board.fd), slot)
+            mine = _board.Slot(fd)
             for _ in range(3):
                 mine.took()
             mine.closed()
@@ -78,10 +79,26 @@ def test_a_workers_counters_reach_the_primary_across_a_fork():
             os._exit(0)
         finally:
             os._exit(1)
+    os.close(fd)
     assert os.waitpid(pid, 0)[1] == 0
     assert board.read(slot, _board.SERVED) == 3
     assert board.read(slot, _board.OPEN) == 2
     assert board.read(slot, _board.BUSY) == 0
-    with pytest.raises(ValueError, match="board slot 5000 is out of range"):
-        _board.Slot(os.dup(board.fd), 5000)
+    board.close()
+
+
+def test_a_slot_that_is_not_one_is_refused():
+    ring = pyforkd.Ring(1 << 16)  # sealed shared memory, of the wrong size
+    with pytest.raises(ValueError, match="a board slot is 64 bytes"):
+        _board.Slot(os.dup(ring.fileno()))
+    ring.close()
+
+
+def test_each_slot_is_memory_of_its_own():
+    board = _board.Board()
+    (a, fd_a), (b, fd_b) = board.take(), board.take()
+    _board.Slot(fd_a).took()
+    assert board.read(a, _board.SERVED) == 1
+    assert board.read(b, _board.SERVED) == 0
+    os.close(fd_b)
     board.close()

@@ -38,6 +38,27 @@ APP = textwrap.dedent(
     if me == 1 and os.environ.get("GARBAGE"):
         # The channel to the primary, written to without pyforkd's encoder.
         os.write(pyforkd.parent().fileno(), b"\\x00garbage garbage!!")
+    if me == 1 and os.environ.get("SCRIBBLE"):
+        # Every board memory this worker can reach, its own descriptors and the primary's:
+        # each slot marked busy since boot, as a hung worker's would be.
+        import mmap, struct
+        found = []
+        for where in ("/proc/self/fd", f"/proc/{os.getppid()}/fd"):
+            for name in os.listdir(where):
+                try:
+                    if "pyforkd-board" not in os.readlink(f"{where}/{name}"):
+                        continue
+                    fd = os.open(f"{where}/{name}", os.O_RDWR)
+                except OSError:
+                    continue
+                with mmap.mmap(fd, 64) as m:
+                    m[:8] = struct.pack("<Q", 1)
+                os.close(fd)
+                found.append(f"{where}/{name}")
+        with open("/proc/self/maps") as f:
+            mapped = [line for line in f if "pyforkd-board" in line]
+        with open(os.environ["SCRIBBLE"], "w") as f:
+            f.write(f"{len(found)} {len(mapped)}")
     if me == 1 and os.environ.get("FLOOD"):
         for i in range(int(os.environ["FLOOD"])):
             cluster.worker.send({"i": i, "pad": "x" * 1000})
@@ -71,7 +92,7 @@ def start(tmp_path, workers: int, **extra: str):
     env = dict(os.environ, PORT=str(port), PYFORKD_RUNTIME_DIR=str(tmp_path / "run"), **extra)
     primary = pyforkd.spawn(
         PY,
-        ["-m", "pyforkd", "run", str(script), "-i", str(workers), "--name", "h"],
+        ["-m", "pyforkd", "run", str(script), "-i", str(workers), "--name", "h", "--timeout", "1"],
         env=env,
         stdio=["ignore", "pipe", "pipe"],
     )
@@ -106,6 +127,25 @@ def test_a_worker_writing_garbage_is_killed_and_the_others_live_on(tmp_path):
     err = primary.stderr.read().decode()
     assert "worker 1" in err and "malformed" in err
     assert "Traceback" not in err
+
+
+def test_a_worker_reaches_no_board_slot_but_its_own(tmp_path):
+    report = tmp_path / "scribbled"
+    primary, env, _ = start(tmp_path, 3, SCRIBBLE=str(report))
+    with reaped(primary):
+        deadline = time.monotonic() + 30
+        while not report.exists() or not report.read_text():
+            assert time.monotonic() < deadline, "the hostile worker never reported"
+            time.sleep(0.05)
+        others = {w["pid"] for w in status(env, "h")["workers"] if w["id"] in (2, 3)}
+        time.sleep(3)  # (test code: past the 1 s hang timeout, were their slots written)
+        rows = status(env, "h")["workers"]
+        assert others <= {w["pid"] for w in rows}, "a worker was killed through its slot"
+        primary.kill("SIGTERM")
+        assert primary.wait(timeout=30) == 0
+    # Its own slot only: no descriptor (the mapping keeps none) and one mapping.
+    assert report.read_text() == "0 1"
+    assert "hung" not in primary.stderr.read().decode().replace("worker 1 ", "")
 
 
 def test_a_primary_without_a_message_handler_drops_a_flood(tmp_path):

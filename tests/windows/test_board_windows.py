@@ -16,8 +16,8 @@ WORKER = r"""
 import pyforkd
 from pyforkd import _board
 ch = pyforkd.parent()
-(slot,), fd = ch.recv(with_handle=True)
-mine = _board.Slot(fd.detach(), slot)
+_, fd = ch.recv(with_handle=True)
+mine = _board.Slot(fd.detach())
 mine.took()
 mine.took()
 mine.closed()
@@ -28,16 +28,17 @@ ch.recv()
 
 def a_worker_writes_its_slot() -> None:
     board = _board.Board()
-    slot = board.take()
+    slot, fd = board.take()
     child = pyforkd.spawn(
         PY, ["-c", WORKER], stdio=["ignore", "ignore", "inherit", "ipc"], serialization="pickle"
     )
-    child.send((slot,), handle=pyforkd.Fd(board.fd), keep_open=True)
+    child.send("your slot", handle=pyforkd.Fd(fd))  # (closed here once sent)
     assert child.recv(timeout=60) == "written"
     assert board.read(slot, _board.SERVED) == 2
     assert board.read(slot, _board.OPEN) == 1
     assert board.read(slot, _board.BUSY) > 0
-    other = board.take()
+    other, other_fd = board.take()
+    pyforkd.Fd(other_fd).close()
     assert other != slot and board.read(other, _board.SERVED) == 0
     child.send("bye")
     assert child.wait(timeout=60) == 0
