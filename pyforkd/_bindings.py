@@ -662,6 +662,22 @@ def process_die_with_parent(sig: int, expected_parent: int) -> bool | None:
     raise_errno(r, "prctl(PR_SET_PDEATHSIG)")
 
 
+def process_watch_hangup(sock: int) -> None:
+    """End this process (SIGKILL) once the peer of channel ``sock`` hangs up.
+
+    A thread of the C core watches, which never needs the GIL: it acts even while the
+    program is stuck in a long C call that holds it.
+    """
+    r = lib.pfd_process_watch_hangup(sock)
+    if r < 0:
+        raise_errno(r, "pthread_create (hang-up watch)")
+
+
+def process_unwatch() -> None:
+    """Disarm :func:`process_watch_hangup` (the process leaves its parent on purpose)."""
+    lib.pfd_process_unwatch()
+
+
 def socket_nosigpipe(sock: int) -> None:
     """Make sends on ``sock`` never raise SIGPIPE (macOS needs a socket option)."""
     r = lib.pfd_socket_nosigpipe(sock)

@@ -12,7 +12,6 @@ Node (or speaks Node's JSON lines), whichever started us.
 
 from __future__ import annotations
 
-import _thread
 import atexit
 import errno
 import math
@@ -201,10 +200,10 @@ def _serve(
         _state["channel"] = channel
         if pdeathsig and _b.process_die_with_parent(signal.SIGKILL, expected_parent) is False:
             os._exit(1)  # the parent died before we could watch it
-        # Every platform, any thread the parent forked from: when the parent's end of the
-        # channel closes (its death included), this worker ends too.
-        # A bare thread: nothing to join at exit, and no wait here for it to start.
-        _thread.start_new_thread(_die_on_hangup, (channel.fileno(),))
+        # Every platform, any thread the parent forked from, any start method: when the
+        # parent's end of the channel closes (its death included), this worker ends too.
+        # The C core's thread watches, so a worker stuck in a C call holding the GIL ends.
+        _b.process_watch_hangup(channel.fileno())
         try:
             outcome: tuple[str, Any] = ("result", target(*args, **kwargs))
             code = 0
@@ -227,16 +226,6 @@ def _serve(
             except Exception:
                 pass
         os._exit(code)
-
-
-def _die_on_hangup(fd: int) -> None:
-    while True:
-        try:
-            gone = _b.fd_wait_hangup(fd, -1)
-        except OSError:
-            gone = True  # the descriptor is gone: so is the channel
-        if gone:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _check_target(target: Any) -> None:

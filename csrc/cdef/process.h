@@ -30,6 +30,17 @@ int pfd_process_kill(int pid, int handle, int sig);
  * thing, or -errno. */
 int pfd_process_die_with_parent(int sig, int expected_parent);
 
+/* Kills the calling process (SIGKILL; Windows: TerminateProcess) once the peer of channel
+ * `sock` hangs up, from a thread of the C core that never takes the interpreter's lock: a
+ * process stuck in a long C call that holds the GIL dies with its parent all the same.  It
+ * watches a copy of `sock`, so what the process does with `sock` later does not matter.
+ * Returns 0, or -errno (the copy, the thread). */
+int pfd_process_watch_hangup(int sock);
+
+/* Disarms that watch: a hang-up from then on ends nothing (a process that leaves its
+ * parent on purpose). */
+void pfd_process_unwatch(void);
+
 /* Output collection for the exec family: one loop that writes the input to the child's
  * stdin and reads its stdout and stderr at once, so no pipe can fill up and deadlock. */
 typedef struct pfd_buffer_s {

@@ -21,8 +21,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
@@ -39,6 +42,7 @@
 #endif
 
 #include "pyforkd.h"
+#include "../common/atomic.h"
 #include "../common/collect.h"
 
 
@@ -176,6 +180,55 @@ int pfd_process_die_with_parent(int sig, int expected_parent) {
   (void)expected_parent;
   return -ENOTSUP;
 #endif
+}
+
+/* ---- dying with the parent, whatever the interpreter does ---------------------------- */
+
+/* Whether a hang-up still ends this process (pfd_process_unwatch clears it).  Written by
+ * the caller's threads, read by the watcher: sequentially consistent, it is read once. */
+static pfd_atomic_u32_t pfd__hangup_armed;
+
+static void *pfd__hangup_watch(void *arg) {
+  int sock = (int)(intptr_t)arg;
+  int r;
+  do {
+    r = pfd_fd_wait_hangup(sock, -1);
+  } while (r == -EINTR || r == 0);
+  /* The peer hung up, or the descriptor broke: either way the channel is over. */
+  if (pfd_atomic_load_u32(&pfd__hangup_armed)) (void)kill(getpid(), SIGKILL);
+  (void)close(sock);
+  return NULL;
+}
+
+int pfd_process_watch_hangup(int sock) {
+  pthread_attr_t attr;
+  pthread_t thread;
+  sigset_t all, old;
+  int copy, r;
+  /* A copy of its own: the watch outlives whatever the process does with `sock`. */
+  copy = fcntl(sock, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) return -errno;
+  pfd_atomic_store_u32(&pfd__hangup_armed, 1u);
+  r = pthread_attr_init(&attr);
+  if (r != 0) goto error;
+  (void)pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  (void)pthread_attr_setstacksize(&attr, PTHREAD_STACK_MIN > 65536 ? PTHREAD_STACK_MIN : 65536);
+  /* Every signal blocked in the watcher (it inherits the mask): signals meant for the
+   * program, Ctrl-C included, go to the threads that run it. */
+  (void)sigfillset(&all);
+  (void)pthread_sigmask(SIG_SETMASK, &all, &old);
+  r = pthread_create(&thread, &attr, pfd__hangup_watch, (void *)(intptr_t)copy);
+  (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+  (void)pthread_attr_destroy(&attr);
+  if (r != 0) goto error;
+  return 0;
+error:
+  (void)close(copy);
+  return -r;
+}
+
+void pfd_process_unwatch(void) {
+  pfd_atomic_store_u32(&pfd__hangup_armed, 0u);
 }
 
 /* ---- collecting output -------------------------------------------------------------- */

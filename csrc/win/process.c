@@ -20,7 +20,10 @@
 #include <signal.h>
 #include <stdlib.h>
 
+#include <stdint.h>
+
 #include "internal.h"
+#include "../common/atomic.h"
 #include "../common/collect.h"
 
 typedef struct pfd__win_child_s {
@@ -141,6 +144,44 @@ int pfd_process_die_with_parent(int sig, int expected_parent) {
   (void)sig;
   (void)expected_parent;
   return -ENOTSUP; /* the Job Object of spawn.c does this for every child */
+}
+
+/* ---- dying with the parent, whatever the interpreter does ------------------------------- */
+
+/* Whether a hang-up still ends this process (pfd_process_unwatch clears it). */
+static pfd_atomic_u32_t pfd__hangup_armed;
+
+static DWORD WINAPI pfd__hangup_watch(LPVOID arg) {
+  HANDLE pipe = (HANDLE)arg;
+  int r;
+  do {
+    r = pfd_fd_wait_hangup(PFD__FD(pipe), -1);
+  } while (r == 0);
+  /* The peer hung up, or the handle broke: either way the channel is over. */
+  if (pfd_atomic_load_u32(&pfd__hangup_armed)) TerminateProcess(GetCurrentProcess(), 1);
+  CloseHandle(pipe);
+  return 0;
+}
+
+int pfd_process_watch_hangup(int sock) {
+  HANDLE self = GetCurrentProcess(), copy = NULL, thread;
+  /* A copy of its own: the watch outlives whatever the process does with `sock`. */
+  if (!DuplicateHandle(self, PFD__HANDLE(sock), self, &copy, 0, FALSE, DUPLICATE_SAME_ACCESS)) {
+    return pfd__win_last_errno();
+  }
+  pfd_atomic_store_u32(&pfd__hangup_armed, 1u);
+  thread = CreateThread(NULL, 65536, pfd__hangup_watch, copy, 0, NULL);
+  if (thread == NULL) {
+    int err = pfd__win_last_errno();
+    CloseHandle(copy);
+    return err;
+  }
+  CloseHandle(thread); /* (it runs on, detached) */
+  return 0;
+}
+
+void pfd_process_unwatch(void) {
+  pfd_atomic_store_u32(&pfd__hangup_armed, 0u);
 }
 
 /* ---- output collection ------------------------------------------------------------------ */

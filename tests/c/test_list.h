@@ -18,6 +18,7 @@
   X(spawn_bad_options)            \
   X(process_wait_timeout_kill)    \
   X(process_reap_twice)           \
+  X(process_watch_hangup)         \
   X(collect_both_streams)         \
   X(collect_max_buffer)           \
   X(collect_timeout)              \

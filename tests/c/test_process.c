@@ -3,6 +3,8 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "runner.h"
@@ -114,5 +116,40 @@ TEST_IMPL(collect_timeout) {
   CHECK_EQ(pfd_collect_run(&c, 5000), 0); /* the pipes reach EOF once it is dead */
   pfd_collect_close(&c);
   CHECK_EQ(pfd_test_reap(pid), -SIGKILL);
+  return 0;
+}
+
+/* A child that watches its channel: killed when the peer hangs up, unless it disarmed the
+ * watch; and a close of its own descriptor does not count as a hang-up. */
+static int watch_child(int disarm) {
+  int sv[2], status = 0;
+  char c = 0;
+  pid_t pid;
+  CHECK_EQ(pfd_fd_pair(sv), 0);
+  pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    close(sv[0]);
+    if (pfd_process_watch_hangup(sv[1]) != 0) _exit(3);
+    if (disarm) pfd_process_unwatch();
+    if (write(sv[1], "r", 1) != 1) _exit(4);
+    close(sv[1]); /* the watch has a copy of its own: this is no hang-up */
+    sleep(2);
+    _exit(5);
+  }
+  close(sv[1]);
+  CHECK_EQ(read(sv[0], &c, 1), 1);
+  usleep(200 * 1000);
+  CHECK_EQ(waitpid(pid, &status, WNOHANG), 0); /* alive after its own close */
+  close(sv[0]); /* the parent's hang-up */
+  CHECK_EQ(waitpid(pid, &status, 0), pid);
+  return status;
+}
+
+TEST_IMPL(process_watch_hangup) {
+  int status = watch_child(0);
+  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  status = watch_child(1);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 5);
   return 0;
 }

@@ -9,6 +9,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sys/mman.h>
+
 #include "runner.h"
 
 static int count_dev_shm(void) {
@@ -45,6 +47,15 @@ TEST_IMPL(shm_create_map_and_seals) {
   close(pipefd[0]);
   close(pipefd[1]);
   CHECK_EQ(pfd_shm_size(-1), -EBADF);
+#ifdef __linux__
+  { /* Memory a peer could shrink under a mapping is refused. */
+    int unsealed = memfd_create("pfd-test-unsealed", MFD_CLOEXEC);
+    CHECK(unsealed >= 0);
+    CHECK(ftruncate(unsealed, 1 << 16) == 0);
+    CHECK_EQ(pfd_shm_size(unsealed), -EPERM);
+    close(unsealed);
+  }
+#endif
   CHECK_EQ(pfd_test_count_fds(), before_fds);
   return 0;
 }
