@@ -34,7 +34,7 @@ from .errors import (
 )
 from .pool import Pool, PoolBrokenError, WorkerCrashedError
 from .ring import Ring
-from .worker import Worker, fork_worker, parent
+from .worker import Worker, Zygote, fork_worker, parent
 
 if TYPE_CHECKING:
     from . import aio
@@ -67,6 +67,7 @@ __all__ = [
     "Worker",
     "WorkerCrashedError",
     "WorkerError",
+    "Zygote",
     "__version__",
     "aio",
     "exec",

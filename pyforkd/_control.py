@@ -142,8 +142,11 @@ class _Server(abc.ABC):
         runtime_dir(create=True)
         self._listen()
         self._thread = threading.Thread(target=self._serve, name="pyforkd control", daemon=True)
-        self._thread.start()
         _servers.add(self)
+
+    def start(self) -> None:
+        """Serve, from a thread of its own (after the primary's first forks)."""
+        self._thread.start()
 
     @abc.abstractmethod
     def _listen(self) -> None:
@@ -215,7 +218,8 @@ class _Server(abc.ABC):
         """Stop serving and remove the socket (on Windows the file saying it runs)."""
         if not self._wake_to_stop():
             return
-        self._thread.join()
+        if self._thread.ident is not None:  # (started)
+            self._thread.join()
         self._forget()
         _servers.discard(self)
         try:

@@ -497,12 +497,24 @@ class _Watchdog:
                 self._thread.start()
             self._cond.notify()
 
+    def released(self) -> None:
+        """A watched child ended: the thread may have nothing left to watch."""
+        with self._cond:
+            self._cond.notify()
+
     def _run(self) -> None:
+        # The thread ends as soon as no running child is left to watch: a process forks
+        # its workers with no thread of pyforkd's alive (CPython 3.12+ warns otherwise).
         while True:
             with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                deadline, _, holder = self._heap[0]
+                heap = self._heap
+                if any(entry[2][0] is None for entry in heap):
+                    heap[:] = [entry for entry in heap if entry[2][0] is not None]
+                    heapq.heapify(heap)
+                if not heap:
+                    self._thread = None
+                    return
+                deadline, _, holder = heap[0]
                 delay = deadline - time.monotonic()
                 if delay > 0:
                     self._cond.wait(delay)
@@ -689,6 +701,8 @@ class ChildProcess:
         self._release_handle_locked()
         if self._deadline_holder is not None:
             self._deadline_holder[0] = None  # the watchdog lets go of an ended child
+            self._deadline_holder = None
+            _watchdog.released()
         return True
 
     def _release_handle_locked(self) -> None:

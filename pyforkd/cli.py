@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         c.on("exit", _report_exit)
         for _ in range(args.instances):
             c.fork()
+        control.start()  # (after the forks: the primary forks with no thread of its own)
         print(
             f"pyforkd: {args.instances} worker(s) running {args.script} as {name!r} "
             f"(pid {os.getpid()}; `pyforkd status --name {name}`)",

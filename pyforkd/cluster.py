@@ -643,6 +643,7 @@ class Cluster:
         self._wake_w.setblocking(False)
         self.error: str | None = None  # why the cluster stopped by itself, if it did
         self._board: _board.Board | None = None  # made with the first worker
+        self._zygote: _worker.Zygote | None = None  # where forked workers come from
         self._memory_checked = 0.0
         self._sd_ready = False  # systemd was told READY=1 (and no reload since)
         self._dropped = 0  # workers' messages no handler took, since the last warning
@@ -728,21 +729,25 @@ class Cluster:
                 argv = list(sys.argv)
         if self._board is None:
             self._board = _board.Board()
+        forking = self.settings["start"] == "fork"
+        if forking and self._zygote is None:
+            # Made at the first fork, before the cluster's threads (control, dispatchers)
+            # and before anything of a worker's is open: every worker comes from it, so
+            # the primary never forks while a thread of its own runs.
+            self._zygote = _worker.Zygote(_worker_main)
         logs: list[tuple[int, int]] = []
         try:
             if self.settings["log_prefix"]:
                 logs = [os.pipe(), os.pipe()]
             wid = self._next_id
             extra = {str(k): str(v) for k, v in (env or {}).items()}
-            process = _worker.fork_worker(
-                _worker_main,
-                wid,
-                os.path.abspath(path),
-                argv,
-                extra,
-                start=self.settings["start"],
-                name=f"worker {wid}",
-            )
+            where = (wid, os.path.abspath(path), argv, extra)
+            if self._zygote is not None and forking:
+                process = self._zygote.fork(*where, name=f"worker {wid}")
+            else:
+                process = _worker.fork_worker(
+                    _worker_main, *where, start=self.settings["start"], name=f"worker {wid}"
+                )
         except BaseException:
             for r, w_ in logs:
                 os.close(r)
@@ -892,6 +897,9 @@ class Cluster:
             if not self.workers and self._board is not None:
                 self._board.close()  # (after the dispatchers that read it)
                 self._board = None
+            if not self.workers and self._zygote is not None:
+                self._zygote.stop()  # (every worker it made is reaped)
+                self._zygote = None
             if not self._stopping:  # (shutdown() told systemd already)
                 _systemd.notify("STOPPING=1")
         if self.error:

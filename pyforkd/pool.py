@@ -25,8 +25,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import itertools
+import multiprocessing
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -106,11 +108,31 @@ class _Slot:
         self.reader: threading.Thread | None = None
 
 
+def _default_start() -> str:
+    """The start method of a Pool made without one.
+
+    Windows: spawn.  CPython 3.14+: multiprocessing's default (forkserver on Linux, spawn
+    on macOS).  Before: fork, unless a thread of pyforkd's runs here now (another pool's
+    readers, say), where a fork could copy a lock that thread holds: then forkserver.
+    """
+    if sys.platform == "win32":
+        return "spawn"
+    if sys.version_info >= (3, 14):
+        method = multiprocessing.get_context().get_start_method()
+        if method in _worker.START_METHODS:
+            return method
+    return "forkserver" if _worker.threads_alive() else "fork"
+
+
 class Pool(cf.Executor):
     """A pool of ``workers`` processes (default: one per CPU) running submitted callables.
 
-    ``start``: ``"fork"`` (POSIX default), ``"spawn"`` or ``"forkserver"`` (see
-    :func:`pyforkd.fork_worker`).  ``balance``: ``"least-loaded"`` (the default: only an
+    ``start``: ``"fork"``, ``"spawn"`` or ``"forkserver"`` (see :func:`pyforkd.fork_worker`);
+    by default fork on POSIX (multiprocessing's default from CPython 3.14), but forkserver
+    while another thread of pyforkd's runs here (another pool's, say), and spawn on
+    Windows.  A fork pool forks its first workers before its threads start, and later ones
+    (replacements) from a zygote forked with them: no fork happens while a thread of the
+    pool's runs.  ``balance``: ``"least-loaded"`` (the default: only an
     idle worker gets a batch, so a slow task never holds others back while a worker is
     free) or ``"round-robin"`` (batches go to the workers in turn without waiting for them
     to be idle: each holds the batch it runs and the next, so it never waits for the
@@ -170,11 +192,23 @@ class Pool(cf.Executor):
         self._init_failures = 0
         self._next = 0  # round-robin: where the search for an idle worker starts
         self._slots = [_Slot(i) for i in range(workers)]
+        # Forked workers come from this process while it runs no thread of the pool's: the
+        # first ones now, before their reader threads start, and every later one (a
+        # replacement) from a zygote forked now too.
+        if start is None:
+            self._start = start = _default_start()
+        forking = start == "fork"
+        self._zygote: _worker.Zygote | None = None
         try:
             for slot in self._slots:
-                self._launch(slot)
+                self._launch(slot, read=False)
+            if forking:
+                self._zygote = _worker.Zygote(_serve, self._initializer, self._initargs)
+            for slot in self._slots:
+                self._read_from(slot)
         except BaseException:
             self.shutdown(wait=True, cancel_futures=True)
+            self._stop_zygote()
             raise
 
     @property
@@ -277,27 +311,45 @@ class Pool(cf.Executor):
 
     # ---- the workers --------------------------------------------------------------------
 
-    def _launch(self, slot: _Slot) -> None:
-        """Start a worker in ``slot`` and the thread that reads its answers."""
-        process = _worker.fork_worker(
-            _serve,
-            self._initializer,
-            self._initargs,
-            start=self._start,
-            ring=self._ring,
-            name=f"pool worker {slot.index}",
-        )
-        reader = threading.Thread(
-            target=self._read, args=(slot, process), name="pyforkd pool reader", daemon=True
-        )
+    def _launch(self, slot: _Slot, read: bool = True) -> None:
+        """Start a worker in ``slot``, and (``read``) the thread that reads its answers."""
+        name = f"pool worker {slot.index}"
+        if self._zygote is not None:
+            process = self._zygote.fork(ring=self._ring, name=name)
+        else:
+            process = _worker.fork_worker(
+                _serve,
+                self._initializer,
+                self._initargs,
+                start=self._start,
+                ring=self._ring,
+                name=name,
+            )
         with self._lock:
             slot.process = process
             slot.sent = 0
             slot.retiring = False
+        if read:
+            self._read_from(slot)
+
+    def _read_from(self, slot: _Slot) -> None:
+        """Start the thread that reads the answers of the worker in ``slot``."""
+        with self._lock:
+            process = slot.process
+            if process is None:
+                return
+            reader = threading.Thread(
+                target=self._read, args=(slot, process), name="pyforkd pool reader", daemon=True
+            )
             slot.reader = reader
             reader.start()  # (under the lock: shutdown() may join it as soon as it is there)
             if self._stopping:  # the pool wound down while this one started
                 _stop(process)
+
+    def _stop_zygote(self) -> None:
+        zygote, self._zygote = self._zygote, None
+        if zygote is not None:
+            zygote.stop()
 
     def _read(self, slot: _Slot, process: _worker.Worker) -> None:
         """In a thread per worker: its answers, until it ends.
@@ -433,12 +485,16 @@ class Pool(cf.Executor):
                 if not retired:
                     slot.restarts += 1
         with self._lock:
-            if not any(s.process is not None for s in self._slots) and not again:
+            over = not any(s.process is not None for s in self._slots) and not again
+            if over:
                 if not self._shutdown and self._broken is None:
                     self._broken = "every worker of the pool is gone (restart=False)"
                 self._fail_queue(PoolBrokenError(self._broken or "the pool is shut down"))
             self._dispatch()
             self._changed.notify_all()
+        if over:
+            # Every worker it made is reaped (their exit codes came through it): it can go.
+            self._stop_zygote()
 
     def _fail_queue(self, exc: BaseException) -> None:
         while self._queue:

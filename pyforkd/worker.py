@@ -124,6 +124,8 @@ def _after_fork_in_child() -> None:
                 pass
     _parent_ends.clear()
     _forkserver._forget()
+    for zygote in list(_zygotes):
+        zygote._forget()
 
 
 if hasattr(os, "register_at_fork"):  # (Windows has no fork)
@@ -307,7 +309,13 @@ def _start_fork(
     kwargs: dict[str, Any],
     main_thread: bool,
     ring: int | None,
+    serve: bool = True,
 ) -> Worker:
+    """Fork a worker.
+
+    ``serve=False``: the child runs ``target(channel)`` itself instead of the worker's life
+    around it (what a zygote does).
+    """
     # No other thread's spawn or fork runs meanwhile: this fork would copy that child's
     # descriptors (and that child's would copy these), hiding a death from its parent.
     with _cp.fork_guard.forking():
@@ -335,7 +343,10 @@ def _start_fork(
             try:
                 ours._forget()
                 _cp._release_in_fork_child()
-                _serve(theirs, target, args, kwargs, me, main_thread)
+                if serve:
+                    _serve(theirs, target, args, kwargs, me, main_thread)
+                else:
+                    target(theirs)
             finally:
                 os._exit(1)
         theirs._forget()
@@ -564,6 +575,13 @@ class _ForkServerClient:
         self._lock = threading.Lock()
         self._server: Worker | None = None
 
+    def _launch(self) -> Worker:
+        """Start the server process (it says "ready" on its channel)."""
+        main_thread = threading.current_thread() is threading.main_thread()
+        server = _spawn_interpreter("_forkserver_main", {}, main_thread)
+        server.args = ["pyforkd-forkserver"]
+        return server
+
     def _ensure(self) -> Worker:
         server = self._server
         if server is not None and server.connected:
@@ -571,9 +589,7 @@ class _ForkServerClient:
         if server is not None:
             server.close()
             server.wait()
-        main_thread = threading.current_thread() is threading.main_thread()
-        server = _spawn_interpreter("_forkserver_main", {}, main_thread)
-        server.args = ["pyforkd-forkserver"]
+        server = self._launch()
         try:
             kind, value = server._channel().recv_control()
         except ChannelClosedError:
@@ -642,9 +658,80 @@ _forkserver = _ForkServerClient()
 atexit.register(_forkserver.stop)
 
 
+class Zygote(_ForkServerClient):
+    """A fork of this process that forks workers of one kind, on request (POSIX).
+
+    ``Zygote(target, *args)`` forks it now; ``zygote.fork(*extra)`` returns a
+    :class:`Worker` running ``target(*args, *extra)``, as :func:`fork_worker` would.
+
+    Made where this process runs no thread of pyforkd's (a Pool before its reader threads,
+    a cluster before its control and dispatcher threads), it is where later workers come
+    from: a replacement is forked from the zygote, never from a process whose threads may
+    hold locks (CPython 3.12+ warns of that; a lock held at a fork stays held in the child).
+    Each worker runs ``target(*args, *extra)`` with this process's memory as it was when the
+    zygote was made; ``extra`` travels pickled.  Closed with :meth:`stop` (its workers live
+    on).
+    """
+
+    def __init__(self, target: Callable[..., Any], *args: Any) -> None:
+        super().__init__()
+        self._target = target
+        self._args = args
+        _zygotes.add(self)
+        with self._lock:
+            self._server = self._ensure()  # now, while the process is as the caller says
+
+    def _launch(self) -> Worker:
+        target, args = self._target, self._args
+        main_thread = threading.current_thread() is threading.main_thread()
+
+        def run(channel: Channel, payload: bytes, parent_pid: int) -> None:
+            extra = pickle.loads(payload)
+            _serve(channel, target, (*args, *extra), {}, parent_pid, False)
+
+        def serve_forks(channel: Channel) -> None:
+            if main_thread:  # (else the channel's end is its only sign: it is never stuck)
+                _b.process_die_with_parent(signal.SIGKILL, parent_pid)
+            _serve_forks(channel, run)
+
+        parent_pid = os.getpid()
+        server = _start_fork(serve_forks, (), {}, False, None, serve=False)
+        server.args = ["pyforkd-zygote"]
+        return server
+
+    def fork(self, *extra: Any, ring: int | None = None, name: str = "worker") -> Worker:
+        """A new worker running ``target(*args, *extra)``; ``extra`` must pickle."""
+        try:
+            payload = pickle.dumps(extra, protocol=5)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise TypeError(f"a zygote's worker arguments cannot be pickled: {exc}") from None
+        worker = self.start(payload, ring)
+        worker.args = [name]
+        worker.name = name
+        return worker
+
+
+_zygotes: weakref.WeakSet[Zygote] = weakref.WeakSet()
+
+
+def threads_alive() -> bool:
+    """Whether a thread of pyforkd's runs in this process now (all are named "pyforkd...")."""
+    me = threading.current_thread()
+    return any(t is not me and t.name.startswith("pyforkd") for t in threading.enumerate())
+
+
 def _forkserver_main() -> None:
     """Entry point of the fork server interpreter.  Ends when the parent's channel closes."""
     channel, _ = _bootstrap("fork server")
+    _serve_forks(channel, _run_pickled)
+
+
+def _serve_forks(channel: Channel, run: Callable[[Channel, bytes, int], None]) -> None:
+    """A fork server's life: fork a worker per request, which ``run``s; report; exit.
+
+    ``run(channel, payload, parent_pid)`` serves the worker's channel and never returns.
+    Ends (``os._exit``) when the parent's channel closes.
+    """
     channel.send_control(("ready", os.getpid()))
     statuses: dict[int, socket.socket] = {}
     wake_r, wake_w = os.pipe()
@@ -678,7 +765,7 @@ def _forkserver_main() -> None:
                 for other in statuses.values():
                     other.close()
                 status.close()
-                _run_pickled(theirs, payload, parent_pid)
+                run(theirs, payload, parent_pid)
             finally:
                 os._exit(1)
         theirs._forget()

@@ -47,13 +47,16 @@ def get(port):
 
 @pytest.fixture
 def primary():
+    # Workers come from a zygote made before the dispatcher's thread starts: none is
+    # forked from a process with a thread of pyforkd's running.
+    zygote = pyforkd.Zygote(serve)
     lsock = socket.create_server(("127.0.0.1", 0))
     rr = cluster.RoundRobin(lsock, max_inflight=2)
     workers = []
 
     def start(accepting=True):
         slot, theirs = rr.connect()
-        w = pyforkd.fork_worker(serve, accepting)
+        w = zygote.fork(accepting)
         w.send("your connections", handle=theirs)
         assert w.recv(timeout=30) == "ready"
         workers.append(w)
@@ -65,6 +68,7 @@ def primary():
     for w in workers:
         w.kill("SIGKILL")
         w.wait(timeout=30)
+    zygote.stop()
 
 
 def test_round_robin_splits_evenly_and_survives_a_killed_worker(primary):

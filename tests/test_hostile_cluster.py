@@ -183,6 +183,7 @@ def control(monkeypatch, tmp_path):
     monkeypatch.setenv("PYFORKD_RUNTIME_DIR", str(tmp_path / "run"))
     before = open_fds()
     server = _control.ControlServer(_Cluster(), "hostile")
+    server.start()
     yield server
     server.close()
     assert open_fds() == before

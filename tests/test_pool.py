@@ -322,16 +322,18 @@ def test_bad_arguments_are_named():
         Pool(workers=1, start="thread")
 
 
-@settings(max_examples=15, deadline=None)
-@given(st.lists(st.integers(-(2**40), 2**40), max_size=300), st.integers(1, 50) | st.none())
-def test_map_equals_the_builtin(shared_pool, xs, chunksize):
-    assert list(shared_pool.map(add_one, xs, chunksize=chunksize)) == [x + 1 for x in xs]
+class TestMapProperties:
+    """One pool for the examples, shut down after them (no other test sees its threads)."""
 
+    @pytest.fixture(scope="class")
+    def shared_pool(self):
+        with Pool(workers=2, ring=1 << 16) as p:
+            yield p
 
-@pytest.fixture(scope="module")
-def shared_pool():
-    with Pool(workers=2, ring=1 << 16) as p:
-        yield p
+    @settings(max_examples=15, deadline=None)
+    @given(st.lists(st.integers(-(2**40), 2**40), max_size=300), st.integers(1, 50) | st.none())
+    def test_map_equals_the_builtin(self, shared_pool, xs, chunksize):
+        assert list(shared_pool.map(add_one, xs, chunksize=chunksize)) == [x + 1 for x in xs]
 
 
 def test_the_pool_is_in_the_package():

@@ -287,6 +287,7 @@ def fd_targets(pid, kinds=("socket:",)):
     return found
 
 
+@pytest.mark.forks_with_threads  # (its own threads fork, at once: what it tests)
 def test_workers_forked_from_many_threads_at_once_hold_only_their_own_end():
     # Threads starting workers at the same moment (a pool replacing several): a fork in
     # one thread must not take another's worker-side socket not yet handed over, or that
