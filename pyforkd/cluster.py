@@ -647,6 +647,7 @@ class Cluster:
         self._memory_checked = 0.0
         self._sd_ready = False  # systemd was told READY=1 (and no reload since)
         self._dropped = 0  # workers' messages no handler took, since the last warning
+        self._again: set[Worker] = set()  # workers whose messages were not all read
         self._dropped_warned = -_DROPPED_WARNING_EVERY
         _clusters.add(self)
 
@@ -860,6 +861,11 @@ class Cluster:
                 if polled and (watched or logs):
                     timeout = _POLL_SECONDS if timeout is None else min(timeout, _POLL_SECONDS)
                 ready: list[tuple[Any, Any]] = [(k.fileobj, k.data) for k, _ in sel.select(timeout)]
+                # Workers with more to read than one turn took (their socket may be empty).
+                for w in self._again:
+                    if w.id in watched and w.process.channel is not None:
+                        ready.append((w.process.channel.fileno(), w))
+                self._again.clear()
                 if polled:
                     ready += [(p.fd, p) for p in logs if _b.pipe_readable(p.fd)]
                     ready += [(w.process.channel, w) for w in watched.values() if _ready(w)]
@@ -1061,15 +1067,28 @@ class Cluster:
         ch = w.process.channel
         assert ch is not None
         try:
+            # Until both kinds are drained: reading the one may bring more of the other.
             while True:
-                try:
-                    msg, handle = ch.recv_control(0, with_handle=True)
-                except TimeoutError:
-                    break
-                except ChannelClosedError:
+                controls, closed = 0, False
+                while True:
+                    try:
+                        msg, handle = ch.recv_control(0, with_handle=True)
+                    except TimeoutError:
+                        break
+                    except ChannelClosedError:
+                        closed = True  # (what it sent before still reaches the handlers)
+                        break
+                    self._control(w, msg, handle)
+                    controls += 1
+                taken = self._messages(w, ch)
+                if taken is None or closed:
                     return False
-                self._control(w, msg, handle)
-            return self._messages(w, ch)
+                if taken >= _MESSAGES_AT_ONCE:  # more may wait: its turn again after others
+                    self._again.add(w)
+                    self._wake()
+                    return True
+                if not controls and not taken:
+                    return ch.connected
         except (FrameError, _Malformed) as exc:
             w._why = f"sent a malformed message ({exc})"
             sys.stderr.write(
@@ -1079,8 +1098,10 @@ class Cluster:
             w.process.kill("SIGKILL")  # (its channel is closed: nothing of it can drain)
             return False
 
-    def _messages(self, w: Worker, ch: Any) -> bool:
-        """Hand the worker's messages to the "message" handlers; False once it has gone.
+    def _messages(self, w: Worker, ch: Any) -> int | None:
+        """Hand the worker's messages to the "message" handlers: how many they were.
+
+        None once the channel has ended.
 
         Without a handler they are dropped, with a warning at most every 10 s: a primary
         that does not listen must not keep them.  At most _MESSAGES_AT_ONCE are taken per
@@ -1088,13 +1109,16 @@ class Cluster:
         """
         handlers = self._handlers.get("message")
         wait_ready = self.settings["wait_ready"]
-        for _ in range(_MESSAGES_AT_ONCE):
+        taken: int | None = 0
+        while taken is not None and taken < _MESSAGES_AT_ONCE:
             try:
                 msg, handle = ch.recv(0, with_handle=True)
             except TimeoutError:
                 break
             except ChannelClosedError:
-                return False
+                taken = None
+                break
+            taken += 1
             if wait_ready and isinstance(msg, str) and msg == "ready":
                 self._became_ready(w)  # process.send('ready'), as PM2 has it
             if not handlers:
@@ -1114,7 +1138,7 @@ class Cluster:
             )
             sys.stderr.flush()
             self._dropped = 0
-        return ch.connected
+        return taken
 
     def _control(self, w: Worker, msg: Any, handle: Any) -> None:
         """Act on one of the worker's own messages (``_Malformed`` when it is not one)."""

@@ -674,6 +674,12 @@ class Zygote(_ForkServerClient):
     """
 
     def __init__(self, target: Callable[..., Any], *args: Any) -> None:
+        if sys.platform == "win32":
+            raise NotImplementedError(
+                "a Zygote is a fork, and Windows has no fork: start workers with "
+                "fork_worker(start='spawn')"
+            )
+        _check_target(target)
         super().__init__()
         self._target = target
         self._args = args

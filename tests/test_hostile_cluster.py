@@ -34,6 +34,8 @@ APP = textwrap.dedent(
     from pyforkd import cluster
 
     me = cluster.worker.id
+    for i in range(int(os.environ.get("FLOOD_FIRST", "0"))):
+        cluster.worker.send(i)  # its listen request comes behind these, in the same reads
     listener = cluster.listen(("127.0.0.1", int(os.environ["PORT"])))
     if me == 1 and os.environ.get("GARBAGE"):
         # The channel to the primary, written to without pyforkd's encoder.
@@ -146,6 +148,22 @@ def test_a_worker_reaches_no_board_slot_but_its_own(tmp_path):
     # Its own slot only: no descriptor (the mapping keeps none) and one mapping.
     assert report.read_text() == "0 1"
     assert "hung" not in primary.stderr.read().decode().replace("worker 1 ", "")
+
+
+def test_a_request_behind_a_flood_of_messages_is_answered(tmp_path):
+    primary, env, port = start(tmp_path, 1, FLOOD_FIRST="30000")
+    with reaped(primary):
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                pid = int(http_get(port))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the worker never got to listen"
+                time.sleep(0.05)
+        assert pid in {w["pid"] for w in status(env, "h")["workers"]}
+        primary.kill("SIGTERM")
+        assert primary.wait(timeout=30) == 0
 
 
 def test_a_primary_without_a_message_handler_drops_a_flood(tmp_path):
@@ -341,3 +359,36 @@ def test_a_worker_server_that_cannot_listen_names_the_real_error(tmp_path):
     assert done.returncode == 1
     assert f"EADDRINUSE (Address already in use): cannot listen on 127.0.0.1:{port}" in err
     assert "AttributeError" not in err
+
+
+EVERY_MESSAGE = """
+import sys, time
+from pyforkd import cluster
+
+N = int(sys.argv[1])
+if cluster.is_primary:
+    got = []
+
+    def on_message(worker, msg):
+        got.append(msg)
+        if len(got) == 1:
+            time.sleep(0.5)  # the rest piles up meanwhile: more than one turn takes
+        if len(got) == N:
+            print("all", got == list(range(N)), flush=True)
+            cluster.shutdown()
+
+    cluster.on("message", on_message)
+    cluster.fork()
+    cluster.run()
+else:
+    for i in range(N):
+        cluster.worker.send(i)
+    time.sleep(60)  # quiet from here on: nothing else wakes the primary
+"""
+
+
+def test_every_message_of_a_burst_reaches_the_handler(tmp_path):
+    script = tmp_path / "primary.py"
+    script.write_text(EVERY_MESSAGE)
+    done = pyforkd.spawn_sync(PY, [str(script), "20000"], timeout=60)
+    assert done.stdout.decode().split() == ["all", "True"], done.stderr.decode()[-2000:]
