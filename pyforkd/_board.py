@@ -92,10 +92,10 @@ class Slot:
         """Map the slot behind ``fd`` (which is closed, in every case)."""
         try:
             handle = _b.native(fd)
-            size = _b.shm_size(handle)
-            if size != SLOT_BYTES:
+            size = _b.shm_size(handle)  # (Windows rounds a section up to a page)
+            if size < SLOT_BYTES:
                 raise ValueError(f"a board slot is {SLOT_BYTES} bytes, not {size}")
-            self._map = _b.map_detached(handle, size)
+            self._map = _b.map_detached(handle, SLOT_BYTES)
         finally:
             os.close(fd)
         self._words = memoryview(self._map).cast("Q")

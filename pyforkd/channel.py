@@ -511,6 +511,10 @@ class _Decoder:
         self.allow_pickle = allow_pickle  # a channel unpickles only when its owner chose pickle
         self.line_scanned = 0  # Node framing: how much of ``pending`` has no newline
         self.held_fds = 0  # descriptors in ``ready`` and ``control``, not yet taken
+        # Bytes (as received) of the messages in ``ready`` and ``control``, each queue's in
+        # order: a peer must not fill this process while it waits for something else.
+        self.unread = 0
+        self.max_unread = 4 * max_length + (64 << 20)
         self.scan = scan  # Receiver.scan: the C frame header check
         self.max_length = max_length
         self.pending = bytearray()  # bytes of a message not whole yet
@@ -525,6 +529,10 @@ class _Decoder:
         self.big_frame = (0, 0, 0)  # its kind, flags, descriptor count
         self.ready: collections.deque[tuple[Any, Any]] = collections.deque()
         self.control: collections.deque[Any] = collections.deque()  # the channel's own
+        self.sizes: dict[int, collections.deque[int]] = {
+            id(self.ready): collections.deque(),
+            id(self.control): collections.deque(),
+        }
         # Node framing: internal messages for the channel to act on, and the socket maker
         # ("got", message) for Node's own messages, ("answer", message) for replies to send
         self.node_internal: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
@@ -673,7 +681,7 @@ class _Decoder:
         while self.fd_batches:
             _close_fds(self.fd_batches.popleft()[2])
         while self.ready:
-            _close_handle(self.ready.popleft()[1])
+            _close_handle(self.pop(self.ready)[1])
         # Control messages stay (a worker's outcome is read after its channel broke); their
         # handles go.
         for i, (obj, handle) in enumerate(self.control):
@@ -688,9 +696,21 @@ class _Decoder:
     def pop(self, queue: collections.deque[tuple[Any, Any]]) -> tuple[Any, Any]:
         """The first message of ``queue`` (``ready`` or ``control``) and its handle."""
         obj, handle = queue.popleft()
+        self.unread -= self.sizes[id(queue)].popleft()
         if handle is not None:
             self.held_fds -= len(handle) if isinstance(handle, list) else 1
         return obj, handle
+
+    def _keep(self, queue: collections.deque[tuple[Any, Any]], entry: Any, size: int) -> None:
+        """Queue a decoded message; what is queued, in bytes as received, is bounded."""
+        queue.append(entry)
+        self.sizes[id(queue)].append(size)
+        self.unread += size
+        if self.unread > self.max_unread:
+            raise ValueError(
+                f"the peer sent more than {self.max_unread} bytes of messages that are not "
+                "received yet"
+            )
 
     def _take_fds(self, pos: int, nfds: int) -> list[int]:
         """The descriptors of the message whose first byte is at stream offset ``pos``.
@@ -754,20 +774,20 @@ class _Decoder:
             )
         if not flags and not fds:  # the common case: a plain message
             if kind == _b.FRAME_PICKLE:
-                self.ready.append((pickle.loads(payload), None))
+                self._keep(self.ready, (pickle.loads(payload), None), len(payload))
             elif kind == _b.FRAME_RAW:
-                self.ready.append((bytes(payload), None))
+                self._keep(self.ready, (bytes(payload), None), len(payload))
             elif kind == _b.FRAME_JSON:
-                self.ready.append((_json_loads(bytes(payload)), None))
+                self._keep(self.ready, (_json_loads(bytes(payload)), None), len(payload))
             elif kind == _b.FRAME_RING:
                 if not self.rings:
                     raise ValueError("a ring record came on a channel without rings")
                 # A record sent over the socket (its own buffer: objects may be built on
                 # it), or, empty, the sign that records go back to the ring.
                 item = _ringlink.RECORD(bytearray(payload)) if payload else _ringlink.BACK
-                self.ready.append((item, None))
+                self._keep(self.ready, (item, None), len(payload))
             else:  # CONTROL: the channel's own traffic (a worker's result)
-                self.control.append((pickle.loads(payload), None))
+                self._keep(self.control, (pickle.loads(payload), None), len(payload))
             return
         handle: Any = None
         try:
@@ -793,7 +813,7 @@ class _Decoder:
                 self.ring_setup = handles
                 return
             if kind == _b.FRAME_CONTROL:  # the channel's own, with handles
-                self.control.append((pickle.loads(payload), handle))
+                self._keep(self.control, (pickle.loads(payload), handle), len(payload))
                 self.held_fds += len(handles)
                 return
             if kind == _b.FRAME_PICKLE:
@@ -806,7 +826,7 @@ class _Decoder:
             _close_fds(fds)
             _close_handle(handle)
             raise
-        self.ready.append((obj, handle))
+        self._keep(self.ready, (obj, handle), len(payload))
         self.held_fds += len(handles)
 
     def _decode_lines(self) -> None:
@@ -835,7 +855,7 @@ class _Decoder:
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"not a JSON message: {exc}") from None
         if not _is_node_internal(obj):
-            self.ready.append((obj, None))
+            self._keep(self.ready, (obj, None), len(line))
             return
         # Node's own traffic never reaches the user: the channel acts on it.
         if obj["cmd"] != "NODE_HANDLE":
@@ -862,7 +882,7 @@ class _Decoder:
         if _is_node_internal(msg):  # Node cluster traffic: not for the user either
             handle.close()
             return
-        self.ready.append((msg, handle))
+        self._keep(self.ready, (msg, handle), len(line))
         self.held_fds += 1
 
 

@@ -87,11 +87,14 @@ def test_a_workers_counters_reach_the_primary_across_a_fork():
     board.close()
 
 
-def test_a_slot_that_is_not_one_is_refused():
-    ring = pyforkd.Ring(1 << 16)  # sealed shared memory, of the wrong size
-    with pytest.raises(ValueError, match="a board slot is 64 bytes"):
-        _board.Slot(os.dup(ring.fileno()))
-    ring.close()
+def test_a_slot_that_is_not_one_is_refused_and_its_descriptor_closed(fd_baseline):
+    small = pyforkd._bindings.shm_create("not-a-slot", 16)  # sealed, too small
+    with pytest.raises(ValueError, match="a board slot is 64 bytes, not 16"):
+        _board.Slot(small)
+    pipe_r, pipe_w = os.pipe()
+    os.close(pipe_w)
+    with pytest.raises(OSError):
+        _board.Slot(pipe_r)  # not shared memory
 
 
 def test_each_slot_is_memory_of_its_own():

@@ -497,3 +497,32 @@ def test_a_ring_from_pyforkd_cannot_be_shrunk_by_its_receiver():
             os.ftruncate(ring.fileno(), 4096)
     finally:
         ring.close()
+
+
+def test_messages_piling_up_unread_are_bounded():
+    # The peer sends messages while this side waits for something else (a worker's result
+    # comes as a control message): what piles up is bounded, then the channel ends.
+    p = Peer(max_message_size=1 << 16)
+    payload = frame(RAW, b"z" * (1 << 16))
+    stop = threading.Event()
+
+    def flood():
+        try:
+            while not stop.is_set():
+                p.raw.sendall(payload)
+        except OSError:
+            pass  # the channel closed its end
+
+    t = threading.Thread(target=flood)
+    t.start()
+    try:
+        before = rss_bytes()
+        with pytest.raises(FrameError, match="not received yet"):
+            p.channel.recv_control(timeout=60)
+        grown = rss_bytes() - before
+        assert grown < 160 << 20, f"RSS grew by {grown >> 20} MiB"
+        assert not p.channel.connected
+    finally:
+        stop.set()
+        p.close()
+        t.join(10)
