@@ -34,7 +34,7 @@ def deadline(timeout: Any, what: str = "timeout") -> float | None:
 
 
 def check_encoding(encoding: Any, errors: Any = "strict", what: str = "encoding") -> None:
-    """Refuse an encoding that could not decode a child's output, before it starts.
+    """Refuse an encoding that cannot decode text (a child's output, a received file).
 
     ``encoding`` is None, ``"buffer"`` (Node's word for bytes) or a text codec, and
     ``errors`` an error handler: else ``TypeError``/``ValueError`` naming the argument.

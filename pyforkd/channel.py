@@ -20,7 +20,6 @@ descriptor that came with it and closes the channel; a vanished peer raises
 from __future__ import annotations
 
 import _socket
-import codecs
 import collections
 import io
 import json
@@ -42,6 +41,7 @@ if sys.platform != "win32":
     import resource
 
 from . import _bindings as _b
+from ._checks import check_encoding as _check_encoding
 from ._checks import deadline as _deadline
 from .errors import ChannelClosedError, FrameError
 from .ring import Ring
@@ -223,15 +223,6 @@ def _check_file_mode(mode: str) -> None:
         raise ValueError(f"a file's mode {mode!r} is not one open() takes")
 
 
-def _check_text_encoding(encoding: str) -> None:
-    try:
-        info = codecs.lookup(encoding)
-    except LookupError:
-        raise ValueError(f"unknown encoding {encoding!r}") from None
-    if not getattr(info, "_is_text_encoding", True):
-        raise ValueError(f"{encoding!r} is not a text encoding")
-
-
 def _parse_description(desc: bytes, count: int) -> tuple[bool, list[tuple[int, str, str]]]:
     """``(many, [(kind, mode, encoding), ...])`` from a handle description.
 
@@ -263,7 +254,7 @@ def _parse_description(desc: bytes, count: int) -> tuple[bool, list[tuple[int, s
             if encoding:
                 if "b" in mode:
                     raise ValueError(f"a binary file (mode {mode!r}) has no encoding")
-                _check_text_encoding(encoding)
+                _check_encoding(encoding, what="a file's encoding")
         elif kind not in (_KIND_FD, _KIND_SOCKET, _KIND_RING):
             raise ValueError(f"unknown handle kind {kind!r}")
         specs.append((kind, mode, encoding))

@@ -142,3 +142,25 @@ def rss_bytes(pid: int | None = None) -> int:
     with open(f"/proc/{pid or 'self'}/statm", "rb") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def run_on_a_taken_port(tmp_path, app: str) -> tuple[int, str, int]:
+    """``pyforkd run`` of ``app`` (a script reading PORT) on a port another socket holds.
+
+    Returns its exit code, its stderr and the port.
+    """
+    import socket
+
+    import pyforkd
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        script = tmp_path / "app.py"
+        script.write_text(app)
+        done = pyforkd.spawn_sync(
+            PY,
+            ["-m", "pyforkd", "run", str(script)],
+            env=dict(os.environ, PORT=str(port), PYFORKD_RUNTIME_DIR=str(tmp_path / "run")),
+            timeout=60,
+        )
+    return done.returncode, done.stderr.decode(), port

@@ -13,7 +13,16 @@ import threading
 import time
 
 import pytest
-from _helpers import PY, alive, answering_pid, free_port, http_get, linux_only, reaped
+from _helpers import (
+    PY,
+    alive,
+    answering_pid,
+    free_port,
+    http_get,
+    linux_only,
+    reaped,
+    run_on_a_taken_port,
+)
 
 import pyforkd
 
@@ -265,18 +274,8 @@ def test_spawn_started_workers_serve(tmp_path):
 
 
 def test_a_port_in_use_is_named(tmp_path):
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = taken.getsockname()[1]
-        script = tmp_path / "app.py"
-        script.write_text(APP)
-        done = pyforkd.spawn_sync(
-            PY,
-            ["-m", "pyforkd", "run", str(script)],
-            env=dict(os.environ, PORT=str(port), PYFORKD_RUNTIME_DIR=str(tmp_path / "run")),
-            timeout=60,
-        )
-    err = done.stderr.decode()
-    assert done.returncode == 1
+    code, err, port = run_on_a_taken_port(tmp_path, APP)
+    assert code == 1
     assert f"EADDRINUSE (Address already in use): cannot listen on 127.0.0.1:{port} (TCP)" in err
     assert err.count("Traceback") == 1  # reported once: a boot error is not restarted
 

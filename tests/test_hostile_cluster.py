@@ -20,7 +20,17 @@ import threading
 import time
 
 import pytest
-from _helpers import PY, alive, free_port, http_get, linux_only, open_fds, reaped, rss_bytes
+from _helpers import (
+    PY,
+    alive,
+    free_port,
+    http_get,
+    linux_only,
+    open_fds,
+    reaped,
+    rss_bytes,
+    run_on_a_taken_port,
+)
 
 import pyforkd
 from pyforkd import _control
@@ -345,18 +355,8 @@ server.serve_forever()
 
 
 def test_a_worker_server_that_cannot_listen_names_the_real_error(tmp_path):
-    with socket.create_server(("127.0.0.1", 0)) as taken:
-        port = taken.getsockname()[1]
-        script = tmp_path / "app.py"
-        script.write_text(HTTP_APP)
-        done = pyforkd.spawn_sync(
-            PY,
-            ["-m", "pyforkd", "run", str(script)],
-            env=dict(os.environ, PORT=str(port), PYFORKD_RUNTIME_DIR=str(tmp_path / "run")),
-            timeout=60,
-        )
-    err = done.stderr.decode()
-    assert done.returncode == 1
+    code, err, port = run_on_a_taken_port(tmp_path, HTTP_APP)
+    assert code == 1
     assert f"EADDRINUSE (Address already in use): cannot listen on 127.0.0.1:{port}" in err
     assert "AttributeError" not in err
 
