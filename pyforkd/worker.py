@@ -692,13 +692,21 @@ class Zygote(_ForkServerClient):
         main_thread = threading.current_thread() is threading.main_thread()
 
         def run(channel: Channel, payload: bytes, parent_pid: int) -> None:
+            signal.signal(signal.SIGINT, default_sigint)  # (as the process had it)
             extra = pickle.loads(payload)
             _serve(channel, target, (*args, *extra), {}, parent_pid, False)
 
         def serve_forks(channel: Channel) -> None:
             if main_thread:  # (else the channel's end is its only sign: it is never stuck)
                 _b.process_die_with_parent(signal.SIGKILL, parent_pid)
+            # Ctrl-C reaches the whole process group: the zygote outlives it, as the
+            # process that made it decides what Ctrl-C means (its workers get it as usual).
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             _serve_forks(channel, run)
+
+        default_sigint = signal.getsignal(signal.SIGINT)
+        if default_sigint is None:  # (set outside Python: the default then)
+            default_sigint = signal.SIG_DFL
 
         parent_pid = os.getpid()
         server = _start_fork(serve_forks, (), {}, False, None, serve=False)

@@ -174,3 +174,16 @@ def test_a_cluster_never_forks_with_its_threads_running(tmp_path):
         assert primary.wait(timeout=30) == 0
     err = primary.stderr.read().decode()
     assert "multi-threaded" not in err, err
+
+
+def test_a_zygote_outlives_ctrl_c_and_its_workers_still_get_it():
+    zygote = pyforkd.Zygote(time.sleep)
+    try:
+        w = zygote.fork(30)
+        # Ctrl-C reaches a terminal's whole process group: the zygote and the worker.
+        os.kill(zygote._server.pid, signal.SIGINT)
+        os.kill(w.pid, signal.SIGINT)
+        assert w.wait(timeout=30) == 1  # KeyboardInterrupt ended it
+        assert zygote.fork(0).wait(timeout=30) == 0  # and the zygote forks on
+    finally:
+        zygote.stop()
