@@ -176,14 +176,22 @@ def test_a_cluster_never_forks_with_its_threads_running(tmp_path):
     assert "multi-threaded" not in err, err
 
 
+def nap(seconds):
+    pyforkd.parent().send("up")
+    time.sleep(seconds)
+
+
 def test_a_zygote_outlives_ctrl_c_and_its_workers_still_get_it():
-    zygote = pyforkd.Zygote(time.sleep)
+    zygote = pyforkd.Zygote(nap)
     try:
         w = zygote.fork(30)
+        assert w.recv(timeout=30) == "up"
         # Ctrl-C reaches a terminal's whole process group: the zygote and the worker.
         os.kill(zygote._server.pid, signal.SIGINT)
         os.kill(w.pid, signal.SIGINT)
         assert w.wait(timeout=30) == 1  # KeyboardInterrupt ended it
-        assert zygote.fork(0).wait(timeout=30) == 0  # and the zygote forks on
+        again = zygote.fork(0)  # and the zygote forks on
+        assert again.recv(timeout=30) == "up"
+        assert again.wait(timeout=30) == 0
     finally:
         zygote.stop()
