@@ -322,13 +322,15 @@ def test_bad_arguments_are_named():
         Pool(workers=1, start="thread")
 
 
-class TestMapProperties:
-    """One pool for the examples, shut down after them (no other test sees its threads)."""
+@pytest.fixture(scope="class")
+def shared_pool():
+    """One pool for a class's tests, shut down after them (no other test sees its threads)."""
+    with Pool(workers=2, ring=1 << 16) as p:
+        yield p
 
-    @pytest.fixture(scope="class")
-    def shared_pool(self):
-        with Pool(workers=2, ring=1 << 16) as p:
-            yield p
+
+class TestMapProperties:
+    """The examples share one pool."""
 
     @settings(max_examples=15, deadline=None)
     @given(st.lists(st.integers(-(2**40), 2**40), max_size=300), st.integers(1, 50) | st.none())
