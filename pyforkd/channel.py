@@ -502,9 +502,8 @@ class _Decoder:
         self.allow_pickle = allow_pickle  # a channel unpickles only when its owner chose pickle
         self.line_scanned = 0  # Node framing: how much of ``pending`` has no newline
         self.held_fds = 0  # descriptors in ``ready`` and ``control``, not yet taken
-        # Bytes (as received) of the messages in ``ready`` and ``control``, each queue's in
-        # order: a peer must not fill this process while it waits for something else.
-        self.unread = 0
+        # Bytes received while decoded messages waited (see _count_backlog).
+        self.backlog = 0
         self.max_unread = 4 * max_length + (64 << 20)
         self.scan = scan  # Receiver.scan: the C frame header check
         self.max_length = max_length
@@ -520,10 +519,6 @@ class _Decoder:
         self.big_frame = (0, 0, 0)  # its kind, flags, descriptor count
         self.ready: collections.deque[tuple[Any, Any]] = collections.deque()
         self.control: collections.deque[Any] = collections.deque()  # the channel's own
-        self.sizes: dict[int, collections.deque[int]] = {
-            id(self.ready): collections.deque(),
-            id(self.control): collections.deque(),
-        }
         # Node framing: internal messages for the channel to act on, and the socket maker
         # ("got", message) for Node's own messages, ("answer", message) for replies to send
         self.node_internal: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
@@ -540,6 +535,8 @@ class _Decoder:
         """
         start = self.stream_pos
         self.stream_pos += len(chunk)
+        if self.ready or self.control:
+            self._count_backlog(len(chunk))
         if fds is None:
             self.discard()
             _fail("the peer attached more descriptors than one message may carry; all were closed")
@@ -637,6 +634,8 @@ class _Decoder:
     def feed_big(self, count: int, fds: list[int] | None) -> None:
         """``count`` bytes arrived in :meth:`big_room`, with ``fds`` (which must be none)."""
         self.stream_pos += count
+        if self.ready or self.control:
+            self._count_backlog(count)
         if fds or fds is None:
             _close_fds(fds or [])
             self.discard()
@@ -672,7 +671,7 @@ class _Decoder:
         while self.fd_batches:
             _close_fds(self.fd_batches.popleft()[2])
         while self.ready:
-            _close_handle(self.pop(self.ready)[1])
+            _close_handle(self.ready.popleft()[1])
         # Control messages stay (a worker's outcome is read after its channel broke); their
         # handles go.
         for i, (obj, handle) in enumerate(self.control):
@@ -683,22 +682,27 @@ class _Decoder:
         self.line_scanned = 0
         self.big = self.spare = None
         self.held_fds = 0
+        self.backlog = 0
 
     def pop(self, queue: collections.deque[tuple[Any, Any]]) -> tuple[Any, Any]:
         """The first message of ``queue`` (``ready`` or ``control``) and its handle."""
         obj, handle = queue.popleft()
-        self.unread -= self.sizes[id(queue)].popleft()
         if handle is not None:
             self.held_fds -= len(handle) if isinstance(handle, list) else 1
+        self.backlog = 0  # (the receiver takes its messages: nothing piles up unseen)
         return obj, handle
 
-    def _keep(self, queue: collections.deque[tuple[Any, Any]], entry: Any, size: int) -> None:
-        """Queue a decoded message; what is queued, in bytes as received, is bounded."""
-        queue.append(entry)
-        self.sizes[id(queue)].append(size)
-        self.unread += size
-        if self.unread > self.max_unread:
-            raise ValueError(
+    def _count_backlog(self, size: int) -> None:
+        """``size`` bytes came while decoded messages wait: bound what piles up that way.
+
+        A receiver reads only when the queue it takes from is empty, so messages pile up
+        only in the other queue while it waits (user messages while it waits for a control
+        one, or the reverse): bytes read with no message taken in between are counted.
+        """
+        self.backlog += size
+        if self.backlog > self.max_unread:
+            self.discard()
+            _fail(
                 f"the peer sent more than {self.max_unread} bytes of messages that are not "
                 "received yet"
             )
@@ -765,20 +769,20 @@ class _Decoder:
             )
         if not flags and not fds:  # the common case: a plain message
             if kind == _b.FRAME_PICKLE:
-                self._keep(self.ready, (pickle.loads(payload), None), len(payload))
+                self.ready.append((pickle.loads(payload), None))
             elif kind == _b.FRAME_RAW:
-                self._keep(self.ready, (bytes(payload), None), len(payload))
+                self.ready.append((bytes(payload), None))
             elif kind == _b.FRAME_JSON:
-                self._keep(self.ready, (_json_loads(bytes(payload)), None), len(payload))
+                self.ready.append((_json_loads(bytes(payload)), None))
             elif kind == _b.FRAME_RING:
                 if not self.rings:
                     raise ValueError("a ring record came on a channel without rings")
                 # A record sent over the socket (its own buffer: objects may be built on
                 # it), or, empty, the sign that records go back to the ring.
                 item = _ringlink.RECORD(bytearray(payload)) if payload else _ringlink.BACK
-                self._keep(self.ready, (item, None), len(payload))
+                self.ready.append((item, None))
             else:  # CONTROL: the channel's own traffic (a worker's result)
-                self._keep(self.control, (pickle.loads(payload), None), len(payload))
+                self.control.append((pickle.loads(payload), None))
             return
         handle: Any = None
         try:
@@ -804,7 +808,7 @@ class _Decoder:
                 self.ring_setup = handles
                 return
             if kind == _b.FRAME_CONTROL:  # the channel's own, with handles
-                self._keep(self.control, (pickle.loads(payload), handle), len(payload))
+                self.control.append((pickle.loads(payload), handle))
                 self.held_fds += len(handles)
                 return
             if kind == _b.FRAME_PICKLE:
@@ -817,7 +821,7 @@ class _Decoder:
             _close_fds(fds)
             _close_handle(handle)
             raise
-        self._keep(self.ready, (obj, handle), len(payload))
+        self.ready.append((obj, handle))
         self.held_fds += len(handles)
 
     def _decode_lines(self) -> None:
@@ -846,7 +850,7 @@ class _Decoder:
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"not a JSON message: {exc}") from None
         if not _is_node_internal(obj):
-            self._keep(self.ready, (obj, None), len(line))
+            self.ready.append((obj, None))
             return
         # Node's own traffic never reaches the user: the channel acts on it.
         if obj["cmd"] != "NODE_HANDLE":
@@ -873,7 +877,7 @@ class _Decoder:
         if _is_node_internal(msg):  # Node cluster traffic: not for the user either
             handle.close()
             return
-        self._keep(self.ready, (msg, handle), len(line))
+        self.ready.append((msg, handle))
         self.held_fds += 1
 
 
@@ -1435,9 +1439,7 @@ class Channel:
             else:
                 obj, handle = self._pop_ready(deadline)
         if handle is not None:
-            for h in handle if isinstance(handle, list) else [handle]:
-                if isinstance(h, Ring) and h._peer is None:
-                    h.watch(self)  # its peer is the process at the other end of this channel
+            self._watch_rings(handle)
         if with_handle:
             return obj, handle
         if handle is not None:
@@ -1450,6 +1452,38 @@ class Channel:
                 stacklevel=2,
             )
         return obj
+
+    def recv_any(self, timeout: float | None = None) -> tuple[bool, Any, Any]:
+        """The next of the channel's own messages or of the others, whichever is there.
+
+        Returns ``(control, message, handle)``: ``control`` is True for one of the
+        channel's own (:meth:`send_control`).  It reads only when neither kind is queued,
+        so a supervisor that takes both as they come never lets one kind pile up while it
+        waits for the other.  ``TimeoutError``, :class:`ChannelClosedError` and
+        :class:`FrameError` as for :meth:`recv`.  Not for a channel over rings.
+        """
+        if self._link is not None:
+            raise ValueError("recv_any() reads the socket only: this channel has rings")
+        deadline = None if timeout is None else _deadline(timeout)
+        decoder = self._decoder
+        with self._recv_lock:
+            while not (decoder.control or decoder.ready):
+                self._check_open()
+                if self._eof:
+                    raise ChannelClosedError("the peer closed the channel")
+                self._receive(deadline)
+            if decoder.control:
+                return (True, *decoder.pop(decoder.control))
+            obj, handle = decoder.pop(decoder.ready)
+        if handle is not None:
+            self._watch_rings(handle)
+        return False, obj, handle
+
+    def _watch_rings(self, handle: Any) -> None:
+        """A received ring's peer is the process at the other end of this channel."""
+        for h in handle if isinstance(handle, list) else [handle]:
+            if isinstance(h, Ring) and h._peer is None:
+                h.watch(self)
 
     def _pop_ready(self, deadline: float | None) -> tuple[Any, Any]:
         """The next decoded message and its handle, reading the socket until one is whole."""

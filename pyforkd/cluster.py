@@ -1061,34 +1061,25 @@ class Cluster:
     def _service(self, w: Worker) -> bool:
         """Read what the worker sent; False once its channel has closed.
 
-        A worker that sends anything malformed is killed (and restarted like one that
-        crashed): the primary and the other workers go on.
+        Its own messages and the user's are taken as they come, at most
+        _MESSAGES_AT_ONCE a turn (one worker's flood holds up no other; one with more
+        gets another turn).  A worker that sends anything malformed is killed (and
+        restarted like one that crashed): the primary and the other workers go on.
         """
         ch = w.process.channel
         assert ch is not None
         try:
-            # Until both kinds are drained: reading the one may bring more of the other.
-            while True:
-                controls, closed = 0, False
-                while True:
-                    try:
-                        msg, handle = ch.recv_control(0, with_handle=True)
-                    except TimeoutError:
-                        break
-                    except ChannelClosedError:
-                        closed = True  # (what it sent before still reaches the handlers)
-                        break
-                    self._control(w, msg, handle)
-                    controls += 1
-                taken = self._messages(w, ch)
-                if taken is None or closed:
-                    return False
-                if taken >= _MESSAGES_AT_ONCE:  # more may wait: its turn again after others
-                    self._again.add(w)
-                    self._wake()
-                    return True
-                if not controls and not taken:
+            for _ in range(_MESSAGES_AT_ONCE):
+                try:
+                    control, msg, handle = ch.recv_any(0)
+                except TimeoutError:
                     return ch.connected
+                except ChannelClosedError:
+                    return False
+                if control:
+                    self._control(w, msg, handle)
+                else:
+                    self._message(w, msg, handle)
         except (FrameError, _Malformed) as exc:
             w._why = f"sent a malformed message ({exc})"
             sys.stderr.write(
@@ -1097,39 +1088,30 @@ class Cluster:
             sys.stderr.flush()
             w.process.kill("SIGKILL")  # (its channel is closed: nothing of it can drain)
             return False
+        finally:
+            self._warn_dropped()
+        self._again.add(w)
+        self._wake()
+        return True
 
-    def _messages(self, w: Worker, ch: Any) -> int | None:
-        """Hand the worker's messages to the "message" handlers: how many they were.
+    def _message(self, w: Worker, msg: Any, handle: Any) -> None:
+        """Hand one of the worker's messages to the "message" handlers.
 
-        None once the channel has ended.
-
-        Without a handler they are dropped, with a warning at most every 10 s: a primary
-        that does not listen must not keep them.  At most _MESSAGES_AT_ONCE are taken per
-        call, so that one worker's flood holds up no other.
+        Without a handler it is dropped (a primary that does not listen must not keep
+        them), with a warning at most every 10 s.
         """
-        handlers = self._handlers.get("message")
-        wait_ready = self.settings["wait_ready"]
-        taken: int | None = 0
-        while taken is not None and taken < _MESSAGES_AT_ONCE:
-            try:
-                msg, handle = ch.recv(0, with_handle=True)
-            except TimeoutError:
-                break
-            except ChannelClosedError:
-                taken = None
-                break
-            taken += 1
-            if wait_ready and isinstance(msg, str) and msg == "ready":
-                self._became_ready(w)  # process.send('ready'), as PM2 has it
-            if not handlers:
-                self._dropped += 1
-                for h in handle if isinstance(handle, list) else [handle] if handle else []:
-                    h.close()
-                continue
-            if handle is None:
-                self._emit("message", w, msg)
-            else:
-                self._emit("message", w, msg, handle)
+        if self.settings["wait_ready"] and isinstance(msg, str) and msg == "ready":
+            self._became_ready(w)  # process.send('ready'), as PM2 has it
+        if not self._handlers.get("message"):
+            self._dropped += 1
+            for h in handle if isinstance(handle, list) else [handle] if handle else []:
+                h.close()
+        elif handle is None:
+            self._emit("message", w, msg)
+        else:
+            self._emit("message", w, msg, handle)
+
+    def _warn_dropped(self) -> None:
         if self._dropped and time.monotonic() >= self._dropped_warned + _DROPPED_WARNING_EVERY:
             self._dropped_warned = time.monotonic()
             sys.stderr.write(
@@ -1138,7 +1120,6 @@ class Cluster:
             )
             sys.stderr.flush()
             self._dropped = 0
-        return taken
 
     def _control(self, w: Worker, msg: Any, handle: Any) -> None:
         """Act on one of the worker's own messages (``_Malformed`` when it is not one)."""
