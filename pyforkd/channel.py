@@ -1633,7 +1633,7 @@ class Channel:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
-                    pass
+                    pass  # (not connected any more: nothing of it to wake)
             elif _b.WINDOWS and not self._closed_fd:
                 _b.fd_shutdown(self._fd)  # (the same for the pipe: blocked threads return)
         with self._send_lock, self._recv_lock:
