@@ -35,7 +35,7 @@ from typing import Any
 
 from . import _bindings as _b
 from .channel import Channel, _close_sent, _handle_list, _json_loads
-from .errors import ChannelClosedError, FrameError
+from .errors import ChannelClosedError, FrameError, PicklingError
 from .ring import Ring
 
 __all__ = ["BACK", "RECORD", "Link", "make"]
@@ -130,7 +130,7 @@ def _pickled(obj: Any) -> tuple[int, Any, list[memoryview]]:
     try:
         body = pickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
-        raise TypeError(f"cannot pickle this message: {exc}") from None
+        raise PicklingError(f"cannot pickle this message: {exc}") from None
     return _PICKLE, body, buffers
 
 

@@ -43,7 +43,7 @@ if sys.platform != "win32":
 from . import _bindings as _b
 from ._checks import check_encoding as _check_encoding
 from ._checks import deadline as _deadline
-from .errors import ChannelClosedError, FrameError
+from .errors import ChannelClosedError, FrameError, PicklingError
 from .ring import Ring
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Channel", "Fd"]
@@ -1052,7 +1052,7 @@ class Channel:
         try:
             return _b.FRAME_PICKLE, pickle.dumps(obj, protocol=5)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise TypeError(f"cannot pickle this message: {exc}") from None
+            raise PicklingError(f"cannot pickle this message: {exc}") from None
 
     def send(
         self,
@@ -1339,7 +1339,7 @@ class Channel:
         try:
             body = pickle.dumps(obj, protocol=5)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise TypeError(f"cannot pickle this message: {exc}") from None
+            raise PicklingError(f"cannot pickle this message: {exc}") from None
         handles = _handle_list(handle)
         flags, body, fds = _attach(body, handle, handles)
         with self._send_lock:

@@ -10,6 +10,7 @@ that matches its errno (``SpawnError`` for ENOENT is also a ``FileNotFoundError`
 from __future__ import annotations
 
 import errno as _errno
+import pickle
 import subprocess
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "ExecError",
     "FrameError",
     "MaxBufferError",
+    "PicklingError",
     "PyforkdError",
     "SpawnError",
     "TimeoutExpired",
@@ -205,6 +207,14 @@ class FrameError(PyforkdError, ValueError):
     A bad frame header, a length over the limit, a descriptor count that does not match,
     undecodable data, or invalid JSON from Node.  The channel is closed when this is
     raised, and every descriptor that came with the bad data is closed.
+    """
+
+
+class PicklingError(PyforkdError, TypeError, pickle.PicklingError):
+    """A message, argument or result cannot be pickled.
+
+    Also a ``TypeError`` and a ``pickle.PicklingError`` (what ``ProcessPoolExecutor``
+    raises), so code written for either catches it.  Nothing was sent.
     """
 
 

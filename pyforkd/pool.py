@@ -33,10 +33,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, cast
 
 from . import worker as _worker
-from .errors import ChannelClosedError, PyforkdError
+from .errors import ChannelClosedError, PicklingError, PyforkdError
 
 __all__ = ["Pool", "PoolBrokenError", "WorkerCrashedError"]
 
@@ -55,16 +56,24 @@ _CHUNK_SECONDS = 0.02  # map()'s adaptive chunks aim at this much work each
 DEFAULT_RING: int | None = 16 << 20
 
 
-class WorkerCrashedError(PyforkdError, RuntimeError):
-    """The worker running this task died (``exitcode``: its exit code, or -signal)."""
+class WorkerCrashedError(PyforkdError, BrokenProcessPool):
+    """The worker running this task died (``exitcode``: its exit code, or -signal).
+
+    Also a ``concurrent.futures.process.BrokenProcessPool``, which drop-in code catches;
+    unlike ``ProcessPoolExecutor``'s, the pool itself lives on: only this task failed,
+    and a new worker takes the others.
+    """
 
     def __init__(self, message: str, exitcode: int | None = None) -> None:
         super().__init__(message)
         self.exitcode = exitcode
 
 
-class PoolBrokenError(PyforkdError, RuntimeError):
-    """The pool cannot run tasks any more (its workers keep failing to start)."""
+class PoolBrokenError(PyforkdError, BrokenProcessPool):
+    """The pool cannot run tasks any more (its workers keep failing to start).
+
+    Also a ``concurrent.futures.process.BrokenProcessPool``.
+    """
 
 
 class _RemoteTraceback(Exception):
@@ -738,11 +747,11 @@ def _answer(ch: Any, answers: list[tuple[int, bool, Any]]) -> None:
 
 
 def _pickle_error(obj: Any) -> Exception | None:
-    """Why ``obj`` cannot be pickled, or None when it can."""
+    """Why ``obj`` cannot be pickled (a :class:`PicklingError`), or None when it can."""
     try:
         pickle.dumps(obj, protocol=5)
     except Exception as exc:
-        return exc
+        return PicklingError(f"cannot pickle this message: {exc}")
     return None
 
 

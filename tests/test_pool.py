@@ -103,11 +103,26 @@ def test_unpicklable_function_or_argument_fails_that_future_only(pool):
     good = [pool.submit(add_one, i) for i in range(20)]
     bad = pool.submit(add_one, threading.Lock())
     lam = pool.submit(lambda: 1)
-    with pytest.raises(TypeError, match="lock"):
-        bad.result(timeout=30)
-    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
-        lam.result(timeout=30)
+    # As ProcessPoolExecutor's (a pickle.PicklingError), and a TypeError as before.
+    for future in (bad, lam):
+        error = future.exception(timeout=30)
+        assert isinstance(error, pickle.PicklingError) and isinstance(error, TypeError)
+        assert isinstance(error, pyforkd.PicklingError)
+    assert "lock" in str(bad.exception())
     assert [f.result(timeout=30) for f in good] == list(range(1, 21))
+
+
+def test_a_crash_and_a_broken_pool_are_what_drop_in_code_catches():
+    from concurrent.futures import BrokenExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    with Pool(workers=1) as p:
+        crashed = p.submit(os._exit, 3)
+        with pytest.raises(BrokenProcessPool, match="exit code 3"):
+            crashed.result(timeout=60)
+        assert p.submit(add_one, 1).result(timeout=60) == 2  # the pool itself lives on
+    assert issubclass(PoolBrokenError, BrokenProcessPool)
+    assert issubclass(WorkerCrashedError, BrokenExecutor)
 
 
 def test_an_unpicklable_task_batched_with_others_does_not_strand_them(tmp_path):
