@@ -345,6 +345,8 @@ class _Command:
         self.name = self.spawnargs[0]
         self.argv = argv
         self.envp = None if env is None else _encode_env(env)
+        if cwd is not None and not isinstance(cwd, (bool, int)) and not os.fspath(cwd):
+            cwd = None  # "" is no directory: as Node, it means "this process's"
         self.cwd = None if cwd is None else _fsencode(cwd, "cwd")
         self.cwd_text = None if cwd is None else _text(cwd)
         flags |= _b.SPAWN_SETSID if detached else 0
@@ -358,7 +360,7 @@ class _Command:
                 "user or group ids to switch to)",
                 self.name,
                 syscall=f"spawn {self.name}",
-                spawnargs=self.spawnargs,
+                spawnargs=self.spawnargs[1:],
             )
         if uid is not None:
             self.uid = _check_id(uid, "uid")
@@ -383,7 +385,7 @@ class _Command:
             self.gid,
             pdeathsig,
             name=self.name,
-            spawnargs=self.spawnargs,
+            spawnargs=self.spawnargs[1:],  # (a SpawnError's, as Node's: the arguments only)
             cwd_text=self.cwd_text,
         )
 

@@ -37,7 +37,8 @@ class SpawnError(PyforkdError, OSError):
 
     Attributes: ``errno`` and ``code`` (its name, ``"ENOENT"``), ``syscall`` (the step that
     failed: ``"spawn ls"`` for the program itself, ``"chdir"`` for the cwd, ...), ``path``
-    (the program, or the cwd when changing into it failed), ``spawnargs`` (the full argv).
+    (the program, or the cwd when changing into it failed), ``spawnargs`` (the arguments
+    without the program, as Node's ``err.spawnargs``).
     The instance is also of the builtin class for its errno, e.g. ``FileNotFoundError``.
     """
 

@@ -460,7 +460,7 @@ def test_missing_command(fd_baseline):
     assert e.errno == errno.ENOENT and e.code == "ENOENT"
     assert e.syscall == "spawn pfd-no-such-command"
     assert e.path == "pfd-no-such-command" and e.filename == "pfd-no-such-command"
-    assert e.spawnargs == ["pfd-no-such-command", "--flag"]
+    assert e.spawnargs == ["--flag"]  # (Node's: the arguments only)
     assert "spawn pfd-no-such-command: ENOENT (No such file or directory)" in str(e)
 
 
@@ -620,7 +620,7 @@ def test_spawn_error_is_picklable():
         pyforkd.spawn("pfd-missing")
     copy = pickle.loads(pickle.dumps(info.value))
     assert isinstance(copy, FileNotFoundError) and isinstance(copy, SpawnError)
-    assert copy.syscall == "spawn pfd-missing" and copy.spawnargs == ["pfd-missing"]
+    assert copy.syscall == "spawn pfd-missing" and copy.spawnargs == []
 
 
 # ---- concurrency -------------------------------------------------------------------------
@@ -705,3 +705,19 @@ def test_out_of_descriptors_names_the_pipe_step():
     )
     r = pyforkd.spawn_sync(PY, py(code), encoding="utf-8")
     assert r.stdout.splitlines() == ["EMFILE pipe True True", "True"], r.stderr
+
+
+def test_an_empty_cwd_means_this_processs_directory():
+    # As Node's spawn/execFile/fork (node -e "child_process.execFile('pwd', [], {cwd: ''},
+    # ...)" runs in the current directory); Node's spawnSync fails with ENOENT instead.
+    for empty in ("", b""):
+        done = pyforkd.spawn_sync("pwd", cwd=empty)
+        assert done.returncode == 0 and done.stdout.decode().strip() == os.getcwd()
+        with pyforkd.spawn("pwd", cwd=empty, stdio=["ignore", "pipe", "inherit"]) as p:
+            assert p.stdout.read().decode().strip() == os.getcwd()
+
+
+def test_a_shell_commands_spawnargs_are_the_shells_arguments():
+    with pytest.raises(SpawnError) as info:
+        pyforkd.spawn("true", shell="/pfd/no/such/shell")
+    assert info.value.spawnargs == ["-c", "true"]  # (Node's: ['-c', command])
