@@ -639,14 +639,6 @@ def fd_wait(sock: int, events: int, timeout_ms: int) -> bool | None:
     return _waited(lib.pfd_fd_wait(sock, events, timeout_ms), "poll")
 
 
-def fd_wait_hangup(sock: int, timeout_ms: int) -> bool | None:
-    """Wait until the peer closed its end, reading nothing.
-
-    Returns True, False on timeout, or None when a signal came.
-    """
-    return _waited(lib.pfd_fd_wait_hangup(sock, timeout_ms), "poll(POLLRDHUP)")
-
-
 def process_die_with_parent(sig: int, expected_parent: int) -> bool | None:
     """Arm the parent-death signal.
 
@@ -671,11 +663,6 @@ def process_watch_hangup(sock: int) -> None:
     r = lib.pfd_process_watch_hangup(sock)
     if r < 0:
         raise_errno(r, "pthread_create (hang-up watch)")
-
-
-def process_unwatch() -> None:
-    """Disarm :func:`process_watch_hangup` (the process leaves its parent on purpose)."""
-    lib.pfd_process_unwatch()
 
 
 def socket_nosigpipe(sock: int) -> None:
