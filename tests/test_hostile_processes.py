@@ -28,8 +28,11 @@ PARENT = textwrap.dedent(
         # of this process runs until it returns.
         ctypes.PyDLL(None).sleep(120)
 
+    workers = []  # kept: a Worker dropped closes its channel, and the worker ends then
+
     def start():
         w = pyforkd.fork_worker(stuck, start=sys.argv[1])
+        workers.append(w)
         print(w.pid, flush=True)
 
     if __name__ == "__main__":
