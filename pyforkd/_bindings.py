@@ -299,6 +299,7 @@ def spawn(
     name: str,
     spawnargs: Sequence[str],
     cwd_text: str | None,
+    verb: str = "spawn",
 ) -> tuple[int, list[int]]:
     """Start a program (``pfd_spawn``); return ``(pid, fds)``.
 
@@ -335,7 +336,7 @@ def spawn(
         if result.step == lib.PFD_STEP_STDIO and err == -_errno.EBADF:
             slot = result.slot
             raise ValueError(f"stdio[{slot}]: descriptor {given[slot][1]} is not open")
-        _raise_spawn_error(-err, result.step, result.slot, name, spawnargs, cwd_text)
+        _raise_spawn_error(-err, result.step, result.slot, f"{verb} {name}", spawnargs, cwd_text)
     piped = (STDIO_PIPE, STDIO_CHANNEL)
     return result.pid, [c_stdio[i].fd if k in piped else -1 for i, (k, _) in enumerate(stdio)]
 
@@ -364,26 +365,28 @@ def _raise_spawn_error(
     err: int,
     step: int,
     slot: int,
-    name: str,
+    what: str,
     spawnargs: Sequence[str],
     cwd: str | None,
 ) -> NoReturn:
+    # what: Node's syscall for the program itself ("spawn ls", "spawnSync ls")
+    name = what.split(" ", 1)[1]
     step_syscall = _STEP_SYSCALL.get(step, "spawn")
     path: str | None
     if step == lib.PFD_STEP_BATCH:  # Windows
-        syscall, path = f"spawn {name}", name
+        syscall, path = what, name
         text = (
-            f"spawn {name}: a .bat/.cmd program runs only with shell=True (cmd.exe parses "
+            f"{what}: a .bat/.cmd program runs only with shell=True (cmd.exe parses "
             "its command line by rules no argument quoting makes safe: CVE-2024-27980)"
         )
     elif step_syscall is None:
-        syscall, path, text = f"spawn {name}", name, f"spawn {name}: {describe(err)}"
+        syscall, path, text = what, name, f"{what}: {describe(err)}"
     elif step == lib.PFD_STEP_CHDIR:
-        syscall, path, text = step_syscall, cwd, f"spawn {name}: chdir: {describe(err)}"
+        syscall, path, text = step_syscall, cwd, f"{what}: chdir: {describe(err)}"
     else:
         syscall, path = step_syscall, None
         where = f" (stdio[{slot}])" if slot >= 0 else ""
-        text = f"spawn {name}: {syscall}{where}: {describe(err)}"
+        text = f"{what}: {syscall}{where}: {describe(err)}"
     cls = oserror_class(SpawnError, err)
     raise cls(err, text, path, syscall=syscall, spawnargs=spawnargs)
 

@@ -43,7 +43,7 @@ from .child_process import (
     Stdio,
     StrOrBytesPath,
 )
-from .errors import ChannelClosedError
+from .errors import ChannelClosedError, SpawnError
 
 if sys.platform == "win32":
     from asyncio import windows_utils
@@ -568,12 +568,20 @@ async def exec_file(
     Same result and errors: :class:`ExecError` for a non-zero exit, a signal or a timeout,
     :class:`MaxBufferError` when a stream goes over ``max_buffer``.
     """
+    arglist = _cp._check_args(args)
+    cmd = _cp._cmd_text([file, *arglist])
     timeout = _cp._check_timeout(timeout)
     limit = _cp._check_max_buffer(max_buffer)
     kill_sig = _cp.signal_number(kill_signal, "kill_signal")
     data = _cp._check_input(input, encoding)
     stdin = "pipe" if data is not None else "ignore"
-    proc = await spawn(file, args, stdio=[stdin, "pipe", "pipe"], cwd=cwd, env=env, **options)
+    try:
+        proc = await spawn(
+            file, arglist, stdio=[stdin, "pipe", "pipe"], cwd=cwd, env=env, **options
+        )
+    except SpawnError as err:
+        err.cmd = cmd
+        raise
     chunks: list[list[bytes]] = [[], []]
 
     async def drain(i: int, stream: asyncio.StreamReader) -> None:
@@ -582,11 +590,10 @@ async def exec_file(
             chunk = await stream.read(1 << 16)
             if not chunk:
                 return
-            if limit and size + len(chunk) > limit:
-                chunks[i].append(chunk[: limit - size])
-                raise _Overflow(i + 1)
             size += len(chunk)
-            chunks[i].append(chunk)
+            chunks[i].append(chunk)  # (the read that goes over is kept whole: cut later)
+            if limit and size > limit:
+                raise _Overflow(i + 1)
 
     assert proc.stdout is not None and proc.stderr is not None
     state, overflow = "done", 0
@@ -611,19 +618,9 @@ async def exec_file(
             pass
         proc._close_transports()
     out, err = b"".join(chunks[0]), b"".join(chunks[1])
-    returncode = proc.returncode
-    assert returncode is not None  # _finish or the wait above reaped it
-    result = CompletedProcess(
-        proc.args,
-        returncode,
-        _cp._decode(out, encoding, errors),
-        _cp._decode(err, encoding, errors),
-        pid=proc.pid,
-        exit_code=proc.exit_code,
-        signal_code=proc.signal_code,
-        killed=proc.killed,
-    )
-    _cp._raise_for(result, state, overflow, max_buffer, timeout)
+    assert proc.returncode is not None  # _finish or the wait above reaped it
+    result = _cp._completed(proc.args, proc, out, err, state, overflow, limit, encoding, errors)
+    _cp._raise_for(result, state, overflow, max_buffer, timeout, cmd)
     return result
 
 

@@ -9,10 +9,12 @@ shape Python users know from ``subprocess``: :class:`ChildProcess` (``wait``, ``
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import contextvars
 import errno
 import heapq
+import inspect
 import io
 import math
 import os
@@ -309,6 +311,7 @@ class _Command:
         "name",
         "spawnargs",
         "uid",
+        "verb",
     )
 
     def __init__(
@@ -324,8 +327,10 @@ class _Command:
         uid: int | None,
         gid: int | None,
         windows_hide: bool = False,
+        verb: str = "spawn",
     ) -> None:
         arglist = _check_args(args)
+        self.verb = verb  # Node's syscall word: "spawn", or "spawnSync" for the sync forms
         file = _fsencode(command, "command")
         if not file:
             raise ValueError("command must not be empty")
@@ -356,10 +361,10 @@ class _Command:
         if _b.WINDOWS and (uid is not None or gid is not None):
             raise SpawnError(
                 errno.ENOTSUP,
-                f"spawn {self.name}: uid and gid are not supported on Windows (it has no "
+                f"{verb} {self.name}: uid and gid are not supported on Windows (it has no "
                 "user or group ids to switch to)",
                 self.name,
-                syscall=f"spawn {self.name}",
+                syscall=f"{verb} {self.name}",
                 spawnargs=self.spawnargs[1:],
             )
         if uid is not None:
@@ -385,6 +390,7 @@ class _Command:
             self.gid,
             pdeathsig,
             name=self.name,
+            verb=self.verb,
             spawnargs=self.spawnargs[1:],  # (a SpawnError's, as Node's: the arguments only)
             cwd_text=self.cwd_text,
         )
@@ -1272,10 +1278,20 @@ class CompletedProcess(subprocess.CompletedProcess):
         return [None, self.stdout, self.stderr]
 
 
-def _decode(data: bytes, encoding: str | None, errors: str) -> Any:
+def _output(data: bytes, encoding: str | None, errors: str, cut: bool, limit: int) -> Any:
+    """A stream as handed back: bytes, or text with ``encoding``.
+
+    ``cut``: the child was stopped (timeout, max_buffer), so the text may end inside a
+    character: that tail is dropped, not an error.  ``limit`` (> 0 only for the stream
+    that went over max_buffer): as Node, at most that many bytes, or characters once
+    decoded.
+    """
     if encoding is None or encoding == "buffer":
-        return data
-    return data.decode(encoding, errors)
+        return data[:limit] if limit else data
+    if not cut:
+        return data.decode(encoding, errors)
+    text = codecs.getincrementaldecoder(encoding)(errors).decode(data)  # (not final)
+    return text[:limit] if limit else text
 
 
 def _check_max_buffer(max_buffer: Any) -> int:
@@ -1351,10 +1367,11 @@ def _collect(
     kill_signal: SignalLike,
     encoding: str | None,
     errors: str,
+    verb: str,
     **spawn_options: Any,
 ) -> tuple[CompletedProcess, str, int]:
     _check_encoding(encoding, errors)
-    cmd = _Command(command, args, **spawn_options)
+    cmd = _Command(command, args, verb=verb, **spawn_options)
     timeout = _check_timeout(timeout)
     limit = _check_max_buffer(max_buffer)
     kill_sig = signal_number(kill_signal, "kill_signal")
@@ -1393,37 +1410,61 @@ def _collect(
             state = "timeout"
             child.kill(kill_sig)
             _wait_or_escalate(child)
-    result = CompletedProcess(
-        cmd.spawnargs,
-        child.wait(),
-        _decode(out, encoding, errors),
-        _decode(err, encoding, errors),
-        pid=pid,
+    child.wait()
+    result = _completed(cmd.spawnargs, child, out, err, state, overflow, limit, encoding, errors)
+    return result, state, overflow
+
+
+def _completed(
+    args: list[str],
+    child: Any,
+    out: bytes,
+    err: bytes,
+    state: str,
+    overflow: int,
+    limit: int,
+    encoding: str | None,
+    errors: str,
+) -> CompletedProcess:
+    """The CompletedProcess of a reaped child from what its pipes gave (sync and asyncio)."""
+    cut = state != "done"
+    return CompletedProcess(
+        args,
+        child.returncode,
+        _output(out, encoding, errors, cut, limit if overflow == 1 else 0),
+        _output(err, encoding, errors, cut, limit if overflow == 2 else 0),
+        pid=child.pid,
         exit_code=child.exit_code,
         signal_code=child.signal_code,
         killed=child.killed,
     )
-    return result, state, overflow
 
 
 def _raise_for(
-    result: CompletedProcess, state: str, overflow: int, max_buffer: Any, timeout: float | None
+    result: CompletedProcess,
+    state: str,
+    overflow: int,
+    max_buffer: Any,
+    timeout: float | None,
+    cmd: str,
 ) -> None:
     r = result
     if state == "overflow":
         raise MaxBufferError(
-            r.returncode, r.args, r.stdout, r.stderr,
+            r.returncode, cmd, r.stdout, r.stderr,
             stream="stdout" if overflow == 1 else "stderr", max_buffer=max_buffer,
             killed=r.killed, signal=r.signal_code, pid=r.pid,
         )  # fmt: skip
-    if state == "timeout":
+    if state == "timeout" and r.killed:
         raise ExecError(
-            r.returncode, r.args, r.stdout, r.stderr,
+            r.returncode, cmd, r.stdout, r.stderr,
             killed=r.killed, signal=r.signal_code, pid=r.pid, timeout=timeout,
         )  # fmt: skip
+    # A child that exited on its own before the timeout is judged by its status, even when
+    # a descendant held its pipes past the timeout (as Node).
     if r.returncode != 0:
         raise ExecError(
-            r.returncode, r.args, r.stdout, r.stderr,
+            r.returncode, cmd, r.stdout, r.stderr,
             killed=r.killed, signal=r.signal_code, pid=r.pid,
         )  # fmt: skip
 
@@ -1466,6 +1507,7 @@ def spawn_sync(
         kill_signal=kill_signal,
         encoding=encoding,
         errors=errors,
+        verb="spawnSync",
         cwd=cwd,
         env=env,
         argv0=argv0,
@@ -1476,7 +1518,7 @@ def spawn_sync(
         windows_hide=windows_hide,
     )
     if state == "overflow":
-        _raise_for(result, state, overflow, max_buffer, timeout)
+        _raise_for(result, state, overflow, max_buffer, timeout, _cmd_text(result.args))
     return result
 
 
@@ -1504,31 +1546,65 @@ def exec_file(
     Raises :class:`ExecError` (a ``subprocess.CalledProcessError``) when the program exits
     non-zero, is killed by a signal, or runs past ``timeout`` seconds (it is then killed
     with ``kill_signal``; ``killed`` is True); :class:`MaxBufferError` when stdout or stderr
-    goes over ``max_buffer`` bytes (default 1 MiB as in Node; None for no limit).
-    Output is bytes unless ``encoding`` is given.
+    goes over ``max_buffer`` bytes (default 1 MiB as in Node; None for no limit).  That
+    stream is cut at ``max_buffer`` bytes, or characters with an ``encoding``, as in Node.
+    Output is bytes unless ``encoding`` is given.  A program that exits 0 succeeds, even
+    when a process it started holds its output open past the timeout.  The error's
+    ``cmd`` is Node's: the file and its arguments joined by spaces (a ``SpawnError``
+    carries it too).
     """
-    timeout = _check_timeout(timeout)
-    result, state, overflow = _collect(
+    return _exec(
         file,
         args,
-        stdio="pipe",
-        input=input,
-        timeout=timeout,
-        max_buffer=max_buffer,
-        kill_signal=kill_signal,
-        encoding=encoding,
-        errors=errors,
-        cwd=cwd,
-        env=env,
-        argv0=argv0,
-        detached=detached,
-        uid=uid,
-        gid=gid,
-        shell=shell,
-        windows_hide=windows_hide,
+        "spawn",
+        {
+            "input": input,
+            "cwd": cwd,
+            "env": env,
+            "argv0": argv0,
+            "detached": detached,
+            "uid": uid,
+            "gid": gid,
+            "shell": shell,
+            "timeout": timeout,
+            "kill_signal": kill_signal,
+            "max_buffer": max_buffer,
+            "encoding": encoding,
+            "errors": errors,
+            "windows_hide": windows_hide,
+        },
     )
-    _raise_for(result, state, overflow, max_buffer, timeout)
+
+
+def _cmd_text(parts: Iterable[Any]) -> str:
+    """Node's ``err.cmd``: the program and its arguments joined by spaces."""
+    return " ".join(_text(p) for p in parts)
+
+
+def _exec(file: Any, args: Any, verb: str, options: dict[str, Any]) -> CompletedProcess:
+    """exec_file, exec and their sync forms: run, collect, raise as Node's execFile."""
+    arglist = _check_args(args)
+    cmd = _cmd_text([file, *arglist])  # (exec's: the command itself)
+    options = {**_EXEC_DEFAULTS, **options}
+    timeout = _check_timeout(options.pop("timeout"))
+    max_buffer = options["max_buffer"]
+    try:
+        result, state, overflow = _collect(
+            file, arglist, stdio="pipe", timeout=timeout, verb=verb, **options
+        )
+    except SpawnError as err:
+        err.cmd = cmd
+        raise
+    _raise_for(result, state, overflow, max_buffer, timeout, cmd)
     return result
+
+
+def _exec_options(function: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Refuses what exec_file does not take, naming the function that was called."""
+    for key in options:
+        if key not in _EXEC_DEFAULTS:
+            raise TypeError(f"{function}() got an unexpected keyword argument {key!r}")
+    return options
 
 
 def exec(
@@ -1540,19 +1616,39 @@ def exec(
     """Run ``command`` through the shell (``/bin/sh -c``) and return a CompletedProcess.
 
     Same options, result and errors as :func:`exec_file`; ``shell`` may name another shell.
+    The error's ``cmd`` is the command, as in Node.
     """
+    return _exec_command("exec", "spawn", command, shell, options)
+
+
+def _exec_command(
+    function: str, verb: str, command: Any, shell: Any, options: dict[str, Any]
+) -> CompletedProcess:
     if not isinstance(command, (str, bytes)):
         raise TypeError(f"command must be a str, not {type(command).__name__}")
-    return exec_file(command, None, shell=shell or True, **options)
+    options = _exec_options(function, options)
+    options["shell"] = shell or True
+    return _exec(command, None, verb, options)
 
 
 def exec_file_sync(
     file: StrOrBytesPath, args: Iterable[StrOrBytesPath] | None = None, **options: Any
 ) -> Any:
-    """Like :func:`exec_file` but return only stdout, as Node's ``execFileSync`` does."""
-    return exec_file(file, args, **options).stdout
+    """Like :func:`exec_file` but return only stdout, as Node's ``execFileSync`` does.
+
+    A program that cannot start raises ``SpawnError`` with ``syscall`` ``"spawnSync X"``.
+    """
+    return _exec(file, args, "spawnSync", _exec_options("exec_file_sync", options)).stdout
 
 
-def exec_sync(command: str | bytes, **options: Any) -> Any:
+def exec_sync(command: str | bytes, *, shell: bool | StrOrBytesPath = True, **options: Any) -> Any:
     """Like :func:`exec` but return only stdout, as Node's ``execSync`` does."""
-    return exec(command, **options).stdout
+    return _exec_command("exec_sync", "spawnSync", command, shell, options).stdout
+
+
+# exec_file's options and defaults: the sync forms and exec take the same, by name.
+_EXEC_DEFAULTS: dict[str, Any] = {
+    name: p.default
+    for name, p in inspect.signature(exec_file).parameters.items()
+    if p.kind is p.KEYWORD_ONLY
+}

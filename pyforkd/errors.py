@@ -38,7 +38,8 @@ class SpawnError(PyforkdError, OSError):
     Attributes: ``errno`` and ``code`` (its name, ``"ENOENT"``), ``syscall`` (the step that
     failed: ``"spawn ls"`` for the program itself, ``"chdir"`` for the cwd, ...), ``path``
     (the program, or the cwd when changing into it failed), ``spawnargs`` (the arguments
-    without the program, as Node's ``err.spawnargs``).
+    without the program, as Node's ``err.spawnargs``), and from the exec family ``cmd``
+    (Node's: the command line, else None).
     The instance is also of the builtin class for its errno, e.g. ``FileNotFoundError``.
     """
 
@@ -56,20 +57,28 @@ class SpawnError(PyforkdError, OSError):
         self.syscall: str = syscall
         self.path: str | None = filename
         self.spawnargs: list[str] = list(spawnargs)
+        self.cmd: str | None = None
 
     def __reduce__(self) -> Any:
         return (
             _rebuild_spawn_error,
-            (self.errno, self.strerror, self.filename, self.syscall, self.spawnargs),
+            (self.errno, self.strerror, self.filename, self.syscall, self.spawnargs, self.cmd),
         )
 
 
 def _rebuild_spawn_error(
-    err: int, strerror: str, filename: str | None, syscall: str, spawnargs: list[str]
+    err: int,
+    strerror: str,
+    filename: str | None,
+    syscall: str,
+    spawnargs: list[str],
+    cmd: str | None = None,
 ) -> SpawnError:
-    return oserror_class(SpawnError, err)(
+    error = oserror_class(SpawnError, err)(
         err, strerror, filename, syscall=syscall, spawnargs=spawnargs
     )
+    error.cmd = cmd
+    return error
 
 
 _OSERROR_CLASSES: dict[tuple[type, int], type] = {}
@@ -154,7 +163,8 @@ def _rebuild_exec_error(
 class MaxBufferError(ExecError):
     """A stream went over ``max_buffer``: the child was killed.
 
-    ``stdout`` and ``stderr`` hold what was read, each cut at ``max_buffer`` bytes;
+    ``stdout`` and ``stderr`` hold what was read; the stream that went over is cut at
+    ``max_buffer`` bytes, or characters once decoded with an ``encoding`` (as in Node);
     ``stream`` names the stream that went over (``"stdout"`` or ``"stderr"``).
     """
 

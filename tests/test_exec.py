@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import functools
 import pickle
 import signal
 import subprocess
@@ -12,7 +14,7 @@ import pytest
 from _helpers import PY, alive, linux_only, open_fds
 
 import pyforkd
-from pyforkd import CompletedProcess, ExecError, MaxBufferError, SpawnError
+from pyforkd import CompletedProcess, ExecError, MaxBufferError, SpawnError, aio
 
 pytestmark = linux_only
 
@@ -57,7 +59,8 @@ def test_nonzero_exit_raises_exec_error_with_output():
     assert isinstance(e, subprocess.CalledProcessError)
     assert e.returncode == 3 and e.code == 3 and e.signal is None and not e.killed
     assert e.stdout == "out\n" and e.stderr == "err\n"
-    assert e.cmd[0] == PY
+    # Node's err.cmd: the file and its arguments joined by spaces.
+    assert e.cmd == PY + " -c import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"
     assert "returned non-zero exit status 3" in str(e)
     copy = pickle.loads(pickle.dumps(e))
     assert copy.returncode == 3 and copy.stderr == "err\n" and copy.code == 3
@@ -128,6 +131,91 @@ def test_max_buffer_kills_the_child_and_keeps_partial_output():
     assert info.value.stream == "stderr" and len(info.value.stderr) == 5000
     with pytest.raises(MaxBufferError):
         pyforkd.spawn_sync("yes", max_buffer=100)
+
+
+# A child writing "é" (2 bytes in UTF-8) nine times in one write.
+NINE_E = ["-c", "import os; os.write(1, 'ééééééééé'.encode())"]
+
+
+@pytest.mark.parametrize("form", ["exec_file", "spawn_sync", "aio"])
+def test_max_buffer_with_an_encoding_cuts_in_characters_not_inside_one(form):
+    # As Node: over when the bytes go over; the text kept is cut at max_buffer characters,
+    # never inside one (it used to raise UnicodeDecodeError at a cut inside "é").
+    if form == "aio":
+        call = lambda **kw: asyncio.run(aio.exec_file(PY, NINE_E, **kw))  # noqa: E731
+    else:
+        call = functools.partial(getattr(pyforkd, form), PY, NINE_E)
+    with pytest.raises(MaxBufferError) as info:
+        call(max_buffer=5, encoding="utf-8")
+    assert info.value.stdout == "ééééé" and info.value.stream == "stdout"
+    with pytest.raises(MaxBufferError) as info:
+        call(max_buffer=5)  # bytes: cut at 5 bytes
+    assert info.value.stdout == "éé".encode() + b"\xc3"
+    with pytest.raises(MaxBufferError) as info:
+        call(max_buffer=17, encoding="utf-8")  # one byte short
+    assert info.value.stdout == "ééééééééé"
+    ok = call(max_buffer=18, encoding="utf-8")
+    assert ok.stdout == "ééééééééé"
+
+
+@pytest.mark.parametrize("form", ["exec_file", "aio"])
+def test_a_child_that_exits_0_succeeds_though_a_descendant_holds_stdout_past_the_timeout(form):
+    line = "sleep 30 & echo hi"
+    start = time.monotonic()
+    if form == "aio":
+        r = asyncio.run(aio.exec(line, timeout=0.5))
+    else:
+        r = pyforkd.exec(line, timeout=0.5)
+    assert r.returncode == 0 and r.stdout == b"hi\n" and not r.killed
+    assert time.monotonic() - start < 20  # (not the sleep's 30 s)
+    # exiting non-zero meanwhile is a plain ExecError: the child was not killed
+    with pytest.raises(ExecError) as info:
+        pyforkd.exec("sleep 30 & exit 3", timeout=0.5)
+    assert info.value.code == 3 and not info.value.killed and info.value.timeout is None
+
+
+def test_the_sync_forms_name_spawnsync_as_node():
+    cases = [
+        (pyforkd.spawn_sync, "spawnSync"),
+        (pyforkd.exec_file_sync, "spawnSync"),
+        (pyforkd.exec_file, "spawn"),
+    ]
+    for fn, verb in cases:
+        with pytest.raises(SpawnError) as info:
+            fn("pfd-no-such-program", ["a", "b"])
+        e = info.value
+        assert (e.code, e.syscall, e.path, e.spawnargs) == (
+            "ENOENT",
+            f"{verb} pfd-no-such-program",
+            "pfd-no-such-program",
+            ["a", "b"],
+        ), fn
+        assert str(e).startswith(f"[Errno 2] {verb} pfd-no-such-program: ENOENT")
+    with pytest.raises(SpawnError) as info:
+        pyforkd.exec_sync("true", shell="/pfd/no/shell")
+    assert info.value.syscall == "spawnSync /pfd/no/shell"
+
+
+def test_exec_errors_carry_node_s_cmd_string():
+    with pytest.raises(ExecError) as info:
+        pyforkd.exec("echo x; exit 3")
+    assert info.value.cmd == "echo x; exit 3"  # the command, not the shell's argv
+    assert "Command 'echo x; exit 3' returned non-zero exit status 3" in str(info.value)
+    with pytest.raises(ExecError) as info:
+        pyforkd.exec_sync(b"exit 4")
+    assert info.value.cmd == "exit 4"
+    with pytest.raises(SpawnError) as info:
+        pyforkd.exec_file("pfd-no-such-program", ["a", "b"])
+    assert info.value.cmd == "pfd-no-such-program a b"
+    assert pickle.loads(pickle.dumps(info.value)).cmd == "pfd-no-such-program a b"
+    with pytest.raises(SpawnError) as info:
+        pyforkd.spawn("pfd-no-such-program", ["a"])
+    assert info.value.cmd is None  # (Node's spawn errors have none)
+    with pytest.raises(SpawnError) as info:
+        asyncio.run(aio.exec_file("pfd-no-such-program", ["a"]))
+    assert info.value.cmd == "pfd-no-such-program a"
+    with pytest.raises(TypeError, match=r"exec_sync\(\) got an unexpected keyword.*stdio"):
+        pyforkd.exec_sync("true", stdio="inherit")
 
 
 def test_default_max_buffer_is_node_s_one_mebibyte():

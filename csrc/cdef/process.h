@@ -61,7 +61,7 @@ typedef struct pfd_collect_s {
 } pfd_collect_t;
 
 /* Moves data until every descriptor is done, the deadline passes, or a stream goes over
- * max_buffer (its buffer is cut at max_buffer).  It may be called again after -EINTR or
+ * max_buffer (its buffer keeps the whole read that went over: the caller cuts it).  It may be called again after -EINTR or
  * -ETIMEDOUT; timeout_ms < 0 waits for ever, 0 only takes what is ready.
  * Returns 0 when all is done, -ETIMEDOUT, -ENOBUFS (over max_buffer), -EINTR, or -errno. */
 int pfd_collect_run(pfd_collect_t *collect, int timeout_ms);

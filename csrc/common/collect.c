@@ -28,7 +28,8 @@ int pfd__collect_took(pfd_collect_t *c, int i, size_t n) {
   pfd_buffer_t *b = &c->out[i];
   b->size += n;
   if (c->max_buffer != 0 && b->size > c->max_buffer) {
-    b->size = c->max_buffer;
+    /* The read that went over stays whole (at most one chunk more): the caller cuts it,
+     * in bytes or, once decoded, in characters. */
     c->overflow = i + 1;
     return -ENOBUFS;
   }
