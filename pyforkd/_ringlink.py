@@ -34,7 +34,8 @@ import weakref
 from typing import Any
 
 from . import _bindings as _b
-from .channel import Channel, _close_sent, _handle_list, _json_loads
+from . import _json
+from .channel import Channel, _close_sent, _handle_list
 from .errors import ChannelClosedError, FrameError, PicklingError
 from .ring import Ring
 
@@ -171,7 +172,7 @@ def decode(data: memoryview, allow_pickle: bool = True) -> Any:
         if kind == _BYTEARRAY:
             return bytearray(body)
         if kind == _JSON:
-            return _json_loads(bytes(body))
+            return _json.loads(bytes(body))
     except FrameError:
         raise
     except Exception as exc:

@@ -41,6 +41,7 @@ if sys.platform != "win32":
     import resource
 
 from . import _bindings as _b
+from . import _json
 from ._checks import check_encoding as _check_encoding
 from ._checks import deadline as _deadline
 from .errors import ChannelClosedError, FrameError, PicklingError
@@ -345,22 +346,6 @@ def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
         raise
     fds.clear()
     return made, many
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _json_loads(data: str | bytes) -> Any:
-    """Strict JSON, as Node's JSON.parse: NaN and Infinity are refused.
-
-    ``ValueError`` for anything else that is not JSON, a document nested too deeply for
-    this interpreter's stack included.
-    """
-    try:
-        return json.loads(data, parse_constant=_no_constant)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply to decode") from None
 
 
 _NODE_PREFIX = "NODE_"
@@ -773,7 +758,7 @@ class _Decoder:
             elif kind == _b.FRAME_RAW:
                 self.ready.append((bytes(payload), None))
             elif kind == _b.FRAME_JSON:
-                self.ready.append((_json_loads(bytes(payload)), None))
+                self.ready.append((_json.loads(bytes(payload)), None))
             elif kind == _b.FRAME_RING:
                 if not self.rings:
                     raise ValueError("a ring record came on a channel without rings")
@@ -814,7 +799,7 @@ class _Decoder:
             if kind == _b.FRAME_PICKLE:
                 obj = pickle.loads(payload)
             elif kind == _b.FRAME_JSON:
-                obj = _json_loads(bytes(payload))
+                obj = _json.loads(bytes(payload))
             else:
                 obj = bytes(payload)
         except BaseException:
@@ -846,7 +831,7 @@ class _Decoder:
 
     def _deliver_node(self, line: bytes, line_start: int) -> None:
         try:
-            obj = _json_loads(line.decode("utf-8"))
+            obj = _json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"not a JSON message: {exc}") from None
         if not _is_node_internal(obj):
@@ -1045,10 +1030,9 @@ class Channel:
             return _b.FRAME_RAW, (view.cast("B") if view.c_contiguous else view.tobytes())
         if ser == "json" or self.framing == "node":
             try:
-                text = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+                return _b.FRAME_JSON, _json.dumps(obj)
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"cannot send this message as JSON: {exc}") from None
-            return _b.FRAME_JSON, text.encode("utf-8")
         try:
             return _b.FRAME_PICKLE, pickle.dumps(obj, protocol=5)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:

@@ -125,7 +125,7 @@ class ExecError(PyforkdError, subprocess.CalledProcessError):
         timeout: float | None = None,
     ) -> None:
         super().__init__(returncode, cmd, output, stderr)
-        self.code: int | None = returncode if returncode >= 0 else None
+        self.code: int | str | None = returncode if returncode >= 0 else None
         self.signal: str | None = signal
         self.killed: bool = killed
         self.pid: int | None = pid
@@ -165,6 +165,7 @@ class MaxBufferError(ExecError):
 
     ``stdout`` and ``stderr`` hold what was read; the stream that went over is cut at
     ``max_buffer`` bytes, or characters once decoded with an ``encoding`` (as in Node);
+    ``code`` is Node's ``"ERR_CHILD_PROCESS_STDIO_MAXBUFFER"`` (``returncode`` has the status);
     ``stream`` names the stream that went over (``"stdout"`` or ``"stderr"``).
     """
 
@@ -180,6 +181,7 @@ class MaxBufferError(ExecError):
         **kwargs: Any,
     ) -> None:
         super().__init__(returncode, cmd, output, stderr, **kwargs)
+        self.code = "ERR_CHILD_PROCESS_STDIO_MAXBUFFER"
         self.stream: str = stream
         self.max_buffer: int = max_buffer
 

@@ -251,7 +251,7 @@ def test_a_good_file_description_still_works(peer):
 
 
 MALFORMED = {
-    "deep JSON": (frame(JSON, b"[" * 100_000 + b"]" * 100_000), "nested"),
+    "JSON not closed": (frame(JSON, b"[" * 100_000 + b"]" * 99_999), "Expecting"),
     "NaN": (frame(JSON, b'{"a": NaN}'), "NaN"),
     "not UTF-8": (frame(JSON, b"\xff\xfe"), "decode"),
     "garbage pickle": (frame(PICKLE, b"\x80\x05garbage"), "decode"),
@@ -271,6 +271,17 @@ MALFORMED = {
 def test_a_malformed_frame_is_a_frame_error_and_ends_the_channel(peer, data, why):
     peer.send(data + frame(RAW, b"after"))
     assert_refused(peer, why)
+
+
+def test_json_nested_deeper_than_the_c_stack_is_read_as_node_reads_it(peer):
+    # Node's JSON.parse takes any depth; so does the channel, with a stack of its own.
+    depth = 100_000
+    peer.send(frame(JSON, b"[" * depth + b"0" + b"]" * depth) + frame(RAW, b"after"))
+    msg = peer.channel.recv(timeout=10)
+    for _ in range(depth):
+        (msg,) = msg
+    assert msg == 0
+    assert peer.channel.recv(timeout=10) == b"after"
 
 
 # ---- a JSON channel never unpickles -------------------------------------------------------

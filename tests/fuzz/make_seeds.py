@@ -92,8 +92,20 @@ def ring() -> None:
         put("ring", bytes(record) + b"\x00")
 
 
+def json_documents() -> None:
+    for text in (
+        '[1,2.5,-0.0,"a\\u00e9\\ud800",{"k":[true,false,null]}]',
+        ' { "a" : { "b" : [ [ [ ] ] , { } ] } } ',
+        "[1e400,-1E-5,0,12345678901234567890]",
+        "[" * 2000 + "]" * 2000,
+        '"\\"\\\\\\/\\b\\f\\n\\r\\t"',
+    ):
+        put("json", text.encode())
+
+
 if __name__ == "__main__":
     frames()
     node()
     control()
     ring()
+    json_documents()

@@ -18,7 +18,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-FUZZERS = ("frames", "node", "control", "ring")
+FUZZERS = ("frames", "node", "control", "ring", "json")
 
 
 def run(name: str, seconds: int, artifacts: str) -> tuple[bool, int, str]:
