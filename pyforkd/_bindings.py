@@ -668,6 +668,11 @@ def process_watch_hangup(sock: int) -> None:
         raise_errno(r, "pthread_create (hang-up watch)")
 
 
+def process_unwatch() -> None:
+    """Disarm :func:`process_watch_hangup`: this process leaves its channel on purpose."""
+    lib.pfd_process_unwatch()
+
+
 def socket_nosigpipe(sock: int) -> None:
     """Make sends on ``sock`` never raise SIGPIPE (macOS needs a socket option)."""
     r = lib.pfd_socket_nosigpipe(sock)
@@ -904,6 +909,14 @@ class RingSide:
 
     def release(self, count: int) -> None:
         _check_records(lib.pfd_ring_release(self._c, count), "ring release")
+        lib.pfd_ring_notify(self._c, RING_WAIT_SPACE)
+
+    def wake(self) -> None:
+        """Wake the other side if it sleeps on this ring, for data or for room.
+
+        It then looks at the channel's socket, and sees a hang-up at once.
+        """
+        lib.pfd_ring_notify(self._c, RING_WAIT_DATA)
         lib.pfd_ring_notify(self._c, RING_WAIT_SPACE)
 
     def wait(self, what: int, size: int, timeout_ms: int, peer_fd: int) -> bool | None:

@@ -538,9 +538,15 @@ class Link:
                 return True  # the next recv says the peer is gone
 
     def close(self) -> None:
-        """Unmap both rings (a ring whose records still have views goes with the last)."""
+        """Unmap both rings (a ring whose records still have views goes with the last).
+
+        The channel's socket is closed by then: a peer asleep on a ring is woken to see
+        that now, not at its next look at the socket (every 100 ms).
+        """
         self._drop_partial()
         for ring in (self.tx, self.rx):
+            if not ring.closed:
+                ring._side.wake()
             ring._close_unused()
 
 

@@ -43,7 +43,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 try:
     import psutil  # type: ignore[import-untyped]  # optional: where there is no /proc
@@ -55,7 +55,7 @@ from . import _board, _systemd
 from . import channel as _channel
 from . import worker as _worker
 from .child_process import _live_pids, signal_name
-from .errors import ChannelClosedError, FrameError, TimeoutExpired
+from .errors import ChannelClosedError, FrameError
 
 __all__ = [
     "EVENTS",
@@ -84,6 +84,7 @@ __all__ = [
 ]
 
 EVENTS = ("fork", "online", "listening", "message", "disconnect", "exit", "setup")
+WORKER_EVENTS = ("online", "listening", "message", "disconnect", "exit")
 _NO_RESTART_CODES = (3, 4)  # a worker's "boot or app error: do not restart me"
 _BACKOFF_FACTOR, _BACKOFF_MAX = 1.5, 15.0  # the restart delay grows so, up to 15 s
 _STABLE_UPTIME = 30.0  # a worker that lived this long resets the back-off
@@ -106,6 +107,12 @@ _DEFAULTS: dict[str, Any] = {
     "max_memory": None,
     "graceful_timeout": 10.0,
     "log_prefix": False,
+    # Node's: the script and its arguments (setup_primary() fills in this program's),
+    # the interpreter's options (start="spawn"), and the directory workers start in.
+    "exec": None,
+    "args": None,
+    "exec_argv": [],
+    "cwd": None,
 }
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -181,13 +188,15 @@ def _check_setting(key: str, value: Any) -> Any:
         size = parse_size(value)
         _rss(os.getpid())  # OSError now when this OS cannot tell a process's memory
         return size
-    if key == "exec":
-        if not (isinstance(value, str) and os.path.isfile(value)):
-            raise ValueError(f"exec must name a script file, not {value!r}")
-        return value
-    if key == "args":
+    if key in ("exec", "cwd"):
+        if value is None:
+            return None
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{key} must be a path, not {value!r}")
+        return os.path.abspath(os.fspath(value))  # (checked at fork(), as Node does)
+    if key in ("args", "exec_argv"):
         if not (isinstance(value, (list, tuple)) and all(isinstance(a, str) for a in value)):
-            raise TypeError("args must be a list of str")
+            raise TypeError(f"{key} must be a list of str, not {value!r}")
         return list(value)
     raise TypeError(f"setup_primary() got an unknown setting {key!r}")
 
@@ -435,6 +444,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 _POLL_SECONDS = 0.05  # Windows: how often the primary looks at its workers' pipes
+_LEAVING_POLL_SECONDS = 0.02  # how often it looks for a disconnected worker's exit
 
 
 def _ready(w: Worker) -> bool:
@@ -573,6 +583,21 @@ class Worker:
         self._max_served: int | None = None  # max_requests, with its jitter
         self._logs: list[Any] = []  # its stdout/stderr pipes (log_prefix)
         self._unattached: list[tuple[Any, int]] = []  # rr ends kept until ready
+        self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
+
+    def on(self, event: str, fn: Callable[..., Any]) -> Worker:
+        """Call ``fn`` on this worker's ``event``, in Node's order with the cluster's handlers.
+
+        Events: ``"online"``, ``"listening"`` (address), ``"message"`` (the message, and
+        the handle when one came), ``"disconnect"``, ``"exit"`` (code, signal name).
+        Returns the worker.
+        """
+        if event not in WORKER_EVENTS:
+            raise ValueError(f"unknown event {event!r}; events are {', '.join(WORKER_EVENTS)}")
+        if not callable(fn):
+            raise TypeError("on() needs a callable")
+        self._handlers[event].append(fn)
+        return self
 
     def send(self, message: Any, handle: Any = None, **options: Any) -> None:
         """Send a message to the worker (it reads it with ``pyforkd.parent().recv()``)."""
@@ -586,10 +611,11 @@ class Worker:
         """
         return self.process.recv(timeout, **options)
 
-    def disconnect(self, graceful_timeout: float | None = None) -> None:
+    def disconnect(self, graceful_timeout: float | None = None) -> Worker:
         """Stop giving it connections; it finishes those it has and exits.
 
         It is killed if it still runs after ``graceful_timeout`` (default: the cluster's).
+        Returns the worker, as Node's does.
         """
         self.exited_after_disconnect = True
         # A datagram is served as it comes: a worker that only serves UDP has nothing to
@@ -597,13 +623,14 @@ class Worker:
         listening = any(slot != -2 for _, slot in self._slots)
         self._cluster._stop_dispatching(self)  # its accept() ends: it finishes and exits
         if self.state == "dead":
-            return
+            return self
         if not listening:
             self.process.kill("SIGTERM")  # it listens to nothing: nothing to drain
         grace = graceful_timeout or self._cluster.settings["graceful_timeout"]
         at = time.monotonic() + grace
         self._kill_at = at if self._kill_at is None else min(self._kill_at, at)
         self._cluster._wake()
+        return self
 
     def kill(self, sig: Any = "SIGTERM") -> None:
         """Signal the worker (it is not restarted: ``exited_after_disconnect`` is set)."""
@@ -649,6 +676,8 @@ class Cluster:
         self._dropped = 0  # workers' messages no handler took, since the last warning
         self._again: set[Worker] = set()  # workers whose messages were not all read
         self._dropped_warned = -_DROPPED_WARNING_EVERY
+        self._queued: list[tuple[str, tuple[Any, ...]]] = []  # events for run()'s next turn
+        self._leaving: dict[int, Worker] = {}  # channel closed, process not yet gone
         _clusters.add(self)
 
     @property
@@ -695,7 +724,22 @@ class Cluster:
         """
         checked = {key: _check_setting(key, value) for key, value in settings.items()}
         self.settings.update(checked)
-        self._emit("setup", dict(self.settings))
+        # Node's shape: the script and its arguments, this program's unless given.
+        if self.settings["exec"] is None:
+            main = getattr(sys.modules.get("__main__"), "__file__", None)
+            self.settings["exec"] = os.path.abspath(main) if main else None
+        if self.settings["args"] is None:
+            self.settings["args"] = list(sys.argv[1:])
+        self._later("setup", dict(self.settings))
+
+    def _later(self, event: str, *args: Any) -> None:
+        """Emit ``event`` from run()'s loop, at its next turn.
+
+        Node emits 'setup' and 'fork' on its next tick: a handler added right after the
+        call still gets them.
+        """
+        self._queued.append((event, args))
+        self._wake()
 
     def on(self, event: str, fn: Callable[..., Any]) -> None:
         """Call ``fn`` on ``event`` (one of :data:`EVENTS`), in Node's order."""
@@ -709,6 +753,19 @@ class Cluster:
         for fn in list(self._handlers.get(event, ())):
             fn(*args)
 
+    def _emit_worker(self, w: Worker, event: str, *args: Any) -> None:
+        """A worker's event: its own handlers first, then the cluster's (Node's order).
+
+        For 'message' the cluster's come first: Node forwards it from the worker's emitter
+        with a handler added before any of the program's.
+        """
+        if event == "message":
+            self._emit(event, w, *args)
+        for fn in list(w._handlers.get(event, ())):
+            fn(*args)
+        if event != "message":
+            self._emit(event, w, *args)
+
     def fork(self, env: Mapping[str, str] | None = None) -> Worker:
         """Start a worker: a fork of this process that runs ``__main__`` from the top.
 
@@ -716,18 +773,30 @@ class Cluster:
         """
         if self.is_worker:
             raise RuntimeError("fork() is for the primary (this is a worker)")
-        path = self.settings.get("exec")
+        st = self.settings
+        path = st["exec"]
         argv = None
         if path is not None:
-            argv = [path, *self.settings.get("args", ())]
+            if not os.path.isfile(path):
+                raise FileNotFoundError(errno.ENOENT, "exec: no such script", path)
+            argv = [path, *(st["args"] if st["args"] is not None else sys.argv[1:])]
         else:
             path = getattr(sys.modules.get("__main__"), "__file__", None)
             if not path:
                 raise RuntimeError(
                     "a cluster needs a script for its workers: run one, or setup_primary(exec=...)"
                 )
-            if self.settings["start"] == "spawn":
+            if st["args"] is not None:
+                argv = [os.path.abspath(path), *st["args"]]
+            elif st["start"] == "spawn":
                 argv = list(sys.argv)
+        if st["exec_argv"] and st["start"] != "spawn":
+            raise ValueError(
+                "exec_argv needs setup_primary(start='spawn'): a forked worker runs in this "
+                "interpreter, with its options"
+            )
+        if st["cwd"] is not None and not os.path.isdir(st["cwd"]):
+            raise FileNotFoundError(errno.ENOENT, "cwd: no such directory", st["cwd"])
         if self._board is None:
             self._board = _board.Board()
         forking = self.settings["start"] == "fork"
@@ -742,12 +811,16 @@ class Cluster:
                 logs = [os.pipe(), os.pipe()]
             wid = self._next_id
             extra = {str(k): str(v) for k, v in (env or {}).items()}
-            where = (wid, os.path.abspath(path), argv, extra)
+            where = (wid, os.path.abspath(path), argv, extra, st["cwd"])
             if self._zygote is not None and forking:
                 process = self._zygote.fork(*where, name=f"worker {wid}")
             else:
                 process = _worker.fork_worker(
-                    _worker_main, *where, start=self.settings["start"], name=f"worker {wid}"
+                    _worker_main,
+                    *where,
+                    start=st["start"],
+                    name=f"worker {wid}",
+                    exec_argv=st["exec_argv"],
                 )
         except BaseException:
             for r, w_ in logs:
@@ -791,8 +864,7 @@ class Cluster:
         for r, stream in zip((r for r, _ in logs), (sys.stdout, sys.stderr)):
             w._logs.append(_LogPipe(r, f"[worker {wid}] ", stream))
         self.workers[wid] = w
-        self._emit("fork", w)
-        self._wake()
+        self._later("fork", w)
         return w
 
     def _wake(self) -> None:
@@ -837,10 +909,16 @@ class Cluster:
         polled = _b.WINDOWS
         watched: dict[int, Worker] = {}
         logs: set[_LogPipe] = set()
+        self.error = None
         try:
             while True:
+                while self._queued:
+                    event, args = self._queued.pop(0)
+                    self._emit(event, *args)
                 for w in list(self.workers.values()):
                     ch = w.process.channel
+                    if w.state in ("disconnected", "dead"):
+                        continue  # (its channel has ended: nothing more comes from it)
                     if w.id not in watched and ch is not None and ch.fileno() >= 0:
                         if not polled:
                             sel.register(ch.fileno(), selectors.EVENT_READ, w)
@@ -908,6 +986,10 @@ class Cluster:
                 self._zygote = None
             if not self._stopping:  # (shutdown() told systemd already)
                 _systemd.notify("STOPPING=1")
+            if not self.workers:
+                # Stopped and empty: a later fork() and run() start it again.
+                self._stopping = False
+                self._failures = 0
         if self.error:
             raise RuntimeError(self.error)
 
@@ -922,6 +1004,8 @@ class Cluster:
     def _tick(self) -> float | None:
         """How long run() may sleep before :meth:`_check_workers` has work (None: ever)."""
         st = self.settings
+        if self._leaving:
+            return _LEAVING_POLL_SECONDS
         if not (
             st["timeout"]
             or st["ready_timeout"]
@@ -935,6 +1019,9 @@ class Cluster:
 
     def _check_workers(self) -> None:
         """Hung workers, workers never ready, and those to recycle; strays when PID 1."""
+        for w in list(self._leaving.values()):
+            if w.process.poll() is not None:
+                self._exited(w)
         now = time.monotonic()
         st = self.settings
         board = self._board
@@ -1102,14 +1189,14 @@ class Cluster:
         """
         if self.settings["wait_ready"] and isinstance(msg, str) and msg == "ready":
             self._became_ready(w)  # process.send('ready'), as PM2 has it
-        if not self._handlers.get("message"):
+        if not self._handlers.get("message") and not w._handlers.get("message"):
             self._dropped += 1
             for h in handle if isinstance(handle, list) else [handle] if handle else []:
                 h.close()
         elif handle is None:
-            self._emit("message", w, msg)
+            self._emit_worker(w, "message", msg)
         else:
-            self._emit("message", w, msg, handle)
+            self._emit_worker(w, "message", msg, handle)
 
     def _warn_dropped(self) -> None:
         if self._dropped and time.monotonic() >= self._dropped_warned + _DROPPED_WARNING_EVERY:
@@ -1145,7 +1232,7 @@ class Cluster:
         kind = msg[1] if len(msg) > 1 else None
         if kind == "online" and len(msg) == 2:
             w.state = "online"
-            self._emit("online", w)
+            self._emit_worker(w, "online")
         elif kind == "listen" and len(msg) == 4 and msg[3] in ("tcp", "udp"):
             try:
                 key = _check_address(msg[2])
@@ -1154,6 +1241,8 @@ class Cluster:
             self._listen_for(w, key, msg[3])
         elif kind == "ready" and len(msg) == 2:
             self._became_ready(w)
+        elif kind == "leaving" and len(msg) == 2:
+            w.exited_after_disconnect = True  # it disconnected itself: no restart
         else:
             raise _Malformed(f"a control message {str(msg)[:80]!r}")
 
@@ -1210,7 +1299,7 @@ class Cluster:
         w._listened = True
         ch.send_control(("cluster", "listening", address, policy), handle, keep_open=keep_open)
         w.state = "listening"
-        self._emit("listening", w, address)
+        self._emit_worker(w, "listening", address)
         if not self.settings["wait_ready"]:
             self._became_ready(w)
 
@@ -1261,8 +1350,24 @@ class Cluster:
         self._listeners.clear()
 
     def _reap(self, w: Worker) -> None:
-        """Its channel closed: wait for the process, tell, and maybe start another."""
+        """Its channel closed: tell; once the process is gone, tell and maybe restart.
+
+        A worker may go on after its channel closed (one that disconnected itself finishes
+        its script, as in Node): run()'s loop looks at it until it exits.
+        """
         self._stop_dispatching(w)
+        w.state = "disconnected"
+        self._emit_worker(w, "disconnect")
+        if w.process.poll() is None:
+            self._leaving[w.id] = w
+            self._wake()
+            return
+        self._exited(w)
+
+    def _exited(self, w: Worker) -> None:
+        """Its process is gone: 'exit', then a restart unless it was meant to go."""
+        self._leaving.pop(w.id, None)
+        w.process.wait()
         # A replacement that died before it was ready: the old one stays (and is not
         # recycled again: the next replacement would likely fail the same way).
         replaced = self._replaces.pop(w.id, None)
@@ -1271,19 +1376,12 @@ class Cluster:
                 f"pyforkd cluster: worker {w.id}, the replacement of worker {replaced.id}, "
                 f"died before it was ready: worker {replaced.id} goes on serving\n"
             )
-        w.state = "disconnected"
-        self._emit("disconnect", w)
-        try:
-            w.process.wait(5)
-        except TimeoutExpired:
-            w.process.kill("SIGKILL")
-            w.process.wait()
         w.state = "dead"
         self.workers.pop(w.id, None)
         code = w.process.returncode
         assert code is not None
         exit_code, sig = (code, None) if code >= 0 else (None, signal_name(-code))
-        self._emit("exit", w, exit_code, sig)
+        self._emit_worker(w, "exit", exit_code, sig)
         # A worker whose script failed before it ever listened would fail again: a boot
         # error, like exit codes 3 and 4 (its traceback was printed when it came).
         outcome = w.process._outcome
@@ -1427,37 +1525,112 @@ _role: dict[str, Any] = {"worker": None}  # the worker's id, in a worker
 
 
 class _Self:
-    """``cluster.worker`` inside a worker.
+    """``cluster.worker`` inside a worker, with Node's members.
 
-    Its ``id``; ``send``/``recv`` to talk to the primary; ``ready()`` and ``heartbeat()``.
+    ``id``; ``process`` (this process: ``pid``, ``send``, ``disconnect``, ``connected``);
+    ``send``/``recv`` to talk to the primary; ``ready()`` and ``heartbeat()``;
+    ``disconnect()``, ``kill()``/``destroy()``, ``is_connected()``, ``is_dead()`` and
+    ``exited_after_disconnect``, as in Node.
     """
 
     def __init__(self, wid: int, slot: _board.Slot, timeout: float | None) -> None:
         self.id = wid
         self.slot = slot
         self.timeout = timeout  # the primary's hang limit, or None
+        self.exited_after_disconnect = False
+        self.process = _ThisProcess(self)
+        self._listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
 
     def send(self, message: Any, handle: Any = None) -> None:
         """Send a message to the primary (its ``"message"`` event)."""
-        ch = _worker.parent()
-        assert ch is not None
-        ch.send(message, handle)
+        _primary().send(message, handle)
 
     def recv(self, timeout: float | None = None) -> Any:
         """Receive a message the primary sent with ``worker.send``."""
-        ch = _worker.parent()
-        assert ch is not None
-        return ch.recv(timeout)
+        return _primary().recv(timeout)
 
     def ready(self) -> None:
         """Tell the primary this worker is ready (what ``wait_ready`` waits for)."""
-        ch = _worker.parent()
-        assert ch is not None
-        ch.send_control(("cluster", "ready"))
+        _primary().send_control(("cluster", "ready"))
 
     def heartbeat(self) -> None:
         """Still alive: long work calls this more often than the cluster's ``timeout``."""
         self.slot.beat()
+
+    def is_connected(self) -> bool:
+        """True while the channel to the primary is open."""
+        return _primary().connected
+
+    def is_dead(self) -> bool:
+        """False: this worker runs (Node's member, for code shared with the primary)."""
+        return False
+
+    def disconnect(self) -> _Self:
+        """Leave the cluster, as Node's ``worker.disconnect()`` in a worker.
+
+        The primary is told not to restart this worker; its listeners stop taking
+        connections; the channel closes.  The program goes on (its connections included)
+        and the worker exits when its script ends, with its own status.  Returns it.
+        """
+        if not self.exited_after_disconnect:
+            self.exited_after_disconnect = True
+            ch = _primary()
+            try:
+                ch.send_control(("cluster", "leaving"))
+            except ChannelClosedError:
+                pass  # (the primary is gone: nothing to tell)
+            for listener in list(self._listeners):
+                listener.close()
+            _b.process_unwatch()  # this hang-up is ours: it must not end the worker
+            ch.close()
+        return self
+
+    def kill(self, signal: Any = None) -> NoReturn:
+        """Disconnect and exit 0, as Node's ``worker.kill()`` in a worker.
+
+        In the main thread it raises ``SystemExit(0)`` (``finally`` blocks and ``atexit``
+        hooks run); in another thread the process ends at once, its output flushed.
+        ``signal`` is ignored there, as in Node.
+        """
+        self.disconnect()
+        if threading.current_thread() is threading.main_thread():
+            raise SystemExit(0)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass  # (a closed stream: nothing left to say)
+        os._exit(0)
+
+    destroy = kill
+
+
+class _ThisProcess:
+    """``cluster.worker.process`` in a worker: this process, as Node's ``process``."""
+
+    def __init__(self, me: _Self) -> None:
+        self._me = me
+        self.pid = os.getpid()
+
+    @property
+    def connected(self) -> bool:
+        """True while the channel to the primary is open."""
+        return _primary().connected
+
+    def send(self, message: Any, handle: Any = None) -> None:
+        """Send a message to the primary."""
+        self._me.send(message, handle)
+
+    def disconnect(self) -> None:
+        """Close the channel to the primary (see ``cluster.worker.disconnect()``)."""
+        self._me.disconnect()
+
+
+def _primary() -> _channel.Channel:
+    ch = _worker.parent()
+    if ch is None:
+        raise RuntimeError("this is not a cluster worker")
+    return ch
 
 
 def ready() -> None:
@@ -1476,7 +1649,9 @@ def heartbeat() -> None:
     me.heartbeat()
 
 
-def _worker_main(wid: int, path: str, argv: list[str] | None, env: dict[str, str]) -> None:
+def _worker_main(
+    wid: int, path: str, argv: list[str] | None, env: dict[str, str], cwd: str | None = None
+) -> None:
     """In a worker: become one, then run the program's __main__ from the top."""
     # The primary's handlers (stop, reload, scale) came along with a fork: a worker takes
     # these signals the default way (SIGTERM ends it).
@@ -1500,6 +1675,8 @@ def _worker_main(wid: int, path: str, argv: list[str] | None, env: dict[str, str
         sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     os.environ.update(env)
     os.environ["PYFORKD_WORKER_ID"] = str(wid)
+    if cwd is not None:
+        os.chdir(cwd)
     me = _Self(wid, _board.Slot(board.detach()), timeout)
     _role["worker"] = me
     ch.send_control(("cluster", "online"))
@@ -1544,12 +1721,15 @@ def listen(address: Any, type: int = socket.SOCK_STREAM) -> Any:
         raise OSError(err, f"{text}: cannot listen on {key[0]}:{key[1]} ({kind.upper()})")
     if kind == "udp":
         return handle
+    listener: Listener
     if reply[3] == "shared":
-        return _SharedListener(handle, ch)
-    if reply[3] == "reuseport":  # a socket of its own on the same port (the kernel balances)
-        return _SharedListener(socket.create_server(address, reuse_port=True), ch)
-    listener = Listener(handle)
-    listener.address = tuple(reply[2])
+        listener = _SharedListener(handle, ch)
+    elif reply[3] == "reuseport":  # a socket of its own on the same port (the kernel balances)
+        listener = _SharedListener(socket.create_server(address, reuse_port=True), ch)
+    else:
+        listener = Listener(handle)
+        listener.address = tuple(reply[2])
+    _role["worker"]._listeners.add(listener)
     return listener
 
 

@@ -22,9 +22,11 @@ back with its remote traceback attached as ``__cause__``, as in ``ProcessPoolExe
 
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures as cf
 import itertools
+import logging
 import multiprocessing
 import os
 import pickle
@@ -32,6 +34,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, cast
@@ -43,13 +46,29 @@ __all__ = ["Pool", "PoolBrokenError", "WorkerCrashedError"]
 
 _BALANCES = ("least-loaded", "round-robin")
 _MAX_BATCH = 256  # tasks in one message, at most
+_MAX_BATCH_BYTES = 16 << 20  # and their pickles' bytes, at most (unless one task is bigger)
 _RR_DEPTH = 2  # round-robin: batches a worker holds (the one it runs and the next)
 _INIT_FAILURES = 3  # failed worker starts in a row (initializer raising): the pool breaks
-# What Channel.send raises for a message that cannot be pickled (nothing was written).
-_UNPICKLABLE = (TypeError, ValueError, pickle.PicklingError, AttributeError)
 _MAX_CHUNK = 16384  # items in one of map()'s tasks, at most
 _FLUSH_SECONDS = 0.001  # a worker sends its answers at least this often
 _CHUNK_SECONDS = 0.02  # map()'s adaptive chunks aim at this much work each
+
+
+# Set when the interpreter starts to exit: pools then finish what was submitted (as
+# ProcessPoolExecutor does) and take nothing new.
+_exiting = threading.Event()
+_live: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _finish_at_exit() -> None:
+    _exiting.set()
+    for pool in list(_live):
+        pool.shutdown(wait=True)
+
+
+# Before atexit's hooks (as concurrent.futures does), so that a submit() from one of them
+# is refused instead of accepted into a pool nobody waits for; atexit where it is missing.
+getattr(threading, "_register_atexit", atexit.register)(_finish_at_exit)
 
 
 # Each worker's ring size per direction: 16 MiB.
@@ -59,9 +78,11 @@ DEFAULT_RING: int | None = 16 << 20
 class WorkerCrashedError(PyforkdError, BrokenProcessPool):
     """The worker running this task died (``exitcode``: its exit code, or -signal).
 
-    Also a ``concurrent.futures.process.BrokenProcessPool``, which drop-in code catches;
-    unlike ``ProcessPoolExecutor``'s, the pool itself lives on: only this task failed,
-    and a new worker takes the others.
+    Also raised, with ``exitcode`` None and the error as ``__cause__``, when the task's
+    arguments did not unpickle in the worker or its result did not unpickle here.  A
+    ``concurrent.futures.process.BrokenProcessPool``, which drop-in code catches; unlike
+    ``ProcessPoolExecutor``'s, the pool itself lives on: only this task failed, and a new
+    worker takes the others.
     """
 
     def __init__(self, message: str, exitcode: int | None = None) -> None:
@@ -88,17 +109,19 @@ class _RemoteTraceback(Exception):
 
 
 class _Task:
-    __slots__ = ("args", "dropped", "fn", "future", "kwargs", "running", "suspect", "tid")
+    """A submitted call, pickled at once: the pool holds no reference to its objects."""
 
-    def __init__(self, tid: int, future: cf.Future[Any], fn: Any, args: Any, kwargs: Any) -> None:
+    __slots__ = ("buffers", "dropped", "future", "payload", "running", "size", "suspect", "tid")
+
+    def __init__(self, tid: int, future: cf.Future[Any], payload: bytes, buffers: list) -> None:
         self.tid = tid
+        self.size = len(payload) + sum(memoryview(b).nbytes for b in buffers)
         self.future = future
         self.dropped = False  # cancelled while it was being sent: it runs, nobody waits
         self.running = False  # its future says so (it was sent once; it may come back)
         self.suspect = False  # its worker died before answering it: it runs alone
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
+        self.payload = payload  # pickle.dumps((fn, args, kwargs)), its out-of-band buffers:
+        self.buffers = buffers  # kept until answered (a task whose worker died runs again)
 
 
 class _Slot:
@@ -151,7 +174,8 @@ class Pool(cf.Executor):
     first; a pool whose workers fail it ``3`` times in a row is broken
     (:class:`PoolBrokenError` on every waiting future).  ``max_tasks_per_worker``: a worker
     that ran that many tasks is replaced.  ``restart``: replace workers that die (else the
-    pool shrinks).
+    pool shrinks).  Work still pending when the interpreter exits is finished first, as
+    ``ProcessPoolExecutor`` does.
     """
 
     def __init__(
@@ -192,7 +216,6 @@ class Pool(cf.Executor):
         self._max_tasks = max_tasks_per_worker
         self._restart = restart
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
         self._queue: collections.deque[_Task] = collections.deque()
         self._ids = itertools.count()
         self._shutdown = False
@@ -201,6 +224,7 @@ class Pool(cf.Executor):
         self._init_failures = 0
         self._next = 0  # round-robin: where the search for an idle worker starts
         self._slots = [_Slot(i) for i in range(workers)]
+        _live.add(self)
         # Forked workers come from this process while it runs no thread of the pool's: the
         # first ones now, before their reader threads start, and every later one (a
         # replacement) from a zygote forked now too.
@@ -236,12 +260,24 @@ class Pool(cf.Executor):
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__}")
         future: cf.Future[Any] = cf.Future()
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            payload = pickle.dumps((fn, args, kwargs), protocol=5, buffer_callback=buffers.append)
+        except Exception as exc:
+            payload, error = b"", _pickle_failure(exc)
+        else:
+            error = None
         with self._lock:
+            if _exiting.is_set():
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             if self._broken is not None:
                 raise PoolBrokenError(self._broken)
-            self._queue.append(_Task(next(self._ids), future, fn, args, kwargs))
+            if error is not None:
+                future.set_exception(error)
+                return future
+            self._queue.append(_Task(next(self._ids), future, payload, buffers))
             self._dispatch()
         return future
 
@@ -266,18 +302,22 @@ class Pool(cf.Executor):
             self._send_batch(slot)
 
     def _send_batch(self, slot: _Slot) -> None:
-        if self._balance == "round-robin":
-            takers = sum(1 for s in self._slots if s.process is not None)
-        else:
-            takers = sum(1 for s in self._slots if not s.batch and s.process is not None)
+        # A share of the queue per worker alive, busy or not: an idle worker that took it
+        # all would leave a worker that frees up soon after with nothing (map's chunks
+        # are each a good part of the work).
+        takers = sum(1 for s in self._slots if s.process is not None)
         size = max(1, min(_MAX_BATCH, len(self._queue) // max(1, takers)))
         if self._max_tasks is not None:
             size = min(size, self._max_tasks - slot.sent)
         batch: list[_Task] = []
+        nbytes = 0
         while self._queue and len(batch) < size:
             task = self._queue[0]
             if task.suspect and batch:
                 break  # a suspect runs alone: its own batch
+            nbytes += task.size
+            if batch and nbytes > _MAX_BATCH_BYTES:
+                break  # (big arguments: fewer at a time, each message within bounds)
             self._queue.popleft()
             if task.running or not task.future.cancelled():
                 batch.append(task)
@@ -287,29 +327,20 @@ class Pool(cf.Executor):
             return
         process = slot.process
         assert process is not None
-        message = ("run", [(t.tid, t.fn, t.args, t.kwargs) for t in batch])
         try:
-            process.send(message)
-        except _UNPICKLABLE as exc:
-            if len(batch) == 1:
-                batch[0].future.set_exception(exc)
-                return
-            # Find the task(s) that cannot be pickled: each fails alone, the rest go again
-            # (at once: nothing else may come to wake the dispatch).
-            failed = 0
-            for task in reversed(batch):
-                one = _pickle_error((task.fn, task.args, task.kwargs))
-                if one is not None:
-                    task.future.set_exception(one)
-                    failed += 1
-                else:
-                    self._queue.appendleft(task)
-            if failed and self._queue:
-                self._send_batch(slot)
-            return
+            process.send(("run", [(t.tid, t.payload, t.buffers) for t in batch]))
         except ChannelClosedError:
             self._queue.extendleft(reversed(batch))
             return  # it died: its reader thread replaces it
+        except ValueError as exc:  # over the channel's max_message_size: a task too big
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+            else:
+                for task in batch:
+                    task.suspect = True  # each alone: the one too big fails by itself
+                self._queue.extendleft(reversed(batch))
+                self._send_batch(slot)
+            return
         for task in batch:
             if not task.running:
                 task.running = True
@@ -380,9 +411,9 @@ class Pool(cf.Executor):
             except (ChannelClosedError, OSError):
                 break
             except Exception as exc:
-                # Answers that cannot be unpickled (a result type this process cannot
-                # import, say): which tasks they were is unknown, so the batch fails with
-                # that error and the worker is replaced (no later answer can be trusted).
+                # The worker's own message did not decode (each result travels pickled on
+                # its own, so this is not a result's fault): its tasks fail with that error
+                # and the worker is replaced (no later answer can be trusted).
                 with self._lock:
                     for task in slot.batch:
                         if not task.dropped:
@@ -399,20 +430,30 @@ class Pool(cf.Executor):
                     self._init_failures = 0
                     self._dispatch()
                 continue
-            with self._lock:
-                for tid, ok, result in value:
-                    task = slot.batch.popleft()
-                    assert task.tid == tid, "a worker answered out of order"
-                    if tid == slot.ends[0]:
-                        slot.ends.popleft()
-                    if not task.dropped:  # (cancelled while it was being sent: nobody waits)
-                        if ok:
-                            task.future.set_result(result)
-                        else:
-                            task.future.set_exception(_with_cause(result))
-                slot.done += len(value)
-                self._answered(slot)
+            self._take_answers(slot, process.pid, value)
+            del value  # (nothing of a task's is held while the next answers are awaited)
         self._ended(slot, process)
+
+    def _take_answers(
+        self, slot: _Slot, pid: int, answers: list[tuple[int, int, Any, Any]]
+    ) -> None:
+        """Resolve the futures of a worker's answers, each result unpickled on its own."""
+        outcomes = [
+            (tid, *_outcome(status, data, bufs, pid)) for tid, status, data, bufs in answers
+        ]
+        with self._lock:
+            for tid, ok, value in outcomes:
+                task = slot.batch.popleft()
+                assert task.tid == tid, "a worker answered out of order"
+                if tid == slot.ends[0]:
+                    slot.ends.popleft()
+                if not task.dropped:  # (cancelled while it was being sent: nobody waits)
+                    if ok:
+                        task.future.set_result(value)
+                    else:
+                        task.future.set_exception(value)
+            slot.done += len(outcomes)
+            self._answered(slot)
 
     def _answered(self, slot: _Slot) -> None:
         if not slot.batch:
@@ -427,7 +468,7 @@ class Pool(cf.Executor):
             assert slot.process is not None
             _stop(slot.process)  # it ends; _ended replaces it
         self._dispatch()
-        self._changed.notify_all()
+        self._stop_when_idle()
 
     def _init_failed(self, slot: _Slot, text: str) -> None:
         with self._lock:
@@ -479,7 +520,14 @@ class Pool(cf.Executor):
                     task.future.set_exception(error)
             slot.init_error = None
             slot.process = None
-            again = not self._shutdown and self._broken is None and (self._restart or slot.retiring)
+            # Replaced while work is left, after shutdown() too (a worker retired at its
+            # max_tasks_per_worker, or one that died with tasks still queued).
+            again = (
+                self._broken is None
+                and (self._restart or slot.retiring)
+                and not self._stopping
+                and (not self._shutdown or bool(self._queue))
+            )
             if self._broken is not None:
                 self._fail_queue(PoolBrokenError(self._broken))
         if again:
@@ -500,7 +548,7 @@ class Pool(cf.Executor):
                     self._broken = "every worker of the pool is gone (restart=False)"
                 self._fail_queue(PoolBrokenError(self._broken or "the pool is shut down"))
             self._dispatch()
-            self._changed.notify_all()
+            self._stop_when_idle()
         if over:
             # Every worker it made is reaped (their exit codes came through it): it can go.
             self._stop_zygote()
@@ -522,23 +570,34 @@ class Pool(cf.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        buffersize: int | None = None,
     ) -> Iterator[Any]:
         """``fn`` over the items of ``iterables`` in order, as ``Executor.map``.
 
-        The input is read as the results are consumed (a bounded window ahead), in chunks
-        of ``chunksize`` items per task; by default the chunk size adapts so that each task
-        does about 20 ms of work.  ``TimeoutError`` when a result is not there ``timeout``
-        seconds after the call.
+        The input is read and submitted now, as ``Executor.map`` does, in chunks of
+        ``chunksize`` items per task (by default about four chunks per worker).  With
+        ``buffersize`` (CPython 3.14's name and meaning) it is read lazily instead: at most
+        that many chunks are submitted ahead of the results taken, and by default the
+        chunk size adapts so that each task does about 20 ms of work.  ``TimeoutError``
+        when a result is not there ``timeout`` seconds after the call.  A result handed
+        out is not kept by the iterator.
         """
-        if len(iterables) == 1:  # items as they are (the worker maps them in C)
-            return self._mapped(fn, iter(iterables[0]), timeout, chunksize, True, False)
-        return self._mapped(fn, zip(*iterables), timeout, chunksize, True, True)
+        if buffersize is not None and (
+            isinstance(buffersize, bool) or not isinstance(buffersize, int) or buffersize < 1
+        ):
+            raise ValueError(f"buffersize must be a count >= 1 or None, not {buffersize!r}")
+        star = len(iterables) != 1  # (one iterable: items as they are, mapped in C)
+        items = iter(iterables[0]) if not star else zip(*iterables)
+        return self._mapped(fn, items, timeout, chunksize, True, star, buffersize)
 
     def imap_unordered(
         self, fn: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = None
     ) -> Iterator[Any]:
-        """``fn`` over ``iterable``'s items, each result as soon as it is there."""
-        return self._mapped(fn, iter(iterable), None, chunksize, False, False)
+        """``fn`` over ``iterable``'s items, each result as soon as it is there.
+
+        The input is read lazily, a bounded window ahead of the results taken.
+        """
+        return self._mapped(fn, iter(iterable), None, chunksize, False, False, 4 * self.workers)
 
     def _mapped(
         self,
@@ -548,28 +607,38 @@ class Pool(cf.Executor):
         chunksize: int | None,
         ordered: bool,
         star: bool,
+        window: int | None,
     ) -> Iterator[Any]:
+        """The map family: ``window`` chunks ahead at most, or (None) everything now."""
         if chunksize is not None and (
             isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
         ):
             raise ValueError(f"chunksize must be a count >= 1, not {chunksize!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        window = 4 * len(self._slots)
-        size = chunksize or 1
         pending: collections.deque[cf.Future[Any]] = collections.deque()
-        source = iter(items)
-        exhausted = False
+        adapt = chunksize is None and window is not None
+        if window is None:  # everything now, as Executor.map
+            listed = list(items)
+            size = chunksize or max(1, min(_MAX_CHUNK, -(-len(listed) // (4 * self.workers))))
+            for i in range(0, len(listed), size):
+                pending.append(self.submit(_run_chunk, fn, listed[i : i + size], star))
+            del listed
+            source: Iterator[Any] = iter(())
+        else:
+            size = chunksize or 1
+            source = items
+        exhausted = window is None
 
         def refill() -> None:
             nonlocal exhausted
-            while not exhausted and len(pending) < window:
+            while not exhausted and window is not None and len(pending) < window:
                 chunk = list(itertools.islice(source, size))
                 if not chunk:
                     exhausted = True
                     return
                 pending.append(self.submit(_run_chunk, fn, chunk, star))
 
-        def chunks() -> Generator[list[Any], None, None]:
+        def chunks() -> Generator[Iterator[Any], None, None]:
             nonlocal size
             try:
                 refill()
@@ -582,11 +651,16 @@ class Pool(cf.Executor):
                         pending.remove(future)
                     left = None if deadline is None else max(0.0, deadline - time.monotonic())
                     values, error, spent = future.result(left)
-                    if chunksize is None and values:
+                    del future
+                    if adapt and values:
                         per_item = spent / max(1, len(values) + (error is not None))
                         size = max(1, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(per_item, 1e-8))))
                     refill()
-                    yield values
+                    # Handed out by popping (C's loop still, and no comparison of the
+                    # items): the list keeps no result once it is out.
+                    values.reverse()
+                    yield itertools.starmap(values.pop, itertools.repeat((), len(values)))
+                    del values
                     if error is not None:
                         raise _with_cause(error)
             finally:
@@ -611,7 +685,7 @@ class Pool(cf.Executor):
                     task.future.cancel()
                 self._queue.clear()
                 self._queue.extend(kept)
-        threading.Thread(target=self._wind_down, name="pyforkd pool shutdown", daemon=True).start()
+            self._stop_when_idle()
         if wait:
             for slot in self._slots:
                 joined = None
@@ -623,16 +697,16 @@ class Pool(cf.Executor):
                     reader.join()  # then its replacement, if one started meanwhile
                     joined = reader
 
-    def _wind_down(self) -> None:
-        with self._lock:
-            while self._queue or any(s.batch for s in self._slots):
-                if not any(s.process is not None for s in self._slots):
-                    break
-                self._changed.wait(0.5)
-            self._stopping = True  # a worker started after this is stopped at once
-            for slot in self._slots:
-                if slot.process is not None:
-                    _stop(slot.process)
+    def _stop_when_idle(self) -> None:
+        """Under the lock: once shut down with nothing queued or running, stop the workers."""
+        if not self._shutdown or self._stopping or self._queue:
+            return
+        if any(s.batch for s in self._slots):
+            return
+        self._stopping = True  # a worker started after this is stopped at once
+        for slot in self._slots:
+            if slot.process is not None:
+                _stop(slot.process)
 
     def stats(self) -> list[dict[str, int]]:
         """Per worker place: ``pid`` (0 while none runs), ``done``, ``in_flight``, ``restarts``."""
@@ -655,9 +729,9 @@ class _Results(itertools.chain[Any]):
     more than a worker spends on a trivial task.
     """
 
-    _chunks: Generator[list[Any], None, None]
+    _chunks: Generator[Iterator[Any], None, None]
 
-    def __new__(cls, chunks: Generator[list[Any], None, None]) -> _Results:
+    def __new__(cls, chunks: Generator[Iterator[Any], None, None]) -> _Results:
         self = cast(_Results, super().from_iterable(chunks))
         self._chunks = chunks
         return self
@@ -684,7 +758,7 @@ def _run_chunk(fn: Callable[..., Any], chunk: list[Any], star: bool) -> Any:
     t0 = time.perf_counter()
     try:
         out.extend(itertools.starmap(fn, chunk) if star else map(fn, chunk))
-    except Exception as exc:
+    except BaseException as exc:
         return out, _describe(exc), time.perf_counter() - t0
     return out, None, time.perf_counter() - t0
 
@@ -708,6 +782,10 @@ def _serve(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) ->
         try:
             initializer(*initargs)
         except BaseException as exc:
+            # Logged where ProcessPoolExecutor logs it, and told to the pool.
+            logging.getLogger("concurrent.futures").critical(
+                "Exception in initializer:", exc_info=True
+            )
             ch.send(("init-error", _describe(exc)[1]))
             return
     ch.send(("ready", None))
@@ -718,32 +796,80 @@ def _serve(initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]) ->
             return
         if kind == "stop":
             return
-        answers: list[tuple[int, bool, Any]] = []
+        answers: list[tuple[int, int, Any, Any]] = []
         last = time.perf_counter()
-        for tid, fn, args, kwargs in batch:
-            try:
-                answers.append((tid, True, fn(*args, **kwargs)))
-            except Exception as exc:
-                answers.append((tid, False, _describe(exc)))
+        for tid, payload, buffers in batch:
+            answers.append((tid, *_run_task(payload, buffers)))
             now = time.perf_counter()
             if now - last >= _FLUSH_SECONDS:  # a slow task's answer goes at once
-                _answer(ch, answers)
+                ch.send(("done", answers))
                 answers = []
                 last = now
+        del batch  # (a task's arguments are not kept until the next batch)
         if answers:
-            _answer(ch, answers)
+            ch.send(("done", answers))
 
 
-def _answer(ch: Any, answers: list[tuple[int, bool, Any]]) -> None:
-    """Send answers; one whose result cannot be pickled becomes that task's error."""
+# How a task ended, in a worker's answer: a result, an exception, or arguments that could not
+# be unpickled there.  The data is pickled on its own, so a bad one spoils nothing else.
+_RESULT, _RAISED, _NOT_UNPICKLED = 0, 1, 2
+
+
+def _run_task(payload: bytes, buffers: list[Any]) -> tuple[int, bytes, list[Any]]:
+    """Unpickle a task, run it, pickle what came of it.
+
+    Anything short of the process dying is the task's outcome, ``SystemExit`` and
+    ``KeyboardInterrupt`` included (raised by the task, or by its result's pickling).
+    """
     try:
-        ch.send(("done", answers))
-    except _UNPICKLABLE:
-        fixed = []
-        for tid, ok, value in answers:
-            error = _pickle_error(value)
-            fixed.append((tid, ok, value) if error is None else (tid, False, _describe(error)))
-        ch.send(("done", fixed))
+        fn, args, kwargs = pickle.loads(payload, buffers=buffers)
+    except BaseException as exc:
+        return (_NOT_UNPICKLED, *_pickled(_describe(exc)))
+    try:
+        status, value = _RESULT, fn(*args, **kwargs)
+    except BaseException as exc:
+        status, value = _RAISED, _describe(exc)
+    del fn, args, kwargs
+    try:
+        return (status, *_pickled(value))
+    except BaseException as exc:
+        return (_RAISED, *_pickled(_describe(exc)))
+
+
+def _pickled(value: Any) -> tuple[bytes, list[Any]]:
+    buffers: list[Any] = []
+    return pickle.dumps(value, protocol=5, buffer_callback=buffers.append), buffers
+
+
+def _outcome(status: int, data: bytes, buffers: list[Any], pid: int) -> tuple[bool, Any]:
+    """(ok, the result or the exception) of an answer, unpickled here.
+
+    A result that does not unpickle here (or exits while it does) fails its task alone.
+    """
+    try:
+        value = pickle.loads(data, buffers=buffers)
+    except BaseException as exc:
+        error = WorkerCrashedError(
+            f"the result of this task could not be unpickled here: {type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return False, error
+    if status == _RESULT:
+        return True, value
+    if status == _RAISED:
+        return False, _with_cause(value)
+    exc, text = value
+    error = WorkerCrashedError(
+        f"the worker (pid {pid}) could not unpickle this task: {type(exc).__name__}: {exc}"
+    )
+    error.__cause__ = _RemoteTraceback(text)
+    return False, error
+
+
+def _pickle_failure(exc: Exception) -> PicklingError:
+    error = PicklingError(f"cannot pickle this task: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def _pickle_error(obj: Any) -> Exception | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import errno
 import math
+import multiprocessing
 import os
 import pickle
 import runpy
@@ -29,7 +30,9 @@ import time
 import traceback
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from multiprocessing import context as mp_context
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from . import _bindings as _b
@@ -143,6 +146,7 @@ class Worker(_cp.ChildProcess):
     name: str = ""
     daemon: bool = True
     _outcome: tuple[str, Any] | None = None
+    _given: tuple[Any, ...] = ()  # what a spawn/forkserver worker was given (kept alive)
 
     def result(self, timeout: float | None = None) -> Any:
         """The target's return value; ``WorkerError`` if it raised or the worker died."""
@@ -221,13 +225,63 @@ def _serve(
     except ChannelClosedError:
         pass
     finally:
+        _finish_as_multiprocessing_does()
         for stream in (sys.stdout, sys.stderr):
             try:
                 if stream is not None:
                     stream.flush()
             except Exception:
                 pass
+        _leave(channel)
         os._exit(code)
+
+
+def _as_multiprocessing_child() -> None:
+    """In a new fork, when multiprocessing is in use: what it does in its own fork children.
+
+    The parent's finalizers and child processes are not this process's (run at exit, they
+    would shut the parent's Manager down, or signal its children), and objects that asked
+    to be told of a fork (``multiprocessing.util.register_after_fork``) are told.  These
+    are the steps of ``multiprocessing.process.BaseProcess._bootstrap``.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    process = sys.modules.get("multiprocessing.process")
+    if util is None or process is None:
+        return
+    util._finalizer_registry.clear()
+    process._children = set()
+    util._run_after_forkers()
+
+
+def _finish_as_multiprocessing_does() -> None:
+    """Run multiprocessing's exit work, as its own children do before ``os._exit``.
+
+    A Queue's items are written by a thread of its own: without this, what the worker put
+    last (a log record through a QueueHandler, say) would be lost.  Only when the worker
+    uses multiprocessing at all; the function is the one multiprocessing children call.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    finish = getattr(util, "_exit_function", None)
+    if finish is not None:
+        try:
+            finish()
+        except Exception:
+            pass  # (what it runs is the program's: it cannot stop this exit)
+
+
+def _leave(channel: Channel) -> None:
+    """Hang up on the parent before exiting, so that it knows at once.
+
+    The watch on the channel is disarmed first (the hang-up would kill us), and the
+    channel is shut down, not just closed: the watch holds a copy of the socket.  The
+    parent may be asleep on a ring, which the close wakes.
+    """
+    _b.process_unwatch()
+    try:
+        _b.fd_shutdown(channel.fileno())
+    except (OSError, ValueError):
+        pass  # (closed already: nothing to hang up)
+    channel.close()
 
 
 def _check_target(target: Any) -> None:
@@ -243,6 +297,7 @@ def fork_worker(
     name: str | None = None,
     daemon: bool = True,
     ring: int | None = None,
+    exec_argv: Sequence[str] = (),
     **kwargs: Any,
 ) -> Worker:
     """Run ``target(*args, **kwargs)`` in a new process; return its :class:`Worker`.
@@ -269,6 +324,9 @@ def fork_worker(
     built on such a view keeps its part of the ring until it is gone; the sender never
     waits on that for good (it goes through the socket meanwhile).  Handles still travel
     on the socket, in order with the rest.
+
+    ``exec_argv``: options for the new interpreter (``["-X", "dev"]``), with
+    ``start="spawn"`` only (a fork runs in this interpreter, with its options).
     """
     _check_target(target)
     if _importing_main.is_set():
@@ -289,18 +347,35 @@ def fork_worker(
     main_thread = threading.current_thread() is threading.main_thread()
     if ring is not None:
         check_capacity(ring, "ring")
+    options = _check_exec_argv(exec_argv)
+    if options and method != "spawn":
+        raise ValueError(
+            f"exec_argv needs start='spawn': a {method!r} worker runs in an interpreter that "
+            "is already started"
+        )
     if method == "fork":
         worker = _start_fork(target, args, kwargs, main_thread, ring)
     elif method == "spawn":
-        worker = _start_spawn(target, args, kwargs, main_thread, ring)
+        worker = _start_spawn(target, args, kwargs, main_thread, ring, options)
     else:
-        worker = _forkserver.start(_pickled(target, args, kwargs, method), ring)
+        worker = _forkserver.start(*_pickled(target, args, kwargs, method), ring)
         worker.args = [getattr(target, "__qualname__", repr(target))]
     worker.name = label
     worker.daemon = daemon
+    if method != "fork":
+        # What was pickled stays alive with the worker, as a multiprocessing.Process keeps
+        # its args: a Lock or Queue made for it alone (a named semaphore) would otherwise
+        # be unlinked here before the worker opens it.
+        worker._given = (target, args, kwargs)
     if not daemon:
         _non_daemons.add(worker)
     return worker
+
+
+def _check_exec_argv(exec_argv: Any) -> tuple[str, ...]:
+    if isinstance(exec_argv, (str, bytes)) or not all(isinstance(a, str) for a in exec_argv):
+        raise TypeError(f"exec_argv must be a list of str, not {exec_argv!r}")
+    return tuple(exec_argv)
 
 
 def _start_fork(
@@ -343,6 +418,7 @@ def _start_fork(
             try:
                 ours._forget()
                 _cp._release_in_fork_child()
+                _as_multiprocessing_child()
                 if serve:
                     _serve(theirs, target, args, kwargs, me, main_thread)
                 else:
@@ -371,20 +447,76 @@ def _main_info() -> dict[str, Any]:
     return info
 
 
+class _Starting:
+    """The process being started, as multiprocessing's objects see it while pickled for it.
+
+    They ask ``context.get_spawning_popen()`` for it: a Queue for its pipes, a Connection
+    for its descriptor.  Their descriptors are collected here and travel with the payload;
+    in the worker each is an :class:`_InheritedFd` that hands out the one received there.
+    """
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def duplicate_for_child(self, fd: int) -> int:
+        if _b.WINDOWS:
+            raise TypeError(
+                "multiprocessing objects with handles (a Queue, a Connection) cannot be "
+                "given to a spawned pyforkd worker on Windows"
+            )
+        self.fds.append(fd)
+        return len(self.fds) - 1
+
+    def DupFd(self, index: int) -> _InheritedFd:  # (multiprocessing's name for it)
+        return _InheritedFd(index)
+
+
+class _InheritedFd:
+    """In a spawned worker: a descriptor that came with the payload (see :class:`_Starting`)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def detach(self) -> int:
+        return _inherited_fds[self.index]
+
+
+_inherited_fds: list[int] = []  # in a spawned worker: the descriptors its payload came with
+
+
 def _pickled(
     target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], method: str
-) -> bytes:
+) -> tuple[bytes, list[int]]:
+    """The payload of a spawn or forkserver worker, and the descriptors it takes along.
+
+    Pickled as multiprocessing pickles for a process it starts, so its Queues, Locks and
+    Manager proxies can be given to the worker, as to a ``multiprocessing.Process``.
+    """
+    starting = _Starting()
+    mp_context.set_spawning_popen(starting)
     try:
-        return pickle.dumps((target, args, kwargs), protocol=5)
+        # (multiprocessing's pickler: its reducers are for Connections, sockets, ...)
+        return bytes(ForkingPickler.dumps((target, args, kwargs), protocol=5)), starting.fds
     except Exception as exc:
         raise TypeError(
             f"start={method!r} needs a picklable target and arguments: "
             f"{getattr(target, '__qualname__', target)!r} cannot be pickled ({exc})"
         ) from None
+    finally:
+        mp_context.set_spawning_popen(None)
+
+
+def _take_inherited(handles: list[Any]) -> None:
+    """In a new worker: the descriptors its payload came with, for :class:`_InheritedFd`."""
+    _inherited_fds[:] = [h.detach() for h in handles]
 
 
 def _spawn_interpreter(
-    entry: str, info: dict[str, Any], main_thread: bool, ring: int | None = None
+    entry: str,
+    info: dict[str, Any],
+    main_thread: bool,
+    ring: int | None = None,
+    exec_argv: tuple[str, ...] = (),
 ) -> Worker:
     """A fresh interpreter running ``pyforkd.worker.<entry>()``, its bootstrap sent."""
     ipc = _cp._IpcPlan.from_stdio(["inherit", "inherit", "inherit", "ipc"], "pickle", ring)
@@ -392,7 +524,7 @@ def _spawn_interpreter(
     try:
         cmd = _cp._Command(
             sys.executable,
-            ["-c", f"from pyforkd.worker import {entry}; {entry}()"],
+            [*exec_argv, "-c", f"from pyforkd.worker import {entry}; {entry}()"],
             cwd=None,
             env=ipc.environment(None),
             argv0=None,
@@ -418,7 +550,12 @@ def _spawn_interpreter(
     _parent_ends.add(worker.channel)
     main = _main_info() if info.pop("import_main", True) else {"main_path": None, "main_name": None}
     info.update(
-        main, sys_path=list(sys.path), parent=os.getpid(), pdeathsig=main_thread and not _b.WINDOWS
+        main,
+        sys_path=list(sys.path),
+        parent=os.getpid(),
+        pdeathsig=main_thread and not _b.WINDOWS,
+        # (so that Manager proxies and Listeners work there, as in multiprocessing's children)
+        authkey=bytes(multiprocessing.current_process().authkey),
     )
     try:
         worker.channel.send_control(("bootstrap", info))
@@ -433,12 +570,23 @@ def _start_spawn(
     kwargs: dict[str, Any],
     main_thread: bool,
     ring: int | None,
+    exec_argv: tuple[str, ...] = (),
 ) -> Worker:
-    payload = _pickled(target, args, kwargs, "spawn")
+    payload, fds = _pickled(target, args, kwargs, "spawn")
     # A target that marks itself so (the cluster's worker entry, which runs the script as
     # __main__ itself) needs no __main__ imported first.
-    info = {"payload": payload, "import_main": not getattr(target, "_pyforkd_no_main", False)}
-    worker = _spawn_interpreter("_spawn_main", info, main_thread, ring)
+    info = {
+        "payload": payload,
+        "fds": len(fds),
+        "import_main": not getattr(target, "_pyforkd_no_main", False),
+    }
+    worker = _spawn_interpreter("_spawn_main", info, main_thread, ring, exec_argv)
+    if fds:
+        try:  # (the first message the worker reads, before its target runs)
+            copies = [Fd(os.dup(fd)) for fd in fds]  # (the send closes these, not the caller's)
+            worker.channel.send(("fds", len(fds)), handle=copies)
+        except ChannelClosedError:
+            pass  # it died at once: result() will say how
     worker.args = [getattr(target, "__qualname__", repr(target))]
     return worker
 
@@ -455,6 +603,7 @@ def _bootstrap(entry: str) -> tuple[Channel, dict[str, Any]]:
     if kind != "bootstrap":
         raise SystemExit(f"pyforkd {entry}: unexpected first message {kind!r}")
     sys.path[:] = info["sys_path"]
+    multiprocessing.current_process().authkey = info["authkey"]
     try:
         if info["main_name"]:
             _install_main(info["main_name"], None)
@@ -479,6 +628,9 @@ def _run_pickled(channel: Channel, payload: bytes, parent_pid: int) -> None:
 def _spawn_main() -> None:
     """Entry point of a spawned worker interpreter (``python -c ...``)."""
     channel, info = _bootstrap("worker")
+    if info.get("fds"):
+        _, handles = channel.recv(with_handle=True)
+        _take_inherited(handles if isinstance(handles, list) else [handles])
     _run_pickled(channel, info["payload"], info["parent"])
 
 
@@ -604,7 +756,8 @@ class _ForkServerClient:
         self._server = server
         return server
 
-    def start(self, payload: bytes, ring: int | None) -> Worker:
+    def start(self, payload: bytes, fds: list[int], ring: int | None) -> Worker:
+        """A worker of the server's running ``payload``; ``fds`` go along (copies)."""
         rings = (Ring(ring), Ring(ring)) if ring is not None else None
         parent_end, child_end = socket.socketpair()
         status_r, status_w = socket.socketpair()
@@ -612,13 +765,15 @@ class _ForkServerClient:
         try:
             with self._lock, _cp.fork_guard.opening():  # (until the ends are sent)
                 server = self._ensure()
+                # (copies of fds: a send closes what it sent, and those stay the caller's)
+                handles = [child_end, status_w, *(Fd(os.dup(fd)) for fd in fds)]
                 try:
-                    server.send(request, handle=[child_end, status_w])
+                    server.send(request, handle=handles)
                 except ChannelClosedError:
                     # The server died since the last request (nothing was written, so
                     # nothing was started): a new one takes it.
                     server = self._ensure()
-                    server.send(request, handle=[child_end, status_w])
+                    server.send(request, handle=handles)
                 (kind, pid), handle = server.recv(with_handle=True)
         except BaseException:
             for s in (parent_end, child_end, status_r, status_w, *(rings or ())):
@@ -719,7 +874,7 @@ class Zygote(_ForkServerClient):
             payload = pickle.dumps(extra, protocol=5)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise TypeError(f"a zygote's worker arguments cannot be pickled: {exc}") from None
-        worker = self.start(payload, ring)
+        worker = self.start(payload, [], ring)
         worker.args = [name]
         worker.name = name
         return worker
@@ -758,7 +913,7 @@ def _serve_forks(channel: Channel, run: Callable[[Channel, bytes, int], None]) -
     selector.register(wake_r, selectors.EVENT_READ)
 
     def fork_one(payload: bytes, parent_pid: int, rings: bool, handles: list[Any]) -> None:
-        worker_end, status = handles
+        worker_end, status, *inherited = handles
         theirs = Channel(worker_end)  # made before the fork: see _start_fork
         if rings:
             theirs._expect_rings()  # the parent sends them on the worker's channel
@@ -767,6 +922,8 @@ def _serve_forks(channel: Channel, run: Callable[[Channel, bytes, int], None]) -
         except OSError as exc:
             theirs.close()
             status.close()
+            for handle in inherited:
+                handle.close()
             channel.send(("failed", (exc.errno, exc.strerror)))
             return
         if pid == 0:  # the worker: drop everything of the server's, then serve
@@ -779,10 +936,14 @@ def _serve_forks(channel: Channel, run: Callable[[Channel, bytes, int], None]) -
                 for other in statuses.values():
                     other.close()
                 status.close()
+                _as_multiprocessing_child()
+                _take_inherited(inherited)
                 run(theirs, payload, parent_pid)
             finally:
                 os._exit(1)
         theirs._forget()
+        for handle in inherited:
+            handle.close()  # (the worker has them)
         statuses[pid] = status
         pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else -1
         channel.send(("forked", pid), handle=Fd(pidfd) if pidfd >= 0 else None)

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -492,3 +493,114 @@ def test_what_json_cannot_carry_is_refused_where_node_sends_null(echo_js):
         c.send("still fine")
         assert c.recv(timeout=30)["text"] == '"still fine"'
         c.disconnect()
+
+
+# ---- the cluster ------------------------------------------------------------------------------
+
+NODE_PRIMARY = r"""
+const cluster = require('cluster');
+const MODE = process.env.MODE;
+if (cluster.isPrimary) {
+  const ev = [];
+  cluster.on('fork', (w) => ev.push(['fork', w.id]));
+  cluster.on('online', (w) => ev.push(['online', w.id]));
+  cluster.on('message', (w, m) => ev.push(['message', w.id, m]));
+  cluster.on('disconnect', (w) => ev.push(['disconnect', w.id]));
+  cluster.on('exit', (w, code, sig) => {
+    ev.push(['exit', w.id, code, sig, w.exitedAfterDisconnect]);
+    console.log(JSON.stringify(ev));
+  });
+  const w = cluster.fork();
+  if (MODE === 'primary-kill') w.on('online', () => w.kill('SIGKILL'));
+  if (MODE === 'primary-disconnect') {
+    w.on('message', (m) => { if (m === 9) ev.push(['returns', w.disconnect() === w]); });
+  }
+} else {
+  for (let i = 0; i < 10; i++) process.send(i);
+  if (MODE === 'exit') process.exitCode = 0, process.disconnect();  // its script ends
+  if (MODE === 'disconnect') cluster.worker.disconnect();
+  if (MODE === 'kill') cluster.worker.kill();
+  if (MODE === 'primary-kill') setInterval(() => {}, 1000);  // (it waits to be killed)
+}
+"""
+
+PY_PRIMARY = r"""
+import json, os, sys, time
+from pyforkd import cluster
+
+MODE = os.environ["MODE"]
+if cluster.is_primary:
+    ev = []
+    cluster.on("fork", lambda w: ev.append(["fork", w.id]))
+    cluster.on("online", lambda w: ev.append(["online", w.id]))
+    cluster.on("message", lambda w, m: ev.append(["message", w.id, m]))
+    cluster.on("disconnect", lambda w: ev.append(["disconnect", w.id]))
+    cluster.on(
+        "exit", lambda w, code, sig: ev.append(["exit", w.id, code, sig, w.exited_after_disconnect])
+    )
+    cluster.setup_primary(restart=False)
+    w = cluster.fork()
+    if MODE == "primary-kill":
+        w.on("online", lambda: w.kill("SIGKILL"))
+    if MODE == "primary-disconnect":
+        w.on("message", lambda m: m == 9 and ev.append(["returns", w.disconnect() is w]))
+    try:
+        cluster.run()
+    except RuntimeError:
+        pass  # (no worker left and none to restart: Node just ends)
+    print(json.dumps(ev), flush=True)
+else:
+    for i in range(10):
+        cluster.worker.send(i)
+    if MODE == "disconnect":
+        cluster.worker.disconnect()
+    if MODE == "kill":
+        cluster.worker.kill()
+    if MODE in ("primary-kill", "primary-disconnect"):
+        time.sleep(60)
+"""
+
+
+def run_primaries(tmp_path, mode: str) -> tuple[object, object]:
+    js, py = tmp_path / "primary.js", tmp_path / "primary.py"
+    js.write_text(NODE_PRIMARY)
+    py.write_text(PY_PRIMARY)
+    env = dict(os.environ, MODE=mode)
+    results = []
+    for argv in ([NODE, str(js)], [sys.executable, str(py)]):
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, env=env, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        results.append(json.loads(done.stdout.strip().split("\n")[-1]))
+    return results[0], results[1]
+
+
+def split_end(events: list) -> tuple[list, list]:
+    """The events up to the worker's end, and its 'disconnect' and 'exit' (sorted: Node
+    emits them in either order, as its documentation says)."""
+    at = next(i for i, e in enumerate(events) if e[0] in ("disconnect", "exit"))
+    return events[:at], sorted(events[at:], key=str)
+
+
+@pytest.mark.parametrize("mode", ["exit", "disconnect", "kill", "primary-kill"])
+def test_cluster_events_and_messages_around_a_worker_s_end(tmp_path, mode):
+    want, got = run_primaries(tmp_path, mode)
+    (want_head, want_end), (got_head, got_end) = split_end(want), split_end(got)
+    assert got_head == want_head
+    if mode == "primary-kill":
+        # Differences: kill() sets exited_after_disconnect (pyforkd restarts dead workers
+        # by default); Node 20 leaves it False here.
+        assert want_end[-1][-1] is False and got_end[-1][-1] is True
+        want_end[-1][-1] = True
+    assert got_end == want_end
+    if mode != "primary-kill":  # every message sent before the end arrives
+        assert [e[2] for e in got if e[0] == "message"] == list(range(10))
+
+
+def test_cluster_primary_disconnect_returns_the_worker(tmp_path):
+    want, got = run_primaries(tmp_path, "primary-disconnect")
+    assert ["returns", True] in want and ["returns", True] in got
+    # Node's worker, told to disconnect while it listens to nothing, exits 0; pyforkd's
+    # is sent SIGTERM (Differences): the events before the end match.
+    assert split_end(got)[0] == split_end(want)[0]

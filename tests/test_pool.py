@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 import pyforkd
 from pyforkd.pool import Pool, PoolBrokenError, WorkerCrashedError
 
+BrokenProcessPool = cf.process.BrokenProcessPool
+
 pytestmark = linux_only
 
 
@@ -58,6 +60,11 @@ def segfault():
 
 def double(a):
     return a * 2
+
+
+def touch_file(path):
+    with open(path, "w"):
+        pass
 
 
 def pid():
@@ -169,7 +176,7 @@ def fail_on_3(i):
     return i
 
 
-def test_map_reads_its_input_lazily(pool):
+def test_map_with_buffersize_reads_its_input_lazily(pool):
     taken = []
 
     def source():
@@ -177,10 +184,52 @@ def test_map_reads_its_input_lazily(pool):
             taken.append(i)
             yield i
 
-    it = pool.map(add_one, source(), chunksize=4)
+    it = pool.map(add_one, source(), chunksize=4, buffersize=3)
     assert [next(it) for _ in range(10)] == list(range(1, 11))
-    assert len(taken) < 200  # a bounded window ahead, not the whole input
+    assert len(taken) <= 4 * (3 + 3)  # at most buffersize chunks ahead of what was taken
     it.close()
+    with pytest.raises(ValueError, match="buffersize"):
+        pool.map(add_one, [1], buffersize=0)
+
+
+def test_map_submits_everything_at_call_time_as_executor_map(tmp_path):
+    # map() followed by shutdown(): every item runs, as with Executor.map.
+    p = Pool(workers=2)
+    it = p.map(touch_file, [str(tmp_path / f"f{i}") for i in range(40)])
+    p.shutdown(wait=True)
+    assert sorted(os.listdir(tmp_path)) == sorted(f"f{i}" for i in range(40))
+    assert list(it) == [None] * 40
+
+
+class Tracked:
+    """An object whose collection can be seen (a weakref's callback)."""
+
+    def method(self):
+        return 1
+
+
+def make_tracked(_):
+    return Tracked()
+
+
+def test_nothing_is_held_after_use(pool):
+    import gc
+    import weakref
+
+    # results handed out by map's iterator
+    for obj in pool.map(make_tracked, range(10)):
+        ref = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert ref() is None
+    # the callable of a task nobody waits for
+    gone = threading.Event()
+    obj = Tracked()
+    ref = weakref.ref(obj, lambda _: gone.set())
+    pool.submit(obj.method)
+    del obj
+    assert gone.wait(30), "the pool kept a submitted callable alive"
+    assert ref() is None
 
 
 def test_cancel_before_start_and_shutdown_cancel_futures(tmp_path):
@@ -458,3 +507,141 @@ def test_crash_isolation_soak(balance):
         pids = {s["pid"] for s in p.stats()}
     assert not set(zombie_children()) & pids
     assert not any(alive(x) for x in pids if x)
+
+
+# ---- a drop-in ProcessPoolExecutor (CPython's own suite: tests/cpython/) ----------------
+
+
+def exit_in_task():
+    sys.exit(3)
+
+
+def interrupt_in_task():
+    raise KeyboardInterrupt
+
+
+class ExitWhenPickled:
+    def __reduce__(self):
+        sys.exit(4)
+
+
+class ExitWhenUnpickled:
+    def __reduce__(self):
+        return sys.exit, (5,)
+
+
+class RaiseWhenUnpickled:
+    def __reduce__(self):
+        return fail, ("not here",)
+
+
+def returns(obj_type):
+    return obj_type()
+
+
+def test_system_exit_and_interrupts_are_the_task_s_outcome(pool):
+    with pytest.raises(SystemExit) as info:
+        pool.submit(exit_in_task).result(timeout=60)
+    assert info.value.code == 3
+    with pytest.raises(KeyboardInterrupt):
+        pool.submit(interrupt_in_task).result(timeout=60)
+    with pytest.raises(SystemExit) as info:  # raised while the worker pickles the result
+        pool.submit(returns, ExitWhenPickled).result(timeout=60)
+    assert info.value.code == 4
+    pids = {s["pid"] for s in pool.stats()}
+    assert pool.submit(add_one, 1).result(timeout=60) == 2
+    assert {s["pid"] for s in pool.stats()} == pids  # no worker died for any of it
+
+
+def test_a_result_that_fails_to_unpickle_here_fails_its_task_alone(pool):
+    # SystemExit while this process unpickles a result used to end the reader thread: the
+    # future never resolved and shutdown(wait=True) hung.
+    for kind in (ExitWhenUnpickled, RaiseWhenUnpickled):
+        with pytest.raises(BrokenProcessPool) as info:
+            pool.submit(returns, kind).result(timeout=60)
+        assert "could not be unpickled here" in str(info.value)
+        assert info.value.__cause__ is not None
+    assert pool.submit(add_one, 1).result(timeout=60) == 2
+
+
+def test_arguments_that_fail_to_unpickle_in_the_worker_are_reported(pool):
+    with pytest.raises(BrokenProcessPool) as info:
+        pool.submit(id, RaiseWhenUnpickled()).result(timeout=60)
+    assert "could not unpickle this task: ValueError: not here" in str(info.value)
+    assert "not here" in str(info.value.__cause__)  # the worker's traceback
+    with pytest.raises(BrokenProcessPool):
+        pool.submit(id, ExitWhenUnpickled()).result(timeout=60)
+    assert pool.submit(add_one, 2).result(timeout=60) == 3
+
+
+def use_proxy(d):
+    d["pid"] = os.getpid()
+    return d["pid"]
+
+
+def put_in(q, value):
+    q.put(value)
+
+
+@pytest.mark.parametrize("start", ["spawn", "forkserver", "fork"])
+def test_multiprocessing_objects_reach_workers_of_every_start_method(start):
+    import multiprocessing as mp
+
+    ctx = mp.get_context(start)
+    queue = ctx.Queue()
+    with ctx.Manager() as manager, Pool(workers=1, start=start, initializer=put_in,
+                                        initargs=(queue, "ready")) as p:  # fmt: skip
+        assert queue.get(timeout=60) == "ready"  # a Queue through initargs
+        shared = manager.dict()
+        pid = p.submit(use_proxy, shared).result(timeout=60)  # the parent's authkey
+        assert shared["pid"] == pid != os.getpid()
+
+
+def test_max_tasks_per_worker_runs_what_was_queued_before_shutdown():
+    p = Pool(workers=2, start="fork", max_tasks_per_worker=1)
+    futures = [p.submit(pid_after, 0) for _ in range(6)]
+    p.shutdown(wait=True)
+    pids = [f.result(timeout=0) for f in futures]
+    assert len(set(pids)) == 6  # each ran in a worker of its own, all after shutdown()
+
+
+EXIT_SCRIPT = """
+import atexit, os, sys, time
+import pyforkd
+
+def slow_touch(path):
+    time.sleep(0.05)
+    open(path, "w").close()
+
+@atexit.register
+def submit_late():  # registered first: runs after the pools finished
+    try:
+        pool.submit(slow_touch, os.path.join(sys.argv[1], "late"))
+    except RuntimeError as exc:
+        print("refused:", exc, flush=True)
+
+if __name__ == "__main__":
+    pool = pyforkd.Pool(2, start=sys.argv[2])
+    for i in range(20):
+        pool.submit(slow_touch, os.path.join(sys.argv[1], str(i)))
+    if sys.argv[3] == "no-wait":
+        pool.shutdown(wait=False)
+"""
+
+
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+@pytest.mark.parametrize("how", ["no-shutdown", "no-wait"])
+def test_pending_work_is_finished_at_interpreter_exit(tmp_path, start, how):
+    import subprocess
+
+    script = tmp_path / "main.py"
+    script.write_text(EXIT_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(script), str(out), start, how],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir(out), key=int) == [str(i) for i in range(20)]
+    assert "refused: cannot schedule new futures after interpreter shutdown" in done.stdout

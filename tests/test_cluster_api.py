@@ -1,0 +1,112 @@
+"""The cluster's Node API: settings with Node's defaults and checks, 'setup' and 'fork'
+from the primary's loop, a second start after shutdown(), per-worker handlers, and the
+worker side's members (disconnect, kill, is_connected, process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from _helpers import linux_only
+
+pytestmark = linux_only
+
+PRIMARY = textwrap.dedent(
+    """
+    import json, os, sys
+    from pyforkd import cluster
+
+    if cluster.is_primary:
+        out = {}
+        seen = []
+        cluster.setup_primary(restart=False, cwd=sys.argv[1])
+        # added after the call: Node emits 'setup' on its next tick, and so does run()
+        cluster.on("setup", lambda settings: seen.append(["setup", settings["restart"]]))
+        w = cluster.fork()
+        cluster.on("fork", lambda x: seen.append(["fork", x is w]))
+        w.on("online", lambda: seen.append(["w online"]))
+        cluster.on("online", lambda x: seen.append(["online"]))
+        w.on("exit", lambda code, sig: seen.append(["w exit", code, sig]))
+        cluster.on("message", lambda x, m: out.update(m))
+        try:
+            cluster.run()
+        except RuntimeError:
+            pass
+        out["events"] = seen
+        s = cluster.settings
+        out["settings"] = [s["exec"] == os.path.abspath(__file__), s["args"], s["exec_argv"]]
+        # a second start after the first ended
+        cluster.shutdown()
+        again = cluster.fork()
+        again.on("exit", lambda code, sig: out.update(again=[code, sig]))
+        try:
+            cluster.run()
+        except RuntimeError:
+            pass
+        try:
+            cluster.setup_primary(exec="/pfd/no/such/script.py")
+            cluster.fork()
+        except FileNotFoundError as exc:
+            out["exec"] = [exc.errno, exc.filename]
+        cluster.setup_primary(exec=os.path.abspath(__file__), exec_argv=["-X", "dev"])
+        try:
+            cluster.fork()
+        except ValueError as exc:
+            out["exec_argv"] = "start='spawn'" in str(exc)
+        print(json.dumps(out), flush=True)
+    else:
+        me = cluster.worker
+        info = {
+            "cwd": os.getcwd(),
+            "pid_ok": me.process.pid == os.getpid(),
+            "connected": me.is_connected(),
+            "dead": me.is_dead(),
+        }
+        me.send(info)
+        me.disconnect()
+        info2 = {"after": [me.is_connected(), me.exited_after_disconnect]}
+        print(json.dumps(info2), file=sys.stderr, flush=True)
+    """
+)
+
+
+def test_settings_events_restart_and_worker_members(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(PRIMARY)
+    work = tmp_path / "work"
+    work.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(script), str(work)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().split("\n")[-1])
+    assert out["cwd"] == str(work)  # the worker started in setup_primary's cwd
+    assert out["pid_ok"] and out["connected"] and not out["dead"]
+    assert json.loads(done.stderr.strip().split("\n")[-1])["after"] == [False, True]
+    events = out["events"]
+    assert events[:2] == [["setup", False], ["fork", True]]
+    assert events.index(["w online"]) + 1 == events.index(["online"])
+    assert ["w exit", 0, None] in events  # it disconnected itself, then its script ended
+    assert out["settings"] == [True, [str(work)], []]
+    assert out["again"] == [0, None]  # fork() and run() after shutdown() work
+    assert out["exec"] == [2, "/pfd/no/such/script.py"]  # checked at fork(), not before
+    assert out["exec_argv"] is True
+
+
+def test_setup_primary_refuses_bad_settings_naming_them():
+    from pyforkd.cluster import Cluster
+
+    c = Cluster()
+    for key, value, exc in [
+        ("exec", 3, TypeError),
+        ("args", "x", TypeError),
+        ("exec_argv", [1], TypeError),
+        ("cwd", b"\\x00", TypeError),
+        ("nope", 1, TypeError),
+    ]:
+        with pytest.raises(exc, match=key):
+            c.setup_primary(**{key: value})
