@@ -23,7 +23,6 @@ from typing import Any, NoReturn
 
 __all__ = ["dumps", "loads"]
 
-_WS = re.compile(r"[ \t\n\r]*")
 _NUMBER = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _LITERALS = {"true": True, "false": False, "null": None}
 # A run of 309 digits or more: an integer at least 1e308 (the fast path's output is
@@ -31,7 +30,7 @@ _LITERALS = {"true": True, "false": False, "null": None}
 _LONG_DIGITS = re.compile(r"(?<![0-9.eE+-])-?[0-9]{309}")
 _MAX_INT = int(sys.float_info.max)
 _encode_string = json.encoder.encode_basestring  # (the C one: ensure_ascii=False)
-_scan_string = json.decoder.scanstring
+_scan_string: Any = getattr(json.decoder, "scanstring")  # noqa: B009 - (not in typeshed)
 
 
 def _no_constant(name: str) -> NoReturn:
@@ -69,15 +68,22 @@ def dumps(obj: Any) -> bytes:
     return text.encode("utf-8", "backslashreplace")
 
 
+def _skip(s: str, i: int) -> int:
+    """The index of the first character at or after ``i`` that is not JSON whitespace."""
+    n = len(s)
+    while i < n and s[i] in " \t\n\r":
+        i += 1
+    return i
+
+
 def _loads_deep(s: str) -> Any:
     """``json.loads`` with a stack of its own instead of the C stack's recursion."""
-    ws = _WS.match
     stack: list[list[Any]] = []  # open containers: [list, None] or [dict, key]
-    i = ws(s, 0).end()
+    i = _skip(s, 0)
     while True:
         c = s[i : i + 1]
         if c == "[":
-            i = ws(s, i + 1).end()
+            i = _skip(s, i + 1)
             if s[i : i + 1] == "]":
                 value: Any = []
                 i += 1
@@ -85,7 +91,7 @@ def _loads_deep(s: str) -> Any:
                 stack.append([[], None])
                 continue
         elif c == "{":
-            i = ws(s, i + 1).end()
+            i = _skip(s, i + 1)
             if s[i : i + 1] == "}":
                 value = {}
                 i += 1
@@ -109,7 +115,7 @@ def _loads_deep(s: str) -> Any:
                 i += len(word)
         # A value is complete: put it in its container, closing those that end here.
         while True:
-            i = ws(s, i).end()
+            i = _skip(s, i)
             if not stack:
                 if i != len(s):
                     raise ValueError(f"Extra data at char {i}")
@@ -124,7 +130,7 @@ def _loads_deep(s: str) -> Any:
                 close = "}"
             c = s[i : i + 1]
             if c == ",":
-                i = ws(s, i + 1).end()
+                i = _skip(s, i + 1)
                 if key is not None:
                     top[1], i = _key(s, i)
                 break
@@ -140,10 +146,10 @@ def _key(s: str, i: int) -> tuple[str, int]:
     if s[i : i + 1] != '"':
         raise ValueError(f"Expecting property name enclosed in double quotes at char {i}")
     key, i = _scan_string(s, i + 1, True)
-    i = _WS.match(s, i).end()
+    i = _skip(s, i)
     if s[i : i + 1] != ":":
         raise ValueError(f"Expecting ':' delimiter at char {i}")
-    return key, _WS.match(s, i + 1).end()
+    return key, _skip(s, i + 1)
 
 
 _END = object()
@@ -170,7 +176,7 @@ def _dumps_deep(obj: Any) -> str:
             out.append(_scalar(o))
         while stack:
             frame = stack[-1]
-            item = next(frame[0], _END)
+            item: Any = next(frame[0], _END)
             if item is _END:
                 out.append(frame[1])
                 path.discard(frame[2])
@@ -180,9 +186,9 @@ def _dumps_deep(obj: Any) -> str:
                 out.append(",")
             frame[3] = False
             if frame[1] == "}":
-                out.append(_dict_key(item[0]))
+                name, o = item
+                out.append(_dict_key(name))
                 out.append(":")
-                o = item[1]
             else:
                 o = item
             break

@@ -579,8 +579,8 @@ async def exec_file(
         proc = await spawn(
             file, arglist, stdio=[stdin, "pipe", "pipe"], cwd=cwd, env=env, **options
         )
-    except SpawnError as err:
-        err.cmd = cmd
+    except SpawnError as failed:
+        failed.cmd = cmd
         raise
     chunks: list[list[bytes]] = [[], []]
 
@@ -617,9 +617,9 @@ async def exec_file(
         except (asyncio.CancelledError, _Overflow):
             pass
         proc._close_transports()
-    out, err = b"".join(chunks[0]), b"".join(chunks[1])
+    out, errout = b"".join(chunks[0]), b"".join(chunks[1])
     assert proc.returncode is not None  # _finish or the wait above reaped it
-    result = _cp._completed(proc.args, proc, out, err, state, overflow, limit, encoding, errors)
+    result = _cp._completed(proc.args, proc, out, errout, state, overflow, limit, encoding, errors)
     _cp._raise_for(result, state, overflow, max_buffer, timeout, cmd)
     return result
 

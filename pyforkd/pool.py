@@ -261,12 +261,11 @@ class Pool(cf.Executor):
             raise TypeError(f"submit() needs a callable, not {type(fn).__name__}")
         future: cf.Future[Any] = cf.Future()
         buffers: list[pickle.PickleBuffer] = []
+        error: PicklingError | None = None
         try:
             payload = pickle.dumps((fn, args, kwargs), protocol=5, buffer_callback=buffers.append)
         except Exception as exc:
             payload, error = b"", _pickle_failure(exc)
-        else:
-            error = None
         with self._lock:
             if _exiting.is_set():
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
@@ -858,9 +857,9 @@ def _outcome(status: int, data: bytes, buffers: list[Any], pid: int) -> tuple[bo
         return True, value
     if status == _RAISED:
         return False, _with_cause(value)
-    exc, text = value
+    cause, text = value
     error = WorkerCrashedError(
-        f"the worker (pid {pid}) could not unpickle this task: {type(exc).__name__}: {exc}"
+        f"the worker (pid {pid}) could not unpickle this task: {type(cause).__name__}: {cause}"
     )
     error.__cause__ = _RemoteTraceback(text)
     return False, error

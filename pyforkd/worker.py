@@ -249,7 +249,7 @@ def _as_multiprocessing_child() -> None:
     if util is None or process is None:
         return
     util._finalizer_registry.clear()
-    process._children = set()
+    process._children = set()  # type: ignore[attr-defined]
     util._run_after_forkers()
 
 
@@ -493,7 +493,7 @@ def _pickled(
     Manager proxies can be given to the worker, as to a ``multiprocessing.Process``.
     """
     starting = _Starting()
-    mp_context.set_spawning_popen(starting)
+    mp_context.set_spawning_popen(starting)  # type: ignore[arg-type]
     try:
         # (multiprocessing's pickler: its reducers are for Connections, sockets, ...)
         return bytes(ForkingPickler.dumps((target, args, kwargs), protocol=5)), starting.fds
@@ -583,7 +583,8 @@ def _start_spawn(
     worker = _spawn_interpreter("_spawn_main", info, main_thread, ring, exec_argv)
     if fds:
         try:  # (the first message the worker reads, before its target runs)
-            copies = [Fd(os.dup(fd)) for fd in fds]  # (the send closes these, not the caller's)
+            copies: list[Any] = [Fd(os.dup(fd)) for fd in fds]  # (the send closes these)
+            assert worker.channel is not None
             worker.channel.send(("fds", len(fds)), handle=copies)
         except ChannelClosedError:
             pass  # it died at once: result() will say how

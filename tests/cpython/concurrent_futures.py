@@ -55,6 +55,11 @@ DESELECTED: dict[str, str] = {
         "replacement comes from a zygote forked before the pool's threads start); "
         "tests/test_pool.py checks the replacement"
     ),
+    ".test_python_finalization_error": (
+        "mocks threading's private _start_joinable_thread so that the executor's second "
+        "internal thread fails to start: it counts ProcessPoolExecutor's threads (Pool "
+        "starts one reader per worker, in its constructor, which then raises)"
+    ),
     ".test_interpreter_shutdown": FRESH,
     ".test_submit_after_interpreter_shutdown": FRESH,
     ".test_hang_gh83386": FRESH,
