@@ -637,6 +637,11 @@ def fd_shutdown(sock: int) -> None:
         raise_errno(r, "shutdown")
 
 
+def fd_hung_up(sock: int) -> bool:
+    """Whether the peer of channel ``sock`` hung up (looked at now, without waiting)."""
+    return bool(lib.pfd_fd_wait_hangup(sock, 0) == 1)
+
+
 def fd_wait(sock: int, events: int, timeout_ms: int) -> bool | None:
     """poll(2) one socket: True ready, False timeout, None when a signal came."""
     return _waited(lib.pfd_fd_wait(sock, events, timeout_ms), "poll")
@@ -671,6 +676,15 @@ def process_watch_hangup(sock: int) -> None:
 def process_unwatch() -> None:
     """Disarm :func:`process_watch_hangup`: this process leaves its channel on purpose."""
     lib.pfd_process_unwatch()
+
+
+def process_spare_on_hangup(word: Any) -> None:
+    """Make the hang-up watch spare this process while the word at ``word`` is non-zero.
+
+    ``word``: a pointer from :func:`words_pointer`, into memory that lives as long as the
+    process.
+    """
+    lib.pfd_process_spare_on_hangup(word)
 
 
 def socket_nosigpipe(sock: int) -> None:

@@ -8,13 +8,16 @@ worker writes its slot, the primary (and its C dispatcher) read it:
   work.  A worker busy for longer than the cluster's ``timeout`` is hung.
 - ``OPEN``: connections it has open (least-connections balancing reads it).
 - ``SERVED``: connections it has taken in all (``max_requests`` recycling, ``status``).
+- ``LET_GO``: written by the primary, the one word it writes: non-zero when it
+  disconnects the worker on purpose, so that the worker's hang-up watch (which ends a
+  worker whose primary is gone) lets it finish its program instead.
 
 Each worker's slot is shared memory of its own (64 bytes, a page mapped), made for it
 alone: the primary maps it and sends the worker its descriptor, then closes that
 descriptor, so no other worker can reach it (not through the primary's descriptors, and
 a forked worker unmaps what it inherited before the program runs).  A worker can thus
-lie only about itself.  Only the worker writes its slot, and an aligned 8-byte store is
-never seen half-done; a lock orders the worker's own threads.
+lie only about itself.  Only the worker writes its slot (but ``LET_GO``), and an aligned
+8-byte store is never seen half-done; a lock orders the worker's own threads.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from . import _bindings as _b
 
 SLOT_WORDS = 8  # 64 bytes
 SLOT_BYTES = SLOT_WORDS * 8
-BUSY, OPEN, SERVED = 0, 1, 2
+BUSY, OPEN, SERVED, LET_GO = 0, 1, 2, 3
 CAPACITY = 1024  # workers at once
 
 
@@ -70,6 +73,10 @@ class Board:
         """One word of a worker's slot."""
         return int(self._slots[slot][1][field])
 
+    def let_go(self, slot: int) -> None:
+        """Say that the slot's worker is disconnected on purpose (see ``LET_GO``)."""
+        self._slots[slot][1][LET_GO] = 1
+
     def pointer(self, slot: int, field: int) -> Any:
         """A C pointer to one word (valid while the board is open)."""
         return self._slots[slot][2] + field
@@ -100,6 +107,10 @@ class Slot:
             os.close(fd)
         self._words = memoryview(self._map).cast("Q")
         self._lock = threading.Lock()
+
+    def let_go_pointer(self) -> Any:
+        """A C pointer to the primary's ``LET_GO`` word (valid while this slot lives)."""
+        return _b.words_pointer(self._map) + LET_GO
 
     def took(self) -> None:
         """A connection was taken: busy from now, one more open, one more served."""

@@ -614,8 +614,17 @@ class Worker:
     def disconnect(self, graceful_timeout: float | None = None) -> Worker:
         """Stop giving it connections; it finishes those it has and exits.
 
-        It is killed if it still runs after ``graceful_timeout`` (default: the cluster's).
-        Returns the worker, as Node's does.
+        One that listens to nothing is let go, as in Node: its channel closes and it ends
+        when its program does.  It is killed if it still runs after ``graceful_timeout``
+        (default: the cluster's).  Returns the worker, as Node's does.
+        """
+        return self._disconnect(graceful_timeout, let_go=True)
+
+    def _disconnect(self, graceful_timeout: float | None, let_go: bool) -> Worker:
+        """disconnect(), and the cluster's own stops, reloads and scale-downs.
+
+        For those (``let_go`` False) a worker that listens to nothing has nothing to
+        finish: it gets SIGTERM at once.
         """
         self.exited_after_disconnect = True
         # A datagram is served as it comes: a worker that only serves UDP has nothing to
@@ -624,8 +633,10 @@ class Worker:
         self._cluster._stop_dispatching(self)  # its accept() ends: it finishes and exits
         if self.state == "dead":
             return self
-        if not listening:
-            self.process.kill("SIGTERM")  # it listens to nothing: nothing to drain
+        if not listening and let_go:
+            self._cluster._let_go(self)  # (Node's: it ends when its program does)
+        elif not listening:
+            self.process.kill("SIGTERM")  # a stop or a reload: nothing of it to drain
         grace = graceful_timeout or self._cluster.settings["graceful_timeout"]
         at = time.monotonic() + grace
         self._kill_at = at if self._kill_at is None else min(self._kill_at, at)
@@ -1324,8 +1335,23 @@ class Cluster:
                 sys.stderr.write(f"pyforkd cluster: worker {w.id} cannot be given work: {exc}\n")
         old = self._replaces.pop(w.id, None)
         if old is not None and old.state != "dead":
-            old.disconnect()  # its replacement serves now: the old one drains and exits
+            old._disconnect(None, let_go=False)  # its replacement serves: the old one drains
         self._systemd_status()
+
+    def _let_go(self, w: Worker) -> None:
+        """Disconnect ``w`` on purpose.
+
+        Its hang-up watch spares it (the board says so), and the channel is shut down
+        both ways (run() sees the end, as for any worker's).
+        """
+        if self._board is not None and w._board >= 0:
+            self._board.let_go(w._board)
+        ch = w.process.channel
+        if ch is not None and ch.fileno() >= 0:
+            try:
+                _b.fd_shutdown(ch.fileno())
+            except OSError:
+                pass  # (it is gone already: the reap comes)
 
     def _stop_dispatching(self, w: Worker) -> None:
         while w._unattached:
@@ -1492,7 +1518,7 @@ class Cluster:
                 for w in sorted(current, key=lambda w: w.id, reverse=True)[
                     : max(0, len(current) - n)
                 ]:
-                    w.disconnect()
+                    w._disconnect(None, let_go=False)  # (a scale-down)
 
     def shutdown(self, graceful_timeout: float | None = None, *, fast: bool = False) -> None:
         """Stop: no restarts; workers stop taking connections, finish and exit.
@@ -1515,7 +1541,7 @@ class Cluster:
                 w.exited_after_disconnect = True
                 self._terminate(w)
             else:
-                w.disconnect(graceful_timeout)
+                w._disconnect(graceful_timeout, let_go=False)
         self._wake()
 
 
@@ -1558,8 +1584,9 @@ class _Self:
         self.slot.beat()
 
     def is_connected(self) -> bool:
-        """True while the channel to the primary is open."""
-        return _primary().connected
+        """True while the channel to the primary is open (a hang-up is seen at once)."""
+        ch = _primary()
+        return ch.connected and not _b.fd_hung_up(ch.fileno())
 
     def is_dead(self) -> bool:
         """False: this worker runs (Node's member, for code shared with the primary)."""
@@ -1615,7 +1642,7 @@ class _ThisProcess:
     @property
     def connected(self) -> bool:
         """True while the channel to the primary is open."""
-        return _primary().connected
+        return self._me.is_connected()
 
     def send(self, message: Any, handle: Any = None) -> None:
         """Send a message to the primary."""
@@ -1679,6 +1706,9 @@ def _worker_main(
         os.chdir(cwd)
     me = _Self(wid, _board.Slot(board.detach()), timeout)
     _role["worker"] = me
+    # A hang-up while the primary has set the slot's LET_GO is a disconnect, not its death:
+    # the worker then finishes its program.  (The slot lives as long as the worker.)
+    _b.process_spare_on_hangup(me.slot.let_go_pointer())
     ch.send_control(("cluster", "online"))
     try:
         runpy.run_path(path, run_name="__main__")

@@ -41,6 +41,12 @@ int pfd_process_watch_hangup(int sock);
  * parent on purpose). */
 void pfd_process_unwatch(void);
 
+/* Makes the watch look at `word` (8 bytes of memory shared with the parent, aligned, alive
+ * as long as the process; pfd_process_watch_hangup forgets it) when the hang-up comes: non-zero there means the parent let
+ * this process go on purpose, and it goes on (a cluster worker the primary disconnected:
+ * it ends when its program does).  NULL: the watch kills again. */
+void pfd_process_spare_on_hangup(const void *word);
+
 /* Output collection for the exec family: one loop that writes the input to the child's
  * stdin and reads its stdout and stderr at once, so no pipe can fill up and deadlock. */
 typedef struct pfd_buffer_s {

@@ -187,6 +187,13 @@ int pfd_process_die_with_parent(int sig, int expected_parent) {
 /* Whether a hang-up still ends this process (pfd_process_unwatch clears it).  Written by
  * the caller's threads, read by the watcher: sequentially consistent, it is read once. */
 static pfd_atomic_u32_t pfd__hangup_armed;
+/* Where the parent says it let this process go (pfd_process_spare_on_hangup), or 0. */
+static pfd_atomic_u64_t pfd__hangup_spare;
+
+static int pfd__hangup_spared(void) {
+  unsigned long long at = pfd_atomic_load_acquire_u64(&pfd__hangup_spare);
+  return at != 0 && pfd_atomic_load_acquire_u64((pfd_atomic_u64_t *)(uintptr_t)at) != 0;
+}
 
 static void *pfd__hangup_watch(void *arg) {
   int sock = (int)(intptr_t)arg;
@@ -195,7 +202,7 @@ static void *pfd__hangup_watch(void *arg) {
     r = pfd_fd_wait_hangup(sock, -1);
   } while (r == -EINTR || r == 0);
   /* The peer hung up, or the descriptor broke: either way the channel is over. */
-  if (pfd_atomic_load_u32(&pfd__hangup_armed)) (void)kill(getpid(), SIGKILL);
+  if (pfd_atomic_load_u32(&pfd__hangup_armed) && !pfd__hangup_spared()) (void)kill(getpid(), SIGKILL);
   (void)close(sock);
   return NULL;
 }
@@ -209,6 +216,8 @@ int pfd_process_watch_hangup(int sock) {
   copy = fcntl(sock, F_DUPFD_CLOEXEC, 0);
   if (copy < 0) return -errno;
   pfd_atomic_store_u32(&pfd__hangup_armed, 1u);
+  /* (a spare word set in the process this one was forked from is not this watch's) */
+  pfd_atomic_store_release_u64(&pfd__hangup_spare, 0ull);
   r = pthread_attr_init(&attr);
   if (r != 0) goto error;
   (void)pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
@@ -229,6 +238,10 @@ error:
 
 void pfd_process_unwatch(void) {
   pfd_atomic_store_u32(&pfd__hangup_armed, 0u);
+}
+
+void pfd_process_spare_on_hangup(const void *word) {
+  pfd_atomic_store_release_u64(&pfd__hangup_spare, (unsigned long long)(uintptr_t)word);
 }
 
 /* ---- collecting output -------------------------------------------------------------- */

@@ -150,6 +150,13 @@ int pfd_process_die_with_parent(int sig, int expected_parent) {
 
 /* Whether a hang-up still ends this process (pfd_process_unwatch clears it). */
 static pfd_atomic_u32_t pfd__hangup_armed;
+/* Where the parent says it let this process go (pfd_process_spare_on_hangup), or 0. */
+static pfd_atomic_u64_t pfd__hangup_spare;
+
+static int pfd__hangup_spared(void) {
+  unsigned long long at = pfd_atomic_load_acquire_u64(&pfd__hangup_spare);
+  return at != 0 && pfd_atomic_load_acquire_u64((pfd_atomic_u64_t *)(uintptr_t)at) != 0;
+}
 
 static DWORD WINAPI pfd__hangup_watch(LPVOID arg) {
   HANDLE pipe = (HANDLE)arg;
@@ -158,7 +165,7 @@ static DWORD WINAPI pfd__hangup_watch(LPVOID arg) {
     r = pfd_fd_wait_hangup(PFD__FD(pipe), -1);
   } while (r == 0);
   /* The peer hung up, or the handle broke: either way the channel is over. */
-  if (pfd_atomic_load_u32(&pfd__hangup_armed)) TerminateProcess(GetCurrentProcess(), 1);
+  if (pfd_atomic_load_u32(&pfd__hangup_armed) && !pfd__hangup_spared()) TerminateProcess(GetCurrentProcess(), 1);
   CloseHandle(pipe);
   return 0;
 }
@@ -170,6 +177,8 @@ int pfd_process_watch_hangup(int sock) {
     return pfd__win_last_errno();
   }
   pfd_atomic_store_u32(&pfd__hangup_armed, 1u);
+  /* (a spare word set in the process this one was forked from is not this watch's) */
+  pfd_atomic_store_release_u64(&pfd__hangup_spare, 0ull);
   thread = CreateThread(NULL, 65536, pfd__hangup_watch, copy, 0, NULL);
   if (thread == NULL) {
     int err = pfd__win_last_errno();
@@ -182,6 +191,10 @@ int pfd_process_watch_hangup(int sock) {
 
 void pfd_process_unwatch(void) {
   pfd_atomic_store_u32(&pfd__hangup_armed, 0u);
+}
+
+void pfd_process_spare_on_hangup(const void *word) {
+  pfd_atomic_store_release_u64(&pfd__hangup_spare, (unsigned long long)(uintptr_t)word);
 }
 
 /* ---- output collection ------------------------------------------------------------------ */

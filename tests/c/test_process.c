@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -126,18 +127,24 @@ TEST_IMPL(collect_timeout) {
 }
 
 /* A child that watches its channel: killed when the peer hangs up, unless it disarmed the
- * watch; and a close of its own descriptor does not count as a hang-up. */
-static int watch_child(int disarm) {
+ * watch (how 1) or its parent set the spare word before hanging up (how 2; how 3: the
+ * word is watched but left 0); a close of its own descriptor does not count as a hang-up. */
+static int watch_child(int how) {
   int sv[2], status = 0;
   char c = 0;
   pid_t pid;
+  unsigned long long *word =
+      mmap(NULL, 8, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  CHECK(word != MAP_FAILED);
+  *word = 0;
   CHECK_EQ(pfd_fd_pair(sv), 0);
   pid = fork();
   CHECK(pid >= 0);
   if (pid == 0) {
     close(sv[0]);
     if (pfd_process_watch_hangup(sv[1]) != 0) _exit(3);
-    if (disarm) pfd_process_unwatch();
+    if (how == 1) pfd_process_unwatch();
+    if (how >= 2) pfd_process_spare_on_hangup(word);
     if (write(sv[1], "r", 1) != 1) _exit(4);
     close(sv[1]); /* the watch has a copy of its own: this is no hang-up */
     sleep(2);
@@ -147,8 +154,10 @@ static int watch_child(int disarm) {
   CHECK_EQ(read(sv[0], &c, 1), 1);
   usleep(200 * 1000);
   CHECK_EQ(waitpid(pid, &status, WNOHANG), 0); /* alive after its own close */
+  if (how == 2) *word = 1; /* let go on purpose */
   close(sv[0]); /* the parent's hang-up */
   CHECK_EQ(waitpid(pid, &status, 0), pid);
+  CHECK_EQ(munmap(word, 8), 0);
   return status;
 }
 
@@ -157,5 +166,9 @@ TEST_IMPL(process_watch_hangup) {
   CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
   status = watch_child(1);
   CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 5);
+  status = watch_child(2); /* spared: it finishes */
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 5);
+  status = watch_child(3); /* watched word left 0: killed */
+  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
   return 0;
 }
