@@ -113,7 +113,12 @@ _DEFAULTS: dict[str, Any] = {
     "args": None,
     "exec_argv": [],
     "cwd": None,
+    # The workers' stdin/stdout/stderr: "inherit", "pipe" (the primary's end is the
+    # worker's stdin/stdout/stderr attribute) or "ignore"; silent: all three "pipe".
+    "silent": False,
+    "stdio": None,
 }
+_STDIO_MODES = ("inherit", "pipe", "ignore")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 
@@ -164,7 +169,21 @@ def _check_setting(key: str, value: Any) -> Any:
         if value == "fork" and _b.WINDOWS:
             raise ValueError("start must be 'spawn' on Windows (it has no fork)")
         return value
-    if key in ("restart", "wait_ready", "log_prefix"):
+    if key == "stdio":
+        if value is None:
+            return None
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) < 3
+            or any(m not in _STDIO_MODES for m in value[:3])
+            or any(m != "ipc" for m in value[3:])
+        ):
+            raise ValueError(
+                "stdio must list 'inherit', 'pipe' or 'ignore' for stdin, stdout and "
+                f"stderr (then 'ipc' at most), not {value!r}"
+            )
+        return list(value[:3])
+    if key in ("restart", "wait_ready", "log_prefix", "silent"):
         if not isinstance(value, bool):
             raise TypeError(f"{key} must be a bool, not {value!r}")
         return value
@@ -544,6 +563,62 @@ class _LogPipe:
             self.fd = -1
 
 
+class _Stdio:
+    """A worker's stdin/stdout/stderr as the settings ask.
+
+    The ends to give it (dup'ed onto their ``targets`` there) and those the primary keeps.
+    """
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        modes = settings["stdio"] or (["pipe"] * 3 if settings["silent"] else ["inherit"] * 3)
+        self.targets: list[int] = []
+        self.given: list[int] = []
+        self.kept: list[int | None] = [None, None, None]
+        self.prefixed: list[tuple[int, Any]] = []  # (read end, the primary's stream)
+        try:
+            for i, mode in enumerate(modes):
+                if mode == "inherit" and i > 0 and settings["log_prefix"]:
+                    r, w = os.pipe()
+                    self.prefixed.append((r, (sys.stdout, sys.stderr)[i - 1]))
+                    self._give(i, w)
+                elif mode == "pipe":
+                    r, w = os.pipe()
+                    self.kept[i] = w if i == 0 else r
+                    self._give(i, r if i == 0 else w)
+                elif mode == "ignore":
+                    self._give(i, os.open(os.devnull, os.O_RDONLY if i == 0 else os.O_WRONLY))
+        except BaseException:
+            self.close()
+            raise
+
+    def _give(self, target: int, fd: int) -> None:
+        self.targets.append(target)
+        self.given.append(fd)
+
+    def close_given(self) -> None:
+        for fd in self.given:
+            os.close(fd)
+        self.given.clear()
+
+    def close(self) -> None:
+        """Everything, when the worker did not start."""
+        self.close_given()
+        for fd in [*self.kept, *(r for r, _ in self.prefixed)]:
+            if fd is not None:
+                os.close(fd)
+        self.kept = [None, None, None]
+        self.prefixed.clear()
+
+    def files(self) -> tuple[Any, Any, Any]:
+        """The primary's ends as files: the worker's stdin (writable), stdout, stderr."""
+        out = tuple(
+            None if fd is None else open(fd, "wb" if i == 0 else "rb")  # noqa: SIM115
+            for i, fd in enumerate(self.kept)
+        )
+        self.kept = [None, None, None]
+        return out  # type: ignore[return-value]
+
+
 class _Malformed(ValueError):
     """A worker's control message that is not one the primary knows."""
 
@@ -584,6 +659,11 @@ class Worker:
         self._logs: list[Any] = []  # its stdout/stderr pipes (log_prefix)
         self._unattached: list[tuple[Any, int]] = []  # rr ends kept until ready
         self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
+        # Its streams piped to the primary (setup_primary(silent=True) or stdio "pipe"),
+        # else None.  (Node has them on worker.process.)
+        self.stdin: Any = None
+        self.stdout: Any = None
+        self.stderr: Any = None
 
     def on(self, event: str, fn: Callable[..., Any]) -> Worker:
         """Call ``fn`` on this worker's ``event``, in Node's order with the cluster's handlers.
@@ -735,8 +815,11 @@ class Cluster:
         """
         checked = {key: _check_setting(key, value) for key, value in settings.items()}
         self.settings.update(checked)
-        # Node's shape: the script and its arguments, this program's unless given.
-        if self.settings["exec"] is None:
+        self._setup()
+
+    def _setup(self) -> None:
+        """Fill in Node's defaults and say 'setup' (Node's fork() does this too)."""
+        if self.settings["exec"] is None:  # the script and its arguments: this program's
             main = getattr(sys.modules.get("__main__"), "__file__", None)
             self.settings["exec"] = os.path.abspath(main) if main else None
         if self.settings["args"] is None:
@@ -784,6 +867,7 @@ class Cluster:
         """
         if self.is_worker:
             raise RuntimeError("fork() is for the primary (this is a worker)")
+        self._setup()  # (as Node's fork(), which calls setupPrimary(): 'setup' each time)
         st = self.settings
         path = st["exec"]
         argv = None
@@ -816,10 +900,8 @@ class Cluster:
             # and before anything of a worker's is open: every worker comes from it, so
             # the primary never forks while a thread of its own runs.
             self._zygote = _worker.Zygote(_worker_main)
-        logs: list[tuple[int, int]] = []
+        plan = _Stdio(st)
         try:
-            if self.settings["log_prefix"]:
-                logs = [os.pipe(), os.pipe()]
             wid = self._next_id
             extra = {str(k): str(v) for k, v in (env or {}).items()}
             where = (wid, os.path.abspath(path), argv, extra, st["cwd"])
@@ -834,9 +916,7 @@ class Cluster:
                     exec_argv=st["exec_argv"],
                 )
         except BaseException:
-            for r, w_ in logs:
-                os.close(r)
-                os.close(w_)
+            plan.close()
             raise
         # Its board slot is made after the fork and its descriptor closed here once sent:
         # this worker alone has it, no worker forked before or after.
@@ -846,9 +926,7 @@ class Cluster:
             process.kill("SIGKILL")  # (it waits for its hello: nothing of it ran)
             process.wait()
             process.close()
-            for r, w_ in logs:
-                os.close(r)
-                os.close(w_)
+            plan.close()
             raise
         board_fd = _channel.Fd(slot_fd)
         self._next_id += 1
@@ -858,21 +936,21 @@ class Cluster:
             w._max_served = self.settings["max_requests"] + random.randint(
                 0, self.settings["max_requests_jitter"]
             )
-        hello = ("cluster", "hello", slot, self.settings["timeout"], bool(logs))
+        hello = ("cluster", "hello", slot, self.settings["timeout"], plan.targets)
         ch = process.channel
         assert ch is not None
         try:
             ch.send_control(hello, board_fd)
-            if logs:
-                ends = [_channel.Fd(logs[0][1]), _channel.Fd(logs[1][1])]
-                ch.send_control(("cluster", "logs"), ends, keep_open=True)
+            if plan.targets:
+                ends = [_channel.Fd(fd) for fd in plan.given]
+                ch.send_control(("cluster", "stdio"), ends, keep_open=True)
         except ChannelClosedError:
             pass  # it died already: run() reaps it
         finally:
             board_fd.close()  # (closed once sent; here when it was not)
-            for _, w_ in logs:
-                os.close(w_)  # the worker has its own copies
-        for r, stream in zip((r for r, _ in logs), (sys.stdout, sys.stderr)):
+            plan.close_given()  # the worker has its own copies
+        w.stdin, w.stdout, w.stderr = plan.files()
+        for r, stream in plan.prefixed:
             w._logs.append(_LogPipe(r, f"[worker {wid}] ", stream))
         self.workers[wid] = w
         self._later("fork", w)
@@ -1688,10 +1766,10 @@ def _worker_main(
     ch = _worker.parent()
     assert ch is not None
     hello, board = ch.recv_control(with_handle=True)
-    _, _, _, timeout, has_logs = hello
-    if has_logs:
+    _, _, _, timeout, targets = hello
+    if targets:  # stdin/stdout/stderr given by the primary (pipes, /dev/null)
         _, ends = ch.recv_control(with_handle=True)
-        for end, target in zip(ends, (1, 2)):
+        for end, target in zip(ends, targets):
             os.dup2(end.fileno(), target)
             end.close()
         for stream in (sys.stdout, sys.stderr):

@@ -22,7 +22,7 @@ PRIMARY = textwrap.dedent(
     if cluster.is_primary:
         out = {}
         seen = []
-        cluster.setup_primary(restart=False, cwd=sys.argv[1])
+        cluster.setup_primary(restart=False, cwd=sys.argv[1], stdio=["inherit", "pipe", "ignore"])
         # added after the call: Node emits 'setup' on its next tick, and so does run()
         cluster.on("setup", lambda settings: seen.append(["setup", settings["restart"]]))
         w = cluster.fork()
@@ -36,6 +36,8 @@ PRIMARY = textwrap.dedent(
         except RuntimeError:
             pass
         out["events"] = seen
+        out["stdout"] = w.stdout.read().decode()  # (stdio "pipe"; its stderr "ignore")
+        out["stderr_none"] = w.stderr is None
         s = cluster.settings
         out["settings"] = [s["exec"] == os.path.abspath(__file__), s["args"], s["exec_argv"]]
         # a second start after the first ended
@@ -68,7 +70,8 @@ PRIMARY = textwrap.dedent(
         me.send(info)
         me.disconnect()
         info2 = {"after": [me.is_connected(), me.exited_after_disconnect]}
-        print(json.dumps(info2), file=sys.stderr, flush=True)
+        print(json.dumps(info2), flush=True)  # (to the primary, through the pipe)
+        print("to /dev/null", file=sys.stderr, flush=True)
     """
 )
 
@@ -86,9 +89,11 @@ def test_settings_events_restart_and_worker_members(tmp_path):
     out = json.loads(done.stdout.strip().split("\n")[-1])
     assert out["cwd"] == str(work)  # the worker started in setup_primary's cwd
     assert out["pid_ok"] and out["connected"] and not out["dead"]
-    assert json.loads(done.stderr.strip().split("\n")[-1])["after"] == [False, True]
+    assert json.loads(out["stdout"])["after"] == [False, True]
+    assert out["stderr_none"] and "to /dev/null" not in done.stderr
     events = out["events"]
-    assert events[:2] == [["setup", False], ["fork", True]]
+    # setup_primary()'s 'setup', then fork()'s own (Node's fork() sets up too), then 'fork'
+    assert events[:3] == [["setup", False], ["setup", False], ["fork", True]]
     assert events.index(["w online"]) + 1 == events.index(["online"])
     assert ["w exit", 0, None] in events  # it disconnected itself, then its script ended
     assert out["settings"] == [True, [str(work)], []]
@@ -106,6 +111,9 @@ def test_setup_primary_refuses_bad_settings_naming_them():
         ("args", "x", TypeError),
         ("exec_argv", [1], TypeError),
         ("cwd", b"\\x00", TypeError),
+        ("stdio", ["pipe"], ValueError),
+        ("stdio", ["pipe", "pipe", "bogus"], ValueError),
+        ("silent", 1, TypeError),
         ("nope", 1, TypeError),
     ]:
         with pytest.raises(exc, match=key):

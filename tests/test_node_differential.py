@@ -607,3 +607,106 @@ def test_cluster_primary_disconnect_lets_the_worker_finish_and_returns_it(tmp_pa
     # A worker that listens to nothing is let go: it finishes its program and exits 0.
     assert split_end(got) == split_end(want)
     assert split_end(got)[1][-1] == ["exit", 1, 0, None, True]
+
+
+SETUP_JS = r"""
+const cluster = require('cluster');
+if (cluster.isPrimary) {
+  const ev = [];
+  cluster.setupPrimary({args: ['x']});
+  cluster.on('setup', (s) => ev.push(['setup', s.args, s.exec === __filename]));
+  cluster.on('fork', (w) => ev.push(['fork', w.id]));
+  const ws = [cluster.fork(), cluster.fork()];
+  cluster.on('online', (w) => w.kill());
+  let left = 2;
+  cluster.on('exit', () => { if (--left === 0) console.log(JSON.stringify(ev)); });
+}
+"""
+
+SETUP_PY = r"""
+import json
+from pyforkd import cluster
+
+if cluster.is_primary:
+    ev = []
+    cluster.setup_primary(args=["x"], restart=False)
+    cluster.on("setup", lambda s: ev.append(["setup", s["args"], s["exec"] == __file__]))
+    cluster.on("fork", lambda w: ev.append(["fork", w.id]))
+    ws = [cluster.fork(), cluster.fork()]
+    cluster.on("online", lambda w: w.kill())
+    try:
+        cluster.run()
+    except RuntimeError:
+        pass
+    print(json.dumps(ev), flush=True)
+else:
+    import time
+    time.sleep(60)
+"""
+
+
+def test_cluster_setup_and_fork_events_come_later_and_with_each_fork(tmp_path):
+    js, py = tmp_path / "setup.js", tmp_path / "setup.py"
+    js.write_text(SETUP_JS)
+    py.write_text(SETUP_PY)
+    results = []
+    for argv in ([NODE, str(js)], [sys.executable, str(py)]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        results.append(json.loads(done.stdout.strip().split("\n")[-1]))
+    want, got = results
+    # setup_primary() and each fork() say 'setup' at the loop's next turn, with Node's
+    # settings (args as given, exec this script), and each fork() its 'fork' after it.
+    assert got == want == [
+        ["setup", ["x"], True], ["setup", ["x"], True], ["fork", 1],
+        ["setup", ["x"], True], ["fork", 2],
+    ]  # fmt: skip
+
+
+SILENT_JS = r"""
+const cluster = require('cluster');
+if (cluster.isPrimary) {
+  cluster.setupPrimary({silent: true});
+  const w = cluster.fork();
+  let out = '', err = '';
+  w.process.stdout.on('data', (d) => out += d);
+  w.process.stderr.on('data', (d) => err += d);
+  w.on('exit', (code) => setTimeout(() => console.log(JSON.stringify([out, err, code])), 100));
+} else {
+  console.log('out of the worker'); console.error('err of the worker'); process.disconnect();
+}
+"""
+
+SILENT_PY = r"""
+import json, sys
+from pyforkd import cluster
+
+if cluster.is_primary:
+    cluster.setup_primary(silent=True, restart=False)
+    w = cluster.fork()
+    codes = []
+    w.on("exit", lambda code, sig: codes.append(code))
+    try:
+        cluster.run()
+    except RuntimeError:
+        pass
+    print(json.dumps([w.stdout.read().decode(), w.stderr.read().decode(), codes[0]]))
+else:
+    print("out of the worker")
+    print("err of the worker", file=sys.stderr)
+"""
+
+
+def test_cluster_silent_workers_write_to_the_primary(tmp_path):
+    js, py = tmp_path / "silent.js", tmp_path / "silent.py"
+    js.write_text(SILENT_JS)
+    py.write_text(SILENT_PY)
+    results = []
+    for argv in ([NODE, str(js)], [sys.executable, str(py)]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        # piped to the primary: nothing of the worker's reaches the primary's own streams
+        assert len(done.stdout.strip().split("\n")) == 1 and "of the worker" not in done.stderr
+        results.append(json.loads(done.stdout.strip().split("\n")[-1]))
+    want, got = results
+    assert got == want == ["out of the worker\n", "err of the worker\n", 0]
