@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 from _helpers import linux_only
@@ -564,19 +565,30 @@ else:
 """
 
 
-def run_primaries(tmp_path, mode: str) -> tuple[object, object]:
-    js, py = tmp_path / "primary.js", tmp_path / "primary.py"
-    js.write_text(NODE_PRIMARY)
-    py.write_text(PY_PRIMARY)
-    env = dict(os.environ, MODE=mode)
+def run_both(tmp_path, name: str, js_text: str, py_text: str, **env: str) -> list[Any]:
+    """The same primary in Node and in pyforkd: what each printed last (JSON), Node's first.
+
+    Each must exit 0; ``env`` is added to both environments.
+    """
+    js, py = tmp_path / f"{name}.js", tmp_path / f"{name}.py"
+    js.write_text(js_text)
+    py.write_text(py_text)
     results = []
     for argv in ([NODE, str(js)], [sys.executable, str(py)]):
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=120, env=env, check=False
-        )
+            argv, capture_output=True, text=True, timeout=120, env=dict(os.environ, **env),
+            check=False,
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        results.append(json.loads(done.stdout.strip().split("\n")[-1]))
-    return results[0], results[1]
+        lines = done.stdout.strip().split("\n")
+        # (nothing else of either on its stdout or stderr: a worker's output is its own)
+        assert len(lines) == 1 and "of the worker" not in done.stderr, done
+        results.append(json.loads(lines[-1]))
+    return results
+
+
+def run_primaries(tmp_path, mode: str) -> list[Any]:
+    return run_both(tmp_path, "primary", NODE_PRIMARY, PY_PRIMARY, MODE=mode)
 
 
 def split_end(events: list) -> tuple[list, list]:
@@ -646,15 +658,7 @@ else:
 
 
 def test_cluster_setup_and_fork_events_come_later_and_with_each_fork(tmp_path):
-    js, py = tmp_path / "setup.js", tmp_path / "setup.py"
-    js.write_text(SETUP_JS)
-    py.write_text(SETUP_PY)
-    results = []
-    for argv in ([NODE, str(js)], [sys.executable, str(py)]):
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        assert done.returncode == 0, done.stderr
-        results.append(json.loads(done.stdout.strip().split("\n")[-1]))
-    want, got = results
+    want, got = run_both(tmp_path, "setup", SETUP_JS, SETUP_PY)
     # setup_primary() and each fork() say 'setup' at the loop's next turn, with Node's
     # settings (args as given, exec this script), and each fork() its 'fork' after it.
     assert got == want == [
@@ -698,15 +702,6 @@ else:
 
 
 def test_cluster_silent_workers_write_to_the_primary(tmp_path):
-    js, py = tmp_path / "silent.js", tmp_path / "silent.py"
-    js.write_text(SILENT_JS)
-    py.write_text(SILENT_PY)
-    results = []
-    for argv in ([NODE, str(js)], [sys.executable, str(py)]):
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-        assert done.returncode == 0, done.stderr
-        # piped to the primary: nothing of the worker's reaches the primary's own streams
-        assert len(done.stdout.strip().split("\n")) == 1 and "of the worker" not in done.stderr
-        results.append(json.loads(done.stdout.strip().split("\n")[-1]))
-    want, got = results
+    # (run_both checks that nothing of the worker's reaches the primary's own streams)
+    want, got = run_both(tmp_path, "silent", SILENT_JS, SILENT_PY)
     assert got == want == ["out of the worker\n", "err of the worker\n", 0]
