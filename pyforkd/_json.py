@@ -45,7 +45,7 @@ def loads(text: str | bytes) -> Any:
     try:
         return json.loads(text, parse_constant=_no_constant)
     except RecursionError:
-        pass
+        pass  # too deep for json's C recursion: the loop below has a stack of its own
     if isinstance(text, (bytes, bytearray)):
         text = text.decode("utf-8")
     return _loads_deep(text)

@@ -222,6 +222,7 @@ class Pool(cf.Executor):
         self._stopping = False  # the workers were told to stop
         self._broken: str | None = None
         self._init_failures = 0
+        self._launching = 0  # replacements being started now (by readers, outside the lock)
         self._next = 0  # round-robin: where the search for an idle worker starts
         self._slots = [_Slot(i) for i in range(workers)]
         _live.add(self)
@@ -527,6 +528,8 @@ class Pool(cf.Executor):
                 and not self._stopping
                 and (not self._shutdown or bool(self._queue))
             )
+            if again:
+                self._launching += 1  # (no "every worker is gone" while one is starting)
             if self._broken is not None:
                 self._fail_queue(PoolBrokenError(self._broken))
         if again:
@@ -541,7 +544,13 @@ class Pool(cf.Executor):
                 if not retired:
                     slot.restarts += 1
         with self._lock:
-            over = not any(s.process is not None for s in self._slots) and not again
+            if again:
+                self._launching -= 1
+            over = (
+                not any(s.process is not None for s in self._slots)
+                and not again
+                and not self._launching
+            )
             if over:
                 if not self._shutdown and self._broken is None:
                     self._broken = "every worker of the pool is gone (restart=False)"
