@@ -112,6 +112,10 @@ class Slot:
         """A C pointer to the primary's ``LET_GO`` word (valid while this slot lives)."""
         return _b.words_pointer(self._map) + LET_GO
 
+    def let_go(self) -> bool:
+        """Whether the primary disconnected this worker on purpose (see ``LET_GO``)."""
+        return bool(self._words[LET_GO])
+
     def took(self) -> None:
         """A connection was taken: busy from now, one more open, one more served."""
         with self._lock:

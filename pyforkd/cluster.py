@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import atexit
 import collections
 import errno
 import http.server
@@ -41,6 +42,7 @@ import socketserver
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
@@ -1628,30 +1630,88 @@ class Cluster:
 _role: dict[str, Any] = {"worker": None}  # the worker's id, in a worker
 
 
+SELF_EVENTS = ("message", "disconnect", "error")  # cluster.worker.on() in a worker
+
+
 class _Self:
     """``cluster.worker`` inside a worker, with Node's members.
 
     ``id``; ``process`` (this process: ``pid``, ``send``, ``disconnect``, ``connected``);
     ``send``/``recv`` to talk to the primary; ``ready()`` and ``heartbeat()``;
-    ``disconnect()``, ``kill()``/``destroy()``, ``is_connected()``, ``is_dead()`` and
-    ``exited_after_disconnect``, as in Node.
+    ``disconnect()``, ``kill()``/``destroy()``, ``is_connected()``, ``is_dead()``,
+    ``exited_after_disconnect`` and ``on()``, as in Node.
     """
 
     def __init__(self, wid: int, slot: _board.Slot, timeout: float | None) -> None:
         self.id = wid
         self.slot = slot
         self.timeout = timeout  # the primary's hang limit, or None
-        self.exited_after_disconnect = False
+        self._left = False
         self.process = _ThisProcess(self)
         self._listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
+        self._inbox: _Inbox | None = None  # started by the first on()
+        self._start_lock = threading.Lock()
+
+    @property
+    def exited_after_disconnect(self) -> bool:
+        """True once this worker leaves on purpose.
+
+        By its own ``disconnect()`` or ``kill()``, or the primary's ``worker.disconnect()``.
+        """
+        return self._left or self.slot.let_go()
+
+    def on(self, event: str, fn: Callable[..., Any]) -> _Self:
+        """Call ``fn`` on ``event``, as Node's ``cluster.worker.on()`` in a worker.
+
+        Events: ``"message"`` (the message, and the handle when one came),
+        ``"disconnect"`` (the channel to the primary closed: by the primary, by this
+        worker, or by the primary's death), ``"error"`` (what a handler raised, or the
+        ``FrameError`` of a malformed frame; with no ``"error"`` handler a handler's
+        exception is printed).  Handlers run in a thread of pyforkd's, started by the
+        first ``on()``; messages go to the ``"message"`` handlers from then on (those
+        that came before wait for :meth:`recv`).  Returns ``cluster.worker``.
+        """
+        if event not in SELF_EVENTS:
+            raise ValueError(f"unknown event {event!r}; events are {', '.join(SELF_EVENTS)}")
+        if not callable(fn):
+            raise TypeError("on() needs a callable")
+        with self._start_lock:
+            if self._inbox is None:
+                inbox = _Inbox(_primary())
+                inbox.handlers[event].append(fn)
+                self._inbox = inbox
+                for listener in list(self._listeners):
+                    if isinstance(listener, _SharedListener):
+                        listener._watch_primary(inbox.signal.fileno())
+                inbox.start()
+            else:
+                self._inbox.add(event, fn)
+        return self
 
     def send(self, message: Any, handle: Any = None) -> None:
         """Send a message to the primary (its ``"message"`` event)."""
         _primary().send(message, handle)
 
-    def recv(self, timeout: float | None = None) -> Any:
-        """Receive a message the primary sent with ``worker.send``."""
-        return _primary().recv(timeout)
+    def recv(self, timeout: float | None = None, *, with_handle: bool = False) -> Any:
+        """Receive a message the primary sent with ``worker.send``.
+
+        Once a ``"message"`` handler is on, only the messages that came before it are
+        here; then ``RuntimeError``.
+        """
+        if self._inbox is None:
+            return _primary().recv(timeout, with_handle=with_handle)
+        message, handle = self._inbox.take_message(timeout)
+        if with_handle:
+            return message, handle
+        if handle is not None:
+            _close_handles(handle)
+            warnings.warn(
+                "a message came with a handle, which was closed: use "
+                "recv(with_handle=True) to take it",
+                ResourceWarning,
+                stacklevel=2,
+            )
+        return message
 
     def ready(self) -> None:
         """Tell the primary this worker is ready (what ``wait_ready`` waits for)."""
@@ -1674,11 +1734,12 @@ class _Self:
         """Leave the cluster, as Node's ``worker.disconnect()`` in a worker.
 
         The primary is told not to restart this worker; its listeners stop taking
-        connections; the channel closes.  The program goes on (its connections included)
-        and the worker exits when its script ends, with its own status.  Returns it.
+        connections; the channel closes (``"disconnect"`` follows).  The program goes on
+        (its connections included) and the worker exits when its script ends, with its
+        own status.  Returns it.
         """
-        if not self.exited_after_disconnect:
-            self.exited_after_disconnect = True
+        if not self._left:
+            self._left = True
             ch = _primary()
             try:
                 ch.send_control(("cluster", "leaving"))
@@ -1693,13 +1754,14 @@ class _Self:
     def kill(self, signal: Any = None) -> NoReturn:
         """Disconnect and exit 0, as Node's ``worker.kill()`` in a worker.
 
-        In the main thread it raises ``SystemExit(0)`` (``finally`` blocks and ``atexit``
-        hooks run); in another thread the process ends at once, its output flushed.
-        ``signal`` is ignored there, as in Node.
+        In the main thread it raises ``SystemExit(0)``: ``finally`` blocks run, then the
+        program's ``atexit`` hooks.  In another thread the hooks run and the process
+        ends, its output flushed.  ``signal`` is ignored there, as in Node.
         """
         self.disconnect()
         if threading.current_thread() is threading.main_thread():
             raise SystemExit(0)
+        _program_ends()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -1708,6 +1770,154 @@ class _Self:
         os._exit(0)
 
     destroy = kill
+
+    # ---- what the primary says to this module's listeners --------------------------------
+
+    def control_fileno(self) -> int:
+        """Readable when the primary may have said something to this module (a stop)."""
+        inbox = self._inbox
+        return _primary().fileno() if inbox is None else inbox.signal.fileno()
+
+    def take_control(self, timeout: float | None = None) -> tuple[Any, Any]:
+        """The primary's next control message and its handle.
+
+        ``TimeoutError`` when none comes in time, ``ChannelClosedError`` once the channel
+        is closed.
+        """
+        inbox = self._inbox
+        if inbox is None:
+            return _primary().recv_control(timeout, with_handle=True)
+        return inbox.take_control(timeout)
+
+    def primary_spoke(self) -> bool:
+        """Whether a control message (or the channel's end) waits, looked at now."""
+        inbox = self._inbox
+        if inbox is None:
+            return bool(_b.fd_wait(_primary().fileno(), _b.POLL_IN, 0))
+        return inbox.spoke()
+
+    def primary_selectable(self) -> bool:
+        """Whether ``control_fileno()`` can go in a selector (Windows' pipes cannot)."""
+        return self._inbox is not None or not _b.WINDOWS
+
+    def ending(self) -> None:
+        """The program ends: the close of its channel is no ``"disconnect"`` to tell."""
+        inbox = self._inbox
+        if inbox is not None:
+            inbox.ending = True
+
+
+class _Inbox:
+    """The worker's end of the channel, read by a thread of its own (``cluster.worker.on``).
+
+    That thread is then its only reader: user messages go to the ``"message"`` handlers
+    (or wait for ``recv()`` while there is none); the primary's control messages wait for
+    this module (``take_control``), and ``signal`` is readable while one waits, so that a
+    listener's selector hears a stop.  Nothing runs before a program asks for events, so
+    a worker that forks has a single thread.
+    """
+
+    def __init__(self, ch: _channel.Channel) -> None:
+        self._ch = ch
+        self.handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
+        self._cond = threading.Condition()
+        self._messages: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._controls: collections.deque[tuple[Any, Any]] = collections.deque()
+        self._closed = False
+        self.ending = False
+        self.signal, self._signal_w = socket.socketpair()
+        self.signal.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="pyforkd worker events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, event: str, fn: Callable[..., Any]) -> None:
+        with self._cond:
+            self.handlers[event].append(fn)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    control, message, handle = self._ch.recv_any()
+                except FrameError as exc:
+                    self._emit("error", exc)
+                    return
+                except (ChannelClosedError, OSError):
+                    return
+                with self._cond:
+                    if control:
+                        if not self._controls:
+                            self._signal_w.send(b"!")  # (read back when the last is taken)
+                        self._controls.append((message, handle))
+                        self._cond.notify_all()
+                        continue
+                    handlers = list(self.handlers["message"])
+                    if not handlers:
+                        self._messages.append((message, handle))
+                        self._cond.notify_all()
+                        continue
+                for fn in handlers:
+                    self._call(fn, message, *(() if handle is None else (handle,)))
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+                self._signal_w.send(b"!")  # (never read back: the channel stays closed)
+            if not self.ending:
+                self._emit("disconnect")
+
+    def _emit(self, event: str, *args: Any) -> None:
+        with self._cond:
+            handlers = list(self.handlers[event])
+        for fn in handlers:
+            self._call(fn, *args)
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:
+            with self._cond:
+                on_error = list(self.handlers["error"])
+            if not on_error or fn in on_error:  # (an error handler's own error is printed)
+                threading.excepthook(
+                    threading.ExceptHookArgs([type(exc), exc, exc.__traceback__, self._thread])
+                )
+                return
+            for handler in on_error:
+                self._call(handler, exc)
+
+    def spoke(self) -> bool:
+        with self._cond:
+            return bool(self._controls) or self._closed
+
+    def take_message(self, timeout: float | None) -> tuple[Any, Any]:
+        return self._take(self._messages, timeout, "message")
+
+    def take_control(self, timeout: float | None) -> tuple[Any, Any]:
+        return self._take(self._controls, timeout, "control message")
+
+    def _take(
+        self, queue: collections.deque[tuple[Any, Any]], timeout: float | None, what: str
+    ) -> tuple[Any, Any]:
+        with self._cond:
+            if queue is self._messages and not queue and self.handlers["message"]:
+                raise RuntimeError(
+                    "messages go to the 'message' handlers (cluster.worker.on): recv() has "
+                    "only those that came before the first"
+                )
+            if not self._cond.wait_for(lambda: queue or self._closed, timeout):
+                raise TimeoutError(f"no {what} came in time")
+            if not queue:
+                raise ChannelClosedError("the peer closed the channel")
+            item = queue.popleft()
+            if queue is self._controls and not queue:
+                try:
+                    self.signal.recv(1)
+                except BlockingIOError:
+                    pass  # (nothing to read back: a close left its byte already read)
+            return item
 
 
 class _ThisProcess:
@@ -1787,9 +1997,15 @@ def _worker_main(
     # A hang-up while the primary has set the slot's LET_GO is a disconnect, not its death:
     # the worker then finishes its program.  (The slot lives as long as the worker.)
     _b.process_spare_on_hangup(me.slot.let_go_pointer())
+    # The primary's atexit hooks came along with a fork; they are not this program's.
+    atexit._clear()  # (the stdlib's own reset: atexit has no public one)
+    atexit.register(_worker.finish)
     ch.send_control(("cluster", "online"))
     try:
-        runpy.run_path(path, run_name="__main__")
+        try:
+            runpy.run_path(path, run_name="__main__")
+        finally:
+            _program_ends()
     except SystemExit as exc:
         code = exc.code
         if code is None or code == 0:
@@ -1799,6 +2015,19 @@ def _worker_main(
                 stream.flush()
             os._exit(code)
         raise
+
+
+def _close_handles(handle: Any) -> None:
+    for h in handle if isinstance(handle, list) else [handle]:
+        h.close()
+
+
+def _program_ends() -> None:
+    """A worker's program is over: its ``atexit`` hooks run, as a program's do at exit."""
+    me = _role["worker"]
+    if me is not None:
+        me.ending()
+    atexit._run_exitfuncs()  # (it clears them: a second call runs nothing)
 
 
 _worker_main._pyforkd_no_main = True  # type: ignore[attr-defined]  # runs __main__ itself
@@ -1818,10 +2047,10 @@ def listen(address: Any, type: int = socket.SOCK_STREAM) -> Any:
     if type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         raise ValueError("listen() takes type=socket.SOCK_STREAM (TCP) or SOCK_DGRAM (UDP)")
     kind = "udp" if type == socket.SOCK_DGRAM else "tcp"
-    ch = _worker.parent()
-    assert ch is not None
+    me = _role["worker"]
+    ch = _primary()
     ch.send_control(("cluster", "listen", address, kind))
-    reply, handle = ch.recv_control(with_handle=True)
+    reply, handle = me.take_control()
     if reply[1] == "stopping":  # the cluster stops (or replaced us) before we served
         raise SystemExit(0)
     if reply[1] == "listen-error":
@@ -1831,13 +2060,13 @@ def listen(address: Any, type: int = socket.SOCK_STREAM) -> Any:
         return handle
     listener: Listener
     if reply[3] == "shared":
-        listener = _SharedListener(handle, ch)
+        listener = _SharedListener(handle, me)
     elif reply[3] == "reuseport":  # a socket of its own on the same port (the kernel balances)
-        listener = _SharedListener(socket.create_server(address, reuse_port=True), ch)
+        listener = _SharedListener(socket.create_server(address, reuse_port=True), me)
     else:
         listener = Listener(handle)
         listener.address = tuple(reply[2])
-    _role["worker"]._listeners.add(listener)
+    me._listeners.add(listener)
     return listener
 
 
@@ -1864,12 +2093,13 @@ class _SharedListener(Listener):
     It stops (``ChannelClosedError``) when the primary disconnects it.
     """
 
-    def __init__(self, sock: socket.socket, channel: Any) -> None:
+    def __init__(self, sock: socket.socket, me: _Self) -> None:
         self.socket = self._sock = sock
         self._fd = sock.fileno()
         self.address = sock.getsockname()
         self._lock = threading.Lock()
-        self._channel = channel
+        self._me = me
+        primary = me.control_fileno()
         sock.setblocking(False)  # another worker may take a connection first
         # fileno(): one descriptor readable when a connection waits *or* the primary has
         # something to say (a stop), so that a selector over it never misses the stop.
@@ -1877,13 +2107,13 @@ class _SharedListener(Listener):
         if sys.platform == "linux":
             self._either = select.epoll()
             self._either.register(sock.fileno(), select.EPOLLIN)
-            self._either.register(channel.fileno(), select.EPOLLIN)
+            self._either.register(primary, select.EPOLLIN)
         elif sys.platform != "win32" and hasattr(select, "kqueue"):  # macOS, the BSDs
             self._either = select.kqueue()
             self._either.control(
                 [
                     select.kevent(sock.fileno(), select.KQ_FILTER_READ),
-                    select.kevent(channel.fileno(), select.KQ_FILTER_READ),
+                    select.kevent(primary, select.KQ_FILTER_READ),
                 ],
                 0,
             )
@@ -1894,6 +2124,24 @@ class _SharedListener(Listener):
             return int(self._either.fileno())
         return self._sock.fileno()
 
+    def _watch_primary(self, fd: int) -> None:
+        """The primary is heard through ``fd`` from now on (the worker's events thread)."""
+        either = self._either
+        if either is None or either.closed:
+            return
+        old = _primary().fileno()
+        if sys.platform == "linux":
+            either.unregister(old)
+            either.register(fd, select.EPOLLIN)
+        else:
+            either.control(
+                [
+                    select.kevent(old, select.KQ_FILTER_READ, select.KQ_EV_DELETE),
+                    select.kevent(fd, select.KQ_FILTER_READ),
+                ],
+                0,
+            )
+
     def close(self) -> None:
         """Stop taking connections."""
         if self._either is not None:
@@ -1903,27 +2151,27 @@ class _SharedListener(Listener):
     def accept(self, timeout: float | None = None) -> tuple[socket.socket, Any]:
         """The next connection, as ``socket.accept()``; see :meth:`Listener.accept`."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        me = _role["worker"]
-        if me is not None:
-            me.slot.idle()
-        if _b.fd_wait(self._channel.fileno(), _b.POLL_IN, 0):
+        me = self._me
+        me.slot.idle()
+        if me.primary_spoke():
             self._from_primary()  # raises once the primary said stop
         try:  # the common case under load, without a selector
             return self._take()
         except BlockingIOError:
             if timeout == 0:
                 raise TimeoutError("no connection waits") from None
-        polled = _b.WINDOWS  # (its select() takes sockets only: the channel is looked at)
+        # (Windows' select() takes sockets only: a pipe to the primary is looked at.)
+        polled = not me.primary_selectable()
         with self._lock, selectors.DefaultSelector() as sel:
             sel.register(self._sock, selectors.EVENT_READ, "listen")
             if not polled:
-                sel.register(self._channel.fileno(), selectors.EVENT_READ, "primary")
+                sel.register(me.control_fileno(), selectors.EVENT_READ, "primary")
             while True:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if polled:
                     left = _POLL_SECONDS if left is None else min(left, _POLL_SECONDS)
                 events = sel.select(left)
-                if polled and _b.fd_wait(self._channel.fileno(), _b.POLL_IN, 0):
+                if polled and me.primary_spoke():
                     self._from_primary()
                 if not events and deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError("no connection came in time")
@@ -1951,7 +2199,7 @@ class _SharedListener(Listener):
         if self._either is not None:
             return False  # fileno() covers the primary: accept() sees its stop
         try:
-            if _b.fd_wait(self._channel.fileno(), _b.POLL_IN, 0):
+            if self._me.primary_spoke():
                 self._from_primary()
         except ChannelClosedError:
             return True
@@ -1961,11 +2209,13 @@ class _SharedListener(Listener):
         """Read the primary's control messages: a disconnect ends accepting."""
         while True:
             try:
-                msg = self._channel.recv_control(0)
+                msg, handle = self._me.take_control(0)
             except TimeoutError:
                 return
             except ChannelClosedError:
                 raise ChannelClosedError("the primary is gone") from None
+            if handle is not None:
+                _close_handles(handle)
             if msg == ("cluster", "disconnect"):
                 self.close()
                 raise ChannelClosedError("the primary stopped this worker's listening")

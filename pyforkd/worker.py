@@ -811,7 +811,6 @@ class _ForkServerClient:
 
 
 _forkserver = _ForkServerClient()
-atexit.register(_forkserver.stop)
 
 
 class Zygote(_ForkServerClient):
@@ -1021,4 +1020,14 @@ def _join_non_daemons() -> None:
             pass
 
 
-atexit.register(_join_non_daemons)
+def finish() -> None:
+    """Wait for the non-daemon workers, then stop the fork server: at interpreter exit.
+
+    Registered with ``atexit``; a program that clears its hooks (a cluster worker clears
+    those of its primary) registers it again.
+    """
+    _join_non_daemons()
+    _forkserver.stop()
+
+
+atexit.register(finish)

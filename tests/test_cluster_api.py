@@ -1,6 +1,6 @@
 """The cluster's Node API: settings with Node's defaults and checks, 'setup' and 'fork'
 from the primary's loop, a second start after shutdown(), per-worker handlers, and the
-worker side's members (disconnect, kill, is_connected, process)."""
+worker side's members (disconnect, kill, is_connected, process, on)."""
 
 from __future__ import annotations
 
@@ -118,3 +118,94 @@ def test_setup_primary_refuses_bad_settings_naming_them():
     ]:
         with pytest.raises(exc, match=key):
             c.setup_primary(**{key: value})
+
+
+EVENTS_APP = textwrap.dedent(
+    """
+    import atexit, json, os, socket, sys, threading, time
+    from pyforkd import cluster
+
+    if cluster.is_primary:
+        atexit.register(lambda: print("the primary's hook", file=sys.stderr, flush=True))
+        out = {}
+        def online(w):
+            w.send("early")
+        def message(w, m):
+            if m == "listening":
+                w.send("late")
+            elif m == "serve":
+                with socket.create_connection(("127.0.0.1", PORT), timeout=30) as c:
+                    out["served"] = c.makefile("rb").read().decode()
+                out["returns"] = w.disconnect() is w
+            else:
+                out.update(m)
+        PORT = int(sys.argv[1])
+        cluster.setup_primary(restart=False, policy="shared")
+        cluster.on("online", online)
+        cluster.on("message", message)
+        cluster.on("exit", lambda w, code, sig: out.update(exit=[code, sig]))
+        cluster.fork()
+        try:
+            cluster.run()
+        except RuntimeError:
+            pass
+        print(json.dumps(out), flush=True)
+    else:
+        me = cluster.worker
+        got, errors = [], []
+        listener = cluster.listen(("127.0.0.1", int(sys.argv[1])))
+        # A message that came before the first handler stays for recv().
+        got.append(me.recv(timeout=30))
+        def message(m):
+            got.append(m)
+            raise ValueError(f"handler saw {m}")
+        me.on("message", message)  # after listen(): the listener hears the primary anyway
+        me.on("error", lambda exc: errors.append(repr(exc)))
+        try:
+            me.recv(timeout=0)
+        except RuntimeError as exc:
+            recv_refused = "handlers" in str(exc)
+        me.send("listening")
+        while len(got) < 2:
+            time.sleep(0.01)
+        me.send("serve")
+        served = 0
+        try:
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.sendall(b"hello")
+                served += 1
+        except Exception as exc:
+            stop = type(exc).__name__
+        with open(sys.argv[2], "w") as f:
+            json.dump({"got": got, "errors": errors, "recv_refused": recv_refused,
+                       "served": served, "stop": stop}, f)
+    """
+)
+
+
+def test_worker_side_events_with_a_shared_listener(tmp_path):
+    import socket
+
+    script = tmp_path / "app.py"
+    script.write_text(EVENTS_APP)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "worker.json"
+    done = subprocess.run(
+        [sys.executable, str(script), str(port), str(log)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().split("\n")[-1])
+    assert out == {"served": "hello", "returns": True, "exit": [0, None]}
+    worker = json.loads(log.read_text())
+    assert worker["got"] == ["early", "late"]  # one by recv(), one by the handler
+    assert worker["errors"] == ["ValueError('handler saw late')"]  # the 'error' handler
+    assert worker["recv_refused"] is True
+    # the primary's disconnect reached the listener through the events thread
+    assert worker["served"] == 1 and worker["stop"] == "ChannelClosedError"
+    # the primary's atexit hook ran once, in the primary: not in the worker
+    assert done.stderr.count("the primary's hook") == 1

@@ -512,7 +512,7 @@ if (cluster.isPrimary) {
     console.log(JSON.stringify(ev));
   });
   const w = cluster.fork();
-  if (MODE === 'primary-kill') w.on('online', () => w.kill('SIGKILL'));
+  if (MODE === 'primary-kill') w.on('message', (m) => { if (m === 9) w.kill('SIGKILL'); });
   if (MODE === 'primary-disconnect') {
     w.on('message', (m) => { if (m === 9) ev.push(['returns', w.disconnect() === w]); });
   }
@@ -541,8 +541,8 @@ if cluster.is_primary:
     )
     cluster.setup_primary(restart=False)
     w = cluster.fork()
-    if MODE == "primary-kill":
-        w.on("online", lambda: w.kill("SIGKILL"))
+    if MODE == "primary-kill":  # (once all its messages came: no race with its sends)
+        w.on("message", lambda m: m == 9 and w.kill("SIGKILL"))
     if MODE == "primary-disconnect":
         w.on("message", lambda m: m == 9 and ev.append(["returns", w.disconnect() is w]))
     try:
@@ -609,8 +609,8 @@ def test_cluster_events_and_messages_around_a_worker_s_end(tmp_path, mode):
         assert want_end[-1][-1] is False and got_end[-1][-1] is True
         want_end[-1][-1] = True
     assert got_end == want_end
-    if mode != "primary-kill":  # every message sent before the end arrives
-        assert [e[2] for e in got if e[0] == "message"] == list(range(10))
+    # every message sent before the end arrives
+    assert [e[2] for e in got if e[0] == "message"] == list(range(10))
 
 
 def test_cluster_primary_disconnect_lets_the_worker_finish_and_returns_it(tmp_path):
@@ -705,3 +705,249 @@ def test_cluster_silent_workers_write_to_the_primary(tmp_path):
     # (run_both checks that nothing of the worker's reaches the primary's own streams)
     want, got = run_both(tmp_path, "silent", SILENT_JS, SILENT_PY)
     assert got == want == ["out of the worker\n", "err of the worker\n", 0]
+
+
+WORKER_EVENTS_JS = r"""
+const cluster = require('cluster');
+const fs = require('fs');
+const LOG = process.env.LOG;
+if (cluster.isPrimary) {
+  const ev = [];
+  cluster.on('online', (w) => { for (let i = 0; i < 3; i++) w.send({n: i}); });
+  cluster.on('message', (w, m) => {
+    ev.push(['message', m]);
+    if (m === 'got 2') ev.push(['returns', w.disconnect() === w]);
+  });
+  cluster.on('exit', (w, code, sig) => {
+    ev.push(['exit', code, sig, w.exitedAfterDisconnect]);
+    console.log(JSON.stringify([ev, JSON.parse(fs.readFileSync(LOG, 'utf8'))]));
+  });
+  cluster.fork();
+} else {
+  const ev = [];
+  const w = cluster.worker;
+  process.on('exit', () => fs.writeFileSync(LOG, JSON.stringify(ev)));
+  w.on('message', (m) => { ev.push(['message', m]); w.send(`got ${m.n}`); });
+  w.on('disconnect', () => {
+    ev.push(['disconnect', w.exitedAfterDisconnect, w.isConnected(), w.isDead()]);
+  });
+}
+"""
+
+WORKER_EVENTS_PY = r"""
+import atexit, json, os, threading
+from pyforkd import cluster
+
+LOG = os.environ["LOG"]
+if cluster.is_primary:
+    ev = []
+    def online(w):
+        for i in range(3):
+            w.send({"n": i})
+    def message(w, m):
+        ev.append(["message", m])
+        if m == "got 2":
+            ev.append(["returns", w.disconnect() is w])
+    cluster.on("online", online)
+    cluster.on("message", message)
+    def exit(w, code, sig):
+        ev.append(["exit", code, sig, w.exited_after_disconnect])
+    cluster.on("exit", exit)
+    cluster.setup_primary(restart=False)
+    cluster.fork()
+    try:
+        cluster.run()
+    except RuntimeError:
+        pass
+    with open(LOG) as f:
+        print(json.dumps([ev, json.load(f)]), flush=True)
+else:
+    ev = []
+    w = cluster.worker
+    ended = threading.Event()
+    def log():
+        with open(LOG, "w") as f:
+            json.dump(ev, f)
+    atexit.register(log)  # (the program's own hooks run when it ends)
+    def message(m):
+        ev.append(["message", m])
+        w.send(f"got {m['n']}")
+    def disconnect():
+        ev.append(["disconnect", w.exited_after_disconnect, w.is_connected(), w.is_dead()])
+        ended.set()
+    w.on("message", message).on("disconnect", disconnect)
+    ended.wait(60)  # (Node's worker lives while its channel does)
+"""
+
+
+def test_cluster_worker_side_events_and_exit_hooks(tmp_path):
+    want, got = run_both(
+        tmp_path, "wevents", WORKER_EVENTS_JS, WORKER_EVENTS_PY, LOG=str(tmp_path / "log")
+    )
+    assert got == want
+    assert want[1][-1] == ["disconnect", True, False, False]
+
+
+RR_JS = r"""
+const cluster = require('cluster');
+const net = require('net');
+cluster.schedulingPolicy = cluster.SCHED_RR;
+if (cluster.isPrimary) {
+  const ev = [];
+  const ports = new Set();
+  let listening = 0;
+  cluster.on('listening', (w, a) => {
+    ev.push(['listening', a.address, a.addressType]);
+    ports.add(a.port);
+    if (++listening < 2) return;
+    const ids = [];
+    const one = (i) => {
+      if (i === 6) {
+        ev.push(['ids', [...new Set(ids)].sort()], ['one port', ports.size === 1]);
+        for (const id in cluster.workers) cluster.workers[id].kill();
+        return;
+      }
+      const c = net.connect(a.port, '127.0.0.1');
+      let d = '';
+      c.on('data', (x) => d += x);
+      c.on('end', () => { ids.push(Number(d)); one(i + 1); });
+    };
+    one(0);
+  });
+  let left = 2;
+  cluster.on('exit', () => { if (--left === 0) console.log(JSON.stringify(ev)); });
+  cluster.fork(); cluster.fork();
+} else {
+  net.createServer((c) => c.end(String(cluster.worker.id))).listen(0, '127.0.0.1');
+}
+"""
+
+RR_PY = r"""
+import json, socket
+from pyforkd import cluster
+
+if cluster.is_primary:
+    ev = []
+    ports = set()
+    def listening(w, a):
+        ev.append(["listening", a[0], 4])
+        ports.add(a[1])
+        if len(ev) < 2:
+            return
+        ids = []
+        for _ in range(6):
+            with socket.create_connection(("127.0.0.1", a[1]), timeout=30) as c:
+                ids.append(int(c.makefile("rb").read()))
+        ev.extend([["ids", sorted(set(ids))], ["one port", len(ports) == 1]])
+        for worker in list(cluster.workers.values()):
+            worker.kill()
+    cluster.on("listening", listening)
+    cluster.setup_primary(restart=False, policy="rr")
+    cluster.fork(); cluster.fork()
+    try:
+        cluster.run()
+    except RuntimeError:
+        pass
+    print(json.dumps(ev), flush=True)
+else:
+    listener = cluster.listen(("127.0.0.1", 0))
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(str(cluster.worker.id).encode())
+"""
+
+
+def test_cluster_round_robin_shares_one_port_and_says_listening(tmp_path):
+    want, got = run_both(tmp_path, "rr", RR_JS, RR_PY)
+    assert want == [
+        ["listening", "127.0.0.1", 4], ["listening", "127.0.0.1", 4],
+        ["ids", [1, 2]], ["one port", True],
+    ]  # fmt: skip
+    # Difference: pyforkd's 'listening' address is a (host, port) tuple, as getsockname().
+    assert got == want
+
+
+INUSE_JS = r"""
+const cluster = require('cluster');
+const net = require('net');
+if (cluster.isPrimary) {
+  const ev = [];
+  const taken = net.createServer().listen(0, '127.0.0.1', () => {
+    cluster.fork({PORT: String(taken.address().port)});
+  });
+  cluster.on('message', (w, m) => ev.push(m));
+  cluster.on('exit', (w, code) => {
+    ev.push(['exit', code]);
+    console.log(JSON.stringify(ev));
+    taken.close();
+  });
+} else {
+  const port = Number(process.env.PORT);
+  const s = net.createServer();
+  s.on('error', (e) => {
+    process.send([e.code, e.address, e.port === port]);
+    process.exit(3);
+  });
+  s.listen(port, '127.0.0.1');
+}
+"""
+
+INUSE_PY = r"""
+import errno, json, os, socket
+from pyforkd import cluster
+
+if cluster.is_primary:
+    ev = []
+    taken = socket.create_server(("127.0.0.1", 0))
+    cluster.setup_primary(restart=False)
+    cluster.on("message", lambda w, m: ev.append(m))
+    cluster.on("exit", lambda w, code, sig: ev.append(["exit", code]))
+    cluster.fork({"PORT": str(taken.getsockname()[1])})
+    try:
+        cluster.run()
+    except RuntimeError:
+        pass
+    print(json.dumps(ev), flush=True)
+    taken.close()
+else:
+    port = int(os.environ["PORT"])
+    try:
+        cluster.listen(("127.0.0.1", port))
+    except OSError as e:
+        host = "127.0.0.1" if "127.0.0.1" in str(e) else None
+        cluster.worker.send([errno.errorcode[e.errno], host, str(port) in str(e)])
+        raise SystemExit(3)
+"""
+
+
+def test_cluster_a_taken_port_is_eaddrinuse_in_the_worker(tmp_path):
+    want, got = run_both(tmp_path, "inuse", INUSE_JS, INUSE_PY)
+    assert got == want == [["EADDRINUSE", "127.0.0.1", True], ["exit", 3]]
+
+
+SETTINGS_JS = r"""
+const cluster = require('cluster');
+cluster.setupPrimary({args: ['a'], silent: true});
+cluster.setupPrimary({execArgv: ['--no-warnings']});
+cluster.setupPrimary({cwd: '/'});
+const s = cluster.settings;
+console.log(JSON.stringify([s.args, s.silent, s.execArgv, s.cwd, s.exec === __filename]));
+"""
+
+SETTINGS_PY = r"""
+import json
+from pyforkd import cluster
+cluster.setup_primary(args=["a"], silent=True)
+cluster.setup_primary(exec_argv=["-X", "dev"])
+cluster.setup_primary(cwd="/")
+s = cluster.settings
+print(json.dumps([s["args"], s["silent"], s["exec_argv"], s["cwd"], s["exec"] == __file__]))
+"""
+
+
+def test_cluster_settings_add_up_over_several_setup_calls(tmp_path):
+    want, got = run_both(tmp_path, "settings", SETTINGS_JS, SETTINGS_PY)
+    # (the interpreter options differ by language: each keeps what it was given)
+    assert want == [["a"], True, ["--no-warnings"], "/", True]
+    assert got == [["a"], True, ["-X", "dev"], "/", True]
