@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 
-from pyforkd import _control
+from pyforkd.cluster import control as _control
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESPONDER = os.path.join(HERE, "cluster", "responder.py")

@@ -15,7 +15,8 @@ import os
 import sys
 from typing import Any
 
-from . import _control, cluster
+from . import cluster
+from .cluster import control
 
 __all__ = ["main"]
 
@@ -82,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--policy",
         choices=("rr", "shared", "reuseport"),
-        default=cluster._DEFAULTS["policy"],
+        default=cluster.DEFAULTS["policy"],
         help="rr: the primary hands connections out (default; on Windows shared is); "
         "shared: workers accept on the listening socket themselves; reuseport: each "
         "worker binds its own SO_REUSEPORT socket",
@@ -96,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--start",
         choices=("fork", "spawn"),
-        default=cluster._DEFAULTS["start"],
+        default=cluster.DEFAULTS["start"],
         help="fork the primary (default: imports are warm) or spawn a fresh interpreter "
         "(Windows: the only way)",
     )
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyforkd: no such script: {args.script}", file=sys.stderr)
         return 2
     name = args.name or os.path.splitext(os.path.basename(args.script))[0]
-    c = cluster._default
+    c = cluster.default()
     c.setup_primary(
         exec=os.path.abspath(args.script),
         args=list(args.args),
@@ -226,15 +227,15 @@ def main(argv: list[str] | None = None) -> int:
         log_prefix=not args.no_log_prefix,
     )
     try:
-        control = _control.ControlServer(c, name)
-    except (_control.ControlError, ValueError, OSError) as exc:
+        server = control.ControlServer(c, name)
+    except (control.ControlError, ValueError, OSError) as exc:
         print(f"pyforkd: {exc}", file=sys.stderr)
         return 2
     try:
         c.on("exit", _report_exit)
         for _ in range(args.instances):
             c.fork()
-        control.start()  # (after the forks: the primary forks with no thread of its own)
+        server.start()  # (after the forks: the primary forks with no thread of its own)
         print(
             f"pyforkd: {args.instances} worker(s) running {args.script} as {name!r} "
             f"(pid {os.getpid()}; `pyforkd status --name {name}`)",
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pyforkd: {exc}", file=sys.stderr)
             return 1
     finally:
-        control.close()
+        server.close()
     return 0
 
 
@@ -259,8 +260,8 @@ def _talk(args: argparse.Namespace) -> int:
     if args.command == "stop":
         req["fast"] = args.fast
     try:
-        answer = _control.request(args.name, req)
-    except (_control.ControlError, ValueError) as exc:
+        answer = control.request(args.name, req)
+    except (control.ControlError, ValueError) as exc:
         print(f"pyforkd {args.command}: {exc}", file=sys.stderr)
         return 1
     if args.command == "status":

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import pyforkd
-from pyforkd import _board
+from pyforkd.cluster import _board
 
 pytestmark = linux_only
 

@@ -209,3 +209,49 @@ def test_worker_side_events_with_a_shared_listener(tmp_path):
     assert worker["served"] == 1 and worker["stop"] == "ChannelClosedError"
     # the primary's atexit hook ran once, in the primary: not in the worker
     assert done.stderr.count("the primary's hook") == 1
+
+
+LATE_APP = textwrap.dedent(
+    """
+    import json, sys, time
+    from pyforkd import cluster
+
+    if cluster.is_primary:
+        cluster.setup_primary(restart=False)
+        cluster.on("online", lambda w: w.disconnect())
+        codes = []
+        cluster.on("exit", lambda w, code, sig: codes.append([code, sig]))
+        cluster.fork()
+        try:
+            cluster.run()
+        except RuntimeError:
+            pass
+        print(json.dumps(codes))
+    else:
+        me = cluster.worker
+        me.on("message", print)
+        while me.is_connected():
+            time.sleep(0.01)
+        time.sleep(0.5)  # (the events thread has seen the end by now)
+        heard = []
+        me.on("disconnect", lambda: heard.append(True))  # after the end: called at once
+        for _ in range(500):
+            if heard:
+                break
+            time.sleep(0.01)
+        with open(sys.argv[1], "w") as f:
+            json.dump(heard, f)
+    """
+)
+
+
+def test_a_disconnect_handler_added_after_the_end_is_called(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(LATE_APP)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "heard")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [[0, None]]  # let go, it ended on its own
+    assert json.loads((tmp_path / "heard").read_text()) == [True]

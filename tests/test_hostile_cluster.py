@@ -33,7 +33,7 @@ from _helpers import (
 )
 
 import pyforkd
-from pyforkd import _control
+from pyforkd.cluster import control as _control
 
 pytestmark = linux_only
 

@@ -7,7 +7,7 @@ import json
 
 from _harness import main
 
-from pyforkd import _control
+from pyforkd.cluster import control as _control
 
 
 class Cluster:

@@ -9,12 +9,12 @@ import sys
 from _winhelpers import assert_no_handle_leak
 
 import pyforkd
-from pyforkd import _board
+from pyforkd.cluster import _board
 
 PY = sys.executable
 WORKER = r"""
 import pyforkd
-from pyforkd import _board
+from pyforkd.cluster import _board
 ch = pyforkd.parent()
 _, fd = ch.recv(with_handle=True)
 mine = _board.Slot(fd.detach())

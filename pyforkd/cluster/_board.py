@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any
 
-from . import _bindings as _b
+from .. import _bindings as _b
 
 SLOT_WORDS = 8  # 64 bytes
 SLOT_BYTES = SLOT_WORDS * 8

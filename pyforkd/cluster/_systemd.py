@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 
 __all__ = ["listen_fds", "notify"]
@@ -86,7 +87,7 @@ def notify(state: str) -> bool:
     ``RELOADING=1`` gets the ``MONOTONIC_USEC`` that systemd 253 and later ask for.
     """
     where = os.environ.get("NOTIFY_SOCKET")
-    if not where:
+    if not where or sys.platform == "win32":  # (systemd is Linux's)
         return False
     if where.startswith("@"):
         where = "\0" + where[1:]

@@ -1,0 +1,256 @@
+"""The ``"rr"`` hand-off: the primary's C dispatcher and a worker's end of it."""
+
+from __future__ import annotations
+
+import _socket
+import socket
+import sys
+import threading
+import time
+from typing import Any, NamedTuple
+
+from .. import _bindings as _b
+from .. import channel as _channel
+from ..errors import ChannelClosedError
+
+
+class Listener:
+    """A worker's end of the round-robin hand-off: ``accept()`` like a listening socket.
+
+    ``sock`` is the socket the primary's :meth:`RoundRobin.connect` made for this worker.
+    ``fileno()`` is readable when a connection waits, so a Listener works with
+    ``selectors``; ``accept()`` returns ``(socket, address)`` as ``socket.accept()`` does,
+    after telling the primary that this worker has the connection.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self.socket: socket.socket | None = None  # (None on Windows: a pipe, not a socket)
+        if sys.platform == "win32" and isinstance(sock, _channel.Fd):
+            # The hand-off pipe, as a handle of this process's own (no C runtime slot).
+            self._fd = _b.take_inherited(sock.detach())
+        elif isinstance(sock, socket.socket) and sock.family == getattr(socket, "AF_UNIX", -1):
+            self.socket = sock
+            self._fd = sock.fileno()
+        else:
+            raise TypeError("Listener needs the hand-off socket the primary gave this worker")
+        self.address: Any = None  # the address the primary listens on
+        self._lock = threading.Lock()
+        self._kind: Kind | None = None  # what its connections are, once one came
+        self.slot: Any = None  # the worker's board slot (set by cluster.listen())
+
+    def fileno(self) -> int:
+        """The hand-off socket's descriptor (readable when a connection waits).
+
+        On Windows a pipe handle, which ``select`` does not take: see :meth:`wait`.
+        """
+        return self._fd
+
+    @property
+    def covers_primary(self) -> bool:
+        """True: :meth:`fileno` is readable when the primary stops giving connections."""
+        return True
+
+    def primary_said_stop(self) -> bool:
+        """False: the primary's stop is seen by :meth:`accept` (the hand-off ends)."""
+        return False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until a connection waits (or the primary is gone); False after ``timeout``."""
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        return bool(_b.fd_wait(self._fd, _b.POLL_IN, ms)) if self._fd >= 0 else True
+
+    def accept(self, timeout: float | None = None) -> tuple[socket.socket, Any]:
+        """The next connection and its peer's address; ``TimeoutError`` after ``timeout``.
+
+        :class:`ChannelClosedError` once the primary is gone.
+        """
+        fd = self._fd
+        if fd < 0:
+            raise ChannelClosedError("the listener is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self.slot is not None:
+            self.slot.idle()
+        with self._lock:
+            while True:
+                if deadline is not None and timeout != 0:  # (0: one non-blocking try)
+                    left = max(0, int((deadline - time.monotonic()) * 1000))
+                    if _b.fd_wait(fd, _b.POLL_IN, left) is False:
+                        raise TimeoutError("no connection came in time")
+                try:
+                    got = _b.dispatch_take(fd, timeout is None)
+                except (BrokenPipeError, ConnectionResetError):
+                    raise ChannelClosedError("the primary is gone") from None
+                if got is not None:
+                    break
+                if timeout == 0:
+                    raise TimeoutError("no connection waits")
+            conn_fd, seq = got
+            try:
+                # Every connection of a listener is of one kind: asking the kernel for it
+                # once saves system calls on every connection after the first.
+                conn, self._kind = connection(conn_fd, self._kind, self.slot)
+            except OSError:
+                _b.close_native(conn_fd)
+                raise
+            try:
+                _b.dispatch_ack(fd, seq)
+            except OSError:
+                conn.close()  # the primary is gone: it gives the connection to no one else
+                raise ChannelClosedError("the primary is gone") from None
+        try:
+            address = conn.getpeername()
+        except OSError:
+            address = None  # the client left already: the first recv says so
+        return conn, address
+
+    def close(self) -> None:
+        """Stop taking connections (the primary gives this worker's others to the rest)."""
+        fd, self._fd = self._fd, -1
+        if self.socket is not None:
+            self.socket.close()
+        elif fd >= 0:
+            _b.close_native(fd)
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Connection(socket.socket):
+    """A connection a worker took: closing it tells the board (least-connections)."""
+
+    __slots__ = ("_slot",)
+
+    def _real_close(self, _ss: Any = _socket.socket) -> None:
+        slot, self._slot = getattr(self, "_slot", None), None
+        if slot is not None:
+            slot.closed()
+        _ss.close(self)
+
+
+class Kind(NamedTuple):
+    """What every connection of one listener is: learnt from its first connection."""
+
+    family: int
+    type: int
+    proto: int
+    set_nodelay: bool  # accepted TCP sockets do not inherit the listener's TCP_NODELAY here
+
+
+def connection(fd: int, kind: Kind | None, slot: Any) -> tuple[socket.socket, Kind]:
+    """A socket for a connection a worker accepted, and its listener's :class:`Kind`.
+
+    A TCP connection is what ``accept()`` of a TCP socket gives: ``proto`` is
+    ``IPPROTO_TCP`` and ``TCP_NODELAY`` is set, as asyncio and uvicorn expect (without it,
+    Nagle and delayed ACKs stall each keep-alive reply for 40 ms).  ``slot``, the worker's
+    board slot or None, counts it open until it is closed.
+    """
+    cls = socket.socket if slot is None else _Connection
+    if kind is None:
+        probe = socket.socket(fileno=fd)  # (asks the kernel for family and type)
+        family, type_ = probe.family, probe.type
+        probe.detach()
+        tcp = family in (socket.AF_INET, socket.AF_INET6) and type_ == socket.SOCK_STREAM
+        conn = cls(family, type_, socket.IPPROTO_TCP if tcp else 0, fd)
+        set_nodelay = tcp and not conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        kind = Kind(family, type_, conn.proto, set_nodelay)
+    else:
+        conn = cls(kind.family, kind.type, kind.proto, fd)
+    if kind.set_nodelay:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if slot is not None:
+        conn._slot = slot  # type: ignore[attr-defined]
+        slot.took()
+    return conn, kind
+
+
+def nodelay(sock: socket.socket) -> socket.socket:
+    """``sock`` (a listening TCP socket) with ``TCP_NODELAY`` set.
+
+    Its connections inherit it on Linux, the BSDs and Windows: no system call per
+    connection there.
+    """
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+class RoundRobin:
+    """The primary's side: the dispatcher over ``listener`` (a listening socket it keeps).
+
+    ``max_inflight`` bounds each worker's connections handed and not yet accepted.
+    """
+
+    def __init__(
+        self, listener: socket.socket, max_inflight: int = 0, least_connections: bool = False
+    ) -> None:
+        if not isinstance(listener, socket.socket):
+            raise TypeError("RoundRobin needs a listening socket")
+        self.listener = listener
+        self._dispatcher = _b.Dispatcher(listener.fileno(), max_inflight)
+        self._dispatcher.balance(least_connections)
+
+    def connect(self, load: Any = None, pid: int = 0) -> tuple[int, Any]:
+        """A new worker's hand-off channel: ``(slot, its end)`` to send to worker ``pid``.
+
+        ``load``: a C pointer to the worker's count of open connections (for
+        least-connections), kept valid until the worker is removed.
+        """
+        ours, theirs = handoff_pair(pid)
+        try:
+            slot = self.attach(ours, load)
+        except BaseException:
+            _channel._close_handle(theirs)
+            raise
+        return slot, theirs
+
+    def attach(self, ours: int, load: Any = None) -> int:
+        """Start handing connections over ``ours`` (see :func:`handoff_pair`); its slot.
+
+        The dispatcher owns ``ours`` from now on (it is closed on failure too).
+        """
+        try:
+            slot = self._dispatcher.add(ours)
+        except BaseException:
+            _b.close_native(ours)
+            raise
+        if load is not None:
+            self._dispatcher.load(slot, load)
+        return slot
+
+    def remove(self, slot: int) -> bool:
+        """No more connections for that worker; those it did not accept go to the others."""
+        return self._dispatcher.remove(slot)
+
+    def stats(self, slot: int = -1) -> dict[str, int]:
+        """A worker's counters, or (slot -1) the dispatcher's."""
+        a, b, c, d = self._dispatcher.stats(slot)
+        if slot == -1:
+            return {"accepted": a, "waiting": b, "redispatched": c, "accept_errors": d}
+        return {"handed": a, "accepted": b, "in_flight": c, "live": d}
+
+    def close(self) -> None:
+        """Stop dispatching; connections no worker accepted are closed."""
+        self._dispatcher.close()
+
+
+def handoff_pair(pid: int) -> tuple[int, Any]:
+    """A hand-off channel to worker ``pid``: ``(the dispatcher's end, the worker's)``.
+
+    The dispatcher's end is a descriptor; the worker's a handle to send it (a socket; on
+    Windows a pipe, as a :class:`Fd`).
+    """
+    ours, theirs = _b.fd_pair()
+    try:
+        if pid > 0:
+            _b.fd_peer(ours, pid)  # (Windows: the connections handed over go to it)
+        sendable: Any = (
+            _channel.Fd(_b.adopt(theirs, True)) if _b.WINDOWS else socket.socket(fileno=theirs)
+        )
+    except BaseException:
+        _b.close_native(ours)
+        _b.close_native(theirs)
+        raise
+    return ours, sendable
