@@ -98,9 +98,11 @@ def build_package(python: Path, site: Path) -> None:
     package = site / "pyforkd"
     shutil.rmtree(package, ignore_errors=True)
     package.mkdir()
-    for source in (ROOT / "pyforkd").iterdir():
+    for source in (ROOT / "pyforkd").rglob("*"):
         if source.suffix in (".py", ".typed"):
-            shutil.copy2(source, package / source.name)
+            target = package / source.relative_to(ROOT / "pyforkd")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
     build = CACHE / "build"
     shutil.rmtree(build, ignore_errors=True)
     include = build / "include"
