@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "max_requests": None,
     "max_requests_jitter": 0,
     "max_memory": None,
+    "umask": None,  # for the UNIX sockets the primary makes (None: the process's own)
     "graceful_timeout": 10.0,
     "log_prefix": False,
     # Node's: the script and its arguments (setup_primary() fills in this program's),
@@ -126,6 +127,12 @@ def check_setting(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"restart_delay must be a number of seconds >= 0, not {value!r}")
         return float(value)
+    if key == "umask":
+        if value is not None and not (
+            isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777
+        ):
+            raise ValueError(f"umask must be None or 0-0o777, not {value!r}")
+        return value
     if key in ("graceful_timeout", "kill_timeout"):
         return seconds(key, value, allow_none=False)
     if key in ("max_requests", "max_requests_jitter", "max_restarts"):

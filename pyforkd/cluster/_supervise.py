@@ -27,8 +27,8 @@ from .. import channel as _channel
 from .. import worker as _worker
 from ..child_process import _live_pids, signal_name
 from ..errors import ChannelClosedError, FrameError
-from . import _board, _procstat, _systemd, _worker_side
-from ._handoff import RoundRobin, handoff_pair, nodelay
+from . import _address, _board, _procstat, _systemd, _worker_side
+from ._handoff import RoundRobin, handoff_pair
 from ._settings import (
     BACKOFF_FACTOR,
     BACKOFF_MAX,
@@ -41,7 +41,7 @@ from ._settings import (
     check_setting,
     seconds,
 )
-from ._worker_side import check_address, worker_main
+from ._worker_side import worker_main
 
 # ---- the cluster --------------------------------------------------------------------------
 
@@ -83,18 +83,6 @@ def _user_frames(text: str) -> str:
             skip = False
         out.append(line)
     return "".join(out)
-
-
-def _udp_socket(address: tuple[str, int]) -> socket.socket:
-    """A bound UDP socket for ``address`` (IPv6 when the host says so)."""
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.bind(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class _LogPipe:
@@ -910,7 +898,7 @@ class Cluster:
             self._emit_worker(w, "online")
         elif kind == "listen" and len(msg) == 4 and msg[3] in ("tcp", "udp"):
             try:
-                key = check_address(msg[2])
+                key = _address.check(msg[2])
             except (TypeError, ValueError) as exc:
                 raise _Malformed(f"a listen request: {exc}") from None
             self._listen_for(w, key, msg[3])
@@ -921,7 +909,7 @@ class Cluster:
         else:
             raise _Malformed(f"a control message {str(msg)[:80]!r}")
 
-    def _listen_for(self, w: Worker, key: tuple[str, int], kind: str) -> None:
+    def _listen_for(self, w: Worker, key: _address.Address, kind: str) -> None:
         ch = w.process.channel
         assert ch is not None
         if self._stopping or w.exited_after_disconnect:
@@ -930,8 +918,8 @@ class Cluster:
             return
         policy = "shared" if kind == "udp" else self.settings["policy"]
         if policy == "reuseport":  # the worker binds its own socket: nothing to share here
-            if key[1] == 0:  # each worker would get a port of its own
-                text = "policy 'reuseport' needs a fixed port, not 0"
+            if isinstance(key, str) or key[1] == 0:  # (0: each worker's own port)
+                text = "policy 'reuseport' needs a fixed TCP port"
                 ch.send_control(("cluster", "listen-error", errno.EINVAL, text, key))
                 return
             w._slots.append((key, -1))
@@ -940,9 +928,13 @@ class Cluster:
         try:
             if (kind, key) not in self._listeners:
                 if kind == "udp":
-                    sock = _systemd.matching(key, socket.SOCK_DGRAM) or _udp_socket(key)
+                    sock = _systemd.matching(key, socket.SOCK_DGRAM) or _address.bind(
+                        key, socket.SOCK_DGRAM, self.settings["umask"]
+                    )
                 else:
-                    sock = _systemd.matching(key) or nodelay(socket.create_server(key))
+                    sock = _systemd.matching(key) or _address.bind(
+                        key, umask=self.settings["umask"]
+                    )
                 self._listeners[(kind, key)] = [sock, None]
             entry = self._listeners[(kind, key)]
             if policy == "rr":
@@ -961,6 +953,8 @@ class Cluster:
                 slot, theirs = (-2 if kind == "udp" else -1), entry[0]
         except OSError as exc:
             text = _b.describe(exc.errno) if exc.errno else str(exc)
+            if exc.errno and exc.strerror and exc.strerror != os.strerror(exc.errno):
+                text += f" ({exc.strerror})"  # a reason of pyforkd's: "not a socket"
             ch.send_control(("cluster", "listen-error", exc.errno, text, key))
             return
         w._slots.append(((kind, key), slot))
@@ -1032,10 +1026,13 @@ class Cluster:
                     pass
         w._slots.clear()
 
-    def _close_listeners(self) -> None:
+    def _close_listeners(self, primary: bool = True) -> None:
+        """Close the listening sockets; the primary removes its UNIX sockets' files."""
         for lsock, rr in self._listeners.values():
             if rr is not None:
                 rr.close()
+            if primary and not _systemd.activated(lsock):
+                _address.unlink(lsock)
             lsock.close()
         self._listeners.clear()
 
@@ -1219,7 +1216,7 @@ def _after_fork_in_child() -> None:
     at-fork handler), not the workers.
     """
     for c in list(_clusters):
-        c._close_listeners()
+        c._close_listeners(primary=False)
         c.workers.clear()
         c._restarts.clear()
         if c._board is not None:

@@ -46,6 +46,11 @@ def listen_fds() -> list[socket.socket]:
     return taken
 
 
+def activated(sock: socket.socket) -> bool:
+    """Whether ``sock`` is one systemd passed (its file, if any, is systemd's)."""
+    return any(sock is taken for taken in _state["taken"] or ())
+
+
 def forget() -> None:
     """In a forked child: close the activated sockets (the primary serves them)."""
     for sock in _state["taken"] or ():

@@ -27,7 +27,7 @@ from .. import _bindings as _b
 from .. import channel as _channel
 from .. import worker as _worker
 from ..errors import ChannelClosedError, FrameError
-from . import _board
+from . import _address, _board
 from ._handoff import Kind, Listener, connection, nodelay
 from ._settings import POLL_SECONDS, PRIMARY_SIGNALS
 
@@ -452,16 +452,18 @@ worker_main._pyforkd_no_main = True  # type: ignore[attr-defined]  # runs __main
 
 
 def listen(address: Any, type: int = socket.SOCK_STREAM) -> Any:
-    """In a worker: a :class:`Listener` for TCP ``address`` (``(host, port)``).
+    """In a worker: a :class:`Listener` for ``address``.
 
-    Every worker that listens there shares it.  ``OSError`` names the address when the
-    primary cannot bind it (e.g. ``EADDRINUSE``).  With ``type=socket.SOCK_DGRAM``: the
-    UDP socket the primary bound, shared by every worker (``recvfrom``/``sendto``; each
-    datagram goes to one of them), whatever the cluster's policy.
+    ``(host, port)`` for TCP (IPv6 when the host has a colon: ``("::1", 8000)``), or a
+    path (``str``) for a UNIX socket; the primary binds it, and every worker that listens
+    there shares it.  ``OSError`` names the address when the primary cannot bind it (e.g.
+    ``EADDRINUSE``).  With ``type=socket.SOCK_DGRAM``: the datagram socket the primary
+    bound, shared by every worker (``recvfrom``/``sendto``; each datagram goes to one of
+    them), whatever the cluster's policy.
     """
     if _role["worker"] is None:
         raise RuntimeError("listen() is for workers: the primary listens for them")
-    address = check_address(address)
+    address = _address.check(address)
     if type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         raise ValueError("listen() takes type=socket.SOCK_STREAM (TCP) or SOCK_DGRAM (UDP)")
     kind = "udp" if type == socket.SOCK_DGRAM else "tcp"
@@ -473,38 +475,23 @@ def listen(address: Any, type: int = socket.SOCK_STREAM) -> Any:
         raise SystemExit(0)
     if reply[1] == "listen-error":
         _, _, err, text, key = reply
-        raise OSError(err, f"{text}: cannot listen on {key[0]}:{key[1]} ({kind.upper()})")
+        what = _address.describe(key) + (" (UDP)" if kind == "udp" else "")
+        raise OSError(err, f"{text}: cannot listen on {what}")
     if kind == "udp":
         return handle
     listener: Listener
     if reply[3] == "shared":
         listener = _SharedListener(handle, me)
     elif reply[3] == "reuseport":  # a socket of its own on the same port (the kernel balances)
-        sock = nodelay(socket.create_server(address, reuse_port=True))
+        fam = _address.family(address)
+        sock = nodelay(socket.create_server(address, family=fam, reuse_port=True))
         listener = _SharedListener(sock, me)
     else:
         listener = Listener(handle)
-        listener.address = tuple(reply[2])
+        listener.address = reply[2] if isinstance(reply[2], str) else tuple(reply[2])
         listener.slot = me.slot
     me._listeners.add(listener)
     return listener
-
-
-def check_address(address: Any) -> tuple[str, int]:
-    """``(host, port)`` checked (``TypeError``/``ValueError`` say what is wrong)."""
-    if isinstance(address, list):
-        address = tuple(address)
-    if not (
-        isinstance(address, tuple)
-        and len(address) == 2
-        and isinstance(address[0], str)
-        and isinstance(address[1], int)
-        and not isinstance(address[1], bool)
-    ):
-        raise TypeError(f"listen() takes a (host, port) address, not {address!r}")
-    if not 0 <= address[1] <= 65535:
-        raise ValueError(f"port must be 0-65535, not {address[1]}")
-    return address
 
 
 class _SharedListener(Listener):
