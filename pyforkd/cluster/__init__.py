@@ -93,6 +93,11 @@ def __getattr__(name: str) -> Any:
         return getattr(_default, name)
     if name == "worker":
         return current()
+    if name == "stopping":
+        me = current()
+        if me is None:
+            raise AttributeError("cluster.stopping is a worker's: the primary has none")
+        return me.stopping
     raise AttributeError(f"module 'pyforkd.cluster' has no attribute {name!r}")
 
 
@@ -102,7 +107,15 @@ def fork(env: Mapping[str, str] | None = None) -> Worker:
 
 
 def on(event: str, fn: Callable[..., Any]) -> None:
-    """Call ``fn`` on ``event`` (the default cluster's :meth:`Cluster.on`)."""
+    """Call ``fn`` on ``event`` (the default cluster's :meth:`Cluster.on`).
+
+    In a worker: ``"stopping"`` (and the other events of ``cluster.worker.on``), when the
+    primary stops this worker; ``cluster.stopping`` is the same as a ``threading.Event``.
+    """
+    me = current()
+    if me is not None:
+        me.on(event, fn)
+        return
     _default.on(event, fn)
 
 

@@ -71,7 +71,13 @@ def bind(address: Address, type: int = socket.SOCK_STREAM, umask: int | None = N
     """
     fam = family(address)
     if type == socket.SOCK_STREAM and fam != getattr(socket, "AF_UNIX", None):
-        return nodelay(socket.create_server(address, family=fam))
+        try:
+            return nodelay(socket.create_server(address, family=fam))
+        except OSError as exc:
+            if not exc.errno:
+                raise
+            # (create_server's text repeats the address: the caller names it once)
+            raise OSError(exc.errno, os.strerror(exc.errno)) from None
     if isinstance(address, str):
         _remove_stale(address)
     sock = socket.socket(fam, type)

@@ -41,7 +41,7 @@ from ._settings import (
     check_setting,
     seconds,
 )
-from ._worker_side import worker_main
+from ._worker_side import HEARS_STOP, STOP, worker_main
 
 # ---- the cluster --------------------------------------------------------------------------
 
@@ -232,6 +232,8 @@ class Worker:
         self._max_served: int | None = None  # max_requests, with its jitter
         self._logs: list[Any] = []  # its stdout/stderr pipes (log_prefix)
         self._unattached: list[tuple[Any, int]] = []  # rr ends kept until ready
+        self._told_stop = False  # it was sent STOP
+        self._hears_stop = False  # it has code that hears STOP: no SIGTERM for it
         self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
         # Its streams piped to the primary (setup_primary(silent=True) or stdio "pipe"),
         # else None.  (Node has them on worker.process.)
@@ -278,7 +280,7 @@ class Worker:
         """disconnect(), and the cluster's own stops, reloads and scale-downs.
 
         For those (``let_go`` False) a worker that listens to nothing has nothing to
-        finish: it gets SIGTERM at once.
+        finish: it gets SIGTERM at once, unless it hears the stop itself (``"stopping"``).
         """
         self.exited_after_disconnect = True
         # A datagram is served as it comes: a worker that only serves UDP has nothing to
@@ -289,7 +291,7 @@ class Worker:
             return self
         if not listening and let_go:
             self._cluster._let_go(self)  # (Node's: it ends when its program does)
-        elif not listening:
+        elif not listening and not self._hears_stop:
             self.process.kill("SIGTERM")  # a stop or a reload: nothing of it to drain
         grace = graceful_timeout or self._cluster.settings["graceful_timeout"]
         at = time.monotonic() + grace
@@ -906,6 +908,8 @@ class Cluster:
             self._became_ready(w)
         elif kind == "leaving" and len(msg) == 2:
             w.exited_after_disconnect = True  # it disconnected itself: no restart
+        elif msg == HEARS_STOP:
+            w._hears_stop = True
         else:
             raise _Malformed(f"a control message {str(msg)[:80]!r}")
 
@@ -1019,12 +1023,14 @@ class Cluster:
             entry = self._listeners.get(key)
             if slot >= 0 and entry is not None and entry[1] is not None:
                 entry[1].remove(slot)
-            elif slot == -1 and ch is not None and ch.connected:  # shared/reuseport: it stops
-                try:
-                    ch.send_control(("cluster", "disconnect"))
-                except ChannelClosedError:
-                    pass
         w._slots.clear()
+        if not w._told_stop and ch is not None and ch.connected:
+            # Its shared listeners stop on it, and so does code that asked for "stopping".
+            w._told_stop = True
+            try:
+                ch.send_control(STOP)
+            except ChannelClosedError:
+                pass
 
     def _close_listeners(self, primary: bool = True) -> None:
         """Close the listening sockets; the primary removes its UNIX sockets' files."""

@@ -34,6 +34,8 @@ from ._settings import POLL_SECONDS, PRIMARY_SIGNALS
 # ---- in a worker ------------------------------------------------------------------------
 
 _role: dict[str, Any] = {"worker": None}  # cluster.worker, in a worker
+STOP = ("cluster", "disconnect")  # the primary stops this worker (its listeners, and events)
+HEARS_STOP = ("cluster", "hears-stop")  # a worker's: it has code that hears STOP
 
 
 def current() -> _Self | None:
@@ -41,7 +43,7 @@ def current() -> _Self | None:
     return _role["worker"]
 
 
-SELF_EVENTS = ("message", "disconnect", "error")  # cluster.worker.on() in a worker
+SELF_EVENTS = ("message", "disconnect", "error", "stopping")  # cluster.worker.on()
 
 
 class _Self:
@@ -62,6 +64,7 @@ class _Self:
         self._listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
         self._inbox: _Inbox | None = None  # started by the first on()
         self._start_lock = threading.Lock()
+        self._stopping = threading.Event()
 
     @property
     def exited_after_disconnect(self) -> bool:
@@ -78,7 +81,9 @@ class _Self:
         ``"disconnect"`` (the channel to the primary closed: by the primary, by this
         worker, or by the primary's death), ``"error"`` (what a handler raised, or the
         ``FrameError`` of a malformed frame; with no ``"error"`` handler a handler's
-        exception is printed).  Handlers run in a thread of pyforkd's, started by the
+        exception is printed), ``"stopping"`` (the primary stops this worker: a stop, a
+        reload, a scale-down or a recycle; finish what is in flight and exit; see
+        :attr:`stopping`).  Handlers run in a thread of pyforkd's, started by the
         first ``on()``; messages go to the ``"message"`` handlers from then on (those
         that came before wait for :meth:`recv`).  A ``"disconnect"`` handler added after
         the channel closed is called at once.  Returns ``cluster.worker``.
@@ -89,16 +94,37 @@ class _Self:
             raise TypeError("on() needs a callable")
         with self._start_lock:
             if self._inbox is None:
-                inbox = _Inbox(_primary())
-                inbox.handlers[event].append(fn)
-                self._inbox = inbox
-                for listener in list(self._listeners):
-                    if isinstance(listener, _SharedListener):
-                        listener._watch_primary(inbox.signal.fileno())
-                inbox.start()
-            else:
-                self._inbox.add(event, fn)
+                self._start_events((event, fn))
+                return self
+        self._inbox.add(event, fn)
         return self
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set when the primary stops this worker (the ``"stopping"`` event).
+
+        A server that pyforkd did not write looks at it, or waits on it, to stop
+        accepting, finish what it has and exit.  The first use starts the events thread.
+        """
+        with self._start_lock:
+            if self._inbox is None:
+                self._start_events(None)
+        return self._stopping
+
+    def _start_events(self, first: tuple[str, Callable[..., Any]] | None) -> None:
+        """Start the events thread, ``first`` handler in (so it misses nothing); locked."""
+        inbox = _Inbox(_primary(), self._stopping)
+        if first is not None:
+            inbox.handlers[first[0]].append(first[1])
+        self._inbox = inbox
+        for listener in list(self._listeners):
+            if isinstance(listener, _SharedListener):
+                listener._watch_primary(inbox.signal.fileno())
+        inbox.start()
+        try:  # so that a stop waits for this worker instead of sending it SIGTERM
+            _primary().send_control(HEARS_STOP)
+        except ChannelClosedError:
+            pass  # (the primary is gone: "disconnect" says so)
 
     def send(self, message: Any, handle: Any = None) -> None:
         """Send a message to the primary (its ``"message"`` event)."""
@@ -212,6 +238,10 @@ class _Self:
         """Whether ``control_fileno()`` can go in a selector (Windows' pipes cannot)."""
         return self._inbox is not None or not _b.WINDOWS
 
+    def stop_heard(self) -> None:
+        """The primary's stop was read here, not by the events thread: it is set."""
+        self._stopping.set()
+
     def ending(self) -> None:
         """The program ends: the close of its channel is no ``"disconnect"`` to tell."""
         inbox = self._inbox
@@ -229,8 +259,9 @@ class _Inbox:
     a worker that forks has a single thread.
     """
 
-    def __init__(self, ch: _channel.Channel) -> None:
+    def __init__(self, ch: _channel.Channel, stopping: threading.Event) -> None:
         self._ch = ch
+        self._stopping = stopping
         self.handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
         self._cond = threading.Condition()
         self._messages: collections.deque[tuple[Any, Any]] = collections.deque()
@@ -248,8 +279,10 @@ class _Inbox:
     def add(self, event: str, fn: Callable[..., Any]) -> None:
         with self._cond:
             self.handlers[event].append(fn)
-            late = event == "disconnect" and self._said_disconnect
-        if late:  # (one that came after the channel's end hears of it, as a Future's would)
+            late = (event == "disconnect" and self._said_disconnect) or (
+                event == "stopping" and self._stopping.is_set()
+            )
+        if late:  # (one added after the fact hears of it at once, as a Future's would)
             self._call(fn)
 
     def _run(self) -> None:
@@ -262,13 +295,17 @@ class _Inbox:
                     return
                 except (ChannelClosedError, OSError):
                     return
-                with self._cond:
-                    if control:
+                if control:
+                    with self._cond:
                         if not self._controls:
                             self._signal_w.send(b"!")  # (read back when the last is taken)
                         self._controls.append((message, handle))
                         self._cond.notify_all()
-                        continue
+                    if message == STOP and not self._stopping.is_set():
+                        self._stopping.set()
+                        self._emit("stopping")
+                    continue
+                with self._cond:
                     handlers = list(self.handlers["message"])
                     if not handlers:
                         self._messages.append((message, handle))
@@ -471,6 +508,9 @@ def listen(address: Any, type: int = socket.SOCK_STREAM) -> Any:
     ch = _primary()
     ch.send_control(("cluster", "listen", address, kind))
     reply, handle = me.take_control()
+    while reply == STOP:  # told to stop before the answer: "stopping" follows
+        me.stop_heard()
+        reply, handle = me.take_control()
     if reply[1] == "stopping":  # the cluster stops (or replaced us) before we served
         raise SystemExit(0)
     if reply[1] == "listen-error":
@@ -634,6 +674,7 @@ class _SharedListener(Listener):
                 raise ChannelClosedError("the primary is gone") from None
             if handle is not None:
                 _close_handles(handle)
-            if msg == ("cluster", "disconnect"):
+            if msg == STOP:
+                self._me.stop_heard()
                 self.close()
                 raise ChannelClosedError("the primary stopped this worker's listening")
