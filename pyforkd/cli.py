@@ -1,6 +1,7 @@
-"""The ``pyforkd`` command: run a script under a supervising cluster primary, and talk to it.
+"""The ``pyforkd`` command: run a script or a web app under a cluster primary, talk to it.
 
     pyforkd run SCRIPT [-i N|max] [--policy rr|shared|reuseport] [options] [SCRIPT ARGS...]
+    pyforkd run MODULE:APP [-b ADDRESS]... [--threads N] [options]
     pyforkd status | reload | scale N | stop   [--name NAME]
 
 The script is what each worker runs: one written for the cluster (its ``cluster.is_worker``
@@ -16,7 +17,7 @@ import sys
 from typing import Any
 
 from . import cluster
-from .cluster import control
+from .cluster import control, web
 
 __all__ = ["main"]
 
@@ -49,6 +50,23 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _bind(text: str) -> Any:
+    try:
+        return web.parse_bind(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _umask(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a umask is octal (e.g. 007), not {text!r}") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"a umask is 000-777, not {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     return int(_number(text, int, "a count", 0))
 
@@ -71,7 +89,44 @@ def _parser() -> argparse.ArgumentParser:
             "as does everything after --."
         ),
     )
-    run.add_argument("script", help="the Python script each worker runs")
+    run.add_argument(
+        "script",
+        metavar="SCRIPT|MODULE:APP",
+        help="the Python script each worker runs, or a WSGI/ASGI app to serve (myapp:app)",
+    )
+    run.add_argument(
+        "-b",
+        "--bind",
+        action="append",
+        type=_bind,
+        metavar="ADDRESS",
+        help="with MODULE:APP: where to serve, repeatable: HOST:PORT, [IPv6]:PORT, "
+        "unix:PATH or fd://N (default 127.0.0.1:8000)",
+    )
+    run.add_argument("--factory", action="store_true", help="APP is a function that makes the app")
+    run.add_argument(
+        "--interface",
+        choices=("wsgi", "asgi"),
+        help="the app's interface (default: ASGI for a coroutine function, else WSGI)",
+    )
+    run.add_argument(
+        "--threads",
+        type=_instances,
+        default=1,
+        metavar="N",
+        help="WSGI: requests served at once by each worker (default 1)",
+    )
+    run.add_argument(
+        "--access-log",
+        metavar="-|PATH",
+        help="log each request in the combined format, to stdout (-) or a file",
+    )
+    run.add_argument(
+        "--umask",
+        type=_umask,
+        metavar="OCTAL",
+        help="the umask of the UNIX sockets the primary makes (e.g. 007)",
+    )
     run.add_argument(
         "-i",
         "--instances",
@@ -204,14 +259,28 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra + theirs)}")
         return _talk(args)
     args.args = extra + theirs
-    if not os.path.isfile(args.script):
+    c = cluster.default()
+    is_app = not os.path.isfile(args.script) and ":" in args.script
+    if is_app:
+        try:
+            exec_, script_args, name = _app_plan(c, args)
+        except (ImportError, AttributeError, TypeError, ValueError, OSError) as exc:
+            print(f"pyforkd: {exc}", file=sys.stderr)
+            return 2
+    elif not os.path.isfile(args.script):
         print(f"pyforkd: no such script: {args.script}", file=sys.stderr)
         return 2
-    name = args.name or os.path.splitext(os.path.basename(args.script))[0]
-    c = cluster.default()
+    else:
+        if args.bind or args.factory or args.interface:
+            print("pyforkd: -b, --factory and --interface are for MODULE:APP", file=sys.stderr)
+            return 2
+        exec_, script_args = os.path.abspath(args.script), list(args.args)
+        name = os.path.splitext(os.path.basename(args.script))[0]
+    name = args.name or name
     c.setup_primary(
-        exec=os.path.abspath(args.script),
-        args=list(args.args),
+        exec=exec_,
+        args=script_args,
+        umask=args.umask,
         policy=args.policy,
         balance=args.balance,
         start=args.start,
@@ -250,6 +319,29 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.close()
     return 0
+
+
+def _app_plan(c: cluster.Cluster, args: argparse.Namespace) -> tuple[str, list[str], str]:
+    """``pyforkd run MODULE:APP``: what each worker runs, its arguments, the name.
+
+    The app is imported here once, so that a wrong name fails before any worker starts.
+    """
+    if args.args:
+        raise ValueError(f"unrecognized arguments: {' '.join(args.args)}")
+    kind = web.interface(web.load(args.script, args.factory), args.interface)
+    binds = [
+        c.adopt(web.adopt_fd(b[1])) if isinstance(b, tuple) and b[0] == "fd" else b
+        for b in args.bind or [web.parse_bind(web.DEFAULT_BIND)]
+    ]
+    plan = web.plan(
+        args.script,
+        binds,
+        factory=args.factory,
+        kind=kind,
+        threads=args.threads,
+        access_log=args.access_log,
+    )
+    return web.RUNNER, [plan], args.script.partition(":")[0].rpartition(".")[2]
 
 
 def _talk(args: argparse.Namespace) -> int:

@@ -847,21 +847,13 @@ class Zygote(_ForkServerClient):
         main_thread = threading.current_thread() is threading.main_thread()
 
         def run(channel: Channel, payload: bytes, parent_pid: int) -> None:
-            signal.signal(signal.SIGINT, default_sigint)  # (as the process had it)
             extra = pickle.loads(payload)
             _serve(channel, target, (*args, *extra), {}, parent_pid, False)
 
         def serve_forks(channel: Channel) -> None:
             if main_thread:  # (else the channel's end is its only sign: it is never stuck)
                 _b.process_die_with_parent(signal.SIGKILL, parent_pid)
-            # Ctrl-C reaches the whole process group: the zygote outlives it, as the
-            # process that made it decides what Ctrl-C means (its workers get it as usual).
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
             _serve_forks(channel, run)
-
-        default_sigint = signal.getsignal(signal.SIGINT)
-        if default_sigint is None:  # (set outside Python: the default then)
-            default_sigint = signal.SIG_DFL
 
         parent_pid = os.getpid()
         server = _start_fork(serve_forks, (), {}, False, None, serve=False)
@@ -902,6 +894,15 @@ def _serve_forks(channel: Channel, run: Callable[[Channel, bytes, int], None]) -
     Ends (``os._exit``) when the parent's channel closes.
     """
     channel.send_control(("ready", os.getpid()))
+    # A signal to the whole process group (Ctrl-C; systemd's or timeout's SIGTERM) is for
+    # the process that made this server to decide on: the server outlives it, so that the
+    # exit status of each worker still reaches that process.  Its workers get them as usual.
+    group_signals = {
+        sig: signal.getsignal(sig)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    }
+    for sig in group_signals:
+        signal.signal(sig, signal.SIG_IGN)
     statuses: dict[int, socket.socket] = {}
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -930,6 +931,9 @@ def _serve_forks(channel: Channel, run: Callable[[Channel, bytes, int], None]) -
             try:
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for sig, handler in group_signals.items():
+                    # (as the process had it; None: set outside Python, the default then)
+                    signal.signal(sig, signal.SIG_DFL if handler is None else handler)
                 selector.close()
                 os.close(wake_r)
                 os.close(wake_w)

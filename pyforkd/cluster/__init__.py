@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import web
 from ._handoff import Listener, RoundRobin
 from ._settings import DEFAULTS, EVENTS, WORKER_EVENTS, parse_size
 from ._supervise import Cluster, Worker
@@ -74,6 +75,7 @@ __all__ = [
     "reload",
     "run",
     "scale",
+    "serve",
     "setup_primary",
     "shutdown",
     "start_server",
@@ -142,3 +144,42 @@ def scale(n: int) -> None:
 def shutdown(graceful_timeout: float | None = None, *, fast: bool = False) -> None:
     """Stop the default cluster (see :meth:`Cluster.shutdown`)."""
     _default.shutdown(graceful_timeout, fast=fast)
+
+
+def serve(
+    app: Callable[..., Any],
+    bind: Any = web.DEFAULT_BIND,
+    *,
+    workers: int = 1,
+    threads: int = 1,
+    interface: str | None = None,
+    access_log: str | None = None,
+    **settings: Any,
+) -> None:
+    """Serve a WSGI or ASGI ``app`` on ``workers`` processes: ``pyforkd run MODULE:APP``.
+
+    Call it in the script's ``__main__`` block.  In the primary it binds ``bind`` (one
+    address or a list: ``"HOST:PORT"``, ``"[::1]:PORT"``, ``"unix:PATH"``, ``"fd://N"`` or
+    ``(host, port)``), starts the workers with ``settings`` (as :func:`setup_primary`)
+    and supervises them until the cluster stops; each worker, running the script again,
+    serves ``app`` there: WSGI with ``threads`` threads, ASGI on uvicorn's protocols.
+    ``interface`` (``"wsgi"``/``"asgi"``) overrides the detection; ``access_log`` is
+    ``"-"`` (stdout) or a file.
+    """
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, not {workers!r}")
+    kind = web.interface(app, interface)
+    binds = [bind] if isinstance(bind, (str, tuple)) else list(bind)
+    addresses = [web.parse_bind(b) if isinstance(b, str) else b for b in binds]
+    if current() is not None:
+        # (the primary's addresses: an fd://N it adopted has become one)
+        web.serve_in_worker(app, web.binds_from_env(), kind, threads, access_log)
+        return
+    for i, address in enumerate(addresses):
+        if isinstance(address, tuple) and address[0] == "fd":
+            addresses[i] = _default.adopt(web.adopt_fd(address[1]))
+    _default.setup_primary(**settings)
+    env = web.binds_env(addresses)
+    for _ in range(workers):
+        _default.fork(env)
+    _default.run()

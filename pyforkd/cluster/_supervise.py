@@ -234,6 +234,7 @@ class Worker:
         self._unattached: list[tuple[Any, int]] = []  # rr ends kept until ready
         self._told_stop = False  # it was sent STOP
         self._hears_stop = False  # it has code that hears STOP: no SIGTERM for it
+        self._status_lost = False  # it ended after its fork server: no status
         self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
         # Its streams piped to the primary (setup_primary(silent=True) or stdio "pipe"),
         # else None.  (Node has them on worker.process.)
@@ -311,10 +312,22 @@ class Worker:
 
     def is_dead(self) -> bool:
         """True once its process has exited."""
-        return self.process.returncode is not None
+        return self.process.returncode is not None or self._status_lost
 
     def __repr__(self) -> str:
         return f"<cluster.Worker id={self.id} pid={self.process.pid} {self.state}>"
+
+
+def _ended(w: Worker) -> bool:
+    """Whether ``w``'s process is gone.
+
+    Its status is lost when its fork server ended first (SIGKILLed by another hand).
+    """
+    try:
+        return w.process.poll() is not None
+    except ChildProcessError:
+        w._status_lost = True
+        return True
 
 
 class Cluster:
@@ -322,6 +335,8 @@ class Cluster:
 
     def __init__(self) -> None:
         self.workers: dict[int, Worker] = {}
+        self._adopted: dict[Any, socket.socket] = {}  # listening sockets given by adopt()
+        self._foreign: set[int] = set()  # their descriptors: their files are not ours
         self.settings: dict[str, Any] = dict(DEFAULTS)
         self._handlers: dict[str, list[Callable[..., Any]]] = collections.defaultdict(list)
         self._next_id = 1
@@ -435,6 +450,19 @@ class Cluster:
             fn(*args)
         if event != "message":
             self._emit(event, w, *args)
+
+    def adopt(self, sock: socket.socket) -> Any:
+        """Serve ``sock``, a listening socket made elsewhere (``fd://N``, a test's).
+
+        Returns the address that workers ``listen()`` on to share it.
+        """
+        if not isinstance(sock, socket.socket) or sock.type != socket.SOCK_STREAM:
+            raise TypeError("adopt() takes a listening stream socket")
+        name = sock.getsockname()
+        key = name if isinstance(name, str) else _address.check((name[0], name[1]))
+        self._adopted[key] = sock
+        self._foreign.add(sock.fileno())
+        return key
 
     def fork(self, env: Mapping[str, str] | None = None) -> Worker:
         """Start a worker: a fork of this process that runs ``__main__`` from the top.
@@ -685,7 +713,7 @@ class Cluster:
     def _check_workers(self) -> None:
         """Hung workers, workers never ready, and those to recycle; strays when PID 1."""
         for w in list(self._leaving.values()):
-            if w.process.poll() is not None:
+            if _ended(w):
                 self._exited(w)
         now = time.monotonic()
         st = self.settings
@@ -936,8 +964,10 @@ class Cluster:
                         key, socket.SOCK_DGRAM, self.settings["umask"]
                     )
                 else:
-                    sock = _systemd.matching(key) or _address.bind(
-                        key, umask=self.settings["umask"]
+                    sock = (
+                        self._adopted.pop(key, None)
+                        or _systemd.matching(key)
+                        or _address.bind(key, umask=self.settings["umask"])
                     )
                 self._listeners[(kind, key)] = [sock, None]
             entry = self._listeners[(kind, key)]
@@ -1037,10 +1067,14 @@ class Cluster:
         for lsock, rr in self._listeners.values():
             if rr is not None:
                 rr.close()
-            if primary and not _systemd.activated(lsock):
+            if primary and not _systemd.activated(lsock) and lsock.fileno() not in self._foreign:
                 _address.unlink(lsock)
             lsock.close()
         self._listeners.clear()
+        for lsock in self._adopted.values():
+            lsock.close()
+        self._adopted.clear()
+        self._foreign.clear()
 
     def _reap(self, w: Worker) -> None:
         """Its channel closed: tell; once the process is gone, tell and maybe restart.
@@ -1051,7 +1085,7 @@ class Cluster:
         self._stop_dispatching(w)
         w.state = "disconnected"
         self._emit_worker(w, "disconnect")
-        if w.process.poll() is None:
+        if not _ended(w):
             self._leaving[w.id] = w
             self._wake()
             return
@@ -1060,7 +1094,10 @@ class Cluster:
     def _exited(self, w: Worker) -> None:
         """Its process is gone: 'exit', then a restart unless it was meant to go."""
         self._leaving.pop(w.id, None)
-        w.process.wait()
+        try:
+            w.process.wait()
+        except ChildProcessError:
+            w._status_lost = True  # (its fork server died first: see _ended)
         # A replacement that died before it was ready: the old one stays (and is not
         # recycled again: the next replacement would likely fail the same way).
         replaced = self._replaces.pop(w.id, None)
@@ -1072,8 +1109,10 @@ class Cluster:
         w.state = "dead"
         self.workers.pop(w.id, None)
         code = w.process.returncode
-        assert code is not None
-        exit_code, sig = (code, None) if code >= 0 else (None, signal_name(-code))
+        if code is None:  # lost: 'exit' says neither a code nor a signal
+            exit_code, sig = None, None
+        else:
+            exit_code, sig = (code, None) if code >= 0 else (None, signal_name(-code))
         self._emit_worker(w, "exit", exit_code, sig)
         # A worker whose script failed before it ever listened would fail again: a boot
         # error, like exit codes 3 and 4 (its traceback was printed when it came).
