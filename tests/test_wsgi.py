@@ -75,7 +75,7 @@ def start(tmp_path, *args, env=None):
     port = free_port()
     data = tmp_path / "data.bin"
     data.write_bytes(os.urandom(300_000))
-    log = open(tmp_path / "server.log", "w+")
+    log = open(tmp_path / "server.log", "w+")  # noqa: SIM115  (closed by stop())
     p = subprocess.Popen(
         [sys.executable, "-m", "pyforkd", "run", "wsgiapp:app", "-b", f"127.0.0.1:{port}",
          "--name", f"wsgi{port}", *args],
@@ -101,7 +101,9 @@ def log_text(log):
 def stop(p, log):
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == 0, log_text(log)
-    return log_text(log)
+    text = log_text(log)
+    log.close()
+    return text
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +158,7 @@ def test_response_framing(server):
     c.send(get("/file"))
     r, body = c.response()
     assert r.getheader("Content-Length") == "300000" and body == data.read_bytes()
-    c.send(f"HEAD /file HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    c.send(b"HEAD /file HTTP/1.1\r\nHost: t\r\n\r\n")
     r = http.client.HTTPResponse(_Shared(c.reader), method="HEAD")
     r.begin()
     assert r.getheader("Content-Length") == "300000" and r.read() == b""
@@ -282,7 +284,7 @@ def test_a_stop_finishes_the_request_in_flight_and_says_close(tmp_path):
 
 
 def test_an_idle_server_stops_at_once(tmp_path):
-    p, port, log, _ = start(tmp_path, "-i", "2")
+    p, _, log, _ = start(tmp_path, "-i", "2")
     started = time.monotonic()
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == 0, log_text(log)
