@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _address, _worker_side, wsgi
+from . import _address, _worker_side, asgi, wsgi
 
 INTERFACES = ("wsgi", "asgi")
 DEFAULT_BIND = "127.0.0.1:8000"
@@ -101,7 +101,7 @@ def serve_in_worker(
     listeners = [_worker_side.listen(address) for address in binds]
     log = _access_logger(access_log)
     if kind == "asgi":
-        importlib.import_module("pyforkd.cluster.asgi").serve(app, listeners, access_log=log)
+        asgi.serve(app, listeners, access_log=log)
     else:
         wsgi.serve(app, listeners, threads, access_log=log)
 

@@ -668,15 +668,20 @@ class WSGIServer:
                 return
             conn = _Conn(sock, peer)
             self._conns.add(conn)
-            self._sel.register(sock, selectors.EVENT_READ, conn)
+            # A client sends its request with the connection: it is most often here
+            # already, and then served without a turn of the selector.
+            self._ready(conn, watched=False)
 
-    def _ready(self, conn: _Conn) -> None:
+    def _ready(self, conn: _Conn, watched: bool = True) -> None:
         """``conn`` has bytes (or pipelined requests): serve it, here or in a thread."""
         if self._pool is None:
             if not self._serve_conn(conn):
                 self._drop(conn)
+            elif not watched:
+                self._sel.register(conn.sock, selectors.EVENT_READ, conn)
             return
-        self._sel.unregister(conn.sock)
+        if watched:
+            self._sel.unregister(conn.sock)
         conn.busy = True
         self._pool.submit(self._in_thread, conn)
 
@@ -693,7 +698,7 @@ class WSGIServer:
         try:
             self._sel.unregister(conn.sock)
         except (KeyError, ValueError, OSError):
-            pass
+            pass  # (never watched: served as it came)
         conn.close()
         self._conns.discard(conn)
 

@@ -1,0 +1,101 @@
+"""ASGI apps on the cluster (uvicorn's protocols fed pyforkd's connections): every policy,
+lifespan once per worker, keep-alive, stops that finish requests and say close, a failed
+startup that is not restarted, the access log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from _helpers import free_port, linux_only
+from test_wsgi import APPS, Client, get, log_text
+
+pytest.importorskip("uvicorn", reason="ASGI apps run on uvicorn's protocols")
+pytestmark = linux_only
+
+
+def start(tmp_path, *args, env=None, wait=True):
+    port = free_port()
+    log = open(tmp_path / "server.log", "w+")  # noqa: SIM115  (closed by the caller's stop)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "pyforkd", "run", "asgiapp:app", "-b", f"127.0.0.1:{port}",
+         "--name", f"asgi{port}", *args],
+        cwd=APPS, stdout=log, stderr=subprocess.STDOUT,
+        env=dict(os.environ, ASGI_TEST_DIR=str(tmp_path), **(env or {})),
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while wait:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert p.poll() is None and time.monotonic() < deadline, log_text(log)
+            time.sleep(0.05)
+    return p, port, log
+
+
+def stop(p, log):
+    p.send_signal(signal.SIGTERM)
+    code = p.wait(30)
+    text = log_text(log)
+    log.close()
+    assert code == 0, text
+    return text
+
+
+@pytest.mark.parametrize("policy", ["rr", "shared"])
+def test_an_asgi_app_served_with_lifespan_per_worker(tmp_path, policy):
+    p, port, log = start(tmp_path, "-i", "2", "--policy", policy, "--access-log", "-")
+    c = Client(port)
+    c.send(get("/") + get("/pid"))  # keep-alive, two at once
+    r, body = c.response()
+    assert (r.status, body) == (200, b"hello") and r.getheader("date")
+    pid = int(c.response()[1])
+    c.send(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    assert c.response()[1] == b"abc"
+    c.close()
+    text = stop(p, log)
+    starts = sorted(f.name for f in tmp_path.iterdir() if f.name.startswith("startup."))
+    ends = sorted(f.name for f in tmp_path.iterdir() if f.name.startswith("shutdown."))
+    assert len(starts) == 2 and [s.replace("startup", "shutdown") for s in starts] == ends
+    assert f"startup.{pid}" in starts
+    assert '"GET /pid HTTP/1.1" 200 ' in text  # the access log, combined format
+
+
+def test_a_stop_finishes_the_request_and_says_close(tmp_path):
+    p, port, log = start(tmp_path)
+    c = Client(port)
+    c.send(get("/slow"))
+    time.sleep(0.3)
+    idle = Client(port)
+    p.send_signal(signal.SIGTERM)
+    r, body = c.response()
+    assert body == b"slow done" and r.getheader("connection") == "close"
+    assert idle.closed()
+    assert p.wait(30) == 0, log_text(log)
+    log.close()
+    c.close()
+    idle.close()
+
+
+def test_an_idle_asgi_cluster_stops_at_once(tmp_path):
+    p, _, log = start(tmp_path, "-i", "2")
+    started = time.monotonic()
+    stop(p, log)
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_failed_startup_is_a_boot_error_not_restarted(tmp_path):
+    p, _, log = start(tmp_path, env={"ASGI_TEST_FAIL_START": "1"}, wait=False)
+    assert p.wait(30) == 1
+    text = log_text(log)
+    log.close()
+    assert "no database" in text and "exit code 3" in text
+    assert text.count("exit code 3") == 1  # not restarted
