@@ -28,12 +28,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from _wrk import free_port, parse_wrk, wait_listening, wrk, wrk_args
 
 from pyforkd.cluster import control as _control
 
@@ -41,23 +42,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RESPONDER = os.path.join(HERE, "cluster", "responder.py")
 RUNTIME = tempfile.mkdtemp(prefix="pyforkd-bench-")
 os.environ["PYFORKD_RUNTIME_DIR"] = RUNTIME  # the control sockets, ours and the servers'
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def pyforkd_cmd(*flags: str) -> list[str]:
@@ -123,36 +107,6 @@ class Server:
         return [int(n) for n in re.findall(r"served (\d+)", out)]
 
 
-def wrk(port: int, seconds: int, close: bool) -> dict[str, float]:
-    args = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency"]
-    if close:
-        args += ["-H", "Connection: close"]
-    run = subprocess.run(
-        [*args, f"http://127.0.0.1:{port}/"],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-        check=True,
-    )
-    return parse_wrk(run.stdout)
-
-
-def parse_wrk(text: str) -> dict[str, float]:
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    errors = re.search(r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    total = re.search(r"(\d+) requests in", text)
-    return {
-        "rate": rate,
-        "p99": float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan"),
-        "errors": float(sum(int(g) for g in errors.groups())) if errors else 0.0,
-        "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
-        "requests": float(total.group(1)) if total else 0.0,
-    }
-
-
 def throughput(todo: dict[str, list[str]], seconds: int, reps: int, close: bool) -> None:
     runs: dict[str, list[tuple[dict[str, float], float]]] = {name: [] for name in todo}
     for _ in range(reps):
@@ -204,11 +158,10 @@ def under_load(
     server = Server(name, cmd)
     waits: list[float] = []
     try:
-        args = ["wrk", "-t2", "-c64", f"-d{seconds}s", "--latency"]
-        if close:
-            args += ["-H", "Connection: close"]
         load = subprocess.Popen(
-            [*args, f"http://127.0.0.1:{server.port}/"], stdout=subprocess.PIPE, text=True
+            [*wrk_args(seconds, close), f"http://127.0.0.1:{server.port}/"],
+            stdout=subprocess.PIPE,
+            text=True,
         )
         start = time.monotonic()
         if action == "reload":
