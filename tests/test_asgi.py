@@ -99,3 +99,30 @@ def test_a_failed_startup_is_a_boot_error_not_restarted(tmp_path):
     log.close()
     assert "no database" in text and "exit code 3" in text
     assert text.count("exit code 3") == 1  # not restarted
+
+
+@pytest.mark.parametrize("path", ["/slow?30", "/block?30"])
+def test_a_request_over_the_timeout_gets_503_and_the_worker_is_replaced(tmp_path, path):
+    # An await that never ends, and a handler that blocks the loop: both are answered.
+    p, port, log = start(tmp_path, "--timeout", "1", "--graceful-timeout", "1")
+    try:
+        c = Client(port)
+        c.send(get("/pid"))
+        first = int(c.response()[1])
+        c.send(get(path))
+        r, body = c.response()
+        assert r.status == 503 and b"timeout" in body and c.closed()
+        c.close()
+        deadline = time.monotonic() + 30
+        while True:
+            c = Client(port)
+            c.send(get("/pid"))
+            pid = int(c.response()[1])
+            c.close()
+            if pid != first or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert pid != first
+        assert f'ran over the timeout (1 s): "GET {path} HTTP/1.1"' in log_text(log)
+    finally:
+        stop(p, log)

@@ -71,3 +71,56 @@ def test_accepted_connections_are_tcp_sockets_with_nodelay(tmp_path, policy):
     finally:
         primary.terminate()
         assert primary.wait(30) == 0, primary.stderr.read()
+
+
+WSGIREF = textwrap.dedent(
+    """
+    import sys
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+    from pyforkd import cluster
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    class Server(cluster.ServerMixin, WSGIServer):
+        pass
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["SERVER_NAME"].encode() + b" " + environ["SERVER_PORT"].encode()]
+
+    port = int(sys.argv[1])
+    if cluster.is_primary:
+        cluster.fork()
+        cluster.run()
+    else:
+        server = Server(("127.0.0.1", port), Quiet)
+        server.set_app(app)
+        print("listening", flush=True)
+        server.serve_forever()
+        server.server_close()
+    """
+)
+
+
+def test_wsgiref_s_server_takes_the_mixin(tmp_path):
+    # wsgiref's server_bind sets up its base environ: the mixin lets it run.
+    script = tmp_path / "app.py"
+    script.write_text(WSGIREF)
+    port = free_port()
+    primary = subprocess.Popen(
+        [sys.executable, str(script), str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert primary.stdout.readline() == "listening\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := c.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.0 200 OK") and reply.endswith(f" {port}".encode())
+    finally:
+        primary.terminate()
+        assert primary.wait(30) == 0, primary.stderr.read()

@@ -312,3 +312,36 @@ def test_a_unix_socket_bind(tmp_path):
         p.send_signal(signal.SIGTERM)
         assert p.wait(30) == 0
     assert not path.exists()
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_a_request_over_the_timeout_gets_503_and_the_worker_is_replaced(tmp_path, threads):
+    # (the stuck worker is killed a second after its stop: the test does not wait 10 s)
+    p, port, log, _ = start(tmp_path, "--timeout", "1", "--threads", threads,
+                            "--graceful-timeout", "1")  # fmt: skip
+    try:
+        c = Client(port)
+        c.send(get("/pid"))
+        first = int(c.response()[1])
+        c.send(get("/slow?0.2"))  # under the limit: served as usual
+        assert c.response()[1] == b"slow done"
+        c.send(get("/slow?30"))
+        r, body = c.response()
+        assert r.status == 503 and b"timeout" in body
+        assert r.getheader("Connection") == "close" and c.closed()
+        c.close()
+        deadline = time.monotonic() + 30
+        while True:  # a new worker takes over
+            c = Client(port)
+            c.send(get("/pid"))
+            pid = int(c.response()[1])
+            c.close()
+            if pid != first or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert pid != first
+        text = log_text(log)
+        assert 'ran over the timeout (1 s): "GET /slow?30 HTTP/1.1"' in text
+        assert "replaced" in text
+    finally:
+        stop(p, log)

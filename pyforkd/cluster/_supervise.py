@@ -938,6 +938,10 @@ class Cluster:
             w.exited_after_disconnect = True  # it disconnected itself: no restart
         elif msg == HEARS_STOP:
             w._hears_stop = True
+        elif kind == "replace-me" and len(msg) == 3 and isinstance(msg[2], str):
+            # Its own watchdog saw a request run too long: a new worker, and it drains.
+            if not (w._recycling or w.exited_after_disconnect or self._stopping):
+                self._recycle(w, msg[2][:300])
         else:
             raise _Malformed(f"a control message {str(msg)[:80]!r}")
 

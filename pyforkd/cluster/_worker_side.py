@@ -238,6 +238,13 @@ class _Self:
         """Whether ``control_fileno()`` can go in a selector (Windows' pipes cannot)."""
         return self._inbox is not None or not _b.WINDOWS
 
+    def replace_me(self, why: str) -> None:
+        """Ask the primary for a replacement: it forks one, then stops this worker."""
+        try:
+            _primary().send_control(("cluster", "replace-me", why))
+        except ChannelClosedError:
+            pass  # (the primary is gone: this worker ends with it)
+
     def stop_heard(self) -> None:
         """The primary's stop was read here, not by the events thread: it is set."""
         self._stopping.set()

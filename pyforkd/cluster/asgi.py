@@ -3,10 +3,9 @@
 ``pip install 'pyforkd[asgi]'``.  Each connection the worker takes (under every policy,
 ``"rr"`` included) goes to ``loop.connect_accepted_socket`` with uvicorn's protocol
 (httptools when installed, else h11).  Lifespan startup and shutdown run once per worker.
-When the primary stops the worker, it stops accepting; a request in progress is answered
-with ``Connection: close`` (when its response has not started) and its connection closes
-after it; a connection idle for half a second is closed; the worker exits once every
-connection is done.
+When the primary stops the worker, it stops accepting, answers the next request of each
+connection with ``Connection: close``, closes a connection idle for half a second, and
+exits once every connection is done.
 """
 
 from __future__ import annotations
@@ -14,8 +13,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import importlib
+import logging
+import os
+import socket
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,6 +40,8 @@ _server = _optional("uvicorn.server")  # (ServerState: where uvicorn counts conn
 uvloop = _optional("uvloop")  # (asyncio's own loop without it)
 
 __all__ = ["serve"]
+
+log = logging.getLogger("pyforkd.asgi")
 
 STOP_IDLE = 0.5  # while stopping: a connection idle this long is closed
 _BOOT_ERROR = 3  # the cluster does not restart a worker that exits so
@@ -68,11 +74,15 @@ async def _serve(
 ) -> None:
     options.setdefault("log_config", None)  # (this program's logging is its own)
     options.setdefault("proxy_headers", False)
-    config = uvicorn.Config(
-        app if access_log is None else _AccessLog(app, access_log),
-        access_log=False,
-        **options,
-    )
+    me = _worker_side.current()
+    timeout = me.timeout if me is not None else None
+    starts: dict[int, tuple[float, str]] = {}  # a request's scope -> its start, its line
+    if access_log is not None:
+        app = _AccessLog(app, access_log)
+    if timeout:
+        app = _Timed(app, starts)
+    stop = asyncio.Event()
+    config = uvicorn.Config(app, access_log=False, **options)
     config.load()
     lifespan = config.lifespan_class(config)
     await lifespan.startup()
@@ -94,8 +104,14 @@ async def _serve(
             await asyncio.sleep(1.0)
 
     ticker = loop.create_task(tick())
-    stop = asyncio.Event()
-    me = _worker_side.current()
+    done = threading.Event()
+    if timeout:
+        threading.Thread(
+            target=_watch,
+            args=(state, starts, timeout, loop, done),
+            name="pyforkd asgi watchdog",
+            daemon=True,
+        ).start()
     if me is not None:
         me.on("stopping", lambda: loop.call_soon_threadsafe(stop.set))
     tasks: set[asyncio.Task[Any]] = set()
@@ -124,26 +140,150 @@ async def _serve(
             loop.remove_reader(fd)
         for listener in listeners:
             listener.close()
+    # Each request from now on says close: the app every connection runs is swapped
+    # (uvicorn's protocols take their app from the config, and keep it).
+    closing = _Closing(config.loaded_app)
+    config.loaded_app = closing
+    for conn in list(state.connections):
+        if hasattr(conn, "app"):
+            conn.app = closing
     await _finish(state)
+    done.set()
     ticker.cancel()
     await lifespan.shutdown()
 
 
 async def _finish(state: Any) -> None:
-    """Let every connection end well: see the module's docstring."""
-    since: dict[Any, float] = {}
+    """Let every connection end well: see the module's docstring.
+
+    Each request that starts from now on is answered with ``Connection: close`` (see
+    :class:`_Closing`); a connection whose last request is done and that has had no other
+    for ``STOP_IDLE`` is closed.  (A request is seen by its cycle, which is new for each:
+    a weak reference tells a new one from the last one seen.)
+    """
+    seen: dict[Any, tuple[Any, float]] = {}
     while state.connections:
         now = time.monotonic()
         for conn in list(state.connections):
             cycle: Any = getattr(conn, "cycle", None)
-            busy = cycle is not None and not cycle.response_complete
-            if busy and not cycle.response_started:
-                cycle.keep_alive = False  # its response says close, and it ends after it
-            elif not busy and now - since.setdefault(conn, now) >= STOP_IDLE:
+            last = seen.get(conn)
+            if cycle is not None and not cycle.response_complete:
+                seen[conn] = (weakref.ref(cycle), now)  # busy
+                if not cycle.response_started:
+                    cycle.keep_alive = False  # (begun before the stop: it says close too)
+            elif last is None or (cycle is not None and last[0]() is not cycle):
+                seen[conn] = (None if cycle is None else weakref.ref(cycle), now)
+            elif now - last[1] >= STOP_IDLE:
                 conn.shutdown()  # (idle: closed now)
-            if busy:
-                since.pop(conn, None)
         await asyncio.sleep(0.02)
+
+
+def _watch(
+    state: Any,
+    starts: dict[int, tuple[float, str]],
+    timeout: float,
+    loop: asyncio.AbstractEventLoop,
+    done: threading.Event,
+) -> None:
+    """The watchdog: this worker is alive, and no request runs over ``timeout``.
+
+    Its beat stops when the loop holds the GIL for good (the primary then kills the
+    worker).  A request over the limit is answered 503 where nothing was sent yet, its
+    connection ended, and this worker replaced.
+    """
+    me = _worker_side.current()
+    replaced = False
+    while not done.wait(min(1.0, timeout / 4)):
+        if me is not None:
+            me.slot.beat()
+        now = time.monotonic()
+        for conn in list(state.connections):
+            cycle: Any = getattr(conn, "cycle", None)
+            if cycle is None or cycle.response_complete or cycle.disconnected:
+                continue
+            start, line = starts.get(id(cycle.scope), (now, ""))
+            if now - start <= timeout:
+                continue
+            # (the app's later sends are dropped, as for a client that left)
+            cycle.disconnected = True
+            sock = conn.transport.get_extra_info("socket")
+            if sock is not None:
+                if not cycle.response_started:
+                    _answer_503(sock.fileno())
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            loop.call_soon_threadsafe(conn.transport.abort)
+            log.error(
+                'a request ran over the timeout (%g s): "%s"; this worker is replaced',
+                timeout,
+                line,
+            )
+            if me is not None and not replaced:
+                replaced = True
+                me.replace_me(f'a request ran over the timeout ({timeout:g} s): "{line}"')
+
+
+def _answer_503(fd: int) -> None:
+    body = b"the request ran over the server's timeout\n"
+    head = (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
+        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+    )
+    try:
+        os.write(fd, head + body)
+    except OSError:
+        pass  # (the client is gone, or its window full: it sees the end)
+
+
+class _Closing:
+    """ASGI middleware for a stopping worker: each response says ``Connection: close``.
+
+    The client then opens its next connection to another worker; nothing it sent is lost.
+    """
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def closing(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing)
+
+
+class _Timed:
+    """ASGI middleware: when each HTTP request started, for the watchdog."""
+
+    def __init__(self, app: Callable[..., Any], starts: dict[int, tuple[float, str]]) -> None:
+        self.app = app
+        self.starts = starts
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.starts[id(scope)] = (time.monotonic(), _line(scope))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.starts.pop(id(scope), None)
+
+
+def _line(scope: Any) -> str:
+    """The request line of an HTTP scope, for the log."""
+    target = scope.get("raw_path") or scope["path"].encode()
+    if scope.get("query_string"):
+        target += b"?" + scope["query_string"]
+    return f"{scope['method']} {target.decode('latin-1')} HTTP/{scope['http_version']}"
 
 
 class _AccessLog:
@@ -171,10 +311,7 @@ class _AccessLog:
         finally:
             headers = dict(scope.get("headers") or [])
             client = scope.get("client") or ("-", 0)
-            target = scope.get("raw_path") or scope["path"].encode()
-            if scope.get("query_string"):
-                target += b"?" + scope["query_string"]
-            line = f"{scope['method']} {target.decode('latin-1')} HTTP/{scope['http_version']}"
+            line = _line(scope)
             when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
             referer = headers.get(b"referer", b"-").decode("latin-1")
             agent = headers.get(b"user-agent", b"-").decode("latin-1")

@@ -37,15 +37,22 @@ class ServerMixin:
     socket: Any  # a socket.socket (in this class, that name is the attribute)
 
     def server_bind(self) -> None:
-        """Listen through the cluster (instead of binding a socket of its own)."""
-        self.socket.close()  # the one socketserver made: never bound
+        """Listen through the cluster (instead of binding a socket of its own).
+
+        The classes after this one still run their own ``server_bind`` (http.server's
+        sets ``server_name``, wsgiref's its base environ), on a stand-in socket that is
+        already bound.
+        """
+        made = self.socket  # the one socketserver made: never bound
         self.listener = listen(self.server_address)
-        if self.listener.socket is not None:  # (Windows "rr": a pipe; the closed one stays)
-            self.socket = self.listener.socket
+        self.socket = _Bound(self.listener.address)
+        try:
+            super().server_bind()  # type: ignore[misc]
+        finally:
+            made.close()
+            # (Windows "rr": a pipe, no socket; the closed one stays for socketserver)
+            self.socket = made if self.listener.socket is None else self.listener.socket
         self.server_address = self.listener.address
-        host, port = self.server_address[:2]
-        self.server_name = socket.getfqdn(host)  # what http.server.HTTPServer sets
-        self.server_port = port
 
     def server_activate(self) -> None:
         """Nothing to do: the primary listens."""
@@ -99,6 +106,25 @@ class ServerMixin:
         if listener is not None:  # (None: server_bind failed, and socketserver closes)
             listener.close()
         super().server_close()  # type: ignore[misc]
+
+
+class _Bound:
+    """A socket already bound to ``address``.
+
+    It has what a ``server_bind`` of socketserver's touches, and no more.
+    """
+
+    def __init__(self, address: Any) -> None:
+        self.address = address
+
+    def setsockopt(self, *args: Any) -> None:
+        pass
+
+    def bind(self, address: Any) -> None:
+        pass
+
+    def getsockname(self) -> Any:
+        return self.address
 
 
 class TCPServer(ServerMixin, socketserver.TCPServer):

@@ -23,6 +23,7 @@ import selectors
 import socket
 import stat
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -121,6 +122,11 @@ class _Request:
         self.method = b""
         self.version = "1.1"
         self.keep_alive = True
+
+
+def _line(r: _Request) -> str:
+    """The request line, for the log."""
+    return f"{r.method.decode('latin-1')} {r.url.decode('latin-1')} HTTP/{r.version}"
 
 
 class _Conn:
@@ -356,15 +362,21 @@ class _Response:
         "headers",
         "keep",
         "length",
+        "lock",
         "request",
         "sent",
         "server",
         "status",
+        "timed_out",
         "written",
     )  # fmt: skip
 
-    def __init__(self, conn: _Conn, request: _Request, keep: bool, server: Any = None) -> None:
+    def __init__(
+        self, conn: _Conn, request: _Request, keep: bool, server: Any = None, lock: Any = None
+    ) -> None:
         self.server = server  # (a stop while the app runs: this response says close)
+        self.lock = lock  # with a timeout: the watchdog may answer first (see _head)
+        self.timed_out = False
         self.conn = conn
         self.request = request
         self.status = b""
@@ -440,7 +452,13 @@ class _Response:
         elif r.version == "1.0":
             out.append(b"Connection: keep-alive\r\n")
         out.append(b"\r\n")
-        self.sent = True
+        if self.lock is None:
+            self.sent = True
+        else:
+            with self.lock:
+                if self.timed_out:  # the watchdog answered 503 and closed the connection
+                    raise TimeoutError("the request ran over the timeout")
+                self.sent = True
         return b"".join(out)
 
     def write(self, data: bytes) -> None:
@@ -551,6 +569,12 @@ class WSGIServer:
         self._back: collections.deque[_Conn] = collections.deque()  # served, to watch again
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._base = self._base_environ()
+        me = _worker_side.current()
+        # The cluster's timeout, per request: a watchdog answers 503 to one that runs
+        # longer, and has this worker replaced.
+        self.timeout: float | None = me.timeout if me is not None else None
+        self._flights: dict[int, tuple[float, str, _Response]] = {}
+        self._replaced = False
 
     def _base_environ(self) -> dict[str, Any]:
         first = self.listeners[0].address if self.listeners else None
@@ -600,6 +624,11 @@ class WSGIServer:
             )
         slot = me.slot if me is not None else None
         stopped_at = 0.0
+        done = threading.Event()
+        if self.timeout:
+            threading.Thread(
+                target=self._watch, args=(done,), name="pyforkd wsgi watchdog", daemon=True
+            ).start()
         try:
             while True:
                 if self._stopping and not stopped_at:
@@ -620,6 +649,7 @@ class WSGIServer:
                         self._accept(data)
                 self._sweep()
         finally:
+            done.set()
             self._stop_accepting()
             for conn in list(self._conns):
                 self._drop(conn)
@@ -628,6 +658,49 @@ class WSGIServer:
             sel.close()
             self._wake_r.close()
             self._wake_w.close()
+
+    def _watch(self, done: threading.Event) -> None:
+        """The watchdog: the worker is alive (its beat), and no request runs too long."""
+        timeout = self.timeout
+        assert timeout
+        me = _worker_side.current()
+        while not done.wait(min(1.0, timeout / 4)):
+            if me is not None:
+                me.slot.beat()  # (the primary kills a worker whose beat stops: GIL held)
+            now = time.monotonic()
+            for started, line, response in list(self._flights.values()):
+                if now - started > timeout and not response.timed_out:
+                    self._time_out(line, response)
+
+    def _time_out(self, line: str, response: _Response) -> None:
+        """Answer 503 where nothing was sent yet, end the connection, ask for a new worker."""
+        with response.lock:
+            response.timed_out = True
+            unsent = not response.sent
+        sock = response.conn.sock
+        if unsent:
+            body = b"the request ran over the server's timeout\n"
+            try:
+                sock.send(
+                    b"HTTP/1.1 503 Service Unavailable\r\n%sContent-Type: text/plain\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                    % (_date.get(), len(body), body)
+                )
+            except OSError:
+                pass  # (the client is gone, or its window full: it sees the end)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # (what the app writes later goes nowhere)
+        except OSError:
+            pass
+        log.error(
+            'a request ran over the timeout (%g s): "%s"; this worker is replaced',
+            self.timeout,
+            line,
+        )
+        me = _worker_side.current()
+        if me is not None and not self._replaced:
+            self._replaced = True
+            me.replace_me(f'a request ran over the timeout ({self.timeout:g} s): "{line}"')
 
     def _stop_accepting(self) -> None:
         for listener in self.listeners:
@@ -780,16 +853,20 @@ class WSGIServer:
         body = _Input(conn, r)
         env["wsgi.input"] = body
         keep = r.keep_alive and not self._stopping and not r.upgrade
-        response = _Response(conn, r, keep, self)
+        timed = self.timeout is not None
+        response = _Response(conn, r, keep, self, threading.Lock() if timed else None)
+        if timed:
+            self._flights[id(response)] = (time.monotonic(), _line(r), response)
         result: Any = None
         try:
             result = self.app(env, response.start_response)
             self._send_result(response, result)
         except (OSError, TimeoutError):
-            raise  # the client went away: nothing to answer
+            raise  # the client went away (or the watchdog ended it): nothing to answer
         except Exception:
-            line = f"{env['REQUEST_METHOD']} {r.url.decode('latin-1')} HTTP/{r.version}"
-            log.exception('an error in the app, serving "%s"', line)
+            if response.timed_out:
+                return False
+            log.exception('an error in the app, serving "%s"', _line(r))
             if response.sent:
                 return False  # (a part of the body went out: the client sees it cut)
             response = _Response(conn, r, False)
@@ -800,6 +877,8 @@ class WSGIServer:
             response.write(b"Internal Server Error\n")
             response.finish()
         finally:
+            if timed:
+                self._flights.pop(id(response), None)
             close = getattr(result, "close", None)
             if close is not None:
                 try:
@@ -832,7 +911,7 @@ class WSGIServer:
     def _log_access(self, env: dict[str, Any], r: _Request, response: _Response) -> None:
         """One line in the combined log format."""
         when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
-        line = f"{env['REQUEST_METHOD']} {r.url.decode('latin-1')} HTTP/{r.version}"
+        line = _line(r)
         size = response.written or "-"
         referer = env.get("HTTP_REFERER", "-")
         agent = env.get("HTTP_USER_AGENT", "-")

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import time
 
 
 def _note(what):
@@ -33,8 +34,11 @@ async def app(scope, receive, send):
         if not message.get("more_body"):
             break
     if path == "/slow":
-        await asyncio.sleep(1)
+        await asyncio.sleep(float(scope["query_string"] or 1))
         body = b"slow done"
+    elif path == "/block":  # a handler that blocks the loop itself
+        time.sleep(float(scope["query_string"] or 1))
+        body = b"block done"
     elif path == "/pid":
         body = str(os.getpid()).encode()
     elif path != "/echo":
