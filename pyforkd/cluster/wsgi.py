@@ -142,7 +142,7 @@ class _Conn:
         self.eof = False
         self.idle_since = time.monotonic()
         self.busy = False
-        self.close_after = False  # the server stops: the next response says close
+        self.watched = False  # in the server's selector
 
     # -- httptools callbacks (during feed) --
     def on_message_begin(self) -> None:
@@ -725,7 +725,7 @@ class WSGIServer:
             elif conn.requests and conn.requests[0].head_done:
                 self._ready(conn)  # (pipelined requests left: served again at once)
             else:
-                self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+                self._watch_conn(conn)
 
     def _accept(self, listener: Any) -> None:
         for _ in range(64):  # a burst at a time, then the connections already open
@@ -743,20 +743,31 @@ class WSGIServer:
             self._conns.add(conn)
             # A client sends its request with the connection: it is most often here
             # already, and then served without a turn of the selector.
-            self._ready(conn, watched=False)
+            self._ready(conn)
 
-    def _ready(self, conn: _Conn, watched: bool = True) -> None:
+    def _ready(self, conn: _Conn) -> None:
         """``conn`` has bytes (or pipelined requests): serve it, here or in a thread."""
         if self._pool is None:
             if not self._serve_conn(conn):
                 self._drop(conn)
-            elif not watched:
-                self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+            elif not conn.watched:
+                self._watch_conn(conn)
             return
-        if watched:
-            self._sel.unregister(conn.sock)
+        self._unwatch(conn)
         conn.busy = True
         self._pool.submit(self._in_thread, conn)
+
+    def _watch_conn(self, conn: _Conn) -> None:
+        self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+        conn.watched = True
+
+    def _unwatch(self, conn: _Conn) -> None:
+        if conn.watched:  # (asking the selector about one it never had costs a repr)
+            conn.watched = False
+            try:
+                self._sel.unregister(conn.sock)
+            except (KeyError, ValueError, OSError):
+                pass  # (closed already)
 
     def _in_thread(self, conn: _Conn) -> None:
         if not self._serve_conn(conn):
@@ -768,10 +779,7 @@ class WSGIServer:
             pass
 
     def _drop(self, conn: _Conn) -> None:
-        try:
-            self._sel.unregister(conn.sock)
-        except (KeyError, ValueError, OSError):
-            pass  # (never watched: served as it came)
+        self._unwatch(conn)
         conn.close()
         self._conns.discard(conn)
 
