@@ -71,6 +71,9 @@ def _count(text: str) -> int:
     return int(_number(text, int, "a count", 0))
 
 
+_RUN: dict[str, argparse.ArgumentParser] = {}  # the run command's parser, once made
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyforkd",
@@ -89,10 +92,20 @@ def _parser() -> argparse.ArgumentParser:
             "as does everything after --."
         ),
     )
+    _RUN["run"] = run
     run.add_argument(
         "script",
+        nargs="?",
         metavar="SCRIPT|MODULE:APP",
-        help="the Python script each worker runs, or a WSGI/ASGI app to serve (myapp:app)",
+        help="the Python script each worker runs, or a WSGI/ASGI app to serve (myapp:app); "
+        "or the config's app",
+    )
+    run.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="settings from a TOML file, by the flags' names (default: [tool.pyforkd] of "
+        "./pyproject.toml, when it has one); flags given here win",
     )
     run.add_argument(
         "-b",
@@ -120,6 +133,11 @@ def _parser() -> argparse.ArgumentParser:
         "--access-log",
         metavar="-|PATH",
         help="log each request in the combined format, to stdout (-) or a file",
+    )
+    run.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="append pyforkd's log and the workers' stderr to PATH (SIGUSR1 reopens it)",
     )
     run.add_argument(
         "--umask",
@@ -258,6 +276,19 @@ def main(argv: list[str] | None = None) -> int:
         if extra or theirs:
             parser.error(f"unrecognized arguments: {' '.join(extra + theirs)}")
         return _talk(args)
+    try:
+        settings, where = _read_config(args.config)
+        if settings:
+            _apply_config(_RUN["run"], settings, where)
+            flags = args
+            args, extra = parser.parse_known_args(argv)  # (the flags win over the file)
+            if flags.bind is not None:
+                args.bind = flags.bind  # (argparse would add them to the file's)
+    except (OSError, ValueError) as exc:
+        print(f"pyforkd: {exc}", file=sys.stderr)
+        return 2
+    if args.script is None:
+        parser.error("run needs a SCRIPT or MODULE:APP (or app = ... in the config)")
     args.args = extra + theirs
     c = cluster.default()
     is_app = not os.path.isfile(args.script) and ":" in args.script
@@ -277,10 +308,106 @@ def main(argv: list[str] | None = None) -> int:
         exec_, script_args = os.path.abspath(args.script), list(args.args)
         name = os.path.splitext(os.path.basename(args.script))[0]
     name = args.name or name
+    try:
+        _setup(c, args, exec_, script_args)
+    except OSError as exc:
+        print(f"pyforkd: {args.log_file}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        server = control.ControlServer(c, name, cluster.say)
+    except (control.ControlError, ValueError, OSError) as exc:
+        print(f"pyforkd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        c.on("exit", _report_exit)
+        for _ in range(args.instances):
+            c.fork()
+        server.start()  # (after the forks: the primary forks with no thread of its own)
+        cluster.say(
+            f"{args.instances} worker(s) running {args.script} as {name!r} "
+            f"(pid {os.getpid()}; `pyforkd status --name {name}`)"
+        )
+        try:
+            c.run()
+        except RuntimeError as exc:
+            cluster.say(str(exc))
+            return 1
+    finally:
+        server.close()
+    return 0
+
+
+def _read_config(path: str | None) -> tuple[dict[str, Any], str]:
+    """The settings of ``path`` (TOML), or of ``[tool.pyforkd]`` in ./pyproject.toml."""
+    explicit = path is not None
+    where = "pyproject.toml" if path is None else path
+    if not explicit and not os.path.isfile(where):
+        return {}, where
+    try:
+        import tomllib as toml  # noqa: PLC0415  (3.11+; tomli before, only when needed)
+    except ImportError:
+        try:
+            import tomli as toml  # type: ignore[import-not-found, no-redef, unused-ignore]  # noqa: PLC0415
+        except ImportError:
+            raise ValueError(
+                f"{where}: reading TOML needs Python 3.11+ or 'pip install tomli'"
+            ) from None
+    try:
+        with open(where, "rb") as f:
+            data = toml.load(f)
+    except toml.TOMLDecodeError as exc:
+        raise ValueError(f"{where}: not TOML: {exc}") from None
+    if not explicit:
+        data = data.get("tool", {}).get("pyforkd", {})
+    elif "tool" in data and "pyforkd" in data["tool"]:
+        data = data["tool"]["pyforkd"]  # (a pyproject.toml given with -c)
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: the settings are a table")
+    return data, where
+
+
+def _apply_config(run: argparse.ArgumentParser, settings: dict[str, Any], where: str) -> None:
+    """The config's settings as the run command's defaults, checked as its flags are.
+
+    (argparse has no public list of a parser's actions, nor names for their kinds: its
+    ``_actions`` and action classes are read here.)
+    """
+    actions = {a.dest: a for a in run._actions}
+    defaults: dict[str, Any] = {}
+    for key, value in settings.items():
+        dest = "script" if key in ("app", "script") else key.replace("-", "_")
+        action = actions.get(dest)
+        if action is None or dest in ("help", "config"):
+            raise ValueError(f"{where}: unknown setting {key!r} (the settings are run's flags)")
+        try:
+            if isinstance(action, argparse._StoreTrueAction):
+                if not isinstance(value, bool):
+                    raise argparse.ArgumentTypeError(f"true or false, not {value!r}")
+                defaults[dest] = value
+                continue
+            convert = action.type or str
+            items = value if isinstance(value, list) else [value]
+            if not isinstance(action, argparse._AppendAction) and isinstance(value, list):
+                raise argparse.ArgumentTypeError("one value, not a list")
+            converted = [convert(str(v)) for v in items]  # type: ignore[operator]
+            if action.choices is not None and any(v not in action.choices for v in converted):
+                raise argparse.ArgumentTypeError(f"one of {', '.join(action.choices)}")
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise ValueError(f"{where}: {key} = {value!r}: {exc}") from None
+        appended = isinstance(action, argparse._AppendAction)
+        defaults[dest] = converted if appended else converted[0]
+    run.set_defaults(**defaults)
+
+
+def _setup(
+    c: cluster.Cluster, args: argparse.Namespace, exec_: str, script_args: list[str]
+) -> None:
+    """The cluster's settings from the command line (``OSError``: the log file)."""
     c.setup_primary(
         exec=exec_,
         args=script_args,
         umask=args.umask,
+        log_file=args.log_file,
         policy=args.policy,
         balance=args.balance,
         start=args.start,
@@ -295,30 +422,6 @@ def main(argv: list[str] | None = None) -> int:
         restart_delay=args.restart_delay,
         log_prefix=not args.no_log_prefix,
     )
-    try:
-        server = control.ControlServer(c, name)
-    except (control.ControlError, ValueError, OSError) as exc:
-        print(f"pyforkd: {exc}", file=sys.stderr)
-        return 2
-    try:
-        c.on("exit", _report_exit)
-        for _ in range(args.instances):
-            c.fork()
-        server.start()  # (after the forks: the primary forks with no thread of its own)
-        print(
-            f"pyforkd: {args.instances} worker(s) running {args.script} as {name!r} "
-            f"(pid {os.getpid()}; `pyforkd status --name {name}`)",
-            file=sys.stderr,
-            flush=True,
-        )
-        try:
-            c.run()
-        except RuntimeError as exc:
-            print(f"pyforkd: {exc}", file=sys.stderr)
-            return 1
-    finally:
-        server.close()
-    return 0
 
 
 def _app_plan(c: cluster.Cluster, args: argparse.Namespace) -> tuple[str, list[str], str]:
@@ -351,6 +454,8 @@ def _talk(args: argparse.Namespace) -> int:
         req["n"] = args.n
     if args.command == "stop":
         req["fast"] = args.fast
+    if args.command == "status" and args.name is None:
+        return _status_of_all(args.json)
     try:
         answer = control.request(args.name, req)
     except (control.ControlError, ValueError) as exc:
@@ -362,6 +467,26 @@ def _talk(args: argparse.Namespace) -> int:
         else:
             print(_table(answer))
     return 0
+
+
+def _status_of_all(as_json: bool) -> int:
+    """``pyforkd status`` without ``--name``: every cluster of this user, one after another."""
+    names = control.running()
+    if not names:
+        print("pyforkd status: no cluster is running", file=sys.stderr)
+        return 1
+    answers, failed = [], 0
+    for name in names:
+        try:
+            answers.append(control.request(name, {"cmd": "status"}))
+        except (control.ControlError, ValueError) as exc:
+            failed += 1
+            print(f"pyforkd status: {exc}", file=sys.stderr)
+    if as_json:
+        print(json.dumps(answers, indent=2))
+    else:
+        print("\n\n".join(_table(a) for a in answers))
+    return 1 if failed else 0
 
 
 def _table(answer: dict[str, Any]) -> str:
@@ -405,7 +530,7 @@ def _report_exit(worker: cluster.Worker, code: int | None, sig: str | None) -> N
     if worker.exited_after_disconnect:
         return
     how = f"exit code {code}" if sig is None else sig
-    print(f"pyforkd: worker {worker.id} (pid {worker.process.pid}) ended: {how}", file=sys.stderr)
+    cluster.say(f"worker {worker.id} (pid {worker.process.pid}) ended: {how}")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from typing import Any
 
 from . import web
 from ._handoff import Listener, RoundRobin
+from ._log import say
 from ._settings import DEFAULTS, EVENTS, WORKER_EVENTS, parse_size
 from ._supervise import Cluster, Worker
 from ._worker_side import SELF_EVENTS, current, heartbeat, listen, ready
@@ -74,6 +75,7 @@ __all__ = [
     "ready",
     "reload",
     "run",
+    "say",
     "scale",
     "serve",
     "setup_primary",

@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "max_requests_jitter": 0,
     "max_memory": None,
     "umask": None,  # for the UNIX sockets the primary makes (None: the process's own)
+    "log_file": None,  # the primary's stderr (and its workers'), reopened on SIGUSR1
     "graceful_timeout": 10.0,
     "log_prefix": False,
     # Node's: the script and its arguments (setup_primary() fills in this program's),
@@ -127,6 +128,10 @@ def check_setting(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"restart_delay must be a number of seconds >= 0, not {value!r}")
         return float(value)
+    if key == "log_file":
+        if value is not None and not (isinstance(value, str) and value and "\0" not in value):
+            raise TypeError(f"log_file must be a path (str) or None, not {value!r}")
+        return value
     if key == "umask":
         if value is not None and not (
             isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777

@@ -27,7 +27,7 @@ from .. import channel as _channel
 from .. import worker as _worker
 from ..child_process import _live_pids, signal_name
 from ..errors import ChannelClosedError, FrameError
-from . import _address, _board, _procstat, _systemd, _worker_side
+from . import _address, _board, _log, _procstat, _systemd, _worker_side
 from ._handoff import RoundRobin, handoff_pair
 from ._settings import (
     BACKOFF_FACTOR,
@@ -151,7 +151,9 @@ class _Stdio:
         self.prefixed: list[tuple[int, Any]] = []  # (read end, the primary's stream)
         try:
             for i, mode in enumerate(modes):
-                if mode == "inherit" and i > 0 and settings["log_prefix"]:
+                # (through the primary: its prefix, or its log file, which SIGUSR1 reopens)
+                piped = settings["log_prefix"] or (i == 2 and settings["log_file"])
+                if mode == "inherit" and i > 0 and piped:
                     r, w = os.pipe()
                     self.prefixed.append((r, (sys.stdout, sys.stderr)[i - 1]))
                     self._give(i, w)
@@ -402,9 +404,14 @@ class Cluster:
         resident memory passes ``max_memory`` (bytes, or a string like ``"300M"``).
         ``graceful_timeout``: how long a stop or a drain waits before SIGKILL.
         ``log_prefix`` (bool): each worker's stdout/stderr lines come out of the primary's
-        with ``[worker N]`` in front.
+        with ``[worker N]`` in front.  ``log_file`` (a path): the primary's stderr, and its
+        workers' (through the primary), goes to that file from now on; SIGUSR1 opens it
+        again (after logrotate moved it), then goes to the workers.  ``umask``: for the
+        UNIX sockets the primary makes.
         """
         checked = {key: check_setting(key, value) for key, value in settings.items()}
+        if checked.get("log_file") is not None:
+            _log.log_to(checked["log_file"])  # (OSError says why it cannot be)
         self.settings.update(checked)
         self._setup()
 
@@ -555,7 +562,8 @@ class Cluster:
             plan.close_given()  # the worker has its own copies
         w.stdin, w.stdout, w.stderr = plan.files()
         for r, stream in plan.prefixed:
-            w._logs.append(_LogPipe(r, f"[worker {wid}] ", stream))
+            prefix = f"[worker {wid}] " if self.settings["log_prefix"] else ""
+            w._logs.append(_LogPipe(r, prefix, stream))
         self.workers[wid] = w
         self._later("fork", w)
         return w
@@ -588,7 +596,7 @@ class Cluster:
                 "SIGHUP": lambda *_: self._request("reload", 0),
                 "SIGTTIN": lambda *_: self._request("scale", 1),
                 "SIGTTOU": lambda *_: self._request("scale", -1),
-                "SIGUSR1": self._forward,
+                "SIGUSR1": self._reopen_and_forward,
                 "SIGUSR2": self._forward,
             }
             for name, fn in handlers.items():
@@ -686,6 +694,10 @@ class Cluster:
         if self.error:
             raise RuntimeError(self.error)
 
+    def _reopen_and_forward(self, sig: int, frame: Any = None) -> None:
+        _log.reopen()  # (for logrotate: nothing without a log file)
+        self._forward(sig, frame)
+
     def _forward(self, sig: int, frame: Any = None) -> None:
         for w in list(self.workers.values()):
             if w.process.returncode is None:
@@ -759,8 +771,7 @@ class Cluster:
         """Kill a worker that failed the primary's checks: SIGTERM, then SIGKILL."""
         w._why = why
         w._restart_after_kill = restart
-        sys.stderr.write(f"pyforkd cluster: worker {w.id} (pid {w.process.pid}) {why}: killed\n")
-        sys.stderr.flush()
+        _log.say(f"worker {w.id} (pid {w.process.pid}) {why}: killed")
         self._terminate(w)
 
     def _terminate(self, w: Worker) -> None:
@@ -775,8 +786,7 @@ class Cluster:
     def _recycle(self, w: Worker, why: str) -> None:
         """Replace ``w``: a new worker first, then ``w`` drains once that one is ready."""
         w._recycling = True
-        sys.stderr.write(f"pyforkd cluster: worker {w.id} (pid {w.process.pid}) {why}: replaced\n")
-        sys.stderr.flush()
+        _log.say(f"worker {w.id} (pid {w.process.pid}) {why}: replaced")
         new = self.fork(w._env)
         new.restarts = w.restarts
         self._replaces[new.id] = w
@@ -862,10 +872,7 @@ class Cluster:
                     self._message(w, msg, handle)
         except (FrameError, _Malformed) as exc:
             w._why = f"sent a malformed message ({exc})"
-            sys.stderr.write(
-                f"pyforkd cluster: worker {w.id} (pid {w.process.pid}) {w._why}: killed\n"
-            )
-            sys.stderr.flush()
+            _log.say(f"worker {w.id} (pid {w.process.pid}) {w._why}: killed")
             w.process.kill("SIGKILL")  # (its channel is closed: nothing of it can drain)
             return False
         finally:
@@ -894,11 +901,10 @@ class Cluster:
     def _warn_dropped(self) -> None:
         if self._dropped and time.monotonic() >= self._dropped_warned + _DROPPED_WARNING_EVERY:
             self._dropped_warned = time.monotonic()
-            sys.stderr.write(
-                f"pyforkd cluster: {self._dropped} message(s) from workers dropped: there is "
-                "no 'message' handler (cluster.on('message', fn) takes them)\n"
+            _log.say(
+                f"{self._dropped} message(s) from workers dropped: there is "
+                "no 'message' handler (cluster.on('message', fn) takes them)"
             )
-            sys.stderr.flush()
             self._dropped = 0
 
     def _control(self, w: Worker, msg: Any, handle: Any) -> None:
@@ -920,7 +926,7 @@ class Cluster:
                 raise _Malformed(f"an outcome {str(msg)[:80]!r}")
             w.process._outcome = msg
             remote_tb = _user_frames(msg[1][2])
-            sys.stderr.write(f"pyforkd cluster: worker {w.id} failed:\n{remote_tb}")
+            _log.say(f"worker {w.id} failed:\n{remote_tb}")
             return
         kind = msg[1] if len(msg) > 1 else None
         if kind == "online" and len(msg) == 2:
@@ -1028,7 +1034,7 @@ class Cluster:
             try:
                 w._slots.append((key, entry[1].attach(ours, self._load(w))))
             except OSError as exc:
-                sys.stderr.write(f"pyforkd cluster: worker {w.id} cannot be given work: {exc}\n")
+                _log.say(f"worker {w.id} cannot be given work: {exc}")
         old = self._replaces.pop(w.id, None)
         if old is not None and old.state != "dead":
             old._disconnect(None, let_go=False)  # its replacement serves: the old one drains
@@ -1106,9 +1112,9 @@ class Cluster:
         # recycled again: the next replacement would likely fail the same way).
         replaced = self._replaces.pop(w.id, None)
         if replaced is not None and replaced.state != "dead":
-            sys.stderr.write(
-                f"pyforkd cluster: worker {w.id}, the replacement of worker {replaced.id}, "
-                f"died before it was ready: worker {replaced.id} goes on serving\n"
+            _log.say(
+                f"worker {w.id}, the replacement of worker {replaced.id}, "
+                f"died before it was ready: worker {replaced.id} goes on serving"
             )
         w.state = "dead"
         self.workers.pop(w.id, None)

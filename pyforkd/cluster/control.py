@@ -35,6 +35,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 if sys.platform == "win32":
@@ -135,8 +136,9 @@ class _Server(abc.ABC):
     What both transports share: the requests checked and answered, the stop.
     """
 
-    def __init__(self, cluster: Any, name: str) -> None:
+    def __init__(self, cluster: Any, name: str, say: Callable[[str], None] | None = None) -> None:
         self.name = name
+        self._say = say  # the primary's log (pyforkd.cluster.say); else plain stderr
         self.path = socket_path(name)
         self._cluster = cluster
         runtime_dir(create=True)
@@ -211,6 +213,9 @@ class _Server(abc.ABC):
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     def _log(self, text: str) -> None:
+        if self._say is not None:
+            self._say(f"control ({self.name}): {text}")
+            return
         sys.stderr.write(f"pyforkd {self.name}: control: {text}\n")
         sys.stderr.flush()
 
@@ -447,12 +452,17 @@ def request(name: str | None, req: dict[str, Any], timeout: float = 10.0) -> dic
     return _checked_answer(name, data)
 
 
+def running() -> list[str]:
+    """The names of this user's clusters that have a control socket (or pipe) now."""
+    try:
+        return sorted(n[: -len(_SUFFIX)] for n in os.listdir(runtime_dir()) if n.endswith(_SUFFIX))
+    except FileNotFoundError:
+        return []
+
+
 def _only_cluster() -> str:
     where = runtime_dir()
-    try:
-        names = sorted(n[:-5] for n in os.listdir(where) if n.endswith(_SUFFIX))
-    except FileNotFoundError:
-        names = []
+    names = running()
     if len(names) == 1:
         return names[0]
     if not names:
