@@ -45,6 +45,18 @@ class Listener:
         """
         return self._fd
 
+    def listening_socket(self) -> socket.socket:
+        """The listening socket, for a server that accepts by itself.
+
+        (uvicorn's ``Server``, aiohttp's ``SockSite``, waitress.)  Under ``"rr"`` the
+        primary accepts and there is none: ``ValueError`` says so.
+        """
+        raise ValueError(
+            "under policy 'rr' the primary accepts every connection: a server that "
+            "accepts by itself needs policy 'shared' or 'reuseport' "
+            "(setup_primary(policy='shared'), pyforkd run --policy shared)"
+        )
+
     @property
     def covers_primary(self) -> bool:
         """True: :meth:`fileno` is readable when the primary stops giving connections."""

@@ -651,6 +651,14 @@ class _SharedListener(Listener):
             conn.setblocking(True)
         return conn, address
 
+    def listening_socket(self) -> socket.socket:
+        """The listening socket, for a server that accepts by itself.
+
+        It stops the worker's share of the port only when that server closes it: hear the
+        stop with ``cluster.on("stopping", fn)``.
+        """
+        return self._sock
+
     @property
     def covers_primary(self) -> bool:
         """Whether :meth:`fileno` is readable when the primary says stop (not on Windows)."""
