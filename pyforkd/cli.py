@@ -256,7 +256,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "scale":
             sub.add_argument("n", type=_instances, metavar="N|max", help="how many workers")
         if name == "status":
-            sub.add_argument("--json", action="store_true", help="print JSON, not a table")
+            sub.add_argument(
+                "--json",
+                action="store_true",
+                help="print JSON, not a table (several clusters: a list)",
+            )
         if name == "stop":
             sub.add_argument("--fast", action="store_true", help="SIGTERM the workers now")
         sub.add_argument("--name", help="which cluster (needed when several run)")
@@ -482,8 +486,8 @@ def _status_of_all(as_json: bool) -> int:
         except (control.ControlError, ValueError) as exc:
             failed += 1
             print(f"pyforkd status: {exc}", file=sys.stderr)
-    if as_json:
-        print(json.dumps(answers, indent=2))
+    if as_json:  # (one cluster: its answer, as with --name; several: a list of them)
+        print(json.dumps(answers[0] if len(names) == 1 and answers else answers, indent=2))
     else:
         print("\n\n".join(_table(a) for a in answers))
     return 1 if failed else 0

@@ -28,6 +28,7 @@ from .. import worker as _worker
 from ..child_process import _live_pids, signal_name
 from ..errors import ChannelClosedError, FrameError
 from . import _address, _board, _log, _procstat, _systemd, _worker_side
+from . import _protocol as P
 from ._handoff import RoundRobin, handoff_pair
 from ._settings import (
     BACKOFF_FACTOR,
@@ -41,7 +42,7 @@ from ._settings import (
     check_setting,
     seconds,
 )
-from ._worker_side import HEARS_STOP, STOP, worker_main
+from ._worker_side import worker_main
 
 # ---- the cluster --------------------------------------------------------------------------
 
@@ -195,8 +196,7 @@ class _Stdio:
         return out  # type: ignore[return-value]
 
 
-class _Malformed(ValueError):
-    """A worker's control message that is not one the primary knows."""
+_Malformed = P.Malformed  # (what a worker sent that is not the protocol)
 
 
 _MESSAGES_AT_ONCE = 1024
@@ -547,14 +547,14 @@ class Cluster:
             w._max_served = self.settings["max_requests"] + random.randint(
                 0, self.settings["max_requests_jitter"]
             )
-        hello = ("cluster", "hello", slot, self.settings["timeout"], plan.targets)
+        hello = P.encode(P.Hello(slot, self.settings["timeout"], plan.targets))
         ch = process.channel
         assert ch is not None
         try:
             ch.send_control(hello, board_fd)
             if plan.targets:
                 ends = [_channel.Fd(fd) for fd in plan.given]
-                ch.send_control(("cluster", "stdio"), ends, keep_open=True)
+                ch.send_control(P.encode(P.Stdio()), ends, keep_open=True)
         except ChannelClosedError:
             pass  # it died already: run() reaps it
         finally:
@@ -911,7 +911,7 @@ class Cluster:
         """Act on one of the worker's own messages (``_Malformed`` when it is not one)."""
         if not isinstance(msg, tuple) or not msg:
             raise _Malformed(f"a control message of type {type(msg).__name__}")
-        if msg[0] != "cluster":
+        if not P.is_ours(msg):
             # The worker's outcome (its script ended): keep it, say why if it failed.
             if msg[0] == "result" and len(msg) == 2:
                 w.process._outcome = msg
@@ -928,41 +928,33 @@ class Cluster:
             remote_tb = _user_frames(msg[1][2])
             _log.say(f"worker {w.id} failed:\n{remote_tb}")
             return
-        kind = msg[1] if len(msg) > 1 else None
-        if kind == "online" and len(msg) == 2:
+        m = P.from_worker(msg)
+        if isinstance(m, P.Online):
             w.state = "online"
             self._emit_worker(w, "online")
-        elif kind == "listen" and len(msg) == 4 and msg[3] in ("tcp", "udp"):
-            try:
-                key = _address.check(msg[2])
-            except (TypeError, ValueError) as exc:
-                raise _Malformed(f"a listen request: {exc}") from None
-            self._listen_for(w, key, msg[3])
-        elif kind == "ready" and len(msg) == 2:
+        elif isinstance(m, P.Listen):
+            self._listen_for(w, m.address, m.kind)
+        elif isinstance(m, P.Ready):
             self._became_ready(w)
-        elif kind == "leaving" and len(msg) == 2:
+        elif isinstance(m, P.Leaving):
             w.exited_after_disconnect = True  # it disconnected itself: no restart
-        elif msg == HEARS_STOP:
+        elif isinstance(m, P.HearsStop):
             w._hears_stop = True
-        elif kind == "replace-me" and len(msg) == 3 and isinstance(msg[2], str):
-            # Its own watchdog saw a request run too long: a new worker, and it drains.
-            if not (w._recycling or w.exited_after_disconnect or self._stopping):
-                self._recycle(w, msg[2][:300])
-        else:
-            raise _Malformed(f"a control message {str(msg)[:80]!r}")
+        elif not (w._recycling or w.exited_after_disconnect or self._stopping):
+            self._recycle(w, m.why)  # (ReplaceMe: its watchdog saw a request run too long)
 
     def _listen_for(self, w: Worker, key: _address.Address, kind: str) -> None:
         ch = w.process.channel
         assert ch is not None
         if self._stopping or w.exited_after_disconnect:
             # Asked to stop before it listened: it has nothing to finish, it just ends.
-            ch.send_control(("cluster", "stopping"))
+            ch.send_control(P.encode(P.Stopping()))
             return
         policy = "shared" if kind == "udp" else self.settings["policy"]
         if policy == "reuseport":  # the worker binds its own socket: nothing to share here
             if isinstance(key, str) or key[1] == 0:  # (0: each worker's own port)
                 text = "policy 'reuseport' needs a fixed TCP port"
-                ch.send_control(("cluster", "listen-error", errno.EINVAL, text, key))
+                ch.send_control(P.encode(P.ListenError(errno.EINVAL, text, key)))
                 return
             w._slots.append((key, -1))
             self._now_listening(w, key, policy, None)
@@ -999,7 +991,7 @@ class Cluster:
             text = _b.describe(exc.errno) if exc.errno else str(exc)
             if exc.errno and exc.strerror and exc.strerror != os.strerror(exc.errno):
                 text += f" ({exc.strerror})"  # a reason of pyforkd's: "not a socket"
-            ch.send_control(("cluster", "listen-error", exc.errno, text, key))
+            ch.send_control(P.encode(P.ListenError(exc.errno or errno.EINVAL, text, key)))
             return
         w._slots.append(((kind, key), slot))
         self._now_listening(w, entry[0].getsockname(), policy, theirs, keep_open=slot < 0)
@@ -1010,7 +1002,7 @@ class Cluster:
         ch = w.process.channel
         assert ch is not None
         w._listened = True
-        ch.send_control(("cluster", "listening", address, policy), handle, keep_open=keep_open)
+        ch.send_control(P.encode(P.Listening(address, policy)), handle, keep_open=keep_open)
         w.state = "listening"
         self._emit_worker(w, "listening", address)
         if not self.settings["wait_ready"]:
@@ -1068,7 +1060,7 @@ class Cluster:
             # Its shared listeners stop on it, and so does code that asked for "stopping".
             w._told_stop = True
             try:
-                ch.send_control(STOP)
+                ch.send_control(P.encode(P.Stop()))
             except ChannelClosedError:
                 pass
 

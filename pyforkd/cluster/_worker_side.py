@@ -28,14 +28,14 @@ from .. import channel as _channel
 from .. import worker as _worker
 from ..errors import ChannelClosedError, FrameError
 from . import _address, _board
+from . import _protocol as P
 from ._handoff import Kind, Listener, connection, nodelay
 from ._settings import POLL_SECONDS, PRIMARY_SIGNALS
 
 # ---- in a worker ------------------------------------------------------------------------
 
 _role: dict[str, Any] = {"worker": None}  # cluster.worker, in a worker
-STOP = ("cluster", "disconnect")  # the primary stops this worker (its listeners, and events)
-HEARS_STOP = ("cluster", "hears-stop")  # a worker's: it has code that hears STOP
+STOP = P.encode(P.Stop())  # (compared as it comes: the events thread and listeners)
 
 
 def current() -> _Self | None:
@@ -122,7 +122,7 @@ class _Self:
                 listener._watch_primary(inbox.signal.fileno())
         inbox.start()
         try:  # so that a stop waits for this worker instead of sending it SIGTERM
-            _primary().send_control(HEARS_STOP)
+            _primary().send_control(P.encode(P.HearsStop()))
         except ChannelClosedError:
             pass  # (the primary is gone: "disconnect" says so)
 
@@ -153,7 +153,7 @@ class _Self:
 
     def ready(self) -> None:
         """Tell the primary this worker is ready (what ``wait_ready`` waits for)."""
-        _primary().send_control(("cluster", "ready"))
+        _primary().send_control(P.encode(P.Ready()))
 
     def heartbeat(self) -> None:
         """Still alive: long work calls this more often than the cluster's ``timeout``."""
@@ -180,7 +180,7 @@ class _Self:
             self._left = True
             ch = _primary()
             try:
-                ch.send_control(("cluster", "leaving"))
+                ch.send_control(P.encode(P.Leaving()))
             except ChannelClosedError:
                 pass  # (the primary is gone: nothing to tell)
             for listener in list(self._listeners):
@@ -241,7 +241,7 @@ class _Self:
     def replace_me(self, why: str) -> None:
         """Ask the primary for a replacement: it forks one, then stops this worker."""
         try:
-            _primary().send_control(("cluster", "replace-me", why))
+            _primary().send_control(P.encode(P.ReplaceMe(why)))
         except ChannelClosedError:
             pass  # (the primary is gone: this worker ends with it)
 
@@ -437,8 +437,10 @@ def worker_main(
     _signal.signal(_signal.SIGINT, _signal.default_int_handler)
     ch = _worker.parent()
     assert ch is not None
-    hello, board = ch.recv_control(with_handle=True)
-    _, _, _, timeout, targets = hello
+    raw, board = ch.recv_control(with_handle=True)
+    hello = P.from_primary(raw)
+    assert isinstance(hello, P.Hello)
+    timeout, targets = hello.timeout, hello.targets
     if targets:  # stdin/stdout/stderr given by the primary (pipes, /dev/null)
         _, ends = ch.recv_control(with_handle=True)
         for end, target in zip(ends, targets):
@@ -462,7 +464,7 @@ def worker_main(
     # The primary's atexit hooks came along with a fork; they are not this program's.
     atexit._clear()  # (the stdlib's own reset: atexit has no public one)
     atexit.register(_worker.finish)
-    ch.send_control(("cluster", "online"))
+    ch.send_control(P.encode(P.Online()))
     try:
         try:
             runpy.run_path(path, run_name="__main__")
@@ -513,29 +515,31 @@ def listen(address: Any, type: int = socket.SOCK_STREAM) -> Any:
     kind = "udp" if type == socket.SOCK_DGRAM else "tcp"
     me = _role["worker"]
     ch = _primary()
-    ch.send_control(("cluster", "listen", address, kind))
-    reply, handle = me.take_control()
-    while reply == STOP:  # told to stop before the answer: "stopping" follows
+    ch.send_control(P.encode(P.Listen(address, kind)))
+    raw, handle = me.take_control()
+    while raw == STOP:  # told to stop before the answer: Stopping follows
         me.stop_heard()
-        reply, handle = me.take_control()
-    if reply[1] == "stopping":  # the cluster stops (or replaced us) before we served
+        raw, handle = me.take_control()
+    reply = P.from_primary(raw)
+    if isinstance(reply, P.Stopping):  # the cluster stops (or replaced us) before we served
         raise SystemExit(0)
-    if reply[1] == "listen-error":
-        _, _, err, text, key = reply
-        what = _address.describe(key) + (" (UDP)" if kind == "udp" else "")
-        raise OSError(err, f"{text}: cannot listen on {what}")
+    if isinstance(reply, P.ListenError):
+        what = _address.describe(reply.address) + (" (UDP)" if kind == "udp" else "")
+        raise OSError(reply.errno, f"{reply.text}: cannot listen on {what}")
+    if not isinstance(reply, P.Listening):
+        raise P.Malformed(f"the primary answered a listen request with {raw!r}")
     if kind == "udp":
         return handle
     listener: Listener
-    if reply[3] == "shared":
+    if reply.policy == "shared":
         listener = _SharedListener(handle, me)
-    elif reply[3] == "reuseport":  # a socket of its own on the same port (the kernel balances)
+    elif reply.policy == "reuseport":  # a socket of its own on the same port (the kernel balances)
         fam = _address.family(address)
         sock = nodelay(socket.create_server(address, family=fam, reuse_port=True))
         listener = _SharedListener(sock, me)
     else:
         listener = Listener(handle)
-        listener.address = reply[2] if isinstance(reply[2], str) else tuple(reply[2])
+        listener.address = reply.address if isinstance(reply.address, str) else tuple(reply.address)
         listener.slot = me.slot
     me._listeners.add(listener)
     return listener

@@ -214,7 +214,7 @@ class _Server(abc.ABC):
 
     def _log(self, text: str) -> None:
         if self._say is not None:
-            self._say(f"control ({self.name}): {text}")
+            self._say(f"control: {text} (cluster {self.name!r})")
             return
         sys.stderr.write(f"pyforkd {self.name}: control: {text}\n")
         sys.stderr.flush()
@@ -453,11 +453,33 @@ def request(name: str | None, req: dict[str, Any], timeout: float = 10.0) -> dic
 
 
 def running() -> list[str]:
-    """The names of this user's clusters that have a control socket (or pipe) now."""
+    """The names of this user's clusters that run now.
+
+    A control socket left by a primary that was killed (nothing accepts on it) is removed.
+    """
+    where = runtime_dir()
     try:
-        return sorted(n[: -len(_SUFFIX)] for n in os.listdir(runtime_dir()) if n.endswith(_SUFFIX))
+        names = sorted(n[: -len(_SUFFIX)] for n in os.listdir(where) if n.endswith(_SUFFIX))
     except FileNotFoundError:
         return []
+    if sys.platform == "win32":
+        return names  # (a pipe's marker goes with its primary's session)
+    alive = []
+    for name in names:
+        path = socket_path(name)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(path)
+            except ConnectionRefusedError:
+                try:
+                    os.unlink(path)  # (this user's own directory: a stale socket of its own)
+                except OSError:
+                    pass
+                continue
+            except OSError:
+                continue  # (gone meanwhile)
+        alive.append(name)
+    return alive
 
 
 def _only_cluster() -> str:
