@@ -336,6 +336,9 @@ if sys.platform != "win32":
                 line = client.read()
                 if line is None:
                     return  # not whole yet
+                if not line:  # it left without asking (pyforkd status probing: not a request)
+                    self._drop(sel, clients, client)
+                    return
                 try:
                     answer = self._respond(line)
                 except Exception as exc:  # a bug here must not end the control thread
