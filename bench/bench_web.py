@@ -3,8 +3,9 @@
     python3 bench/bench_web.py [--quick]
 
 Flask and Django "hello" (WSGI) and FastAPI "hello" (ASGI) from bench/web/, 2 workers per
-server: ``pyforkd run APP -i 2`` (rr) against ``gunicorn -w 2`` (sync, and gthread with 4
-threads) for WSGI, and ``uvicorn --workers 2`` and gunicorn with uvicorn's worker for ASGI.
+server: ``pyforkd run APP -i 2`` (rr, the default, and shared) against ``gunicorn -w 2``
+(sync, and gthread with 4 threads) for WSGI, and ``uvicorn --workers 2`` and gunicorn with
+uvicorn's worker for ASGI.
 wrk ``-t2 -c64``, servers taking turns, medians of 3 runs: a new connection per request
 (``Connection: close``) and keep-alive.  Then reloads under load: ``pyforkd reload``
 (SIGHUP) twice during one wrk run, and the same HUP to gunicorn and uvicorn, counting
@@ -51,10 +52,12 @@ def servers(app: str) -> dict[str, list[str] | None]:
     """The commands serving ``app`` (PORT stands for the port), None for a missing peer."""
     spec, kind, _ = APPS_OF[app]
     bind = "127.0.0.1:PORT"
+    pyforkd = [sys.executable, "-m", "pyforkd", "run", spec, "-i", "2", "-b", bind,
+               "--name", "bench"]  # fmt: skip
     out: dict[str, list[str] | None] = {
-        "pyforkd": [sys.executable, "-m", "pyforkd", "run", spec, "-i", "2", "-b", bind,
-                    "--name", "bench"],
-    }  # fmt: skip
+        "pyforkd": pyforkd,  # (rr, the default)
+        "pyforkd shared": [*pyforkd, "--policy", "shared"],
+    }
     gunicorn = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", bind, "--log-level", "error"]
     if kind == "wsgi":
         ok = have("gunicorn")
@@ -109,7 +112,7 @@ def throughput(app: str, todo: dict[str, list[str]], seconds: int, reps: int) ->
                     server.stop()
         mode = "a new connection per request" if close else "keep-alive"
         print(f"\n{app}, {mode}: 2 workers, wrk -t2 -c64 -d{seconds}s, medians of {reps}\n")
-        peers = [n for n in todo if n != "pyforkd"]
+        peers = [n for n in todo if not n.startswith("pyforkd")]
         print("| server | requests/s | p99 ms | errors | " + " | ".join(f"vs {p}" for p in peers))
         print("|---" * (4 + len(peers)) + "|")
         med = {n: statistics.median(r["rate"] for r in v) for n, v in runs.items()}

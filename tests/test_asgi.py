@@ -126,3 +126,18 @@ def test_a_request_over_the_timeout_gets_503_and_the_worker_is_replaced(tmp_path
         assert f'ran over the timeout (1 s): "GET {path} HTTP/1.1"' in log_text(log)
     finally:
         stop(p, log)
+
+
+@pytest.mark.parametrize("policy", ["rr", "shared"])
+def test_websockets_through_the_cluster(tmp_path, policy):
+    client = pytest.importorskip("websockets.sync.client", reason="uvicorn's ws needs websockets")
+    p, port, log = start(tmp_path, "-i", "2", "--policy", policy)
+    try:
+        with client.connect(f"ws://127.0.0.1:{port}/echo") as ws:
+            ws.send("one")
+            pid, text = ws.recv(timeout=30).split(":")
+            assert text == "one"
+            ws.send("two")
+            assert ws.recv(timeout=30) == f"{pid}:two"
+    finally:
+        stop(p, log)

@@ -161,3 +161,35 @@ def test_socket_activation_by_systemd(tmp_path):
         c.close()
     finally:
         finish(p)
+
+
+SERVE = """
+import os, sys
+from pyforkd import cluster
+
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(os.getpid()).encode()]
+
+if __name__ == "__main__":
+    cluster.serve(app, bind=["127.0.0.1:%d" % int(sys.argv[1])], workers=2, threads=2)
+"""
+
+
+def test_cluster_serve_from_a_script(tmp_path):
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE)
+    port = free_port()
+    p = subprocess.Popen(
+        [sys.executable, str(script), str(port)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_port(port, p)
+    seen = set()
+    for _ in range(20):
+        c = Client(port)
+        c.send(get("/"))
+        seen.add(int(c.response()[1]))
+        c.close()
+    assert len(seen) == 2 and p.pid not in seen  # two workers serve, the primary does not
+    finish(p)

@@ -140,6 +140,10 @@ async def _serve(
             loop.remove_reader(fd)
         for listener in listeners:
             listener.close()
+    # Connections taken just now get their protocol at the loop's next turns (a task
+    # each): they are waited for, so that the stop serves them too.
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
     # Each request from now on says close: the app every connection runs is swapped
     # (uvicorn's protocols take their app from the config, and keep it).
     closing = _Closing(config.loaded_app)

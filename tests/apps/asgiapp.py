@@ -26,6 +26,14 @@ async def app(scope, receive, send):
                 _note("shutdown")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":  # an echo, until the client closes
+        await receive()  # (websocket.connect)
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await send({"type": "websocket.send", "text": f"{os.getpid()}:{message.get('text')}"})
     path = scope["path"]
     body = b""
     while True:
