@@ -4,6 +4,7 @@ pyproject.toml's [tool.pyforkd]), a log file with timestamps reopened on SIGUSR1
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -149,7 +150,8 @@ def test_socket_activation_by_systemd(tmp_path):
     # systemd-socket-activate binds, then starts pyforkd with the socket as descriptor 3.
     port = free_port()
     p = subprocess.Popen(
-        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", sys.executable, "-m",
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}",
+         *(["-E", "PYTHONPATH"] if "PYTHONPATH" in os.environ else []), sys.executable, "-m",
          "pyforkd", "run", "wsgiapp:app", "-b", "fd://3", "-i", "2", "--name", f"sd{port}"],
         cwd=APPS, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

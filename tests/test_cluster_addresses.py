@@ -44,7 +44,7 @@ APP = textwrap.dedent(
         print(json.dumps({"listening": True, "mode": mode}), flush=True)
         conn, _ = listener.accept()
         with conn:
-            conn.sendall(str(conn.family).encode())
+            conn.sendall(str(int(conn.family)).encode())
     """
 ).replace("import json, os, sys", "import json, os, stat, sys")
 
