@@ -345,8 +345,13 @@ def _read_config(path: str | None) -> tuple[dict[str, Any], str]:
     """The settings of ``path`` (TOML), or of ``[tool.pyforkd]`` in ./pyproject.toml."""
     explicit = path is not None
     where = "pyproject.toml" if path is None else path
-    if not explicit and not os.path.isfile(where):
-        return {}, where
+    if not explicit:
+        try:
+            with open(where, encoding="utf-8", errors="replace") as f:
+                if "[tool.pyforkd" not in f.read():
+                    return {}, where  # (a project's file without a word for pyforkd)
+        except (FileNotFoundError, IsADirectoryError):
+            return {}, where
     try:
         import tomllib as toml  # noqa: PLC0415  (3.11+; tomli before, only when needed)
     except ImportError:

@@ -195,3 +195,13 @@ def test_cluster_serve_from_a_script(tmp_path):
         c.close()
     assert len(seen) == 2 and p.pid not in seen  # two workers serve, the primary does not
     finish(p)
+
+
+def test_a_project_s_pyproject_without_a_pyforkd_table_is_left_alone(tmp_path):
+    # (not even read as TOML: on Python 3.9 without tomli, or half-written, it is no matter)
+    shutil.copy(APPS / "wsgiapp.py", tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[project\nname = ")
+    port = free_port()
+    p = run(["wsgiapp:app", "-b", f"127.0.0.1:{port}", "--name", f"np{port}"], cwd=tmp_path)
+    wait_port(port, p)
+    finish(p)
