@@ -183,7 +183,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=0,
         metavar="S",
-        help="kill and replace a worker busy with one connection for longer (0: never; "
+        help="MODULE:APP: answer 503 to a request running longer and replace its worker; "
+        "SCRIPT: kill and replace a worker busy with one connection for longer (0: never; "
         "the default)",
     )
     run.add_argument(
