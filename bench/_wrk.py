@@ -6,6 +6,8 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Callable
+from typing import Any
 
 
 def free_port() -> int:
@@ -57,3 +59,20 @@ def parse_wrk(text: str) -> dict[str, float]:
         "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
         "requests": float(total.group(1)) if total else 0.0,
     }
+
+
+def during_load(
+    port: int, seconds: int, close: bool, at: list[float], act: Callable[[], Any]
+) -> dict[str, float]:
+    """One wrk run during which ``act()`` happens ``at`` these seconds; wrk's counts."""
+    load = subprocess.Popen(
+        [*wrk_args(seconds, close), f"http://127.0.0.1:{port}/"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    start = time.monotonic()
+    for when in at:
+        time.sleep(max(0.0, start + when - time.monotonic()))
+        act()
+    out, _ = load.communicate(timeout=seconds + 60)
+    return parse_wrk(out)

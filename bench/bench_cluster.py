@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from _wrk import free_port, parse_wrk, wait_listening, wrk, wrk_args
+from _wrk import during_load, free_port, wait_listening, wrk
 
 from pyforkd.cluster import control as _control
 
@@ -95,6 +95,10 @@ class Server:
         )
         wait_listening(self.port)
         time.sleep(0.5)  # every worker up
+
+    def hup(self) -> None:
+        """A reload."""
+        self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> list[int]:
         """Stop it; each worker's count of requests answered (empty when it does not say)."""
@@ -158,24 +162,17 @@ def under_load(
     server = Server(name, cmd)
     waits: list[float] = []
     try:
-        load = subprocess.Popen(
-            [*wrk_args(seconds, close), f"http://127.0.0.1:{server.port}/"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        start = time.monotonic()
         if action == "reload":
-            for at in (seconds / 3, 2 * seconds / 3):
-                time.sleep(max(0.0, start + at - time.monotonic()))
-                server.proc.send_signal(signal.SIGHUP)
+            at = [seconds / 3, 2 * seconds / 3]
+            result = during_load(server.port, seconds, close, at, server.hup)
         else:
-            for k in range(1, seconds):
-                time.sleep(max(0.0, start + k - time.monotonic()))
-                waits += kill_one(server, name)
-        out, _ = load.communicate(timeout=seconds + 60)
+            at = [float(k) for k in range(1, seconds)]
+            result = during_load(
+                server.port, seconds, close, at, lambda: waits.extend(kill_one(server, name))
+            )
     finally:
         server.stop()
-    return parse_wrk(out), waits
+    return result, waits
 
 
 def kill_one(server: Server, name: str) -> list[float]:

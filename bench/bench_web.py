@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from _wrk import free_port, parse_wrk, wait_listening, wrk, wrk_args
+from _wrk import during_load, free_port, wait_listening, wrk
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APPS = os.path.join(HERE, "web")
@@ -91,6 +91,10 @@ class Server:
         wait_listening(self.port)
         time.sleep(1.0)  # every worker up
 
+    def hup(self) -> None:
+        """A reload."""
+        self.proc.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -131,19 +135,10 @@ def reloads(app: str, todo: dict[str, list[str]], seconds: int) -> None:
         for close in (True, False):
             server = Server(cmd)
             try:
-                load = subprocess.Popen(
-                    [*wrk_args(seconds, close), f"http://127.0.0.1:{server.port}/"],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                start = time.monotonic()
-                for at in (seconds / 3, 2 * seconds / 3):
-                    time.sleep(max(0.0, start + at - time.monotonic()))
-                    server.proc.send_signal(signal.SIGHUP)
-                out, _ = load.communicate(timeout=seconds + 60)
+                at = [seconds / 3, 2 * seconds / 3]
+                r = during_load(server.port, seconds, close, at, server.hup)
             finally:
                 server.stop()
-            r = parse_wrk(out)
             mode = "close" if close else "keep-alive"
             counts = f"{r['requests']:,.0f} | {r['errors']:.0f} | {r['non2xx']:.0f}"
             print(f"| {name} | {mode} | {counts} |")

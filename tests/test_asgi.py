@@ -4,38 +4,23 @@ startup that is not restarted, the access log."""
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
-from _helpers import free_port, linux_only
-from test_wsgi import APPS, Client, get, log_text
+from _helpers import linux_only
+from test_wsgi import Client, get, log_text
+from test_wsgi import start as start_app
 
 pytest.importorskip("uvicorn", reason="ASGI apps run on uvicorn's protocols")
 pytestmark = linux_only
 
 
 def start(tmp_path, *args, env=None, wait=True):
-    port = free_port()
-    log = open(tmp_path / "server.log", "w+")  # noqa: SIM115  (closed by the caller's stop)
-    p = subprocess.Popen(
-        [sys.executable, "-m", "pyforkd", "run", "asgiapp:app", "-b", f"127.0.0.1:{port}",
-         "--name", f"asgi{port}", *args],
-        cwd=APPS, stdout=log, stderr=subprocess.STDOUT,
-        env=dict(os.environ, ASGI_TEST_DIR=str(tmp_path), **(env or {})),
+    p, port, log, _ = start_app(
+        tmp_path, *args, app="asgiapp:app", wait=wait,
+        env={"ASGI_TEST_DIR": str(tmp_path), **(env or {})},
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while wait:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert p.poll() is None and time.monotonic() < deadline, log_text(log)
-            time.sleep(0.05)
     return p, port, log
 
 

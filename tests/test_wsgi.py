@@ -71,19 +71,20 @@ def get(path, version="1.1", extra=""):
     return f"GET {path} HTTP/{version}\r\nHost: t\r\n{extra}\r\n".encode()
 
 
-def start(tmp_path, *args, env=None):
+def start(tmp_path, *args, env=None, app="wsgiapp:app", wait=True):
+    """``pyforkd run APP`` from tests/apps on a free port, its output in a log file."""
     port = free_port()
     data = tmp_path / "data.bin"
     data.write_bytes(os.urandom(300_000))
     log = open(tmp_path / "server.log", "w+")  # noqa: SIM115  (closed by stop())
     p = subprocess.Popen(
-        [sys.executable, "-m", "pyforkd", "run", "wsgiapp:app", "-b", f"127.0.0.1:{port}",
-         "--name", f"wsgi{port}", *args],
+        [sys.executable, "-m", "pyforkd", "run", app, "-b", f"127.0.0.1:{port}",
+         "--name", f"web{port}", *args],
         cwd=APPS, stdout=log, stderr=subprocess.STDOUT,
         env=dict(os.environ, WSGI_TEST_FILE=str(data), **(env or {})),
     )  # fmt: skip
     deadline = time.monotonic() + 30
-    while True:
+    while wait:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
