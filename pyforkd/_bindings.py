@@ -1036,7 +1036,8 @@ def dispatch_take(sock: int, block: bool) -> tuple[int, int] | None:
     return int(r), int(seq[0])
 
 
-def dispatch_ack(sock: int, seq: int) -> None:
-    r = lib.pfd_dispatch_ack(sock, seq)
+def dispatch_ack(sock: int, seqs: list[int]) -> None:
+    """Tell the dispatcher this worker has the connections ``seqs`` (one send)."""
+    r = lib.pfd_dispatch_ack(sock, seqs, len(seqs))
     if r < 0:
         raise_errno(r, "send")

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import pytest
 from _helpers import http_get, linux_only
@@ -118,3 +119,43 @@ def test_a_connection_taken_by_a_worker_that_dies_dies_with_it(primary):
     _, good = start()
     assert get(port) == good.pid
     assert rr.stats()["redispatched"] == 0  # ... and never served twice
+
+
+def test_accept_many_takes_what_waits_and_acknowledges_all_of_it():
+    # A worker's server takes a burst at once: every connection that waits, each alive,
+    # each with its peer's address, and the primary hears that all of them are taken.
+    lsock = socket.create_server(("127.0.0.1", 0))
+    rr = cluster.RoundRobin(lsock, max_inflight=16)
+    slot, theirs = rr.connect()
+    listener = cluster.Listener(theirs)
+    port = lsock.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(5)]
+    got = []
+    try:
+        for i, c in enumerate(clients):
+            c.sendall(b"%d" % i)
+        assert listener.wait(30)
+        deadline = time.monotonic() + 30
+        while rr.stats(slot)["handed"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        got = listener.accept_many(3)
+        assert len(got) == 3  # no more than asked for,
+        got += listener.accept_many()
+        assert len(got) == 5 and listener.accept_many() == []  # then the rest: none waits
+        while rr.stats(slot)["accepted"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rr.stats(slot) == {"handed": 5, "accepted": 5, "in_flight": 0, "live": 1}
+        assert sorted(conn.recv(1) for conn, _ in got) == [b"0", b"1", b"2", b"3", b"4"]
+        assert {peer for _, peer in got} == {c.getsockname() for c in clients}
+        for conn, _ in got:
+            assert conn.proto == socket.IPPROTO_TCP
+    finally:
+        for conn, _ in got:
+            conn.close()
+        for c in clients:
+            c.close()
+        rr.close()
+        lsock.close()
+    with pytest.raises(ChannelClosedError):
+        listener.accept_many()  # the primary's end is gone
+    listener.close()

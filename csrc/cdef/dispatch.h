@@ -60,5 +60,6 @@ void pfd_dispatch_free(pfd_dispatch_t *d);
  * -errno. */
 int pfd_dispatch_take(int sock, unsigned long long *seq, int flags);
 
-/* The worker's side: acknowledges hand-off `seq`.  Returns 0 or -errno (-EPIPE). */
-int pfd_dispatch_ack(int sock, unsigned long long seq);
+/* The worker's side: acknowledges the `n` hand-offs `seqs` (one send for up to 64).
+ * Returns 0 or -errno (-EPIPE). */
+int pfd_dispatch_ack(int sock, const unsigned long long *seqs, unsigned n);

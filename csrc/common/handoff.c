@@ -235,15 +235,21 @@ int pfd_dispatch_take(int sock, unsigned long long *seq, int flags) {
   return conn;
 }
 
-int pfd_dispatch_ack(int sock, unsigned long long seq) {
-  unsigned char msg[PFD__MSG];
-  size_t sent = 0;
-  pfd__seq_put(msg, seq);
-  while (sent < PFD__MSG) {
-    long n = pfd_fd_send(sock, msg + sent, PFD__MSG - sent, NULL, 0, NULL, 0, PFD_FD_BLOCK);
-    if (n == -EINTR) continue;
-    if (n < 0) return (int)n;
-    sent += (size_t)n;
+int pfd_dispatch_ack(int sock, const unsigned long long *seqs, unsigned n) {
+  /* Up to PFD__ACK_BATCH acknowledgements per send: the dispatcher reads them as a stream. */
+  unsigned char msg[PFD__MSG * PFD__ACK_BATCH];
+  unsigned done = 0;
+  while (done < n) {
+    unsigned k, batch = n - done < PFD__ACK_BATCH ? n - done : PFD__ACK_BATCH;
+    size_t sent = 0, size = (size_t)batch * PFD__MSG;
+    for (k = 0; k < batch; k++) pfd__seq_put(msg + (size_t)k * PFD__MSG, seqs[done + k]);
+    while (sent < size) {
+      long r = pfd_fd_send(sock, msg + sent, size - sent, NULL, 0, NULL, 0, PFD_FD_BLOCK);
+      if (r == -EINTR) continue;
+      if (r < 0) return (int)r;
+      sent += (size_t)r;
+    }
+    done += batch;
   }
   return 0;
 }

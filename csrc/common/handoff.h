@@ -17,6 +17,7 @@
 #include "pyforkd.h"
 
 #define PFD__MSG 8           /* a hand-off or an acknowledgement: a u64 sequence number */
+#define PFD__ACK_BATCH 64    /* acknowledgements sent at once by pfd_dispatch_ack */
 #define PFD__QUEUE_MAX 1024  /* accepted connections waiting for a worker, at most */
 #define PFD__ACCEPT_BATCH 64 /* accepts per wake-up */
 

@@ -76,44 +76,70 @@ class Listener:
 
         :class:`ChannelClosedError` once the primary is gone.
         """
-        fd = self._fd
-        if fd < 0:
-            raise ChannelClosedError("the listener is closed")
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self.slot is not None:
-            self.slot.idle()
         with self._lock:
             while True:
                 if deadline is not None and timeout != 0:  # (0: one non-blocking try)
                     left = max(0, int((deadline - time.monotonic()) * 1000))
-                    if _b.fd_wait(fd, _b.POLL_IN, left) is False:
+                    if _b.fd_wait(self._checked(), _b.POLL_IN, left) is False:
                         raise TimeoutError("no connection came in time")
-                try:
-                    got = _b.dispatch_take(fd, timeout is None)
-                except (BrokenPipeError, ConnectionResetError):
-                    raise ChannelClosedError("the primary is gone") from None
-                if got is not None:
-                    break
+                got = self._take_handed(1, block=timeout is None)
+                if got:
+                    return got[0]
                 if timeout == 0:
                     raise TimeoutError("no connection waits")
-            conn_fd, seq = got
+
+    def accept_many(self, limit: int = 64) -> list[tuple[socket.socket, Any]]:
+        """Up to ``limit`` connections that wait now, without waiting (``[]``: none).
+
+        One message tells the primary about all of them: cheaper than ``accept()`` each.
+        :class:`ChannelClosedError` once the primary is gone.
+        """
+        with self._lock:
+            return self._take_handed(limit, block=False)
+
+    def _checked(self) -> int:
+        if self._fd < 0:
+            raise ChannelClosedError("the listener is closed")
+        return self._fd
+
+    def _take_handed(self, limit: int, block: bool) -> list[tuple[socket.socket, Any]]:
+        """What the primary handed (waiting for the first with ``block``), acknowledged."""
+        fd = self._checked()
+        if self.slot is not None:
+            self.slot.idle()
+        taken: list[tuple[int, int]] = []
+        gone = False
+        while len(taken) < limit:
             try:
+                got = _b.dispatch_take(fd, block and not taken)
+            except (BrokenPipeError, ConnectionResetError):
+                gone = True
+                break
+            if got is None:
+                break
+            taken.append(got)
+        conns: list[socket.socket] = []
+        try:
+            for conn_fd, _ in taken:
                 # Every connection of a listener is of one kind: asking the kernel for it
                 # once saves system calls on every connection after the first.
                 conn, self._kind = connection(conn_fd, self._kind, self.slot)
-            except OSError:
+                conns.append(conn)
+            if taken:
+                _b.dispatch_ack(fd, [seq for _, seq in taken])
+        except OSError as exc:
+            for conn in conns:
+                conn.close()
+            for conn_fd, _ in taken[len(conns) :]:
                 _b.close_native(conn_fd)
-                raise
-            try:
-                _b.dispatch_ack(fd, seq)
-            except OSError:
-                conn.close()  # the primary is gone: it gives the connection to no one else
+            if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+                # (unacknowledged: the primary is gone and gives them to no one else)
                 raise ChannelClosedError("the primary is gone") from None
-        try:
-            address = conn.getpeername()
-        except OSError:
-            address = None  # the client left already: the first recv says so
-        return conn, address
+            raise
+        if gone and not conns:
+            raise ChannelClosedError("the primary is gone")
+        return [(conn, _peer(conn)) for conn in conns]
 
     def close(self) -> None:
         """Stop taking connections (the primary gives this worker's others to the rest)."""
@@ -128,6 +154,13 @@ class Listener:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _peer(conn: socket.socket) -> Any:
+    try:
+        return conn.getpeername()
+    except OSError:
+        return None  # the client left already: the first recv says so
 
 
 class _Connection(socket.socket):

@@ -644,6 +644,23 @@ class _SharedListener(Listener):
                     except BlockingIOError:
                         continue  # another worker took it
 
+    def accept_many(self, limit: int = 64) -> list[tuple[socket.socket, Any]]:
+        """Up to ``limit`` connections that wait now, without waiting (``[]``: none).
+
+        :class:`ChannelClosedError` once the primary said stop (after those taken before).
+        """
+        got: list[tuple[socket.socket, Any]] = []
+        while len(got) < limit:
+            try:
+                got.append(self.accept(timeout=0))
+            except TimeoutError:
+                break
+            except ChannelClosedError:
+                if not got:
+                    raise
+                break
+        return got
+
     def _take(self) -> tuple[socket.socket, Any]:
         fd, address = self._sock._accept()  # type: ignore[attr-defined, unused-ignore]
         try:

@@ -117,14 +117,12 @@ async def _serve(
     tasks: set[asyncio.Task[Any]] = set()
 
     def take(listener: Any) -> None:
-        for _ in range(64):  # a burst at a time
-            try:
-                sock, _ = listener.accept(timeout=0)
-            except TimeoutError:
-                return
-            except ChannelClosedError:  # the primary stopped this worker's listening
-                stop.set()
-                return
+        try:
+            burst = listener.accept_many(64)
+        except ChannelClosedError:  # the primary stopped this worker's listening
+            stop.set()
+            return
+        for sock, _ in burst:
             task = loop.create_task(loop.connect_accepted_socket(protocol, sock))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

@@ -728,17 +728,15 @@ class WSGIServer:
                 self._watch_conn(conn)
 
     def _accept(self, listener: Any) -> None:
-        for _ in range(64):  # a burst at a time, then the connections already open
-            try:
-                sock, peer = listener.accept(timeout=0)
-            except TimeoutError:
-                return
-            except ChannelClosedError:  # the primary stopped this worker's listening
-                self._stopping = True
-                return
-            except OSError as exc:
-                log.warning("accept failed: %s", exc)
-                return
+        try:  # a burst at a time, then the connections already open
+            burst = listener.accept_many(64)
+        except ChannelClosedError:  # the primary stopped this worker's listening
+            self._stopping = True
+            return
+        except OSError as exc:
+            log.warning("accept failed: %s", exc)
+            return
+        for sock, peer in burst:
             conn = _Conn(sock, peer)
             self._conns.add(conn)
             # A client sends its request with the connection: it is most often here

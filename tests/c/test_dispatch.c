@@ -89,7 +89,7 @@ TEST_IMPL(dispatch_survives_a_worker_dying_with_connections) {
     CHECK(id >= '0' && id < '6' && !seen[id - '0']);
     seen[id - '0'] = 1;
     CHECK(write(fd, "ok", 2) == 2);
-    CHECK_EQ(pfd_dispatch_ack(w0[1], seq), 0);
+    CHECK_EQ(pfd_dispatch_ack(w0[1], &seq, 1), 0);
     close(fd);
     taken0++;
   }
@@ -109,6 +109,43 @@ TEST_IMPL(dispatch_survives_a_worker_dying_with_connections) {
   CHECK_EQ(pfd_dispatch_stats(d, 7, out), -ENOENT);
   pfd_dispatch_free(d);
   close(w0[1]);
+  close(lfd);
+  CHECK_EQ(pfd_test_count_fds(), base);
+  return 0;
+}
+
+TEST_IMPL(dispatch_takes_acknowledgements_in_one_batch) {
+  /* 70 hand-offs taken, then acknowledged in one call (more than one send's worth). */
+  enum { N = 70 };
+  int base = pfd_test_count_fds(), port, lfd, w[2], clients[N], conns[N], i;
+  unsigned long long seqs[N], out[4];
+  pfd_dispatch_t *d;
+  lfd = listener(&port);
+  CHECK_EQ(pfd_dispatch_new(&d, lfd, N), 0);
+  CHECK(pfd_fd_pair(w) == 0);
+  CHECK_EQ(pfd_dispatch_add(d, w[0]), 0);
+  CHECK_EQ(pfd_dispatch_start(d), 0);
+  for (i = 0; i < N; i++) {
+    clients[i] = client(port, i % 10);
+    conns[i] = pfd_dispatch_take(w[1], &seqs[i], PFD_FD_BLOCK);
+    CHECK(conns[i] >= 0);
+  }
+  await_stat(d, 0, 2, N); /* all in flight */
+  CHECK_EQ(pfd_dispatch_ack(w[1], seqs, N), 0);
+  await_stat(d, 0, 1, N); /* all acknowledged, */
+  CHECK_EQ(pfd_dispatch_stats(d, 0, out), 0);
+  CHECK_EQ(out[2], 0); /* none in flight, */
+  CHECK_EQ(pfd_dispatch_ack(w[1], seqs, 0), 0); /* (nothing to say: nothing sent) */
+  for (i = 0; i < N; i++) {
+    char id;
+    CHECK(read(conns[i], &id, 1) == 1 && id == (char)('0' + i % 10)); /* each alive */
+    close(conns[i]);
+    close(clients[i]);
+  }
+  CHECK_EQ(pfd_dispatch_stats(d, 0, out), 0);
+  CHECK_EQ(out[3], 1); /* and the worker is in good standing */
+  pfd_dispatch_free(d);
+  close(w[1]);
   close(lfd);
   CHECK_EQ(pfd_test_count_fds(), base);
   return 0;
@@ -138,7 +175,7 @@ TEST_IMPL(dispatch_bounds_a_workers_connections_in_flight) {
   fd = pfd_dispatch_take(w[1], &seq, PFD_FD_BLOCK);
   CHECK(fd >= 0);
   CHECK_EQ(pfd_dispatch_take(w[1], &seq2, 0), -EAGAIN); /* nothing more handed yet */
-  CHECK_EQ(pfd_dispatch_ack(w[1], seq), 0);
+  CHECK_EQ(pfd_dispatch_ack(w[1], &seq, 1), 0);
   close(fd);
   fd = pfd_dispatch_take(w[1], &seq2, PFD_FD_BLOCK); /* now it comes */
   CHECK(fd >= 0 && seq2 == seq + 1);
@@ -209,14 +246,14 @@ TEST_IMPL(dispatch_remove_honours_acks_already_sent) {
   fd1 = pfd_dispatch_take(w0[1], &seq1, PFD_FD_BLOCK);
   fd2 = pfd_dispatch_take(w0[1], &seq2, PFD_FD_BLOCK);
   CHECK(fd1 >= 0 && fd2 >= 0);
-  CHECK_EQ(pfd_dispatch_ack(w0[1], seq1), 0); /* sent; the dispatcher may not have read it */
+  CHECK_EQ(pfd_dispatch_ack(w0[1], &seq1, 1), 0); /* sent; the dispatcher may not have read it */
   CHECK_EQ(pfd_dispatch_add(d, w1[0]), 1);
   CHECK_EQ(pfd_dispatch_remove(d, 0), 0);
-  CHECK_EQ(pfd_dispatch_ack(w0[1], seq2), -EPIPE); /* too late: not ours any more */
+  CHECK_EQ(pfd_dispatch_ack(w0[1], &seq2, 1), -EPIPE); /* too late: not ours any more */
   close(fd2);
   fd = pfd_dispatch_take(w1[1], &seq, PFD_FD_BLOCK); /* only the second one moves */
   CHECK(fd >= 0);
-  CHECK_EQ(pfd_dispatch_ack(w1[1], seq), 0);
+  CHECK_EQ(pfd_dispatch_ack(w1[1], &seq, 1), 0);
   {
     char id;
     CHECK(read(fd, &id, 1) == 1 && id == '2');

@@ -40,6 +40,7 @@
   X(ring_stall_is_told_apart_from_a_busy_consumer) \
   X(shm_create_map_and_seals)       \
   X(dispatch_survives_a_worker_dying_with_connections) \
+  X(dispatch_takes_acknowledgements_in_one_batch) \
   X(dispatch_bounds_a_workers_connections_in_flight) \
   X(dispatch_least_connections_prefers_the_least_loaded) \
   X(dispatch_remove_honours_acks_already_sent) \

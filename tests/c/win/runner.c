@@ -151,7 +151,7 @@ static int child_main(int argc, wchar_t **argv) {
       if (conn < 0) return 4;
       if (recv((SOCKET)conn, &answer[2], 1, 0) != 1) return 5;
       if (send((SOCKET)conn, answer, 3, 0) != 3) return 6;
-      if (pfd_dispatch_ack(PFD__FD(channel), seq) != 0) return 7;
+      if (pfd_dispatch_ack(PFD__FD(channel), &seq, 1) != 0) return 7;
       closesocket((SOCKET)conn);
     }
   }
@@ -1165,7 +1165,7 @@ static void test_dispatch_survives_a_worker_dying_with_connections(void) {
     CHECK(id >= '0' && id < '6' && !seen[id - '0']);
     seen[id - '0'] = 1;
     CHECK(send((SOCKET)conn, "ok", 2, 0) == 2);
-    CHECK_EQ(pfd_dispatch_ack(w0_end, seq), 0);
+    CHECK_EQ(pfd_dispatch_ack(w0_end, &seq, 1), 0);
     closesocket((SOCKET)conn);
     taken++;
   }
@@ -1207,7 +1207,7 @@ static void test_dispatch_bounds_a_workers_connections_in_flight(void) {
   conn = pfd_dispatch_take(w_end, &seq, PFD_FD_BLOCK);
   CHECK(conn >= 0);
   CHECK_EQ(pfd_dispatch_take(w_end, &seq2, 0), -EAGAIN); /* nothing more handed yet */
-  CHECK_EQ(pfd_dispatch_ack(w_end, seq), 0);
+  CHECK_EQ(pfd_dispatch_ack(w_end, &seq, 1), 0);
   closesocket((SOCKET)conn);
   conn = pfd_dispatch_take(w_end, &seq2, PFD_FD_BLOCK); /* now it comes */
   CHECK(conn >= 0 && seq2 == seq + 1);
@@ -1276,14 +1276,14 @@ static void test_dispatch_remove_honours_acks_already_sent(void) {
   c1_conn = pfd_dispatch_take(w0_end, &seq1, PFD_FD_BLOCK);
   c2_conn = pfd_dispatch_take(w0_end, &seq2, PFD_FD_BLOCK);
   CHECK(c1_conn >= 0 && c2_conn >= 0);
-  CHECK_EQ(pfd_dispatch_ack(w0_end, seq1), 0); /* sent; the dispatcher may not have read it */
+  CHECK_EQ(pfd_dispatch_ack(w0_end, &seq1, 1), 0); /* sent; the dispatcher may not have read it */
   CHECK_EQ(pfd_dispatch_add(d, w1), 1);
   CHECK_EQ(pfd_dispatch_remove(d, 0), 0);
-  CHECK_EQ(pfd_dispatch_ack(w0_end, seq2), -EPIPE); /* too late: not its own any more */
+  CHECK_EQ(pfd_dispatch_ack(w0_end, &seq2, 1), -EPIPE); /* too late: not its own any more */
   closesocket((SOCKET)c2_conn);
   conn = pfd_dispatch_take(w1_end, &seq, PFD_FD_BLOCK); /* only the second one moves */
   CHECK(conn >= 0);
-  CHECK_EQ(pfd_dispatch_ack(w1_end, seq), 0);
+  CHECK_EQ(pfd_dispatch_ack(w1_end, &seq, 1), 0);
   CHECK(recv((SOCKET)conn, &id, 1, 0) == 1 && id == '2');
   CHECK_EQ(pfd_dispatch_take(w1_end, &seq, 0), -EAGAIN);
   CHECK_EQ(pfd_dispatch_stats(d, -1, out), 0);
