@@ -26,6 +26,17 @@ def say(text: str, who: str = "pyforkd") -> None:
         pass  # (no stderr to write to: a log line is not worth dying for)
 
 
+def access_line(
+    remote: str, request_line: str, status: int, size: int, referer: str, agent: str
+) -> str:
+    """One request in the combined log format (Apache's, nginx's)."""
+    when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
+    return (
+        f'{remote or "-"} - - [{when}] "{request_line}" {status} {size or "-"} '
+        f'"{referer}" "{agent}"'
+    )
+
+
 def log_to(path: str) -> None:
     """Point this process's stderr (descriptor 2) at the file ``path``, appending."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)

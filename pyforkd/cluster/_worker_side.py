@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import collections
+import email.utils
+import logging
 import os
 import runpy
 import select
@@ -31,6 +33,8 @@ from . import _address, _board
 from . import _protocol as P
 from ._handoff import Kind, Listener, connection, nodelay
 from ._settings import POLL_SECONDS, PRIMARY_SIGNALS
+
+_log = logging.getLogger("pyforkd.cluster")
 
 # ---- in a worker ------------------------------------------------------------------------
 
@@ -60,6 +64,7 @@ class _Self:
         self.slot = slot
         self.timeout = timeout  # the primary's hang limit, or None
         self._left = False
+        self._replace_asked = False
         self.process = _ThisProcess(self)
         self._listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
         self._inbox: _Inbox | None = None  # started by the first on()
@@ -239,7 +244,13 @@ class _Self:
         return self._inbox is not None or not _b.WINDOWS
 
     def replace_me(self, why: str) -> None:
-        """Ask the primary for a replacement: it forks one, then stops this worker."""
+        """Ask the primary for a replacement: it forks one, then stops this worker.
+
+        Asked once: later calls (another request timed out meanwhile) do nothing.
+        """
+        if self._replace_asked:
+            return
+        self._replace_asked = True
         try:
             _primary().send_control(P.encode(P.ReplaceMe(why)))
         except ChannelClosedError:
@@ -254,6 +265,38 @@ class _Self:
         inbox = self._inbox
         if inbox is not None:
             inbox.ending = True
+
+
+def timed_out(sock: socket.socket | None, answer: bool, line: str, timeout: float) -> None:
+    """A request ran over the cluster's ``timeout``: end it and have this worker replaced.
+
+    ``answer``: nothing of the response went out yet, so the client gets a 503.  The
+    connection is shut down (what the app writes later goes nowhere); the log names
+    ``line``, the request line.
+    """
+    if sock is not None:
+        if answer:
+            body = b"the request ran over the server's timeout\n"
+            date = email.utils.formatdate(usegmt=True)
+            head = (
+                f"HTTP/1.1 503 Service Unavailable\r\nDate: {date}\r\n"
+                f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            try:
+                sock.send(head.encode() + body)
+            except OSError:
+                pass  # (the client is gone, or its window full: it sees the end)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    _log.error(
+        'a request ran over the timeout (%g s): "%s"; this worker is replaced', timeout, line
+    )
+    me = current()
+    if me is not None:
+        me.replace_me(f'a request ran over the timeout ({timeout:g} s): "{line}"')
 
 
 class _Inbox:

@@ -14,8 +14,6 @@ import asyncio
 import email.utils
 import importlib
 import logging
-import os
-import socket
 import sys
 import threading
 import time
@@ -25,6 +23,7 @@ from typing import Any
 
 from ..errors import ChannelClosedError
 from . import _worker_side
+from ._log import access_line
 
 
 def _optional(name: str) -> Any:
@@ -194,7 +193,6 @@ def _watch(
     connection ended, and this worker replaced.
     """
     me = _worker_side.current()
-    replaced = False
     while not done.wait(min(1.0, timeout / 4)):
         if me is not None:
             me.slot.beat()
@@ -208,35 +206,15 @@ def _watch(
                 continue
             # (the app's later sends are dropped, as for a client that left)
             cycle.disconnected = True
-            sock = conn.transport.get_extra_info("socket")
-            if sock is not None:
-                if not cycle.response_started:
-                    _answer_503(sock.fileno())
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            # (asyncio lends a TransportSocket, without send(): a duplicate of it writes)
+            lent = conn.transport.get_extra_info("socket")
+            sock = None if lent is None else lent.dup()
+            try:
+                _worker_side.timed_out(sock, not cycle.response_started, line, timeout)
+            finally:
+                if sock is not None:
+                    sock.close()
             loop.call_soon_threadsafe(conn.transport.abort)
-            log.error(
-                'a request ran over the timeout (%g s): "%s"; this worker is replaced',
-                timeout,
-                line,
-            )
-            if me is not None and not replaced:
-                replaced = True
-                me.replace_me(f'a request ran over the timeout ({timeout:g} s): "{line}"')
-
-
-def _answer_503(fd: int) -> None:
-    body = b"the request ran over the server's timeout\n"
-    head = (
-        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-    )
-    try:
-        os.write(fd, head + body)
-    except OSError:
-        pass  # (the client is gone, or its window full: it sees the end)
 
 
 class _Closing:
@@ -313,11 +291,13 @@ class _AccessLog:
         finally:
             headers = dict(scope.get("headers") or [])
             client = scope.get("client") or ("-", 0)
-            line = _line(scope)
-            when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
-            referer = headers.get(b"referer", b"-").decode("latin-1")
-            agent = headers.get(b"user-agent", b"-").decode("latin-1")
             self.write(
-                f'{client[0]} - - [{when}] "{line}" {status[0] or 500} {status[1] or "-"} '
-                f'"{referer}" "{agent}"'
+                access_line(
+                    client[0],
+                    _line(scope),
+                    status[0] or 500,
+                    status[1],
+                    headers.get(b"referer", b"-").decode("latin-1"),
+                    headers.get(b"user-agent", b"-").decode("latin-1"),
+                )
             )

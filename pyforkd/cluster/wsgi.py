@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import ChannelClosedError
 from . import _worker_side
+from ._log import access_line
 
 httptools: Any
 try:
@@ -574,7 +575,6 @@ class WSGIServer:
         # longer, and has this worker replaced.
         self.timeout: float | None = me.timeout if me is not None else None
         self._flights: dict[int, tuple[float, str, _Response]] = {}
-        self._replaced = False
 
     def _base_environ(self) -> dict[str, Any]:
         first = self.listeners[0].address if self.listeners else None
@@ -673,34 +673,11 @@ class WSGIServer:
                     self._time_out(line, response)
 
     def _time_out(self, line: str, response: _Response) -> None:
-        """Answer 503 where nothing was sent yet, end the connection, ask for a new worker."""
+        assert response.lock is not None and self.timeout is not None
         with response.lock:
             response.timed_out = True
             unsent = not response.sent
-        sock = response.conn.sock
-        if unsent:
-            body = b"the request ran over the server's timeout\n"
-            try:
-                sock.send(
-                    b"HTTP/1.1 503 Service Unavailable\r\n%sContent-Type: text/plain\r\n"
-                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                    % (_date.get(), len(body), body)
-                )
-            except OSError:
-                pass  # (the client is gone, or its window full: it sees the end)
-        try:
-            sock.shutdown(socket.SHUT_RDWR)  # (what the app writes later goes nowhere)
-        except OSError:
-            pass
-        log.error(
-            'a request ran over the timeout (%g s): "%s"; this worker is replaced',
-            self.timeout,
-            line,
-        )
-        me = _worker_side.current()
-        if me is not None and not self._replaced:
-            self._replaced = True
-            me.replace_me(f'a request ran over the timeout ({self.timeout:g} s): "{line}"')
+        _worker_side.timed_out(response.conn.sock, unsent, line, self.timeout)
 
     def _stop_accepting(self) -> None:
         for listener in self.listeners:
@@ -915,15 +892,15 @@ class WSGIServer:
         response.finish()
 
     def _log_access(self, env: dict[str, Any], r: _Request, response: _Response) -> None:
-        """One line in the combined log format."""
-        when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime())
-        line = _line(r)
-        size = response.written or "-"
-        referer = env.get("HTTP_REFERER", "-")
-        agent = env.get("HTTP_USER_AGENT", "-")
         self.access_log(  # type: ignore[misc]
-            f'{env["REMOTE_ADDR"] or "-"} - - [{when}] "{line}" {response.code} {size} '
-            f'"{referer}" "{agent}"'
+            access_line(
+                env["REMOTE_ADDR"],
+                _line(r),
+                response.code,
+                response.written,
+                env.get("HTTP_REFERER", "-"),
+                env.get("HTTP_USER_AGENT", "-"),
+            )
         )
 
 
