@@ -99,6 +99,25 @@ def log_text(log):
     return log.read()
 
 
+def pid_of(port):
+    """The pid of the worker that serves a request now."""
+    c = Client(port)
+    c.send(get("/pid"))
+    pid = int(c.response()[1])
+    c.close()
+    return pid
+
+
+def served_by(port, not_pid=None):
+    """``pid_of(port)``, asked again (for up to 30 s) while it is ``not_pid``."""
+    deadline = time.monotonic() + 30
+    pid = pid_of(port)
+    while pid == not_pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pid = pid_of(port)
+    return pid
+
+
 def stop(p, log):
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == 0, log_text(log)
@@ -334,16 +353,7 @@ def test_a_request_over_the_timeout_gets_503_and_the_worker_is_replaced(tmp_path
         assert r.status == 503 and b"timeout" in body
         assert r.getheader("Connection") == "close" and c.closed()
         c.close()
-        deadline = time.monotonic() + 30
-        while True:  # a new worker takes over
-            c = Client(port)
-            c.send(get("/pid"))
-            pid = int(c.response()[1])
-            c.close()
-            if pid != first or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert pid != first
+        assert served_by(port, not_pid=first) != first  # a new worker took over
         text = log_text(log)
         assert 'ran over the timeout (1 s): "GET /slow?30 HTTP/1.1"' in text
         assert "replaced" in text
