@@ -118,10 +118,10 @@ class _Bound:
         self.address = address
 
     def setsockopt(self, *args: Any) -> None:
-        pass
+        """Nothing: the primary set up the listening socket (SO_REUSEADDR and all)."""
 
     def bind(self, address: Any) -> None:
-        pass
+        """Nothing: the primary bound it already."""
 
     def getsockname(self) -> Any:
         return self.address
