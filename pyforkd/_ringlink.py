@@ -31,13 +31,16 @@ from __future__ import annotations
 import pickle
 import struct
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _bindings as _b
 from . import _json
-from .channel import Channel, _close_sent, _handle_list
+from ._wire import BACK, RECORD, close_sent, handle_list
 from .errors import ChannelClosedError, FrameError, PicklingError
 from .ring import Ring
+
+if TYPE_CHECKING:  # (the channel builds on this module: no import of it at run time)
+    from .channel import Channel
 
 __all__ = ["BACK", "RECORD", "Link", "make"]
 
@@ -50,18 +53,6 @@ _ALIGN = 64
 _OUT_OF_BAND_MIN = 2048  # smaller pickle buffers stay inside the body
 _MAPPED_MIN = 1 << 20  # a chunked message at least this large is assembled in fresh pages
 _NOTHING = object()  # a record that completes no message
-
-
-class RECORD:
-    """In a channel's ready queue: a record that came over the socket."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytearray) -> None:
-        self.data = data
-
-
-BACK = object()  # in a channel's ready queue: the records go back to the ring
 
 
 # ---- the record layout -------------------------------------------------------------------
@@ -234,7 +225,7 @@ class Link:
     def send(self, obj: Any, handle: Any, keep_open: bool, deadline: float | None) -> None:
         ch = self.channel
         if handle is not None:  # descriptors go on the socket, after what went before
-            handles = _handle_list(handle)
+            handles = handle_list(handle)
             kind, flags, body, fds = ch._frame_parts(obj, handle, handles)
             with ch._send_lock:
                 ch._check_open()
@@ -242,7 +233,7 @@ class Link:
                 ch._send_codec.encode(kind, flags, len(fds), len(body))
                 ch._write(bytes(ch._send_codec.header_bytes), body, fds, deadline)
             if not keep_open:
-                _close_sent(handles)
+                close_sent(handles)
             return
         kind, body, buffers = encode_parts(ch, obj)
         if not buffers and len(body) + _HEAD.size <= self.tx.max_record:

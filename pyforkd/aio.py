@@ -33,7 +33,8 @@ from . import _bindings as _b
 from . import child_process as _cp
 from . import worker as _worker
 from ._checks import deadline as _deadline
-from .channel import Channel, _close_sent, _handle_list
+from ._wire import close_sent, handle_list
+from .channel import Channel
 from .child_process import (
     DEFAULT_MAX_BUFFER,
     KILL_GRACE,
@@ -164,7 +165,7 @@ class AsyncChannel:
             # Node's handle protocol waits for an ACK that another read may bring: a thread.
             await asyncio.to_thread(ch.send, obj, handle, keep_open=keep_open, timeout=timeout)
             return
-        handles = _handle_list(handle)
+        handles = handle_list(handle)
         fds: list[int] = []
         if ch.framing == "node":
             head, body = b"", ch._encode(obj)[1] + b"\n"
@@ -184,7 +185,7 @@ class AsyncChannel:
             finally:
                 ch._send_lock.release()
         if not keep_open:
-            _close_sent(handles)
+            close_sent(handles)
 
     async def recv(self, timeout: float | None = None, *, with_handle: bool = False) -> Any:
         """Receive one message: see :meth:`pyforkd.Channel.recv`."""

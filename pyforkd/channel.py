@@ -21,29 +21,36 @@ from __future__ import annotations
 
 import _socket
 import collections
-import io
 import json
 import math
 import os
 import pickle
 import socket
-import stat
-import struct
 import sys
 import threading
 import time
 import warnings
 import weakref
 from collections.abc import Iterator
-from typing import Any, NoReturn, Union
+from typing import Any, NoReturn
 
 if sys.platform != "win32":
-    import resource
+    pass
 
 from . import _bindings as _b
-from . import _json
-from ._checks import check_encoding as _check_encoding
+from . import _json, _node, _ringlink
 from ._checks import deadline as _deadline
+from ._wire import (
+    NO_FDS,
+    Decoder,
+    Fd,
+    Handle,
+    attach,
+    close_fds,
+    close_handle,
+    close_sent,
+    handle_list,
+)
 from .errors import ChannelClosedError, FrameError, PicklingError
 from .ring import Ring
 
@@ -52,356 +59,6 @@ __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Channel", "Fd"]
 DEFAULT_MAX_MESSAGE_SIZE = 256 << 20
 _SERIALIZATIONS = ("pickle", "json", "raw")
 _FRAMINGS = ("pyforkd", "node")
-_KIND = {"pickle": _b.FRAME_PICKLE, "json": _b.FRAME_JSON, "raw": _b.FRAME_RAW}
-_META_LEN = struct.Struct("<I")
-_NO_FDS: list[Any] = []  # shared, never modified
-_BIG_FRAME = 1 << 18  # frames larger than this (the receive buffer) get a buffer of their own
-_BIG_FIRST = 1 << 20  # which starts this large and doubles as the bytes come, up to the frame
-_BIG_KEEP = 16 << 20  # and such a buffer up to this size is kept for the next one
-
-
-def _held_fds_limit() -> int:
-    """How many received descriptors a channel holds unread before it refuses more.
-
-    A quarter of this process's descriptor limit (and never fewer than one message may
-    carry): a peer must not be able to use up the descriptors the program needs.
-    """
-    if sys.platform == "win32":
-        soft = 2048  # (no RLIMIT_NOFILE: the C runtime's limit is of this order)
-    else:
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if soft < 0:  # RLIM_INFINITY
-            soft = 1 << 18
-    return max(_b.FRAME_MAX_FDS, min(soft // 4, 1 << 16))
-
-
-_MAX_HELD_FDS = _held_fds_limit()
-
-
-class Fd:
-    """A raw file descriptor to send as a handle: ``channel.send(msg, handle=Fd(n))``.
-
-    The receiver gets an ``Fd`` of its own copy.  An ``Fd`` owns its descriptor: ``close()``
-    (or the ``with`` block) closes it; ``detach()`` gives the number up without closing.
-    """
-
-    __slots__ = ("_fd",)
-
-    def __init__(self, fd: int) -> None:
-        if isinstance(fd, bool) or not isinstance(fd, int):
-            raise TypeError(f"Fd() takes a descriptor number, not {type(fd).__name__}")
-        if fd < 0:
-            raise ValueError(f"Fd(): descriptor {fd} is negative")
-        self._fd = fd
-
-    def fileno(self) -> int:
-        """The descriptor number; ``ValueError`` once closed or detached."""
-        if self._fd < 0:
-            raise ValueError("Fd is closed")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        """True once closed or detached."""
-        return self._fd < 0
-
-    def detach(self) -> int:
-        """Give up ownership and return the number (the caller closes it)."""
-        fd, self._fd = self.fileno(), -1
-        return fd
-
-    def close(self) -> None:
-        """Close the descriptor (a second call does nothing)."""
-        if self._fd >= 0:
-            fd, self._fd = self._fd, -1
-            os.close(fd)
-
-    def __enter__(self) -> Fd:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"Fd({self._fd})" if self._fd >= 0 else "Fd(closed)"
-
-
-Handle = Union[socket.socket, io.IOBase, Fd, Ring]
-
-
-# How the handles of a frame are described (frame flag HANDLES): the payload starts with a
-# u32 length and that many bytes: u8 flags (bit 0: a list was sent, not one handle), then per
-# descriptor, in order, a kind byte: b"d" pyforkd.Fd, b"s" socket.socket, b"g" a
-# pyforkd.Ring (its shared memory), b"f" a file, followed for a file by its mode and its
-# encoding (u8 length + ASCII each; encoding empty for a binary file).
-_KIND_FD, _KIND_SOCKET, _KIND_RING, _KIND_FILE = 0x64, 0x73, 0x67, 0x66  # b"d" b"s" b"g" b"f"
-
-
-def _describe(handles: list[Any], many: bool) -> tuple[list[int], bytes]:
-    """The descriptors of ``handles`` and their description (see above)."""
-    fds: list[int] = []
-    out = bytearray(b"\x01" if many else b"\x00")
-    for i, handle in enumerate(handles):
-        where = f"handle[{i}]" if len(handles) > 1 else "handle"
-        if isinstance(handle, Fd):
-            fds.append(_native_of(handle.fileno(), where))
-            out.append(_KIND_FD)
-            continue
-        if isinstance(handle, socket.socket):
-            if handle.fileno() < 0:
-                raise ValueError(f"{where}: the socket is closed")
-            fds.append(handle.fileno())
-            out.append(_KIND_SOCKET)
-            continue
-        if isinstance(handle, Ring):
-            if handle.closed:
-                raise ValueError(f"{where}: the Ring is closed")
-            fds.append(handle.fileno())
-            out.append(_KIND_RING)
-            continue
-        if not (isinstance(handle, io.IOBase) or hasattr(handle, "fileno")):
-            raise TypeError(
-                f"{where}: can send a socket.socket, a file object or pyforkd.Fd, not "
-                f"{type(handle).__name__}"
-            )
-        if getattr(handle, "closed", False):
-            raise ValueError(f"{where}: {handle!r} is closed")
-        try:
-            fds.append(_native_of(handle.fileno(), where))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{where}: {handle!r} has no descriptor ({exc})") from None
-        if hasattr(handle, "flush"):
-            handle.flush()  # what Python buffered belongs before the receiver's writes
-        mode = str(getattr(handle, "mode", "rb"))
-        binary = "b" in mode or not isinstance(handle, io.TextIOBase)
-        encoding = "" if binary else str(getattr(handle, "encoding", "") or "")
-        out.append(_KIND_FILE)
-        for text in (mode, encoding):
-            data = text.encode("ascii")
-            if len(data) > 255:
-                raise ValueError(f"{where}: mode or encoding name too long ({text!r})")
-            out.append(len(data))
-            out += data
-    return fds, bytes(out)
-
-
-def _native_of(fd: int, where: str) -> int:
-    """What the C core sends for descriptor ``fd``: itself; on Windows the handle behind it.
-
-    ``ValueError`` naming ``where`` when it is not open.
-    """
-    try:
-        return _b.native(fd)
-    except OSError as exc:
-        raise ValueError(f"{where}: descriptor {fd} is not open ({exc.strerror})") from None
-
-
-def _adopted(handle: int, writable: bool) -> int:
-    """A descriptor of this process for a received ``handle`` (Windows: the C runtime's).
-
-    The handle is closed when that fails.
-    """
-    try:
-        return _b.adopt(handle, writable)
-    except OSError:
-        _b.close_native(handle)
-        raise
-
-
-_FILE_MODE_CHARS = frozenset("rwaxbt+")
-
-
-def _check_file_mode(mode: str) -> None:
-    """``ValueError`` unless ``mode`` is one ``open()`` takes (one of r/w/a/x, then b|t, +)."""
-    chars = set(mode)
-    if (
-        not mode
-        or len(chars) != len(mode)
-        or not chars <= _FILE_MODE_CHARS
-        or len(chars & set("rwax")) != 1
-        or {"b", "t"} <= chars
-    ):
-        raise ValueError(f"a file's mode {mode!r} is not one open() takes")
-
-
-def _parse_description(desc: bytes, count: int) -> tuple[bool, list[tuple[int, str, str]]]:
-    """``(many, [(kind, mode, encoding), ...])`` from a handle description.
-
-    Every field is checked before anything is acted on: ``ValueError`` says what is wrong.
-    """
-    if not desc:
-        raise ValueError("empty handle description")
-    if desc[0] & ~1:
-        raise ValueError(f"unknown handle description flags 0x{desc[0]:02x}")
-    many, pos = bool(desc[0] & 1), 1
-    specs: list[tuple[int, str, str]] = []
-    while pos < len(desc):
-        kind = desc[pos]
-        pos += 1
-        mode = encoding = ""
-        if kind == _KIND_FILE:
-            texts = []
-            for _ in range(2):
-                n = desc[pos] if pos < len(desc) else -1
-                if n < 0 or pos + 1 + n > len(desc):
-                    raise ValueError("a file's description is cut short")
-                try:
-                    texts.append(desc[pos + 1 : pos + 1 + n].decode("ascii"))
-                except UnicodeDecodeError:
-                    raise ValueError("a file's mode or encoding is not ASCII") from None
-                pos += 1 + n
-            mode, encoding = texts
-            _check_file_mode(mode)
-            if encoding:
-                if "b" in mode:
-                    raise ValueError(f"a binary file (mode {mode!r}) has no encoding")
-                _check_encoding(encoding, what="a file's encoding")
-        elif kind not in (_KIND_FD, _KIND_SOCKET, _KIND_RING):
-            raise ValueError(f"unknown handle kind {kind!r}")
-        specs.append((kind, mode, encoding))
-    if len(specs) < count:
-        raise ValueError(f"{count} descriptors came, fewer are described")
-    if len(specs) > count:
-        raise ValueError(f"{count} descriptors came, more are described")
-    if not many and count != 1:
-        raise ValueError(f"{count} descriptors came, but not as a list")
-    return many, specs
-
-
-def _open_received(fd: int, mode: str, encoding: str) -> Any:
-    """A file object over a received descriptor, which it owns from then on.
-
-    Built layer by layer, as ``open()`` does, so that whichever layer fails, the descriptor
-    is closed exactly once.  ``ValueError`` when the descriptor cannot be such a file.
-    """
-    problem: OSError | None = None
-    try:
-        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
-    except OSError as exc:
-        is_dir, problem = False, exc
-    if is_dir or problem is not None:
-        os.close(fd)
-        why = "is a directory" if is_dir else f"cannot be used ({problem})"
-        raise ValueError(f"a descriptor described as a file {why}")
-    raw_mode = mode.replace("b", "").replace("t", "").replace("x", "w")
-    try:
-        raw = io.FileIO(fd, raw_mode, closefd=True)
-    except BaseException:
-        os.close(fd)  # (FileIO leaves a descriptor it was given open when it fails)
-        raise
-    try:
-        if "b" in mode and mode[0] == "a" and "+" not in mode:
-            return raw  # unbuffered: appends from several processes stay whole
-        if "+" in raw_mode:
-            if not raw.seekable():
-                raise ValueError(f"a file opened {mode!r} must be seekable; this one is not")
-            buffered: Any = io.BufferedRandom(raw)
-        elif raw_mode[0] == "r":
-            buffered = io.BufferedReader(raw)
-        else:
-            buffered = io.BufferedWriter(raw)
-        if "b" in mode:
-            return buffered
-        text = io.TextIOWrapper(buffered, encoding=encoding or None)
-        # What open() reports as the mode, and what a later send describes.
-        text.mode = mode  # type: ignore[misc]
-        return text
-    except BaseException:
-        raw.close()
-        raise
-
-
-def _rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
-    """Objects for received descriptors as described; they own the descriptors.
-
-    ``ValueError`` for a description that does not match (nothing is left open: the
-    descriptors not yet made into objects are the caller's to close, the objects made
-    are closed here).
-    """
-    many, specs = _parse_description(bytes(description), len(fds))
-    made: list[Any] = []
-    try:
-        for i, (kind, mode, encoding) in enumerate(specs):
-            fd = fds[i]
-            if kind == _KIND_FD:
-                fds[i] = -1  # (adopted: closed through the Fd from here on)
-                made.append(Fd(_adopted(fd, True)))
-            elif kind == _KIND_SOCKET:
-                try:
-                    made.append(socket.socket(fileno=fd))
-                except OSError as exc:
-                    why = f"a descriptor described as a socket is not one ({exc})"
-                    raise ValueError(why) from None
-                fds[i] = -1
-            elif kind == _KIND_RING:
-                made.append(Ring._from_fd(fd))
-                fds[i] = -1
-            else:
-                fds[i] = -1
-                made.append(
-                    _open_received(_adopted(fd, mode[0] != "r" or "+" in mode), mode, encoding)
-                )
-    except BaseException:
-        _close_handle(made)
-        raise
-    fds.clear()
-    return made, many
-
-
-_NODE_PREFIX = "NODE_"
-_NODE_MAX_RETRANSMISSIONS = 3  # Node's MAX_HANDLE_RETRANSMISSIONS
-_NODE_MAX_ANSWERS = 4096  # answers to a Node peer's queries that wait for it to read
-_NODE_SOCKET_TYPES = ("net.Socket", "net.Server", "net.Native", "dgram.Socket", "dgram.Native")
-
-
-def _is_node_internal(obj: Any) -> bool:
-    """Node's isInternal: an object whose ``cmd`` is ``NODE_`` and something more."""
-    if not isinstance(obj, dict):
-        return False
-    cmd = obj.get("cmd")
-    return isinstance(cmd, str) and len(cmd) > len(_NODE_PREFIX) and cmd.startswith(_NODE_PREFIX)
-
-
-def _node_handle_fields(handle: Any) -> tuple[int, dict[str, Any]]:
-    """The descriptor and NODE_HANDLE fields for a handle sent to a Node peer.
-
-    Node takes sockets only (a file or a tty descriptor makes it abort), so anything else
-    is refused here, before a byte is written.
-    """
-    if isinstance(handle, socket.socket):
-        fd = handle.fileno()
-        if fd < 0:
-            raise ValueError("handle: the socket is closed")
-        sock_type, family = handle.type, handle.family
-        listening = bool(handle.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-    elif isinstance(handle, Fd):
-        fd = handle.fileno()
-        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            raise ValueError(f"a Node peer accepts only sockets as handles; {handle!r} is not one")
-        probe = socket.socket(fileno=fd)  # only to ask; the descriptor stays the Fd's
-        try:
-            sock_type, family = probe.type, probe.family
-            listening = bool(probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-        finally:
-            probe.detach()
-    else:
-        raise ValueError(
-            f"a Node peer accepts only sockets as handles (a {type(handle).__name__} would "
-            "abort it)"
-        )
-    if sock_type == socket.SOCK_STREAM and family in (
-        socket.AF_INET,
-        socket.AF_INET6,
-        getattr(socket, "AF_UNIX", None),  # (Python on Windows has no AF_UNIX)
-    ):
-        return fd, {"type": "net.Server" if listening else "net.Socket"}
-    if sock_type == socket.SOCK_DGRAM and family in (socket.AF_INET, socket.AF_INET6):
-        udp = "udp4" if family == socket.AF_INET else "udp6"
-        return fd, {"type": "dgram.Socket", "dgramType": udp}
-    raise ValueError(
-        "a Node peer accepts TCP, Unix stream and UDP sockets only, not a "
-        f"{socket.AddressFamily(family).name}/{socket.SocketKind(sock_type).name} socket"
-    )
 
 
 class _NodeSocket(socket.socket):
@@ -436,434 +93,6 @@ def _node_socket_gone(channel_ref: Any, key: str) -> None:
     channel = channel_ref()
     if channel is not None:
         channel._node_socket_closed(key)
-
-
-class _PendingHandle:
-    """A handle sent to a Node peer, kept until its NODE_HANDLE_ACK."""
-
-    __slots__ = ("fd", "handle", "line", "nacked", "retransmissions")
-
-    def __init__(self, line: bytes, fd: int, handle: Any) -> None:
-        self.line = line
-        self.fd = fd
-        self.handle = handle  # closed at the ACK (None when the sender keeps it open)
-        self.retransmissions = 0
-        self.nacked = False
-
-
-def _fail(why: str) -> NoReturn:
-    raise FrameError(why)
-
-
-def _reason(exc: BaseException) -> str:
-    """What a decoder's exception says, for a FrameError (its type when it says nothing)."""
-    text = str(exc)
-    if isinstance(exc, RecursionError):
-        return f"nested too deeply ({text})"
-    return text if text else type(exc).__name__
-
-
-def _close_fds(fds: list[int]) -> None:
-    """Close received descriptors (Windows: handles) no object took over."""
-    for fd in fds:
-        if fd >= 0:
-            try:
-                _b.close_native(fd)
-            except OSError:
-                pass  # (not ours to close any more: nothing to give back)
-    fds.clear()
-
-
-class _Decoder:
-    """Turns a received byte stream and its descriptor batches into messages.
-
-    ``feed`` takes each recvmsg's bytes and descriptors in order, however the stream was
-    split, and appends whole messages to ``ready``.  Anything malformed raises
-    :class:`FrameError` after every descriptor held here is closed.  It does no I/O.
-    """
-
-    def __init__(self, framing: str, scan: Any, max_length: int, allow_pickle: bool) -> None:
-        self.framing = framing
-        self.allow_pickle = allow_pickle  # a channel unpickles only when its owner chose pickle
-        self.line_scanned = 0  # Node framing: how much of ``pending`` has no newline
-        self.held_fds = 0  # descriptors in ``ready`` and ``control``, not yet taken
-        # Bytes received while decoded messages waited (see _count_backlog).
-        self.backlog = 0
-        self.max_unread = 4 * max_length + (64 << 20)
-        self.scan = scan  # Receiver.scan: the C frame header check
-        self.max_length = max_length
-        self.pending = bytearray()  # bytes of a message not whole yet
-        self.pending_start = 0  # stream offset of pending[0]
-        self.stream_pos = 0  # stream offset of the next byte to arrive
-        self.fd_batches: collections.deque[tuple[int, int, list[int]]] = collections.deque()
-        # A frame larger than the receive buffer is read straight into one of its own size.
-        self.big: bytearray | None = None
-        self.big_fill = 0
-        self.big_total = 0
-        self.spare: bytearray | None = None  # the last large frame's buffer, to use again
-        self.big_frame = (0, 0, 0)  # its kind, flags, descriptor count
-        self.ready: collections.deque[tuple[Any, Any]] = collections.deque()
-        self.control: collections.deque[Any] = collections.deque()  # the channel's own
-        # Node framing: internal messages for the channel to act on, and the socket maker
-        # ("got", message) for Node's own messages, ("answer", message) for replies to send
-        self.node_internal: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
-        # WeakMethod of (fd, key) -> socket.socket, set by the Channel
-        self.node_socket: Any = None
-        self.rings = False  # whether FRAME_RING frames are expected (a channel over rings)
-        self.ring_setup: list[Any] | None = None  # the rings a set-up frame brought
-
-    def feed(self, chunk: Any, fds: list[int] | None, scan_chunk: Any = None) -> None:
-        """Take one recvmsg's bytes and descriptors (None: truncated, already closed).
-
-        ``scan_chunk(offset, size)``, when given, scans frame headers in ``chunk`` itself:
-        whole frames are then decoded straight from it, and only a partial one is copied.
-        """
-        start = self.stream_pos
-        self.stream_pos += len(chunk)
-        if self.ready or self.control:
-            self._count_backlog(len(chunk))
-        if fds is None:
-            self.discard()
-            _fail("the peer attached more descriptors than one message may carry; all were closed")
-        if fds:
-            self.fd_batches.append((start, self.stream_pos, fds))
-        try:
-            if self.framing == "node":
-                self.pending += chunk
-                self._decode_lines()
-            elif scan_chunk is not None:
-                # A frame begun in an earlier read takes only the bytes it lacks; the frames
-                # after it are decoded straight from this read.
-                used = self._complete_pending(chunk) if self.pending else 0
-                if not self.pending:
-                    if used:
-                        base = used
-                        scan = lambda off, size: scan_chunk(base + off, size)  # noqa: E731
-                        used += self._decode_frames(chunk[used:], scan, start + used)
-                    else:
-                        used = self._decode_frames(chunk, scan_chunk, start)
-                    if used < len(chunk):
-                        self.pending += chunk[used:]
-                    self.pending_start = start + used
-                if self.fd_batches:
-                    self._check_unclaimed()
-            else:
-                self.pending += chunk
-                used = self._decode_frames(self.pending, self._scan_pending, self.pending_start)
-                if used:
-                    del self.pending[:used]
-                    self.pending_start += used
-                if self.fd_batches:
-                    self._check_unclaimed()
-            if self.framing == "pyforkd" and len(self.pending) >= _b.FRAME_HEADER_SIZE:
-                self._start_big()
-        except FrameError:
-            self.discard()
-            raise
-        except Exception as exc:  # whatever a payload made the decoders raise
-            self.discard()
-            raise FrameError(f"cannot decode a message: {_reason(exc)}") from None
-
-    def _complete_pending(self, chunk: Any) -> int:
-        """Move from ``chunk`` what the partial frame in ``pending`` lacks, at most.
-
-        The frame is decoded once whole.  Returns how many bytes of ``chunk`` were taken.
-        """
-        pending = self.pending
-        taken = 0
-        if len(pending) < _b.FRAME_HEADER_SIZE:
-            taken = min(_b.FRAME_HEADER_SIZE - len(pending), len(chunk))
-            pending += chunk[:taken]
-            if len(pending) < _b.FRAME_HEADER_SIZE:
-                return taken
-        _, _, _, _, length = self._scan_pending(0, len(pending))  # refuses a bad header
-        total = _b.FRAME_HEADER_SIZE + length
-        more = min(total - len(pending), len(chunk) - taken)
-        pending += chunk[taken : taken + more]
-        taken += more
-        if len(pending) == total:
-            self._decode_frames(pending, self._scan_pending, self.pending_start)
-            pending.clear()
-            self.pending_start += total
-        return taken
-
-    def _start_big(self) -> None:
-        """When the partial frame in ``pending`` is large, give it a buffer of its own."""
-        _, kind, flags, nfds, length = self._scan_pending(0, len(self.pending))
-        total = _b.FRAME_HEADER_SIZE + length
-        if total <= _BIG_FRAME:
-            return
-        # A buffer kept from an earlier large frame is used again: a fresh one costs a page
-        # fault per 4 KiB, which for large frames is most of the receive time.  A new one
-        # grows as the bytes come: a header alone must not make this process allocate.
-        spare, self.spare = self.spare, None
-        if spare is not None and len(spare) >= total:
-            self.big = spare
-        else:
-            self.big = bytearray(min(total, max(_BIG_FIRST, 2 * len(self.pending))))
-        self.big[: len(self.pending)] = self.pending
-        self.big_fill = len(self.pending)
-        self.big_total = total
-        self.big_frame = (kind, flags, nfds)
-        self.pending.clear()  # pending_start stays at the frame's first byte
-
-    def big_room(self) -> memoryview | None:
-        """Room for the part of a large frame still to come; None when none is awaited."""
-        big = self.big
-        if big is None:
-            return None
-        if self.big_fill == len(big):  # what came so far fills it: twice the size
-            big.extend(bytes(min(self.big_total, 2 * len(big)) - len(big)))
-        return memoryview(big)[self.big_fill : self.big_total]
-
-    def feed_big(self, count: int, fds: list[int] | None) -> None:
-        """``count`` bytes arrived in :meth:`big_room`, with ``fds`` (which must be none)."""
-        self.stream_pos += count
-        if self.ready or self.control:
-            self._count_backlog(count)
-        if fds or fds is None:
-            _close_fds(fds or [])
-            self.discard()
-            _fail("descriptors came in the middle of a frame")
-        self.big_fill += count
-        buf, total = self.big, self.big_total
-        assert buf is not None
-        if self.big_fill < total:
-            return
-        self.big = None
-        kind, flags, nfds = self.big_frame
-        start = self.pending_start
-        self.pending_start = start + total
-        try:
-            fds = self._take_fds(start, nfds) if nfds else []
-            with memoryview(buf) as whole, whole[_b.FRAME_HEADER_SIZE : total] as payload:
-                self._deliver(kind, flags, payload, fds)
-        except FrameError:
-            self.discard()
-            raise
-        except Exception as exc:
-            self.discard()
-            raise FrameError(f"cannot decode a message: {_reason(exc)}") from None
-        if len(buf) <= _BIG_KEEP:
-            self.spare = buf
-
-    def _scan_pending(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
-        result: tuple[int, int, int, int, int] = self.scan(self.pending, offset, size)
-        return result
-
-    def discard(self) -> None:
-        """Close every descriptor held, delivered or not, and forget pending bytes."""
-        while self.fd_batches:
-            _close_fds(self.fd_batches.popleft()[2])
-        while self.ready:
-            _close_handle(self.ready.popleft()[1])
-        # Control messages stay (a worker's outcome is read after its channel broke); their
-        # handles go.
-        for i, (obj, handle) in enumerate(self.control):
-            if handle is not None:
-                _close_handle(handle)
-                self.control[i] = (obj, None)
-        self.pending.clear()
-        self.line_scanned = 0
-        self.big = self.spare = None
-        self.held_fds = 0
-        self.backlog = 0
-
-    def pop(self, queue: collections.deque[tuple[Any, Any]]) -> tuple[Any, Any]:
-        """The first message of ``queue`` (``ready`` or ``control``) and its handle."""
-        obj, handle = queue.popleft()
-        if handle is not None:
-            self.held_fds -= len(handle) if isinstance(handle, list) else 1
-        self.backlog = 0  # (the receiver takes its messages: nothing piles up unseen)
-        return obj, handle
-
-    def _count_backlog(self, size: int) -> None:
-        """``size`` bytes came while decoded messages wait: bound what piles up that way.
-
-        A receiver reads only when the queue it takes from is empty, so messages pile up
-        only in the other queue while it waits (user messages while it waits for a control
-        one, or the reverse): bytes read with no message taken in between are counted.
-        """
-        self.backlog += size
-        if self.backlog > self.max_unread:
-            self.discard()
-            _fail(
-                f"the peer sent more than {self.max_unread} bytes of messages that are not "
-                "received yet"
-            )
-
-    def _take_fds(self, pos: int, nfds: int) -> list[int]:
-        """The descriptors of the message whose first byte is at stream offset ``pos``.
-
-        A sender attaches descriptors to a message's first byte, and the kernel ends a
-        recvmsg right after the message that carries them: so they came with the chunk
-        that holds ``pos``, and belong to the message in it that declares them.  One that
-        declares none never takes any; a count that does not match is an error.
-        """
-        batches = self.fd_batches
-        if not nfds:
-            return []
-        if batches and batches[0][0] <= pos < batches[0][1]:
-            got = batches.popleft()[2]
-            if len(got) == nfds:
-                return got
-            count = len(got)
-            _close_fds(got)
-        else:
-            count = 0
-        _fail(f"a message declares {nfds} descriptors but {count} came with it")
-
-    def _check_unclaimed(self) -> None:
-        """Refuse descriptors that no message can claim, as soon as they come.
-
-        Once every whole message is decoded, the one batch that may wait is the one that
-        came with the first byte of the partial message.  Any other is refused at once:
-        a peer cannot park descriptors here by never finishing a message.
-        """
-        for start, end, _ in self.fd_batches:
-            if end <= self.pending_start:
-                _fail("descriptors came with a message that declares none")
-            if start > self.pending_start:
-                _fail("descriptors came in the middle of a message")
-
-    def _decode_frames(self, buf: Any, scan: Any, base: int) -> int:
-        """Deliver every whole frame in ``buf`` (at stream offset ``base``); bytes used."""
-        off = 0
-        end = len(buf)
-        direct = isinstance(buf, memoryview)  # the receive buffer: slices are not copies
-        while off < end:
-            try:
-                total, kind, flags, nfds, _ = scan(off, end - off)
-            except ValueError as exc:
-                _fail(f"bad frame: {exc}")
-            if not total:
-                break
-            fds = self._take_fds(base + off, nfds) if nfds else []
-            first = off + _b.FRAME_HEADER_SIZE
-            off += total
-            self._deliver(kind, flags, buf[first:off] if direct else bytes(buf[first:off]), fds)
-        return off
-
-    def _deliver(self, kind: int, flags: int, payload: Any, fds: list[int]) -> None:
-        """Decode one frame's payload (bytes, or a view valid only during this call)."""
-        if kind in (_b.FRAME_PICKLE, _b.FRAME_CONTROL) and not self.allow_pickle:
-            _close_fds(fds)
-            raise ValueError(
-                "a pickle came, and this channel does not unpickle (its "
-                "serialization is not 'pickle')"
-            )
-        if not flags and not fds:  # the common case: a plain message
-            if kind == _b.FRAME_PICKLE:
-                self.ready.append((pickle.loads(payload), None))
-            elif kind == _b.FRAME_RAW:
-                self.ready.append((bytes(payload), None))
-            elif kind == _b.FRAME_JSON:
-                self.ready.append((_json.loads(bytes(payload)), None))
-            elif kind == _b.FRAME_RING:
-                if not self.rings:
-                    raise ValueError("a ring record came on a channel without rings")
-                # A record sent over the socket (its own buffer: objects may be built on
-                # it), or, empty, the sign that records go back to the ring.
-                item = _ringlink.RECORD(bytearray(payload)) if payload else _ringlink.BACK
-                self.ready.append((item, None))
-            else:  # CONTROL: the channel's own traffic (a worker's result)
-                self.control.append((pickle.loads(payload), None))
-            return
-        handle: Any = None
-        try:
-            if not flags & _b.FRAME_FLAG_HANDLES:
-                raise ValueError("descriptors came without a description")
-            if self.held_fds + len(fds) > _MAX_HELD_FDS:
-                raise ValueError(
-                    f"the peer sent more than {_MAX_HELD_FDS} descriptors that are not received yet"
-                )
-            if len(payload) < _META_LEN.size:
-                raise ValueError("a frame with handles is too short for their description")
-            (size,) = _META_LEN.unpack_from(payload)
-            if 4 + size > len(payload):
-                raise ValueError("the handle description runs past the frame")
-            handles, many = _rebuild(fds, payload[4 : 4 + size])
-            payload = payload[4 + size :]
-            handle = handles if many else handles[0]
-            if kind == _b.FRAME_RING:  # set-up: the rings, ours to read first
-                if not self.rings or self.ring_setup is not None or payload or not many:
-                    raise ValueError("an unexpected ring set-up")
-                if len(handles) != 2 or not all(isinstance(h, Ring) for h in handles):
-                    raise ValueError("a ring set-up needs two rings")
-                self.ring_setup = handles
-                return
-            if kind == _b.FRAME_CONTROL:  # the channel's own, with handles
-                self.control.append((pickle.loads(payload), handle))
-                self.held_fds += len(handles)
-                return
-            if kind == _b.FRAME_PICKLE:
-                obj = pickle.loads(payload)
-            elif kind == _b.FRAME_JSON:
-                obj = _json.loads(bytes(payload))
-            else:
-                obj = bytes(payload)
-        except BaseException:
-            _close_fds(fds)
-            _close_handle(handle)
-            raise
-        self.ready.append((obj, handle))
-        self.held_fds += len(handles)
-
-    def _decode_lines(self) -> None:
-        buf = self.pending
-        off = 0
-        search = self.line_scanned  # (what was searched before holds no newline)
-        while True:
-            nl = buf.find(b"\n", search)
-            if nl < 0:
-                break
-            line_start = self.pending_start + off
-            line = bytes(buf[off:nl])
-            off = search = nl + 1
-            self._deliver_node(line, line_start)
-        if off:
-            del buf[:off]
-            self.pending_start += off
-        self.line_scanned = len(buf)
-        self._check_unclaimed()
-        if len(buf) > self.max_length:
-            _fail(f"a line longer than max_message_size ({self.max_length}) bytes")
-
-    def _deliver_node(self, line: bytes, line_start: int) -> None:
-        try:
-            obj = _json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ValueError(f"not a JSON message: {exc}") from None
-        if not _is_node_internal(obj):
-            self.ready.append((obj, None))
-            return
-        # Node's own traffic never reaches the user: the channel acts on it.
-        if obj["cmd"] != "NODE_HANDLE":
-            self.node_internal.append(("got", obj))
-            return
-        batches = self.fd_batches
-        if not (batches and batches[0][0] <= line_start < batches[0][1]):
-            # no descriptor came with it (MSG_CTRUNC): Node sends it again
-            self.node_internal.append(("answer", {"cmd": "NODE_HANDLE_NACK"}))
-            return
-        fds = batches.popleft()[2]
-        kind = obj.get("type")
-        if len(fds) != 1 or kind not in _NODE_SOCKET_TYPES:
-            count = len(fds)
-            _close_fds(fds)
-            _fail(f"a NODE_HANDLE of type {kind!r} came with {count} descriptors")
-        if self.held_fds >= _MAX_HELD_FDS:
-            _close_fds(fds)
-            _fail(f"the peer sent more than {_MAX_HELD_FDS} handles that are not received yet")
-        key = obj.get("key")
-        handle = self.node_socket()(fds[0], key if isinstance(key, str) else None)
-        self.node_internal.append(("answer", {"cmd": "NODE_HANDLE_ACK"}))
-        msg = obj.get("msg")
-        if _is_node_internal(msg):  # Node cluster traffic: not for the user either
-            handle.close()
-            return
-        self.ready.append((msg, handle))
-        self.held_fds += 1
 
 
 class Channel:
@@ -932,9 +161,8 @@ class Channel:
         self._recv_lock = threading.RLock()
         self._send_codec = _b.FrameCodec(max_message_size)
         self._receiver = _b.Receiver(max_message_size)
-        self._decoder = _Decoder(
-            framing, self._receiver.scan, max_message_size, serialization == "pickle"
-        )
+        decoder = _node.LineDecoder if framing == "node" else Decoder
+        self._decoder = decoder(self._receiver.scan, max_message_size, serialization == "pickle")
         # A weak reference: the channel owns the decoder, and a cycle between them would
         # leave the socket to the garbage collector, which may finalize it first (unclosed).
         self._decoder.node_socket = weakref.WeakMethod(self._make_node_socket)
@@ -944,7 +172,7 @@ class Channel:
         self._closed_fd = False  # (Windows: the pipe handle was closed)
         # Node framing: the handle awaiting its ACK (every later send waits for it), and
         # the open sockets per Node server key, which the Node side may ask about.
-        self._node_pending: _PendingHandle | None = None
+        self._node_pending: _node.PendingHandle | None = None
         self._node_acked = threading.Event()
         self._node_lock = threading.Lock()
         self._node_open: dict[str, int] = {}
@@ -1066,11 +294,11 @@ class Channel:
             # The hot path: no deadline, so one blocking C call writes the whole frame.
             if handle is None:
                 kind, body = self._encode(obj)
-                flags, fds, handles = 0, _NO_FDS, _NO_FDS
+                flags, fds, handles = 0, NO_FDS, NO_FDS
                 if len(body) > self.max_message_size:
                     self._check_size(len(body))
             else:
-                handles = _handle_list(handle)
+                handles = handle_list(handle)
                 kind, flags, body, fds = self._frame_parts(obj, handle, handles)
             with self._send_lock:
                 if self._closed:
@@ -1088,11 +316,11 @@ class Channel:
                     rest = [] if done else list(fds)  # descriptors ride on the first byte
                     self._write(header[k:], memoryview(body)[done - k :], rest, None)
             if handles and not keep_open:
-                _close_sent(handles)
+                close_sent(handles)
             return
         deadline = _deadline(timeout)
         self._check_open()
-        handles = _handle_list(handle)
+        handles = handle_list(handle)
         if self.framing == "node":
             self._send_node(obj, handles, keep_open, deadline)
             return
@@ -1101,7 +329,7 @@ class Channel:
             self._check_open()
             self._write(head, body, fds, deadline)
         if not keep_open:
-            _close_sent(handles)
+            close_sent(handles)
 
     def _frame_parts(
         self, obj: Any, handle: Any, handles: list[Any]
@@ -1112,7 +340,7 @@ class Channel:
         is written then).
         """
         kind, body = self._encode(obj)
-        flags, body, fds = _attach(body, handle, handles)
+        flags, body, fds = attach(body, handle, handles)
         self._check_size(len(body))
         return kind, flags, body, fds
 
@@ -1144,7 +372,7 @@ class Channel:
         if handles:
             if len(handles) > 1:
                 raise ValueError("a Node peer takes one handle per message")
-            fd, fields = _node_handle_fields(handles[0])
+            fd, fields = _node.handle_fields(handles[0])
             obj = {"cmd": "NODE_HANDLE", **fields, "msg": obj}
         line = self._encode(obj)[1] + b"\n"
         self._check_size(len(line) - 1)
@@ -1156,7 +384,7 @@ class Channel:
                     self._write(b"", line, [fd] if fd >= 0 else [], deadline)
                     if fd >= 0:
                         self._node_acked.clear()
-                        self._node_pending = _PendingHandle(
+                        self._node_pending = _node.PendingHandle(
                             line, fd, None if keep_open else handles[0]
                         )
                     return
@@ -1187,7 +415,7 @@ class Channel:
         finally:
             self._recv_lock.release()
 
-    def _node_retransmit(self, pending: _PendingHandle) -> None:
+    def _node_retransmit(self, pending: _node.PendingHandle) -> None:
         """Send a NACKed handle again (the send lock is held)."""
         pending.nacked = False
         self._write(b"", pending.line, [pending.fd], None)
@@ -1219,10 +447,10 @@ class Channel:
                 if empty:
                     self._node_write({"cmd": "NODE_SOCKET_ALL_CLOSED", "key": key})
             # anything else (NODE_CLUSTER, NODE_DEBUG_ENABLED, ...) is not for this channel
-        if len(self._node_answers) > _NODE_MAX_ANSWERS:
+        if len(self._node_answers) > _node.MAX_ANSWERS:
             self._discard()
             raise FrameError(
-                f"the Node peer asked more than {_NODE_MAX_ANSWERS} questions without reading "
+                f"the Node peer asked more than {_node.MAX_ANSWERS} questions without reading "
                 "the answers"
             )
         self._node_flush(deadline)
@@ -1232,7 +460,7 @@ class Channel:
         pending = self._node_pending
         if pending is None:
             return
-        if not acked and pending.retransmissions < _NODE_MAX_RETRANSMISSIONS:
+        if not acked and pending.retransmissions < _node.MAX_RETRANSMISSIONS:
             pending.retransmissions += 1
             pending.nacked = True
             if self._send_lock.acquire(blocking=False):  # else the waiting sender resends
@@ -1245,13 +473,13 @@ class Channel:
         if not acked:
             warnings.warn(
                 "a handle did not reach the Node peer after "
-                f"{_NODE_MAX_RETRANSMISSIONS} retransmissions; it was closed",
+                f"{_node.MAX_RETRANSMISSIONS} retransmissions; it was closed",
                 RuntimeWarning,
                 stacklevel=2,
             )
         self._node_pending = None
         self._node_acked.set()
-        _close_handle(pending.handle)
+        close_handle(pending.handle)
 
     def _node_write(self, msg: dict[str, Any]) -> None:
         """Queue one of the channel's own lines.
@@ -1324,14 +552,14 @@ class Channel:
             body = pickle.dumps(obj, protocol=5)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise PicklingError(f"cannot pickle this message: {exc}") from None
-        handles = _handle_list(handle)
-        flags, body, fds = _attach(body, handle, handles)
+        handles = handle_list(handle)
+        flags, body, fds = attach(body, handle, handles)
         with self._send_lock:
             self._check_open()
             self._send_codec.encode(_b.FRAME_CONTROL, flags, len(fds), len(body))
             self._write(bytes(self._send_codec.header_bytes), body, fds, None)
         if not keep_open:
-            _close_sent(handles)
+            close_sent(handles)
 
     def recv_control(self, timeout: float | None = None, *, with_handle: bool = False) -> Any:
         """Receive the next control message; user messages that come first stay queued.
@@ -1343,7 +571,7 @@ class Channel:
             obj, handle = self._next_of(self._decoder.control, deadline)
         if with_handle:
             return obj, handle
-        _close_handle(handle)
+        close_handle(handle)
         return obj
 
     def _forget(self) -> None:
@@ -1495,7 +723,7 @@ class Channel:
         A peer already gone is left for the first send or recv to find.
         """
         self._use_rings(tx, rx)
-        flags, body, fds = _attach(b"", [tx, rx], [tx, rx])
+        flags, body, fds = attach(b"", [tx, rx], [tx, rx])
         with self._send_lock:
             self._send_codec.encode(_b.FRAME_RING, flags, len(fds), len(body))
             try:
@@ -1546,7 +774,7 @@ class Channel:
         if not chunk and fds is not None:
             self._eof = True
             if decoder.pending or decoder.fd_batches or decoder.big is not None or fds:
-                _close_fds(fds)
+                close_fds(fds)
                 self._discard()
                 raise ChannelClosedError("the peer closed the channel in the middle of a message")
             return
@@ -1628,7 +856,7 @@ class Channel:
                 link.close()
             pending, self._node_pending = self._node_pending, None
             if pending is not None:
-                _close_handle(pending.handle)
+                close_handle(pending.handle)
             self._node_acked.set()
 
     disconnect = close
@@ -1660,46 +888,3 @@ class Channel:
 
 
 _AWAITING_RINGS = object()  # Channel._link until the peer's ring set-up frame comes
-
-
-def _close_sent(handles: list[Any]) -> None:
-    """After a send, this side's copies go, as in Node.
-
-    A Ring stays open: both ends use its memory (close it when done).
-    """
-    for h in handles:
-        if not isinstance(h, Ring):
-            h.close()
-
-
-def _attach(body: Any, handle: Any, handles: list[Any]) -> tuple[int, Any, list[int]]:
-    """A payload with its handles described in front: ``(frame flags, payload, fds)``.
-
-    ``TypeError``/``ValueError`` for a handle that cannot be sent (nothing is written).
-    """
-    if not handles:
-        return 0, body, []
-    if len(handles) > _b.FRAME_MAX_FDS:
-        raise ValueError(f"at most {_b.FRAME_MAX_FDS} handles fit in one message")
-    fds, described = _describe(handles, isinstance(handle, (list, tuple)))
-    return _b.FRAME_FLAG_HANDLES, _META_LEN.pack(len(described)) + described + body, fds
-
-
-def _handle_list(handle: Any) -> list[Any]:
-    """``send``'s handle argument as a list (None: empty; a list or tuple: its items)."""
-    if handle is None:
-        return []
-    return list(handle) if isinstance(handle, (list, tuple)) else [handle]
-
-
-def _close_handle(handle: Any) -> None:
-    if handle is None:
-        return
-    for h in handle if isinstance(handle, list) else [handle]:
-        try:
-            h.close()
-        except OSError:
-            pass
-
-
-from . import _ringlink  # noqa: E402  (it builds on this module)

@@ -633,7 +633,8 @@ handle_kinds = st.lists(
 @settings(max_examples=100, deadline=None)
 @given(kinds=handle_kinds, many=st.booleans())
 def test_handle_descriptions_round_trip(tmp_path_factory, kinds, many):
-    from pyforkd.channel import _describe, _rebuild
+    from pyforkd._wire import describe as _describe
+    from pyforkd._wire import rebuild as _rebuild
 
     many = many or len(kinds) > 1  # (several handles are always sent as a list)
     path = tmp_path_factory.mktemp("h") / "f"
@@ -666,7 +667,7 @@ def test_handle_descriptions_round_trip(tmp_path_factory, kinds, many):
 @settings(max_examples=300, deadline=None)
 @given(description=st.binary(max_size=20), count=st.integers(0, 4))
 def test_arbitrary_handle_descriptions_never_leak(description, count):
-    from pyforkd.channel import _rebuild
+    from pyforkd._wire import rebuild as _rebuild
 
     before = open_fds()
     fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]

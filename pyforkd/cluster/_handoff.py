@@ -10,7 +10,7 @@ import time
 from typing import Any, NamedTuple
 
 from .. import _bindings as _b
-from .. import channel as _channel
+from .. import _wire
 from ..errors import ChannelClosedError
 
 
@@ -25,7 +25,7 @@ class Listener:
 
     def __init__(self, sock: Any) -> None:
         self.socket: socket.socket | None = None  # (None on Windows: a pipe, not a socket)
-        if sys.platform == "win32" and isinstance(sock, _channel.Fd):
+        if sys.platform == "win32" and isinstance(sock, _wire.Fd):
             # The hand-off pipe, as a handle of this process's own (no C runtime slot).
             self._fd = _b.take_inherited(sock.detach())
         elif isinstance(sock, socket.socket) and sock.family == getattr(socket, "AF_UNIX", -1):
@@ -247,7 +247,7 @@ class RoundRobin:
         try:
             slot = self.attach(ours, load)
         except BaseException:
-            _channel._close_handle(theirs)
+            _wire.close_handle(theirs)
             raise
         return slot, theirs
 
@@ -292,7 +292,7 @@ def handoff_pair(pid: int) -> tuple[int, Any]:
         if pid > 0:
             _b.fd_peer(ours, pid)  # (Windows: the connections handed over go to it)
         sendable: Any = (
-            _channel.Fd(_b.adopt(theirs, True)) if _b.WINDOWS else socket.socket(fileno=theirs)
+            _wire.Fd(_b.adopt(theirs, True)) if _b.WINDOWS else socket.socket(fileno=theirs)
         )
     except BaseException:
         _b.close_native(ours)

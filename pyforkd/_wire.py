@@ -1,0 +1,734 @@
+"""The byte level of a channel: frames' payloads, handle descriptions, the decoder.
+
+No I/O here.  A sender describes the handles it attaches (:func:`attach`); a receiver's
+:class:`Decoder` takes each read's bytes and descriptors, however the stream was split,
+and queues whole messages with their handles rebuilt (:func:`rebuild`).  Anything
+malformed raises :class:`FrameError` once every descriptor held is closed.  Node's line
+framing is in ``_node.py``, the Channel that does the I/O in ``channel.py``.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import socket
+import stat
+import struct
+import sys
+from typing import Any, NoReturn, Union
+
+if sys.platform != "win32":
+    import resource
+
+from . import _bindings as _b
+from . import _json
+from ._checks import check_encoding as _check_encoding
+from .errors import FrameError
+from .ring import Ring
+
+KIND = {"pickle": _b.FRAME_PICKLE, "json": _b.FRAME_JSON, "raw": _b.FRAME_RAW}
+
+META_LEN = struct.Struct("<I")
+NO_FDS: list[Any] = []  # shared, never modified
+BIG_FRAME = 1 << 18  # frames larger than this (the receive buffer) get a buffer of their own
+BIG_FIRST = 1 << 20  # which starts this large and doubles as the bytes come, up to the frame
+BIG_KEEP = 16 << 20  # and such a buffer up to this size is kept for the next one
+
+
+def _held_fds_limit() -> int:
+    """How many received descriptors a channel holds unread before it refuses more.
+
+    A quarter of this process's descriptor limit (and never fewer than one message may
+    carry): a peer must not be able to use up the descriptors the program needs.
+    """
+    if sys.platform == "win32":
+        soft = 2048  # (no RLIMIT_NOFILE: the C runtime's limit is of this order)
+    else:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft < 0:  # RLIM_INFINITY
+            soft = 1 << 18
+    return max(_b.FRAME_MAX_FDS, min(soft // 4, 1 << 16))
+
+
+MAX_HELD_FDS = _held_fds_limit()
+
+
+class Fd:
+    """A raw file descriptor to send as a handle: ``channel.send(msg, handle=Fd(n))``.
+
+    The receiver gets an ``Fd`` of its own copy.  An ``Fd`` owns its descriptor: ``close()``
+    (or the ``with`` block) closes it; ``detach()`` gives the number up without closing.
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"Fd() takes a descriptor number, not {type(fd).__name__}")
+        if fd < 0:
+            raise ValueError(f"Fd(): descriptor {fd} is negative")
+        self._fd = fd
+
+    def fileno(self) -> int:
+        """The descriptor number; ``ValueError`` once closed or detached."""
+        if self._fd < 0:
+            raise ValueError("Fd is closed")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """True once closed or detached."""
+        return self._fd < 0
+
+    def detach(self) -> int:
+        """Give up ownership and return the number (the caller closes it)."""
+        fd, self._fd = self.fileno(), -1
+        return fd
+
+    def close(self) -> None:
+        """Close the descriptor (a second call does nothing)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Fd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Fd({self._fd})" if self._fd >= 0 else "Fd(closed)"
+
+
+Handle = Union[socket.socket, io.IOBase, Fd, Ring]
+
+
+# How the handles of a frame are described (frame flag HANDLES): the payload starts with a
+# u32 length and that many bytes: u8 flags (bit 0: a list was sent, not one handle), then per
+# descriptor, in order, a kind byte: b"d" pyforkd.Fd, b"s" socket.socket, b"g" a
+# pyforkd.Ring (its shared memory), b"f" a file, followed for a file by its mode and its
+# encoding (u8 length + ASCII each; encoding empty for a binary file).
+_KIND_FD, _KIND_SOCKET, _KIND_RING, _KIND_FILE = 0x64, 0x73, 0x67, 0x66  # b"d" b"s" b"g" b"f"
+
+
+def describe(handles: list[Any], many: bool) -> tuple[list[int], bytes]:
+    """The descriptors of ``handles`` and their description (see above)."""
+    fds: list[int] = []
+    out = bytearray(b"\x01" if many else b"\x00")
+    for i, handle in enumerate(handles):
+        where = f"handle[{i}]" if len(handles) > 1 else "handle"
+        if isinstance(handle, Fd):
+            fds.append(native_of(handle.fileno(), where))
+            out.append(_KIND_FD)
+            continue
+        if isinstance(handle, socket.socket):
+            if handle.fileno() < 0:
+                raise ValueError(f"{where}: the socket is closed")
+            fds.append(handle.fileno())
+            out.append(_KIND_SOCKET)
+            continue
+        if isinstance(handle, Ring):
+            if handle.closed:
+                raise ValueError(f"{where}: the Ring is closed")
+            fds.append(handle.fileno())
+            out.append(_KIND_RING)
+            continue
+        if not (isinstance(handle, io.IOBase) or hasattr(handle, "fileno")):
+            raise TypeError(
+                f"{where}: can send a socket.socket, a file object or pyforkd.Fd, not "
+                f"{type(handle).__name__}"
+            )
+        if getattr(handle, "closed", False):
+            raise ValueError(f"{where}: {handle!r} is closed")
+        try:
+            fds.append(native_of(handle.fileno(), where))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{where}: {handle!r} has no descriptor ({exc})") from None
+        if hasattr(handle, "flush"):
+            handle.flush()  # what Python buffered belongs before the receiver's writes
+        mode = str(getattr(handle, "mode", "rb"))
+        binary = "b" in mode or not isinstance(handle, io.TextIOBase)
+        encoding = "" if binary else str(getattr(handle, "encoding", "") or "")
+        out.append(_KIND_FILE)
+        for text in (mode, encoding):
+            data = text.encode("ascii")
+            if len(data) > 255:
+                raise ValueError(f"{where}: mode or encoding name too long ({text!r})")
+            out.append(len(data))
+            out += data
+    return fds, bytes(out)
+
+
+def native_of(fd: int, where: str) -> int:
+    """What the C core sends for descriptor ``fd``: itself; on Windows the handle behind it.
+
+    ``ValueError`` naming ``where`` when it is not open.
+    """
+    try:
+        return _b.native(fd)
+    except OSError as exc:
+        raise ValueError(f"{where}: descriptor {fd} is not open ({exc.strerror})") from None
+
+
+def adopted(handle: int, writable: bool) -> int:
+    """A descriptor of this process for a received ``handle`` (Windows: the C runtime's).
+
+    The handle is closed when that fails.
+    """
+    try:
+        return _b.adopt(handle, writable)
+    except OSError:
+        _b.close_native(handle)
+        raise
+
+
+_FILE_MODE_CHARS = frozenset("rwaxbt+")
+
+
+def check_file_mode(mode: str) -> None:
+    """``ValueError`` unless ``mode`` is one ``open()`` takes (one of r/w/a/x, then b|t, +)."""
+    chars = set(mode)
+    if (
+        not mode
+        or len(chars) != len(mode)
+        or not chars <= _FILE_MODE_CHARS
+        or len(chars & set("rwax")) != 1
+        or {"b", "t"} <= chars
+    ):
+        raise ValueError(f"a file's mode {mode!r} is not one open() takes")
+
+
+def parse_description(desc: bytes, count: int) -> tuple[bool, list[tuple[int, str, str]]]:
+    """``(many, [(kind, mode, encoding), ...])`` from a handle description.
+
+    Every field is checked before anything is acted on: ``ValueError`` says what is wrong.
+    """
+    if not desc:
+        raise ValueError("empty handle description")
+    if desc[0] & ~1:
+        raise ValueError(f"unknown handle description flags 0x{desc[0]:02x}")
+    many, pos = bool(desc[0] & 1), 1
+    specs: list[tuple[int, str, str]] = []
+    while pos < len(desc):
+        kind = desc[pos]
+        pos += 1
+        mode = encoding = ""
+        if kind == _KIND_FILE:
+            texts = []
+            for _ in range(2):
+                n = desc[pos] if pos < len(desc) else -1
+                if n < 0 or pos + 1 + n > len(desc):
+                    raise ValueError("a file's description is cut short")
+                try:
+                    texts.append(desc[pos + 1 : pos + 1 + n].decode("ascii"))
+                except UnicodeDecodeError:
+                    raise ValueError("a file's mode or encoding is not ASCII") from None
+                pos += 1 + n
+            mode, encoding = texts
+            check_file_mode(mode)
+            if encoding:
+                if "b" in mode:
+                    raise ValueError(f"a binary file (mode {mode!r}) has no encoding")
+                _check_encoding(encoding, what="a file's encoding")
+        elif kind not in (_KIND_FD, _KIND_SOCKET, _KIND_RING):
+            raise ValueError(f"unknown handle kind {kind!r}")
+        specs.append((kind, mode, encoding))
+    if len(specs) < count:
+        raise ValueError(f"{count} descriptors came, fewer are described")
+    if len(specs) > count:
+        raise ValueError(f"{count} descriptors came, more are described")
+    if not many and count != 1:
+        raise ValueError(f"{count} descriptors came, but not as a list")
+    return many, specs
+
+
+def open_received(fd: int, mode: str, encoding: str) -> Any:
+    """A file object over a received descriptor, which it owns from then on.
+
+    Built layer by layer, as ``open()`` does, so that whichever layer fails, the descriptor
+    is closed exactly once.  ``ValueError`` when the descriptor cannot be such a file.
+    """
+    problem: OSError | None = None
+    try:
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+    except OSError as exc:
+        is_dir, problem = False, exc
+    if is_dir or problem is not None:
+        os.close(fd)
+        why = "is a directory" if is_dir else f"cannot be used ({problem})"
+        raise ValueError(f"a descriptor described as a file {why}")
+    raw_mode = mode.replace("b", "").replace("t", "").replace("x", "w")
+    try:
+        raw = io.FileIO(fd, raw_mode, closefd=True)
+    except BaseException:
+        os.close(fd)  # (FileIO leaves a descriptor it was given open when it fails)
+        raise
+    try:
+        if "b" in mode and mode[0] == "a" and "+" not in mode:
+            return raw  # unbuffered: appends from several processes stay whole
+        if "+" in raw_mode:
+            if not raw.seekable():
+                raise ValueError(f"a file opened {mode!r} must be seekable; this one is not")
+            buffered: Any = io.BufferedRandom(raw)
+        elif raw_mode[0] == "r":
+            buffered = io.BufferedReader(raw)
+        else:
+            buffered = io.BufferedWriter(raw)
+        if "b" in mode:
+            return buffered
+        text = io.TextIOWrapper(buffered, encoding=encoding or None)
+        # What open() reports as the mode, and what a later send describes.
+        text.mode = mode  # type: ignore[misc]
+        return text
+    except BaseException:
+        raw.close()
+        raise
+
+
+def rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
+    """Objects for received descriptors as described; they own the descriptors.
+
+    ``ValueError`` for a description that does not match (nothing is left open: the
+    descriptors not yet made into objects are the caller's to close, the objects made
+    are closed here).
+    """
+    many, specs = parse_description(bytes(description), len(fds))
+    made: list[Any] = []
+    try:
+        for i, (kind, mode, encoding) in enumerate(specs):
+            fd = fds[i]
+            if kind == _KIND_FD:
+                fds[i] = -1  # (adopted: closed through the Fd from here on)
+                made.append(Fd(adopted(fd, True)))
+            elif kind == _KIND_SOCKET:
+                try:
+                    made.append(socket.socket(fileno=fd))
+                except OSError as exc:
+                    why = f"a descriptor described as a socket is not one ({exc})"
+                    raise ValueError(why) from None
+                fds[i] = -1
+            elif kind == _KIND_RING:
+                made.append(Ring._from_fd(fd))
+                fds[i] = -1
+            else:
+                fds[i] = -1
+                made.append(
+                    open_received(adopted(fd, mode[0] != "r" or "+" in mode), mode, encoding)
+                )
+    except BaseException:
+        close_handle(made)
+        raise
+    fds.clear()
+    return made, many
+
+
+def fail(why: str) -> NoReturn:
+    raise FrameError(why)
+
+
+def reason(exc: BaseException) -> str:
+    """What a decoder's exception says, for a FrameError (its type when it says nothing)."""
+    text = str(exc)
+    if isinstance(exc, RecursionError):
+        return f"nested too deeply ({text})"
+    return text if text else type(exc).__name__
+
+
+def close_fds(fds: list[int]) -> None:
+    """Close received descriptors (Windows: handles) no object took over."""
+    for fd in fds:
+        if fd >= 0:
+            try:
+                _b.close_native(fd)
+            except OSError:
+                pass  # (not ours to close any more: nothing to give back)
+    fds.clear()
+
+
+class Decoder:
+    """Turns a received byte stream and its descriptor batches into messages.
+
+    ``feed`` takes each recvmsg's bytes and descriptors in order, however the stream was
+    split, and appends whole messages to ``ready``.  Anything malformed raises
+    :class:`FrameError` after every descriptor held here is closed.  It does no I/O.
+    """
+
+    def __init__(self, scan: Any, max_length: int, allow_pickle: bool) -> None:
+        self.allow_pickle = allow_pickle  # a channel unpickles only when its owner chose pickle
+        self.line_scanned = 0  # Node framing: how much of ``pending`` has no newline
+        self.held_fds = 0  # descriptors in ``ready`` and ``control``, not yet taken
+        # Bytes received while decoded messages waited (see _count_backlog).
+        self.backlog = 0
+        self.max_unread = 4 * max_length + (64 << 20)
+        self.scan = scan  # Receiver.scan: the C frame header check
+        self.max_length = max_length
+        self.pending = bytearray()  # bytes of a message not whole yet
+        self.pending_start = 0  # stream offset of pending[0]
+        self.stream_pos = 0  # stream offset of the next byte to arrive
+        self.fd_batches: collections.deque[tuple[int, int, list[int]]] = collections.deque()
+        # A frame larger than the receive buffer is read straight into one of its own size.
+        self.big: bytearray | None = None
+        self.big_fill = 0
+        self.big_total = 0
+        self.spare: bytearray | None = None  # the last large frame's buffer, to use again
+        self.big_frame = (0, 0, 0)  # its kind, flags, descriptor count
+        self.ready: collections.deque[tuple[Any, Any]] = collections.deque()
+        self.control: collections.deque[Any] = collections.deque()  # the channel's own
+        # Node framing: internal messages for the channel to act on, and the socket maker
+        # ("got", message) for Node's own messages, ("answer", message) for replies to send
+        self.node_internal: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        # WeakMethod of (fd, key) -> socket.socket, set by the Channel
+        self.node_socket: Any = None
+        self.rings = False  # whether FRAME_RING frames are expected (a channel over rings)
+        self.ring_setup: list[Any] | None = None  # the rings a set-up frame brought
+
+    def feed(self, chunk: Any, fds: list[int] | None, scan_chunk: Any = None) -> None:
+        """Take one recvmsg's bytes and descriptors (None: truncated, already closed).
+
+        ``scan_chunk(offset, size)``, when given, scans frame headers in ``chunk`` itself:
+        whole frames are then decoded straight from it, and only a partial one is copied.
+        """
+        start = self.stream_pos
+        self.stream_pos += len(chunk)
+        if self.ready or self.control:
+            self._count_backlog(len(chunk))
+        if fds is None:
+            self.discard()
+            fail("the peer attached more descriptors than one message may carry; all were closed")
+        if fds:
+            self.fd_batches.append((start, self.stream_pos, fds))
+        try:
+            self.decode(chunk, start, scan_chunk)
+        except FrameError:
+            self.discard()
+            raise
+        except Exception as exc:  # whatever a payload made the decoders raise
+            self.discard()
+            raise FrameError(f"cannot decode a message: {reason(exc)}") from None
+
+    def decode(self, chunk: Any, start: int, scan_chunk: Any) -> None:
+        """Decode what ``chunk`` (at stream offset ``start``) completes: pyforkd frames."""
+        if scan_chunk is not None:
+            # A frame begun in an earlier read takes only the bytes it lacks; the frames
+            # after it are decoded straight from this read.
+            used = self._complete_pending(chunk) if self.pending else 0
+            if not self.pending:
+                if used:
+                    base = used
+                    scan = lambda off, size: scan_chunk(base + off, size)  # noqa: E731
+                    used += self._decode_frames(chunk[used:], scan, start + used)
+                else:
+                    used = self._decode_frames(chunk, scan_chunk, start)
+                if used < len(chunk):
+                    self.pending += chunk[used:]
+                self.pending_start = start + used
+        else:
+            self.pending += chunk
+            used = self._decode_frames(self.pending, self._scan_pending, self.pending_start)
+            if used:
+                del self.pending[:used]
+                self.pending_start += used
+        if self.fd_batches:
+            self.check_unclaimed()
+        if len(self.pending) >= _b.FRAME_HEADER_SIZE:
+            self._start_big()
+
+    def _complete_pending(self, chunk: Any) -> int:
+        """Move from ``chunk`` what the partial frame in ``pending`` lacks, at most.
+
+        The frame is decoded once whole.  Returns how many bytes of ``chunk`` were taken.
+        """
+        pending = self.pending
+        taken = 0
+        if len(pending) < _b.FRAME_HEADER_SIZE:
+            taken = min(_b.FRAME_HEADER_SIZE - len(pending), len(chunk))
+            pending += chunk[:taken]
+            if len(pending) < _b.FRAME_HEADER_SIZE:
+                return taken
+        _, _, _, _, length = self._scan_pending(0, len(pending))  # refuses a bad header
+        total = _b.FRAME_HEADER_SIZE + length
+        more = min(total - len(pending), len(chunk) - taken)
+        pending += chunk[taken : taken + more]
+        taken += more
+        if len(pending) == total:
+            self._decode_frames(pending, self._scan_pending, self.pending_start)
+            pending.clear()
+            self.pending_start += total
+        return taken
+
+    def _start_big(self) -> None:
+        """When the partial frame in ``pending`` is large, give it a buffer of its own."""
+        _, kind, flags, nfds, length = self._scan_pending(0, len(self.pending))
+        total = _b.FRAME_HEADER_SIZE + length
+        if total <= BIG_FRAME:
+            return
+        # A buffer kept from an earlier large frame is used again: a fresh one costs a page
+        # fault per 4 KiB, which for large frames is most of the receive time.  A new one
+        # grows as the bytes come: a header alone must not make this process allocate.
+        spare, self.spare = self.spare, None
+        if spare is not None and len(spare) >= total:
+            self.big = spare
+        else:
+            self.big = bytearray(min(total, max(BIG_FIRST, 2 * len(self.pending))))
+        self.big[: len(self.pending)] = self.pending
+        self.big_fill = len(self.pending)
+        self.big_total = total
+        self.big_frame = (kind, flags, nfds)
+        self.pending.clear()  # pending_start stays at the frame's first byte
+
+    def big_room(self) -> memoryview | None:
+        """Room for the part of a large frame still to come; None when none is awaited."""
+        big = self.big
+        if big is None:
+            return None
+        if self.big_fill == len(big):  # what came so far fills it: twice the size
+            big.extend(bytes(min(self.big_total, 2 * len(big)) - len(big)))
+        return memoryview(big)[self.big_fill : self.big_total]
+
+    def feed_big(self, count: int, fds: list[int] | None) -> None:
+        """``count`` bytes arrived in :meth:`big_room`, with ``fds`` (which must be none)."""
+        self.stream_pos += count
+        if self.ready or self.control:
+            self._count_backlog(count)
+        if fds or fds is None:
+            close_fds(fds or [])
+            self.discard()
+            fail("descriptors came in the middle of a frame")
+        self.big_fill += count
+        buf, total = self.big, self.big_total
+        assert buf is not None
+        if self.big_fill < total:
+            return
+        self.big = None
+        kind, flags, nfds = self.big_frame
+        start = self.pending_start
+        self.pending_start = start + total
+        try:
+            fds = self._take_fds(start, nfds) if nfds else []
+            with memoryview(buf) as whole, whole[_b.FRAME_HEADER_SIZE : total] as payload:
+                self._deliver(kind, flags, payload, fds)
+        except FrameError:
+            self.discard()
+            raise
+        except Exception as exc:
+            self.discard()
+            raise FrameError(f"cannot decode a message: {reason(exc)}") from None
+        if len(buf) <= BIG_KEEP:
+            self.spare = buf
+
+    def _scan_pending(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
+        result: tuple[int, int, int, int, int] = self.scan(self.pending, offset, size)
+        return result
+
+    def discard(self) -> None:
+        """Close every descriptor held, delivered or not, and forget pending bytes."""
+        while self.fd_batches:
+            close_fds(self.fd_batches.popleft()[2])
+        while self.ready:
+            close_handle(self.ready.popleft()[1])
+        # Control messages stay (a worker's outcome is read after its channel broke); their
+        # handles go.
+        for i, (obj, handle) in enumerate(self.control):
+            if handle is not None:
+                close_handle(handle)
+                self.control[i] = (obj, None)
+        self.pending.clear()
+        self.line_scanned = 0
+        self.big = self.spare = None
+        self.held_fds = 0
+        self.backlog = 0
+
+    def pop(self, queue: collections.deque[tuple[Any, Any]]) -> tuple[Any, Any]:
+        """The first message of ``queue`` (``ready`` or ``control``) and its handle."""
+        obj, handle = queue.popleft()
+        if handle is not None:
+            self.held_fds -= len(handle) if isinstance(handle, list) else 1
+        self.backlog = 0  # (the receiver takes its messages: nothing piles up unseen)
+        return obj, handle
+
+    def _count_backlog(self, size: int) -> None:
+        """``size`` bytes came while decoded messages wait: bound what piles up that way.
+
+        A receiver reads only when the queue it takes from is empty, so messages pile up
+        only in the other queue while it waits (user messages while it waits for a control
+        one, or the reverse): bytes read with no message taken in between are counted.
+        """
+        self.backlog += size
+        if self.backlog > self.max_unread:
+            self.discard()
+            fail(
+                f"the peer sent more than {self.max_unread} bytes of messages that are not "
+                "received yet"
+            )
+
+    def _take_fds(self, pos: int, nfds: int) -> list[int]:
+        """The descriptors of the message whose first byte is at stream offset ``pos``.
+
+        A sender attaches descriptors to a message's first byte, and the kernel ends a
+        recvmsg right after the message that carries them: so they came with the chunk
+        that holds ``pos``, and belong to the message in it that declares them.  One that
+        declares none never takes any; a count that does not match is an error.
+        """
+        batches = self.fd_batches
+        if not nfds:
+            return []
+        if batches and batches[0][0] <= pos < batches[0][1]:
+            got = batches.popleft()[2]
+            if len(got) == nfds:
+                return got
+            count = len(got)
+            close_fds(got)
+        else:
+            count = 0
+        fail(f"a message declares {nfds} descriptors but {count} came with it")
+
+    def check_unclaimed(self) -> None:
+        """Refuse descriptors that no message can claim, as soon as they come.
+
+        Once every whole message is decoded, the one batch that may wait is the one that
+        came with the first byte of the partial message.  Any other is refused at once:
+        a peer cannot park descriptors here by never finishing a message.
+        """
+        for start, end, _ in self.fd_batches:
+            if end <= self.pending_start:
+                fail("descriptors came with a message that declares none")
+            if start > self.pending_start:
+                fail("descriptors came in the middle of a message")
+
+    def _decode_frames(self, buf: Any, scan: Any, base: int) -> int:
+        """Deliver every whole frame in ``buf`` (at stream offset ``base``); bytes used."""
+        off = 0
+        end = len(buf)
+        direct = isinstance(buf, memoryview)  # the receive buffer: slices are not copies
+        while off < end:
+            try:
+                total, kind, flags, nfds, _ = scan(off, end - off)
+            except ValueError as exc:
+                fail(f"bad frame: {exc}")
+            if not total:
+                break
+            fds = self._take_fds(base + off, nfds) if nfds else []
+            first = off + _b.FRAME_HEADER_SIZE
+            off += total
+            self._deliver(kind, flags, buf[first:off] if direct else bytes(buf[first:off]), fds)
+        return off
+
+    def _deliver(self, kind: int, flags: int, payload: Any, fds: list[int]) -> None:
+        """Decode one frame's payload (bytes, or a view valid only during this call)."""
+        if kind in (_b.FRAME_PICKLE, _b.FRAME_CONTROL) and not self.allow_pickle:
+            close_fds(fds)
+            raise ValueError(
+                "a pickle came, and this channel does not unpickle (its "
+                "serialization is not 'pickle')"
+            )
+        if not flags and not fds:  # the common case: a plain message
+            if kind == _b.FRAME_PICKLE:
+                self.ready.append((pickle.loads(payload), None))
+            elif kind == _b.FRAME_RAW:
+                self.ready.append((bytes(payload), None))
+            elif kind == _b.FRAME_JSON:
+                self.ready.append((_json.loads(bytes(payload)), None))
+            elif kind == _b.FRAME_RING:
+                if not self.rings:
+                    raise ValueError("a ring record came on a channel without rings")
+                # A record sent over the socket (its own buffer: objects may be built on
+                # it), or, empty, the sign that records go back to the ring.
+                item = RECORD(bytearray(payload)) if payload else BACK
+                self.ready.append((item, None))
+            else:  # CONTROL: the channel's own traffic (a worker's result)
+                self.control.append((pickle.loads(payload), None))
+            return
+        handle: Any = None
+        try:
+            if not flags & _b.FRAME_FLAG_HANDLES:
+                raise ValueError("descriptors came without a description")
+            if self.held_fds + len(fds) > MAX_HELD_FDS:
+                raise ValueError(
+                    f"the peer sent more than {MAX_HELD_FDS} descriptors that are not received yet"
+                )
+            if len(payload) < META_LEN.size:
+                raise ValueError("a frame with handles is too short for their description")
+            (size,) = META_LEN.unpack_from(payload)
+            if 4 + size > len(payload):
+                raise ValueError("the handle description runs past the frame")
+            handles, many = rebuild(fds, payload[4 : 4 + size])
+            payload = payload[4 + size :]
+            handle = handles if many else handles[0]
+            if kind == _b.FRAME_RING:  # set-up: the rings, ours to read first
+                if not self.rings or self.ring_setup is not None or payload or not many:
+                    raise ValueError("an unexpected ring set-up")
+                if len(handles) != 2 or not all(isinstance(h, Ring) for h in handles):
+                    raise ValueError("a ring set-up needs two rings")
+                self.ring_setup = handles
+                return
+            if kind == _b.FRAME_CONTROL:  # the channel's own, with handles
+                self.control.append((pickle.loads(payload), handle))
+                self.held_fds += len(handles)
+                return
+            if kind == _b.FRAME_PICKLE:
+                obj = pickle.loads(payload)
+            elif kind == _b.FRAME_JSON:
+                obj = _json.loads(bytes(payload))
+            else:
+                obj = bytes(payload)
+        except BaseException:
+            close_fds(fds)
+            close_handle(handle)
+            raise
+        self.ready.append((obj, handle))
+        self.held_fds += len(handles)
+
+
+def close_sent(handles: list[Any]) -> None:
+    """After a send, this side's copies go, as in Node.
+
+    A Ring stays open: both ends use its memory (close it when done).
+    """
+    for h in handles:
+        if not isinstance(h, Ring):
+            h.close()
+
+
+def attach(body: Any, handle: Any, handles: list[Any]) -> tuple[int, Any, list[int]]:
+    """A payload with its handles described in front: ``(frame flags, payload, fds)``.
+
+    ``TypeError``/``ValueError`` for a handle that cannot be sent (nothing is written).
+    """
+    if not handles:
+        return 0, body, []
+    if len(handles) > _b.FRAME_MAX_FDS:
+        raise ValueError(f"at most {_b.FRAME_MAX_FDS} handles fit in one message")
+    fds, described = describe(handles, isinstance(handle, (list, tuple)))
+    return _b.FRAME_FLAG_HANDLES, META_LEN.pack(len(described)) + described + body, fds
+
+
+def handle_list(handle: Any) -> list[Any]:
+    """``send``'s handle argument as a list (None: empty; a list or tuple: its items)."""
+    if handle is None:
+        return []
+    return list(handle) if isinstance(handle, (list, tuple)) else [handle]
+
+
+def close_handle(handle: Any) -> None:
+    if handle is None:
+        return
+    for h in handle if isinstance(handle, list) else [handle]:
+        try:
+            h.close()
+        except OSError:
+            pass
+
+
+class RECORD:
+    """In a channel's ready queue: a ring record that came over the socket."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytearray) -> None:
+        self.data = data
+
+
+BACK = object()  # in a channel's ready queue: the records go back to the ring
