@@ -218,6 +218,14 @@ def sink_channel(sock: socket.socket, count: int, serialization: str = "raw") ->
     ch.send(b"done")
 
 
+def sink_channel_many(sock: socket.socket, count: int) -> None:
+    ch = Channel(sock, serialization="raw")
+    got = 0
+    while got < count:
+        got += len(ch.recv_many(256))
+    ch.send(b"done")
+
+
 def sink_pipe(conn, count: int) -> None:
     for _ in range(count):
         conn.recv_bytes()
@@ -252,6 +260,20 @@ def throughput(size: int, total_bytes: int) -> dict[str, float]:
         ch.send(data)
     ch.recv()
     out["pyforkd Channel raw"] = count / (time.perf_counter() - t0)
+    ch.close()
+    os.waitpid(pid, 0)
+
+    a, b = socket.socketpair()
+    pid = forked(sink_channel_many, b, count)
+    b.close()
+    ch = Channel(a, serialization="raw")
+    batch = [data] * 256
+    t0 = time.perf_counter()
+    for _ in range(count // 256):
+        ch.send_many(batch)
+    ch.send_many([data] * (count % 256))
+    ch.recv()
+    out["pyforkd Channel raw send_many/recv_many (256)"] = count / (time.perf_counter() - t0)
     ch.close()
     os.waitpid(pid, 0)
 

@@ -31,7 +31,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
 if sys.platform != "win32":
@@ -57,6 +57,7 @@ from .ring import Ring
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Channel", "Fd"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 256 << 20
+_BATCH_BYTES = 1 << 20  # send_many joins small frames into writes of about this size
 _SERIALIZATIONS = ("pickle", "json", "raw")
 _FRAMINGS = ("pyforkd", "node")
 
@@ -331,6 +332,59 @@ class Channel:
         if not keep_open:
             close_sent(handles)
 
+    def send_many(self, msgs: Iterable[Any], *, timeout: float | None = None) -> None:
+        """Send every message of ``msgs`` (without handles), in order, as :meth:`send` would.
+
+        Every message is encoded before a byte is written: one that cannot be, or is over
+        ``max_message_size``, raises ``TypeError``/``ValueError`` and none is sent.  Over a
+        socket they go in as few system calls as fit (one for a batch of small messages).
+        ``timeout`` bounds the whole batch; a batch caught half-way closes the channel.
+        """
+        items = list(msgs)
+        if self._link is not None:
+            deadline = _deadline(timeout)
+            for obj in items:  # (each message its own record in the ring)
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self.send(obj, timeout=left)
+            return
+        if self.framing == "node":
+            lines = []
+            for obj in items:
+                line = self._encode(obj)[1]
+                self._check_size(len(line))
+                lines.append(line + b"\n")
+            deadline = _deadline(timeout)
+            for chunk in _batches(lines):
+                self._write_lines(chunk, -1, None, deadline)
+            return
+        codec = self._send_codec
+        frames: list[tuple[int, Any]] = []
+        for obj in items:
+            kind, body = self._encode(obj)
+            self._check_size(len(body))
+            frames.append((kind, body))
+        deadline = _deadline(timeout)
+        with self._send_lock:
+            self._check_open()
+            batch: list[Any] = []
+            size = 0
+            for kind, body in frames:
+                codec.encode(kind, 0, 0, len(body))
+                head = bytes(codec.header_bytes)
+                if len(body) >= _BATCH_BYTES:  # a large one goes from where it is: no copy
+                    if batch:
+                        self._write(b"".join(batch), b"", [], deadline)
+                        batch, size = [], 0
+                    self._write(head, body, [], deadline)
+                    continue
+                batch += (head, body)
+                size += len(head) + len(body)
+                if size >= _BATCH_BYTES:
+                    self._write(b"".join(batch), b"", [], deadline)
+                    batch, size = [], 0
+            if batch:
+                self._write(b"".join(batch), b"", [], deadline)
+
     def _frame_parts(
         self, obj: Any, handle: Any, handles: list[Any]
     ) -> tuple[int, int, bytes, list[int]]:
@@ -376,17 +430,22 @@ class Channel:
             obj = {"cmd": "NODE_HANDLE", **fields, "msg": obj}
         line = self._encode(obj)[1] + b"\n"
         self._check_size(len(line) - 1)
+        self._write_lines(line, fd, None if keep_open or fd < 0 else handles[0], deadline)
+
+    def _write_lines(self, lines: bytes, fd: int, handle: Any, deadline: float | None) -> None:
+        """Write whole JSON lines (``fd``: a descriptor on the first byte, for NODE_HANDLE).
+
+        After any handle sent before has its ACK: Node keeps the order of messages so.
+        """
         while True:
             with self._send_lock:
                 self._check_open()
                 pending = self._node_pending
                 if pending is None:
-                    self._write(b"", line, [fd] if fd >= 0 else [], deadline)
+                    self._write(b"", lines, [fd] if fd >= 0 else [], deadline)
                     if fd >= 0:
                         self._node_acked.clear()
-                        self._node_pending = _node.PendingHandle(
-                            line, fd, None if keep_open else handles[0]
-                        )
+                        self._node_pending = _node.PendingHandle(lines, fd, handle)
                     return
                 if pending.nacked:
                     self._node_retransmit(pending)
@@ -665,6 +724,50 @@ class Channel:
             )
         return obj
 
+    def recv_many(
+        self, limit: int = 64, timeout: float | None = None, *, with_handle: bool = False
+    ) -> list[Any]:
+        """Up to ``limit`` messages: the next, and those that came with it (no more wait).
+
+        The first is waited for as :meth:`recv` does.  One read brings every message the
+        peer's writes put in the socket by then.  With ``with_handle=True`` each item is
+        ``(message, handle)``.  Exceptions as for :meth:`recv` (only before the first).
+        """
+        if limit < 1:
+            raise ValueError(f"recv_many() takes at least 1 message, not {limit}")
+        if self._link is not None:
+            out = [self.recv(timeout, with_handle=with_handle)]
+            while len(out) < limit and self._link.wait_readable(0):
+                try:
+                    out.append(self.recv(0, with_handle=with_handle))
+                except (TimeoutError, ChannelClosedError):
+                    break  # (a record still on its way, or the end: the next call says so)
+            return out
+        deadline = None if timeout is None else _deadline(timeout)
+        decoder = self._decoder
+        with self._recv_lock:
+            got = [self._pop_ready(deadline)]
+            ready = decoder.ready
+            while ready and len(got) < limit:
+                got.append(decoder.pop(ready))
+        out = []
+        for obj, handle in got:
+            if handle is not None:
+                self._watch_rings(handle)
+            if with_handle:
+                out.append((obj, handle))
+                continue
+            if handle is not None:
+                close_handle(handle)
+                warnings.warn(
+                    "a message came with a handle, which was closed: use "
+                    "recv_many(with_handle=True) to take it",
+                    ResourceWarning,
+                    stacklevel=2,
+                )
+            out.append(obj)
+        return out
+
     def recv_any(self, timeout: float | None = None) -> tuple[bool, Any, Any]:
         """The next of the channel's own messages or of the others, whichever is there.
 
@@ -885,6 +988,20 @@ class Channel:
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed"
         return f"<Channel fd={self.fileno()} {self.framing}/{self.serialization} {state}>"
+
+
+def _batches(pieces: list[bytes]) -> Iterator[bytes]:
+    """``pieces`` joined into runs of about ``_BATCH_BYTES`` (one write each)."""
+    run: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        run.append(piece)
+        size += len(piece)
+        if size >= _BATCH_BYTES:
+            yield b"".join(run)
+            run, size = [], 0
+    if run:
+        yield b"".join(run)
 
 
 _AWAITING_RINGS = object()  # Channel._link until the peer's ring set-up frame comes

@@ -705,3 +705,104 @@ def test_raw_sends_any_buffer_as_its_bytes():
     assert receiver.recv(timeout=10) == b"still usable"
     sender.close()
     receiver.close()
+
+
+# ---- batches: send_many / recv_many -------------------------------------------------------
+
+
+def test_send_many_and_recv_many_keep_order_across_sizes(pair):
+    a, b = pair
+    big = bytes(range(256)) * 8192  # 2 MiB: written from where it is, between small ones
+    msgs = [("small", i) for i in range(500)] + [big] + [{"n": i} for i in range(500)]
+    done = threading.Event()
+    got = []
+
+    def reader():
+        while len(got) < len(msgs):
+            batch = b.recv_many(100, timeout=30)
+            assert 1 <= len(batch) <= 100
+            got.extend(batch)
+        done.set()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    a.send_many(msgs)
+    t.join(60)
+    assert done.is_set() and got == msgs
+
+
+def test_recv_many_takes_every_frame_of_one_write_in_one_call(raw_pair):
+    # A peer that is not pyforkd writes 50 frames at once: one call takes all of them,
+    # and then waits no more than its timeout for another.
+    ch, raw = raw_pair
+    raw.sendall(b"".join(frame(b"m%d" % i) for i in range(50)))
+    assert ch.recv_many(64, timeout=30) == [b"m%d" % i for i in range(50)]
+    with pytest.raises(TimeoutError):
+        ch.recv_many(64, timeout=0.05)
+    raw.sendall(frame(b"x") + frame(b"y"))
+    assert ch.recv_many(1, timeout=30) == [b"x"]  # no more than asked for;
+    assert ch.recv_many(timeout=30) == [b"y"]  # the rest waits for the next call
+
+
+def test_recv_many_refuses_a_batch_with_a_malformed_frame(raw_pair):
+    ch, raw = raw_pair
+    before = open_fds()
+    a, b = socket.socketpair()
+    with a, b:
+        # good frames, then one that declares a descriptor and brings another frame's
+        socket.send_fds(raw, [frame(b"ok") + frame(b"ok2") + frame(b"", nfds=1)], [a.fileno()])
+    with pytest.raises(FrameError):
+        ch.recv_many(timeout=30)
+    assert open_fds() <= before  # the descriptor that came is closed (and the channel)
+    with pytest.raises((FrameError, ChannelClosedError)):
+        ch.recv_many(timeout=1)  # the channel is closed after garbage
+
+
+def test_send_many_sends_nothing_when_one_message_cannot_go(pair):
+    a, b = pair
+    with pytest.raises(pickle.PicklingError):
+        a.send_many([1, 2, lambda: 3])
+    with pytest.raises(TimeoutError):
+        b.recv(timeout=0.05)  # nothing was written
+    small = Channel.pair(max_message_size=1000)
+    with small[0], small[1]:
+        with pytest.raises(ValueError, match="max_message_size"):
+            small[0].send_many([b"ok", b"x" * 5000])
+        small[0].send_many([b"still", b"usable"])
+        assert small[1].recv_many(timeout=30) == [b"still", b"usable"]
+
+
+def test_recv_many_with_handles_and_bad_limits(pair, tmp_path):
+    a, b = pair
+    path = tmp_path / "f"
+    path.write_bytes(b"data")
+    a.send("plain")
+    with open(path, "rb") as f:
+        a.send("with a file", handle=f)  # (this side's copy is closed once sent)
+    got = []
+    while len(got) < 2:
+        got += b.recv_many(timeout=30, with_handle=True)
+    assert got[0] == ("plain", None)
+    assert got[1][0] == "with a file" and got[1][1].read() == b"data"
+    got[1][1].close()
+    with pytest.raises(ValueError, match="at least 1"):
+        b.recv_many(0)
+
+
+@pytest.mark.parametrize("how", ["ring", "node", "json"])
+def test_batches_over_rings_node_lines_and_json(how):
+    if how == "node":
+        x, y = socket.socketpair()
+        a = Channel(x, framing="node", serialization="json")
+        b = Channel(y, framing="node", serialization="json")
+    elif how == "ring":
+        a, b = Channel.pair(ring=1 << 16)
+    else:
+        a, b = Channel.pair(serialization="json")
+    with a, b:
+        msgs = [{"i": i, "s": "x" * (i % 50)} for i in range(300)]
+        a.send_many(msgs, timeout=30)
+        got = []
+        while len(got) < len(msgs):
+            got += b.recv_many(50, timeout=30)
+        assert got == msgs
