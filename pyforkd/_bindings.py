@@ -463,10 +463,14 @@ class FrameCodec:
     receiving (under its receive lock).
     """
 
-    __slots__ = ("_frame", "header", "header_bytes", "max_length")
+    __slots__ = ("_count", "_frame", "_split", "header", "header_bytes", "max_length")
+
+    SPLIT_MAX = 512  # frames told by one split() call
 
     def __init__(self, max_length: int) -> None:
         self._frame = ffi.new("pfd_frame_t *")
+        self._split = ffi.new("unsigned long long[]", 2 * self.SPLIT_MAX + 2)
+        self._count = ffi.new("size_t *")
         self.header = ffi.new("unsigned char[]", FRAME_HEADER_SIZE)
         self.header_bytes = ffi.buffer(self.header)
         self.max_length = max_length
@@ -492,6 +496,25 @@ class FrameCodec:
                 f"(kind {f.kind}, {f.nfds} descriptors, length {f.length})"
             )
         return r, f.kind, f.flags, f.nfds, f.length
+
+    def split(self, buf: Any, offset: int, size: int) -> tuple[int, list[int]]:
+        """The whole frames at ``buf + offset`` (up to SPLIT_MAX): ``(bytes, info)``.
+
+        ``info`` holds two numbers per frame, back to back from the offset: kind, flags
+        and descriptor count packed (``kind | flags << 8 | nfds << 24``), then the payload
+        length.  A bad header raises ``ValueError`` as :meth:`scan` does (the frames
+        before it are not returned: the stream is broken anyway).
+        """
+        out, count = self._split, self._count
+        r = lib.pfd_frame_split(buf + offset, size, self.max_length, out, self.SPLIT_MAX, count)
+        n = count[0]
+        if r < 0:
+            meta = out[2 * n]
+            raise ValueError(
+                f"{_FRAME_ERRORS.get(-r, strerror(-r))} (kind {meta & 0xFF}, "
+                f"{meta >> 24} descriptors, length {out[2 * n + 1]})"
+            )
+        return r, ffi.unpack(out, 2 * n) if n else []
 
 
 def fd_send(
@@ -612,6 +635,15 @@ class Receiver:
     def scan_received(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
         """Scan a frame header in what the last :meth:`recv` returned, at ``offset``."""
         return self._codec.scan(self._c_buf, offset, size)
+
+    def split(self, buf: bytearray, offset: int, size: int) -> tuple[int, list[int]]:
+        """The whole frames in ``buf`` at ``offset`` (see :meth:`FrameCodec.split`)."""
+        with ffi.from_buffer(buf) as c_buf:
+            return self._codec.split(c_buf, offset, size)
+
+    def split_received(self, offset: int, size: int) -> tuple[int, list[int]]:
+        """The whole frames in what the last :meth:`recv` returned, at ``offset``."""
+        return self._codec.split(self._c_buf, offset, size)
 
 
 def fd_pair() -> tuple[int, int]:

@@ -87,7 +87,7 @@ class PendingHandle:
 class LineDecoder(Decoder):
     """The decoder for Node's framing: one JSON document per line."""
 
-    def decode(self, chunk: Any, start: int, scan_chunk: Any) -> None:
+    def decode(self, chunk: Any, start: int, split_chunk: Any) -> None:
         """Decode every whole line; the descriptors go with the line they came with."""
         self.pending += chunk
         self._decode_lines()

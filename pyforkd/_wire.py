@@ -356,14 +356,15 @@ class Decoder:
     :class:`FrameError` after every descriptor held here is closed.  It does no I/O.
     """
 
-    def __init__(self, scan: Any, max_length: int, allow_pickle: bool) -> None:
+    def __init__(self, receiver: Any, max_length: int, allow_pickle: bool) -> None:
         self.allow_pickle = allow_pickle  # a channel unpickles only when its owner chose pickle
         self.line_scanned = 0  # Node framing: how much of ``pending`` has no newline
         self.held_fds = 0  # descriptors in ``ready`` and ``control``, not yet taken
         # Bytes received while decoded messages waited (see _count_backlog).
         self.backlog = 0
         self.max_unread = 4 * max_length + (64 << 20)
-        self.scan = scan  # Receiver.scan: the C frame header check
+        self.scan = receiver.scan  # the C frame header check (a frame not whole yet)
+        self.split = receiver.split  # the C splitter: every whole frame of a buffer
         self.max_length = max_length
         self.pending = bytearray()  # bytes of a message not whole yet
         self.pending_start = 0  # stream offset of pending[0]
@@ -385,10 +386,10 @@ class Decoder:
         self.rings = False  # whether FRAME_RING frames are expected (a channel over rings)
         self.ring_setup: list[Any] | None = None  # the rings a set-up frame brought
 
-    def feed(self, chunk: Any, fds: list[int] | None, scan_chunk: Any = None) -> None:
+    def feed(self, chunk: Any, fds: list[int] | None, split_chunk: Any = None) -> None:
         """Take one recvmsg's bytes and descriptors (None: truncated, already closed).
 
-        ``scan_chunk(offset, size)``, when given, scans frame headers in ``chunk`` itself:
+        ``split_chunk(offset, size)``, when given, splits the frames in ``chunk`` itself:
         whole frames are then decoded straight from it, and only a partial one is copied.
         """
         start = self.stream_pos
@@ -401,7 +402,7 @@ class Decoder:
         if fds:
             self.fd_batches.append((start, self.stream_pos, fds))
         try:
-            self.decode(chunk, start, scan_chunk)
+            self.decode(chunk, start, split_chunk)
         except FrameError:
             self.discard()
             raise
@@ -409,25 +410,25 @@ class Decoder:
             self.discard()
             raise FrameError(f"cannot decode a message: {reason(exc)}") from None
 
-    def decode(self, chunk: Any, start: int, scan_chunk: Any) -> None:
+    def decode(self, chunk: Any, start: int, split_chunk: Any) -> None:
         """Decode what ``chunk`` (at stream offset ``start``) completes: pyforkd frames."""
-        if scan_chunk is not None:
+        if split_chunk is not None:
             # A frame begun in an earlier read takes only the bytes it lacks; the frames
             # after it are decoded straight from this read.
             used = self._complete_pending(chunk) if self.pending else 0
             if not self.pending:
                 if used:
                     base = used
-                    scan = lambda off, size: scan_chunk(base + off, size)  # noqa: E731
-                    used += self._decode_frames(chunk[used:], scan, start + used)
+                    split = lambda off, size: split_chunk(base + off, size)  # noqa: E731
+                    used += self._decode_frames(chunk[used:], split, start + used)
                 else:
-                    used = self._decode_frames(chunk, scan_chunk, start)
+                    used = self._decode_frames(chunk, split_chunk, start)
                 if used < len(chunk):
                     self.pending += chunk[used:]
                 self.pending_start = start + used
         else:
             self.pending += chunk
-            used = self._decode_frames(self.pending, self._scan_pending, self.pending_start)
+            used = self._decode_frames(self.pending, self._split_pending, self.pending_start)
             if used:
                 del self.pending[:used]
                 self.pending_start += used
@@ -454,7 +455,7 @@ class Decoder:
         pending += chunk[taken : taken + more]
         taken += more
         if len(pending) == total:
-            self._decode_frames(pending, self._scan_pending, self.pending_start)
+            self._decode_frames(pending, self._split_pending, self.pending_start)
             pending.clear()
             self.pending_start += total
         return taken
@@ -518,6 +519,10 @@ class Decoder:
             raise FrameError(f"cannot decode a message: {reason(exc)}") from None
         if len(buf) <= BIG_KEEP:
             self.spare = buf
+
+    def _split_pending(self, offset: int, size: int) -> tuple[int, list[int]]:
+        result: tuple[int, list[int]] = self.split(self.pending, offset, size)
+        return result
 
     def _scan_pending(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
         result: tuple[int, int, int, int, int] = self.scan(self.pending, offset, size)
@@ -598,22 +603,39 @@ class Decoder:
             if start > self.pending_start:
                 fail("descriptors came in the middle of a message")
 
-    def _decode_frames(self, buf: Any, scan: Any, base: int) -> int:
-        """Deliver every whole frame in ``buf`` (at stream offset ``base``); bytes used."""
+    def _decode_frames(self, buf: Any, split: Any, base: int) -> int:
+        """Deliver every whole frame in ``buf`` (at stream offset ``base``); bytes used.
+
+        ``split(offset, size)`` finds them in C, a batch per call; plain raw and pickled
+        messages are decoded here, the rest by :meth:`_deliver`.
+        """
         off = 0
         end = len(buf)
         direct = isinstance(buf, memoryview)  # the receive buffer: slices are not copies
+        ready = self.ready
+        pickled = _b.FRAME_PICKLE if self.allow_pickle else -1
         while off < end:
             try:
-                total, kind, flags, nfds, _ = scan(off, end - off)
+                used, info = split(off, end - off)
             except ValueError as exc:
                 fail(f"bad frame: {exc}")
-            if not total:
-                break
-            fds = self._take_fds(base + off, nfds) if nfds else []
-            first = off + _b.FRAME_HEADER_SIZE
-            off += total
-            self._deliver(kind, flags, buf[first:off] if direct else bytes(buf[first:off]), fds)
+            pos = off
+            for i in range(0, len(info), 2):
+                meta = info[i]
+                first = pos + _b.FRAME_HEADER_SIZE
+                start, pos = pos, first + info[i + 1]
+                if meta == _b.FRAME_RAW:  # (no flags, no descriptors: the common cases)
+                    ready.append((bytes(buf[first:pos]), None))
+                elif meta == pickled:
+                    ready.append((pickle.loads(buf[first:pos]), None))
+                else:
+                    nfds = meta >> 24
+                    fds = self._take_fds(base + start, nfds) if nfds else []
+                    payload = buf[first:pos] if direct else bytes(buf[first:pos])
+                    self._deliver(meta & 0xFF, (meta >> 8) & 0xFFFF, payload, fds)
+            off += used
+            if len(info) < 2 * _b.FrameCodec.SPLIT_MAX:
+                break  # (a full batch: there may be more whole frames after it)
         return off
 
     def _deliver(self, kind: int, flags: int, payload: Any, fds: list[int]) -> None:

@@ -163,11 +163,11 @@ class Channel:
         self._send_codec = _b.FrameCodec(max_message_size)
         self._receiver = _b.Receiver(max_message_size)
         decoder = _node.LineDecoder if framing == "node" else Decoder
-        self._decoder = decoder(self._receiver.scan, max_message_size, serialization == "pickle")
+        self._decoder = decoder(self._receiver, max_message_size, serialization == "pickle")
         # A weak reference: the channel owns the decoder, and a cycle between them would
         # leave the socket to the garbage collector, which may finalize it first (unclosed).
         self._decoder.node_socket = weakref.WeakMethod(self._make_node_socket)
-        self._scan_received = self._receiver.scan_received
+        self._split_received = self._receiver.split_received
         self._eof = False
         self._closed = False
         self._closed_fd = False  # (Windows: the pipe handle was closed)
@@ -885,7 +885,7 @@ class Channel:
             if room is not None:
                 decoder.feed_big(chunk, fds)
             else:
-                decoder.feed(chunk, fds, self._scan_received)
+                decoder.feed(chunk, fds, self._split_received)
         except FrameError:
             self._discard()
             raise

@@ -489,10 +489,10 @@ def _feed_in_pieces(ch: Channel, data: bytes, cuts: list[int]) -> None:
                 continue
             piece = bytearray(data[lo:hi])
 
-            def scan(off, size, piece=piece):
-                return ch._receiver.scan(piece, off, size)
+            def split(off, size, piece=piece):
+                return ch._receiver.split(piece, off, size)
 
-            dec.feed(memoryview(piece), [], scan if n % 2 == 0 else None)
+            dec.feed(memoryview(piece), [], split if n % 2 == 0 else None)
             n += 1
             lo = hi
 

@@ -43,3 +43,12 @@ void pfd_frame_encode(const pfd_frame_t *frame, unsigned char *out);
  * longer than max_length). */
 long long pfd_frame_scan(const unsigned char *buf, size_t size, unsigned long long max_length,
                          pfd_frame_t *frame);
+
+/* Splits the bytes at `buf` into the whole frames at their start, up to `max_frames`: for
+ * frame i, out[2i] = kind | flags << 8 | nfds << 24 and out[2i+1] = the payload's length
+ * (the frames lie back to back from buf).  *count is how many were found.  Returns the
+ * bytes they take (a partial frame after them is left), or what pfd_frame_scan returns for
+ * a bad header: then out[2 * *count] and out[2 * *count + 1] describe that header as far as
+ * it was read (zeros before its 16th byte). */
+long long pfd_frame_split(const unsigned char *buf, size_t size, unsigned long long max_length,
+                          unsigned long long *out, size_t max_frames, size_t *count);

@@ -76,6 +76,31 @@ long long pfd_frame_scan(const unsigned char *buf, size_t size, unsigned long lo
   return size >= total ? (long long)total : 0;
 }
 
+long long pfd_frame_split(const unsigned char *buf, size_t size, unsigned long long max_length,
+                          unsigned long long *out, size_t max_frames, size_t *count) {
+  size_t used = 0, n = 0;
+  /* One call for every frame one read brought: the caller's loop is in Python. */
+  while (n < max_frames && used < size) {
+    pfd_frame_t f = {0, 0, 0, 0};
+    long long r = pfd_frame_scan(buf + used, size - used, max_length, &f);
+    if (r <= 0) {
+      if (r < 0) {
+        out[2 * n] = f.kind | (unsigned long long)f.flags << 8 | (unsigned long long)f.nfds << 24;
+        out[2 * n + 1] = f.length;
+        *count = n;
+        return r;
+      }
+      break;
+    }
+    out[2 * n] = f.kind | (unsigned long long)f.flags << 8 | (unsigned long long)f.nfds << 24;
+    out[2 * n + 1] = f.length;
+    n++;
+    used += (size_t)r;
+  }
+  *count = n;
+  return (long long)used;
+}
+
 long pfd_frame_send(int sock, unsigned int kind, unsigned int frame_flags, const char *payload,
                     size_t size, const int *fds, int nfds, int flags) {
   unsigned char header[PFD_FRAME_HEADER_SIZE];

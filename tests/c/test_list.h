@@ -24,6 +24,8 @@
   X(collect_timeout)              \
   X(frame_round_trip_any_split)   \
   X(frame_rejects_bad_headers)    \
+  X(frame_split_finds_every_whole_frame) \
+  X(frame_split_stops_at_a_bad_header) \
   X(fdpass_round_trip)            \
   X(fdpass_truncated_closes_all)  \
   X(fdpass_peer_gone_no_sigpipe)  \
