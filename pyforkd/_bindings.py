@@ -537,6 +537,14 @@ def fd_send(
 _frame_send = lib.pfd_frame_send
 
 
+def frame_pack(kind: int, payloads: bytes, lengths: list[int]) -> bytearray:
+    """Frames of ``kind`` back to back: the i-th holds the next ``lengths[i]`` bytes."""
+    out = bytearray(FRAME_HEADER_SIZE * len(lengths) + len(payloads))
+    with ffi.from_buffer(out, require_writable=True) as c_out:
+        lib.pfd_frame_pack(c_out, kind, payloads, lengths, len(lengths))
+    return out
+
+
 def frame_send(
     sock: int, kind: int, payload: Any, block: bool, flags: int = 0, fds: Sequence[int] = ()
 ) -> int | None:

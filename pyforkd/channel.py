@@ -20,7 +20,9 @@ descriptor that came with it and closes the channel; a vanished peer raises
 from __future__ import annotations
 
 import _socket
+import bisect
 import collections
+import itertools
 import json
 import math
 import os
@@ -41,6 +43,7 @@ from . import _bindings as _b
 from . import _json, _node, _ringlink
 from ._checks import deadline as _deadline
 from ._wire import (
+    KIND,
     NO_FDS,
     Decoder,
     Fd,
@@ -57,7 +60,8 @@ from .ring import Ring
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Channel", "Fd"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 256 << 20
-_BATCH_BYTES = 1 << 20  # send_many joins small frames into writes of about this size
+_RUN_BYTES = 1 << 18  # send_many writes small messages in runs of up to this size
+_ALONE_BYTES = 1 << 14  # and larger ones one write each (copying them costs more)
 _SERIALIZATIONS = ("pickle", "json", "raw")
 _FRAMINGS = ("pyforkd", "node")
 
@@ -357,33 +361,43 @@ class Channel:
             for chunk in _batches(lines):
                 self._write_lines(chunk, -1, None, deadline)
             return
+        if not items:
+            return
+        kind = KIND[self.serialization]
+        bodies = self._encode_batch(items)
+        lengths = [len(body) for body in bodies]
+        biggest = max(lengths)
+        if biggest > self.max_message_size:
+            self._check_size(biggest)
+        ends = list(itertools.accumulate(lengths))
         codec = self._send_codec
-        frames: list[tuple[int, Any]] = []
-        for obj in items:
-            kind, body = self._encode(obj)
-            self._check_size(len(body))
-            frames.append((kind, body))
         deadline = _deadline(timeout)
         with self._send_lock:
             self._check_open()
-            batch: list[Any] = []
-            size = 0
-            for kind, body in frames:
-                codec.encode(kind, 0, 0, len(body))
-                head = bytes(codec.header_bytes)
-                if len(body) >= _BATCH_BYTES:  # a large one goes from where it is: no copy
-                    if batch:
-                        self._write(b"".join(batch), b"", [], deadline)
-                        batch, size = [], 0
-                    self._write(head, body, [], deadline)
+            i = 0
+            while i < len(bodies):
+                if lengths[i] >= _ALONE_BYTES:  # a large one goes from where it is: no copy
+                    codec.encode(kind, 0, 0, lengths[i])
+                    self._write(bytes(codec.header_bytes), bodies[i], [], deadline)
+                    i += 1
                     continue
-                batch += (head, body)
-                size += len(head) + len(body)
-                if size >= _BATCH_BYTES:
-                    self._write(b"".join(batch), b"", [], deadline)
-                    batch, size = [], 0
-            if batch:
-                self._write(b"".join(batch), b"", [], deadline)
+                # Small ones, a run of up to _RUN_BYTES: framed by one C call, one write.
+                done = ends[i] - lengths[i]
+                j = max(i + 1, bisect.bisect_right(ends, done + _RUN_BYTES, i))
+                packed = _b.frame_pack(kind, b"".join(bodies[i:j]), lengths[i:j])
+                self._write(packed, b"", [], deadline)
+                i = j
+
+    def _encode_batch(self, items: list[Any]) -> list[Any]:
+        """The payloads of ``items``, as :meth:`_encode` makes them (one kind: the channel's)."""
+        if self.serialization == "pickle":
+            try:
+                return [pickle.dumps(obj, protocol=5) for obj in items]
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                raise PicklingError(f"cannot pickle this message: {exc}") from None
+        if self.serialization == "raw" and all(type(obj) is bytes for obj in items):
+            return items
+        return [self._encode(obj)[1] for obj in items]
 
     def _frame_parts(
         self, obj: Any, handle: Any, handles: list[Any]
@@ -991,13 +1005,13 @@ class Channel:
 
 
 def _batches(pieces: list[bytes]) -> Iterator[bytes]:
-    """``pieces`` joined into runs of about ``_BATCH_BYTES`` (one write each)."""
+    """``pieces`` joined into runs of about ``_RUN_BYTES`` (one write each)."""
     run: list[bytes] = []
     size = 0
     for piece in pieces:
         run.append(piece)
         size += len(piece)
-        if size >= _BATCH_BYTES:
+        if size >= _RUN_BYTES:
             yield b"".join(run)
             run, size = [], 0
     if run:

@@ -52,3 +52,8 @@ long long pfd_frame_scan(const unsigned char *buf, size_t size, unsigned long lo
  * it was read (zeros before its 16th byte). */
 long long pfd_frame_split(const unsigned char *buf, size_t size, unsigned long long max_length,
                           unsigned long long *out, size_t max_frames, size_t *count);
+
+/* Writes `n` frames of `kind` back to back at `out` (room for n headers plus the payloads):
+ * frame i's payload is the next lengths[i] bytes of `payloads`, which lie back to back. */
+void pfd_frame_pack(unsigned char *out, unsigned int kind, const unsigned char *payloads,
+                    const unsigned long long *lengths, size_t n);

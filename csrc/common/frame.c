@@ -29,6 +29,7 @@
  */
 #include <errno.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "pyforkd.h"
 
@@ -74,6 +75,21 @@ long long pfd_frame_scan(const unsigned char *buf, size_t size, unsigned long lo
   }
   total = PFD_FRAME_HEADER_SIZE + frame->length;
   return size >= total ? (long long)total : 0;
+}
+
+void pfd_frame_pack(unsigned char *out, unsigned int kind, const unsigned char *payloads,
+                    const unsigned long long *lengths, size_t n) {
+  size_t i;
+  pfd_frame_t f = {0, 0, 0, 0};
+  f.kind = kind;
+  for (i = 0; i < n; i++) {
+    f.length = lengths[i];
+    pfd_frame_encode(&f, out);
+    out += PFD_FRAME_HEADER_SIZE;
+    if (lengths[i]) memcpy(out, payloads, (size_t)lengths[i]);
+    out += lengths[i];
+    payloads += lengths[i];
+  }
 }
 
 long long pfd_frame_split(const unsigned char *buf, size_t size, unsigned long long max_length,

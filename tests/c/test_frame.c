@@ -104,3 +104,17 @@ TEST_IMPL(frame_split_stops_at_a_bad_header) {
   CHECK(n == 1 && out[2] == 0 && out[3] == 0); /* (nothing of it read: zeros) */
   return 0;
 }
+
+TEST_IMPL(frame_pack_writes_frames_that_split_back) {
+  const unsigned char payloads[] = "abcdefgh";
+  unsigned long long lengths[3] = {3, 0, 5}, out[6];
+  unsigned char buf[3 * PFD_FRAME_HEADER_SIZE + 8];
+  size_t n;
+  pfd_frame_pack(buf, PFD_FRAME_JSON, payloads, lengths, 3);
+  CHECK_EQ(pfd_frame_split(buf, sizeof(buf), 100, out, 3, &n), sizeof(buf));
+  CHECK_EQ(n, 3);
+  CHECK(out[0] == PFD_FRAME_JSON && out[1] == 3 && out[3] == 0 && out[5] == 5);
+  CHECK(memcmp(buf + PFD_FRAME_HEADER_SIZE, "abc", 3) == 0);
+  CHECK(memcmp(buf + 3 * PFD_FRAME_HEADER_SIZE + 3, "defgh", 5) == 0);
+  return 0;
+}

@@ -26,6 +26,7 @@
   X(frame_rejects_bad_headers)    \
   X(frame_split_finds_every_whole_frame) \
   X(frame_split_stops_at_a_bad_header) \
+  X(frame_pack_writes_frames_that_split_back) \
   X(fdpass_round_trip)            \
   X(fdpass_truncated_closes_all)  \
   X(fdpass_peer_gone_no_sigpipe)  \
