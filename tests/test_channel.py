@@ -806,3 +806,18 @@ def test_batches_over_rings_node_lines_and_json(how):
         while len(got) < len(msgs):
             got += b.recv_many(50, timeout=30)
         assert got == msgs
+
+
+def test_send_many_across_its_run_and_size_limits(pair):
+    # Runs of small messages (more than one run's 256 KiB), messages that go alone (16 KiB
+    # and more), empty ones: all arrive whole and in order.
+    a, b = pair
+    sizes = [0, 1, 16383, 16384, 100_000, 5, 262_144, 3] * 3 + [4096] * 200
+    msgs = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    got = []
+    t = threading.Thread(target=a.send_many, args=(msgs,), kwargs={"timeout": 60})
+    t.start()
+    while len(got) < len(msgs):
+        got += b.recv_many(1000, timeout=30)
+    t.join(60)
+    assert [len(m) for m in got] == sizes and got == msgs
