@@ -191,6 +191,26 @@ class AsyncChannel:
         """Receive one message: see :meth:`pyforkd.Channel.recv`."""
         return await self._take(lambda: self.channel.recv(0, with_handle=with_handle), timeout)
 
+    async def send_many(self, msgs: Iterable[Any], *, timeout: float | None = None) -> None:
+        """Send a batch: see :meth:`pyforkd.Channel.send_many`.
+
+        In a thread (one hop per batch), so that the loop runs while the peer is full; a
+        batch, once begun, completes even if this task is cancelled.
+        """
+        items = list(msgs)
+        async with self._send_lock:
+            await asyncio.to_thread(self.channel.send_many, items, timeout=timeout)
+
+    async def recv_many(
+        self, limit: int = 64, timeout: float | None = None, *, with_handle: bool = False
+    ) -> list[Any]:
+        """The next messages: see :meth:`pyforkd.Channel.recv_many`."""
+        if limit < 1:
+            raise ValueError(f"recv_many() takes at least 1 message, not {limit}")
+        return await self._take(
+            lambda: self.channel.recv_many(limit, 0, with_handle=with_handle), timeout
+        )
+
     async def recv_control(self, timeout: float | None = None) -> Any:
         """The next control message (a worker's result)."""
         return await self._take(lambda: self.channel.recv_control(0), timeout)

@@ -189,3 +189,29 @@ def test_a_forkserver_worker_whose_server_died_is_still_awaited():
             await asyncio.wait_for(waiting, 30)
 
     run(main())
+
+
+def test_batches_over_asyncio_keep_order():
+    async def main():
+        a, b = pyforkd.Channel.pair()
+        x, y = aio.AsyncChannel(a), aio.AsyncChannel(b)
+        msgs = [{"i": i} for i in range(3000)]  # more than the socket buffers hold at once
+        got = []
+        # (the receiver runs on the loop while the sender's thread waits for room)
+        sender = asyncio.ensure_future(x.send_many(msgs, timeout=30))
+        while len(got) < len(msgs):
+            batch = await y.recv_many(500, timeout=30)
+            assert 1 <= len(batch) <= 500
+            got += batch
+        await sender
+        assert got == msgs
+        with pytest.raises(TimeoutError):
+            await y.recv_many(timeout=0.05)
+        with pytest.raises(ValueError, match="at least 1"):
+            await y.recv_many(0)
+        a.close()
+        with pytest.raises(ChannelClosedError):
+            await y.recv_many(timeout=30)
+        b.close()
+
+    run(main())
