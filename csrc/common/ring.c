@@ -76,7 +76,7 @@
 #define PFD__OFF_CONS_SLEEP 140 /*  1 while the consumer sleeps for data */
 #define PFD__OFF_CONS_READ 144 /*   where the consumer had read up to when it last slept */
 #define PFD__SPINS 200         /* polls between yields: about a microsecond */
-#define PFD__SPIN_US 50        /* how long a waiter spins before it sleeps */
+#define PFD__SPIN_US 50        /* how long a waiter spins before it sleeps, at most */
 #define PFD__PEER_CHECK_MS 100 /* how often a sleeper looks at the peer's descriptor */
 
 static pfd_atomic_u64_t *pfd__tail(const pfd_ring_t *ring) {
@@ -176,6 +176,7 @@ int pfd_ring_attach(pfd_ring_t *ring, void *mem, size_t size) {
    * attaches to a ring already in use). */
   ring->tail = ring->tail_seen = pfd_atomic_load_acquire_u64(pfd__tail(ring));
   ring->head = ring->read = ring->head_seen = pfd_atomic_load_acquire_u64(pfd__head(ring));
+  ring->spin_us = PFD__SPIN_US;
   return 0;
 }
 
@@ -374,20 +375,33 @@ int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int p
   if (what != PFD_RING_WAIT_DATA && what != PFD_RING_WAIT_SPACE) return -EINVAL;
   if (stall && what != PFD_RING_WAIT_SPACE) return -EINVAL;
   if (what == PFD_RING_WAIT_SPACE && size > pfd_ring_max_record(ring)) return -EMSGSIZE;
-  /* Spin: briefly on the cache line, then yielding the CPU between looks, for up to
-   * PFD__SPIN_US (never past the timeout): an answer that comes within that costs no
-   * system call on either side. */
+  /* Spin: briefly on the cache line, then yielding the CPU between looks, for up to this
+   * side's spin_us (never past the timeout): an answer that comes within that costs no
+   * system call on either side.  Adaptive: a spin that paid off doubles the next one (up
+   * to PFD__SPIN_US), one that ended asleep halves it.  When every CPU is busy, yielding
+   * hands the CPU away for a whole time slice; spinning then stops and a waiter sleeps at
+   * once, woken by the futex (the scheduler runs a woken task soon). */
   start = pfd__monotonic_us();
   for (;;) {
     for (i = 0; i < PFD__SPINS; i++) {
-      if (pfd__ready(ring, what, size)) return 1;
+      if (pfd__ready(ring, what, size)) {
+        if (timeout_ms != 0) { /* (a poll with no wait says nothing of the spin) */
+          unsigned long long more = ring->spin_us * 2 + 1;
+          ring->spin_us = more > PFD__SPIN_US ? PFD__SPIN_US : more;
+        }
+        return 1;
+      }
       pfd_cpu_relax();
     }
     if (timeout_ms == 0) break;
     waited_us = pfd__monotonic_us() - start;
-    if (waited_us >= PFD__SPIN_US || (timeout_ms > 0 && waited_us >= timeout_ms * 1000LL)) break;
+    if (waited_us >= (long long)ring->spin_us ||
+        (timeout_ms > 0 && waited_us >= timeout_ms * 1000LL)) {
+      break;
+    }
     pfd__yield();
   }
+  if (timeout_ms != 0) ring->spin_us /= 2;
   seq = pfd__word(ring, what == PFD_RING_WAIT_DATA ? PFD__OFF_DATA_SEQ : PFD__OFF_SPACE_SEQ);
   sleeping = pfd__word(ring, what == PFD_RING_WAIT_DATA ? PFD__OFF_CONS_SLEEP : PFD__OFF_PROD_SLEEP);
   for (;;) {
