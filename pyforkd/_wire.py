@@ -741,7 +741,7 @@ def close_handle(handle: Any) -> None:
         try:
             h.close()
         except OSError:
-            pass
+            pass  # (closed already, or not ours any more: nothing else to give back)
 
 
 class RECORD:
