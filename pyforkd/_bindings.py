@@ -640,10 +640,6 @@ class Receiver:
         with ffi.from_buffer(buf) as c_buf:
             return self._codec.scan(c_buf, offset, size)
 
-    def scan_received(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
-        """Scan a frame header in what the last :meth:`recv` returned, at ``offset``."""
-        return self._codec.scan(self._c_buf, offset, size)
-
     def split(self, buf: bytearray, offset: int, size: int) -> tuple[int, list[int]]:
         """The whole frames in ``buf`` at ``offset`` (see :meth:`FrameCodec.split`)."""
         with ffi.from_buffer(buf) as c_buf:

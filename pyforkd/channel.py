@@ -36,9 +36,6 @@ import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, NoReturn
 
-if sys.platform != "win32":
-    pass
-
 from . import _bindings as _b
 from . import _json, _node, _ringlink
 from ._checks import deadline as _deadline

@@ -290,7 +290,7 @@ def timed_out(sock: socket.socket | None, answer: bool, line: str, timeout: floa
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
-            pass
+            pass  # (the client closed it first: it is ended either way)
     _log.error(
         'a request ran over the timeout (%g s): "%s"; this worker is replaced', timeout, line
     )
