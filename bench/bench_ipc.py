@@ -505,7 +505,7 @@ def main() -> int:
             f"| <= 0.80x |\n"
             f"| small dict: pyforkd pickle / mp.Pipe send | "
             f"{rt['pyforkd Channel pickle, small dict'] / rt['mp.Pipe send, small dict']:.2f}x"
-            f" | <= 0.60x |"
+            f" | <= 0.70x |"
         )
 
     if want("throughput"):

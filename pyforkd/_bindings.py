@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from ._core import ffi
 from ._core import lib as _lib
-from .errors import FrameError, SpawnError, oserror_class
+from .errors import ChannelClosedError, FrameError, SpawnError, oserror_class
 
 lib: Any = _lib
 
@@ -457,20 +457,15 @@ _FRAME_ERRORS = {
 
 
 class FrameCodec:
-    """Encodes and scans frame headers with buffers kept for the life of one channel.
+    """Encodes frame headers into a buffer kept for the life of one channel's send side.
 
-    Not thread-safe: a channel uses one codec for sending (under its send lock) and one for
-    receiving (under its receive lock).
+    Not thread-safe: a channel uses it under its send lock.
     """
 
-    __slots__ = ("_count", "_frame", "_split", "header", "header_bytes", "max_length")
-
-    SPLIT_MAX = 512  # frames told by one split() call
+    __slots__ = ("_frame", "header", "header_bytes", "max_length")
 
     def __init__(self, max_length: int) -> None:
         self._frame = ffi.new("pfd_frame_t *")
-        self._split = ffi.new("unsigned long long[]", 2 * self.SPLIT_MAX + 2)
-        self._count = ffi.new("size_t *")
         self.header = ffi.new("unsigned char[]", FRAME_HEADER_SIZE)
         self.header_bytes = ffi.buffer(self.header)
         self.max_length = max_length
@@ -480,41 +475,6 @@ class FrameCodec:
         f = self._frame
         f.kind, f.flags, f.nfds, f.length = kind, flags, nfds, length
         lib.pfd_frame_encode(f, self.header)
-
-    def scan(self, buf: Any, offset: int, size: int) -> tuple[int, int, int, int, int]:
-        """Look at ``size`` bytes at ``buf + offset`` (``buf`` from ``ffi.from_buffer``).
-
-        Returns ``(total, kind, flags, nfds, length)``: total is the whole frame's size when
-        it is all there, else 0 (kind etc. are valid once 16 bytes are there).  A bad header
-        raises ``ValueError`` saying what is wrong.
-        """
-        f = self._frame
-        r = lib.pfd_frame_scan(buf + offset, size, self.max_length, f)
-        if r < 0:
-            raise ValueError(
-                f"{_FRAME_ERRORS.get(-r, strerror(-r))} "
-                f"(kind {f.kind}, {f.nfds} descriptors, length {f.length})"
-            )
-        return r, f.kind, f.flags, f.nfds, f.length
-
-    def split(self, buf: Any, offset: int, size: int) -> tuple[int, list[int]]:
-        """The whole frames at ``buf + offset`` (up to SPLIT_MAX): ``(bytes, info)``.
-
-        ``info`` holds two numbers per frame, back to back from the offset: kind, flags
-        and descriptor count packed (``kind | flags << 8 | nfds << 24``), then the payload
-        length.  A bad header raises ``ValueError`` as :meth:`scan` does (the frames
-        before it are not returned: the stream is broken anyway).
-        """
-        out, count = self._split, self._count
-        r = lib.pfd_frame_split(buf + offset, size, self.max_length, out, self.SPLIT_MAX, count)
-        n = count[0]
-        if r < 0:
-            meta = out[2 * n]
-            raise ValueError(
-                f"{_FRAME_ERRORS.get(-r, strerror(-r))} (kind {meta & 0xFF}, "
-                f"{meta >> 24} descriptors, length {out[2 * n + 1]})"
-            )
-        return r, ffi.unpack(out, 2 * n) if n else []
 
 
 def fd_send(
@@ -569,7 +529,7 @@ def frame_send(
 
 
 class Receiver:
-    """One channel's receive side: a receive buffer and room for a message's descriptors.
+    """A line-framed (Node) channel's reads: a receive buffer and room for descriptors.
 
     The buffer starts at 64 KiB, allocated on the first receive (a channel that only sends,
     a worker reporting its result, never pays for it), and grows to 256 KiB, what one read
@@ -578,18 +538,17 @@ class Receiver:
     receive lock.
     """
 
-    __slots__ = ("_buf", "_c_buf", "_c_fds", "_c_nfds", "_codec", "_grow", "_size", "_view")
+    __slots__ = ("_buf", "_c_buf", "_c_fds", "_c_nfds", "_grow", "_size", "_view")
 
     FIRST_SIZE = 1 << 16
-    SIZE = 1 << 18  # the most it grows to; frames larger than this get their own buffer
+    SIZE = 1 << 18  # the most it grows to (a longer line waits in the decoder)
 
-    def __init__(self, max_length: int) -> None:
+    def __init__(self) -> None:
         self._c_buf: Any = None
         self._size = 0
         self._grow = False
         self._c_fds = ffi.new("int[]", FRAME_MAX_FDS)
         self._c_nfds = ffi.new("int *")
-        self._codec = FrameCodec(max_length)
 
     def _allocate(self, size: int) -> None:
         self._buf = bytearray(size)
@@ -608,46 +567,120 @@ class Receiver:
             self._allocate(self.FIRST_SIZE)
         elif self._grow:  # the last read filled the buffer: the peer sends a lot
             self._allocate(self.SIZE)  # (the last view, now consumed, was of the old one)
-        got = self._recv(sock, self._c_buf, self._size, block)
-        if got is None:
-            return None
-        self._grow = got[0] == self._size < self.SIZE
-        return self._view[: got[0]], got[1]
-
-    def recv_into(self, sock: int, into: Any, block: bool) -> tuple[int, list[int] | None] | None:
-        """One recvmsg straight into the writable buffer ``into`` (a large frame's rest).
-
-        Returns ``(count, descriptors)`` as :meth:`recv` does, or None.
-        """
-        with ffi.from_buffer(into, require_writable=True) as c_into:
-            return self._recv(sock, c_into, len(c_into), block)
-
-    def _recv(self, sock: int, c_buf: Any, size: int, block: bool) -> Any:
         r = lib.pfd_fd_recv(
-            sock, c_buf, size, self._c_fds, FRAME_MAX_FDS, self._c_nfds, FD_BLOCK if block else 0
-        )
+            sock, self._c_buf, self._size, self._c_fds, FRAME_MAX_FDS, self._c_nfds,
+            FD_BLOCK if block else 0,
+        )  # fmt: skip
         if r < 0:
             if r in (-_errno.EAGAIN, -_errno.EINTR):
                 return None
             raise_errno(r, "recvmsg")
+        self._grow = r == self._size < self.SIZE
         nfds = self._c_nfds[0]
-        if nfds == 0:
-            return r, []
-        return r, (None if nfds < 0 else ffi.unpack(self._c_fds, nfds))
+        fds = [] if nfds == 0 else None if nfds < 0 else ffi.unpack(self._c_fds, nfds)
+        return self._view[:r], fds
 
-    def scan(self, buf: bytearray, offset: int, size: int) -> tuple[int, int, int, int, int]:
-        """Scan a frame header in ``buf`` at ``offset`` (see :meth:`FrameCodec.scan`)."""
-        with ffi.from_buffer(buf) as c_buf:
-            return self._codec.scan(c_buf, offset, size)
 
-    def split(self, buf: bytearray, offset: int, size: int) -> tuple[int, list[int]]:
-        """The whole frames in ``buf`` at ``offset`` (see :meth:`FrameCodec.split`)."""
-        with ffi.from_buffer(buf) as c_buf:
-            return self._codec.split(c_buf, offset, size)
+END = (-1, None)  # FrameReader.next: the stream ended
+AGAIN = (-2, None)  # FrameReader.next: no frame is whole yet (or a signal came)
 
-    def split_received(self, offset: int, size: int) -> tuple[int, list[int]]:
-        """The whole frames in what the last :meth:`recv` returned, at ``offset``."""
-        return self._codec.split(self._c_buf, offset, size)
+_RX_WHY = {
+    lib.PFD_RX_FDS_UNCLAIMED: "descriptors came with a message that declares none",
+    lib.PFD_RX_FDS_MIDDLE: "descriptors came in the middle of a message",
+    lib.PFD_RX_FDS_TOO_MANY: (
+        "the peer attached more descriptors than one message may carry; all were closed"
+    ),
+}
+
+
+class FrameReader:
+    """One channel's receive side for pyforkd frames: the C state machine (frame.c).
+
+    :meth:`next` returns the next whole frame as ``(meta, payload)``: ``meta`` packs its
+    kind, flags and descriptor count (``kind | flags << 8 | nfds << 24``); ``payload`` is a
+    view of the receive buffer, valid until the next call (decode it at once); the
+    descriptors are then :meth:`fds`.  Not thread-safe: the channel calls it under its
+    receive lock.
+    """
+
+    __slots__ = ("_gen", "_next", "_out", "_rx", "_view")
+
+    def __init__(self, max_length: int) -> None:
+        rx = lib.pfd_rx_new(max_length)
+        if rx == ffi.NULL:
+            raise MemoryError("cannot allocate a channel's receive state")
+        self._rx = ffi.gc(rx, lib.pfd_rx_free)  # (freed by close, or with this object)
+        self._out = ffi.new("pfd_rx_frame_t *")
+        self._gen = 0
+        self._view = memoryview(b"")
+        self._next = _rx_next
+
+    def next(self, sock: int, timeout_ms: int) -> tuple[int, Any]:
+        """The next whole frame, reading ``sock`` (-1: read nothing) when none is buffered.
+
+        ``timeout_ms`` < 0 waits for one, 0 takes what is there, > 0 waits at most that
+        long.  Returns :data:`AGAIN` when none came in time (or a signal came first),
+        :data:`END` once the peer closed the stream.  Raises :class:`FrameError` for a
+        malformed stream and ``ChannelClosedError`` for one cut in the middle of a frame
+        (every descriptor held is closed then), ``OSError`` for a failed ``recvmsg``.
+        """
+        r = self._next(self._rx, sock, timeout_ms, self._out)
+        if r > 0:
+            out = self._out
+            if r != self._gen:  # the buffer moved (it grew, or gave back a large room)
+                size = ffi.new("size_t *")
+                self._view = memoryview(ffi.buffer(lib.pfd_rx_buffer(self._rx, size), size[0]))
+                self._gen = r
+            start = out.start
+            return out.meta, self._view[start : start + out.length]
+        if r == 0:
+            return END
+        if r in (-_errno.EAGAIN, -_errno.EINTR):
+            return AGAIN
+        self._raise(r)
+
+    def _raise(self, r: int) -> NoReturn:
+        out = self._out
+        if r == -_errno.EBADF:
+            raise ChannelClosedError("the channel is closed")
+        if r == -_errno.EPROTO and out.why:
+            if out.why == lib.PFD_RX_END_MIDDLE:
+                raise ChannelClosedError("the peer closed the channel in the middle of a message")
+            if out.why == lib.PFD_RX_FDS_COUNT:
+                raise FrameError(
+                    f"a message declares {out.meta >> 24} descriptors but {out.got} came with it"
+                )
+            raise FrameError(_RX_WHY[out.why])
+        if -r in _FRAME_ERRORS:
+            meta = out.meta
+            raise FrameError(
+                f"bad frame: {_FRAME_ERRORS[-r]} (kind {meta & 0xFF}, {meta >> 24} "
+                f"descriptors, length {out.length})"
+            )
+        if r == -_errno.EPIPE:
+            raise FrameError("the channel's stream broke earlier")
+        if r == -_errno.ENOMEM:
+            raise MemoryError("cannot grow a channel's receive buffer")
+        raise_errno(r, "recvmsg")
+
+    def fds(self) -> list[int]:
+        """The descriptors of the frame :meth:`next` returned last (now the caller's)."""
+        out = self._out
+        return ffi.unpack(out.fds, (out.meta >> 24) & 0xFF)
+
+    def ready(self) -> bool:
+        """Whether a whole frame is buffered (:meth:`next` would not read)."""
+        return self._rx != ffi.NULL and bool(lib.pfd_rx_ready(self._rx))
+
+    def close(self) -> None:
+        """Free the buffer and close every descriptor held (calls after it: closed)."""
+        rx, self._rx = self._rx, ffi.NULL
+        self._view = memoryview(b"")
+        if rx != ffi.NULL:
+            ffi.release(rx)
+
+
+_rx_next = lib.pfd_rx_next
 
 
 def fd_pair() -> tuple[int, int]:

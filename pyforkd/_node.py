@@ -7,13 +7,15 @@ never reach the user: the channel acts on them.  A socket handed over comes as a
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import stat
 from typing import Any
 
 from . import _json
-from ._wire import MAX_HELD_FDS, Decoder, Fd, close_fds, fail
+from ._wire import MAX_HELD_FDS, Decoder, Fd, close_fds, fail, reason
+from .errors import FrameError
 
 _PREFIX = "NODE_"
 MAX_RETRANSMISSIONS = 3  # Node's MAX_HANDLE_RETRANSMISSIONS
@@ -85,12 +87,67 @@ class PendingHandle:
 
 
 class LineDecoder(Decoder):
-    """The decoder for Node's framing: one JSON document per line."""
+    """The decoder for Node's framing: one JSON document per line.
 
-    def decode(self, chunk: Any, start: int, split_chunk: Any) -> None:
-        """Decode every whole line; the descriptors go with the line they came with."""
-        self.pending += chunk
-        self._decode_lines()
+    ``feed`` takes each recvmsg's bytes and descriptors in order, however the stream was
+    split.  Descriptors go with the line whose first byte came in the same read (Node
+    writes a handle's line in one write, and the kernel ends a read right after it).
+    """
+
+    def __init__(self, max_length: int, allow_pickle: bool) -> None:
+        super().__init__(max_length, allow_pickle)
+        self.pending = bytearray()  # bytes of a line not whole yet
+        self.pending_start = 0  # stream offset of pending[0]
+        self.stream_pos = 0  # stream offset of the next byte to arrive
+        self.line_scanned = 0  # how much of ``pending`` has no newline
+        self.fd_batches: collections.deque[tuple[int, int, list[int]]] = collections.deque()
+
+    def feed(self, chunk: Any, fds: list[int] | None) -> None:
+        """Take one recvmsg's bytes and descriptors (None: truncated, already closed)."""
+        start = self.stream_pos
+        self.stream_pos += len(chunk)
+        if self.ready or self.control:
+            self._count_backlog(len(chunk))
+        if fds is None:
+            self.discard()
+            fail("the peer attached more descriptors than one message may carry; all were closed")
+        if fds:
+            self.fd_batches.append((start, self.stream_pos, fds))
+        try:
+            self.pending += chunk
+            self._decode_lines()
+        except FrameError:
+            self.discard()
+            raise
+        except Exception as exc:  # whatever a payload made the decoders raise
+            self.discard()
+            raise FrameError(f"cannot decode a message: {reason(exc)}") from None
+
+    @property
+    def partial(self) -> bool:
+        """Whether a line or descriptors wait for the rest of their message."""
+        return bool(self.pending or self.fd_batches)
+
+    def discard(self) -> None:
+        """Close every descriptor held, delivered or not, and forget pending bytes."""
+        while self.fd_batches:
+            close_fds(self.fd_batches.popleft()[2])
+        super().discard()
+        self.pending.clear()
+        self.line_scanned = 0
+
+    def _check_unclaimed(self) -> None:
+        """Refuse descriptors that no line can claim, as soon as they come.
+
+        Once every whole line is decoded, the one batch that may wait is the one that came
+        with the first byte of the partial line: a peer cannot park descriptors here by
+        never finishing a line.
+        """
+        for start, end, _ in self.fd_batches:
+            if end <= self.pending_start:
+                fail("descriptors came with a message that declares none")
+            if start > self.pending_start:
+                fail("descriptors came in the middle of a message")
 
     def _decode_lines(self) -> None:
         buf = self.pending
@@ -108,7 +165,7 @@ class LineDecoder(Decoder):
             del buf[:off]
             self.pending_start += off
         self.line_scanned = len(buf)
-        self.check_unclaimed()
+        self._check_unclaimed()
         if len(buf) > self.max_length:
             fail(f"a line longer than max_message_size ({self.max_length}) bytes")
 

@@ -518,8 +518,8 @@ class Link:
         with ch._recv_lock:  # the rings stay mapped meanwhile (close takes this lock)
             if ch._closed:
                 return True  # the next recv says so
-            if not self.rx_on_ring or ch._decoder.ready:
-                return bool(ch._decoder.ready) or bool(_b.fd_wait(ch._fd, _b.POLL_IN, timeout_ms))
+            if not self.rx_on_ring or ch._buffered():
+                return ch._buffered() or bool(_b.fd_wait(ch._fd, _b.POLL_IN, timeout_ms))
             rx = self.rx
             if rx._held:
                 rx._release_done()

@@ -1,8 +1,8 @@
 """The byte level of a channel: frames' payloads, handle descriptions, the decoder.
 
 No I/O here.  A sender describes the handles it attaches (:func:`attach`); a receiver's
-:class:`Decoder` takes each read's bytes and descriptors, however the stream was split,
-and queues whole messages with their handles rebuilt (:func:`rebuild`).  Anything
+:class:`Decoder` takes each whole frame the C reader splits from the stream, with its
+descriptors, and queues messages with their handles rebuilt (:func:`rebuild`).  Anything
 malformed raises :class:`FrameError` once every descriptor held is closed.  Node's line
 framing is in ``_node.py``, the Channel that does the I/O in ``channel.py``.
 """
@@ -32,9 +32,6 @@ KIND = {"pickle": _b.FRAME_PICKLE, "json": _b.FRAME_JSON, "raw": _b.FRAME_RAW}
 
 META_LEN = struct.Struct("<I")
 NO_FDS: list[Any] = []  # shared, never modified
-BIG_FRAME = 1 << 18  # frames larger than this (the receive buffer) get a buffer of their own
-BIG_FIRST = 1 << 20  # which starts this large and doubles as the bytes come, up to the frame
-BIG_KEEP = 16 << 20  # and such a buffer up to this size is kept for the next one
 
 
 def _held_fds_limit() -> int:
@@ -349,33 +346,21 @@ def close_fds(fds: list[int]) -> None:
 
 
 class Decoder:
-    """Turns a received byte stream and its descriptor batches into messages.
+    """Turns whole frames into messages, queued for a channel's receivers.
 
-    ``feed`` takes each recvmsg's bytes and descriptors in order, however the stream was
-    split, and appends whole messages to ``ready``.  Anything malformed raises
-    :class:`FrameError` after every descriptor held here is closed.  It does no I/O.
+    :meth:`take` decodes one frame that the C reader (``_bindings.FrameReader``) handed
+    out and appends it to ``ready`` (the user's) or ``control`` (the channel's own).
+    Anything malformed raises :class:`FrameError` after every descriptor held here is
+    closed.  It does no I/O.
     """
 
-    def __init__(self, receiver: Any, max_length: int, allow_pickle: bool) -> None:
+    def __init__(self, max_length: int, allow_pickle: bool) -> None:
         self.allow_pickle = allow_pickle  # a channel unpickles only when its owner chose pickle
-        self.line_scanned = 0  # Node framing: how much of ``pending`` has no newline
         self.held_fds = 0  # descriptors in ``ready`` and ``control``, not yet taken
         # Bytes received while decoded messages waited (see _count_backlog).
         self.backlog = 0
         self.max_unread = 4 * max_length + (64 << 20)
-        self.scan = receiver.scan  # the C frame header check (a frame not whole yet)
-        self.split = receiver.split  # the C splitter: every whole frame of a buffer
         self.max_length = max_length
-        self.pending = bytearray()  # bytes of a message not whole yet
-        self.pending_start = 0  # stream offset of pending[0]
-        self.stream_pos = 0  # stream offset of the next byte to arrive
-        self.fd_batches: collections.deque[tuple[int, int, list[int]]] = collections.deque()
-        # A frame larger than the receive buffer is read straight into one of its own size.
-        self.big: bytearray | None = None
-        self.big_fill = 0
-        self.big_total = 0
-        self.spare: bytearray | None = None  # the last large frame's buffer, to use again
-        self.big_frame = (0, 0, 0)  # its kind, flags, descriptor count
         self.ready: collections.deque[tuple[Any, Any]] = collections.deque()
         self.control: collections.deque[Any] = collections.deque()  # the channel's own
         # Node framing: internal messages for the channel to act on, and the socket maker
@@ -386,23 +371,17 @@ class Decoder:
         self.rings = False  # whether FRAME_RING frames are expected (a channel over rings)
         self.ring_setup: list[Any] | None = None  # the rings a set-up frame brought
 
-    def feed(self, chunk: Any, fds: list[int] | None, split_chunk: Any = None) -> None:
-        """Take one recvmsg's bytes and descriptors (None: truncated, already closed).
+    def take(self, meta: int, payload: Any, fds_of: Any) -> None:
+        """Decode one frame: ``meta`` and ``payload`` as ``FrameReader.next`` gives them.
 
-        ``split_chunk(offset, size)``, when given, splits the frames in ``chunk`` itself:
-        whole frames are then decoded straight from it, and only a partial one is copied.
+        ``fds_of()`` gives its descriptors (when it declares some); the payload is valid
+        during this call only.
         """
-        start = self.stream_pos
-        self.stream_pos += len(chunk)
         if self.ready or self.control:
-            self._count_backlog(len(chunk))
-        if fds is None:
-            self.discard()
-            fail("the peer attached more descriptors than one message may carry; all were closed")
-        if fds:
-            self.fd_batches.append((start, self.stream_pos, fds))
+            self._count_backlog(_b.FRAME_HEADER_SIZE + len(payload))
+        fds = fds_of() if meta >> 24 else []
         try:
-            self.decode(chunk, start, split_chunk)
+            self._deliver(meta & 0xFF, (meta >> 8) & 0xFFFF, payload, fds)
         except FrameError:
             self.discard()
             raise
@@ -410,128 +389,8 @@ class Decoder:
             self.discard()
             raise FrameError(f"cannot decode a message: {reason(exc)}") from None
 
-    def decode(self, chunk: Any, start: int, split_chunk: Any) -> None:
-        """Decode what ``chunk`` (at stream offset ``start``) completes: pyforkd frames."""
-        if split_chunk is not None:
-            # A frame begun in an earlier read takes only the bytes it lacks; the frames
-            # after it are decoded straight from this read.
-            used = self._complete_pending(chunk) if self.pending else 0
-            if not self.pending:
-                if used:
-                    base = used
-                    split = lambda off, size: split_chunk(base + off, size)  # noqa: E731
-                    used += self._decode_frames(chunk[used:], split, start + used)
-                else:
-                    used = self._decode_frames(chunk, split_chunk, start)
-                if used < len(chunk):
-                    self.pending += chunk[used:]
-                self.pending_start = start + used
-        else:
-            self.pending += chunk
-            used = self._decode_frames(self.pending, self._split_pending, self.pending_start)
-            if used:
-                del self.pending[:used]
-                self.pending_start += used
-        if self.fd_batches:
-            self.check_unclaimed()
-        if len(self.pending) >= _b.FRAME_HEADER_SIZE:
-            self._start_big()
-
-    def _complete_pending(self, chunk: Any) -> int:
-        """Move from ``chunk`` what the partial frame in ``pending`` lacks, at most.
-
-        The frame is decoded once whole.  Returns how many bytes of ``chunk`` were taken.
-        """
-        pending = self.pending
-        taken = 0
-        if len(pending) < _b.FRAME_HEADER_SIZE:
-            taken = min(_b.FRAME_HEADER_SIZE - len(pending), len(chunk))
-            pending += chunk[:taken]
-            if len(pending) < _b.FRAME_HEADER_SIZE:
-                return taken
-        _, _, _, _, length = self._scan_pending(0, len(pending))  # refuses a bad header
-        total = _b.FRAME_HEADER_SIZE + length
-        more = min(total - len(pending), len(chunk) - taken)
-        pending += chunk[taken : taken + more]
-        taken += more
-        if len(pending) == total:
-            self._decode_frames(pending, self._split_pending, self.pending_start)
-            pending.clear()
-            self.pending_start += total
-        return taken
-
-    def _start_big(self) -> None:
-        """When the partial frame in ``pending`` is large, give it a buffer of its own."""
-        _, kind, flags, nfds, length = self._scan_pending(0, len(self.pending))
-        total = _b.FRAME_HEADER_SIZE + length
-        if total <= BIG_FRAME:
-            return
-        # A buffer kept from an earlier large frame is used again: a fresh one costs a page
-        # fault per 4 KiB, which for large frames is most of the receive time.  A new one
-        # grows as the bytes come: a header alone must not make this process allocate.
-        spare, self.spare = self.spare, None
-        if spare is not None and len(spare) >= total:
-            self.big = spare
-        else:
-            self.big = bytearray(min(total, max(BIG_FIRST, 2 * len(self.pending))))
-        self.big[: len(self.pending)] = self.pending
-        self.big_fill = len(self.pending)
-        self.big_total = total
-        self.big_frame = (kind, flags, nfds)
-        self.pending.clear()  # pending_start stays at the frame's first byte
-
-    def big_room(self) -> memoryview | None:
-        """Room for the part of a large frame still to come; None when none is awaited."""
-        big = self.big
-        if big is None:
-            return None
-        if self.big_fill == len(big):  # what came so far fills it: twice the size
-            big.extend(bytes(min(self.big_total, 2 * len(big)) - len(big)))
-        return memoryview(big)[self.big_fill : self.big_total]
-
-    def feed_big(self, count: int, fds: list[int] | None) -> None:
-        """``count`` bytes arrived in :meth:`big_room`, with ``fds`` (which must be none)."""
-        self.stream_pos += count
-        if self.ready or self.control:
-            self._count_backlog(count)
-        if fds or fds is None:
-            close_fds(fds or [])
-            self.discard()
-            fail("descriptors came in the middle of a frame")
-        self.big_fill += count
-        buf, total = self.big, self.big_total
-        assert buf is not None
-        if self.big_fill < total:
-            return
-        self.big = None
-        kind, flags, nfds = self.big_frame
-        start = self.pending_start
-        self.pending_start = start + total
-        try:
-            fds = self._take_fds(start, nfds) if nfds else []
-            with memoryview(buf) as whole, whole[_b.FRAME_HEADER_SIZE : total] as payload:
-                self._deliver(kind, flags, payload, fds)
-        except FrameError:
-            self.discard()
-            raise
-        except Exception as exc:
-            self.discard()
-            raise FrameError(f"cannot decode a message: {reason(exc)}") from None
-        if len(buf) <= BIG_KEEP:
-            self.spare = buf
-
-    def _split_pending(self, offset: int, size: int) -> tuple[int, list[int]]:
-        result: tuple[int, list[int]] = self.split(self.pending, offset, size)
-        return result
-
-    def _scan_pending(self, offset: int, size: int) -> tuple[int, int, int, int, int]:
-        result: tuple[int, int, int, int, int] = self.scan(self.pending, offset, size)
-        return result
-
     def discard(self) -> None:
-        """Close every descriptor held, delivered or not, and forget pending bytes."""
-        while self.fd_batches:
-            close_fds(self.fd_batches.popleft()[2])
+        """Close every descriptor held, delivered or not."""
         while self.ready:
             close_handle(self.ready.popleft()[1])
         # Control messages stay (a worker's outcome is read after its channel broke); their
@@ -540,9 +399,6 @@ class Decoder:
             if handle is not None:
                 close_handle(handle)
                 self.control[i] = (obj, None)
-        self.pending.clear()
-        self.line_scanned = 0
-        self.big = self.spare = None
         self.held_fds = 0
         self.backlog = 0
 
@@ -568,75 +424,6 @@ class Decoder:
                 f"the peer sent more than {self.max_unread} bytes of messages that are not "
                 "received yet"
             )
-
-    def _take_fds(self, pos: int, nfds: int) -> list[int]:
-        """The descriptors of the message whose first byte is at stream offset ``pos``.
-
-        A sender attaches descriptors to a message's first byte, and the kernel ends a
-        recvmsg right after the message that carries them: so they came with the chunk
-        that holds ``pos``, and belong to the message in it that declares them.  One that
-        declares none never takes any; a count that does not match is an error.
-        """
-        batches = self.fd_batches
-        if not nfds:
-            return []
-        if batches and batches[0][0] <= pos < batches[0][1]:
-            got = batches.popleft()[2]
-            if len(got) == nfds:
-                return got
-            count = len(got)
-            close_fds(got)
-        else:
-            count = 0
-        fail(f"a message declares {nfds} descriptors but {count} came with it")
-
-    def check_unclaimed(self) -> None:
-        """Refuse descriptors that no message can claim, as soon as they come.
-
-        Once every whole message is decoded, the one batch that may wait is the one that
-        came with the first byte of the partial message.  Any other is refused at once:
-        a peer cannot park descriptors here by never finishing a message.
-        """
-        for start, end, _ in self.fd_batches:
-            if end <= self.pending_start:
-                fail("descriptors came with a message that declares none")
-            if start > self.pending_start:
-                fail("descriptors came in the middle of a message")
-
-    def _decode_frames(self, buf: Any, split: Any, base: int) -> int:
-        """Deliver every whole frame in ``buf`` (at stream offset ``base``); bytes used.
-
-        ``split(offset, size)`` finds them in C, a batch per call; plain raw and pickled
-        messages are decoded here, the rest by :meth:`_deliver`.
-        """
-        off = 0
-        end = len(buf)
-        direct = isinstance(buf, memoryview)  # the receive buffer: slices are not copies
-        ready = self.ready
-        pickled = _b.FRAME_PICKLE if self.allow_pickle else -1
-        while off < end:
-            try:
-                used, info = split(off, end - off)
-            except ValueError as exc:
-                fail(f"bad frame: {exc}")
-            pos = off
-            for i in range(0, len(info), 2):
-                meta = info[i]
-                first = pos + _b.FRAME_HEADER_SIZE
-                start, pos = pos, first + info[i + 1]
-                if meta == _b.FRAME_RAW:  # (no flags, no descriptors: the common cases)
-                    ready.append((bytes(buf[first:pos]), None))
-                elif meta == pickled:
-                    ready.append((pickle.loads(buf[first:pos]), None))
-                else:
-                    nfds = meta >> 24
-                    fds = self._take_fds(base + start, nfds) if nfds else []
-                    payload = buf[first:pos] if direct else bytes(buf[first:pos])
-                    self._deliver(meta & 0xFF, (meta >> 8) & 0xFFFF, payload, fds)
-            off += used
-            if len(info) < 2 * _b.FrameCodec.SPLIT_MAX:
-                break  # (a full batch: there may be more whole frames after it)
-        return off
 
     def _deliver(self, kind: int, flags: int, payload: Any, fds: list[int]) -> None:
         """Decode one frame's payload (bytes, or a view valid only during this call)."""

@@ -50,6 +50,7 @@ from ._wire import (
     close_handle,
     close_sent,
     handle_list,
+    reason,
 )
 from .errors import ChannelClosedError, FrameError, PicklingError
 from .ring import Ring
@@ -95,6 +96,9 @@ def _node_socket_gone(channel_ref: Any, key: str) -> None:
     channel = channel_ref()
     if channel is not None:
         channel._node_socket_closed(key)
+
+
+_PICKLE = _b.FRAME_PICKLE
 
 
 class Channel:
@@ -162,13 +166,21 @@ class Channel:
         self._send_lock = threading.RLock()
         self._recv_lock = threading.RLock()
         self._send_codec = _b.FrameCodec(max_message_size)
-        self._receiver = _b.Receiver(max_message_size)
-        decoder = _node.LineDecoder if framing == "node" else Decoder
-        self._decoder = decoder(self._receiver, max_message_size, serialization == "pickle")
+        # Frames are split from the stream in C (FrameReader); Node's lines in the decoder.
+        self._reader: _b.FrameReader | None = None
+        self._receiver: _b.Receiver | None = None
+        self._decoder: Decoder
+        if framing == "node":
+            self._receiver = _b.Receiver()
+            self._decoder = _node.LineDecoder(max_message_size, False)
+        else:
+            self._reader = _b.FrameReader(max_message_size)
+            self._decoder = Decoder(max_message_size, serialization == "pickle")
+        # What recv decodes inline: a plain pickle (on a pickle channel) or raw frame.
+        self._plain_pickle = _b.FRAME_PICKLE if serialization == "pickle" else -1
         # A weak reference: the channel owns the decoder, and a cycle between them would
         # leave the socket to the garbage collector, which may finalize it first (unclosed).
         self._decoder.node_socket = weakref.WeakMethod(self._make_node_socket)
-        self._split_received = self._receiver.split_received
         self._eof = False
         self._closed = False
         self._closed_fd = False  # (Windows: the pipe handle was closed)
@@ -266,7 +278,7 @@ class Channel:
         try:
             return _b.FRAME_PICKLE, pickle.dumps(obj, protocol=5)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            raise PicklingError(f"cannot pickle this message: {exc}") from None
+            raise _unpicklable(exc) from None
 
     def send(
         self,
@@ -295,7 +307,13 @@ class Channel:
         if timeout is None and self.framing == "pyforkd":
             # The hot path: no deadline, so one blocking C call writes the whole frame.
             if handle is None:
-                kind, body = self._encode(obj)
+                if self._plain_pickle > 0:  # (a pickle channel: encoded here, one call less)
+                    try:
+                        kind, body = _PICKLE, pickle.dumps(obj, protocol=5)
+                    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                        raise _unpicklable(exc) from None
+                else:
+                    kind, body = self._encode(obj)
                 flags, fds, handles = 0, NO_FDS, NO_FDS
                 if len(body) > self.max_message_size:
                     self._check_size(len(body))
@@ -651,6 +669,8 @@ class Channel:
         """
         self._closed = True
         self._link = None  # its rings may be shared with a channel of this process
+        if self._reader is not None:
+            self._reader.close()
         sock, self._sock = self._sock, None
         if sock is not None:
             os.close(sock.detach())
@@ -713,13 +733,34 @@ class Channel:
         has closed and every message before that was received, :class:`FrameError` for
         anything malformed (the channel is then closed, no descriptor kept).
         """
-        deadline = None if timeout is None else _deadline(timeout)
         with self._recv_lock:
-            if self._link is not None:
+            reader = self._reader
+            if timeout is None and self._link is None and reader is not None:
+                if not self._decoder.ready:
+                    # The hot path: one C call hands out the next frame, a plain one is
+                    # decoded here, anything else goes through the decoder's queues.
+                    try:
+                        meta, payload = reader.next(self._fd, -1)
+                    except (FrameError, ChannelClosedError):
+                        self._discard()
+                        raise
+                    try:
+                        if meta == self._plain_pickle:
+                            obj = pickle.loads(payload)
+                            return (obj, None) if with_handle else obj
+                        if meta == _b.FRAME_RAW:
+                            obj = bytes(payload)
+                            return (obj, None) if with_handle else obj
+                    except Exception as exc:
+                        self._undecodable(exc)
+                    self._take(meta, payload)
+                obj, handle = self._pop_ready(None)
+            elif self._link is not None:
+                deadline = _deadline(timeout)
                 self._check_open()
                 obj, handle = self._ring_link(deadline).recv(deadline)
             else:
-                obj, handle = self._pop_ready(deadline)
+                obj, handle = self._pop_ready(_deadline(timeout))
         if handle is not None:
             self._watch_rings(handle)
         if with_handle:
@@ -756,11 +797,30 @@ class Channel:
             return out
         deadline = None if timeout is None else _deadline(timeout)
         decoder = self._decoder
+        reader = self._reader
         with self._recv_lock:
             got = [self._pop_ready(deadline)]
             ready = decoder.ready
-            while ready and len(got) < limit:
-                got.append(decoder.pop(ready))
+            while len(got) < limit:
+                if ready:
+                    got.append(decoder.pop(ready))
+                    continue
+                if reader is None or self._closed:
+                    break
+                # What the last read brought: frames already whole in the reader's buffer.
+                meta, payload = reader.next(-1, 0)
+                if meta < 0:
+                    break
+                try:
+                    if meta == self._plain_pickle:
+                        got.append((pickle.loads(payload), None))
+                        continue
+                    if meta == _b.FRAME_RAW:
+                        got.append((bytes(payload), None))
+                        continue
+                except Exception as exc:
+                    self._undecodable(exc)
+                self._take(meta, payload)
         out = []
         for obj, handle in got:
             if handle is not None:
@@ -810,6 +870,10 @@ class Channel:
         for h in handle if isinstance(handle, list) else [handle]:
             if isinstance(h, Ring) and h._peer is None:
                 h.watch(self)
+
+    def _buffered(self) -> bool:
+        """Whether a message is here already (decoded, or whole in the reader's buffer)."""
+        return bool(self._decoder.ready) or (self._reader is not None and self._reader.ready())
 
     def _pop_ready(self, deadline: float | None) -> tuple[Any, Any]:
         """The next decoded message and its handle, reading the socket until one is whole."""
@@ -867,42 +931,71 @@ class Channel:
         return self._link
 
     def _receive(self, deadline: float | None) -> None:
-        """One recvmsg (after waiting for the deadline if there is one); feeds the decoder."""
-        if deadline is not None and not self._wait(_b.POLL_IN, deadline):
-            raise TimeoutError("recv timed out")
-        decoder = self._decoder
-        room = None if decoder.big is None else decoder.big_room()
-        got: tuple[Any, list[int] | None] | None
-        chunk: Any  # the bytes received, or their count when received into the big frame
-        try:
-            if room is not None:
-                with room:
-                    got = self._receiver.recv_into(self._fd, room, deadline is None)
-            else:
-                got = self._receiver.recv(self._fd, deadline is None)
-        except ConnectionResetError:
-            got = (0 if room is not None else memoryview(b""), [])
-        if got is None:
-            return  # a signal came (its handler ran) or a spurious wake-up
-        chunk, fds = got
-        if not chunk and fds is not None:
-            self._eof = True
-            if decoder.pending or decoder.fd_batches or decoder.big is not None or fds:
-                close_fds(fds)
-                self._discard()
-                raise ChannelClosedError("the peer closed the channel in the middle of a message")
+        """Take one frame from the reader, which reads when it has none (up to the deadline).
+
+        (A Node channel: one recvmsg for its line decoder.)
+        """
+        reader = self._reader
+        if reader is None:
+            self._receive_lines(deadline)
             return
+        ms = -1 if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
         try:
-            if room is not None:
-                decoder.feed_big(chunk, fds)
-            else:
-                decoder.feed(chunk, fds, self._split_received)
+            meta, payload = reader.next(self._fd, ms)
+        except (FrameError, ChannelClosedError):
+            self._discard()
+            raise
+        if meta == -2 and deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError("recv timed out")
+        self._take(meta, payload)
+
+    def _take(self, meta: int, payload: Any) -> None:
+        """Queue the frame the reader handed out (``meta`` < 0: none; -1: the end)."""
+        if meta < 0:
+            if meta == -1:
+                self._eof = True
+            return
+        decoder = self._decoder
+        try:
+            decoder.take(meta, payload, self._reader.fds)  # type: ignore[union-attr]
         except FrameError:
             self._discard()
             raise
         if decoder.ring_setup is not None and self._link is _AWAITING_RINGS:
             rx, tx = decoder.ring_setup  # the peer's first ring is the one it writes
             self._link = _ringlink.make(self, tx, rx)
+
+    def _undecodable(self, exc: BaseException) -> NoReturn:
+        """A payload the decoders refused: the channel closes, as for a malformed frame."""
+        self._discard()
+        raise FrameError(f"cannot decode a message: {reason(exc)}") from None
+
+    def _receive_lines(self, deadline: float | None) -> None:
+        """One recvmsg (after waiting for the deadline if there is one); feeds the lines."""
+        if deadline is not None and not self._wait(_b.POLL_IN, deadline):
+            raise TimeoutError("recv timed out")
+        decoder = self._decoder
+        assert isinstance(decoder, _node.LineDecoder) and self._receiver is not None
+        got: tuple[Any, list[int] | None] | None
+        try:
+            got = self._receiver.recv(self._fd, deadline is None)
+        except ConnectionResetError:
+            got = (memoryview(b""), [])
+        if got is None:
+            return  # a signal came (its handler ran) or a spurious wake-up
+        chunk, fds = got
+        if not chunk and fds is not None:
+            self._eof = True
+            if decoder.partial or fds:
+                close_fds(fds)
+                self._discard()
+                raise ChannelClosedError("the peer closed the channel in the middle of a message")
+            return
+        try:
+            decoder.feed(chunk, fds)
+        except FrameError:
+            self._discard()
+            raise
         if decoder.node_internal or self._node_answers:
             self._node_internal(deadline)
 
@@ -937,6 +1030,8 @@ class Channel:
             raise ChannelClosedError("the channel is closed")
 
     def _close_socket(self) -> None:
+        if self._reader is not None:
+            self._reader.close()  # (with the descriptors it held)
         if _b.WINDOWS and not self._closed_fd:
             self._closed_fd = True
             _b.close_native(self._fd)
@@ -999,6 +1094,10 @@ class Channel:
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed"
         return f"<Channel fd={self.fileno()} {self.framing}/{self.serialization} {state}>"
+
+
+def _unpicklable(exc: BaseException) -> PicklingError:
+    return PicklingError(f"cannot pickle this message: {exc}")
 
 
 def _batches(pieces: list[bytes]) -> Iterator[bytes]:

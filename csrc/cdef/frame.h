@@ -44,16 +44,53 @@ void pfd_frame_encode(const pfd_frame_t *frame, unsigned char *out);
 long long pfd_frame_scan(const unsigned char *buf, size_t size, unsigned long long max_length,
                          pfd_frame_t *frame);
 
-/* Splits the bytes at `buf` into the whole frames at their start, up to `max_frames`: for
- * frame i, out[2i] = kind | flags << 8 | nfds << 24 and out[2i+1] = the payload's length
- * (the frames lie back to back from buf).  *count is how many were found.  Returns the
- * bytes they take (a partial frame after them is left), or what pfd_frame_scan returns for
- * a bad header: then out[2 * *count] and out[2 * *count + 1] describe that header as far as
- * it was read (zeros before its 16th byte). */
-long long pfd_frame_split(const unsigned char *buf, size_t size, unsigned long long max_length,
-                          unsigned long long *out, size_t max_frames, size_t *count);
-
 /* Writes `n` frames of `kind` back to back at `out` (room for n headers plus the payloads):
  * frame i's payload is the next lengths[i] bytes of `payloads`, which lie back to back. */
 void pfd_frame_pack(unsigned char *out, unsigned int kind, const unsigned char *payloads,
                     const unsigned long long *lengths, size_t n);
+
+/* The receive state machine of one channel (frame.c).  It owns a receive buffer: one
+ * recvmsg may bring many frames, and each call hands out the next whole one, binding to it
+ * the descriptors that came with its first byte.  Not thread-safe: one reader at a time. */
+typedef struct pfd_rx_s pfd_rx_t;
+
+/* Why a call returned -EPROTO: the stream broke a rule about descriptors, or ended. */
+enum {
+  PFD_RX_FDS_COUNT = 1,      /* a frame declares `nfds` descriptors but `got` came with it */
+  PFD_RX_FDS_UNCLAIMED = 2,  /* descriptors came with a frame that declares none */
+  PFD_RX_FDS_MIDDLE = 3,     /* descriptors came in the middle of a frame */
+  PFD_RX_FDS_TOO_MANY = 4,   /* more than PFD_FRAME_MAX_FDS came at once (all closed) */
+  PFD_RX_END_MIDDLE = 5      /* the peer closed the stream in the middle of a frame */
+};
+
+typedef struct pfd_rx_frame_s {
+  unsigned long long meta;   /* kind | flags << 8 | nfds << 24 (a bad header: as far as read) */
+  unsigned long long length; /* the payload's length (a bad header: what it declares) */
+  size_t start;              /* the payload is buffer[start:start + length] */
+  int why;                   /* after -EPROTO: PFD_RX_* */
+  int got;                   /* PFD_RX_FDS_COUNT: how many came */
+  int fds[253];              /* the frame's nfds descriptors, now the caller's */
+} pfd_rx_frame_t;
+
+/* A new state machine for frames whose payload is at most max_length, or NULL (ENOMEM).
+ * Its buffer is allocated at the first read. */
+pfd_rx_t *pfd_rx_new(unsigned long long max_length);
+
+/* The next whole frame.  When none is buffered it reads `sock` (pass -1 to read nothing):
+ * timeout_ms < 0 waits for one, 0 reads what is there, > 0 waits at most that long.
+ * Returns the buffer's generation (>= 1; it changes whenever the buffer moves, see
+ * pfd_rx_buffer) with *out filled, the payload valid until the next call; 0 at the end of
+ * the stream (every call after it too); -EAGAIN when no frame is whole in time; -EINTR when
+ * a signal came; a bad header's pfd_frame_scan error (out->meta and out->length say what it
+ * read); -EPROTO (out->why says what); or the system call's -errno.  After an error every
+ * descriptor it held is closed and every later call returns -EPIPE. */
+long long pfd_rx_next(pfd_rx_t *rx, int sock, int timeout_ms, pfd_rx_frame_t *out);
+
+/* Whether a whole frame is buffered (pfd_rx_next would return it without reading). */
+int pfd_rx_ready(const pfd_rx_t *rx);
+
+/* The buffer (*size bytes) that frames' `start` refers to, as of the last pfd_rx_next. */
+unsigned char *pfd_rx_buffer(const pfd_rx_t *rx, size_t *size);
+
+/* Frees `rx` and closes every descriptor it still holds. */
+void pfd_rx_free(pfd_rx_t *rx);

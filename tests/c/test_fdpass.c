@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -119,5 +120,190 @@ TEST_IMPL(fdpass_pair_is_a_connected_channel) {
   CHECK_EQ(pfd_fd_close(sv[0]), 0);
   CHECK(read(sv[1], buf, 1) == 0); /* the other end sees the end */
   CHECK_EQ(pfd_fd_close(sv[1]), 0);
+  return 0;
+}
+
+/* ---- the receive state machine (frame.c) over a socketpair ---------------------------- */
+
+/* A stream of four frames; the second carries two descriptors on its first byte. */
+static size_t rx_stream(unsigned char *out, size_t ends[4]) {
+  static const char *payloads[4] = {"abc", "", "0123456789", "z"};
+  pfd_frame_t f = {PFD_FRAME_RAW, 0, 0, 0};
+  size_t at = 0, i;
+  for (i = 0; i < 4; i++) {
+    f.kind = i == 1 ? PFD_FRAME_PICKLE : PFD_FRAME_RAW;
+    f.nfds = i == 1 ? 2 : 0;
+    f.flags = i == 1 ? PFD_FRAME_FLAG_HANDLES : 0;
+    f.length = strlen(payloads[i]);
+    pfd_frame_encode(&f, out + at);
+    at += PFD_FRAME_HEADER_SIZE;
+    memcpy(out + at, payloads[i], (size_t)f.length);
+    at += (size_t)f.length;
+    ends[i] = at;
+  }
+  return at;
+}
+
+TEST_IMPL(rx_hands_out_frames_under_any_split) {
+  unsigned char stream[4 * PFD_FRAME_HEADER_SIZE + 14];
+  size_t ends[4], total = rx_stream(stream, ends), cut1, cut2;
+  pfd_rx_frame_t *out = calloc(1, sizeof(*out));
+  int before = pfd_test_count_fds();
+  CHECK(out != NULL);
+  /* Every two cuts: three writes, each read at once; the descriptors go with the write
+   * that holds the second frame's first byte. */
+  for (cut1 = 0; cut1 <= total; cut1++) {
+    for (cut2 = cut1; cut2 <= total; cut2++) {
+      size_t cuts[4] = {0, cut1, cut2, total}, k;
+      int sv[2], fds[2], got = 0, i;
+      pfd_rx_t *rx = pfd_rx_new(100);
+      CHECK(rx != NULL && pfd_fd_pair(sv) == 0);
+      fds[0] = fds[1] = sv[0];
+      for (k = 0; k < 3; k++) {
+        size_t lo = cuts[k], hi = cuts[k + 1];
+        int with = lo <= ends[0] && ends[0] < hi;
+        long long r;
+        if (lo == hi) continue;
+        CHECK_EQ(pfd_fd_send(sv[0], stream + lo, hi - lo, NULL, 0, fds, with ? 2 : 0, 0),
+                 (long)(hi - lo));
+        while ((r = pfd_rx_next(rx, sv[1], 0, out)) > 0) {
+          size_t size;
+          unsigned char *buf = pfd_rx_buffer(rx, &size);
+          CHECK(out->start + out->length <= size);
+          if (got == 1) {
+            CHECK_EQ(out->meta, PFD_FRAME_PICKLE | PFD_FRAME_FLAG_HANDLES << 8 | 2ULL << 24);
+            CHECK_EQ(out->length, 0);
+            for (i = 0; i < 2; i++) CHECK_EQ(pfd_fd_close(out->fds[i]), 0);
+          } else {
+            CHECK_EQ(out->meta, PFD_FRAME_RAW);
+            CHECK(memcmp(buf + out->start, stream + ends[got] - out->length, out->length) == 0);
+          }
+          got++;
+        }
+        CHECK_EQ(r, -EAGAIN);
+      }
+      CHECK_EQ(got, 4);
+      close(sv[0]);
+      CHECK_EQ(pfd_rx_next(rx, sv[1], -1, out), 0); /* the end, and it stays so */
+      CHECK_EQ(pfd_rx_next(rx, sv[1], 0, out), 0);
+      pfd_rx_free(rx);
+      close(sv[1]);
+      CHECK_EQ(pfd_test_count_fds(), before);
+    }
+  }
+  free(out);
+  return 0;
+}
+
+/* Sends `size` bytes of `stream` with `nfds` descriptors; returns what the reader says. */
+static long long rx_feed(const unsigned char *stream, size_t size, int nfds, int *why) {
+  int sv[2], fds[3];
+  long long r;
+  pfd_rx_frame_t *out = calloc(1, sizeof(*out));
+  pfd_rx_t *rx = pfd_rx_new(100);
+  if (out == NULL || rx == NULL || pfd_fd_pair(sv) != 0) return -ENOMEM;
+  fds[0] = fds[1] = fds[2] = sv[0];
+  if (pfd_fd_send(sv[0], stream, size, NULL, 0, fds, nfds, 0) != (long)size) return -EIO;
+  close(sv[0]);
+  while ((r = pfd_rx_next(rx, sv[1], -1, out)) > 0) {
+    int i, n = (int)(out->meta >> 24);
+    for (i = 0; i < n; i++) (void)pfd_fd_close(out->fds[i]);
+  }
+  *why = out->why;
+  if (r < 0) CHECK_EQ(pfd_rx_next(rx, sv[1], 0, out), -EPIPE); /* broken for good */
+  pfd_rx_free(rx);
+  close(sv[1]);
+  free(out);
+  return r;
+}
+
+TEST_IMPL(rx_refuses_what_no_frame_claims) {
+  unsigned char stream[4 * PFD_FRAME_HEADER_SIZE + 14];
+  size_t ends[4], total = rx_stream(stream, ends);
+  int before = pfd_test_count_fds(), why = 0;
+  /* The whole stream in one write with its two descriptors: fine. */
+  CHECK_EQ(rx_feed(stream, total, 2, &why), 0);
+  /* Three descriptors where the frame declares two. */
+  CHECK_EQ(rx_feed(stream, total, 3, &why), -EPROTO);
+  CHECK_EQ(why, PFD_RX_FDS_COUNT);
+  /* Descriptors with a frame that declares none (the first alone). */
+  CHECK_EQ(rx_feed(stream, ends[0], 1, &why), -EPROTO);
+  CHECK_EQ(why, PFD_RX_FDS_UNCLAIMED);
+  /* A frame that declares some, with none. */
+  CHECK_EQ(rx_feed(stream + ends[0], ends[1] - ends[0], 0, &why), -EPROTO);
+  CHECK_EQ(why, PFD_RX_FDS_COUNT);
+  /* The end in the middle of a frame. */
+  CHECK_EQ(rx_feed(stream, ends[0] - 1, 0, &why), -EPROTO);
+  CHECK_EQ(why, PFD_RX_END_MIDDLE);
+  /* A bad header: refused from its first byte. */
+  stream[0] = 'X';
+  CHECK_EQ(rx_feed(stream, 1, 0, &why), -EBADMSG);
+  CHECK_EQ(pfd_test_count_fds(), before); /* every descriptor refused was closed */
+  return 0;
+}
+
+TEST_IMPL(rx_refuses_descriptors_in_the_middle_of_a_frame) {
+  unsigned char stream[4 * PFD_FRAME_HEADER_SIZE + 14];
+  size_t ends[4];
+  int sv[2], fds[1], before = pfd_test_count_fds();
+  pfd_rx_frame_t *out = calloc(1, sizeof(*out));
+  pfd_rx_t *rx = pfd_rx_new(100);
+  (void)rx_stream(stream, ends);
+  CHECK(out != NULL && rx != NULL && pfd_fd_pair(sv) == 0);
+  fds[0] = sv[0];
+  CHECK_EQ(pfd_fd_send(sv[0], stream, 5, NULL, 0, NULL, 0, 0), 5);
+  CHECK_EQ(pfd_rx_next(rx, sv[1], 0, out), -EAGAIN);
+  CHECK_EQ(pfd_fd_send(sv[0], stream + 5, 5, NULL, 0, fds, 1, 0), 5);
+  CHECK_EQ(pfd_rx_next(rx, sv[1], 0, out), -EPROTO);
+  CHECK_EQ(out->why, PFD_RX_FDS_MIDDLE);
+  pfd_rx_free(rx);
+  close(sv[0]);
+  close(sv[1]);
+  free(out);
+  CHECK_EQ(pfd_test_count_fds(), before);
+  return 0;
+}
+
+TEST_IMPL(rx_grows_for_a_large_frame_and_gives_the_room_back) {
+  size_t big = (size_t)40 << 20, sent = 0, i;
+  unsigned char *frame = malloc(big + PFD_FRAME_HEADER_SIZE);
+  pfd_frame_t f = {PFD_FRAME_RAW, 0, 0, 0};
+  pfd_rx_frame_t *out = calloc(1, sizeof(*out));
+  pfd_rx_t *rx = pfd_rx_new(big);
+  int sv[2];
+  long long r, gen;
+  size_t size;
+  unsigned char *buf;
+  CHECK(frame != NULL && out != NULL && rx != NULL && pfd_fd_pair(sv) == 0);
+  f.length = big;
+  pfd_frame_encode(&f, frame);
+  for (i = 0; i < big; i++) frame[PFD_FRAME_HEADER_SIZE + i] = (unsigned char)(i * 7);
+  /* The writer and the reader take turns, each as far as the socket lets it. */
+  do {
+    long n = pfd_fd_send(sv[0], frame + sent, big + PFD_FRAME_HEADER_SIZE - sent, NULL, 0,
+                         NULL, 0, 0);
+    if (n > 0) sent += (size_t)n;
+    r = pfd_rx_next(rx, sv[1], 0, out);
+  } while (r == -EAGAIN);
+  CHECK(r > 0);
+  CHECK_EQ(out->length, big);
+  buf = pfd_rx_buffer(rx, &size);
+  CHECK(size == big + PFD_FRAME_HEADER_SIZE); /* grown to the frame, and no further */
+  CHECK(memcmp(buf + out->start, frame + PFD_FRAME_HEADER_SIZE, big) == 0);
+  gen = r;
+  /* A small frame after it: the large room is given back. */
+  f.length = 1;
+  pfd_frame_encode(&f, frame);
+  CHECK_EQ(pfd_fd_send(sv[0], frame, PFD_FRAME_HEADER_SIZE + 1, NULL, 0, NULL, 0, 0),
+           PFD_FRAME_HEADER_SIZE + 1);
+  r = pfd_rx_next(rx, sv[1], 1000, out);
+  CHECK(r > 0 && r != gen);
+  (void)pfd_rx_buffer(rx, &size);
+  CHECK(size < ((size_t)1 << 20));
+  pfd_rx_free(rx);
+  close(sv[0]);
+  close(sv[1]);
+  free(out);
+  free(frame);
   return 0;
 }

@@ -54,66 +54,20 @@ TEST_IMPL(frame_rejects_bad_headers) {
   return 0;
 }
 
-TEST_IMPL(frame_split_finds_every_whole_frame) {
-  /* Three frames back to back, then half of a fourth: every cut gives the whole ones. */
-  unsigned char buf[4 * PFD_FRAME_HEADER_SIZE + 3 + 0 + 7 + 4];
-  pfd_frame_t f1 = {PFD_FRAME_RAW, 0, 0, 3}, f2 = {PFD_FRAME_PICKLE, 1, 2, 0},
-              f3 = {PFD_FRAME_JSON, 0, 0, 7}, f4 = {PFD_FRAME_RAW, 0, 0, 9};
-  unsigned long long out[8];
-  size_t n, cut, at = 0, ends[3];
-  pfd_frame_encode(&f1, buf + at);
-  at += PFD_FRAME_HEADER_SIZE + 3;
-  ends[0] = at;
-  pfd_frame_encode(&f2, buf + at);
-  at += PFD_FRAME_HEADER_SIZE;
-  ends[1] = at;
-  pfd_frame_encode(&f3, buf + at);
-  at += PFD_FRAME_HEADER_SIZE + 7;
-  ends[2] = at;
-  pfd_frame_encode(&f4, buf + at); /* its 9 payload bytes never come */
-  at += PFD_FRAME_HEADER_SIZE + 4;
-  CHECK(at == sizeof(buf));
-  for (cut = 0; cut <= sizeof(buf); cut++) {
-    size_t want = cut >= ends[2] ? 3 : cut >= ends[1] ? 2 : cut >= ends[0] ? 1 : 0;
-    long long used = pfd_frame_split(buf, cut, 1000, out, 4, &n);
-    CHECK_EQ(n, want);
-    CHECK_EQ(used, want ? ends[want - 1] : 0);
-  }
-  CHECK_EQ(pfd_frame_split(buf, sizeof(buf), 1000, out, 4, &n), ends[2]);
-  CHECK(out[0] == PFD_FRAME_RAW && out[1] == 3);
-  CHECK(out[2] == (PFD_FRAME_PICKLE | 1ULL << 8 | 2ULL << 24) && out[3] == 0);
-  CHECK(out[4] == PFD_FRAME_JSON && out[5] == 7);
-  /* No more than asked for. */
-  CHECK_EQ(pfd_frame_split(buf, sizeof(buf), 1000, out, 2, &n), ends[1]);
-  CHECK_EQ(n, 2);
-  return 0;
-}
-
-TEST_IMPL(frame_split_stops_at_a_bad_header) {
-  unsigned char buf[3 * PFD_FRAME_HEADER_SIZE];
-  pfd_frame_t ok = {PFD_FRAME_RAW, 0, 0, 0}, big = {PFD_FRAME_RAW, 0, 0, 5000};
-  unsigned long long out[6];
-  size_t n;
-  pfd_frame_encode(&ok, buf);
-  pfd_frame_encode(&big, buf + PFD_FRAME_HEADER_SIZE);
-  CHECK_EQ(pfd_frame_split(buf, 2 * PFD_FRAME_HEADER_SIZE, 1000, out, 3, &n), -EMSGSIZE);
-  CHECK_EQ(n, 1);
-  CHECK(out[2] == PFD_FRAME_RAW && out[3] == 5000); /* what the refused header said */
-  buf[PFD_FRAME_HEADER_SIZE] = 'X';
-  CHECK_EQ(pfd_frame_split(buf, PFD_FRAME_HEADER_SIZE + 1, 1000, out, 3, &n), -EBADMSG);
-  CHECK(n == 1 && out[2] == 0 && out[3] == 0); /* (nothing of it read: zeros) */
-  return 0;
-}
-
-TEST_IMPL(frame_pack_writes_frames_that_split_back) {
+TEST_IMPL(frame_pack_writes_frames_that_scan_back) {
   const unsigned char payloads[] = "abcdefgh";
-  unsigned long long lengths[3] = {3, 0, 5}, out[6];
+  unsigned long long lengths[3] = {3, 0, 5};
   unsigned char buf[3 * PFD_FRAME_HEADER_SIZE + 8];
-  size_t n;
+  size_t at = 0, i;
   pfd_frame_pack(buf, PFD_FRAME_JSON, payloads, lengths, 3);
-  CHECK_EQ(pfd_frame_split(buf, sizeof(buf), 100, out, 3, &n), sizeof(buf));
-  CHECK_EQ(n, 3);
-  CHECK(out[0] == PFD_FRAME_JSON && out[1] == 3 && out[3] == 0 && out[5] == 5);
+  for (i = 0; i < 3; i++) {
+    pfd_frame_t f;
+    long long total = pfd_frame_scan(buf + at, sizeof(buf) - at, 100, &f);
+    CHECK_EQ(total, PFD_FRAME_HEADER_SIZE + lengths[i]);
+    CHECK(f.kind == PFD_FRAME_JSON && f.length == lengths[i] && f.nfds == 0);
+    at += (size_t)total;
+  }
+  CHECK_EQ(at, sizeof(buf));
   CHECK(memcmp(buf + PFD_FRAME_HEADER_SIZE, "abc", 3) == 0);
   CHECK(memcmp(buf + 3 * PFD_FRAME_HEADER_SIZE + 3, "defgh", 5) == 0);
   return 0;

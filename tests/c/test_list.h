@@ -24,14 +24,16 @@
   X(collect_timeout)              \
   X(frame_round_trip_any_split)   \
   X(frame_rejects_bad_headers)    \
-  X(frame_split_finds_every_whole_frame) \
-  X(frame_split_stops_at_a_bad_header) \
-  X(frame_pack_writes_frames_that_split_back) \
+  X(frame_pack_writes_frames_that_scan_back) \
   X(fdpass_round_trip)            \
   X(fdpass_truncated_closes_all)  \
   X(fdpass_peer_gone_no_sigpipe)  \
   X(fdpass_frame_send_is_one_frame) \
   X(fdpass_pair_is_a_connected_channel) \
+  X(rx_hands_out_frames_under_any_split) \
+  X(rx_refuses_what_no_frame_claims) \
+  X(rx_refuses_descriptors_in_the_middle_of_a_frame) \
+  X(rx_grows_for_a_large_frame_and_gives_the_room_back) \
   X(ring_layout_checks)             \
   X(ring_wraps_at_every_small_size) \
   X(ring_full_and_empty_edges)      \
