@@ -10,6 +10,7 @@ run its signal handlers (Ctrl-C) and call again.
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import mmap
 import os
 import select
@@ -681,6 +682,8 @@ class FrameReader:
 
 
 _rx_next = lib.pfd_rx_next
+_ring_read = lib.pfd_ring_read
+_ring_write = lib.pfd_ring_write
 
 
 def fd_pair() -> tuple[int, int]:
@@ -892,7 +895,12 @@ class RingSide:
     own buffer object (which keeps the memory mapped while a view lives).
     """
 
-    __slots__ = ("_base", "_c", "_data", "_lengths", "_mem", "_offsets", "_ptr")
+    __slots__ = (
+        "_base", "_c", "_c_small", "_data", "_lengths", "_mem", "_offsets", "_ptr", "small",
+        "write_bytes",
+    )  # fmt: skip
+
+    SMALL = 4096  # records up to this long are copied out by read()
 
     def __init__(self, memory: Any, create_capacity: int = 0) -> None:
         self._mem = ffi.from_buffer(memory, require_writable=True)
@@ -913,6 +921,11 @@ class RingSide:
         self._data = RING_HEADER_SIZE  # where the record space starts in `memory`
         self._offsets = ffi.new("unsigned long long[1]")  # for next(): made once
         self._lengths = ffi.new("unsigned long long[1]")
+        self._c_small = ffi.new("unsigned char[]", self.SMALL)
+        self.small = memoryview(ffi.buffer(self._c_small))  # where read() copies a record
+        # write_bytes(head, head_size, body, body_size) for bytes: the send hot path, one C
+        # call with no Python frame around it; 0, -EAGAIN (no room now) or -errno as write.
+        self.write_bytes = functools.partial(_ring_write, self._c)
 
     @property
     def capacity(self) -> int:
@@ -955,6 +968,23 @@ class RingSide:
             return self._data + self._offsets[0], self._lengths[0]
         _check_records(r, "ring peek")
         return None
+
+    def read(self) -> int:
+        """Copy the next record to :attr:`small` and give its room back: its length.
+
+        -1 when there is none yet, -2 when it must be peeked instead (longer than
+        :attr:`SMALL`, or records are peeked and not released).  One C call: the receive
+        hot path.  ``FrameError`` when the shared memory does not hold a valid record.
+        """
+        r = _ring_read(self._c, self._c_small, self.SMALL)
+        if r >= 0:
+            return r
+        if r == -_errno.EAGAIN:
+            return -1
+        if r in (-_errno.ENOSPC, -_errno.EBUSY):
+            return -2
+        _check_records(r, "ring read")
+        return -1  # (not reached: _check_records raised)
 
     def stage_empty(self) -> None:
         """Stage an empty record in the room every reserved record leaves after it."""

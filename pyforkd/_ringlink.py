@@ -28,6 +28,7 @@ as the first frame on the socket (FRAME_RING with the two rings as handles).
 
 from __future__ import annotations
 
+import errno as _errno
 import pickle
 import struct
 import weakref
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _bindings as _b
 from . import _json
-from ._wire import BACK, RECORD, close_sent, handle_list
+from ._wire import BACK, RECORD, close_sent, handle_list, reason
 from .errors import ChannelClosedError, FrameError, PicklingError
 from .ring import Ring
 
@@ -200,6 +201,10 @@ class Link:
         self.tx = tx
         self.rx = rx
         self.allow_pickle = channel.serialization == "pickle"
+        self.send_lock = channel._send_lock  # (the channel's locks are the rings' locks)
+        self.open = True  # until close(), under both locks: the rings are mapped
+        # Bodies up to this size go by the send hot path: one record, within both limits.
+        self.small_body = min(tx.max_record, channel.max_message_size) - _HEAD.size
         self.peer_gone = False  # a wait on a ring saw the peer hang up
         self.tx_on_ring = True  # where our next record goes
         self.rx_on_ring = True  # where the peer's next record comes from
@@ -223,6 +228,23 @@ class Link:
     # ---- sending -----------------------------------------------------------------------
 
     def send(self, obj: Any, handle: Any, keep_open: bool, deadline: float | None) -> None:
+        if handle is None and self.allow_pickle:
+            kind, body, buffers = _pickled(obj)
+            if not buffers and type(body) is bytes and len(body) <= self.small_body:
+                # The hot path: one C call copies and publishes the record when there is room.
+                with self.send_lock:
+                    if not self.open:
+                        raise ChannelClosedError("the channel is closed")
+                    if self.tx_on_ring:
+                        r = self.tx._side.write_bytes(
+                            _HEAD.pack(kind, 0, 0, len(body)), _HEAD.size, body, len(body)
+                        )
+                        if not r:
+                            return
+                        if r != -_errno.EAGAIN:
+                            _b.raise_errno(r, "ring write")
+            self._send_parts(kind, body, buffers, deadline)
+            return
         ch = self.channel
         if handle is not None:  # descriptors go on the socket, after what went before
             handles = handle_list(handle)
@@ -236,8 +258,13 @@ class Link:
                 close_sent(handles)
             return
         kind, body, buffers = encode_parts(ch, obj)
+        self._send_parts(kind, body, buffers, deadline)
+
+    def _send_parts(self, kind: int, body: Any, buffers: list[Any], deadline: float | None) -> None:
+        """Send an encoded message without handles: a record, or a chunked message."""
+        ch = self.channel
         if not buffers and len(body) + _HEAD.size <= self.tx.max_record:
-            # The hot path: one C call copies and publishes the record when there is room.
+            # One record in one piece: one C call copies and publishes it when there is room.
             if len(body) + _HEAD.size > ch.max_message_size:
                 ch._check_size(len(body) + _HEAD.size)
             head = _HEAD.pack(kind, 0, 0, len(body))
@@ -362,6 +389,28 @@ class Link:
 
     def recv(self, deadline: float | None) -> tuple[Any, Any]:
         """The next message and its handle."""
+        rx = self.rx
+        while self.rx_on_ring and self.whole is None and not rx._held:
+            # The hot path: one C call copies a small record out and gives its room back.
+            side = rx._side
+            n = side.read()
+            if n < 0:
+                break  # none yet (wait for one), or a large one (peeked below)
+            if not n:  # the sender went to the socket
+                self.rx_on_ring = False
+                break
+            small = side.small
+            if n >= _HEAD.size:
+                kind, _, count, body = _HEAD.unpack_from(small)
+                if kind == _PICKLE and not count and _HEAD.size + body <= n and self.allow_pickle:
+                    try:
+                        return pickle.loads(small[_HEAD.size : _HEAD.size + body]), None
+                    except Exception as exc:
+                        self._corrupt(f"cannot decode a message: {reason(exc)}")
+            # Anything else from its own copy (an object may be built on it).
+            obj = self._take(memoryview(bytearray(small[:n])))
+            if obj is not _NOTHING:
+                return obj, None
         ch = self.channel
         while True:
             if self.rx_on_ring:
@@ -534,6 +583,7 @@ class Link:
         The channel's socket is closed by then: a peer asleep on a ring is woken to see
         that now, not at its next look at the socket (every 100 ms).
         """
+        self.open = False
         self._drop_partial()
         for ring in (self.tx, self.rx):
             if not ring.closed:

@@ -299,10 +299,14 @@ class Channel:
         ``max_message_size``, before writing anything; ``ChannelClosedError`` once the
         peer is gone.
         """
-        if self._link is not None:
-            self._check_open()  # (a FrameError closes a ring channel and leaves its link)
-            deadline = _deadline(timeout)
-            self._ring_link(deadline).send(obj, handle, keep_open, deadline)
+        link = self._link
+        if link is not None:
+            if self._closed:  # (a FrameError closes a ring channel and leaves its link)
+                raise ChannelClosedError("the channel is closed")
+            deadline = None if timeout is None else _deadline(timeout)
+            if link is _AWAITING_RINGS:
+                link = self._ring_link(deadline)
+            link.send(obj, handle, keep_open, deadline)
             return
         if timeout is None and self.framing == "pyforkd":
             # The hot path: no deadline, so one blocking C call writes the whole frame.
@@ -756,9 +760,13 @@ class Channel:
                     self._take(meta, payload)
                 obj, handle = self._pop_ready(None)
             elif self._link is not None:
-                deadline = _deadline(timeout)
-                self._check_open()
-                obj, handle = self._ring_link(deadline).recv(deadline)
+                deadline = None if timeout is None else _deadline(timeout)
+                if self._closed:
+                    raise ChannelClosedError("the channel is closed")
+                link = self._link
+                if link is _AWAITING_RINGS:
+                    link = self._ring_link(deadline)
+                obj, handle = link.recv(deadline)
             else:
                 obj, handle = self._pop_ready(_deadline(timeout))
         if handle is not None:
@@ -787,18 +795,21 @@ class Channel:
         """
         if limit < 1:
             raise ValueError(f"recv_many() takes at least 1 message, not {limit}")
-        if self._link is not None:
-            out = [self.recv(timeout, with_handle=with_handle)]
-            while len(out) < limit and self._link.wait_readable(0):
-                try:
-                    out.append(self.recv(0, with_handle=with_handle))
-                except (TimeoutError, ChannelClosedError):
-                    break  # (a record still on its way, or the end: the next call says so)
-            return out
         deadline = None if timeout is None else _deadline(timeout)
         decoder = self._decoder
         reader = self._reader
         with self._recv_lock:
+            if self._link is not None:
+                got = [self.recv(timeout, with_handle=True)]
+                while len(got) < limit and not self._closed:
+                    try:
+                        # (a deadline already passed: what is there now, no wait)
+                        got.append(self._link.recv(0.0))
+                    except (TimeoutError, ChannelClosedError):
+                        break  # (a record still on its way, or the end: the next call says so)
+                    if got[-1][1] is not None:
+                        self._watch_rings(got[-1][1])
+                return self._without_handles(got, with_handle)
             got = [self._pop_ready(deadline)]
             ready = decoder.ready
             while len(got) < limit:
@@ -821,20 +832,25 @@ class Channel:
                 except Exception as exc:
                     self._undecodable(exc)
                 self._take(meta, payload)
-        out = []
-        for obj, handle in got:
+        for _, handle in got:
             if handle is not None:
                 self._watch_rings(handle)
-            if with_handle:
-                out.append((obj, handle))
-                continue
+        return self._without_handles(got, with_handle)
+
+    @staticmethod
+    def _without_handles(got: list[tuple[Any, Any]], with_handle: bool) -> list[Any]:
+        """``got`` as recv_many returns it: handles closed (with a warning) unless wanted."""
+        if with_handle:
+            return got
+        out = []
+        for obj, handle in got:
             if handle is not None:
                 close_handle(handle)
                 warnings.warn(
                     "a message came with a handle, which was closed: use "
                     "recv_many(with_handle=True) to take it",
                     ResourceWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             out.append(obj)
         return out

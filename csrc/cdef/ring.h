@@ -89,6 +89,12 @@ long long pfd_ring_peek_many(pfd_ring_t *ring, unsigned long long *offsets,
  * Returns 0, -EINVAL (fewer than `count` are peeked) or -EBADMSG. */
 int pfd_ring_release(pfd_ring_t *ring, unsigned long long count);
 
+/* Consumer.  The whole receive of a small record: the next one copied to `out` (`size`
+ * bytes of room), released, and the producer woken if it waits for room.  Never waits.
+ * Returns the record's length, -EAGAIN (nothing new), -ENOSPC (it is longer than `size`:
+ * nothing is taken, peek it), -EBUSY (records are peeked and not released: they go first)
+ * or -EBADMSG as pfd_ring_peek. */
+long long pfd_ring_read(pfd_ring_t *ring, void *out, size_t size);
 /* What pfd_ring_wait waits for, and what pfd_ring_notify announces. */
 enum {
   PFD_RING_WAIT_DATA = 1,   /* the consumer: a record to peek */

@@ -311,6 +311,26 @@ long long pfd_ring_peek_many(pfd_ring_t *ring, unsigned long long *offsets,
   return (long long)n;
 }
 
+long long pfd_ring_read(pfd_ring_t *ring, void *out, size_t size) {
+  const unsigned char *record;
+  unsigned long long read = ring->read;
+  long long length;
+  int r;
+  if (ring->peeked != 0) return -EBUSY;
+  length = pfd_ring_peek(ring, &record);
+  if (length < 0) return length;
+  if ((unsigned long long)length > size) { /* (the caller peeks it instead) */
+    ring->read = read;
+    ring->peeked = 0;
+    return -ENOSPC;
+  }
+  memcpy(out, record, (size_t)length);
+  r = pfd_ring_release(ring, 1);
+  if (r < 0) return r;
+  pfd_ring_notify(ring, PFD_RING_WAIT_SPACE);
+  return length;
+}
+
 int pfd_ring_release(pfd_ring_t *ring, unsigned long long count) {
   if (count > ring->peeked) return -EINVAL;
   while (count > 0) {

@@ -37,6 +37,7 @@
   X(ring_layout_checks)             \
   X(ring_wraps_at_every_small_size) \
   X(ring_full_and_empty_edges)      \
+  X(ring_read_copies_releases_and_leaves_what_does_not_fit) \
   X(ring_refuses_corrupted_memory)  \
   X(ring_two_threads_stress)        \
   X(ring_two_threads_sleeping)      \

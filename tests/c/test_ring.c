@@ -470,3 +470,32 @@ TEST_IMPL(ring_stall_is_told_apart_from_a_busy_consumer) {
   CHECK_EQ(pfd_ring_wait(&p, PFD_RING_WAIT_SPACE | PFD_RING_WAIT_STALL, 8, 0, -1), 1);
   return 0;
 }
+
+TEST_IMPL(ring_read_copies_releases_and_leaves_what_does_not_fit) {
+  pfd_ring_t p, c;
+  const unsigned char *view;
+  unsigned char small[4], big[64];
+  unsigned i;
+  fresh(&p, &c);
+  CHECK_EQ(pfd_ring_read(&c, small, sizeof(small)), -EAGAIN);
+  CHECK_EQ(pfd_ring_write(&p, "ab", 2, "c", 1), 0);
+  CHECK_EQ(pfd_ring_write(&p, "0123", 4, "456789", 6), 0);
+  CHECK_EQ(pfd_ring_read(&c, small, sizeof(small)), 3);
+  CHECK(memcmp(small, "abc", 3) == 0);
+  CHECK_EQ(c.peeked, 0); /* released already */
+  /* Too long for the room: nothing taken, and a peek finds it. */
+  CHECK_EQ(pfd_ring_read(&c, small, sizeof(small)), -ENOSPC);
+  CHECK_EQ(pfd_ring_peek(&c, &view), 10);
+  CHECK(memcmp(view, "0123456789", 10) == 0);
+  /* A peeked record goes first. */
+  CHECK_EQ(pfd_ring_read(&c, big, sizeof(big)), -EBUSY);
+  CHECK_EQ(pfd_ring_release(&c, 1), 0);
+  /* Round the ring many times: every byte comes back, and the space with it. */
+  for (i = 0; i < 10 * CAP / 16; i++) {
+    unsigned char v = (unsigned char)i;
+    CHECK_EQ(pfd_ring_write(&p, &v, 1, NULL, 0), 0);
+    CHECK_EQ(pfd_ring_read(&c, big, sizeof(big)), 1);
+    CHECK(big[0] == v);
+  }
+  return 0;
+}
