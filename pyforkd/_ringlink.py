@@ -402,11 +402,14 @@ class Link:
             small = side.small
             if n >= _HEAD.size:
                 kind, _, count, body = _HEAD.unpack_from(small)
-                if kind == _PICKLE and not count and _HEAD.size + body <= n and self.allow_pickle:
-                    try:
-                        return pickle.loads(small[_HEAD.size : _HEAD.size + body]), None
-                    except Exception as exc:
-                        self._corrupt(f"cannot decode a message: {reason(exc)}")
+                if not count and _HEAD.size + body <= n:
+                    if kind == _PICKLE and self.allow_pickle:
+                        try:
+                            return pickle.loads(small[_HEAD.size : _HEAD.size + body]), None
+                        except Exception as exc:
+                            self._corrupt(f"cannot decode a message: {reason(exc)}")
+                    if kind == _RAW:
+                        return bytes(small[_HEAD.size : _HEAD.size + body]), None
             # Anything else from its own copy (an object may be built on it).
             obj = self._take(memoryview(bytearray(small[:n])))
             if obj is not _NOTHING:

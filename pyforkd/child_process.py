@@ -858,11 +858,13 @@ class ChildProcess:
         timeout: float | None = None,
     ) -> None:
         """Send a message (and handles) to the child: see :meth:`Channel.send`."""
-        self._channel().send(message, handle, keep_open=keep_open, timeout=timeout)
+        channel = self.channel or self._channel()  # (the first: no call on the hot path)
+        channel.send(message, handle, keep_open=keep_open, timeout=timeout)
 
     def recv(self, timeout: float | None = None, *, with_handle: bool = False) -> Any:
         """Receive a message from the child: see :meth:`Channel.recv`."""
-        return self._channel().recv(timeout, with_handle=with_handle)
+        channel = self.channel or self._channel()
+        return channel.recv(timeout, with_handle=with_handle)
 
     def __iter__(self) -> Iterator[Any]:
         """The child's messages until it closes its end of the channel."""

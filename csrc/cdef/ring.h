@@ -22,6 +22,7 @@ typedef struct pfd_ring_s {
   unsigned long long tail_seen;   /* consumer: the producer's tail when last read */
   unsigned long long peeked;      /* consumer: records peeked and not released */
   unsigned long long spin_us;     /* this side's spin before it sleeps (pfd_ring_wait) */
+  unsigned long long spin_off;    /* waits left that sleep at once (the CPUs were busy) */
 } pfd_ring_t;
 
 /* Bytes of memory a ring of `capacity` needs (header included), or 0 when `capacity` is

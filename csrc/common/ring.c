@@ -77,6 +77,8 @@
 #define PFD__OFF_CONS_READ 144 /*   where the consumer had read up to when it last slept */
 #define PFD__SPINS 200         /* polls between yields: about a microsecond */
 #define PFD__SPIN_US 50        /* how long a waiter spins before it sleeps, at most */
+#define PFD__SLOW_YIELD_US 30  /* a yield this long gave the CPU away: every CPU is busy */
+#define PFD__SPIN_OFF 64       /* and the waits after it sleep at once, this many of them */
 #define PFD__PEER_CHECK_MS 100 /* how often a sleeper looks at the peer's descriptor */
 
 static pfd_atomic_u64_t *pfd__tail(const pfd_ring_t *ring) {
@@ -177,6 +179,7 @@ int pfd_ring_attach(pfd_ring_t *ring, void *mem, size_t size) {
   ring->tail = ring->tail_seen = pfd_atomic_load_acquire_u64(pfd__tail(ring));
   ring->head = ring->read = ring->head_seen = pfd_atomic_load_acquire_u64(pfd__head(ring));
   ring->spin_us = PFD__SPIN_US;
+  ring->spin_off = 0;
   return 0;
 }
 
@@ -389,7 +392,7 @@ static int pfd__ready(pfd_ring_t *ring, int what, size_t size) {
 
 int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int peer_fd) {
   pfd_atomic_u32_t *seq, *sleeping;
-  long long start, waited_us;
+  long long start, waited_us, budget;
   int i, stall = what & PFD_RING_WAIT_STALL;
   what &= ~PFD_RING_WAIT_STALL;
   if (what != PFD_RING_WAIT_DATA && what != PFD_RING_WAIT_SPACE) return -EINVAL;
@@ -398,11 +401,16 @@ int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int p
   /* Spin: briefly on the cache line, then yielding the CPU between looks, for up to this
    * side's spin_us (never past the timeout): an answer that comes within that costs no
    * system call on either side.  Adaptive: a spin that paid off doubles the next one (up
-   * to PFD__SPIN_US), one that ended asleep halves it.  When every CPU is busy, yielding
-   * hands the CPU away for a whole time slice; spinning then stops and a waiter sleeps at
-   * once, woken by the futex (the scheduler runs a woken task soon). */
+   * to PFD__SPIN_US); a sleep that the answer ended soon (it came within twice the longest
+   * spin) sets it to the longest, and a longer sleep halves it.  When every CPU is busy a
+   * yield hands the CPU away for a whole time slice: a yield that took that long stops
+   * the spinning for the next PFD__SPIN_OFF waits, which sleep at once and are woken by
+   * the futex (the scheduler runs a woken task soon). */
   start = pfd__monotonic_us();
+  budget = ring->spin_off ? 0 : (long long)ring->spin_us;
+  if (ring->spin_off) ring->spin_off--;
   for (;;) {
+    long long before;
     for (i = 0; i < PFD__SPINS; i++) {
       if (pfd__ready(ring, what, size)) {
         if (timeout_ms != 0) { /* (a poll with no wait says nothing of the spin) */
@@ -414,14 +422,15 @@ int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int p
       pfd_cpu_relax();
     }
     if (timeout_ms == 0) break;
-    waited_us = pfd__monotonic_us() - start;
-    if (waited_us >= (long long)ring->spin_us ||
-        (timeout_ms > 0 && waited_us >= timeout_ms * 1000LL)) {
+    before = pfd__monotonic_us();
+    waited_us = before - start;
+    if (waited_us >= budget || (timeout_ms > 0 && waited_us >= timeout_ms * 1000LL)) break;
+    pfd__yield();
+    if (pfd__monotonic_us() - before >= PFD__SLOW_YIELD_US) {
+      ring->spin_off = PFD__SPIN_OFF;
       break;
     }
-    pfd__yield();
   }
-  if (timeout_ms != 0) ring->spin_us /= 2;
   seq = pfd__word(ring, what == PFD_RING_WAIT_DATA ? PFD__OFF_DATA_SEQ : PFD__OFF_SPACE_SEQ);
   sleeping = pfd__word(ring, what == PFD_RING_WAIT_DATA ? PFD__OFF_CONS_SLEEP : PFD__OFF_PROD_SLEEP);
   for (;;) {
@@ -462,7 +471,13 @@ int pfd_ring_wait(pfd_ring_t *ring, int what, size_t size, int timeout_ms, int p
     } else {
       pfd_atomic_store_u32(sleeping, 0u);
     }
-    if (ready) return 1;
+    if (ready) {
+      if (timeout_ms != 0) {
+        waited_us = pfd__monotonic_us() - start;
+        ring->spin_us = waited_us < 2 * PFD__SPIN_US ? PFD__SPIN_US : ring->spin_us / 2;
+      }
+      return 1;
+    }
   }
 }
 
