@@ -31,7 +31,6 @@ from __future__ import annotations
 import errno as _errno
 import pickle
 import struct
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _bindings as _b
@@ -41,7 +40,7 @@ from .errors import ChannelClosedError, FrameError, PicklingError
 from .ring import Ring
 
 if TYPE_CHECKING:  # (the channel builds on this module: no import of it at run time)
-    from .channel import Channel
+    from .channel import RingPort
 
 __all__ = ["BACK", "RECORD", "Link", "make"]
 
@@ -92,14 +91,14 @@ def encode(obj: Any) -> _Message:
     return _Message(*_pickled(obj))
 
 
-def encode_parts(channel: Channel, obj: Any) -> tuple[int, Any, list[memoryview]]:
-    """The kind, body and out-of-band buffers of the message ``channel`` sends for ``obj``.
+def encode_parts(port: RingPort, obj: Any) -> tuple[int, Any, list[memoryview]]:
+    """The kind, body and out-of-band buffers of the message a channel sends for ``obj``.
 
     ``TypeError`` when it cannot be encoded.
     """
-    if channel.serialization == "pickle":
+    if port.serialization == "pickle":
         return _pickled(obj)
-    kind, body = channel._encode(obj)  # JSON or raw bytes: the frame kinds are ours too
+    kind, body = port.encode(obj)  # JSON or raw bytes: the frame kinds are ours too
     return kind, body, []
 
 
@@ -191,20 +190,19 @@ class Link:
     """The rings of one Channel: ``tx`` this side writes, ``rx`` it reads.
 
     Every method runs with the channel's send lock (sending) or receive lock (receiving)
-    held: the channel's locks are the rings' locks.
+    held: the channel's locks are the rings' locks.  What it does on the channel's socket
+    goes through ``port`` (``channel.RingPort``).
     """
 
-    def __init__(self, channel: Channel, tx: Ring, rx: Ring) -> None:
-        # A weak reference: the channel owns its link, and a cycle between them would leave
-        # the channel's socket to the garbage collector (which may finalize it first).
-        self._channel = weakref.ref(channel)
+    def __init__(self, port: RingPort, tx: Ring, rx: Ring) -> None:
+        self.port = port
         self.tx = tx
         self.rx = rx
-        self.allow_pickle = channel.serialization == "pickle"
-        self.send_lock = channel._send_lock  # (the channel's locks are the rings' locks)
+        self.allow_pickle = port.serialization == "pickle"
+        self.send_lock = port.send_lock  # (the channel's locks are the rings' locks)
         self.open = True  # until close(), under both locks: the rings are mapped
         # Bodies up to this size go by the send hot path: one record, within both limits.
-        self.small_body = min(tx.max_record, channel.max_message_size) - _HEAD.size
+        self.small_body = min(tx.max_record, port.max_message_size) - _HEAD.size
         self.peer_gone = False  # a wait on a ring saw the peer hang up
         self.tx_on_ring = True  # where our next record goes
         self.rx_on_ring = True  # where the peer's next record comes from
@@ -216,14 +214,6 @@ class Link:
         # Records of at most this much go in one piece: a quarter of the ring, so that
         # the receiver copies one out while the sender writes the next.
         self.chunk = min(tx.max_record, tx.capacity // 4)
-
-    @property
-    def channel(self) -> Channel:
-        """The channel these rings serve (alive: only it calls the link)."""
-        channel = self._channel()
-        if channel is None:
-            raise ChannelClosedError("the channel of these rings is gone")
-        return channel
 
     # ---- sending -----------------------------------------------------------------------
 
@@ -245,31 +235,30 @@ class Link:
                             _b.raise_errno(r, "ring write")
             self._send_parts(kind, body, buffers, deadline)
             return
-        ch = self.channel
+        port = self.port
         if handle is not None:  # descriptors go on the socket, after what went before
             handles = handle_list(handle)
-            kind, flags, body, fds = ch._frame_parts(obj, handle, handles)
-            with ch._send_lock:
-                ch._check_open()
+            kind, flags, body, fds = port.frame_parts(obj, handle, handles)
+            with self.send_lock:
+                port.check_open()
                 self._leave_ring()
-                ch._send_codec.encode(kind, flags, len(fds), len(body))
-                ch._write(bytes(ch._send_codec.header_bytes), body, fds, deadline)
+                port.write(port.header(kind, flags, len(fds), len(body)), body, fds, deadline)
             if not keep_open:
                 close_sent(handles)
             return
-        kind, body, buffers = encode_parts(ch, obj)
+        kind, body, buffers = encode_parts(port, obj)
         self._send_parts(kind, body, buffers, deadline)
 
     def _send_parts(self, kind: int, body: Any, buffers: list[Any], deadline: float | None) -> None:
         """Send an encoded message without handles: a record, or a chunked message."""
-        ch = self.channel
+        port = self.port
         if not buffers and len(body) + _HEAD.size <= self.tx.max_record:
             # One record in one piece: one C call copies and publishes it when there is room.
-            if len(body) + _HEAD.size > ch.max_message_size:
-                ch._check_size(len(body) + _HEAD.size)
+            if len(body) + _HEAD.size > port.max_message_size:
+                port.check_size(len(body) + _HEAD.size)
             head = _HEAD.pack(kind, 0, 0, len(body))
-            with ch._send_lock:
-                ch._check_open()
+            with self.send_lock:
+                port.check_open()
                 if self.tx_on_ring and self.tx._side.write(head, body):
                     return
                 self._put(
@@ -279,9 +268,9 @@ class Link:
                 )
             return
         msg = _Message(kind, body, buffers)
-        ch._check_size(msg.upper)
-        with ch._send_lock:
-            ch._check_open()
+        port.check_size(msg.upper)
+        with self.send_lock:
+            port.check_open()
             if msg.upper <= self.tx.max_record:
                 self._put(msg.pieces, msg.upper, deadline)
                 return
@@ -296,7 +285,7 @@ class Link:
                     self._put(lambda base, p=part, c=count: (p, c), count, deadline)
                     done += count
             except TimeoutError:
-                ch.close()
+                port.close()
                 raise TimeoutError(
                     "send timed out with the message half-written; the channel is closed"
                 ) from None
@@ -342,7 +331,7 @@ class Link:
                 return offset
             side.publish()
             try:
-                tx._wait(_b.RING_WAIT_SPACE | _b.RING_WAIT_STALL, upper, deadline, self.channel)
+                tx._wait(_b.RING_WAIT_SPACE | _b.RING_WAIT_STALL, upper, deadline, self.port)
             except _b.RingStalled:
                 self._leave_ring()
                 return None
@@ -364,9 +353,8 @@ class Link:
         self, pieces: list[tuple[int, Any]], size: int, deadline: float | None
     ) -> None:
         """One record as a FRAME_RING frame (gaps between pieces are zeros)."""
-        ch = self.channel
-        ch._send_codec.encode(_b.FRAME_RING, 0, 0, size)
-        parts: list[Any] = [bytes(ch._send_codec.header_bytes)]
+        port = self.port
+        parts: list[Any] = [port.header(_b.FRAME_RING, 0, 0, size)]
         pos = 0
         for at, data in pieces:
             if at > pos:
@@ -375,12 +363,12 @@ class Link:
             pos = at + len(data)
         if size > pos:
             parts.append(bytes(size - pos))
-        ch._write(parts[0], parts[1] if len(parts) > 1 else b"", [], deadline)
+        port.write(parts[0], parts[1] if len(parts) > 1 else b"", [], deadline)
         try:
             for part in parts[2:]:
-                ch._write(b"", part, [], deadline)
+                port.write(b"", part, [], deadline)
         except TimeoutError:
-            ch.close()
+            port.close()
             raise TimeoutError(
                 "send timed out with the message half-written; the channel is closed"
             ) from None
@@ -414,12 +402,11 @@ class Link:
             obj = self._take(memoryview(bytearray(small[:n])))
             if obj is not _NOTHING:
                 return obj, None
-        ch = self.channel
         while True:
             if self.rx_on_ring:
                 obj = self._from_ring(deadline)
             else:
-                item, handle = ch._pop_ready(deadline)
+                item, handle = self.port.pop(deadline)
                 if item is BACK:
                     self.rx_on_ring = True
                     continue
@@ -460,7 +447,7 @@ class Link:
                         return obj
                 return self._record(offset, length)
         try:
-            offset, length = rx._next_record(deadline, self.channel)
+            offset, length = rx._next_record(deadline, self.port)
         except ChannelClosedError:
             self.peer_gone = True
             if self.whole is not None:
@@ -536,7 +523,7 @@ class Link:
             if len(data) != _HEAD.size + _SIZE.size:
                 self._corrupt("a chunked message's head record has the wrong size")
             (size,) = _SIZE.unpack_from(data, _HEAD.size)
-            limit = self.channel.max_message_size
+            limit = self.port.max_message_size
             if not 0 < size <= limit:
                 self._corrupt(f"a message of {size} bytes (max_message_size is {limit})")
             # Fresh private pages for a large one (no zero-filling pass before the copy).
@@ -556,7 +543,7 @@ class Link:
     def _corrupt(self, why: str) -> Any:
         """A malformed record: the channel is closed (as for a malformed frame)."""
         self._drop_partial()
-        self.channel._discard()
+        self.port.discard()
         raise FrameError(why)
 
     # ---- the rest ----------------------------------------------------------------------
@@ -566,17 +553,17 @@ class Link:
 
         Something: a record in the ring, or socket data while records come over it.
         """
-        ch = self.channel
-        with ch._recv_lock:  # the rings stay mapped meanwhile (close takes this lock)
-            if ch._closed:
+        port = self.port
+        with port.recv_lock:  # the rings stay mapped meanwhile (close takes this lock)
+            if port.closed:
                 return True  # the next recv says so
-            if not self.rx_on_ring or ch._buffered():
-                return ch._buffered() or bool(_b.fd_wait(ch._fd, _b.POLL_IN, timeout_ms))
+            if not self.rx_on_ring or port.buffered():
+                return port.buffered() or bool(_b.fd_wait(port.fd, _b.POLL_IN, timeout_ms))
             rx = self.rx
             if rx._held:
                 rx._release_done()
             try:
-                return bool(rx._side.wait(_b.RING_WAIT_DATA, 0, timeout_ms, ch._fd))
+                return bool(rx._side.wait(_b.RING_WAIT_DATA, 0, timeout_ms, port.fd))
             except BrokenPipeError:
                 return True  # the next recv says the peer is gone
 
@@ -594,8 +581,8 @@ class Link:
             ring._close_unused()
 
 
-def make(channel: Channel, tx: Ring, rx: Ring) -> Link:
-    """A Link for ``channel``; refuses rings that are not usable as a pair."""
+def make(port: RingPort, tx: Ring, rx: Ring) -> Link:
+    """A Link for the channel of ``port``; refuses rings that are not usable as a pair."""
     if tx is rx:
         raise ValueError("a channel needs two rings, one per direction")
-    return Link(channel, tx, rx)
+    return Link(port, tx, rx)

@@ -909,7 +909,7 @@ class Channel:
     def _use_rings(self, tx: Ring, rx: Ring) -> None:
         """Send through ``tx`` and receive through ``rx`` from now on (no message yet)."""
         self._decoder.rings = True
-        self._link = _ringlink.make(self, tx, rx)
+        self._link = _ringlink.make(RingPort(self), tx, rx)
 
     def _offer_rings(self, tx: Ring, rx: Ring) -> None:
         """Use ``tx``/``rx`` and send them to the peer as the first frame on the socket.
@@ -979,7 +979,7 @@ class Channel:
             raise
         if decoder.ring_setup is not None and self._link is _AWAITING_RINGS:
             rx, tx = decoder.ring_setup  # the peer's first ring is the one it writes
-            self._link = _ringlink.make(self, tx, rx)
+            self._link = _ringlink.make(RingPort(self), tx, rx)
 
     def _undecodable(self, exc: BaseException) -> NoReturn:
         """A payload the decoders refused: the channel closes, as for a malformed frame."""
@@ -1110,6 +1110,88 @@ class Channel:
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed"
         return f"<Channel fd={self.fileno()} {self.framing}/{self.serialization} {state}>"
+
+
+class RingPort:
+    """A channel's socket side, as its ring link (``_ringlink.Link``) uses it.
+
+    The link sends handles, and records while the ring is full, through this, and takes
+    from it what came on the socket.  It holds the channel weakly: the channel owns its
+    link, and a cycle would leave the channel's socket to the garbage collector.
+    """
+
+    __slots__ = ("_channel", "fd", "max_message_size", "recv_lock", "send_lock", "serialization")
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = weakref.ref(channel)
+        self.fd = channel._fd
+        self.send_lock = channel._send_lock
+        self.recv_lock = channel._recv_lock
+        self.max_message_size = channel.max_message_size
+        self.serialization = channel.serialization
+
+    def _alive(self) -> Channel:
+        channel = self._channel()
+        if channel is None:
+            raise ChannelClosedError("the channel of these rings is gone")
+        return channel
+
+    @property
+    def closed(self) -> bool:
+        """Whether the channel is closed (or gone)."""
+        channel = self._channel()
+        return channel is None or channel._closed
+
+    def fileno(self) -> int:
+        """The channel's socket: a ring wait watches it for the peer's hang-up."""
+        return self.fd
+
+    def check_open(self) -> None:
+        """``ChannelClosedError`` once the channel is closed."""
+        self._alive()._check_open()
+
+    def check_size(self, size: int) -> None:
+        """``ValueError`` for a message of ``size`` bytes over ``max_message_size``."""
+        self._alive()._check_size(size)
+
+    def encode(self, obj: Any) -> tuple[int, Any]:
+        """The frame kind and payload the channel sends for ``obj``."""
+        return self._alive()._encode(obj)
+
+    def frame_parts(
+        self, obj: Any, handle: Any, handles: list[Any]
+    ) -> tuple[int, int, Any, list[int]]:
+        """Kind, flags, payload and descriptors of ``obj`` sent with ``handle``."""
+        return self._alive()._frame_parts(obj, handle, handles)
+
+    def header(self, kind: int, flags: int, nfds: int, length: int) -> bytes:
+        """A frame header (the send lock is held)."""
+        codec = self._alive()._send_codec
+        codec.encode(kind, flags, nfds, length)
+        return bytes(codec.header_bytes)
+
+    def write(self, head: Any, body: Any, fds: list[int], deadline: float | None) -> None:
+        """Write head + body on the socket, descriptors on the first byte (send lock held)."""
+        self._alive()._write(head, body, fds, deadline)
+
+    def pop(self, deadline: float | None) -> tuple[Any, Any]:
+        """The next item that came on the socket and its handle (receive lock held)."""
+        return self._alive()._pop_ready(deadline)
+
+    def buffered(self) -> bool:
+        """Whether something from the socket is here already."""
+        channel = self._channel()
+        return channel is not None and channel._buffered()
+
+    def discard(self) -> None:
+        """Close the channel's socket and drop what it holds (a malformed record came)."""
+        self._alive()._discard()
+
+    def close(self) -> None:
+        """Close the channel."""
+        channel = self._channel()
+        if channel is not None:
+            channel.close()
 
 
 def _unpicklable(exc: BaseException) -> PicklingError:
