@@ -604,7 +604,9 @@ class FrameReader:
     receive lock.
     """
 
-    __slots__ = ("_gen", "_next", "_out", "_rx", "_view")
+    __slots__ = ("_batch", "_gen", "_next", "_out", "_rx", "_view")
+
+    BATCH = 256  # frames told by one batch() call
 
     def __init__(self, max_length: int) -> None:
         rx = lib.pfd_rx_new(max_length)
@@ -612,6 +614,7 @@ class FrameReader:
             raise MemoryError("cannot allocate a channel's receive state")
         self._rx = ffi.gc(rx, lib.pfd_rx_free)  # (freed by close, or with this object)
         self._out = ffi.new("pfd_rx_frame_t *")
+        self._batch = ffi.new("unsigned long long[]", 3 * self.BATCH)
         self._gen = 0
         self._view = memoryview(b"")
         self._next = _rx_next
@@ -663,6 +666,18 @@ class FrameReader:
         if r == -_errno.ENOMEM:
             raise MemoryError("cannot grow a channel's receive buffer")
         raise_errno(r, "recvmsg")
+
+    def batch(self, limit: int) -> tuple[memoryview, list[int]]:
+        """The whole frames buffered already (up to ``limit``) that carry no descriptors.
+
+        Returns the receive buffer's view and three numbers per frame: its meta, payload
+        start and length in that view (valid until the next call).  Reads nothing.
+        """
+        limit = min(limit, self.BATCH)
+        n = lib.pfd_rx_batch(self._rx, self._batch, limit)
+        # (The view is current: frames are buffered only after a next() that returned one,
+        # which saw the buffer's latest move; a batch reads nothing, so moves nothing.)
+        return self._view, ffi.unpack(self._batch, 3 * n) if n else []
 
     def fds(self) -> list[int]:
         """The descriptors of the frame :meth:`next` returned last (now the caller's)."""

@@ -753,6 +753,28 @@ def test_recv_many_takes_every_frame_of_one_write_in_one_call(raw_pair):
     assert ch.recv_many(timeout=30) == [b"y"]  # the rest waits for the next call
 
 
+def test_recv_many_keeps_the_order_of_every_kind_of_frame(raw_pair):
+    # Plain frames are decoded in the batch loop, others through the channel's queues, a
+    # descriptor-carrying one by its own call: the order is the sender's all the same.
+    ch, raw = raw_pair
+    r, w = os.pipe()
+    control = pickle.dumps("the channel's own")
+    head = frame(pickle.dumps(1), kind=1) + frame(b'"two"', kind=2)
+    tail = frame(control, kind=4) + frame(b"four") + frame(pickle.dumps(5), kind=1)
+    raw.sendall(head + tail)
+    with_fd = frame(b"\x02\x00\x00\x00\x00d" + b"six", flags=1, nfds=1)
+    socket.send_fds(raw, [with_fd + frame(b"seven")], [w])
+    os.close(w)
+    got = []
+    while len(got) < 6:
+        got += ch.recv_many(64, timeout=30, with_handle=True)
+    assert [m for m, _ in got] == [1, "two", b"four", 5, b"six", b"seven"]
+    assert [type(h).__name__ for _, h in got] == ["NoneType"] * 4 + ["Fd", "NoneType"]
+    got[4][1].close()
+    assert ch.recv_control(timeout=5) == "the channel's own"
+    os.close(r)
+
+
 def test_recv_many_refuses_a_batch_with_a_malformed_frame(raw_pair):
     ch, raw = raw_pair
     before = open_fds()

@@ -86,6 +86,12 @@ pfd_rx_t *pfd_rx_new(unsigned long long max_length);
  * descriptor it held is closed and every later call returns -EPIPE. */
 long long pfd_rx_next(pfd_rx_t *rx, int sock, int timeout_ms, pfd_rx_frame_t *out);
 
+/* The whole frames already buffered, up to `max`, that carry no descriptors: for frame i,
+ * out[3i] = its meta, out[3i+1] = its payload's start and out[3i+2] = its length, as
+ * pfd_rx_next gives them (valid until the next call).  It stops before a frame with
+ * descriptors (pfd_rx_next hands that one out).  Reads nothing.  Returns how many. */
+long long pfd_rx_batch(pfd_rx_t *rx, unsigned long long *out, size_t max);
+
 /* Whether a whole frame is buffered (pfd_rx_next would return it without reading). */
 int pfd_rx_ready(const pfd_rx_t *rx);
 

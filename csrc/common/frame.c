@@ -371,6 +371,23 @@ long long pfd_rx_next(pfd_rx_t *rx, int sock, int timeout_ms, pfd_rx_frame_t *ou
   }
 }
 
+long long pfd_rx_batch(pfd_rx_t *rx, unsigned long long *out, size_t max) {
+  size_t n = 0;
+  if (rx == NULL || rx->state < 0) return 0;
+  /* (recv_many's loop: every frame one read brought, for one call from Python) */
+  while (n < max && rx->rpos < rx->walked) {
+    pfd_frame_t f = {0, 0, 0, 0};
+    long long total = pfd_frame_scan(rx->buf + rx->rpos, rx->walked - rx->rpos, rx->max_length, &f);
+    if (f.nfds > 0) break;
+    out[3 * n] = pfd__rx_meta(&f);
+    out[3 * n + 1] = rx->rpos + PFD_FRAME_HEADER_SIZE;
+    out[3 * n + 2] = f.length;
+    rx->rpos += (size_t)total;
+    n++;
+  }
+  return (long long)n;
+}
+
 int pfd_rx_ready(const pfd_rx_t *rx) { return rx->state >= 0 && rx->rpos < rx->walked; }
 
 unsigned char *pfd_rx_buffer(const pfd_rx_t *rx, size_t *size) {

@@ -307,3 +307,36 @@ TEST_IMPL(rx_grows_for_a_large_frame_and_gives_the_room_back) {
   free(frame);
   return 0;
 }
+
+TEST_IMPL(rx_batch_tells_plain_frames_and_stops_at_descriptors) {
+  unsigned char stream[4 * PFD_FRAME_HEADER_SIZE + 14];
+  size_t ends[4], total = rx_stream(stream, ends);
+  unsigned long long info[3 * 4];
+  int sv[2], fds[2], before = pfd_test_count_fds();
+  pfd_rx_frame_t *out = calloc(1, sizeof(*out));
+  pfd_rx_t *rx = pfd_rx_new(100);
+  CHECK(out != NULL && rx != NULL && pfd_fd_pair(sv) == 0);
+  fds[0] = fds[1] = sv[0];
+  /* frame 0 alone, then frames 1 (two descriptors), 2 and 3 in one write */
+  CHECK_EQ(pfd_fd_send(sv[0], stream, ends[0], NULL, 0, NULL, 0, 0), (long)ends[0]);
+  CHECK_EQ(pfd_rx_batch(rx, info, 4), 0); /* nothing read yet: it reads nothing itself */
+  CHECK(pfd_rx_next(rx, sv[1], 1000, out) > 0);
+  CHECK_EQ(pfd_fd_send(sv[0], stream + ends[0], total - ends[0], NULL, 0, fds, 2, 0),
+           (long)(total - ends[0]));
+  CHECK(pfd_rx_next(rx, sv[1], 1000, out) > 0); /* the frame with descriptors */
+  CHECK_EQ(out->meta >> 24, 2);
+  CHECK_EQ(pfd_fd_close(out->fds[0]), 0);
+  CHECK_EQ(pfd_fd_close(out->fds[1]), 0);
+  CHECK_EQ(pfd_rx_batch(rx, info, 1), 1); /* no more than asked */
+  CHECK_EQ(info[0], PFD_FRAME_RAW);
+  CHECK_EQ(info[2], 10);
+  CHECK_EQ(pfd_rx_batch(rx, info, 4), 1);
+  CHECK_EQ(info[2], 1);
+  CHECK_EQ(pfd_rx_batch(rx, info, 4), 0);
+  pfd_rx_free(rx);
+  close(sv[0]);
+  close(sv[1]);
+  free(out);
+  CHECK_EQ(pfd_test_count_fds(), before);
+  return 0;
+}
