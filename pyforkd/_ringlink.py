@@ -40,7 +40,7 @@ from .errors import ChannelClosedError, FrameError, PicklingError
 from .ring import Ring
 
 if TYPE_CHECKING:  # (the channel builds on this module: no import of it at run time)
-    from .channel import RingPort
+    from .channel import SocketPort
 
 __all__ = ["BACK", "RECORD", "Link", "make"]
 
@@ -91,7 +91,7 @@ def encode(obj: Any) -> _Message:
     return _Message(*_pickled(obj))
 
 
-def encode_parts(port: RingPort, obj: Any) -> tuple[int, Any, list[memoryview]]:
+def encode_parts(port: SocketPort, obj: Any) -> tuple[int, Any, list[memoryview]]:
     """The kind, body and out-of-band buffers of the message a channel sends for ``obj``.
 
     ``TypeError`` when it cannot be encoded.
@@ -191,10 +191,10 @@ class Link:
 
     Every method runs with the channel's send lock (sending) or receive lock (receiving)
     held: the channel's locks are the rings' locks.  What it does on the channel's socket
-    goes through ``port`` (``channel.RingPort``).
+    goes through ``port`` (``channel.SocketPort``).
     """
 
-    def __init__(self, port: RingPort, tx: Ring, rx: Ring) -> None:
+    def __init__(self, port: SocketPort, tx: Ring, rx: Ring) -> None:
         self.port = port
         self.tx = tx
         self.rx = rx
@@ -581,7 +581,7 @@ class Link:
             ring._close_unused()
 
 
-def make(port: RingPort, tx: Ring, rx: Ring) -> Link:
+def make(port: SocketPort, tx: Ring, rx: Ring) -> Link:
     """A Link for the channel of ``port``; refuses rings that are not usable as a pair."""
     if tx is rx:
         raise ValueError("a channel needs two rings, one per direction")

@@ -161,7 +161,8 @@ class AsyncChannel:
             async with self._send_lock:
                 await asyncio.to_thread(ch.send, obj, handle, keep_open=keep_open, timeout=timeout)
             return
-        if ch.framing == "node" and (handle is not None or ch._node_pending is not None):
+        node = ch._node
+        if node is not None and (handle is not None or node.pending is not None):
             # Node's handle protocol waits for an ACK that another read may bring: a thread.
             await asyncio.to_thread(ch.send, obj, handle, keep_open=keep_open, timeout=timeout)
             return

@@ -19,11 +19,8 @@ descriptor that came with it and closes the channel; a vanished peer raises
 
 from __future__ import annotations
 
-import _socket
 import bisect
-import collections
 import itertools
-import json
 import math
 import os
 import pickle
@@ -62,40 +59,6 @@ _RUN_BYTES = 1 << 18  # send_many writes small messages in runs of up to this si
 _ALONE_BYTES = 1 << 14  # and larger ones one write each (copying them costs more)
 _SERIALIZATIONS = ("pickle", "json", "raw")
 _FRAMINGS = ("pyforkd", "node")
-
-
-class _NodeSocket(socket.socket):
-    """A socket a Node server handed over: the Node side is told when it closes.
-
-    (Node's ``server.close()`` and ``server.getConnections()`` ask the receiving process
-    how many of its connections are still open.)
-    """
-
-    _pfd_gone: Any = None
-
-    def _track(self, channel: Channel, key: str) -> None:
-        channel._node_socket_opened(key)
-        self._pfd_gone = weakref.finalize(self, _node_socket_gone, weakref.ref(channel), key)
-
-    def _real_close(self, _ss: Any = _socket.socket) -> None:  # what close() ends in
-        try:
-            _ss.close(self)
-        finally:
-            if self._pfd_gone is not None:
-                self._pfd_gone()
-
-    def detach(self) -> int:
-        """Give the descriptor up; for Node's count, the connection is closed here."""
-        fd = super().detach()
-        if self._pfd_gone is not None:
-            self._pfd_gone()
-        return fd
-
-
-def _node_socket_gone(channel_ref: Any, key: str) -> None:
-    channel = channel_ref()
-    if channel is not None:
-        channel._node_socket_closed(key)
 
 
 _PICKLE = _b.FRAME_PICKLE
@@ -178,20 +141,16 @@ class Channel:
             self._decoder = Decoder(max_message_size, serialization == "pickle")
         # What recv decodes inline: a plain pickle (on a pickle channel) or raw frame.
         self._plain_pickle = _b.FRAME_PICKLE if serialization == "pickle" else -1
-        # A weak reference: the channel owns the decoder, and a cycle between them would
-        # leave the socket to the garbage collector, which may finalize it first (unclosed).
-        self._decoder.node_socket = weakref.WeakMethod(self._make_node_socket)
         self._eof = False
         self._closed = False
         self._closed_fd = False  # (Windows: the pipe handle was closed)
-        # Node framing: the handle awaiting its ACK (every later send waits for it), and
-        # the open sockets per Node server key, which the Node side may ask about.
-        self._node_pending: _node.PendingHandle | None = None
-        self._node_acked = threading.Event()
-        self._node_lock = threading.Lock()
-        self._node_open: dict[str, int] = {}
-        self._node_notify: set[str] = set()
-        self._node_answers: collections.deque[bytes] = collections.deque()  # unsent lines
+        # Node framing: Node's protocol (handles and their ACKs, its questions).
+        self._node: _node.NodeSide | None = None
+        if framing == "node":
+            self._node = _node.NodeSide(SocketPort(self))
+            # A weak reference: the decoder is the channel's, and a cycle would leave the
+            # socket to the garbage collector, which may finalize it first (unclosed).
+            self._decoder.node_socket = weakref.WeakMethod(self._node.make_socket)
         # A channel over rings: its Link (pyforkd/_ringlink.py), or _AWAITING_RINGS until
         # the set-up frame brings them; None for a socket-only channel.
         self._link: Any = None
@@ -346,7 +305,8 @@ class Channel:
         self._check_open()
         handles = handle_list(handle)
         if self.framing == "node":
-            self._send_node(obj, handles, keep_open, deadline)
+            assert self._node is not None
+            self._node.send(obj, handles, keep_open, deadline)
             return
         head, body, fds = self._prepare(obj, handle, handles)
         with self._send_lock:
@@ -377,8 +337,9 @@ class Channel:
                 self._check_size(len(line))
                 lines.append(line + b"\n")
             deadline = _deadline(timeout)
+            assert self._node is not None
             for chunk in _batches(lines):
-                self._write_lines(chunk, -1, None, deadline)
+                self._node.write_lines(chunk, -1, None, deadline)
             return
         if not items:
             return
@@ -446,191 +407,6 @@ class Channel:
             )
 
     # ---- Node's handle protocol ----------------------------------------------------------
-
-    def _send_node(
-        self, obj: Any, handles: list[Any], keep_open: bool, deadline: float | None
-    ) -> None:
-        """Send a JSON line; with a handle, Node's NODE_HANDLE wrapping and ACK protocol.
-
-        Like Node, a send made while an earlier handle awaits its ACK waits for that ACK
-        (message order is kept); unlike Node, it waits with a bound (``timeout``).
-        """
-        fd = -1
-        if handles:
-            if len(handles) > 1:
-                raise ValueError("a Node peer takes one handle per message")
-            fd, fields = _node.handle_fields(handles[0])
-            obj = {"cmd": "NODE_HANDLE", **fields, "msg": obj}
-        line = self._encode(obj)[1] + b"\n"
-        self._check_size(len(line) - 1)
-        self._write_lines(line, fd, None if keep_open or fd < 0 else handles[0], deadline)
-
-    def _write_lines(self, lines: bytes, fd: int, handle: Any, deadline: float | None) -> None:
-        """Write whole JSON lines (``fd``: a descriptor on the first byte, for NODE_HANDLE).
-
-        After any handle sent before has its ACK: Node keeps the order of messages so.
-        """
-        while True:
-            with self._send_lock:
-                self._check_open()
-                pending = self._node_pending
-                if pending is None:
-                    self._write(b"", lines, [fd] if fd >= 0 else [], deadline)
-                    if fd >= 0:
-                        self._node_acked.clear()
-                        self._node_pending = _node.PendingHandle(lines, fd, handle)
-                    return
-                if pending.nacked:
-                    self._node_retransmit(pending)
-            self._await_node_ack(deadline)
-
-    def _await_node_ack(self, deadline: float | None) -> None:
-        """Read until the pending handle's ACK, or let the thread that reads do it."""
-        if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError("send timed out: the Node peer has not acknowledged a handle")
-        slice_end = time.monotonic() + 0.05
-        if deadline is not None:
-            slice_end = min(slice_end, deadline)
-        if not self._recv_lock.acquire(timeout=0.05):
-            self._node_acked.wait(0.05)  # another thread is reading: it will see the ACK
-            return
-        try:
-            pending = self._node_pending
-            if pending is None or pending.nacked:
-                return
-            if self._eof:
-                raise ChannelClosedError("the peer closed the channel")
-            try:
-                self._receive(slice_end)
-            except TimeoutError:
-                pass  # this slice is over; the sender checks its own deadline
-        finally:
-            self._recv_lock.release()
-
-    def _node_retransmit(self, pending: _node.PendingHandle) -> None:
-        """Send a NACKed handle again (the send lock is held)."""
-        pending.nacked = False
-        self._write(b"", pending.line, [pending.fd], None)
-
-    def _node_internal(self, deadline: float | None) -> None:
-        """Act on Node's internal messages that the last read decoded.
-
-        The answers go out by ``deadline`` (the receive's) as far as the peer reads them;
-        the rest wait for the next receive.  A peer that keeps asking and never reads
-        cannot make this side hold more than a bounded number of answers.
-        """
-        queue = self._decoder.node_internal
-        while queue:
-            direction, msg = queue.popleft()
-            cmd, key = msg["cmd"], msg.get("key")
-            if direction == "answer":
-                self._node_write(msg)
-            elif cmd in ("NODE_HANDLE_ACK", "NODE_HANDLE_NACK"):
-                self._node_handle_reply(cmd == "NODE_HANDLE_ACK")
-            elif cmd == "NODE_SOCKET_GET_COUNT" and isinstance(key, str):
-                with self._node_lock:
-                    count = self._node_open.get(key, 0)
-                self._node_write({"cmd": "NODE_SOCKET_COUNT", "key": key, "count": count})
-            elif cmd == "NODE_SOCKET_NOTIFY_CLOSE" and isinstance(key, str):
-                with self._node_lock:
-                    empty = not self._node_open.get(key)
-                    if not empty:
-                        self._node_notify.add(key)
-                if empty:
-                    self._node_write({"cmd": "NODE_SOCKET_ALL_CLOSED", "key": key})
-            # anything else (NODE_CLUSTER, NODE_DEBUG_ENABLED, ...) is not for this channel
-        if len(self._node_answers) > _node.MAX_ANSWERS:
-            self._discard()
-            raise FrameError(
-                f"the Node peer asked more than {_node.MAX_ANSWERS} questions without reading "
-                "the answers"
-            )
-        self._node_flush(deadline)
-
-    def _node_handle_reply(self, acked: bool) -> None:
-        """The peer's ACK or NACK for the pending handle."""
-        pending = self._node_pending
-        if pending is None:
-            return
-        if not acked and pending.retransmissions < _node.MAX_RETRANSMISSIONS:
-            pending.retransmissions += 1
-            pending.nacked = True
-            if self._send_lock.acquire(blocking=False):  # else the waiting sender resends
-                try:
-                    if pending.nacked and not self._closed:
-                        self._node_retransmit(pending)
-                finally:
-                    self._send_lock.release()
-            return
-        if not acked:
-            warnings.warn(
-                "a handle did not reach the Node peer after "
-                f"{_node.MAX_RETRANSMISSIONS} retransmissions; it was closed",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        self._node_pending = None
-        self._node_acked.set()
-        close_handle(pending.handle)
-
-    def _node_write(self, msg: dict[str, Any]) -> None:
-        """Queue one of the channel's own lines.
-
-        The next flush sends it, never behind a pending handle.
-        """
-        self._node_answers.append(json.dumps(msg, separators=(",", ":")).encode() + b"\n")
-
-    def _node_flush(self, deadline: float | None) -> None:
-        """Send the queued answers, waiting until ``deadline`` at most (None: no limit).
-
-        What the peer has no room for stays queued.
-        """
-        answers = self._node_answers
-        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        if not answers or not self._send_lock.acquire(timeout=wait):
-            return
-        try:
-            while answers:
-                if self._closed or self._eof:
-                    answers.clear()  # as Node: an answer the peer can no longer read is dropped
-                    return
-                try:
-                    self._write(b"", answers[0], [], deadline)
-                except ChannelClosedError:
-                    answers.clear()  # the peer left meanwhile: nobody to answer
-                    return
-                except TimeoutError:
-                    return  # the peer reads nothing (a half-written line closed the channel)
-                answers.popleft()
-        finally:
-            self._send_lock.release()
-
-    def _make_node_socket(self, fd: int, key: str | None) -> socket.socket:
-        """The socket object for a descriptor a Node peer sent (blocking, like accept())."""
-        try:
-            sock = _NodeSocket(fileno=fd) if key is not None else socket.socket(fileno=fd)
-        except OSError as exc:
-            _b.close_native(fd)
-            raise ValueError(f"a NODE_HANDLE descriptor is not a socket ({exc})") from None
-        sock.setblocking(True)
-        if isinstance(sock, _NodeSocket) and key is not None:
-            sock._track(self, key)
-        return sock
-
-    def _node_socket_opened(self, key: str) -> None:
-        with self._node_lock:
-            self._node_open[key] = self._node_open.get(key, 0) + 1
-
-    def _node_socket_closed(self, key: str) -> None:
-        with self._node_lock:
-            left = self._node_open.get(key, 1) - 1
-            self._node_open[key] = left
-            notify = left <= 0 and key in self._node_notify
-            if notify:
-                self._node_notify.discard(key)
-        if notify:
-            self._node_write({"cmd": "NODE_SOCKET_ALL_CLOSED", "key": key})
-            self._node_flush(time.monotonic())  # (no wait here: the next receive sends it)
 
     def send_control(self, obj: Any, handle: Any = None, *, keep_open: bool = False) -> None:
         """Send one of the channel's own messages (pickled), kept apart from user messages.
@@ -921,7 +697,7 @@ class Channel:
     def _use_rings(self, tx: Ring, rx: Ring) -> None:
         """Send through ``tx`` and receive through ``rx`` from now on (no message yet)."""
         self._decoder.rings = True
-        self._link = _ringlink.make(RingPort(self), tx, rx)
+        self._link = _ringlink.make(SocketPort(self), tx, rx)
 
     def _offer_rings(self, tx: Ring, rx: Ring) -> None:
         """Use ``tx``/``rx`` and send them to the peer as the first frame on the socket.
@@ -991,7 +767,7 @@ class Channel:
             raise
         if decoder.ring_setup is not None and self._link is _AWAITING_RINGS:
             rx, tx = decoder.ring_setup  # the peer's first ring is the one it writes
-            self._link = _ringlink.make(RingPort(self), tx, rx)
+            self._link = _ringlink.make(SocketPort(self), tx, rx)
 
     def _undecodable(self, exc: BaseException) -> NoReturn:
         """A payload the decoders refused: the channel closes, as for a malformed frame."""
@@ -1024,8 +800,9 @@ class Channel:
         except FrameError:
             self._discard()
             raise
-        if decoder.node_internal or self._node_answers:
-            self._node_internal(deadline)
+        node = self._node
+        if node is not None and (decoder.node_internal or node.answers):
+            node.act(decoder.node_internal, deadline)
 
     def _discard(self) -> None:
         self._decoder.discard()
@@ -1091,10 +868,8 @@ class Channel:
             link, self._link = self._link, None
             if link is not None and link is not _AWAITING_RINGS:
                 link.close()
-            pending, self._node_pending = self._node_pending, None
-            if pending is not None:
-                close_handle(pending.handle)
-            self._node_acked.set()
+            if self._node is not None:
+                self._node.close()
 
     disconnect = close
 
@@ -1124,12 +899,12 @@ class Channel:
         return f"<Channel fd={self.fileno()} {self.framing}/{self.serialization} {state}>"
 
 
-class RingPort:
-    """A channel's socket side, as its ring link (``_ringlink.Link``) uses it.
+class SocketPort:
+    """A channel's socket side, as its ring link and its Node protocol use it.
 
-    The link sends handles, and records while the ring is full, through this, and takes
-    from it what came on the socket.  It holds the channel weakly: the channel owns its
-    link, and a cycle would leave the channel's socket to the garbage collector.
+    (``_ringlink.Link`` and ``_node.NodeSide``.)  They write on the socket through this
+    and take from it what came.  It holds the channel weakly: the channel owns them, and a
+    cycle would leave the channel's socket to the garbage collector.
     """
 
     __slots__ = ("_channel", "fd", "max_message_size", "recv_lock", "send_lock", "serialization")
@@ -1185,6 +960,16 @@ class RingPort:
     def write(self, head: Any, body: Any, fds: list[int], deadline: float | None) -> None:
         """Write head + body on the socket, descriptors on the first byte (send lock held)."""
         self._alive()._write(head, body, fds, deadline)
+
+    @property
+    def eof(self) -> bool:
+        """Whether the peer closed the channel (or it is gone)."""
+        channel = self._channel()
+        return channel is None or channel._eof
+
+    def receive(self, deadline: float | None) -> None:
+        """Read the socket once (receive lock held): what comes is decoded and acted on."""
+        self._alive()._receive(deadline)
 
     def pop(self, deadline: float | None) -> tuple[Any, Any]:
         """The next item that came on the socket and its handle (receive lock held)."""
