@@ -496,6 +496,17 @@ def fd_send(
 
 
 _frame_send = lib.pfd_frame_send
+# The channel's send hot path for a bytes payload without descriptors calls the C function
+# itself: frame_send_bytes(sock, kind, 0, payload, len(payload), NO_C_FDS, 0, FD_BLOCK),
+# then frame_send_failed(r) for r < 0.
+frame_send_bytes = lib.pfd_frame_send
+NO_C_FDS = ffi.NULL
+
+
+def frame_send_failed(r: int) -> None:
+    """Raise what a negative frame_send_bytes result means (nothing: a signal came first)."""
+    if r not in (-_errno.EAGAIN, -_errno.EINTR):
+        raise_errno(r, "sendmsg")
 
 
 def frame_pack(kind: int, payloads: bytes, lengths: list[int]) -> bytearray:

@@ -62,6 +62,7 @@ _FRAMINGS = ("pyforkd", "node")
 
 
 _PICKLE = _b.FRAME_PICKLE
+_send_bytes, _NO_C_FDS, _BLOCK = _b.frame_send_bytes, _b.NO_C_FDS, _b.FD_BLOCK
 
 
 class Channel:
@@ -287,7 +288,13 @@ class Channel:
                 if self._closed:
                     raise ChannelClosedError("the channel is closed")
                 try:
-                    sent = _b.frame_send(self._fd, kind, body, True, flags, fds)
+                    if fds or type(body) is not bytes:
+                        sent = _b.frame_send(self._fd, kind, body, True, flags, fds)
+                    else:  # (one C call: bytes go to C as they are)
+                        sent = _send_bytes(self._fd, kind, 0, body, len(body), _NO_C_FDS, 0, _BLOCK)
+                        if sent < 0:
+                            _b.frame_send_failed(sent)  # (it raises, unless a signal came)
+                            sent = None
                 except (BrokenPipeError, ConnectionResetError):
                     self._eof = True
                     raise ChannelClosedError("the peer closed the channel") from None
