@@ -109,6 +109,10 @@ Handle = Union[socket.socket, io.IOBase, Fd, Ring]
 # pyforkd.Ring (its shared memory), b"f" a file, followed for a file by its mode and its
 # encoding (u8 length + ASCII each; encoding empty for a binary file).
 _KIND_FD, _KIND_SOCKET, _KIND_RING, _KIND_FILE = 0x64, 0x73, 0x67, 0x66  # b"d" b"s" b"g" b"f"
+# What describe() writes in front of a message for one Fd: both sides' hot path for it
+# (Unix: there a descriptor is its own number in every process, nothing to convert).
+ONE_FD = struct.pack("<IBB", 2, 0, _KIND_FD) if sys.platform != "win32" else None
+_USER_KINDS = (_b.FRAME_PICKLE, _b.FRAME_JSON, _b.FRAME_RAW)
 
 
 def describe(handles: list[Any], many: bool) -> tuple[list[int], bytes]:
@@ -451,6 +455,28 @@ class Decoder:
                 self.control.append((pickle.loads(payload), None))
             return
         handle: Any = None
+        if (
+            kind in _USER_KINDS
+            and len(fds) == 1
+            and payload[:6] == ONE_FD
+            and self.held_fds < MAX_HELD_FDS
+        ):
+            # One Fd (the common handle): no description to parse.
+            handle = Fd(fds.pop())
+            try:
+                body = payload[6:]
+                if kind == _b.FRAME_PICKLE:
+                    obj = pickle.loads(body)
+                elif kind == _b.FRAME_JSON:
+                    obj = _json.loads(bytes(body))
+                else:
+                    obj = bytes(body)
+            except BaseException:
+                handle.close()
+                raise
+            self.ready.append((obj, handle))
+            self.held_fds += 1
+            return
         try:
             if not flags & _b.FRAME_FLAG_HANDLES:
                 raise ValueError("descriptors came without a description")

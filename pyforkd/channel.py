@@ -39,6 +39,7 @@ from ._checks import deadline as _deadline
 from ._wire import (
     KIND,
     NO_FDS,
+    ONE_FD,
     Decoder,
     Fd,
     Handle,
@@ -281,6 +282,12 @@ class Channel:
                 flags, fds, handles = 0, NO_FDS, NO_FDS
                 if len(body) > self.max_message_size:
                     self._check_size(len(body))
+            elif type(handle) is Fd and ONE_FD is not None:
+                # One Fd (the common handle): its description is known in advance.
+                fds, handles = [handle.fileno()], [handle]
+                kind, body = self._encode(obj)
+                flags, body = _b.FRAME_FLAG_HANDLES, ONE_FD + body
+                self._check_size(len(body))
             else:
                 handles = handle_list(handle)
                 kind, flags, body, fds = self._frame_parts(obj, handle, handles)
