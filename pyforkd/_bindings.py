@@ -922,9 +922,12 @@ class RingSide:
     """
 
     __slots__ = (
-        "_base", "_c", "_c_small", "_data", "_lengths", "_mem", "_offsets", "_ptr", "small",
-        "write_bytes",
+        "_base", "_c", "_c_batch", "_c_small", "_data", "_lengths", "_mem", "_offsets", "_ptr",
+        "_read_lengths", "batch", "small", "write_bytes",
     )  # fmt: skip
+
+    BATCH = 1 << 16  # read_many() copies up to this much
+    BATCH_RECORDS = 256
 
     SMALL = 4096  # records up to this long are copied out by read()
 
@@ -949,6 +952,9 @@ class RingSide:
         self._lengths = ffi.new("unsigned long long[1]")
         self._c_small = ffi.new("unsigned char[]", self.SMALL)
         self.small = memoryview(ffi.buffer(self._c_small))  # where read() copies a record
+        self._c_batch: Any = None  # where read_many() copies, made at its first use
+        self.batch = memoryview(b"")
+        self._read_lengths = ffi.new("unsigned long long[]", self.BATCH_RECORDS)
         # write_bytes(head, head_size, body, body_size) for bytes: the send hot path, one C
         # call with no Python frame around it; 0, -EAGAIN (no room now) or -errno as write.
         self.write_bytes = functools.partial(_ring_write, self._c)
@@ -987,6 +993,16 @@ class RingSide:
             return False
         raise_errno(r, "ring write")
 
+    def write_many(self, data: bytes, lengths: list[int]) -> int:
+        """Write records that lie back to back in ``data``: how many went.
+
+        As many as fit now, in order, published at once (one wake-up for them all).
+        """
+        r = lib.pfd_ring_write_many(self._c, data, lengths, len(lengths))
+        if r < 0:
+            raise_errno(r, "ring write")
+        return r
+
     def next(self) -> tuple[int, int] | None:
         """:meth:`peek` without pointer arithmetic (the receive hot path)."""
         r = lib.pfd_ring_peek_many(self._c, self._offsets, self._lengths, 1)
@@ -1011,6 +1027,25 @@ class RingSide:
             return -2
         _check_records(r, "ring read")
         return -1  # (not reached: _check_records raised)
+
+    def read_many(self, limit: int) -> list[int]:
+        """:meth:`read` for a batch: the lengths of up to ``limit`` records it copied.
+
+        They lie back to back in :attr:`batch`; their room is given back at once.  It
+        stops after an empty record.  An empty list when there is none, or when the next
+        must be peeked (see :meth:`read`).
+        """
+        if self._c_batch is None:
+            self._c_batch = ffi.new("unsigned char[]", self.BATCH)
+            self.batch = memoryview(ffi.buffer(self._c_batch))
+        limit = min(limit, self.BATCH_RECORDS)
+        r = lib.pfd_ring_read_many(self._c, self._c_batch, self.BATCH, self._read_lengths, limit)
+        if r > 0:
+            return ffi.unpack(self._read_lengths, r)
+        if r in (-_errno.EAGAIN, -_errno.ENOSPC, -_errno.EBUSY):
+            return []
+        _check_records(r, "ring read")
+        return []  # (not reached: _check_records raised)
 
     def stage_empty(self) -> None:
         """Stage an empty record in the room every reserved record leaves after it."""

@@ -249,6 +249,41 @@ class Link:
         kind, body, buffers = encode_parts(port, obj)
         self._send_parts(kind, body, buffers, deadline)
 
+    def send_many(self, items: list[Any], deadline: float | None) -> None:
+        """Send messages without handles, in order; all are encoded before any goes.
+
+        Small ones go as one batch of records (one C call writes as many as fit, published
+        at once); the rest, and what did not fit, one by one as :meth:`send` does.
+        """
+        port = self.port
+        parts = [encode_parts(port, obj) for obj in items]
+        for _, body, buffers in parts:
+            upper = _Message(0, body, buffers).upper if buffers else len(body) + _HEAD.size
+            if upper > port.max_message_size:
+                port.check_size(upper)
+        i = 0
+        while i < len(parts):
+            j = i
+            while j < len(parts) and not parts[j][2] and len(parts[j][1]) <= self.small_body:
+                j += 1
+            if j > i:
+                records = [_HEAD.pack(k, 0, 0, len(b)) + b for k, b, _ in parts[i:j]]
+                with self.send_lock:
+                    if not self.open:
+                        raise ChannelClosedError("the channel is closed")
+                    done = 0
+                    if self.tx_on_ring:
+                        done = self.tx._side.write_many(
+                            b"".join(records), [len(r) for r in records]
+                        )
+                i += done
+                if i < j:  # (the ring is full: this one waits for room, the rest go next)
+                    self._send_parts(*parts[i], deadline)
+                    i += 1
+                continue
+            self._send_parts(*parts[i], deadline)
+            i += 1
+
     def _send_parts(self, kind: int, body: Any, buffers: list[Any], deadline: float | None) -> None:
         """Send an encoded message without handles: a record, or a chunked message."""
         port = self.port
@@ -417,6 +452,45 @@ class Link:
                 obj = self._take(memoryview(item.data))
             if obj is not _NOTHING:
                 return obj, None
+
+    def recv_ready(self, got: list[tuple[Any, Any]], limit: int) -> None:
+        """Append to ``got`` the messages whose records are in the ring now, up to ``limit``.
+
+        One C call copies a batch of records out and gives their room back; plain ones are
+        decoded here.  It stops where a record must be peeked, or the sender went to the
+        socket (the next receive takes it from there).
+        """
+        rx = self.rx
+        while len(got) < limit and self.rx_on_ring and not rx._held:
+            side = rx._side
+            lengths = side.read_many(limit - len(got))
+            if not lengths:
+                return
+            batch = side.batch
+            pos = 0
+            for n in lengths:
+                record = batch[pos : pos + n]
+                pos += n
+                if not n:  # the sender went to the socket (the last of the batch)
+                    self.rx_on_ring = False
+                    return
+                if self.whole is None and n >= _HEAD.size:
+                    kind, _, count, body = _HEAD.unpack_from(record)
+                    if not count and _HEAD.size + body <= n:
+                        if kind == _PICKLE and self.allow_pickle:
+                            try:
+                                got.append(
+                                    (pickle.loads(record[_HEAD.size : _HEAD.size + body]), None)
+                                )
+                            except Exception as exc:
+                                self._corrupt(f"cannot decode a message: {reason(exc)}")
+                            continue
+                        if kind == _RAW:
+                            got.append((bytes(record[_HEAD.size : _HEAD.size + body]), None))
+                            continue
+                obj = self._take(memoryview(bytearray(record)))  # (its own copy, as recv's)
+                if obj is not _NOTHING:
+                    got.append((obj, None))
 
     def _from_ring(self, deadline: float | None) -> Any:
         rx = self.rx

@@ -338,11 +338,14 @@ class Channel:
         ``timeout`` bounds the whole batch; a batch caught half-way closes the channel.
         """
         items = list(msgs)
-        if self._link is not None:
+        link = self._link
+        if link is not None:
+            if self._closed:
+                raise ChannelClosedError("the channel is closed")
             deadline = _deadline(timeout)
-            for obj in items:  # (each message its own record in the ring)
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                self.send(obj, timeout=left)
+            if link is _AWAITING_RINGS:
+                link = self._ring_link(deadline)
+            link.send_many(items, deadline)
             return
         if self.framing == "node":
             lines = []
@@ -591,6 +594,8 @@ class Channel:
         with self._recv_lock:
             if self._link is not None:
                 got = [self.recv(timeout, with_handle=True)]
+                if not self._closed:
+                    self._link.recv_ready(got, limit)  # (a batch out of the ring at once)
                 while len(got) < limit and not self._closed:
                     try:
                         # (a deadline already passed: what is there now, no wait)

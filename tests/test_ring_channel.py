@@ -551,3 +551,19 @@ def test_the_ring_example_runs():
     done = pyforkd.exec_file(PY, [os.path.join(root, "examples", "ring_numpy.py")], timeout=120)
     lines = done.stdout.decode().splitlines()
     assert len(lines) == 2 and "ring=64 MiB" in lines[0] and "socket only" in lines[1]
+
+
+def test_send_many_over_rings_keeps_order_and_encodes_everything_first():
+    # Small messages go as batches of records; a batch larger than the ring waits for room
+    # (the receiver reads meanwhile); large and out-of-band ones go one by one, in order.
+    a, b = pyforkd.Channel.pair(ring=1 << 16)
+    with a, b:
+        with pytest.raises(pyforkd.PicklingError):
+            a.send_many([1, 2, lambda: 3, 4])  # (a lambda does not pickle)
+        b_msgs = [i for i in range(3000)] + [b"L" * 200_000] + [bytearray(b"x" * 5000), "end"]
+        got: list = []
+        reader = threading.Thread(target=lambda: got.extend(b.recv() for _ in b_msgs))
+        reader.start()
+        a.send_many(b_msgs, timeout=60)
+        reader.join(60)
+        assert got == b_msgs  # and nothing of the refused batch came before them

@@ -59,6 +59,13 @@ int pfd_ring_stage(pfd_ring_t *ring, size_t size);
 int pfd_ring_write(pfd_ring_t *ring, const void *head, size_t head_size, const void *body,
                    size_t body_size);
 
+/* Producer.  A batch of records: record i is the next lengths[i] bytes of `data` (they lie
+ * back to back).  Writes as many as fit now, in order, then publishes them and wakes the
+ * consumer once.  Never waits.  Returns how many were written (0: not even the first fits
+ * now), or for the first record -EMSGSIZE or -EBUSY as pfd_ring_reserve. */
+long long pfd_ring_write_many(pfd_ring_t *ring, const void *data,
+                              const unsigned long long *lengths, size_t n);
+
 /* Producer.  Stages an empty record even when the ring is full: every reservation leaves
  * room for one after its record.  So it succeeds once after each reserved record; a second
  * one with no record between may find no room.  Returns 0, -EAGAIN (no room) or -EBUSY (a
@@ -96,6 +103,13 @@ int pfd_ring_release(pfd_ring_t *ring, unsigned long long count);
  * nothing is taken, peek it), -EBUSY (records are peeked and not released: they go first)
  * or -EBADMSG as pfd_ring_peek. */
 long long pfd_ring_read(pfd_ring_t *ring, void *out, size_t size);
+/* Consumer.  pfd_ring_read for a batch: up to `max` records copied back to back to `out`
+ * (`size` bytes of room), their lengths to `lengths`, all released at once.  It stops
+ * after an empty record (what follows it is not to be read before what the producer sent
+ * elsewhere meanwhile) and before one that does not fit.  Returns how many, or for the
+ * first record what pfd_ring_read returns. */
+long long pfd_ring_read_many(pfd_ring_t *ring, void *out, size_t size,
+                             unsigned long long *lengths, size_t max);
 /* What pfd_ring_wait waits for, and what pfd_ring_notify announces. */
 enum {
   PFD_RING_WAIT_DATA = 1,   /* the consumer: a record to peek */

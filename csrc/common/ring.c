@@ -235,6 +235,34 @@ int pfd_ring_write(pfd_ring_t *ring, const void *head, size_t head_size, const v
   return r;
 }
 
+long long pfd_ring_write_many(pfd_ring_t *ring, const void *data,
+                             const unsigned long long *lengths, size_t n) {
+  const unsigned char *from = data;
+  size_t i;
+  for (i = 0; i < n; i++) {
+    unsigned char *out;
+    int r;
+    if (lengths[i] > pfd_ring_max_record(ring)) {
+      if (i == 0) return -EMSGSIZE;
+      break; /* (the ones before go; the caller finds this one refused next) */
+    }
+    r = pfd_ring_reserve(ring, (size_t)lengths[i], &out);
+    if (r == -EAGAIN) break;
+    if (r < 0) {
+      if (i == 0) return r;
+      break;
+    }
+    if (lengths[i]) memcpy(out, from, (size_t)lengths[i]);
+    (void)pfd_ring_stage(ring, (size_t)lengths[i]); /* (it was just reserved: cannot fail) */
+    from += lengths[i];
+  }
+  if (i > 0) { /* one publish and one wake-up for the batch */
+    pfd_ring_publish(ring);
+    pfd_ring_notify(ring, PFD_RING_WAIT_DATA);
+  }
+  return (long long)i;
+}
+
 int pfd_ring_stage_empty(pfd_ring_t *ring) {
   /* Every reservation left 8 bytes free after its record (an empty record never needs
    * padding: positions and the capacity are multiples of 8), unless one of these took them. */
@@ -332,6 +360,41 @@ long long pfd_ring_read(pfd_ring_t *ring, void *out, size_t size) {
   if (r < 0) return r;
   pfd_ring_notify(ring, PFD_RING_WAIT_SPACE);
   return length;
+}
+
+long long pfd_ring_read_many(pfd_ring_t *ring, void *out, size_t size,
+                            unsigned long long *lengths, size_t max) {
+  unsigned char *to = out;
+  size_t n = 0, used = 0;
+  int r;
+  if (ring->peeked != 0) return -EBUSY;
+  while (n < max) {
+    const unsigned char *record;
+    unsigned long long read = ring->read, peeked = ring->peeked;
+    long long length = pfd_ring_peek(ring, &record);
+    if (length == -EAGAIN) break;
+    if (length < 0) {
+      if (n == 0) return length;
+      ring->read = read; /* (the ones before go; the caller finds this one bad next) */
+      ring->peeked = peeked;
+      break;
+    }
+    if ((unsigned long long)length > size - used) { /* left for the next call, or a peek */
+      ring->read = read;
+      ring->peeked = peeked;
+      if (n == 0) return -ENOSPC;
+      break;
+    }
+    memcpy(to + used, record, (size_t)length);
+    used += (size_t)length;
+    lengths[n++] = (unsigned long long)length;
+    if (length == 0) break; /* the producer went elsewhere: what follows comes after that */
+  }
+  if (n == 0) return -EAGAIN;
+  r = pfd_ring_release(ring, n);
+  if (r < 0) return r;
+  pfd_ring_notify(ring, PFD_RING_WAIT_SPACE);
+  return (long long)n;
 }
 
 int pfd_ring_release(pfd_ring_t *ring, unsigned long long count) {

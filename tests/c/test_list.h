@@ -39,6 +39,8 @@
   X(ring_wraps_at_every_small_size) \
   X(ring_full_and_empty_edges)      \
   X(ring_read_copies_releases_and_leaves_what_does_not_fit) \
+  X(ring_write_many_publishes_what_fits_in_order) \
+  X(ring_read_many_copies_a_batch_and_stops_after_an_empty_record) \
   X(ring_refuses_corrupted_memory)  \
   X(ring_two_threads_stress)        \
   X(ring_two_threads_sleeping)      \

@@ -499,3 +499,49 @@ TEST_IMPL(ring_read_copies_releases_and_leaves_what_does_not_fit) {
   }
   return 0;
 }
+
+TEST_IMPL(ring_write_many_publishes_what_fits_in_order) {
+  pfd_ring_t p, c;
+  unsigned char data[3 * 16], got[64];
+  unsigned long long lengths[3] = {16, 16, 16};
+  unsigned long long big[1] = {CAP};
+  unsigned i, total = 0;
+  long long n;
+  fresh(&p, &c);
+  for (i = 0; i < sizeof(data); i++) data[i] = (unsigned char)i;
+  CHECK_EQ(pfd_ring_write_many(&p, data, big, 1), -EMSGSIZE);
+  CHECK_EQ(pfd_ring_write_many(&p, data, lengths, 0), 0);
+  /* Batches until the ring is full: each record 8 + 16 bytes, room kept after the last. */
+  while ((n = pfd_ring_write_many(&p, data, lengths, 3)) > 0) total += (unsigned)n;
+  CHECK_EQ(n, 0);
+  CHECK_EQ(total, (CAP - 8) / 24);
+  for (i = 0; i < total; i++) {
+    CHECK_EQ(pfd_ring_read(&c, got, sizeof(got)), 16);
+    CHECK(memcmp(got, data + 16 * (i % 3), 16) == 0); /* in order, a batch's records apart */
+  }
+  CHECK_EQ(pfd_ring_read(&c, got, sizeof(got)), -EAGAIN);
+  CHECK_EQ(pfd_ring_write_many(&p, data, lengths, 3), 3); /* the room came back */
+  return 0;
+}
+
+TEST_IMPL(ring_read_many_copies_a_batch_and_stops_after_an_empty_record) {
+  pfd_ring_t p, c;
+  unsigned char out[64];
+  unsigned long long lengths[8];
+  fresh(&p, &c);
+  CHECK_EQ(pfd_ring_read_many(&c, out, sizeof(out), lengths, 8), -EAGAIN);
+  CHECK_EQ(pfd_ring_write(&p, "ab", 2, "", 0), 0);
+  CHECK_EQ(pfd_ring_write(&p, "cde", 3, "", 0), 0);
+  CHECK_EQ(pfd_ring_stage_empty(&p), 0);
+  pfd_ring_publish(&p);
+  CHECK_EQ(pfd_ring_write(&p, "fg", 2, "", 0), 0);
+  CHECK_EQ(pfd_ring_read_many(&c, out, sizeof(out), lengths, 1), 1); /* no more than asked */
+  CHECK(lengths[0] == 2 && memcmp(out, "ab", 2) == 0);
+  CHECK_EQ(pfd_ring_read_many(&c, out, sizeof(out), lengths, 8), 2); /* up to the empty one */
+  CHECK(lengths[0] == 3 && lengths[1] == 0 && memcmp(out, "cde", 3) == 0);
+  CHECK_EQ(pfd_ring_read_many(&c, out, 1, lengths, 8), -ENOSPC); /* too long: left there */
+  CHECK_EQ(pfd_ring_read_many(&c, out, sizeof(out), lengths, 8), 1);
+  CHECK(lengths[0] == 2 && memcmp(out, "fg", 2) == 0);
+  CHECK_EQ(c.peeked, 0);
+  return 0;
+}
