@@ -117,6 +117,10 @@ _USER_KINDS = (_b.FRAME_PICKLE, _b.FRAME_JSON, _b.FRAME_RAW)
 
 def describe(handles: list[Any], many: bool) -> tuple[list[int], bytes]:
     """The descriptors of ``handles`` and their description (see above)."""
+    if ONE_FD is not None and all(type(h) is Fd for h in handles):
+        # Only Fds (Unix: their numbers are what goes): no per-handle work.
+        numbers = [h.fileno() for h in handles]
+        return numbers, (b"\x01" if many else b"\x00") + b"d" * len(numbers)
     fds: list[int] = []
     out = bytearray(b"\x01" if many else b"\x00")
     for i, handle in enumerate(handles):
@@ -296,7 +300,17 @@ def rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
     descriptors not yet made into objects are the caller's to close, the objects made
     are closed here).
     """
-    many, specs = parse_description(bytes(description), len(fds))
+    description = bytes(description)
+    if (
+        ONE_FD is not None
+        and description[1:] == b"d" * len(fds)
+        and (description[:1] == b"\x01" or (description[:1] == b"\x00" and len(fds) == 1))
+    ):
+        # Only Fds (Unix: the numbers are this process's already): no parsing.
+        fd_objects: list[Any] = [Fd(fd) for fd in fds]
+        fds.clear()
+        return fd_objects, description[0] == 1
+    many, specs = parse_description(description, len(fds))
     made: list[Any] = []
     try:
         for i, (kind, mode, encoding) in enumerate(specs):
