@@ -20,7 +20,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from . import _json
-from ._wire import MAX_HELD_FDS, Decoder, Fd, close_fds, close_handle, fail, reason
+from ._wire import MAX_HELD_FDS, Decoder, Fd, close_fds, close_handle, fail
 from .errors import ChannelClosedError, FrameError
 
 if TYPE_CHECKING:  # (the channel builds on this module: no import of it at run time)
@@ -122,15 +122,8 @@ class LineDecoder(Decoder):
             fail("the peer attached more descriptors than one message may carry; all were closed")
         if fds:
             self.fd_batches.append((start, self.stream_pos, fds))
-        try:
-            self.pending += chunk
-            self._decode_lines()
-        except FrameError:
-            self.discard()
-            raise
-        except Exception as exc:  # whatever a payload made the decoders raise
-            self.discard()
-            raise FrameError(f"cannot decode a message: {reason(exc)}") from None
+        self.pending += chunk
+        self.guarded(self._decode_lines)
 
     @property
     def partial(self) -> bool:

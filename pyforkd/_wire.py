@@ -398,12 +398,19 @@ class Decoder:
         if self.ready or self.control:
             self._count_backlog(_b.FRAME_HEADER_SIZE + len(payload))
         fds = fds_of() if meta >> 24 else []
+        self.guarded(self._deliver, meta & 0xFF, (meta >> 8) & 0xFFFF, payload, fds)
+
+    def guarded(self, step: Any, *args: Any) -> None:
+        """``step(*args)``; whatever it raises closes every descriptor held here first.
+
+        A payload's decoder may raise anything: that becomes a :class:`FrameError`.
+        """
         try:
-            self._deliver(meta & 0xFF, (meta >> 8) & 0xFFFF, payload, fds)
+            step(*args)
         except FrameError:
             self.discard()
             raise
-        except Exception as exc:  # whatever a payload made the decoders raise
+        except Exception as exc:
             self.discard()
             raise FrameError(f"cannot decode a message: {reason(exc)}") from None
 
@@ -478,13 +485,7 @@ class Decoder:
             # One Fd (the common handle): no description to parse.
             handle = Fd(fds.pop())
             try:
-                body = payload[6:]
-                if kind == _b.FRAME_PICKLE:
-                    obj = pickle.loads(body)
-                elif kind == _b.FRAME_JSON:
-                    obj = _json.loads(bytes(body))
-                else:
-                    obj = bytes(body)
+                obj = _decode_message(kind, payload[6:])
             except BaseException:
                 handle.close()
                 raise
@@ -517,18 +518,22 @@ class Decoder:
                 self.control.append((pickle.loads(payload), handle))
                 self.held_fds += len(handles)
                 return
-            if kind == _b.FRAME_PICKLE:
-                obj = pickle.loads(payload)
-            elif kind == _b.FRAME_JSON:
-                obj = _json.loads(bytes(payload))
-            else:
-                obj = bytes(payload)
+            obj = _decode_message(kind, payload)
         except BaseException:
             close_fds(fds)
             close_handle(handle)
             raise
         self.ready.append((obj, handle))
         self.held_fds += len(handles)
+
+
+def _decode_message(kind: int, payload: Any) -> Any:
+    """A user message's payload decoded by its frame kind (pickle, JSON or raw bytes)."""
+    if kind == _b.FRAME_PICKLE:
+        return pickle.loads(payload)
+    if kind == _b.FRAME_JSON:
+        return _json.loads(bytes(payload))
+    return bytes(payload)
 
 
 def close_sent(handles: list[Any]) -> None:

@@ -242,6 +242,15 @@ TEST_IMPL(rx_refuses_what_no_frame_claims) {
   return 0;
 }
 
+/* Frees what a test used; 0 when no descriptor is left open, -1 otherwise. */
+static int rx_teardown(pfd_rx_t *rx, int sv[2], pfd_rx_frame_t *out, int before) {
+  pfd_rx_free(rx);
+  close(sv[0]);
+  close(sv[1]);
+  free(out);
+  return pfd_test_count_fds() == before ? 0 : -1;
+}
+
 TEST_IMPL(rx_refuses_descriptors_in_the_middle_of_a_frame) {
   unsigned char stream[4 * PFD_FRAME_HEADER_SIZE + 14];
   size_t ends[4];
@@ -256,11 +265,7 @@ TEST_IMPL(rx_refuses_descriptors_in_the_middle_of_a_frame) {
   CHECK_EQ(pfd_fd_send(sv[0], stream + 5, 5, NULL, 0, fds, 1, 0), 5);
   CHECK_EQ(pfd_rx_next(rx, sv[1], 0, out), -EPROTO);
   CHECK_EQ(out->why, PFD_RX_FDS_MIDDLE);
-  pfd_rx_free(rx);
-  close(sv[0]);
-  close(sv[1]);
-  free(out);
-  CHECK_EQ(pfd_test_count_fds(), before);
+  CHECK_EQ(rx_teardown(rx, sv, out, before), 0);
   return 0;
 }
 
@@ -333,10 +338,6 @@ TEST_IMPL(rx_batch_tells_plain_frames_and_stops_at_descriptors) {
   CHECK_EQ(pfd_rx_batch(rx, info, 4), 1);
   CHECK_EQ(info[2], 1);
   CHECK_EQ(pfd_rx_batch(rx, info, 4), 0);
-  pfd_rx_free(rx);
-  close(sv[0]);
-  close(sv[1]);
-  free(out);
-  CHECK_EQ(pfd_test_count_fds(), before);
+  CHECK_EQ(rx_teardown(rx, sv, out, before), 0);
   return 0;
 }
