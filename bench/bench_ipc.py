@@ -371,7 +371,7 @@ def sink_handles(sock: socket.socket, kind: str) -> None:
         try:
             while True:
                 _, handles = ch.recv(with_handle=True)
-                for h in handles:
+                for h in handles if isinstance(handles, list) else [handles]:
                     h.close()
         except pyforkd.ChannelClosedError:
             return
@@ -399,9 +399,10 @@ def fd_rate(kind: str, per: int, seconds: float) -> float:
     if kind == "pyforkd":
         ch = Channel(a, serialization="raw")
         handles = [Fd(0) for _ in range(per)]
+        handle = handles[0] if per == 1 else handles  # (one descriptor: a lone Fd, not a list)
         while time.perf_counter() - t0 < seconds:
             for _ in range(64):
-                ch.send(b"x", handle=handles, keep_open=True)
+                ch.send(b"x", handle=handle, keep_open=True)
             sent += 64 * per
         for h in handles:
             h.detach()  # stdin is not ours to close

@@ -602,7 +602,19 @@ _RX_WHY = {
     lib.PFD_RX_FDS_TOO_MANY: (
         "the peer attached more descriptors than one message may carry; all were closed"
     ),
+    lib.PFD_RX_DESC_NONE: "descriptors came without a description",
+    lib.PFD_RX_DESC_SHORT: "a message's handle description is empty or runs past the message",
+    lib.PFD_RX_DESC_FLAGS: "unknown handle description flags 0x{got:02x}",
+    lib.PFD_RX_DESC_KIND: "unknown handle kind {got_byte!r}",
+    lib.PFD_RX_DESC_FILE: "a file's mode or encoding is cut short or not ASCII",
+    lib.PFD_RX_DESC_FEWER: "{nfds} descriptors came, fewer are described",
+    lib.PFD_RX_DESC_MORE: "{nfds} descriptors came, more are described",
+    lib.PFD_RX_DESC_LIST: "{nfds} descriptors came, but not as a list",
 }
+# Bits of a described frame's flags (FrameReader.next's meta >> 8), parsed by C from the
+# description: a list was sent; every handle is a plain descriptor (an Fd).
+RX_FLAG_MANY: int = lib.PFD_RX_FLAG_MANY
+RX_FLAG_ALL_FD: int = lib.PFD_RX_FLAG_ALL_FD
 
 
 class FrameReader:
@@ -663,9 +675,15 @@ class FrameReader:
                 raise ChannelClosedError("the peer closed the channel in the middle of a message")
             if out.why == lib.PFD_RX_FDS_COUNT:
                 raise FrameError(
-                    f"a message declares {out.meta >> 24} descriptors but {out.got} came with it"
+                    f"a message declares {(out.meta >> 24) & 0xFF} descriptors but {out.got} "
+                    "came with it"
                 )
-            raise FrameError(_RX_WHY[out.why])
+            got = out.got
+            raise FrameError(
+                _RX_WHY[out.why].format(
+                    got=got, got_byte=bytes([got & 0xFF]), nfds=(out.meta >> 24) & 0xFF
+                )
+            )
         if -r in _FRAME_ERRORS:
             meta = out.meta
             raise FrameError(
@@ -694,6 +712,30 @@ class FrameReader:
         """The descriptors of the frame :meth:`next` returned last (now the caller's)."""
         out = self._out
         return ffi.unpack(out.fds, (out.meta >> 24) & 0xFF)
+
+    def fd(self) -> int:
+        """The first descriptor of the frame :meth:`next` returned last (now the caller's)."""
+        return self._out.fds[0]
+
+    def described(self) -> list[tuple[int, str, str]]:
+        """The handles the frame :meth:`next` returned last describes, as C parsed them.
+
+        ``(kind, mode, encoding)`` per descriptor: kind ``ord('d')``, ``'s'``, ``'g'`` or
+        ``'f'``; a file's mode and encoding (ASCII, their lengths checked; what they say is
+        the caller's to check), empty strings for the other kinds.
+        """
+        out = self._out
+        specs = [(kind, "", "") for kind in ffi.unpack(out.kinds, (out.meta >> 24) & 0xFF)]
+        view = self._view
+        for i, (kind, _, _) in enumerate(specs):
+            if kind == 0x66:  # b"f": a file's mode, then its encoding
+                at = out.texts[i]
+                texts = []
+                for _ in range(2):
+                    texts.append(bytes(view[at + 1 : at + 1 + view[at]]).decode("ascii"))
+                    at += 1 + view[at]
+                specs[i] = (kind, texts[0], texts[1])
+        return specs
 
     def ready(self) -> bool:
         """Whether a whole frame is buffered (:meth:`next` would not read)."""

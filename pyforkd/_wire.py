@@ -62,6 +62,9 @@ class Fd:
     __slots__ = ("_fd",)
 
     def __init__(self, fd: int) -> None:
+        if type(fd) is int and fd >= 0:  # (the common case first: a receiver makes many)
+            self._fd = fd
+            return
         if isinstance(fd, bool) or not isinstance(fd, int):
             raise TypeError(f"Fd() takes a descriptor number, not {type(fd).__name__}")
         if fd < 0:
@@ -103,6 +106,17 @@ class Fd:
 Handle = Union[socket.socket, io.IOBase, Fd, Ring]
 
 
+def fd_objects(fds: list[int]) -> list[Fd]:
+    """``Fd`` objects for received descriptors (numbers from the kernel: nothing to check)."""
+    new = object.__new__
+    out = []
+    for fd in fds:
+        h = new(Fd)
+        h._fd = fd
+        out.append(h)
+    return out
+
+
 # How the handles of a frame are described (frame flag HANDLES): the payload starts with a
 # u32 length and that many bytes: u8 flags (bit 0: a list was sent, not one handle), then per
 # descriptor, in order, a kind byte: b"d" pyforkd.Fd, b"s" socket.socket, b"g" a
@@ -112,14 +126,16 @@ _KIND_FD, _KIND_SOCKET, _KIND_RING, _KIND_FILE = 0x64, 0x73, 0x67, 0x66  # b"d" 
 # What describe() writes in front of a message for one Fd: both sides' hot path for it
 # (Unix: there a descriptor is its own number in every process, nothing to convert).
 ONE_FD = struct.pack("<IBB", 2, 0, _KIND_FD) if sys.platform != "win32" else None
-_USER_KINDS = (_b.FRAME_PICKLE, _b.FRAME_JSON, _b.FRAME_RAW)
 
 
 def describe(handles: list[Any], many: bool) -> tuple[list[int], bytes]:
     """The descriptors of ``handles`` and their description (see above)."""
     if ONE_FD is not None and all(type(h) is Fd for h in handles):
         # Only Fds (Unix: their numbers are what goes): no per-handle work.
-        numbers = [h.fileno() for h in handles]
+        numbers = [h._fd for h in handles]
+        if min(numbers) < 0:
+            i = numbers.index(min(numbers))
+            raise ValueError(f"{f'handle[{i}]' if len(handles) > 1 else 'handle'}: Fd is closed")
         return numbers, (b"\x01" if many else b"\x00") + b"d" * len(numbers)
     fds: list[int] = []
     out = bytearray(b"\x01" if many else b"\x00")
@@ -206,48 +222,15 @@ def check_file_mode(mode: str) -> None:
         raise ValueError(f"a file's mode {mode!r} is not one open() takes")
 
 
-def parse_description(desc: bytes, count: int) -> tuple[bool, list[tuple[int, str, str]]]:
-    """``(many, [(kind, mode, encoding), ...])`` from a handle description.
-
-    Every field is checked before anything is acted on: ``ValueError`` says what is wrong.
-    """
-    if not desc:
-        raise ValueError("empty handle description")
-    if desc[0] & ~1:
-        raise ValueError(f"unknown handle description flags 0x{desc[0]:02x}")
-    many, pos = bool(desc[0] & 1), 1
-    specs: list[tuple[int, str, str]] = []
-    while pos < len(desc):
-        kind = desc[pos]
-        pos += 1
-        mode = encoding = ""
+def check_described(specs: list[tuple[int, str, str]]) -> None:
+    """Check what a description says of files (C checked its layout): ``ValueError``."""
+    for kind, mode, encoding in specs:
         if kind == _KIND_FILE:
-            texts = []
-            for _ in range(2):
-                n = desc[pos] if pos < len(desc) else -1
-                if n < 0 or pos + 1 + n > len(desc):
-                    raise ValueError("a file's description is cut short")
-                try:
-                    texts.append(desc[pos + 1 : pos + 1 + n].decode("ascii"))
-                except UnicodeDecodeError:
-                    raise ValueError("a file's mode or encoding is not ASCII") from None
-                pos += 1 + n
-            mode, encoding = texts
             check_file_mode(mode)
             if encoding:
                 if "b" in mode:
                     raise ValueError(f"a binary file (mode {mode!r}) has no encoding")
                 _check_encoding(encoding, what="a file's encoding")
-        elif kind not in (_KIND_FD, _KIND_SOCKET, _KIND_RING):
-            raise ValueError(f"unknown handle kind {kind!r}")
-        specs.append((kind, mode, encoding))
-    if len(specs) < count:
-        raise ValueError(f"{count} descriptors came, fewer are described")
-    if len(specs) > count:
-        raise ValueError(f"{count} descriptors came, more are described")
-    if not many and count != 1:
-        raise ValueError(f"{count} descriptors came, but not as a list")
-    return many, specs
 
 
 def open_received(fd: int, mode: str, encoding: str) -> Any:
@@ -293,24 +276,14 @@ def open_received(fd: int, mode: str, encoding: str) -> Any:
         raise
 
 
-def rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
+def rebuild(fds: list[int], specs: list[tuple[int, str, str]]) -> list[Any]:
     """Objects for received descriptors as described; they own the descriptors.
 
-    ``ValueError`` for a description that does not match (nothing is left open: the
-    descriptors not yet made into objects are the caller's to close, the objects made
-    are closed here).
+    ``specs`` is what ``FrameReader.described`` gives.  ``ValueError`` for a description
+    that does not fit (nothing is left open: the descriptors not yet made into objects are
+    the caller's to close, the objects made are closed here).
     """
-    description = bytes(description)
-    if (
-        ONE_FD is not None
-        and description[1:] == b"d" * len(fds)
-        and (description[:1] == b"\x01" or (description[:1] == b"\x00" and len(fds) == 1))
-    ):
-        # Only Fds (Unix: the numbers are this process's already): no parsing.
-        fd_objects: list[Any] = [Fd(fd) for fd in fds]
-        fds.clear()
-        return fd_objects, description[0] == 1
-    many, specs = parse_description(description, len(fds))
+    check_described(specs)
     made: list[Any] = []
     try:
         for i, (kind, mode, encoding) in enumerate(specs):
@@ -337,7 +310,7 @@ def rebuild(fds: list[int], description: Any) -> tuple[list[Any], bool]:
         close_handle(made)
         raise
     fds.clear()
-    return made, many
+    return made
 
 
 def fail(why: str) -> NoReturn:
@@ -389,16 +362,15 @@ class Decoder:
         self.rings = False  # whether FRAME_RING frames are expected (a channel over rings)
         self.ring_setup: list[Any] | None = None  # the rings a set-up frame brought
 
-    def take(self, meta: int, payload: Any, fds_of: Any) -> None:
+    def take(self, meta: int, payload: Any, reader: Any) -> None:
         """Decode one frame: ``meta`` and ``payload`` as ``FrameReader.next`` gives them.
 
-        ``fds_of()`` gives its descriptors (when it declares some); the payload is valid
-        during this call only.
+        ``reader`` (the ``FrameReader``) gives its descriptors and their description; the
+        payload is valid during this call only.
         """
         if self.ready or self.control:
             self._count_backlog(_b.FRAME_HEADER_SIZE + len(payload))
-        fds = fds_of() if meta >> 24 else []
-        self.guarded(self._deliver, meta & 0xFF, (meta >> 8) & 0xFFFF, payload, fds)
+        self.guarded(self._deliver, meta, payload, reader)
 
     def guarded(self, step: Any, *args: Any) -> None:
         """``step(*args)``; whatever it raises closes every descriptor held here first.
@@ -450,15 +422,17 @@ class Decoder:
                 "received yet"
             )
 
-    def _deliver(self, kind: int, flags: int, payload: Any, fds: list[int]) -> None:
+    def _deliver(self, meta: int, payload: Any, reader: Any) -> None:
         """Decode one frame's payload (bytes, or a view valid only during this call)."""
+        kind, flags = meta & 0xFF, (meta >> 8) & 0xFFFF
         if kind in (_b.FRAME_PICKLE, _b.FRAME_CONTROL) and not self.allow_pickle:
-            close_fds(fds)
+            if meta >> 24:
+                close_fds(reader.fds())
             raise ValueError(
                 "a pickle came, and this channel does not unpickle (its "
                 "serialization is not 'pickle')"
             )
-        if not flags and not fds:  # the common case: a plain message
+        if not flags:  # the common case: a plain message (C refused undescribed descriptors)
             if kind == _b.FRAME_PICKLE:
                 self.ready.append((pickle.loads(payload), None))
             elif kind == _b.FRAME_RAW:
@@ -475,42 +449,24 @@ class Decoder:
             else:  # CONTROL: the channel's own traffic (a worker's result)
                 self.control.append((pickle.loads(payload), None))
             return
+        # Handles, described (C parsed the description; the payload is the message after it).
+        fds = reader.fds() if meta >> 24 else []
         handle: Any = None
-        if (
-            kind in _USER_KINDS
-            and len(fds) == 1
-            and payload[:6] == ONE_FD
-            and self.held_fds < MAX_HELD_FDS
-        ):
-            # One Fd (the common handle): no description to parse.
-            handle = Fd(fds.pop())
-            try:
-                obj = _decode_message(kind, payload[6:])
-            except BaseException:
-                handle.close()
-                raise
-            self.ready.append((obj, handle))
-            self.held_fds += 1
-            return
         try:
-            if not flags & _b.FRAME_FLAG_HANDLES:
-                raise ValueError("descriptors came without a description")
             if self.held_fds + len(fds) > MAX_HELD_FDS:
                 raise ValueError(
                     f"the peer sent more than {MAX_HELD_FDS} descriptors that are not received yet"
                 )
-            if len(payload) < META_LEN.size:
-                raise ValueError("a frame with handles is too short for their description")
-            (size,) = META_LEN.unpack_from(payload)
-            if 4 + size > len(payload):
-                raise ValueError("the handle description runs past the frame")
-            handles, many = rebuild(fds, payload[4 : 4 + size])
-            payload = payload[4 + size :]
-            handle = handles if many else handles[0]
+            if ONE_FD is not None and flags & _b.RX_FLAG_ALL_FD:
+                handles: list[Any] = fd_objects(fds)  # (Unix: nothing to convert)
+                fds.clear()
+            else:
+                handles = rebuild(fds, reader.described())
+            handle = handles if flags & _b.RX_FLAG_MANY else handles[0]
             if kind == _b.FRAME_RING:  # set-up: the rings, ours to read first
-                if not self.rings or self.ring_setup is not None or payload or not many:
+                if self.ring_setup is not None or not self.rings or payload or len(handles) != 2:
                     raise ValueError("an unexpected ring set-up")
-                if len(handles) != 2 or not all(isinstance(h, Ring) for h in handles):
+                if not (flags & _b.RX_FLAG_MANY and all(isinstance(h, Ring) for h in handles)):
                     raise ValueError("a ring set-up needs two rings")
                 self.ring_setup = handles
                 return

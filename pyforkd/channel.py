@@ -47,6 +47,7 @@ from ._wire import (
     close_fds,
     close_handle,
     close_sent,
+    fd_objects,
     handle_list,
     reason,
 )
@@ -143,6 +144,18 @@ class Channel:
             self._decoder = Decoder(max_message_size, serialization == "pickle")
         # What recv decodes inline: a plain pickle (on a pickle channel) or raw frame.
         self._plain_pickle = _b.FRAME_PICKLE if serialization == "pickle" else -1
+        # A message with one Fd, or a list of Fds: recv's other hot paths (pickle and raw
+        # channels on Unix, where a received number is ours as it is).
+        kind = {"pickle": _b.FRAME_PICKLE, "raw": _b.FRAME_RAW}.get(serialization, -1)
+        fast = kind > 0 and ONE_FD is not None
+        self._one_fd = (
+            kind | (_b.FRAME_FLAG_HANDLES | _b.RX_FLAG_ALL_FD) << 8 | 1 << 24 if fast else -1
+        )
+        self._fd_list = (
+            kind | (_b.FRAME_FLAG_HANDLES | _b.RX_FLAG_ALL_FD | _b.RX_FLAG_MANY) << 8
+            if fast
+            else -1
+        )
         self._eof = False
         self._closed = False
         self._closed_fd = False  # (Windows: the pipe handle was closed)
@@ -285,9 +298,19 @@ class Channel:
             elif type(handle) is Fd and ONE_FD is not None:
                 # One Fd (the common handle): its description is known in advance.
                 fds, handles = [handle.fileno()], [handle]
-                kind, body = self._encode(obj)
-                flags, body = _b.FRAME_FLAG_HANDLES, ONE_FD + body
-                self._check_size(len(body))
+                if self._plain_pickle > 0:
+                    try:
+                        kind, body = _PICKLE, ONE_FD + pickle.dumps(obj, protocol=5)
+                    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                        raise _unpicklable(exc) from None
+                elif type(obj) is bytes and self._one_fd & 0xFF == _b.FRAME_RAW:
+                    kind, body = _b.FRAME_RAW, ONE_FD + obj
+                else:
+                    kind, body = self._encode(obj)
+                    body = ONE_FD + body  # (a copy: a raw buffer's bytes go behind it)
+                flags = _b.FRAME_FLAG_HANDLES
+                if len(body) > self.max_message_size:
+                    self._check_size(len(body))
             else:
                 handles = handle_list(handle)
                 kind, flags, body, fds = self._frame_parts(obj, handle, handles)
@@ -295,10 +318,19 @@ class Channel:
                 if self._closed:
                     raise ChannelClosedError("the channel is closed")
                 try:
-                    if fds or type(body) is not bytes:
+                    if type(body) is not bytes or len(fds) > 1:
                         sent = _b.frame_send(self._fd, kind, body, True, flags, fds)
-                    else:  # (one C call: bytes go to C as they are)
-                        sent = _send_bytes(self._fd, kind, 0, body, len(body), _NO_C_FDS, 0, _BLOCK)
+                    else:  # (one C call: bytes, and a list of one descriptor, go as they are)
+                        sent = _send_bytes(
+                            self._fd,
+                            kind,
+                            flags,
+                            body,
+                            len(body),
+                            fds or _NO_C_FDS,
+                            len(fds),
+                            _BLOCK,
+                        )
                         if sent < 0:
                             _b.frame_send_failed(sent)  # (it raises, unless a signal came)
                             sent = None
@@ -550,8 +582,23 @@ class Channel:
                             return (obj, None) if with_handle else obj
                     except Exception as exc:
                         self._undecodable(exc)
-                    self._take(meta, payload)
-                obj, handle = self._pop_ready(None)
+                    one = meta == self._one_fd
+                    if one or meta & 0xFFFFFF == self._fd_list:
+                        handle = Fd(reader.fd()) if one else fd_objects(reader.fds())
+                        try:
+                            obj = (
+                                pickle.loads(payload) if meta & 0xFF == _PICKLE else bytes(payload)
+                            )
+                        except Exception as exc:
+                            close_handle(handle)
+                            self._undecodable(exc)
+                        if with_handle:
+                            return obj, handle
+                    else:
+                        self._take(meta, payload)
+                        obj, handle = self._pop_ready(None)
+                else:
+                    obj, handle = self._pop_ready(None)
             elif self._link is not None:
                 deadline = None if timeout is None else _deadline(timeout)
                 if self._closed:
@@ -780,7 +827,7 @@ class Channel:
             return
         decoder = self._decoder
         try:
-            decoder.take(meta, payload, self._reader.fds)  # type: ignore[union-attr]
+            decoder.take(meta, payload, self._reader)
         except FrameError:
             self._discard()
             raise

@@ -642,9 +642,6 @@ handle_kinds = st.lists(
 @settings(max_examples=100, deadline=None)
 @given(kinds=handle_kinds, many=st.booleans())
 def test_handle_descriptions_round_trip(tmp_path_factory, kinds, many):
-    from pyforkd._wire import describe as _describe
-    from pyforkd._wire import rebuild as _rebuild
-
     many = many or len(kinds) > 1  # (several handles are always sent as a list)
     path = tmp_path_factory.mktemp("h") / "f"
     path.write_bytes(b"")
@@ -657,38 +654,48 @@ def test_handle_descriptions_round_trip(tmp_path_factory, kinds, many):
             made.append(socket.socket())
         else:
             made.append(open(path, k, encoding=None if "b" in k else "utf-8"))  # noqa: SIM115
-    fds, described = _describe(made, many)
-    copies = [os.dup(fd) for fd in fds]
-    objs, got_many = _rebuild(copies, described)
-    assert got_many == many and copies == []
-    for a, b in zip(made, objs):
-        if isinstance(a, (Fd, socket.socket)):
-            assert type(a) is type(b)
+    a, b = Channel.pair()
+    a.send("m", made if many else made[0], keep_open=True)
+    msg, got = b.recv(timeout=10, with_handle=True)
+    objs = got if many else [got]
+    assert msg == "m" and isinstance(got, list) == many and len(objs) == len(made)
+    for x, y in zip(made, objs):
+        if isinstance(x, (Fd, socket.socket)):
+            assert type(x) is type(y)
         else:  # a file of the same mode, text or binary alike (buffering may differ)
-            assert a.mode == b.mode
-            assert isinstance(b, io.TextIOBase) == isinstance(a, io.TextIOBase)
-            assert getattr(a, "encoding", None) == getattr(b, "encoding", None)
+            assert x.mode == y.mode
+            assert isinstance(y, io.TextIOBase) == isinstance(x, io.TextIOBase)
+            assert getattr(x, "encoding", None) == getattr(y, "encoding", None)
     for h in made + objs:
         h.close()
+    a.close()
+    b.close()
     assert open_fds() == before
 
 
 @settings(max_examples=300, deadline=None)
-@given(description=st.binary(max_size=20), count=st.integers(0, 4))
-def test_arbitrary_handle_descriptions_never_leak(description, count):
-    from pyforkd._wire import rebuild as _rebuild
-
+@given(description=st.binary(max_size=20), count=st.integers(0, 4), body=st.binary(max_size=4))
+def test_arbitrary_handle_descriptions_never_leak(description, count, body):
+    """Any description a peer writes: the handles it fits, or a FrameError, never a leak."""
     before = open_fds()
+    ours, raw = socket.socketpair()
+    ch = Channel(ours, serialization="raw")
+    payload = struct.pack("<I", len(description)) + description + body
+    header = struct.pack("<2sBBHHQ", b"PF", 1, 3, 1, count, len(payload))
     fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
-    try:
-        objs, _ = _rebuild(fds, description)
-    except ValueError:
-        pass  # refused: the objects made so far were closed, the rest are ours
-    else:
-        for h in objs:
-            h.close()
+    socket.send_fds(raw, [header + payload], fds) if fds else raw.sendall(header + payload)
     for fd in fds:
         os.close(fd)
+    try:
+        msg, handle = ch.recv(timeout=10, with_handle=True)
+    except FrameError:
+        assert not ch.connected
+    else:
+        assert msg == body
+        for h in handle if isinstance(handle, list) else [handle]:
+            h.close()
+    ch.close()
+    raw.close()
     assert open_fds() == before
 
 

@@ -189,7 +189,7 @@ def test_a_declared_count_that_does_not_match_is_refused(peer):
 @pytest.mark.parametrize(
     ("desc", "nfds", "why"),
     [
-        (b"", 1, "empty handle description"),
+        (b"", 1, "description is empty"),
         (b"\x00f\x00\x00", 1, "mode"),  # an empty file mode
         (b"\x00f\x02rz\x00", 1, "mode"),  # an invalid one
         (b"\x00f\x01r\x05rot13", 1, "text encoding"),  # a codec, but not a text one
@@ -217,7 +217,7 @@ def test_a_description_longer_than_the_frame_is_refused(peer):
 
 def test_a_payload_too_short_for_its_description_length_is_refused(peer):
     send_and_close(peer, frame(RAW, b"\x01", flags=HANDLES, nfds=1), 1)
-    assert_refused(peer, "too short")
+    assert_refused(peer, "runs past")
 
 
 def test_a_directory_described_as_a_file_is_refused(peer):

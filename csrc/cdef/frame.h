@@ -60,7 +60,23 @@ enum {
   PFD_RX_FDS_UNCLAIMED = 2,  /* descriptors came with a frame that declares none */
   PFD_RX_FDS_MIDDLE = 3,     /* descriptors came in the middle of a frame */
   PFD_RX_FDS_TOO_MANY = 4,   /* more than PFD_FRAME_MAX_FDS came at once (all closed) */
-  PFD_RX_END_MIDDLE = 5      /* the peer closed the stream in the middle of a frame */
+  PFD_RX_END_MIDDLE = 5,     /* the peer closed the stream in the middle of a frame */
+  /* A frame's handle description is wrong (see frame.c): */
+  PFD_RX_DESC_NONE = 6,      /* descriptors came and the frame does not describe them */
+  PFD_RX_DESC_SHORT = 7,     /* the description runs past the frame, or is empty */
+  PFD_RX_DESC_FLAGS = 8,     /* unknown description flags (`got` holds them) */
+  PFD_RX_DESC_KIND = 9,      /* an unknown handle kind (`got` holds it) */
+  PFD_RX_DESC_FILE = 10,     /* a file's mode or encoding is cut short or not ASCII */
+  PFD_RX_DESC_FEWER = 11,    /* fewer handles are described than descriptors came */
+  PFD_RX_DESC_MORE = 12,     /* more handles are described than descriptors came */
+  PFD_RX_DESC_LIST = 13      /* several descriptors came, but not described as a list */
+};
+
+/* Bits pfd_rx_next adds to a described frame's flags (in `meta`), parsed from its
+ * description: no frame on the wire carries them. */
+enum {
+  PFD_RX_FLAG_MANY = 0x4000,   /* the sender passed a list of handles */
+  PFD_RX_FLAG_ALL_FD = 0x8000  /* every handle is a plain descriptor (kind 'd') */
 };
 
 typedef struct pfd_rx_frame_s {
@@ -68,8 +84,13 @@ typedef struct pfd_rx_frame_s {
   unsigned long long length; /* the payload's length (a bad header: what it declares) */
   size_t start;              /* the payload is buffer[start:start + length] */
   int why;                   /* after -EPROTO: PFD_RX_* */
-  int got;                   /* PFD_RX_FDS_COUNT: how many came */
+  int got;                   /* PFD_RX_FDS_COUNT: how many came; DESC_FLAGS, DESC_KIND: the byte */
   int fds[253];              /* the frame's nfds descriptors, now the caller's */
+  /* A frame with handles (flag PFD_FRAME_FLAG_HANDLES): its description, parsed.  `start`
+   * and `length` then give the message after it. */
+  unsigned char kinds[253];  /* per descriptor: 'd', 's', 'g' or 'f' */
+  size_t texts[253];         /* a file's: where its mode is in the buffer (u8 length + ASCII,
+                                its encoding next, the same way) */
 } pfd_rx_frame_t;
 
 /* A new state machine for frames whose payload is at most max_length, or NULL (ENOMEM).
@@ -82,14 +103,16 @@ pfd_rx_t *pfd_rx_new(unsigned long long max_length);
  * pfd_rx_buffer) with *out filled, the payload valid until the next call; 0 at the end of
  * the stream (every call after it too); -EAGAIN when no frame is whole in time; -EINTR when
  * a signal came; a bad header's pfd_frame_scan error (out->meta and out->length say what it
- * read); -EPROTO (out->why says what); or the system call's -errno.  After an error every
+ * read); -EPROTO (out->why says what); or the system call's -errno.  A frame with
+ * handles comes with its description parsed and checked (kinds, texts, the
+ * PFD_RX_FLAG_* bits in meta) and start/length past it.  After an error every
  * descriptor it held is closed and every later call returns -EPIPE. */
 long long pfd_rx_next(pfd_rx_t *rx, int sock, int timeout_ms, pfd_rx_frame_t *out);
 
 /* The whole frames already buffered, up to `max`, that carry no descriptors: for frame i,
  * out[3i] = its meta, out[3i+1] = its payload's start and out[3i+2] = its length, as
  * pfd_rx_next gives them (valid until the next call).  It stops before a frame with
- * descriptors (pfd_rx_next hands that one out).  Reads nothing.  Returns how many. */
+ * descriptors or a handle description (pfd_rx_next hands that one out).  Reads nothing.  Returns how many. */
 long long pfd_rx_batch(pfd_rx_t *rx, unsigned long long *out, size_t max);
 
 /* Whether a whole frame is buffered (pfd_rx_next would return it without reading). */

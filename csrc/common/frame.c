@@ -14,9 +14,10 @@
  *
  * The description of attached descriptors (flag 1): u32 length, then that many bytes:
  * u8 flags (bit 0: the sender passed a list, not one handle), then per descriptor in
- * order a kind byte - 'd' a raw descriptor (pyforkd.Fd), 's' a socket, 'f' a file, which is
- * followed by its mode and its encoding as u8 length + ASCII (an empty encoding: binary).
- * The message itself (pickle, JSON or raw bytes) follows the description.
+ * order a kind byte - 'd' a raw descriptor (pyforkd.Fd), 's' a socket, 'g' a ring's shared
+ * memory, 'f' a file, which is followed by its mode and its encoding as u8 length + ASCII
+ * (an empty encoding: binary).  The message itself (pickle, JSON or raw bytes) follows the
+ * description.  pfd_rx_next parses and checks it, so Python only builds the objects.
  *
  * The decoder is incremental by construction: pfd_frame_scan looks only at the bytes it
  * is given and says "need more" until a whole frame is there, so any split of the stream
@@ -329,10 +330,60 @@ static long long pfd__rx_read(pfd_rx_t *rx, int sock, int block, pfd_rx_frame_t 
   return r < 0 ? r : 1;
 }
 
+/* Parses the handle description at the front of out's payload (layout at the top), for
+ * `nfds` descriptors: fills kinds and texts, adds the PFD_RX_FLAG_* bits to meta and moves
+ * start/length past it.  Returns 0, or the PFD_RX_DESC_* that says what is wrong. */
+static int pfd__rx_describe(const unsigned char *buf, unsigned int nfds, pfd_rx_frame_t *out) {
+  const unsigned char *d = buf + out->start + 4;
+  unsigned long long size, pos = 1;
+  unsigned int n = 0, all_fd = 1;
+  int t;
+  if (out->length < 4) return PFD_RX_DESC_SHORT;
+  size = pfd__get_le(buf + out->start, 4);
+  if (size == 0 || size > out->length - 4) return PFD_RX_DESC_SHORT;
+  if (d[0] & ~1u) {
+    out->got = d[0];
+    return PFD_RX_DESC_FLAGS;
+  }
+  while (pos < size) {
+    unsigned char kind = d[pos++];
+    if (kind != 'd' && kind != 's' && kind != 'g' && kind != 'f') {
+      out->got = kind;
+      return PFD_RX_DESC_KIND;
+    }
+    if (n == nfds) return PFD_RX_DESC_MORE;
+    out->kinds[n] = kind;
+    out->texts[n] = 0;
+    if (kind == 'f') {
+      out->texts[n] = out->start + 4 + (size_t)pos;
+      for (t = 0; t < 2; t++) { /* its mode, then its encoding */
+        unsigned long long len, i;
+        if (pos >= size) return PFD_RX_DESC_FILE;
+        len = d[pos++];
+        if (len > size - pos) return PFD_RX_DESC_FILE;
+        for (i = 0; i < len; i++) {
+          if (d[pos + i] & 0x80) return PFD_RX_DESC_FILE;
+        }
+        pos += len;
+      }
+    }
+    all_fd &= kind == 'd';
+    n++;
+  }
+  if (n < nfds) return PFD_RX_DESC_FEWER;
+  if (!(d[0] & 1) && nfds != 1) return PFD_RX_DESC_LIST;
+  if (d[0] & 1) out->meta |= (unsigned long long)PFD_RX_FLAG_MANY << 8;
+  if (all_fd && n > 0) out->meta |= (unsigned long long)PFD_RX_FLAG_ALL_FD << 8;
+  out->start += 4 + (size_t)size;
+  out->length -= 4 + size;
+  return 0;
+}
+
 /* Hands out the frame at `rpos` (whole and judged). */
 static long long pfd__rx_take(pfd_rx_t *rx, pfd_rx_frame_t *out) {
   pfd_frame_t f = {0, 0, 0, 0};
   long long total = pfd_frame_scan(rx->buf + rx->rpos, rx->walked - rx->rpos, rx->max_length, &f);
+  int why = 0;
   out->meta = pfd__rx_meta(&f);
   out->length = f.length;
   out->start = rx->rpos + PFD_FRAME_HEADER_SIZE;
@@ -343,6 +394,16 @@ static long long pfd__rx_take(pfd_rx_t *rx, pfd_rx_frame_t *out) {
     if (--rx->nowned) rx->owned[0] = rx->owned[1];
   }
   rx->rpos += (size_t)total;
+  if (f.flags & PFD_FRAME_FLAG_HANDLES) {
+    why = pfd__rx_describe(rx->buf, f.nfds, out);
+  } else if (f.nfds > 0) {
+    why = PFD_RX_DESC_NONE;
+  }
+  if (why) {
+    int n = (int)f.nfds;
+    pfd__rx_close(out->fds, &n); /* (handed out with the frame: nobody else closes them) */
+    return pfd__rx_fail(rx, out, why, -EPROTO);
+  }
   return rx->gen;
 }
 
@@ -378,7 +439,7 @@ long long pfd_rx_batch(pfd_rx_t *rx, unsigned long long *out, size_t max) {
   while (n < max && rx->rpos < rx->walked) {
     pfd_frame_t f = {0, 0, 0, 0};
     long long total = pfd_frame_scan(rx->buf + rx->rpos, rx->walked - rx->rpos, rx->max_length, &f);
-    if (f.nfds > 0) break;
+    if (f.nfds > 0 || (f.flags & PFD_FRAME_FLAG_HANDLES)) break;
     out[3 * n] = pfd__rx_meta(&f);
     out[3 * n + 1] = rx->rpos + PFD_FRAME_HEADER_SIZE;
     out[3 * n + 2] = f.length;

@@ -125,16 +125,23 @@ TEST_IMPL(fdpass_pair_is_a_connected_channel) {
 
 /* ---- the receive state machine (frame.c) over a socketpair ---------------------------- */
 
-/* A stream of four frames; the second carries two descriptors on its first byte. */
+/* A stream of four frames; the second carries two descriptors on its first byte, described
+ * as a list of two Fds, and no message after the description. */
+enum { RX_STREAM_SIZE = 4 * PFD_FRAME_HEADER_SIZE + 21 };
+static const unsigned long long rx_described_meta =
+    PFD_FRAME_PICKLE | (unsigned long long)(PFD_FRAME_FLAG_HANDLES | PFD_RX_FLAG_MANY |
+                                            PFD_RX_FLAG_ALL_FD) << 8 | 2ULL << 24;
+
 static size_t rx_stream(unsigned char *out, size_t ends[4]) {
-  static const char *payloads[4] = {"abc", "", "0123456789", "z"};
+  static const char *payloads[4] = {"abc", "\x03\x00\x00\x00\x01" "dd", "0123456789", "z"};
+  static const size_t lengths[4] = {3, 7, 10, 1};
   pfd_frame_t f = {PFD_FRAME_RAW, 0, 0, 0};
   size_t at = 0, i;
   for (i = 0; i < 4; i++) {
     f.kind = i == 1 ? PFD_FRAME_PICKLE : PFD_FRAME_RAW;
     f.nfds = i == 1 ? 2 : 0;
     f.flags = i == 1 ? PFD_FRAME_FLAG_HANDLES : 0;
-    f.length = strlen(payloads[i]);
+    f.length = lengths[i];
     pfd_frame_encode(&f, out + at);
     at += PFD_FRAME_HEADER_SIZE;
     memcpy(out + at, payloads[i], (size_t)f.length);
@@ -145,7 +152,7 @@ static size_t rx_stream(unsigned char *out, size_t ends[4]) {
 }
 
 TEST_IMPL(rx_hands_out_frames_under_any_split) {
-  unsigned char stream[4 * PFD_FRAME_HEADER_SIZE + 14];
+  unsigned char stream[RX_STREAM_SIZE];
   size_t ends[4], total = rx_stream(stream, ends), cut1, cut2;
   pfd_rx_frame_t *out = calloc(1, sizeof(*out));
   int before = pfd_test_count_fds();
@@ -171,8 +178,9 @@ TEST_IMPL(rx_hands_out_frames_under_any_split) {
           unsigned char *buf = pfd_rx_buffer(rx, &size);
           CHECK(out->start + out->length <= size);
           if (got == 1) {
-            CHECK_EQ(out->meta, PFD_FRAME_PICKLE | PFD_FRAME_FLAG_HANDLES << 8 | 2ULL << 24);
-            CHECK_EQ(out->length, 0);
+            CHECK_EQ(out->meta, rx_described_meta);
+            CHECK_EQ(out->length, 0); /* (the description is parsed, and skipped) */
+            CHECK(out->kinds[0] == 'd' && out->kinds[1] == 'd');
             for (i = 0; i < 2; i++) CHECK_EQ(pfd_fd_close(out->fds[i]), 0);
           } else {
             CHECK_EQ(out->meta, PFD_FRAME_RAW);
@@ -218,7 +226,7 @@ static long long rx_feed(const unsigned char *stream, size_t size, int nfds, int
 }
 
 TEST_IMPL(rx_refuses_what_no_frame_claims) {
-  unsigned char stream[4 * PFD_FRAME_HEADER_SIZE + 14];
+  unsigned char stream[RX_STREAM_SIZE];
   size_t ends[4], total = rx_stream(stream, ends);
   int before = pfd_test_count_fds(), why = 0;
   /* The whole stream in one write with its two descriptors: fine. */
@@ -242,6 +250,90 @@ TEST_IMPL(rx_refuses_what_no_frame_claims) {
   return 0;
 }
 
+/* One frame of `kind` with `nfds` descriptors and the payload `desc` (a handle description,
+ * then maybe a message): what the reader says. */
+static long long rx_describe(const char *desc, size_t size, unsigned int flags, int nfds,
+                             pfd_rx_frame_t *out, unsigned char *copy) {
+  unsigned char frame[PFD_FRAME_HEADER_SIZE + 64];
+  pfd_frame_t f = {PFD_FRAME_RAW, 0, 0, 0};
+  int sv[2], fds[2];
+  long long r;
+  f.flags = flags;
+  f.nfds = (unsigned int)nfds;
+  f.length = size;
+  pfd_frame_encode(&f, frame);
+  memcpy(frame + PFD_FRAME_HEADER_SIZE, desc, size);
+  if (pfd_fd_pair(sv) != 0) return -ENOMEM;
+  fds[0] = fds[1] = sv[0];
+  if (pfd_fd_send(sv[1], frame, PFD_FRAME_HEADER_SIZE + size, NULL, 0, fds, nfds, 0) !=
+      (long)(PFD_FRAME_HEADER_SIZE + size)) {
+    return -EIO;
+  }
+  {
+    pfd_rx_t *rx = pfd_rx_new(64);
+    if (rx == NULL) return -ENOMEM;
+    r = pfd_rx_next(rx, sv[0], 1000, out);
+    if (r > 0) {
+      size_t cap;
+      int i;
+      memcpy(copy, pfd_rx_buffer(rx, &cap), PFD_FRAME_HEADER_SIZE + size);
+      for (i = 0; i < nfds; i++) (void)pfd_fd_close(out->fds[i]);
+    }
+    pfd_rx_free(rx);
+  }
+  close(sv[0]);
+  close(sv[1]);
+  return r;
+}
+
+TEST_IMPL(rx_parses_handle_descriptions_and_refuses_bad_ones) {
+  static const struct {
+    const char *desc;
+    size_t size;
+    unsigned int flags;
+    int nfds, why, got;
+  } bad[] = {
+      {"", 0, 0, 1, PFD_RX_DESC_NONE, 0},
+      {"\x02\x00\x00", 3, 1, 1, PFD_RX_DESC_SHORT, 0},
+      {"\x00\x00\x00\x00", 4, 1, 1, PFD_RX_DESC_SHORT, 0},
+      {"\x09\x00\x00\x00\x00" "d", 6, 1, 1, PFD_RX_DESC_SHORT, 0},
+      {"\x02\x00\x00\x00\x02" "d", 6, 1, 1, PFD_RX_DESC_FLAGS, 2},
+      {"\x02\x00\x00\x00\x00" "q", 6, 1, 1, PFD_RX_DESC_KIND, 'q'},
+      {"\x04\x00\x00\x00\x00" "f\x01r", 8, 1, 1, PFD_RX_DESC_FILE, 0},
+      {"\x04\x00\x00\x00\x00" "f\x05r", 8, 1, 1, PFD_RX_DESC_FILE, 0},
+      {"\x05\x00\x00\x00\x00" "f\x01\xff\x00", 9, 1, 1, PFD_RX_DESC_FILE, 0},
+      {"\x02\x00\x00\x00\x01" "d", 6, 1, 2, PFD_RX_DESC_FEWER, 0},
+      {"\x03\x00\x00\x00\x01" "dd", 7, 1, 1, PFD_RX_DESC_MORE, 0},
+      {"\x03\x00\x00\x00\x00" "ds", 7, 1, 2, PFD_RX_DESC_LIST, 0},
+      {"\x01\x00\x00\x00\x00", 5, 1, 0, PFD_RX_DESC_LIST, 0},
+  };
+  static const char good[] = "\x0e\x00\x00\x00\x01" "sf\x02r+\x05utf-8gdmsg";
+  pfd_rx_frame_t *out = calloc(1, sizeof(*out));
+  unsigned char copy[PFD_FRAME_HEADER_SIZE + 64];
+  int before = pfd_test_count_fds();
+  size_t i;
+  CHECK(out != NULL);
+  for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    memset(out, 0, sizeof(*out));
+    CHECK_EQ(rx_describe(bad[i].desc, bad[i].size, bad[i].flags, bad[i].nfds, out, copy),
+             -EPROTO);
+    CHECK_EQ(out->why, bad[i].why);
+    if (bad[i].got) CHECK_EQ(out->got, bad[i].got);
+    CHECK_EQ(pfd_test_count_fds(), before); /* the frame's descriptors were closed */
+  }
+  /* A list of a socket, a file "r+" in UTF-8, a ring and an Fd, then the message. */
+  CHECK(rx_describe(good, sizeof(good) - 1, 1, 4, out, copy) > 0);
+  CHECK_EQ(out->meta, PFD_FRAME_RAW | (unsigned long long)(PFD_FRAME_FLAG_HANDLES |
+                                                          PFD_RX_FLAG_MANY) << 8 | 4ULL << 24);
+  CHECK(memcmp(out->kinds, "sfgd", 4) == 0);
+  CHECK(memcmp(copy + out->texts[1], "\x02r+\x05utf-8", 9) == 0);
+  CHECK_EQ(out->length, 3);
+  CHECK(memcmp(copy + out->start, "msg", 3) == 0);
+  CHECK_EQ(pfd_test_count_fds(), before);
+  free(out);
+  return 0;
+}
+
 /* Frees what a test used; 0 when no descriptor is left open, -1 otherwise. */
 static int rx_teardown(pfd_rx_t *rx, int sv[2], pfd_rx_frame_t *out, int before) {
   pfd_rx_free(rx);
@@ -252,7 +344,7 @@ static int rx_teardown(pfd_rx_t *rx, int sv[2], pfd_rx_frame_t *out, int before)
 }
 
 TEST_IMPL(rx_refuses_descriptors_in_the_middle_of_a_frame) {
-  unsigned char stream[4 * PFD_FRAME_HEADER_SIZE + 14];
+  unsigned char stream[RX_STREAM_SIZE];
   size_t ends[4];
   int sv[2], fds[1], before = pfd_test_count_fds();
   pfd_rx_frame_t *out = calloc(1, sizeof(*out));
@@ -314,7 +406,7 @@ TEST_IMPL(rx_grows_for_a_large_frame_and_gives_the_room_back) {
 }
 
 TEST_IMPL(rx_batch_tells_plain_frames_and_stops_at_descriptors) {
-  unsigned char stream[4 * PFD_FRAME_HEADER_SIZE + 14];
+  unsigned char stream[RX_STREAM_SIZE];
   size_t ends[4], total = rx_stream(stream, ends);
   unsigned long long info[3 * 4];
   int sv[2], fds[2], before = pfd_test_count_fds();
@@ -329,7 +421,7 @@ TEST_IMPL(rx_batch_tells_plain_frames_and_stops_at_descriptors) {
   CHECK_EQ(pfd_fd_send(sv[0], stream + ends[0], total - ends[0], NULL, 0, fds, 2, 0),
            (long)(total - ends[0]));
   CHECK(pfd_rx_next(rx, sv[1], 1000, out) > 0); /* the frame with descriptors */
-  CHECK_EQ(out->meta >> 24, 2);
+  CHECK_EQ(out->meta, rx_described_meta);
   CHECK_EQ(pfd_fd_close(out->fds[0]), 0);
   CHECK_EQ(pfd_fd_close(out->fds[1]), 0);
   CHECK_EQ(pfd_rx_batch(rx, info, 1), 1); /* no more than asked */

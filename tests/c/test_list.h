@@ -35,6 +35,7 @@
   X(rx_refuses_descriptors_in_the_middle_of_a_frame) \
   X(rx_grows_for_a_large_frame_and_gives_the_room_back) \
   X(rx_batch_tells_plain_frames_and_stops_at_descriptors) \
+  X(rx_parses_handle_descriptions_and_refuses_bad_ones) \
   X(ring_layout_checks)             \
   X(ring_wraps_at_every_small_size) \
   X(ring_full_and_empty_edges)      \
