@@ -278,14 +278,14 @@ static int pfd__plan_stdio(pfd__plan_t *plan, pfd_spawn_result_t *result) {
         }
         break;
       case PFD_STDIO_INHERIT_SAME:
-        slot->fd = i;
-        if (fcntl(i, F_GETFD) < 0) {
-          plan->child_fd[i] = PFD__CLOSED;
+      case PFD_STDIO_INHERIT: {
+        int flags;
+        if (slot->kind == PFD_STDIO_INHERIT_SAME) slot->fd = i;
+        flags = slot->fd < 0 ? -1 : fcntl(slot->fd, F_GETFD);
+        if (flags < 0 && slot->kind == PFD_STDIO_INHERIT_SAME) {
+          plan->child_fd[i] = PFD__CLOSED; /* (this process's own is closed: so is the child's) */
           break;
         }
-        /* fall through - an open one is inherited like any other descriptor */
-      case PFD_STDIO_INHERIT: {
-        int flags = slot->fd < 0 ? -1 : fcntl(slot->fd, F_GETFD);
         if (flags < 0) {
           result->step = PFD_STEP_STDIO;
           result->slot = i;
