@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "../common/handoff.h"
+#include "internal.h"
 
 struct pfd_dispatch_s {
   pfd_dispatch_t *next_live; /* the registry of dispatchers, for fork (below) */
@@ -34,38 +35,6 @@ struct pfd_dispatch_s {
   int wake[2];
   pfd__table_t t;
 };
-
-/* accept4 / pipe2 where the system has them (Linux); accept / pipe + fcntl elsewhere (no
- * other thread of ours execs a child in between that would matter: spawn.c closes every
- * descriptor a child is not given). */
-static int pfd__accept(int listen_fd) {
-#ifdef __linux__
-  return accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
-#else
-  int fd = accept(listen_fd, NULL, NULL);
-  if (fd >= 0) (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
-  return fd;
-#endif
-}
-
-static int pfd__pipe(int fds[2]) {
-#ifdef __linux__
-  return pipe2(fds, O_CLOEXEC | O_NONBLOCK);
-#else
-  int i;
-  if (pipe(fds) < 0) return -1;
-  for (i = 0; i < 2; i++) {
-    if (fcntl(fds[i], F_SETFD, FD_CLOEXEC) < 0 || fcntl(fds[i], F_SETFL, O_NONBLOCK) < 0) {
-      int err = errno;
-      (void)close(fds[0]);
-      (void)close(fds[1]);
-      errno = err;
-      return -1;
-    }
-  }
-  return 0;
-#endif
-}
 
 /* ---- fork ----------------------------------------------------------------------------
  * A process forked while dispatchers run (a new worker) must not keep their descriptors:
@@ -143,12 +112,12 @@ static void pfd__read_acks(pfd_dispatch_t *d, pfd__worker_t *w) {
 static void pfd__accept_batch(pfd_dispatch_t *d) {
   int i;
   for (i = 0; i < PFD__ACCEPT_BATCH && d->t.qlen < PFD__QUEUE_MAX; i++) {
-    int fd = pfd__accept(d->listen_fd);
+    int fd = pfd__cloexec_accept(d->listen_fd);
     if (fd < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+      if (fd == -EINTR || fd == -ECONNABORTED) continue;
+      if (fd == -EAGAIN || fd == -EWOULDBLOCK) return;
       d->t.accept_errors++;
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      if (fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS || fd == -ENOMEM) {
         d->t.accept_paused = 1; /* until an acknowledgement frees a descriptor */
       }
       return;
@@ -237,18 +206,15 @@ static void *pfd__run(void *arg) {
 
 int pfd_dispatch_new(pfd_dispatch_t **out, int listen_fd, unsigned max_inflight) {
   pfd_dispatch_t *d;
-  int flags, r;
+  int r;
   *out = NULL;
   if (listen_fd < 0) return -EINVAL;
-  flags = fcntl(listen_fd, F_GETFL);
-  if (flags < 0) return -errno;
-  if (fcntl(listen_fd, F_SETFL, flags | O_NONBLOCK) < 0) return -errno;
+  if ((r = pfd__set_nonblocking(listen_fd, 1)) < 0) return r;
   d = calloc(1, sizeof(*d));
   if (d == NULL) return -ENOMEM;
   d->listen_fd = listen_fd;
   d->t.max_inflight = max_inflight ? max_inflight : PFD_DISPATCH_DEFAULT_INFLIGHT;
-  if (pfd__pipe(d->wake) < 0) {
-    r = -errno;
+  if ((r = pfd__cloexec_pipe(d->wake, 1)) < 0) {
     free(d);
     return r;
   }

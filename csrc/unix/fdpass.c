@@ -31,6 +31,7 @@
 #endif
 
 #include "pyforkd.h"
+#include "internal.h"
 
 #ifdef MSG_NOSIGNAL
 #define PFD__SEND_FLAGS MSG_NOSIGNAL
@@ -142,7 +143,7 @@ long pfd_fd_recv(int sock, void *buf, size_t size, int *fds, int max_fds, int *n
       int fd;
       memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
 #ifndef MSG_CMSG_CLOEXEC
-      (void)fcntl(fd, F_SETFD, FD_CLOEXEC); /* no MSG_CMSG_CLOEXEC: right after receipt */
+      (void)pfd__set_cloexec(fd); /* no MSG_CMSG_CLOEXEC: right after receipt */
 #endif
       if (count < max_fds) {
         fds[count++] = fd;
@@ -238,20 +239,4 @@ int pfd_fd_release(int fd) {
   return 0;
 }
 
-int pfd_fd_pair(int out[2]) {
-#ifdef SOCK_CLOEXEC
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, out) < 0) return -errno;
-#else
-  int i;
-  if (socketpair(AF_UNIX, SOCK_STREAM, 0, out) < 0) return -errno;
-  for (i = 0; i < 2; i++) {
-    if (fcntl(out[i], F_SETFD, FD_CLOEXEC) < 0) {
-      int err = -errno;
-      close(out[0]);
-      close(out[1]);
-      return err;
-    }
-  }
-#endif
-  return 0;
-}
+int pfd_fd_pair(int out[2]) { return pfd__cloexec_socketpair(out); }

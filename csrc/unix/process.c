@@ -44,6 +44,7 @@
 #include "pyforkd.h"
 #include "../common/atomic.h"
 #include "../common/collect.h"
+#include "internal.h"
 
 
 /* Milliseconds left until `deadline` (CLOCK_MONOTONIC), or -1 for no deadline. */
@@ -246,16 +247,8 @@ void pfd_process_spare_on_hangup(const void *word) {
 
 /* ---- collecting output -------------------------------------------------------------- */
 
-static int pfd__set_nonblocking(int fd) {
-  int flags = fcntl(fd, F_GETFL);
-  if (flags < 0) return -errno;
-  if (flags & O_NONBLOCK) return 0;
-  if (fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return -errno;
-  return 0;
-}
-
 static void pfd__close_slot(int *fd) {
-  if (*fd >= 0) (void)close(*fd);
+  pfd__close_quietly(*fd);
   *fd = -1;
 }
 
@@ -305,9 +298,9 @@ int pfd_collect_run(pfd_collect_t *c, int timeout_ms) {
   struct timespec deadline;
   int i, err;
   if (timeout_ms >= 0) pfd__deadline_set(&deadline, timeout_ms);
-  if (c->in_fd >= 0 && (err = pfd__set_nonblocking(c->in_fd)) < 0) return err;
+  if (c->in_fd >= 0 && (err = pfd__set_nonblocking(c->in_fd, 1)) < 0) return err;
   for (i = 0; i < 2; i++) {
-    if (c->out_fd[i] >= 0 && (err = pfd__set_nonblocking(c->out_fd[i])) < 0) return err;
+    if (c->out_fd[i] >= 0 && (err = pfd__set_nonblocking(c->out_fd[i], 1)) < 0) return err;
   }
   if (c->overflow) return -ENOBUFS;
   for (;;) {

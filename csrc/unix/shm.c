@@ -26,10 +26,12 @@
 #include <time.h>
 #endif
 
+#include "internal.h"
 #include "pyforkd.h"
 
+/* Closes `fd` after a failed step: the step's -errno. */
 static int pfd__close_keep_errno(int fd, int err) {
-  (void)close(fd);
+  pfd__close_quietly(fd);
   return -err;
 }
 
@@ -48,7 +50,7 @@ int pfd_shm_create(const char *name, size_t size) {
 #else
 int pfd_shm_create(const char *name, size_t size) {
   char path[64];
-  int fd = -1, attempt;
+  int fd = -1, attempt, r;
   (void)name;
   if (size == 0 || (off_t)size < 0) return -EINVAL;
   for (attempt = 0; attempt < 100 && fd < 0; attempt++) {
@@ -59,7 +61,7 @@ int pfd_shm_create(const char *name, size_t size) {
   }
   if (fd < 0) return -EEXIST;
   (void)shm_unlink(path); /* from here on only the descriptor names it */
-  if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) return pfd__close_keep_errno(fd, errno);
+  if ((r = pfd__set_cloexec(fd)) < 0) return pfd__close_keep_errno(fd, -r);
   if (ftruncate(fd, (off_t)size) != 0) return pfd__close_keep_errno(fd, errno);
   return fd;
 }

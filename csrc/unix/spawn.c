@@ -49,6 +49,7 @@
 #endif
 
 #include "../common/atomic.h"
+#include "internal.h"
 #include "pyforkd.h"
 
 extern char **environ;
@@ -100,59 +101,6 @@ typedef struct pfd__plan_s {
   volatile pfd__child_error_t shared;
   char path_buf[PFD__PATH_MAX];
 } pfd__plan_t;
-
-static void pfd__close_quietly(int fd) {
-  int saved = errno;
-  /* close(2) must not be retried on EINTR: on Linux the descriptor is already gone. */
-  if (fd >= 0) (void)close(fd);
-  errno = saved;
-}
-
-#if !defined(__linux__) && !defined(__FreeBSD__) && !defined(__NetBSD__) && \
-    !defined(__OpenBSD__)
-#define PFD__NO_PIPE2 1
-static int pfd__set_cloexec(int fd) {
-  int flags = fcntl(fd, F_GETFD);
-  if (flags < 0) return -errno;
-  if (flags & FD_CLOEXEC) return 0;
-  if (fcntl(fd, F_SETFD, flags | FD_CLOEXEC) < 0) return -errno;
-  return 0;
-}
-#endif
-
-#ifdef PFD__NO_PIPE2
-/* Without pipe2/SOCK_CLOEXEC another thread's fork may see the pair before close-on-exec
- * is set.  Such a child execs or exits soon, and the descriptors are ours to close anyway. */
-static int pfd__cloexec_pair(int fds[2]) {
-  int err;
-  if ((err = pfd__set_cloexec(fds[0])) < 0 || (err = pfd__set_cloexec(fds[1])) < 0) {
-    pfd__close_quietly(fds[0]);
-    pfd__close_quietly(fds[1]);
-    return err;
-  }
-  return 0;
-}
-#endif
-
-static int pfd__make_pipe(int fds[2]) {
-#ifndef PFD__NO_PIPE2
-  if (pipe2(fds, O_CLOEXEC) < 0) return -errno;
-  return 0;
-#else
-  if (pipe(fds) < 0) return -errno;
-  return pfd__cloexec_pair(fds);
-#endif
-}
-
-static int pfd__make_socketpair(int fds[2]) {
-#ifndef PFD__NO_PIPE2
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) < 0) return -errno;
-  return 0;
-#else
-  if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) < 0) return -errno;
-  return pfd__cloexec_pair(fds);
-#endif
-}
 
 /* ---- finding the program -------------------------------------------------------------- */
 
@@ -263,7 +211,7 @@ static int pfd__plan_stdio(pfd__plan_t *plan, pfd_spawn_result_t *result) {
         }
         /* Slots 0-2 get one-way pipes, as every shell gives; higher slots have no fixed
          * direction, so they get a socketpair, which is what Node/libuv give every slot. */
-        err = i <= 2 ? pfd__make_pipe(fds) : pfd__make_socketpair(fds);
+        err = i <= 2 ? pfd__cloexec_pipe(fds, 0) : pfd__cloexec_socketpair(fds);
         if (err < 0) {
           result->step = PFD_STEP_PIPE;
           result->slot = i;
@@ -695,7 +643,7 @@ static int pfd__spawn_fork_path(pfd__plan_t *plan, pid_t *pid_out,
   plan->started = 0;
   plan->shared.step = PFD_STEP_NONE;
   if (shares != 1) {
-    if ((err = pfd__make_pipe(errpipe)) < 0) {
+    if ((err = pfd__cloexec_pipe(errpipe, 0)) < 0) {
       result->step = PFD_STEP_PIPE;
       return err;
     }

@@ -133,7 +133,7 @@ static const unsigned long long rx_described_meta =
                                             PFD_RX_FLAG_ALL_FD) << 8 | 2ULL << 24;
 
 static size_t rx_stream(unsigned char *out, size_t ends[4]) {
-  static const char *payloads[4] = {"abc", "\x03\x00\x00\x00\x01" "dd", "0123456789", "z"};
+  static const char *payloads[4] = {"abc", "\003\000\000\000\001dd", "0123456789", "z"};
   static const size_t lengths[4] = {3, 7, 10, 1};
   pfd_frame_t f = {PFD_FRAME_RAW, 0, 0, 0};
   size_t at = 0, i;
@@ -296,18 +296,18 @@ TEST_IMPL(rx_parses_handle_descriptions_and_refuses_bad_ones) {
       {"", 0, 0, 1, PFD_RX_DESC_NONE, 0},
       {"\x02\x00\x00", 3, 1, 1, PFD_RX_DESC_SHORT, 0},
       {"\x00\x00\x00\x00", 4, 1, 1, PFD_RX_DESC_SHORT, 0},
-      {"\x09\x00\x00\x00\x00" "d", 6, 1, 1, PFD_RX_DESC_SHORT, 0},
-      {"\x02\x00\x00\x00\x02" "d", 6, 1, 1, PFD_RX_DESC_FLAGS, 2},
-      {"\x02\x00\x00\x00\x00" "q", 6, 1, 1, PFD_RX_DESC_KIND, 'q'},
-      {"\x04\x00\x00\x00\x00" "f\x01r", 8, 1, 1, PFD_RX_DESC_FILE, 0},
-      {"\x04\x00\x00\x00\x00" "f\x05r", 8, 1, 1, PFD_RX_DESC_FILE, 0},
-      {"\x05\x00\x00\x00\x00" "f\x01\xff\x00", 9, 1, 1, PFD_RX_DESC_FILE, 0},
-      {"\x02\x00\x00\x00\x01" "d", 6, 1, 2, PFD_RX_DESC_FEWER, 0},
-      {"\x03\x00\x00\x00\x01" "dd", 7, 1, 1, PFD_RX_DESC_MORE, 0},
-      {"\x03\x00\x00\x00\x00" "ds", 7, 1, 2, PFD_RX_DESC_LIST, 0},
+      {"\011\000\000\000\000d", 6, 1, 1, PFD_RX_DESC_SHORT, 0},
+      {"\002\000\000\000\002d", 6, 1, 1, PFD_RX_DESC_FLAGS, 2},
+      {"\002\000\000\000\000q", 6, 1, 1, PFD_RX_DESC_KIND, 'q'},
+      {"\004\000\000\000\000f\001r", 8, 1, 1, PFD_RX_DESC_FILE, 0},
+      {"\004\000\000\000\000f\005r", 8, 1, 1, PFD_RX_DESC_FILE, 0},
+      {"\005\000\000\000\000f\001\377\000", 9, 1, 1, PFD_RX_DESC_FILE, 0},
+      {"\002\000\000\000\001d", 6, 1, 2, PFD_RX_DESC_FEWER, 0},
+      {"\003\000\000\000\001dd", 7, 1, 1, PFD_RX_DESC_MORE, 0},
+      {"\003\000\000\000\000ds", 7, 1, 2, PFD_RX_DESC_LIST, 0},
       {"\x01\x00\x00\x00\x00", 5, 1, 0, PFD_RX_DESC_LIST, 0},
   };
-  static const char good[] = "\x0e\x00\x00\x00\x01" "sf\x02r+\x05utf-8gdmsg";
+  static const char good[] = "\016\000\000\000\001sf\002r+\005utf-8gdmsg";
   pfd_rx_frame_t *out = calloc(1, sizeof(*out));
   unsigned char copy[PFD_FRAME_HEADER_SIZE + 64];
   int before = pfd_test_count_fds();
