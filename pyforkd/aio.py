@@ -32,18 +32,29 @@ from typing import Any, TypeVar
 from . import _bindings as _b
 from . import child_process as _cp
 from . import worker as _worker
+from ._checks import check_timeout
 from ._checks import deadline as _deadline
-from ._wire import close_sent, handle_list
-from .channel import Channel
-from .child_process import (
+from ._options import (
     DEFAULT_MAX_BUFFER,
     KILL_GRACE,
-    ChildProcess,
+    SIGKILL,
     CompletedProcess,
     SignalLike,
     Stdio,
     StrOrBytesPath,
+    async_pipes,
+    check_args,
+    check_input,
+    check_max_buffer,
+    check_target,
+    cmd_text,
+    completed,
+    raise_for,
+    signal_number,
 )
+from ._wire import close_sent, handle_list
+from .channel import Channel
+from .child_process import ChildProcess
 from .errors import ChannelClosedError, SpawnError
 
 if sys.platform == "win32":
@@ -525,11 +536,11 @@ def spawn(
     """
 
     async def start() -> Process:
-        token = _cp._async_pipes.set(True)
+        token = async_pipes.set(True)
         try:
             child = _cp.spawn(command, args, stdio=stdio, **options)
         finally:
-            _cp._async_pipes.reset(token)
+            async_pipes.reset(token)
         return await _wrap(child, limit)
 
     return _Spawning(start)
@@ -541,7 +552,7 @@ async def _wrap(child: ChildProcess, limit: int) -> Process:
     try:
         await proc._connect(child._take_fds(), limit)
     except BaseException:
-        child.kill(_cp.SIGKILL)
+        child.kill(SIGKILL)
         await proc.wait()
         proc._close_transports()
         child.close()
@@ -561,7 +572,7 @@ async def _finish(proc: Process, kill_signal: int) -> None:
             RuntimeWarning,
             stacklevel=3,
         )
-        proc.kill(_cp.SIGKILL)
+        proc.kill(SIGKILL)
         await proc.wait()
 
 
@@ -590,12 +601,12 @@ async def exec_file(
     Same result and errors: :class:`ExecError` for a non-zero exit, a signal or a timeout,
     :class:`MaxBufferError` when a stream goes over ``max_buffer``.
     """
-    arglist = _cp._check_args(args)
-    cmd = _cp._cmd_text([file, *arglist])
-    timeout = _cp._check_timeout(timeout)
-    limit = _cp._check_max_buffer(max_buffer)
-    kill_sig = _cp.signal_number(kill_signal, "kill_signal")
-    data = _cp._check_input(input, encoding)
+    arglist = check_args(args)
+    cmd = cmd_text([file, *arglist])
+    timeout = check_timeout(timeout)
+    limit = check_max_buffer(max_buffer)
+    kill_sig = signal_number(kill_signal, "kill_signal")
+    data = check_input(input, encoding)
     stdin = "pipe" if data is not None else "ignore"
     try:
         proc = await spawn(
@@ -641,8 +652,8 @@ async def exec_file(
         proc._close_transports()
     out, errout = b"".join(chunks[0]), b"".join(chunks[1])
     assert proc.returncode is not None  # _finish or the wait above reaped it
-    result = _cp._completed(proc.args, proc, out, errout, state, overflow, limit, encoding, errors)
-    _cp._raise_for(result, state, overflow, max_buffer, timeout, cmd)
+    result = completed(proc.args, proc, out, errout, state, overflow, limit, encoding, errors)
+    raise_for(result, state, overflow, max_buffer, timeout, cmd)
     return result
 
 
@@ -670,11 +681,11 @@ async def fork(
     ``await p.send(msg)``, ``await p.recv()``, ``async for msg in p``; with ``silent=True``
     the child's stdout and stderr are ``asyncio.StreamReader`` objects.
     """
-    token = _cp._async_pipes.set(True)
+    token = async_pipes.set(True)
     try:
         child = _cp.fork(module_path, args, **options)
     finally:
-        _cp._async_pipes.reset(token)
+        async_pipes.reset(token)
     return await _wrap(child, limit)
 
 
@@ -728,6 +739,6 @@ async def fork_worker(
     if start in (None, "fork"):
         w = _worker.fork_worker(target, *args, **options, **kwargs)
     else:
-        _worker._check_target(target)
+        check_target(target)
         w = await asyncio.to_thread(_worker.fork_worker, target, *args, **options, **kwargs)
     return Worker(w, loop)

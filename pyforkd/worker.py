@@ -37,6 +37,7 @@ from typing import Any
 
 from . import _bindings as _b
 from . import child_process as _cp
+from ._options import check_target
 from .channel import Channel, Fd
 from .errors import ChannelClosedError, TimeoutExpired, WorkerError
 from .ring import Ring, check_capacity
@@ -284,11 +285,6 @@ def _leave(channel: Channel) -> None:
     channel.close()
 
 
-def _check_target(target: Any) -> None:
-    if not callable(target):
-        raise TypeError(f"fork_worker needs a callable target, not {type(target).__name__}")
-
-
 def fork_worker(
     target: Callable[..., Any],
     /,
@@ -328,7 +324,7 @@ def fork_worker(
     ``exec_argv``: options for the new interpreter (``["-X", "dev"]``), with
     ``start="spawn"`` only (a fork runs in this interpreter, with its options).
     """
-    _check_target(target)
+    check_target(target)
     if _importing_main.is_set():
         raise RuntimeError(
             "fork_worker() was called while a worker was importing this program's __main__ "
@@ -834,7 +830,7 @@ class Zygote(_ForkServerClient):
                 "a Zygote is a fork, and Windows has no fork: start workers with "
                 "fork_worker(start='spawn')"
             )
-        _check_target(target)
+        check_target(target)
         super().__init__()
         self._target = target
         self._args = args

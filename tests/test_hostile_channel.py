@@ -2,7 +2,7 @@
 
 Nothing here uses pyforkd's encoder to make what the channel receives: frames are packed
 with ``struct`` from the layout in csrc/common/frame.c, descriptors go with
-``socket.send_fds``.  Every test asserts what the README promises: a ``FrameError`` (or a
+``socket.send_fds``.  Every test asserts what docs/trust.md promises: a ``FrameError`` (or a
 refusal), the channel closed afterwards, and descriptors and memory back where they were.
 """
 

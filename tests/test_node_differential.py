@@ -5,7 +5,8 @@ Each scenario is a pair: a Node snippet that ends with ``done(value)``, and a Py
 function giving the same value from pyforkd.  Values are normalized the same way on both
 sides (``norm`` below and ``NORM`` in JavaScript): bytes and Buffers become
 ``{"bytes": hex}``, a missing field is ``"<absent>"``.  Where pyforkd follows Python on
-purpose, the test asserts the difference instead (and README's "Differences" names it).
+purpose, the test asserts the difference instead (docs/child-processes.md, "Differences",
+names it).
 """
 
 from __future__ import annotations

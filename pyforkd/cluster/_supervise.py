@@ -793,8 +793,8 @@ class Cluster:
 
     def _reap_strays(self) -> None:
         """As PID 1: wait for orphans the kernel gave us (not our own children)."""
-        if sys.platform == "win32":
-            return  # (no PID 1 there)
+        if not sys.platform.startswith("linux"):
+            return  # (a PID 1 of ours is a Linux container's; macOS's os has no waitid)
         ours = {w.process.pid for w in self.workers.values()} | _live_pids()
         while True:
             try:

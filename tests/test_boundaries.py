@@ -1,0 +1,150 @@
+"""The package's module boundaries, read from its source (DESIGN.md, "one module per concept").
+
+- No module reads another module's underscore names: neither ``from .x import _name``, nor
+  ``x._name`` on an imported pyforkd module, nor ``obj._name`` where no class or function
+  of the reading module defines ``_name``.
+- Only ``_bindings`` touches cffi's ``ffi``/``lib`` (``_build`` describes the library).
+
+What still crosses a boundary is listed in KNOWN, each with the module it reads; the test
+fails on a new crossing and on a listed one that is gone (so the list only shrinks).
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "pyforkd"
+
+# (module, name): the crossings left, to be taken out one by one.  Each name is read from
+# the module in the comment.
+KNOWN = {
+    # ring.py's Ring, read by the ring link and the handle decoders
+    *[("_ringlink.py", n) for n in ("_close_unused", "_held", "_let_go", "_next_record",
+                                    "_release_done", "_side", "_wait", "_whole")],
+    ("_wire.py", "_from_fd"),
+    ("channel.py", "_from_fd"),
+    ("channel.py", "_peer"),
+    # channel.py's Channel, driven from aio, child_process, worker and pool
+    *[("aio.py", n) for n in ("_check_open", "_check_size", "_encode", "_link", "_node",
+                              "_prepare", "_ring_link", "_write_steps")],
+    ("child_process.py", "_forget"),
+    ("child_process.py", "_offer_rings"),
+    *[("worker.py", n) for n in ("_expect_rings", "_offer_rings", "_use_rings")],
+    ("pool.py", "_ring_link"),
+    # child_process.py's ChildProcess and launch machinery
+    *[("aio.py", n) for n in ("_acquire_exit_handle", "_died", "_release_exit_handle",
+                              "_take_fds", "_timed_out")],
+    *[("worker.py", n) for n in ("_Command", "_IpcPlan", "_launch", "_release_in_fork_child")],
+    ("cluster/_supervise.py", "_live_pids"),
+    # worker.py's Worker, and the cluster's Cluster from its control server
+    ("aio.py", "_unpack"),
+    ("worker.py", "_channel"),
+    ("pool.py", "_channel"),
+    ("cluster/control.py", "_request"),
+}  # fmt: skip
+
+
+def _modules(root: pathlib.Path = PACKAGE) -> list[pathlib.Path]:
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _defined_here(tree: ast.Module) -> set[str]:
+    """Every underscore name the module defines: functions, classes, attributes, globals."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)  # (__slots__ entries)
+    return {n for n in names if _private(n)}
+
+
+def _package_modules(tree: ast.Module) -> set[str]:
+    """The local names bound to pyforkd modules (``from . import x as _x``)."""
+    bound = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module in (None, ""):
+            bound.update(a.asname or a.name for a in node.names)
+    return bound
+
+
+def crossings(root: pathlib.Path = PACKAGE) -> set[tuple[str, str]]:
+    found = set()
+    for path in _modules(root):
+        module = str(path.relative_to(root))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        own = _defined_here(tree)
+        mods = _package_modules(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                for alias in node.names:
+                    # (a private module is the package's own: importing it is fine)
+                    base = path.parent
+                    for _ in range(node.level - 1):
+                        base = base.parent
+                    where = base / (node.module or "").replace(".", "/")
+                    is_module = (where / f"{alias.name}.py").exists()
+                    if _private(alias.name) and not is_module:
+                        found.add((module, alias.name))
+            elif isinstance(node, ast.Attribute) and _private(node.attr):
+                base = node.value
+                if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+                    continue
+                if (isinstance(base, ast.Name) and base.id in mods) or node.attr not in own:
+                    found.add((module, node.attr))
+    return {(m, n) for m, n in found if not _stdlib_private(n)}
+
+
+def _stdlib_private(name: str) -> bool:
+    # The standard library's own, used knowingly: os._exit, argparse's action classes,
+    # atexit's hooks and multiprocessing.util's fork hooks in a worker, namedtuple's
+    # _fields, socket's _accept.  Not a pyforkd boundary.
+    return name in {"_exit", "_AppendAction", "_StoreTrueAction", "_actions", "_clear",
+                    "_run_exitfuncs", "_fields", "_accept", "_finalizer_registry",
+                    "_run_after_forkers"}  # fmt: skip
+
+
+def test_no_module_reads_another_modules_private_names():
+    found = crossings()
+    new = sorted(found - KNOWN)
+    gone = sorted(KNOWN - found)
+    assert not new, f"new reads of another module's private names: {new}"
+    assert not gone, f"listed in KNOWN but no longer there (take them out): {gone}"
+
+
+def test_only_bindings_touches_cffi():
+    for path in _modules():
+        if path.name in ("_bindings.py", "_build.py"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                names = {a.name for a in node.names}
+                assert "_core" not in (node.module or "") and "_core" not in names, path
+                assert not {"ffi", "lib"} & names, f"{path.name} imports ffi/lib"
+            if isinstance(node, ast.Import):
+                assert not any("cffi" in a.name or "_core" in a.name for a in node.names), path
+
+
+def test_the_check_sees_each_kind_of_crossing(tmp_path):
+    (tmp_path / "a.py").write_text("_hidden = 1\nclass A:\n    def _own(self): pass\n")
+    (tmp_path / "_priv.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text(
+        "from . import a as _a\nfrom . import _priv\nfrom .a import _hidden\n"
+        "def f(obj):\n    obj._own()\n    return _a._hidden, _priv.x\n"
+        "class B:\n    def _mine(self, other):\n        return other._mine\n"
+    )
+    assert crossings(tmp_path) == {("b.py", "_hidden"), ("b.py", "_own")}
