@@ -53,7 +53,7 @@ from ._options import (
     signal_number,
 )
 from ._wire import close_sent, handle_list
-from .channel import Channel
+from .channel import Channel, SocketPort
 from .child_process import ChildProcess
 from .errors import ChannelClosedError, SpawnError
 
@@ -122,6 +122,7 @@ class AsyncChannel:
         if not isinstance(channel, Channel):
             raise TypeError(f"AsyncChannel wraps a pyforkd.Channel, not {type(channel).__name__}")
         self.channel = channel
+        self._port = SocketPort(channel)  # (the channel's socket side, for sends and waits)
         self._send_lock = asyncio.Lock()
         self._recv_lock = asyncio.Lock()
 
@@ -166,13 +167,14 @@ class AsyncChannel:
             async with self._send_lock:
                 await asyncio.to_thread(ch.send, obj, handle, keep_open=keep_open, timeout=timeout)
             return
-        if ch._link is not None:
+        port = self._port
+        if port.over_rings:
             # A channel over rings waits on shared memory, which the loop cannot watch: a
             # thread sends (a send, once begun, completes even if this task is cancelled).
             async with self._send_lock:
                 await asyncio.to_thread(ch.send, obj, handle, keep_open=keep_open, timeout=timeout)
             return
-        node = ch._node
+        node = port.node
         if node is not None and (handle is not None or node.pending is not None):
             # Node's handle protocol waits for an ACK that another read may bring: a thread.
             await asyncio.to_thread(ch.send, obj, handle, keep_open=keep_open, timeout=timeout)
@@ -180,22 +182,22 @@ class AsyncChannel:
         handles = handle_list(handle)
         fds: list[int] = []
         if ch.framing == "node":
-            head, body = b"", ch._encode(obj)[1] + b"\n"
-            ch._check_size(len(body) - 1)
+            head, body = b"", port.encode(obj)[1] + b"\n"
+            port.check_size(len(body) - 1)
         else:
-            head, body, fds = ch._prepare(obj, handle, handles)
+            head, body, fds = port.prepare(obj, handle, handles)
         async with self._send_lock:
             # The thread lock too, held across waits, so that frames never interleave with
             # a thread's sends; taken without blocking the loop.
-            while not ch._send_lock.acquire(blocking=False):
+            while not port.send_lock.acquire(blocking=False):
                 await asyncio.sleep(0.001)
             try:
-                ch._check_open()
-                for sent_any in ch._write_steps(head, body, fds, False):
+                port.check_open()
+                for sent_any in port.write_steps(head, body, fds):
                     if not await self._ready(True, deadline):
-                        ch._timed_out(sent_any)
+                        port.timed_out(sent_any)
             finally:
-                ch._send_lock.release()
+                port.send_lock.release()
         if not keep_open:
             close_sent(handles)
 
@@ -235,7 +237,7 @@ class AsyncChannel:
                     return attempt()  # a message already here, or one non-blocking read
                 except TimeoutError:
                     pass  # nothing whole yet: wait until the socket has more
-                if self.channel._link is not None:
+                if self._port.over_rings:
                     ready = await self._ring_ready(deadline)
                 else:
                     ready = await self._ready(False, deadline)
@@ -244,7 +246,7 @@ class AsyncChannel:
 
     async def _ring_ready(self, deadline: float | None) -> bool:
         """Wait until a channel over rings has something to read (in a thread)."""
-        return await _in_slices(self.channel._ring_link(deadline).wait_readable, deadline)
+        return await _in_slices(self._port.ring_link(deadline).wait_readable, deadline)
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._iterate()

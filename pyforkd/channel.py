@@ -966,11 +966,12 @@ class Channel:
 
 
 class SocketPort:
-    """A channel's socket side, as its ring link and its Node protocol use it.
+    """A channel's socket side, as the modules that drive it use it.
 
-    (``_ringlink.Link`` and ``_node.NodeSide``.)  They write on the socket through this
-    and take from it what came.  It holds the channel weakly: the channel owns them, and a
-    cycle would leave the channel's socket to the garbage collector.
+    (``_ringlink.Link``, ``_node.NodeSide`` and ``aio.AsyncChannel``.)  They write on the
+    socket through this and take from it what came.  It holds the channel weakly: the
+    channel owns the first two, and a cycle would leave the channel's socket to the
+    garbage collector.
     """
 
     __slots__ = ("_channel", "fd", "max_message_size", "recv_lock", "send_lock", "serialization")
@@ -1026,6 +1027,37 @@ class SocketPort:
     def write(self, head: Any, body: Any, fds: list[int], deadline: float | None) -> None:
         """Write head + body on the socket, descriptors on the first byte (send lock held)."""
         self._alive()._write(head, body, fds, deadline)
+
+    def prepare(self, obj: Any, handle: Any, handles: list[Any]) -> tuple[bytes, bytes, list[int]]:
+        """One whole pyforkd frame for ``obj``: header, payload, descriptors (nothing sent)."""
+        return self._alive()._prepare(obj, handle, handles)
+
+    def write_steps(self, head: Any, body: Any, fds: list[int]) -> Iterator[bool]:
+        """Write without blocking; each item says the socket is full (whether any went).
+
+        The caller waits for the socket to take more, then goes on (send lock held).
+        """
+        return self._alive()._write_steps(head, body, fds, False)
+
+    def timed_out(self, sent_any: bool) -> NoReturn:
+        """Raise a send's ``TimeoutError`` (half a message sent: the channel closes)."""
+        self._alive()._timed_out(sent_any)
+
+    @property
+    def over_rings(self) -> bool:
+        """Whether messages go through rings (or are about to: the set-up is awaited)."""
+        channel = self._channel()
+        return channel is not None and channel._link is not None
+
+    @property
+    def node(self) -> Any:
+        """Node's protocol side (``_node.NodeSide``) of a channel to Node, else None."""
+        channel = self._channel()
+        return None if channel is None else channel._node
+
+    def ring_link(self, deadline: float | None) -> Any:
+        """The ring link (waiting for the rings' set-up until ``deadline``)."""
+        return self._alive()._ring_link(deadline)
 
     @property
     def eof(self) -> bool:

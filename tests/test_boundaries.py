@@ -25,19 +25,17 @@ KNOWN = {
     ("_wire.py", "_from_fd"),
     ("channel.py", "_from_fd"),
     ("channel.py", "_peer"),
-    # channel.py's Channel, driven from aio, child_process, worker and pool
-    *[("aio.py", n) for n in ("_check_open", "_check_size", "_encode", "_link", "_node",
-                              "_prepare", "_ring_link", "_write_steps")],
+    # channel.py's Channel, driven from child_process, worker and pool
     ("child_process.py", "_forget"),
     ("child_process.py", "_offer_rings"),
     *[("worker.py", n) for n in ("_expect_rings", "_offer_rings", "_use_rings")],
     ("pool.py", "_ring_link"),
     # child_process.py's ChildProcess and launch machinery
-    *[("aio.py", n) for n in ("_acquire_exit_handle", "_died", "_release_exit_handle",
-                              "_take_fds", "_timed_out")],
+    *[("aio.py", n) for n in ("_acquire_exit_handle", "_release_exit_handle", "_take_fds")],
     *[("worker.py", n) for n in ("_Command", "_IpcPlan", "_launch", "_release_in_fork_child")],
     ("cluster/_supervise.py", "_live_pids"),
     # worker.py's Worker, and the cluster's Cluster from its control server
+    ("aio.py", "_died"),
     ("aio.py", "_unpack"),
     ("worker.py", "_channel"),
     ("pool.py", "_channel"),
