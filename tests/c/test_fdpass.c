@@ -256,15 +256,16 @@ static long long rx_describe(const char *desc, size_t size, unsigned int flags, 
                              pfd_rx_frame_t *out, unsigned char *copy) {
   unsigned char frame[PFD_FRAME_HEADER_SIZE + 64];
   pfd_frame_t f = {PFD_FRAME_RAW, 0, 0, 0};
-  int sv[2], fds[2];
+  int sv[2], fds[4], k;
   long long r;
+  if (nfds > 4) return -EINVAL;
   f.flags = flags;
   f.nfds = (unsigned int)nfds;
   f.length = size;
   pfd_frame_encode(&f, frame);
   memcpy(frame + PFD_FRAME_HEADER_SIZE, desc, size);
   if (pfd_fd_pair(sv) != 0) return -ENOMEM;
-  fds[0] = fds[1] = sv[0];
+  for (k = 0; k < 4; k++) fds[k] = sv[0];
   if (pfd_fd_send(sv[1], frame, PFD_FRAME_HEADER_SIZE + size, NULL, 0, fds, nfds, 0) !=
       (long)(PFD_FRAME_HEADER_SIZE + size)) {
     return -EIO;
