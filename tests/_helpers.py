@@ -1,4 +1,9 @@
-"""Helpers shared by the tests: descriptors, zombies, liveness (Linux /proc), loop ticks."""
+"""Helpers shared by the tests: descriptors, zombies, liveness, loop ticks.
+
+Each helper works on Linux and macOS (per-platform code lives here and nowhere else):
+Linux reads /proc, other systems ask psutil or /dev/fd.  The skip markers name what a
+test needs that a platform lacks.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,30 @@ import time
 import pytest
 
 PY = sys.executable
-linux_only = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="reads /proc, which only Linux has"
+LINUX = sys.platform.startswith("linux")
+
+
+def linux_only_because(why: str) -> pytest.MarkDecorator:
+    """Skip where Linux is not: ``why`` names the Linux-only thing the test needs."""
+    return pytest.mark.skipif(not LINUX, reason=f"Linux only: {why}")
+
+
+# (the most common reason, as a ready marker)
+linux_only = linux_only_because("reads another process's /proc entries")
+# The POSIX suite: Windows runs tests/windows until those fold in here (conftest.py).
+posix_only = pytest.mark.skipif(
+    sys.platform == "win32", reason="the Windows suite is tests/windows"
 )
 
 
 def open_fds() -> set[int]:
-    """The descriptors this process holds (Linux: /proc/self/fd).
+    """The descriptors this process holds (Linux: /proc/self/fd; elsewhere /dev/fd).
 
     The listing holds a descriptor of its own while it runs; it is closed again by the time
     the names are checked, so it drops out.
     """
     found = set()
-    for name in os.listdir("/proc/self/fd"):
+    for name in os.listdir("/proc/self/fd" if LINUX else "/dev/fd"):
         try:
             os.fstat(int(name))
         except OSError:
@@ -31,32 +47,60 @@ def open_fds() -> set[int]:
     return found
 
 
-def zombie_children() -> list[int]:
-    """Pids of this process's children that exited and were never reaped."""
-    me, found = os.getpid(), []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+def _state(pid: int) -> tuple[str, int] | None:
+    """(state letter, parent pid) of ``pid``, or None when it does not exist."""
+    if LINUX:
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
+            with open(f"/proc/{pid}/stat", "rb") as f:
                 stat = f.read()
         except OSError:
-            continue
+            return None
         # "pid (comm) state ppid ...": comm may hold spaces or parentheses.
         fields = stat[stat.rindex(b")") + 2 :].split()
-        if fields[0] == b"Z" and int(fields[1]) == me:
-            found.append(int(name))
+        return fields[0].decode(), int(fields[1])
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        zombie = p.status() == psutil.STATUS_ZOMBIE
+        return ("Z" if zombie else "R"), p.ppid()
+    except psutil.Error:
+        return None
+
+
+def children_of(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (zombies included)."""
+    if LINUX:
+        found = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                state = _state(int(name))
+                if state is not None and state[1] == pid:
+                    found.append(int(name))
+        return found
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
+
+
+def zombie_children() -> list[int]:
+    """Pids of this process's children that exited and were never reaped."""
+    me = os.getpid()
+    found = []
+    for pid in children_of(me):
+        state = _state(pid)
+        if state is not None and state[0] == "Z" and state[1] == me:
+            found.append(pid)
     return found
 
 
 def alive(pid: int) -> bool:
     """True while pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 :].split()[0] != b"Z"
+    state = _state(pid)
+    return state is not None and state[0] != "Z"
 
 
 def wait_gone(pid: int, within: float) -> bool:

@@ -6,12 +6,12 @@ import asyncio
 import signal
 
 import pytest
-from _helpers import PY, LoopTicks, linux_only
+from _helpers import PY, LoopTicks, posix_only
 
 import pyforkd
 from pyforkd import aio
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 
 def run(coro):

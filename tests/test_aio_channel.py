@@ -10,12 +10,12 @@ import textwrap
 import time
 
 import pytest
-from _helpers import LoopTicks, linux_only
+from _helpers import LoopTicks, posix_only
 
 import pyforkd
 from pyforkd import ChannelClosedError, WorkerError, aio
 
-pytestmark = linux_only
+pytestmark = posix_only
 NODE = shutil.which("node")
 
 

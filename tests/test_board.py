@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from _helpers import linux_only
+from _helpers import posix_only
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import pyforkd
 from pyforkd.cluster import _board
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 
 class Slots(RuleBasedStateMachine):

@@ -13,14 +13,14 @@ import sys
 import threading
 
 import pytest
-from _helpers import PY, linux_only, open_fds
+from _helpers import PY, open_fds, posix_only
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyforkd
 from pyforkd import Channel, ChannelClosedError, Fd, FrameError
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 HEADER = struct.Struct("<2sBBHHQ")  # magic, version, kind, flags, nfds, length
 

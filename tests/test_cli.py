@@ -10,11 +10,11 @@ import tempfile
 import time
 
 import pytest
-from _helpers import PY, alive, answering_pid, free_port, linux_only, reaped
+from _helpers import PY, alive, answering_pid, free_port, posix_only, reaped
 
 import pyforkd
 
-pytestmark = linux_only
+pytestmark = posix_only
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "hello_http.py")
 

@@ -14,11 +14,11 @@ import sys
 import time
 
 import pytest
-from _helpers import free_port, linux_only
+from _helpers import free_port, posix_only
 from test_wsgi import APPS, Client, get
 
 pytest.importorskip("httptools", reason="the WSGI server parses with httptools")
-pytestmark = linux_only
+pytestmark = posix_only
 
 
 def run(args, cwd=APPS, **kw):

@@ -7,16 +7,26 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import textwrap
 import threading
 import time
 
 import pytest
-from _helpers import PY, alive, answering_pid, free_port, http_get, linux_only, reaped
+from _helpers import (
+    PY,
+    alive,
+    answering_pid,
+    free_port,
+    http_get,
+    linux_only_because,
+    posix_only,
+    reaped,
+)
 
 import pyforkd
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 SCRIPT = textwrap.dedent(
@@ -126,6 +136,14 @@ def test_a_worker_failing_at_start_is_reported_and_not_restarted(tmp_path):
     assert done.returncode == 1
 
 
+def test_reuseport_is_refused_where_the_kernel_does_not_balance_it(monkeypatch):
+    from pyforkd.cluster import Cluster
+
+    monkeypatch.setattr(sys, "platform", "darwin")  # (read at the check: a Mac's answer)
+    with pytest.raises(ValueError, match=r"kernel balances .*use 'rr' or 'shared'"):
+        Cluster().setup_primary(policy="reuseport")
+
+
 def test_listen_is_for_workers_and_events_are_checked():
     from pyforkd import cluster
 
@@ -212,7 +230,15 @@ def test_workers_die_with_a_killed_primary(tmp_path):
         wait_until(lambda: not any(alive(pid) for pid in workers), "no orphan is left")
 
 
-@pytest.mark.parametrize("policy", ["shared", "reuseport"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "shared",
+        pytest.param(
+            "reuseport", marks=linux_only_because("policy 'reuseport' balances only on Linux")
+        ),
+    ],
+)
 def test_other_policies_serve_and_stop_gracefully(tmp_path, policy):
     primary, port = start_primary(tmp_path, POLICY=policy)
     with reaped(primary):

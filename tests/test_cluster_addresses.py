@@ -12,11 +12,11 @@ import sys
 import textwrap
 
 import pytest
-from _helpers import free_port, linux_only
+from _helpers import free_port, linux_only_because, posix_only
 
 from pyforkd.cluster import _address
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 APP = textwrap.dedent(
     """
@@ -118,7 +118,16 @@ def test_a_unix_socket_someone_serves_is_eaddrinuse(tmp_path):
 
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
-@pytest.mark.parametrize("policy", ["rr", "shared", "reuseport"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "rr",
+        "shared",
+        pytest.param(
+            "reuseport", marks=linux_only_because("policy 'reuseport' balances only on Linux")
+        ),
+    ],
+)
 @pytest.mark.parametrize("host", ["::1", "[::1]"])
 def test_ipv6_addresses(tmp_path, policy, host):
     port = free_port()
@@ -131,6 +140,7 @@ def test_ipv6_addresses(tmp_path, policy, host):
     finish(p)
 
 
+@linux_only_because("policy 'reuseport' balances only on Linux")
 def test_reuseport_needs_a_tcp_port(tmp_path):
     p, first = run(tmp_path, str(tmp_path / "x.sock"), "reuseport")
     assert first["errno"] == 22 and "needs a fixed TCP port" in first["text"]

@@ -10,9 +10,9 @@ import sys
 import textwrap
 
 import pytest
-from _helpers import linux_only
+from _helpers import posix_only
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 PRIMARY = textwrap.dedent(
     """

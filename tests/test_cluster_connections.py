@@ -13,9 +13,9 @@ import textwrap
 import time
 
 import pytest
-from _helpers import free_port, linux_only
+from _helpers import free_port, linux_only_because, posix_only
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 APP = textwrap.dedent(
     """
@@ -43,7 +43,16 @@ APP = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("policy", ["rr", "shared", "reuseport"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "rr",
+        "shared",
+        pytest.param(
+            "reuseport", marks=linux_only_because("policy 'reuseport' balances only on Linux")
+        ),
+    ],
+)
 def test_accepted_connections_are_tcp_sockets_with_nodelay(tmp_path, policy):
     script = tmp_path / "app.py"
     script.write_text(APP)

@@ -11,12 +11,12 @@ import threading
 import time
 
 import pytest
-from _helpers import http_get, linux_only
+from _helpers import http_get, posix_only
 
 import pyforkd
 from pyforkd import ChannelClosedError, cluster
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 
 def serve(accepting=True):

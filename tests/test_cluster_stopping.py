@@ -10,9 +10,9 @@ import sys
 import textwrap
 
 import pytest
-from _helpers import free_port, linux_only
+from _helpers import free_port, linux_only_because, posix_only
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 BATCH = textwrap.dedent(
     """
@@ -99,7 +99,15 @@ SERVER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("policy", ["shared", "reuseport"])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "shared",
+        pytest.param(
+            "reuseport", marks=linux_only_because("policy 'reuseport' balances only on Linux")
+        ),
+    ],
+)
 def test_a_server_of_its_own_hears_reload_and_stop(tmp_path, policy):
     script = tmp_path / "server.py"
     script.write_text(SERVER)

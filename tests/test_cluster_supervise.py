@@ -19,14 +19,15 @@ from _helpers import (
     answering_pid,
     free_port,
     http_get,
-    linux_only,
+    linux_only_because,
+    posix_only,
     reaped,
     run_on_a_taken_port,
 )
 
 import pyforkd
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 APP = textwrap.dedent(
     """
@@ -322,6 +323,7 @@ STRAY = textwrap.dedent(
 )
 
 
+@linux_only_because("PID namespaces (unshare --pid) and /proc/<pid>/task/<pid>/children")
 def test_as_pid_1_the_primary_reaps_orphans(tmp_path):
     script = tmp_path / "stray.py"
     script.write_text(STRAY)

@@ -11,12 +11,12 @@ import subprocess
 import time
 
 import pytest
-from _helpers import PY, alive, linux_only, open_fds
+from _helpers import PY, alive, open_fds, posix_only
 
 import pyforkd
 from pyforkd import CompletedProcess, ExecError, MaxBufferError, SpawnError, aio
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 
 def test_exec_file_returns_completed_process():

@@ -11,12 +11,12 @@ import textwrap
 import threading
 
 import pytest
-from _helpers import PY, linux_only
+from _helpers import PY, posix_only
 
 import pyforkd
 from pyforkd import ChannelClosedError, FrameError
 
-pytestmark = linux_only
+pytestmark = posix_only
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="Node.js (node) is not installed")
 

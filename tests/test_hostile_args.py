@@ -9,28 +9,17 @@ import os
 import threading
 
 import pytest
-from _helpers import PY, linux_only, zombie_children
+from _helpers import PY, children_of, posix_only, zombie_children
 
 import pyforkd
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 FOREVERS = [math.inf, 1e300, 10**400, 2**63, 2**64 / 1000]
 
 
 def children() -> set[int]:
-    me = os.getpid()
-    found = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(b")") + 2 :].split()[1]) == me:
-                found.add(int(name))
-    return found
+    return set(children_of(os.getpid()))
 
 
 @pytest.mark.parametrize("timeout", FOREVERS, ids=["inf", "1e300", "10**400", "2**63", "2**54"])

@@ -14,12 +14,11 @@ import os
 import pickle
 import socket
 import struct
-import sys
 import tempfile
 import threading
 
 import pytest
-from _helpers import open_fds, rss_bytes
+from _helpers import open_fds, posix_only, rss_bytes
 
 import pyforkd
 from pyforkd import ChannelClosedError, FrameError
@@ -28,10 +27,7 @@ HEADER = struct.Struct("<2sBBHHQ")  # magic, version, kind, flags, descriptor co
 PICKLE, JSON, RAW, CONTROL, RING = 1, 2, 3, 4, 5
 HANDLES = 1
 
-linux_only = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="counts /proc/self/fd and memfd seals"
-)
-pytestmark = linux_only
+pytestmark = posix_only
 
 
 def frame(kind: int, payload: bytes, flags: int = 0, nfds: int = 0, length: int = -1) -> bytes:

@@ -25,8 +25,9 @@ from _helpers import (
     alive,
     free_port,
     http_get,
-    linux_only,
+    linux_only_because,
     open_fds,
+    posix_only,
     reaped,
     rss_bytes,
     run_on_a_taken_port,
@@ -35,7 +36,7 @@ from _helpers import (
 import pyforkd
 from pyforkd.cluster import control as _control
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 APP = textwrap.dedent(
     """
@@ -141,6 +142,7 @@ def test_a_worker_writing_garbage_is_killed_and_the_others_live_on(tmp_path):
     assert "Traceback" not in err
 
 
+@linux_only_because("the worker looks for memory through /proc/<pid>/fd and /proc/self/maps")
 def test_a_worker_reaches_no_board_slot_but_its_own(tmp_path):
     report = tmp_path / "scribbled"
     primary, env, _ = start(tmp_path, 3, SCRIBBLE=str(report))

@@ -10,13 +10,13 @@ import sys
 import textwrap
 
 import pytest
-from _helpers import linux_only, open_fds
+from _helpers import open_fds, posix_only
 
 import pyforkd
 
 NODE = shutil.which("node")
 pytestmark = [
-    linux_only,
+    posix_only,
     pytest.mark.skipif(NODE is None, reason="Node.js (node) is not installed"),
 ]
 

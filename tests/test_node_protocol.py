@@ -13,14 +13,14 @@ import threading
 import warnings
 
 import pytest
-from _helpers import linux_only, open_fds
+from _helpers import open_fds, posix_only
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pyforkd
 from pyforkd import Channel
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 
 class NodeLike:

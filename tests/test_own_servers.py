@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from _helpers import free_port, http_get, linux_only
+from _helpers import alive, free_port, http_get, posix_only
 
 from pyforkd.cluster import control
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "own_server"
 
@@ -51,8 +51,8 @@ def test_a_server_of_one_s_own_hears_reload_and_stop(tmp_path, recipe, needs):
         while True:
             now = pids(name)
             if len(now) == 2 and not now & before:
-                alive = [pid for pid in before if os.path.exists(f"/proc/{pid}")]
-                if not alive:
+                left = [pid for pid in before if alive(pid)]
+                if not left:
                     break  # the old ones heard, finished and left
             assert time.monotonic() < deadline, (before, now)
             time.sleep(0.05)

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import pytest
-from _helpers import alive, linux_only, zombie_children
+from _helpers import alive, posix_only, zombie_children
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +27,7 @@ from pyforkd.pool import Pool, PoolBrokenError, WorkerCrashedError
 
 BrokenProcessPool = cf.process.BrokenProcessPool
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 
 def add_one(x):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from _helpers import PY, linux_only
+from _helpers import PY, posix_only
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pyforkd
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 # Text without NUL (the one byte a C string cannot carry) and without lone surrogates
 # that the filesystem encoding cannot represent.

@@ -11,7 +11,7 @@ import socket
 
 import numpy as np
 import pytest
-from _helpers import linux_only, open_fds
+from _helpers import open_fds, posix_only
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -20,7 +20,7 @@ import pyforkd
 from pyforkd import ChannelClosedError, FrameError, Ring
 from pyforkd._bindings import RING_HEADER_SIZE
 
-pytestmark = linux_only
+pytestmark = posix_only
 HEADER = RING_HEADER_SIZE  # the shared header before the record space
 
 

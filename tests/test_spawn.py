@@ -15,12 +15,12 @@ import time
 import weakref
 
 import pytest
-from _helpers import PY, alive, linux_only, open_fds, wait_gone, zombie_children
+from _helpers import PY, alive, linux_only_because, open_fds, posix_only, wait_gone, zombie_children
 
 import pyforkd
 from pyforkd import ChildProcess, SpawnError, TimeoutExpired
 
-pytestmark = linux_only
+pytestmark = posix_only
 
 
 def py(code: str) -> list[str]:
@@ -183,6 +183,7 @@ def test_env_default_follows_os_environ(monkeypatch):
     assert r.stdout == b"from-parent"
 
 
+@linux_only_because("reads the child's argv from /proc/<pid>/cmdline")
 def test_argv0():
     r = pyforkd.spawn_sync(
         "/bin/sh", ["-c", "tr '\\0' ' ' < /proc/$$/cmdline"], argv0="custom-name"
@@ -342,6 +343,7 @@ def test_windows_hide_is_accepted():
 # ---- stdio ------------------------------------------------------------------------------
 
 
+@linux_only_because("readlink of /proc/self/fd names a descriptor's file")
 def test_stdio_ignore_is_dev_null():
     code = "import os; print([os.readlink(f'/proc/self/fd/{i}') for i in (0, 1, 2)])"
     r = pyforkd.spawn_sync(PY, py(code), stdio=["ignore", "pipe", "ignore"], encoding="utf-8")
@@ -440,7 +442,7 @@ def test_child_gets_exactly_the_stdio_descriptors():
 def test_parent_pipe_ends_are_not_inherited_by_later_children():
     first = pyforkd.spawn("cat")
     try:
-        second = pyforkd.spawn_sync("sh", ["-c", "ls /proc/self/fd | wc -l"], encoding="utf-8")
+        second = pyforkd.spawn_sync("sh", ["-c", "ls /dev/fd/ | wc -l"], encoding="utf-8")
         # 0, 1, 2 and the descriptor ls holds on the directory: no pipe of `first`.
         assert second.stdout.strip() == "4"
     finally:
@@ -693,14 +695,14 @@ def test_out_of_descriptors_names_the_pipe_step():
     # SpawnError EMFILE naming "pipe" and the slot, no process started, nothing leaked.
     code = (
         "import os, resource, pyforkd\n"
-        "before = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n"
+        "before = sorted(int(f) for f in os.listdir('/dev/fd'))\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (max(before) + 3, hard))\n"
         "try:\n"
         "    pyforkd.spawn('true', stdio=['pipe', 'pipe', 'pipe'])\n"
         "except pyforkd.SpawnError as e:\n"
         "    print(e.code, e.syscall, 'pipe' in str(e), 'stdio[' in str(e))\n"
-        "after = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n"
+        "after = sorted(int(f) for f in os.listdir('/dev/fd'))\n"
         "print(before == after)\n"
     )
     r = pyforkd.spawn_sync(PY, py(code), encoding="utf-8")

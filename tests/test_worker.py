@@ -11,12 +11,12 @@ import time
 import warnings
 
 import pytest
-from _helpers import PY, alive, linux_only, open_fds, wait_gone
+from _helpers import PY, alive, linux_only_because, open_fds, posix_only, wait_gone
 
 import pyforkd
 from pyforkd import Worker, WorkerError
 
-pytestmark = linux_only
+pytestmark = posix_only
 METHODS = ["fork", "spawn", "forkserver"]
 
 
@@ -287,6 +287,7 @@ def fd_targets(pid, kinds=("socket:",)):
     return found
 
 
+@linux_only_because("reads another process's descriptors through /proc/<pid>/fd")
 @pytest.mark.forks_with_threads  # (its own threads fork, at once: what it tests)
 def test_workers_forked_from_many_threads_at_once_hold_only_their_own_end():
     # Threads starting workers at the same moment (a pool replacing several): a fork in
@@ -321,7 +322,7 @@ def test_workers_forked_from_many_threads_at_once_hold_only_their_own_end():
             w.wait(timeout=30)
 
 
-@linux_only
+@linux_only_because("reads another process's descriptors through /proc/<pid>/fd")
 def test_a_forked_worker_holds_nothing_of_the_other_children():
     # A worker forked while other children run must not keep their pipes or channel
     # open: closing a child's stdin would never give it EOF while the worker lives.

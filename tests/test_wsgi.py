@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from _helpers import free_port, linux_only
+from _helpers import free_port, posix_only
 
 pytest.importorskip("httptools", reason="the WSGI server parses with httptools")
-pytestmark = linux_only
+pytestmark = posix_only
 
 APPS = Path(__file__).parent / "apps"
 

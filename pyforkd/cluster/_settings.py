@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal as _signal
-import socket
+import sys
 from typing import Any
 
 try:
@@ -91,8 +91,12 @@ def check_setting(key: str, value: Any) -> Any:
     if key == "policy":
         if value not in POLICIES:
             raise ValueError(f"policy must be 'rr', 'shared' or 'reuseport', not {value!r}")
-        if value == "reuseport" and not hasattr(socket, "SO_REUSEPORT"):
-            raise ValueError("policy 'reuseport' needs SO_REUSEPORT, which this OS lacks")
+        if value == "reuseport" and not sys.platform.startswith("linux"):
+            # (macOS has SO_REUSEPORT, but gives every connection to one socket)
+            raise ValueError(
+                "policy 'reuseport' needs SO_REUSEPORT sockets that the kernel balances "
+                "(Linux); use 'rr' or 'shared' here"
+            )
         return value
     if key == "balance":
         if value not in BALANCES:
