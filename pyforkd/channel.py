@@ -65,6 +65,7 @@ _FRAMINGS = ("pyforkd", "node")
 
 _PICKLE = _b.FRAME_PICKLE
 _send_bytes, _NO_C_FDS, _BLOCK = _b.frame_send_bytes, _b.NO_C_FDS, _b.FD_BLOCK
+_NO_META = -3  # FrameReader.next's meta is >= 0 for a frame, -1 at the end, -2 for none yet
 
 
 class Channel:
@@ -143,18 +144,19 @@ class Channel:
             self._reader = _b.FrameReader(max_message_size)
             self._decoder = Decoder(max_message_size, serialization == "pickle")
         # What recv decodes inline: a plain pickle (on a pickle channel) or raw frame.
-        self._plain_pickle = _b.FRAME_PICKLE if serialization == "pickle" else -1
+        # (_NO_META where a hot path does not apply: no frame's meta, nor END or AGAIN's)
+        self._plain_pickle = _b.FRAME_PICKLE if serialization == "pickle" else _NO_META
         # A message with one Fd, or a list of Fds: recv's other hot paths (pickle and raw
         # channels on Unix, where a received number is ours as it is).
         kind = {"pickle": _b.FRAME_PICKLE, "raw": _b.FRAME_RAW}.get(serialization, -1)
         fast = kind > 0 and ONE_FD is not None
         self._one_fd = (
-            kind | (_b.FRAME_FLAG_HANDLES | _b.RX_FLAG_ALL_FD) << 8 | 1 << 24 if fast else -1
+            kind | (_b.FRAME_FLAG_HANDLES | _b.RX_FLAG_ALL_FD) << 8 | 1 << 24 if fast else _NO_META
         )
         self._fd_list = (
             kind | (_b.FRAME_FLAG_HANDLES | _b.RX_FLAG_ALL_FD | _b.RX_FLAG_MANY) << 8
             if fast
-            else -1
+            else _NO_META
         )
         self._eof = False
         self._closed = False

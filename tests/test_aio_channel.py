@@ -49,6 +49,7 @@ def count_to(n):
         ch.send(i)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", ["fork", "spawn", "forkserver"])
 def test_fork_worker_result_join_and_remote_errors(start):
     async def main():

@@ -33,6 +33,7 @@ def stop(p, log):
     return text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["rr", "shared"])
 def test_an_asgi_app_served_with_lifespan_per_worker(tmp_path, policy):
     p, port, log = start(tmp_path, "-i", "2", "--policy", policy, "--access-log", "-")
@@ -54,6 +55,7 @@ def test_an_asgi_app_served_with_lifespan_per_worker(tmp_path, policy):
     assert '"GET /pid HTTP/1.1" 200 ' in text  # the access log, combined format
 
 
+@pytest.mark.slow
 def test_a_stop_finishes_the_request_and_says_close(tmp_path):
     p, port, log = start(tmp_path)
     c = Client(port)
@@ -88,6 +90,7 @@ def test_a_failed_startup_is_a_boot_error_not_restarted(tmp_path):
     assert text.count("exit code 3") == 1  # not restarted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/slow?30", "/block?30"])
 def test_a_request_over_the_timeout_gets_503_and_the_worker_is_replaced(tmp_path, path):
     # An await that never ends, and a handler that blocks the loop: both are answered.
@@ -106,6 +109,7 @@ def test_a_request_over_the_timeout_gets_503_and_the_worker_is_replaced(tmp_path
         stop(p, log)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["rr", "shared"])
 def test_websockets_through_the_cluster(tmp_path, policy):
     client = pytest.importorskip("websockets.sync.client", reason="uvicorn's ws needs websockets")

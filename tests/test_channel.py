@@ -915,3 +915,21 @@ def test_a_plain_message_costs_at_most_three_python_calls_each_way(serialization
         assert got == [msg] * n
         # (one per message and the first read; rings: the link's receive and its C call)
         assert batch / n < (2.5 if ring else 1.5), batch / n
+
+
+@pytest.mark.parametrize("serialization", ["pickle", "json", "raw"])
+def test_the_peer_closing_ends_every_kind_of_channel(serialization):
+    a, b = socket.socketpair()
+    sender, receiver = (
+        Channel(a, serialization=serialization),
+        Channel(b, serialization=serialization),
+    )
+    sender.send(b"last" if serialization == "raw" else "last")
+    sender.close()
+    assert receiver.recv() in (b"last", "last")
+    for _ in range(2):  # the end, and it stays so (a blocking recv, then one with a timeout)
+        with pytest.raises(ChannelClosedError):
+            receiver.recv()
+        with pytest.raises(ChannelClosedError):
+            receiver.recv(timeout=5)
+    receiver.close()

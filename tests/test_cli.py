@@ -30,6 +30,7 @@ def curl(port):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("example", "policy"),
     [("hello_http.py", "rr"), ("hello_asyncio.py", "rr"), ("hello_asyncio.py", "shared")],
@@ -59,6 +60,7 @@ def test_pyforkd_run_serves_curl_and_stops_on_sigterm(example, policy):
     assert not any(alive(pid) for pid in pids)
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_explained():
     done = pyforkd.spawn_sync(PY, ["-m", "pyforkd", "run", EXAMPLE, "-i", "0"])
     assert (
@@ -103,6 +105,7 @@ def status_pids(tmp_path, name="web"):
     return {w["pid"] for w in json.loads(done.stdout)["workers"]}
 
 
+@pytest.mark.slow
 def test_status_scale_reload_and_stop_through_the_control_socket(tmp_path):
     port = free_port()
     primary = start_named(tmp_path, port)
@@ -150,6 +153,7 @@ print(s.recv(4096).decode().strip())
 """
 
 
+@pytest.mark.slow
 def test_the_control_socket_refuses_other_users_and_bad_requests():
     # Not under pytest's tmp_path: the other user must be able to reach the socket.
     tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="pyforkd-test-"))

@@ -79,6 +79,7 @@ def test_pyproject_s_tool_table_and_flags_that_win(tmp_path):
     finish(p)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("text", "said"),
     [
@@ -97,6 +98,7 @@ def test_a_bad_config_is_refused_naming_the_setting(tmp_path, text, said):
     assert p.returncode == 2 and said in err and str(cfg) in err
 
 
+@pytest.mark.slow
 def test_the_log_file_has_timestamps_and_reopens_on_sigusr1(tmp_path):
     port = free_port()
     log = tmp_path / "app.log"

@@ -117,6 +117,7 @@ def test_a_unix_socket_someone_serves_is_eaddrinuse(tmp_path):
         assert stat.S_ISSOCK(os.lstat(path).st_mode)  # left alone
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 @pytest.mark.parametrize(
     "policy",

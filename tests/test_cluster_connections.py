@@ -43,6 +43,7 @@ APP = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "policy",
     [

@@ -143,6 +143,7 @@ def finish(primary, sig="SIGTERM", code=0):
     return primary.stdout.read().decode(), primary.stderr.read().decode()
 
 
+@pytest.mark.slow
 def test_a_hung_worker_is_killed_and_replaced(tmp_path):
     primary, port = start(tmp_path, "-i", "1", "--timeout", "1")
     with reaped(primary):
@@ -181,6 +182,7 @@ def test_max_requests_recycles_workers_without_refusing_a_request(tmp_path):
     assert not any(alive(pid) for pid in pids)
 
 
+@pytest.mark.slow
 def test_max_memory_replaces_a_worker_that_grew(tmp_path):
     primary, port = start(tmp_path, "-i", "1", "--max-memory", "100M")
     with reaped(primary):
@@ -214,6 +216,7 @@ def test_least_connections_avoids_the_busier_worker(tmp_path, balance):
         assert set(answers) == set(counts)  # in turn, whatever each has open
 
 
+@pytest.mark.slow
 def test_wait_ready_keeps_the_old_worker_until_the_new_one_is_ready(tmp_path):
     ready = tmp_path / "ready"
     ready.touch()
@@ -372,6 +375,7 @@ def _child_of(pid):
     return kids[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", ["hello_http.py", "hello_socketserver.py", "hello_asyncio.py"])
 def test_an_idle_worker_is_not_taken_for_a_hung_one(tmp_path, example):
     script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", example)

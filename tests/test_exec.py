@@ -158,6 +158,7 @@ def test_max_buffer_with_an_encoding_cuts_in_characters_not_inside_one(form):
     assert ok.stdout == "ééééééééé"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["exec_file", "aio"])
 def test_a_child_that_exits_0_succeeds_though_a_descendant_holds_stdout_past_the_timeout(form):
     line = "sleep 30 & echo hi"
@@ -255,6 +256,7 @@ def test_timeout_with_kill_signal_and_output_kept():
     assert info.value.signal == "SIGKILL" and info.value.stdout == "before\n"
 
 
+@pytest.mark.slow
 def test_timeout_escalates_to_sigkill_when_the_signal_is_ignored(monkeypatch):
     from pyforkd import child_process
 

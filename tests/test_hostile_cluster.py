@@ -142,6 +142,7 @@ def test_a_worker_writing_garbage_is_killed_and_the_others_live_on(tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 @linux_only_because("the worker looks for memory through /proc/<pid>/fd and /proc/self/maps")
 def test_a_worker_reaches_no_board_slot_but_its_own(tmp_path):
     report = tmp_path / "scribbled"
@@ -178,6 +179,7 @@ def test_a_request_behind_a_flood_of_messages_is_answered(tmp_path):
         assert primary.wait(timeout=30) == 0
 
 
+@pytest.mark.slow
 def test_a_primary_without_a_message_handler_drops_a_flood(tmp_path):
     done = tmp_path / "flooded"
     primary, env, _ = start(tmp_path, 2, FLOOD="60000", FLOOD_DONE=str(done))
@@ -241,6 +243,7 @@ def test_a_deeply_nested_request_is_refused_and_the_server_lives_on(control, cap
     assert ask(control.path, b'{"cmd": "status"}\n')["ok"] is True
 
 
+@pytest.mark.slow
 def test_a_dripping_client_holds_up_no_other(control, capfd):
     drip = socket.socket(socket.AF_UNIX)
     drip.connect(control.path)

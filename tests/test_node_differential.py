@@ -161,6 +161,7 @@ def test_exec_file_status_fields():
     assert pick(caught(pyforkd.exec_file, "sh", args), EXEC_FIELDS) == want
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_signal", ["SIGTERM", "SIGKILL", "SIGINT"])
 def test_exec_file_timeout_kills_with_kill_signal(kill_signal):
     args = ["-c", "echo started; exec sleep 30"]
@@ -194,6 +195,7 @@ def test_spawn_timeout_ends_with_kill_signal():
 NINE_E = "printf 'ééééééééé'"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "max_buffer", "encoding"),
     [
@@ -227,6 +229,7 @@ def test_max_buffer_cuts_as_node(command, max_buffer, encoding):
 # ---- child_process: descendants, cwd, env, shell -------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_descendant_holding_stdout_past_the_timeout():
     line = "sleep 30 & echo hi"
     want = node(
@@ -599,6 +602,7 @@ def split_end(events: list) -> tuple[list, list]:
     return events[:at], sorted(events[at:], key=str)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exit", "disconnect", "kill", "primary-kill"])
 def test_cluster_events_and_messages_around_a_worker_s_end(tmp_path, mode):
     want, got = run_primaries(tmp_path, mode)

@@ -25,6 +25,7 @@ def pids(name):
     return {w["pid"] for w in control.request(name, {"cmd": "status"})["workers"] if w["ready"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("recipe", "needs"),
     [("uvicorn_server.py", "uvicorn"), ("aiohttp_runner.py", "aiohttp"),

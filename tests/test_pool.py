@@ -263,6 +263,7 @@ def test_shutdown_without_wait_still_runs_the_queue():
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("balance", ["least-loaded", "round-robin"])
 def test_a_task_killing_its_worker_fails_alone(balance):
     with Pool(workers=2, balance=balance) as p:
@@ -480,6 +481,7 @@ def soak_task(kind, i):
     return i
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("balance", ["least-loaded", "round-robin"])
 def test_crash_isolation_soak(balance):
     # One round by default; PYFORKD_POOL_SOAK=SECONDS repeats rounds that long.
@@ -629,6 +631,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", ["fork", "forkserver"])
 @pytest.mark.parametrize("how", ["no-shutdown", "no-wait"])
 def test_pending_work_is_finished_at_interpreter_exit(tmp_path, start, how):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from _helpers import PY, posix_only
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,7 @@ env_key = st.text(
 ECHO = "import json, os, sys; print(json.dumps([sys.argv[1:], dict(os.environ)]))"
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(args=st.lists(safe_text, max_size=8), env=st.dictionaries(env_key, safe_text, max_size=6))
 def test_argv_and_env_round_trip(args, env):

@@ -254,6 +254,7 @@ class RingModel(RuleBasedStateMachine):
 
 
 TestRingModel = RingModel.TestCase
+TestRingModel.pytestmark = [pytest.mark.slow]
 TestRingModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 
 

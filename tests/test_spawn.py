@@ -558,6 +558,7 @@ def test_args_must_be_a_sequence():
         pyforkd.spawn("")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stdio, exc, msg",
     [
@@ -676,6 +677,7 @@ def test_inherit_passes_on_a_closed_stdin_as_closed():
     assert r.stdout.splitlines() == ["status=1", "stdio[0]: descriptor 0 is not open"], r.stderr
 
 
+@pytest.mark.slow
 def test_spawn_timeout_kills_a_child_whose_object_was_dropped():
     # Fire and forget with a safety timeout: the deadline still holds.
     code = (

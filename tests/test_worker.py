@@ -61,6 +61,7 @@ def test_result_and_join(start):
     assert w.join(timeout=60) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", METHODS)
 @pytest.mark.parametrize("ring", [None, 1 << 16])
 def test_a_dropped_worker_closes_its_channel_quietly(start, ring):
@@ -212,6 +213,7 @@ ORPHAN = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start", METHODS)
 @pytest.mark.parametrize("where", ["main", "thread"])
 def test_worker_dies_within_a_second_of_its_parent(tmp_path, start, where):

@@ -267,6 +267,7 @@ def test_a_slow_client_does_not_hold_up_the_others(server):
     slow.close()
 
 
+@pytest.mark.slow
 def test_threads_serve_requests_at_once(tmp_path):
     p, port, log, _ = start(tmp_path, "--threads", "4")
     try:
@@ -291,6 +292,7 @@ def test_threads_serve_requests_at_once(tmp_path):
         stop(p, log)
 
 
+@pytest.mark.slow
 def test_a_stop_finishes_the_request_in_flight_and_says_close(tmp_path):
     p, port, log, _ = start(tmp_path)
     c = Client(port)
@@ -337,6 +339,7 @@ def test_a_unix_socket_bind(tmp_path):
     assert not path.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", ["1", "3"])
 def test_a_request_over_the_timeout_gets_503_and_the_worker_is_replaced(tmp_path, threads):
     # (the stuck worker is killed a second after its stop: the test does not wait 10 s)
