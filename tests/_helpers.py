@@ -25,6 +25,11 @@ def linux_only_because(why: str) -> pytest.MarkDecorator:
 
 # (the most common reason, as a ready marker)
 linux_only = linux_only_because("reads another process's /proc entries")
+# The cluster's "reuseport" policy, as a test parameter: refused where the kernel does not
+# balance SO_REUSEPORT sockets (macOS gives every connection to one of them).
+REUSEPORT = pytest.param(
+    "reuseport", marks=linux_only_because("policy 'reuseport' balances only on Linux")
+)
 # The POSIX suite: Windows runs tests/windows until those fold in here (conftest.py).
 posix_only = pytest.mark.skipif(
     sys.platform == "win32", reason="the Windows suite is tests/windows"

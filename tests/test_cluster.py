@@ -15,11 +15,11 @@ import time
 import pytest
 from _helpers import (
     PY,
+    REUSEPORT,
     alive,
     answering_pid,
     free_port,
     http_get,
-    linux_only_because,
     posix_only,
     reaped,
 )
@@ -234,9 +234,7 @@ def test_workers_die_with_a_killed_primary(tmp_path):
     "policy",
     [
         "shared",
-        pytest.param(
-            "reuseport", marks=linux_only_because("policy 'reuseport' balances only on Linux")
-        ),
+        REUSEPORT,
     ],
 )
 def test_other_policies_serve_and_stop_gracefully(tmp_path, policy):

@@ -12,7 +12,7 @@ import sys
 import textwrap
 
 import pytest
-from _helpers import free_port, linux_only_because, posix_only
+from _helpers import REUSEPORT, free_port, linux_only_because, posix_only
 
 from pyforkd.cluster import _address
 
@@ -124,9 +124,7 @@ def test_a_unix_socket_someone_serves_is_eaddrinuse(tmp_path):
     [
         "rr",
         "shared",
-        pytest.param(
-            "reuseport", marks=linux_only_because("policy 'reuseport' balances only on Linux")
-        ),
+        REUSEPORT,
     ],
 )
 @pytest.mark.parametrize("host", ["::1", "[::1]"])

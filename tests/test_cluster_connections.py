@@ -13,7 +13,7 @@ import textwrap
 import time
 
 import pytest
-from _helpers import free_port, linux_only_because, posix_only
+from _helpers import REUSEPORT, free_port, posix_only
 
 pytestmark = posix_only
 
@@ -49,9 +49,7 @@ APP = textwrap.dedent(
     [
         "rr",
         "shared",
-        pytest.param(
-            "reuseport", marks=linux_only_because("policy 'reuseport' balances only on Linux")
-        ),
+        REUSEPORT,
     ],
 )
 def test_accepted_connections_are_tcp_sockets_with_nodelay(tmp_path, policy):

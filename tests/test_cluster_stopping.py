@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from _helpers import free_port, linux_only_because, posix_only
+from _helpers import REUSEPORT, free_port, posix_only
 
 pytestmark = posix_only
 
@@ -103,9 +103,7 @@ SERVER = textwrap.dedent(
     "policy",
     [
         "shared",
-        pytest.param(
-            "reuseport", marks=linux_only_because("policy 'reuseport' balances only on Linux")
-        ),
+        REUSEPORT,
     ],
 )
 def test_a_server_of_its_own_hears_reload_and_stop(tmp_path, policy):
