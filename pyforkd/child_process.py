@@ -313,7 +313,7 @@ _watchdog = _Watchdog()
 # ---- ChildProcess ---------------------------------------------------------------------------
 
 
-_children: weakref.WeakSet[ChildProcess] = weakref.WeakSet()  # for _live_pids()
+_children: weakref.WeakSet[ChildProcess] = weakref.WeakSet()  # for live_pids()
 
 
 def _release_in_fork_child() -> None:
@@ -339,7 +339,7 @@ def _release_in_fork_child() -> None:
         os.close(devnull)
 
 
-def _live_pids() -> set[int]:
+def live_pids() -> set[int]:
     """Pids of this process's pyforkd children not reaped yet (a PID 1 leaves them be)."""
     return {c.pid for c in list(_children) if c.returncode is None}
 

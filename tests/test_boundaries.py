@@ -33,13 +33,11 @@ KNOWN = {
     # child_process.py's ChildProcess and launch machinery
     *[("aio.py", n) for n in ("_acquire_exit_handle", "_release_exit_handle", "_take_fds")],
     *[("worker.py", n) for n in ("_Command", "_IpcPlan", "_launch", "_release_in_fork_child")],
-    ("cluster/_supervise.py", "_live_pids"),
-    # worker.py's Worker, and the cluster's Cluster from its control server
+    # worker.py's Worker
     ("aio.py", "_died"),
     ("aio.py", "_unpack"),
     ("worker.py", "_channel"),
     ("pool.py", "_channel"),
-    ("cluster/control.py", "_request"),
 }  # fmt: skip
 
 

@@ -25,7 +25,7 @@ except ImportError:
 from .. import _bindings as _b
 from .. import channel as _channel
 from .. import worker as _worker
-from ..child_process import _live_pids, signal_name
+from ..child_process import live_pids, signal_name
 from ..errors import ChannelClosedError, FrameError
 from . import _address, _board, _log, _procstat, _systemd, _worker_side
 from . import _protocol as P
@@ -795,7 +795,7 @@ class Cluster:
         """As PID 1: wait for orphans the kernel gave us (not our own children)."""
         if not sys.platform.startswith("linux"):
             return  # (a PID 1 of ours is a Linux container's; macOS's os has no waitid)
-        ours = {w.process.pid for w in self.workers.values()} | _live_pids()
+        ours = {w.process.pid for w in self.workers.values()} | live_pids()
         while True:
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -1190,6 +1190,13 @@ class Cluster:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"scale() needs a worker count >= 0, not {n!r}")
         self._request("scale-to", n)
+
+    def request_stop(self, fast: bool = False) -> None:
+        """Ask :meth:`run`'s loop to stop the cluster, as SIGTERM (``fast``: SIGINT) does.
+
+        Safe from another thread or a signal handler; :meth:`shutdown` is for the loop's own.
+        """
+        self._request("stop", 1 if fast else 0)
 
     def _request(self, kind: str, n: int) -> None:
         """For run()'s loop (safe from a signal handler or another thread)."""

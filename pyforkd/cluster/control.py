@@ -207,7 +207,7 @@ class _Server(abc.ABC):
             c.scale(n)
             return {"ok": True}
         if cmd == "stop":
-            c._request("stop", 1 if req.get("fast") else 0)
+            c.request_stop(fast=bool(req.get("fast")))
             return {"ok": True}
         self._log(f"refused an unknown command {cmd!r}")
         return {"ok": False, "error": f"unknown command {cmd!r}"}
