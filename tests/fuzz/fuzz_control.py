@@ -22,8 +22,8 @@ class Cluster:
     def scale(self, n):
         assert isinstance(n, int) and 0 < n <= 1024
 
-    def _request(self, kind, n):
-        pass
+    def request_stop(self, fast=False):
+        assert isinstance(fast, bool)
 
 
 def make_server():
