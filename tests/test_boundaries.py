@@ -14,7 +14,10 @@ from __future__ import annotations
 import ast
 import pathlib
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "pyforkd"
+import pyforkd
+
+# The package being tested: the source tree's, or an installed wheel's (its .py files).
+PACKAGE = pathlib.Path(pyforkd.__file__).resolve().parent
 
 # (module, name): the crossings left, to be taken out one by one.  Each name is read from
 # the module in the comment.
