@@ -47,6 +47,17 @@ APP = textwrap.dedent(
     me = cluster.worker.id
     for i in range(int(os.environ.get("FLOOD_FIRST", "0"))):
         cluster.worker.send(i)  # its listen request comes behind these, in the same reads
+    leave = os.environ.get("ASK_AND_LEAVE")
+    if me == 1 and leave and not os.path.exists(leave):
+        # Its first run asks to listen, written by hand, and hangs up before the answer
+        # (alive a while longer, so that the primary reads the request first).
+        open(leave, "w").close()
+        from pyforkd.cluster import _protocol as P
+        address = ("127.0.0.1", int(os.environ["PORT"]))
+        pyforkd.parent().send_control(P.encode(P.Listen(address, "tcp")))
+        pyforkd.parent().close()
+        time.sleep(1)
+        os._exit(0)
     listener = cluster.listen(("127.0.0.1", int(os.environ["PORT"])))
     if me == 1 and os.environ.get("GARBAGE"):
         # The channel to the primary, written to without pyforkd's encoder.
@@ -119,6 +130,18 @@ def start(tmp_path, workers: int, **extra: str):
         assert time.monotonic() < deadline, "the cluster never came up"
         time.sleep(0.05)
     return primary, env, port
+
+
+def test_a_worker_that_hangs_up_after_asking_to_listen_leaves_the_primary_serving(tmp_path):
+    asked = tmp_path / "asked"
+    primary, env, port = start(tmp_path, 2, ASK_AND_LEAVE=str(asked))
+    with reaped(primary):
+        assert asked.exists()  # the first worker 1 asked and left; a new one serves
+        live = {w["pid"] for w in status(env, "h")["workers"]}
+        assert int(http_get(port)) in live
+        primary.kill("SIGTERM")
+        assert primary.wait(timeout=30) == 0
+    assert "Traceback" not in primary.stderr.read().decode()
 
 
 def test_a_worker_writing_garbage_is_killed_and_the_others_live_on(tmp_path):

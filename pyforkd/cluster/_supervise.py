@@ -867,7 +867,12 @@ class Cluster:
                 except ChannelClosedError:
                     return False
                 if control:
-                    self._control(w, msg, handle)
+                    try:
+                        self._control(w, msg, handle)
+                    except ChannelClosedError:
+                        # The answer found the worker gone (it asked, then ended): its end is
+                        # handled as any closed channel's.
+                        return False
                 else:
                     self._message(w, msg, handle)
         except (FrameError, _Malformed) as exc:
