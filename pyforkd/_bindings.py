@@ -503,10 +503,24 @@ frame_send_bytes = lib.pfd_frame_send
 NO_C_FDS = ffi.NULL
 
 
-def frame_send_failed(r: int) -> None:
-    """Raise what a negative frame_send_bytes result means (nothing: a signal came first)."""
+def frame_send_failed(r: int, fds: Sequence[int] = ()) -> None:
+    """Raise what a negative frame_send_bytes result means (nothing: a signal came first).
+
+    A handle closed before it went is a ``ValueError`` naming it, as on Windows (the
+    kernel refused the whole message: nothing was sent).
+    """
     if r not in (-_errno.EAGAIN, -_errno.EINTR):
-        raise_errno(r, "sendmsg")
+        _send_error(r, fds)
+
+
+def _send_error(r: int, fds: Sequence[int]) -> NoReturn:
+    if r == -_errno.EBADF:
+        for fd in fds:
+            try:
+                os.fstat(fd)
+            except OSError:
+                raise ValueError(f"handle: descriptor {fd} is not open (sendmsg: EBADF)") from None
+    raise_errno(r, "sendmsg")
 
 
 def frame_pack(kind: int, payloads: bytes, lengths: list[int]) -> bytearray:
@@ -537,7 +551,7 @@ def frame_send(
         return r
     if r in (-_errno.EAGAIN, -_errno.EINTR):
         return None
-    raise_errno(r, "sendmsg")
+    _send_error(r, fds)
 
 
 class Receiver:

@@ -334,7 +334,7 @@ class Channel:
                             _BLOCK,
                         )
                         if sent < 0:
-                            _b.frame_send_failed(sent)  # (it raises, unless a signal came)
+                            _b.frame_send_failed(sent, fds)  # (it raises, unless a signal came)
                             sent = None
                 except (BrokenPipeError, ConnectionResetError):
                     self._eof = True

@@ -11,13 +11,6 @@ import warnings
 import pytest
 from _helpers import open_fds, zombie_children
 
-# tests/windows holds the Windows tests (run under wine by tests/windows/run_wine.py in
-# .ci/run, and natively by cibuildwheel); everything else here is the POSIX suite.
-if sys.platform == "win32":
-    collect_ignore_glob = ["test_*.py", "c/*"]
-else:
-    collect_ignore = ["windows"]
-
 
 @pytest.fixture(autouse=True)
 def _no_zombies_left():

@@ -10,12 +10,12 @@ import textwrap
 import time
 
 import pytest
-from _helpers import LoopTicks, posix_only
+from _helpers import LoopTicks, posix_only_because
 
 import pyforkd
 from pyforkd import ChannelClosedError, WorkerError, aio
 
-pytestmark = posix_only
+pytestmark = posix_only_because("its workers start by fork")
 NODE = shutil.which("node")
 
 

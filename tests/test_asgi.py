@@ -8,12 +8,12 @@ import signal
 import time
 
 import pytest
-from _helpers import posix_only
+from _helpers import posix_only_because
 from test_wsgi import Client, get, log_text, served_by
 from test_wsgi import start as start_app
 
 pytest.importorskip("uvicorn", reason="ASGI apps run on uvicorn's protocols")
-pytestmark = posix_only
+pytestmark = posix_only_because("the cluster's forked workers, stopped by SIGTERM")
 
 
 def start(tmp_path, *args, env=None, wait=True):

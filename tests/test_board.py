@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from _helpers import posix_only
+from _helpers import PY, assert_no_leak, posix_only_because
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import pyforkd
 from pyforkd.cluster import _board
 
-pytestmark = posix_only
+pytestmark = []  # (marks per test)
 
 
 class Slots(RuleBasedStateMachine):
@@ -65,6 +65,7 @@ def test_a_full_board_says_so():
         board.close()
 
 
+@posix_only_because("fork")
 def test_a_workers_counters_reach_the_primary_across_a_fork():
     board = _board.Board()
     slot, fd = board.take()
@@ -87,6 +88,7 @@ def test_a_workers_counters_reach_the_primary_across_a_fork():
     board.close()
 
 
+@posix_only_because("sealed memfd slots and pipes as descriptors")
 def test_a_slot_that_is_not_one_is_refused_and_its_descriptor_closed(fd_baseline):
     small = pyforkd._bindings.shm_create("not-a-slot", 16)  # sealed, too small
     with pytest.raises(ValueError, match="a board slot is 64 bytes, not 16"):
@@ -105,3 +107,44 @@ def test_each_slot_is_memory_of_its_own():
     assert board.read(b, _board.SERVED) == 0
     os.close(fd_b)
     board.close()
+
+
+# ---- every platform: children are this interpreter with inline code --------------------
+
+
+WORKER = r"""
+import pyforkd
+from pyforkd.cluster import _board
+ch = pyforkd.parent()
+_, fd = ch.recv(with_handle=True)
+mine = _board.Slot(fd.detach())
+mine.took()
+mine.took()
+mine.closed()
+ch.send("written")
+ch.recv()
+"""
+
+
+def a_worker_writes_its_slot() -> None:
+    board = _board.Board()
+    slot, fd = board.take()
+    child = pyforkd.spawn(
+        PY, ["-c", WORKER], stdio=["ignore", "ignore", "inherit", "ipc"], serialization="pickle"
+    )
+    child.send("your slot", handle=pyforkd.Fd(fd))  # (closed here once sent)
+    assert child.recv(timeout=60) == "written"
+    assert board.read(slot, _board.SERVED) == 2
+    assert board.read(slot, _board.OPEN) == 1
+    assert board.read(slot, _board.BUSY) > 0
+    other, other_fd = board.take()
+    pyforkd.Fd(other_fd).close()
+    assert other != slot and board.read(other, _board.SERVED) == 0
+    child.send("bye")
+    assert child.wait(timeout=60) == 0
+    child.close()
+    board.close()
+
+
+def test_a_worker_writes_its_slot_and_the_primary_reads_it():
+    assert_no_leak(a_worker_writes_its_slot, times=3)

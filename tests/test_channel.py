@@ -13,14 +13,14 @@ import sys
 import threading
 
 import pytest
-from _helpers import PY, open_fds, posix_only
+from _helpers import ECHO, PY, assert_no_leak, open_fds, posix_only_because
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyforkd
 from pyforkd import Channel, ChannelClosedError, Fd, FrameError
 
-pytestmark = posix_only
+pytestmark = []  # (marks per test)
 
 HEADER = struct.Struct("<2sBBHHQ")  # magic, version, kind, flags, nfds, length
 
@@ -54,6 +54,7 @@ def raw_pair():
 # ---- messages -------------------------------------------------------------------------------
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_pickle_round_trip_keeps_types(pair):
     a, b = pair
     msg = {"int": 1, "set": {1, 2}, "bytes": b"\x00\xff", "tuple": (1, "x"), "none": None}
@@ -61,6 +62,7 @@ def test_pickle_round_trip_keeps_types(pair):
     assert b.recv() == msg
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_json_and_raw_are_decoded_by_the_kind_the_sender_wrote():
     x, y = socket.socketpair()
     j, r = Channel(x, serialization="json"), Channel(y, serialization="raw")
@@ -80,6 +82,7 @@ def test_json_and_raw_are_decoded_by_the_kind_the_sender_wrote():
     r.close()
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_order_is_kept_and_iteration_ends_at_close(pair):
     a, b = pair
 
@@ -95,6 +98,7 @@ def test_order_is_kept_and_iteration_ends_at_close(pair):
     assert not b.connected
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_unpicklable_message_is_refused_before_anything_is_written(pair):
     a, b = pair
     with pytest.raises(TypeError, match="cannot pickle"):
@@ -105,6 +109,7 @@ def test_unpicklable_message_is_refused_before_anything_is_written(pair):
     assert b.recv() == "still usable"
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_max_message_size_on_both_sides():
     x, y = socket.socketpair()
     small, big = (
@@ -120,6 +125,7 @@ def test_max_message_size_on_both_sides():
     big.close()
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_recv_timeout_and_bad_timeouts(pair):
     a, b = pair
     with pytest.raises(TimeoutError):
@@ -130,6 +136,7 @@ def test_recv_timeout_and_bad_timeouts(pair):
     assert b.recv(timeout=5) == "late"
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_bad_constructor_arguments():
     a, b = socket.socketpair()
     with pytest.raises(ValueError, match="serialization must be"):
@@ -152,6 +159,7 @@ def test_bad_constructor_arguments():
 # ---- handles ----------------------------------------------------------------------------------
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_handles_of_every_kind_arrive_as_the_same_kind(pair, tmp_path):
     a, b = pair
     listener = socket.create_server(("127.0.0.1", 0))
@@ -182,6 +190,7 @@ def test_handles_of_every_kind_arrive_as_the_same_kind(pair, tmp_path):
     os.close(r)
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_keep_open_leaves_the_senders_copy(pair):
     a, b = pair
     s1, s2 = socket.socketpair()
@@ -194,6 +203,7 @@ def test_keep_open_leaves_the_senders_copy(pair):
         s.close()
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_a_handle_not_taken_is_closed_with_a_warning(pair):
     a, b = pair
     r, w = os.pipe()
@@ -205,6 +215,7 @@ def test_a_handle_not_taken_is_closed_with_a_warning(pair):
     os.close(r)
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_bad_handles_raise_before_writing(pair):
     a, b = pair
     s = socket.socket()
@@ -219,6 +230,7 @@ def test_bad_handles_raise_before_writing(pair):
     assert b.recv() == "fine"
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_stdlib_recv_fds_receives_what_pyforkd_sends():
     x, y = socket.socketpair()
     ch = Channel(x, serialization="raw")
@@ -234,6 +246,7 @@ def test_stdlib_recv_fds_receives_what_pyforkd_sends():
     y.close()
 
 
+@posix_only_because("a hand-written peer over a UNIX socket (Windows channels are named pipes)")
 def test_pyforkd_receives_what_stdlib_send_fds_sends(raw_pair):
     ch, peer = raw_pair
     r, w = os.pipe()
@@ -252,6 +265,7 @@ def test_pyforkd_receives_what_stdlib_send_fds_sends(raw_pair):
 # ---- concurrency and backpressure -----------------------------------------------------------
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_sends_from_many_threads_never_interleave(pair):
     a, b = pair
     big = b"x" * 200_000  # several socket buffers: a torn frame would show
@@ -272,6 +286,7 @@ def test_sends_from_many_threads_never_interleave(pair):
         assert [i for m, i, _ in got if m == n] == list(range(25))
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_send_blocks_while_the_peer_does_not_read_then_times_out(pair):
     a, b = pair
     sent = 0
@@ -284,6 +299,7 @@ def test_send_blocks_while_the_peer_does_not_read_then_times_out(pair):
     assert b.recv(timeout=5) == b"x" * 4096
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_half_written_message_timeout_closes_the_channel(pair):
     a = pair[0]
     with pytest.raises(TimeoutError, match="half-written"):
@@ -296,6 +312,7 @@ def test_half_written_message_timeout_closes_the_channel(pair):
 # ---- the peer goes away -----------------------------------------------------------------------
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_send_to_a_closed_peer_raises_channel_closed_not_broken_pipe(pair):
     a, b = pair
     b.close()
@@ -306,6 +323,7 @@ def test_send_to_a_closed_peer_raises_channel_closed_not_broken_pipe(pair):
     assert isinstance(info.value, ConnectionError) and isinstance(info.value, EOFError)
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_use_after_close(pair):
     a = pair[0]
     a.close()
@@ -317,6 +335,7 @@ def test_use_after_close(pair):
     assert a.fileno() == -1
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_close_wakes_a_thread_blocked_in_recv(pair):
     a = pair[0]
     errors = []
@@ -335,6 +354,7 @@ def test_close_wakes_a_thread_blocked_in_recv(pair):
     assert not t.is_alive() and len(errors) == 1
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_peer_killed_mid_message_raises_channel_closed():
     a, b = socket.socketpair()
     code = (
@@ -354,6 +374,7 @@ def test_peer_killed_mid_message_raises_channel_closed():
 # ---- malformed input ------------------------------------------------------------------------
 
 
+@posix_only_because("a hand-written peer over a UNIX socket (Windows channels are named pipes)")
 @pytest.mark.parametrize(
     "data, why",
     [
@@ -376,6 +397,7 @@ def test_malformed_frames_raise_frame_error_and_close(raw_pair, data, why):
         ch.recv()
 
 
+@posix_only_because("a hand-written peer over a UNIX socket (Windows channels are named pipes)")
 def test_descriptor_count_mismatch_closes_every_descriptor(raw_pair):
     ch, peer = raw_pair
     before = open_fds()
@@ -389,6 +411,7 @@ def test_descriptor_count_mismatch_closes_every_descriptor(raw_pair):
     assert open_fds() <= before  # the received copy was closed, and so was the channel
 
 
+@posix_only_because("a hand-written peer over a UNIX socket (Windows channels are named pipes)")
 def test_descriptors_go_to_the_frame_that_declares_them_in_a_shared_read(raw_pair):
     # Two frames arrive in one recvmsg; the descriptor came with the second, which declares
     # it: the first, which declares none, must not take it.
@@ -406,6 +429,7 @@ def test_descriptors_go_to_the_frame_that_declares_them_in_a_shared_read(raw_pai
     os.close(r)
 
 
+@posix_only_because("a hand-written peer over a UNIX socket (Windows channels are named pipes)")
 def test_descriptors_with_a_frame_that_declares_none(raw_pair):
     ch, peer = raw_pair
     fds_before = open_fds()
@@ -418,6 +442,7 @@ def test_descriptors_with_a_frame_that_declares_none(raw_pair):
     assert open_fds() <= fds_before
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_frame_error_keeps_the_process_and_fd_count_at_baseline():
     before = open_fds()
     for _ in range(20):
@@ -436,6 +461,7 @@ def test_frame_error_keeps_the_process_and_fd_count_at_baseline():
 # ---- Node's json-lines framing ----------------------------------------------------------------
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_node_framing_lines_unicode_straddling_reads_and_internal_messages():
     a, b = socket.socketpair()
     ch = Channel(a, framing="node", serialization="json")
@@ -454,6 +480,7 @@ def test_node_framing_lines_unicode_straddling_reads_and_internal_messages():
     b.close()
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 @pytest.mark.parametrize("bad", [b"\n", b"NaN\n", b"{oops}\n", b"\xff\xfe\n"])
 def test_node_framing_invalid_json_is_a_frame_error(bad):
     a, b = socket.socketpair()
@@ -529,6 +556,7 @@ messages = st.lists(
 )
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 @settings(max_examples=150, deadline=None)
 @given(msgs=messages, cuts=st.lists(st.integers(min_value=0), max_size=30))
 def test_frames_decode_the_same_under_any_split(msgs, cuts):
@@ -551,6 +579,7 @@ def test_frames_decode_the_same_under_any_split(msgs, cuts):
     assert _receive_in_pieces(data, cuts) == msgs
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 @settings(max_examples=150, deadline=None)
 @given(
     msgs=st.lists(
@@ -573,6 +602,7 @@ def test_node_lines_decode_the_same_under_any_split(msgs, cuts):
     b.close()
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=400), cuts=st.lists(st.integers(min_value=0), max_size=10))
 def test_arbitrary_bytes_never_crash_the_decoder(data, cuts):
@@ -585,6 +615,7 @@ def test_arbitrary_bytes_never_crash_the_decoder(data, cuts):
 # ---- frames larger than the receive buffer ----------------------------------------------------
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_a_large_frame_with_handles_arrives_whole(pair):
     a, b = pair
     r, w = os.pipe()
@@ -602,6 +633,7 @@ def test_a_large_frame_with_handles_arrives_whole(pair):
     assert b.recv(timeout=10) == "small after big"
 
 
+@posix_only_because("a hand-written peer over a UNIX socket (Windows channels are named pipes)")
 def test_peer_gone_in_the_middle_of_a_large_frame(raw_pair):
     ch, peer = raw_pair
     before = open_fds()
@@ -612,6 +644,7 @@ def test_peer_gone_in_the_middle_of_a_large_frame(raw_pair):
     assert open_fds() <= before
 
 
+@posix_only_because("a hand-written peer over a UNIX socket (Windows channels are named pipes)")
 def test_descriptors_inside_a_large_frame_are_refused(raw_pair):
     ch, peer = raw_pair
     before = open_fds()
@@ -639,6 +672,7 @@ handle_kinds = st.lists(
 )
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 @settings(max_examples=100, deadline=None)
 @given(kinds=handle_kinds, many=st.booleans())
 def test_handle_descriptions_round_trip(tmp_path_factory, kinds, many):
@@ -673,6 +707,7 @@ def test_handle_descriptions_round_trip(tmp_path_factory, kinds, many):
     assert open_fds() == before
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 @settings(max_examples=300, deadline=None)
 @given(description=st.binary(max_size=20), count=st.integers(0, 4), body=st.binary(max_size=4))
 def test_arbitrary_handle_descriptions_never_leak(description, count, body):
@@ -699,6 +734,7 @@ def test_arbitrary_handle_descriptions_never_leak(description, count, body):
     assert open_fds() == before
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_raw_sends_any_buffer_as_its_bytes():
     import array
 
@@ -726,6 +762,7 @@ def test_raw_sends_any_buffer_as_its_bytes():
 # ---- batches: send_many / recv_many -------------------------------------------------------
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_send_many_and_recv_many_keep_order_across_sizes(pair):
     a, b = pair
     big = bytes(range(256)) * 8192  # 2 MiB: written from where it is, between small ones
@@ -747,6 +784,7 @@ def test_send_many_and_recv_many_keep_order_across_sizes(pair):
     assert done.is_set() and got == msgs
 
 
+@posix_only_because("a hand-written peer over a UNIX socket (Windows channels are named pipes)")
 def test_recv_many_takes_every_frame_of_one_write_in_one_call(raw_pair):
     # A peer that is not pyforkd writes 50 frames at once: one call takes all of them,
     # and then waits no more than its timeout for another.
@@ -760,6 +798,7 @@ def test_recv_many_takes_every_frame_of_one_write_in_one_call(raw_pair):
     assert ch.recv_many(timeout=30) == [b"y"]  # the rest waits for the next call
 
 
+@posix_only_because("a hand-written peer over a UNIX socket (Windows channels are named pipes)")
 def test_recv_many_keeps_the_order_of_every_kind_of_frame(raw_pair):
     # Plain frames are decoded in the batch loop, others through the channel's queues, a
     # descriptor-carrying one by its own call: the order is the sender's all the same.
@@ -782,6 +821,7 @@ def test_recv_many_keeps_the_order_of_every_kind_of_frame(raw_pair):
     os.close(r)
 
 
+@posix_only_because("a hand-written peer over a UNIX socket (Windows channels are named pipes)")
 def test_recv_many_refuses_a_batch_with_a_malformed_frame(raw_pair):
     ch, raw = raw_pair
     before = open_fds()
@@ -796,6 +836,7 @@ def test_recv_many_refuses_a_batch_with_a_malformed_frame(raw_pair):
         ch.recv_many(timeout=1)  # the channel is closed after garbage
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_send_many_sends_nothing_when_one_message_cannot_go(pair):
     a, b = pair
     with pytest.raises(pickle.PicklingError):
@@ -810,6 +851,7 @@ def test_send_many_sends_nothing_when_one_message_cannot_go(pair):
         assert small[1].recv_many(timeout=30) == [b"still", b"usable"]
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_recv_many_with_handles_and_bad_limits(pair, tmp_path):
     a, b = pair
     path = tmp_path / "f"
@@ -827,7 +869,14 @@ def test_recv_many_with_handles_and_bad_limits(pair, tmp_path):
         b.recv_many(0)
 
 
-@pytest.mark.parametrize("how", ["ring", "node", "json"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "ring",
+        pytest.param("node", marks=posix_only_because("a Channel over a UNIX socket")),
+        "json",
+    ],
+)
 def test_batches_over_rings_node_lines_and_json(how):
     if how == "node":
         x, y = socket.socketpair()
@@ -846,6 +895,7 @@ def test_batches_over_rings_node_lines_and_json(how):
         assert got == msgs
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 def test_send_many_across_its_run_and_size_limits(pair):
     # Runs of small messages (more than one run's 256 KiB), messages that go alone (16 KiB
     # and more), empty ones: all arrive whole and in order.
@@ -885,7 +935,12 @@ def _python_calls(run) -> tuple[int, int]:
     [
         ("pickle", None, {"id": 1, "op": "get"}),
         ("raw", None, b"x" * 64),
-        ("pickle", 1 << 16, {"id": 1, "op": "get"}),
+        pytest.param(
+            "pickle",
+            1 << 16,
+            {"id": 1, "op": "get"},
+            marks=posix_only_because("the budget is POSIX's: a Windows ring wait costs more"),
+        ),
     ],
     ids=["socket-pickle", "socket-raw", "ring-pickle"],
 )
@@ -917,6 +972,7 @@ def test_a_plain_message_costs_at_most_three_python_calls_each_way(serialization
         assert batch / n < (2.5 if ring else 1.5), batch / n
 
 
+@posix_only_because("a Channel over a UNIX socket (Windows channels are named pipes)")
 @pytest.mark.parametrize("serialization", ["pickle", "json", "raw"])
 def test_the_peer_closing_ends_every_kind_of_channel(serialization):
     a, b = socket.socketpair()
@@ -933,3 +989,271 @@ def test_the_peer_closing_ends_every_kind_of_channel(serialization):
         with pytest.raises(ChannelClosedError):
             receiver.recv(timeout=5)
     receiver.close()
+
+
+# ---- every platform: children are this interpreter with inline code --------------------
+
+
+def echo_child(serialization: str | None = "pickle") -> pyforkd.ChildProcess:
+    return pyforkd.spawn(
+        PY, ["-c", ECHO], stdio=["ignore", "ignore", "inherit", "ipc"], serialization=serialization
+    )
+
+
+def test_pickled_messages_go_both_ways_in_order():
+    child = echo_child()
+    messages = [{"n": i, "data": bytes(range(i % 256))} for i in range(100)]
+    for m in messages:
+        child.send(m)
+    assert [child.recv(timeout=60) for _ in messages] == [("echo", m) for m in messages]
+    big = bytes(range(256)) * 4096  # a megabyte: many pipe buffers' worth
+    child.send(big)
+    assert child.recv(timeout=60) == ("echo", big)
+    child.disconnect()
+    assert child.wait(timeout=60) == 0  # it saw the end of the channel
+
+
+def test_node_json_framing_by_default():
+    child = echo_child(serialization=None)
+    child.send({"list": [1, 2.5, "three", None, True]})
+    assert child.recv(timeout=60) == ["echo", {"list": [1, 2.5, "three", None, True]}]
+    child.disconnect()
+    assert child.wait(timeout=60) == 0
+
+
+def test_a_receive_times_out_and_the_channel_goes_on():
+    child = echo_child()
+    with pytest.raises(TimeoutError):
+        child.recv(timeout=0.2)
+    child.send("after")
+    assert child.recv(timeout=60) == ("echo", "after")
+    child.disconnect()
+    assert child.wait(timeout=60) == 0
+
+
+def test_the_child_ending_closes_the_channel():
+    child = pyforkd.spawn(
+        PY,
+        ["-c", "import pyforkd; pyforkd.parent().send('bye')"],
+        stdio=["ignore", "ignore", "inherit", "ipc"],
+        serialization="pickle",
+    )
+    assert child.recv(timeout=60) == "bye"
+    assert child.wait(timeout=60) == 0
+    with pytest.raises(pyforkd.ChannelClosedError):
+        child.recv(timeout=60)
+    assert not child.connected
+    child.close()
+
+
+def test_disconnect_wakes_a_thread_blocked_in_a_receive_from_a_child():
+    child = echo_child()
+    outcome = []
+
+    def blocked() -> None:
+        try:
+            child.recv()
+        except pyforkd.ChannelClosedError as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=blocked, daemon=True)
+    reader.start()
+    reader.join(0.3)
+    assert reader.is_alive()  # waiting for a message that does not come
+    child.disconnect()
+    reader.join(60)
+    assert not reader.is_alive()
+    assert len(outcome) == 1
+    with pytest.raises(pyforkd.ChannelClosedError):
+        child.send("too late")
+    assert child.wait(timeout=60) == 0
+
+
+HANDLER = r"""
+import os
+import pyforkd
+ch = pyforkd.parent()
+while True:
+    try:
+        msg, handle = ch.recv(with_handle=True)
+    except pyforkd.ChannelClosedError:
+        break
+    if msg == "socket":
+        handle.sendall(b"hello from the child")
+        handle.close()
+    elif msg == "file":
+        handle.write(b"written by the child")
+        handle.close()
+    elif msg == "many":
+        kinds = [type(h).__name__ for h in handle]
+        for h in handle:
+            h.close()
+        ch.send(kinds)
+        continue
+    elif msg == "back":
+        ch.send("returned", handle=handle)
+        continue
+    elif msg == "ring":
+        seen = []
+        for _ in range(100):
+            with handle.recv(timeout=60) as view:
+                seen.append((len(view), view[0], view[-1]))
+        ch.send(("ring", seen))
+        handle.close()
+        continue
+    ch.send("done")
+"""
+
+
+def handler_child() -> pyforkd.ChildProcess:
+    return pyforkd.spawn(
+        PY, ["-c", HANDLER], stdio=["ignore", "ignore", "inherit", "ipc"], serialization="pickle"
+    )
+
+
+def connected_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    return client, accepted
+
+
+def read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(60)
+    out = b""
+    while chunk := sock.recv(4096):
+        out += chunk
+    return out
+
+
+def test_a_socket_sent_to_the_child_is_its_own_and_ours_is_closed():
+    child = handler_child()
+
+    def send_one() -> None:
+        client, accepted = connected_pair()
+        child.send("socket", handle=accepted)
+        assert accepted.fileno() == -1  # sent: this side's copy is closed (as in Node)
+        assert child.recv(timeout=60) == "done"
+        # The child wrote and closed its copy; ours is gone too, so the stream ends.
+        assert read_all(client) == b"hello from the child"
+        client.close()
+
+    assert_no_leak(send_one)
+    child.disconnect()
+    assert child.wait(timeout=60) == 0
+
+
+def test_a_file_sent_to_the_child_is_written_through(tmp_path):
+    child = handler_child()
+    path = tmp_path / "out.bin"
+    with open(path, "wb") as f:
+        f.write(b"ours first, ")
+        child.send("file", handle=f, keep_open=True)  # flushed before it goes
+        assert child.recv(timeout=60) == "done"
+        assert not f.closed
+    assert path.read_bytes() == b"ours first, written by the child"
+    child.disconnect()
+    assert child.wait(timeout=60) == 0
+
+
+def test_several_handles_in_one_message_arrive_as_the_same_kinds(tmp_path):
+    child = handler_child()
+
+    def send_three() -> None:
+        client, accepted = connected_pair()
+        f = open(tmp_path / "x.bin", "wb")  # noqa: SIM115
+        fd = os.open(tmp_path / "y.bin", os.O_WRONLY | os.O_CREAT)
+        child.send("many", handle=[accepted, f, pyforkd.Fd(fd)])
+        assert child.recv(timeout=60) == ["socket", "BufferedWriter", "Fd"]
+        assert f.closed
+        assert read_all(client) == b""  # every copy of the connection is closed
+        client.close()
+
+    assert_no_leak(send_three)
+    child.disconnect()
+    assert child.wait(timeout=60) == 0
+
+
+def test_a_handle_comes_back_from_the_child_and_works():
+    child = handler_child()
+    r, w = os.pipe()
+    child.send("back", handle=pyforkd.Fd(w))
+    msg, back = child.recv(timeout=60, with_handle=True)
+    assert msg == "returned"
+    assert isinstance(back, pyforkd.Fd)
+    os.write(back.fileno(), b"round trip")
+    back.close()
+    assert os.read(r, 100) == b"round trip"
+    assert os.read(r, 100) == b""  # the child's copy is closed as well
+    os.close(r)
+    child.disconnect()
+    assert child.wait(timeout=60) == 0
+
+
+def test_a_handle_that_is_not_open_is_refused_before_anything_is_written():
+    child = handler_child()
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    with pytest.raises(ValueError, match=f"descriptor {fd} is not open"):
+        child.send("back", handle=pyforkd.Fd(fd))
+    child.send("back", handle=pyforkd.Fd(os.open(os.devnull, os.O_RDONLY)))
+    msg, back = child.recv(timeout=60, with_handle=True)
+    assert msg == "returned"  # the channel goes on, in step
+    back.close()
+    child.disconnect()
+    assert child.wait(timeout=60) == 0
+
+
+def test_a_ring_sent_to_the_child_shares_its_memory():
+    child = handler_child()
+    with pyforkd.Ring(1 << 16) as ring:
+        ring.watch(child.channel)
+        child.send("ring", handle=ring)
+        records = [bytes([i]) * (i * 300 + 1) for i in range(100)]  # wraps around many times
+        for record in records:
+            ring.send(record)
+        assert child.recv(timeout=60) == ("ring", [(len(r), r[0], r[-1]) for r in records])
+    child.disconnect()
+    assert child.wait(timeout=60) == 0
+
+
+def test_channel_pair_carries_messages_and_handles_within_a_process():
+    def through_a_pair() -> None:
+        a, b = pyforkd.Channel.pair()
+        a.send({"x": 1})
+        assert b.recv(timeout=60) == {"x": 1}
+        client, accepted = connected_pair()
+        b.send("conn", handle=accepted)
+        msg, got = a.recv(timeout=60, with_handle=True)
+        assert msg == "conn" and isinstance(got, socket.socket)
+        got.sendall(b"via the pair")
+        got.close()
+        assert read_all(client) == b"via the pair"
+        client.close()
+        a.close()
+        with pytest.raises(pyforkd.ChannelClosedError):
+            b.recv(timeout=60)
+        b.close()
+
+    assert_no_leak(through_a_pair)
+
+
+def test_channel_pair_over_rings():
+    a, b = pyforkd.Channel.pair(ring=1 << 16)
+    big = bytes(range(256)) * 1000  # larger than a ring record: it goes in parts
+
+    def send_all() -> None:
+        for i in range(50):
+            a.send((i, big))
+
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    assert [b.recv(timeout=60) for _ in range(50)] == [(i, big) for i in range(50)]
+    sender.join(60)
+    huge = os.urandom(3 << 20)  # over a megabyte: assembled in fresh pages on arrival
+    sender = threading.Thread(target=b.send, args=(huge,))
+    sender.start()
+    assert a.recv(timeout=60) == huge
+    sender.join(60)
+    a.close()
+    b.close()

@@ -10,11 +10,11 @@ import tempfile
 import time
 
 import pytest
-from _helpers import PY, alive, answering_pid, free_port, posix_only, reaped
+from _helpers import PY, alive, answering_pid, free_port, posix_only_because, reaped
 
 import pyforkd
 
-pytestmark = posix_only
+pytestmark = posix_only_because("stops by SIGTERM and SIGINT, and curl")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "hello_http.py")
 

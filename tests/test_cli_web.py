@@ -14,11 +14,11 @@ import sys
 import time
 
 import pytest
-from _helpers import free_port, posix_only
+from _helpers import free_port, posix_only_because
 from test_wsgi import APPS, Client, get
 
 pytest.importorskip("httptools", reason="the WSGI server parses with httptools")
-pytestmark = posix_only
+pytestmark = posix_only_because("SIGUSR1 reopens the log; systemd socket activation")
 
 
 def run(args, cwd=APPS, **kw):

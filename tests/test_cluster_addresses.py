@@ -12,11 +12,11 @@ import sys
 import textwrap
 
 import pytest
-from _helpers import REUSEPORT, free_port, linux_only_because, posix_only
+from _helpers import REUSEPORT, free_port, linux_only_because, posix_only_because
 
 from pyforkd.cluster import _address
 
-pytestmark = posix_only
+pytestmark = posix_only_because("UNIX-socket addresses, and forked workers")
 
 APP = textwrap.dedent(
     """

@@ -13,9 +13,9 @@ import textwrap
 import time
 
 import pytest
-from _helpers import REUSEPORT, free_port, posix_only
+from _helpers import REUSEPORT, free_port, posix_only_because
 
-pytestmark = posix_only
+pytestmark = posix_only_because("the cluster's forked workers")
 
 APP = textwrap.dedent(
     """

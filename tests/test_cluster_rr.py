@@ -11,12 +11,12 @@ import threading
 import time
 
 import pytest
-from _helpers import http_get, posix_only
+from _helpers import http_get, posix_only_because
 
 import pyforkd
 from pyforkd import ChannelClosedError, cluster
 
-pytestmark = posix_only
+pytestmark = posix_only_because("the cluster's forked workers, one SIGKILLed")
 
 
 def serve(accepting=True):

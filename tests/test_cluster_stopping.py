@@ -10,9 +10,9 @@ import sys
 import textwrap
 
 import pytest
-from _helpers import REUSEPORT, free_port, posix_only
+from _helpers import REUSEPORT, free_port, posix_only_because
 
-pytestmark = posix_only
+pytestmark = posix_only_because("the cluster's forked workers, stopped by SIGTERM")
 
 BATCH = textwrap.dedent(
     """

@@ -20,14 +20,14 @@ from _helpers import (
     free_port,
     http_get,
     linux_only_because,
-    posix_only,
+    posix_only_because,
     reaped,
     run_on_a_taken_port,
 )
 
 import pyforkd
 
-pytestmark = posix_only
+pytestmark = posix_only_because("the cluster's forked workers and POSIX signals")
 
 APP = textwrap.dedent(
     """

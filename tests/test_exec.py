@@ -11,12 +11,12 @@ import subprocess
 import time
 
 import pytest
-from _helpers import PY, alive, open_fds, posix_only
+from _helpers import PY, alive, open_fds, posix_only_because
 
 import pyforkd
 from pyforkd import CompletedProcess, ExecError, MaxBufferError, SpawnError, aio
 
-pytestmark = posix_only
+pytestmark = posix_only_because("POSIX programs (sh, cat, echo) and signals")
 
 
 def test_exec_file_returns_completed_process():

@@ -11,12 +11,12 @@ import textwrap
 import threading
 
 import pytest
-from _helpers import PY, posix_only
+from _helpers import PY, posix_only_because
 
 import pyforkd
 from pyforkd import ChannelClosedError, FrameError
 
-pytestmark = posix_only
+pytestmark = posix_only_because("POSIX programs and signals around fork()")
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="Node.js (node) is not installed")
 

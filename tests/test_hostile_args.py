@@ -9,11 +9,11 @@ import os
 import threading
 
 import pytest
-from _helpers import PY, children_of, posix_only, zombie_children
+from _helpers import PY, children_of, posix_only_because, zombie_children
 
 import pyforkd
 
-pytestmark = posix_only
+pytestmark = posix_only_because("descriptor numbers and POSIX programs")
 
 FOREVERS = [math.inf, 1e300, 10**400, 2**63, 2**64 / 1000]
 

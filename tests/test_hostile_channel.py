@@ -18,7 +18,7 @@ import tempfile
 import threading
 
 import pytest
-from _helpers import open_fds, posix_only, rss_bytes
+from _helpers import open_fds, posix_only_because, rss_bytes
 
 import pyforkd
 from pyforkd import ChannelClosedError, FrameError
@@ -27,7 +27,7 @@ HEADER = struct.Struct("<2sBBHHQ")  # magic, version, kind, flags, descriptor co
 PICKLE, JSON, RAW, CONTROL, RING = 1, 2, 3, 4, 5
 HANDLES = 1
 
-pytestmark = posix_only
+pytestmark = posix_only_because("hand-written peers over AF_UNIX with SCM_RIGHTS")
 
 
 def frame(kind: int, payload: bytes, flags: int = 0, nfds: int = 0, length: int = -1) -> bytes:

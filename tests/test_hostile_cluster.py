@@ -22,12 +22,13 @@ import time
 import pytest
 from _helpers import (
     PY,
+    ROOT_USER,
     alive,
     free_port,
     http_get,
     linux_only_because,
     open_fds,
-    posix_only,
+    posix_only_because,
     reaped,
     rss_bytes,
     run_on_a_taken_port,
@@ -36,7 +37,7 @@ from _helpers import (
 import pyforkd
 from pyforkd.cluster import control as _control
 
-pytestmark = posix_only
+pytestmark = posix_only_because("forked workers and the AF_UNIX control socket")
 
 APP = textwrap.dedent(
     """
@@ -336,7 +337,7 @@ print(control.runtime_dir(create=True))
 """
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="squatting as another user needs root")
+@pytest.mark.skipif(not ROOT_USER, reason="squatting as another user needs root")
 def test_another_user_squatting_the_tmp_directory_does_not_stop_a_cluster():
     victim = 65534  # nobody
     squat = f"/tmp/pyforkd-{victim}"

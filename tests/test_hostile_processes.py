@@ -12,11 +12,11 @@ import threading
 import time
 
 import pytest
-from _helpers import PY, alive, free_port, posix_only, reaped, wait_gone
+from _helpers import PY, alive, free_port, posix_only_because, reaped, wait_gone
 
 import pyforkd
 
-pytestmark = posix_only
+pytestmark = posix_only_because("fork and POSIX signals")
 
 PARENT = textwrap.dedent(
     """

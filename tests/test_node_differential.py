@@ -21,13 +21,13 @@ import textwrap
 from typing import Any
 
 import pytest
-from _helpers import posix_only
+from _helpers import posix_only_because
 
 import pyforkd
 
 NODE = shutil.which("node") or "/usr/bin/node"
 needs_node = pytest.mark.skipif(not os.path.exists(NODE), reason="needs Node (/usr/bin/node)")
-pytestmark = [posix_only, needs_node]
+pytestmark = [posix_only_because("Node's IPC over UNIX sockets"), needs_node]
 
 PRELUDE = r"""
 const cp = require('child_process');

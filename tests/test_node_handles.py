@@ -10,13 +10,13 @@ import sys
 import textwrap
 
 import pytest
-from _helpers import open_fds, posix_only
+from _helpers import open_fds, posix_only_because
 
 import pyforkd
 
 NODE = shutil.which("node")
 pytestmark = [
-    posix_only,
+    posix_only_because("Node's handle passing over UNIX sockets"),
     pytest.mark.skipif(NODE is None, reason="Node.js (node) is not installed"),
 ]
 

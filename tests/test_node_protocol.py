@@ -13,14 +13,14 @@ import threading
 import warnings
 
 import pytest
-from _helpers import open_fds, posix_only
+from _helpers import open_fds, posix_only_because
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pyforkd
 from pyforkd import Channel
 
-pytestmark = posix_only
+pytestmark = posix_only_because("Node's handle passing over UNIX sockets")
 
 
 class NodeLike:

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from _helpers import alive, free_port, http_get, posix_only
+from _helpers import alive, free_port, http_get, posix_only_because
 
 from pyforkd.cluster import control
 
-pytestmark = posix_only
+pytestmark = posix_only_because("the cluster's forked workers, stopped by SIGTERM")
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "own_server"
 

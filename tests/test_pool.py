@@ -16,18 +16,19 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
-from _helpers import alive, posix_only, zombie_children
+from _helpers import alive, posix_only_because, zombie_children
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyforkd
 from pyforkd.pool import Pool, PoolBrokenError, WorkerCrashedError
 
+np = pytest.importorskip("numpy", reason="numpy arrays travel here (wine cannot load numpy)")
+
 BrokenProcessPool = cf.process.BrokenProcessPool
 
-pytestmark = posix_only
+pytestmark = posix_only_because("workers started by fork")
 
 
 def add_one(x):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from _helpers import PY, posix_only
+from _helpers import PY, posix_only_because
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pyforkd
 
-pytestmark = posix_only
+pytestmark = posix_only_because("POSIX argv and environment bytes")
 
 # Text without NUL (the one byte a C string cannot carry) and without lone surrogates
 # that the filesystem encoding cannot represent.

@@ -18,9 +18,8 @@ import sys
 import textwrap
 import threading
 
-import numpy as np
 import pytest
-from _helpers import PY, open_fds, posix_only, zombie_children
+from _helpers import PY, open_fds, posix_only_because, zombie_children
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -29,7 +28,9 @@ import pyforkd
 from pyforkd import Channel, ChannelClosedError, Fd, FrameError, _ringlink
 from pyforkd._bindings import RING_HEADER_SIZE
 
-pytestmark = posix_only
+np = pytest.importorskip("numpy", reason="numpy arrays travel here (wine cannot load numpy)")
+
+pytestmark = posix_only_because("workers started by fork")
 START_METHODS = ["fork", "spawn", "forkserver"]
 
 

@@ -8,11 +8,11 @@ import os
 import socket
 import time
 
-from _helpers import PY, answering_pid, http_get, posix_only, reaped
+from _helpers import PY, answering_pid, http_get, posix_only_because, reaped
 
 import pyforkd
 
-pytestmark = posix_only
+pytestmark = posix_only_because("systemd")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "hello_http.py")
 

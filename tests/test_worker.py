@@ -6,18 +6,31 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 import textwrap
 import time
 import warnings
 
 import pytest
-from _helpers import PY, alive, linux_only_because, open_fds, posix_only, wait_gone
+from _helpers import (
+    PY,
+    alive,
+    assert_no_leak,
+    linux_only_because,
+    open_fds,
+    posix_only_because,
+    wait_gone,
+    windows_only_because,
+)
 
 import pyforkd
 from pyforkd import Worker, WorkerError
 
-pytestmark = posix_only
-METHODS = ["fork", "spawn", "forkserver"]
+pytestmark = []  # (marks per test)
+# The start methods; Windows has only "spawn".
+FORK = pytest.param("fork", marks=posix_only_because("Windows has no fork"))
+FORKSERVER = pytest.param("forkserver", marks=posix_only_because("Windows has no fork"))
+METHODS = [FORK, "spawn", FORKSERVER]
 
 
 def add(a, b, *, c=0):
@@ -124,7 +137,7 @@ def test_parent_channel_inside_the_target(start):
     assert w.join(timeout=60) == 0
 
 
-@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+@pytest.mark.parametrize("start", ["spawn", FORKSERVER])
 def test_refuses_an_unpicklable_target_before_starting(fd_baseline, start):
     with pytest.raises(TypeError, match="cannot be pickled") as info:
         pyforkd.fork_worker(lambda: 1, start=start)
@@ -138,6 +151,7 @@ def test_bad_arguments():
         pyforkd.fork_worker(42)
 
 
+@posix_only_because("fork and POSIX signals")
 @pytest.mark.parametrize("start", METHODS)
 def test_disconnect_ends_the_worker(start):
     w = pyforkd.fork_worker(ready_then_sleep, start=start)
@@ -159,6 +173,7 @@ SCRIPT = """
 """
 
 
+@posix_only_because("Windows has no fork (the script uses all three start methods)")
 def test_target_defined_in_a_scripts_main(tmp_path):
     path = tmp_path / "prog.py"
     path.write_text(textwrap.dedent(SCRIPT))
@@ -179,7 +194,7 @@ NO_GUARD = """
 """
 
 
-@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+@pytest.mark.parametrize("start", ["spawn", FORKSERVER])
 def test_a_main_without_the_guard_gets_a_clear_error(tmp_path, start):
     path = tmp_path / "prog.py"
     path.write_text(textwrap.dedent(NO_GUARD).replace("START", repr(start)))
@@ -233,6 +248,7 @@ def test_worker_dies_within_a_second_of_its_parent(tmp_path, start, where):
         assert wait_gone(server_pid, 1.0), f"fork server {server_pid} outlived its parent"
 
 
+@posix_only_because("fork and POSIX signals")
 def test_a_dead_fork_server_is_replaced():
     first = pyforkd.fork_worker(add, 1, 2, start="forkserver")
     assert first.result(timeout=60) == 3
@@ -254,6 +270,7 @@ def test_a_dead_fork_server_is_replaced():
         running.join(timeout=60)
 
 
+@posix_only_because("fork and POSIX signals")
 def test_forked_workers_do_not_keep_each_others_parent_ends(tmp_path):
     # A second worker forked later must not hold the first one's parent-side socket, or
     # the first would not see the parent die.
@@ -376,3 +393,109 @@ def test_failed_spawns_leave_forks_free():
     w = pyforkd.fork_worker(add, 2, 3)
     assert w.result(timeout=30) == 5
     w.join(timeout=30)
+
+
+# ---- every platform: children are this interpreter with inline code --------------------
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fail() -> None:
+    raise ValueError("raised in the worker")
+
+
+def chat() -> int:
+    channel = pyforkd.parent()
+    assert channel is not None
+    channel.send(("pid", os.getpid()))
+    return channel.recv() + 1
+
+
+def crash() -> None:
+    os._exit(3)
+
+
+def test_a_worker_runs_its_target_in_another_process():
+    worker = pyforkd.fork_worker(square, 7)
+    assert worker.result(timeout=60) == 49
+    assert worker.join(timeout=60) == 0
+    assert worker.pid != os.getpid()
+
+
+def test_a_workers_exception_comes_back_with_its_traceback():
+    worker = pyforkd.fork_worker(fail)
+    with pytest.raises(pyforkd.WorkerError, match="raised in the worker") as info:
+        worker.result(timeout=60)
+    assert "fail" in str(info.value)  # the remote traceback names the function
+    worker.join(timeout=60)
+
+
+def test_a_worker_talks_to_its_parent():
+    worker = pyforkd.fork_worker(chat)
+    kind, pid = worker.recv(timeout=60)
+    assert kind == "pid" and pid == worker.pid
+    worker.send(41)
+    assert worker.result(timeout=60) == 42
+    worker.join(timeout=60)
+
+
+@windows_only_because("Windows has no fork")
+def test_only_spawn_exists_on_windows():
+    for method in ("fork", "forkserver"):
+        with pytest.raises(NotImplementedError, match="start='spawn'"):
+            pyforkd.fork_worker(square, 1, start=method)
+
+
+def echo_big(data: bytes) -> bytes:
+    return data[::-1]
+
+
+def test_a_worker_over_rings_moves_big_payloads_both_ways():
+    data = bytes(range(256)) * 8192  # 2 MiB: through the rings, not the pipe
+    worker = pyforkd.fork_worker(echo_big, data, ring=1 << 22)
+    assert worker.result(timeout=60) == data[::-1]
+    assert worker.join(timeout=60) == 0
+
+
+def test_a_pool_maps_submits_and_survives_a_crash():
+    with pyforkd.Pool(2) as pool:
+        assert list(pool.map(square, range(200))) == [x * x for x in range(200)]
+        assert pool.submit(square, 12).result(timeout=60) == 144
+        with pytest.raises(pyforkd.WorkerCrashedError):
+            pool.submit(crash).result(timeout=60)
+        assert pool.submit(square, 3).result(timeout=60) == 9  # a replacement took over
+
+
+def test_workers_leak_no_handle():
+    def one(i: int) -> None:
+        worker = pyforkd.fork_worker(square, i)
+        assert worker.result(timeout=60) == i * i
+        worker.join(timeout=60)
+
+    assert_no_leak(lambda: one(3))
+
+
+MAIN_GUARD_SCRIPT = """
+import os, sys
+import pyforkd
+
+def cube(x):
+    return x ** 3
+
+if __name__ == "__main__":
+    worker = pyforkd.fork_worker(cube, 3)
+    print("worker", worker.result(timeout=60), worker.pid != os.getpid())
+    with pyforkd.Pool(2) as pool:
+        print("pool", sum(pool.map(cube, range(10))))
+"""
+
+
+def test_a_script_under_a_main_guard_runs_its_own_functions_in_workers(tmp_path):
+    # The emulation of fork: the worker re-imports the script as __mp_main__ (its guard
+    # keeps it from starting workers of its own) and finds cube there.
+    script = tmp_path / "app.py"
+    script.write_text(MAIN_GUARD_SCRIPT)
+    r = pyforkd.exec_file(sys.executable, [str(script)], cwd=str(tmp_path), encoding="utf-8")
+    assert r.stdout.split() == ["worker", "27", "True", "pool", "2025"]

@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from _helpers import free_port, posix_only
+from _helpers import free_port, posix_only_because
 
 pytest.importorskip("httptools", reason="the WSGI server parses with httptools")
-pytestmark = posix_only
+pytestmark = posix_only_because("the cluster's forked workers")
 
 APPS = Path(__file__).parent / "apps"
 

