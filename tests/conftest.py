@@ -79,3 +79,9 @@ def fd_baseline():
     gc.collect()
     after = open_fds()
     assert after == before, f"descriptors leaked: {sorted(after - before)}"
+
+
+@pytest.fixture
+def np():
+    """numpy, or a skip where it is not installed (under wine it cannot load)."""
+    return pytest.importorskip("numpy", reason="numpy is not installed here")

@@ -13,8 +13,6 @@ from _helpers import PY, children_of, posix_only_because, zombie_children
 
 import pyforkd
 
-pytestmark = posix_only_because("descriptor numbers and POSIX programs")
-
 FOREVERS = [math.inf, 1e300, 10**400, 2**63, 2**64 / 1000]
 
 
@@ -22,6 +20,7 @@ def children() -> set[int]:
     return set(children_of(os.getpid()))
 
 
+@posix_only_because("POSIX programs (echo, true)")
 @pytest.mark.parametrize("timeout", FOREVERS, ids=["inf", "1e300", "10**400", "2**63", "2**54"])
 def test_an_endless_timeout_means_no_limit(timeout):
     assert pyforkd.spawn_sync("true", timeout=timeout).returncode == 0
@@ -42,6 +41,7 @@ def test_an_endless_timeout_means_no_limit(timeout):
     w.wait(timeout=timeout)
 
 
+@posix_only_because("POSIX programs (sleep)")
 def test_a_spawn_timeout_thread_survives_an_endless_timeout():
     # The watchdog must go on watching the next child after an endless one.
     with pyforkd.spawn("sleep", ["30"], stdio="ignore", timeout=math.inf) as endless:
@@ -73,6 +73,7 @@ def test_an_unknown_or_non_text_encoding_is_refused_before_a_start(encoding, tmp
     assert not zombie_children()
 
 
+@posix_only_because("POSIX programs (true)")
 def test_threads_left_after_endless_waits():
     before = threading.active_count()
     pyforkd.spawn_sync("true", timeout=math.inf)

@@ -24,11 +24,7 @@ from hypothesis import strategies as st
 import pyforkd
 from pyforkd.pool import Pool, PoolBrokenError, WorkerCrashedError
 
-np = pytest.importorskip("numpy", reason="numpy arrays travel here (wine cannot load numpy)")
-
 BrokenProcessPool = cf.process.BrokenProcessPool
-
-pytestmark = posix_only_because("workers started by fork")
 
 
 def add_one(x):
@@ -264,6 +260,7 @@ def test_shutdown_without_wait_still_runs_the_queue():
         time.sleep(0.01)
 
 
+@posix_only_because("POSIX signals (a segfault is signal 11)")
 @pytest.mark.slow
 @pytest.mark.parametrize("balance", ["least-loaded", "round-robin"])
 def test_a_task_killing_its_worker_fails_alone(balance):
@@ -347,13 +344,13 @@ def test_run_in_executor(pool):
     assert asyncio.run(main()) == list(range(1, 11))
 
 
-def test_numpy_arrays_travel_through_the_rings(pool):
+def test_numpy_arrays_travel_through_the_rings(pool, np):
     arrays = [np.arange(i, i + 500_000, dtype=np.float64) for i in range(4)]  # 4 MB each
     for a, b in zip(arrays, pool.map(double, arrays, chunksize=1)):
         assert np.array_equal(b, a * 2)
 
 
-def test_results_kept_for_long_never_hold_the_ring():
+def test_results_kept_for_long_never_hold_the_ring(np):
     # 24 results of 512 KiB kept at once through 1 MiB rings: each is the caller's own
     # writable copy, and the ring it came through stays free for the next.
     with Pool(workers=2, ring=1 << 20) as p:
@@ -482,6 +479,7 @@ def soak_task(kind, i):
     return i
 
 
+@posix_only_because("POSIX signals (a segfault is signal 11)")
 @pytest.mark.slow
 @pytest.mark.parametrize("balance", ["least-loaded", "round-robin"])
 def test_crash_isolation_soak(balance):
@@ -586,6 +584,7 @@ def put_in(q, value):
     q.put(value)
 
 
+@posix_only_because("fork; and a spawned worker takes no multiprocessing handles on Windows")
 @pytest.mark.parametrize("start", ["spawn", "forkserver", "fork"])
 def test_multiprocessing_objects_reach_workers_of_every_start_method(start):
     import multiprocessing as mp
@@ -600,6 +599,7 @@ def test_multiprocessing_objects_reach_workers_of_every_start_method(start):
         assert shared["pid"] == pid != os.getpid()
 
 
+@posix_only_because("fork")
 def test_max_tasks_per_worker_runs_what_was_queued_before_shutdown():
     p = Pool(workers=2, start="fork", max_tasks_per_worker=1)
     futures = [p.submit(pid_after, 0) for _ in range(6)]
@@ -632,6 +632,7 @@ if __name__ == "__main__":
 """
 
 
+@posix_only_because("fork")
 @pytest.mark.slow
 @pytest.mark.parametrize("start", ["fork", "forkserver"])
 @pytest.mark.parametrize("how", ["no-shutdown", "no-wait"])

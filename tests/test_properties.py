@@ -11,8 +11,6 @@ from hypothesis import strategies as st
 
 import pyforkd
 
-pytestmark = posix_only_because("POSIX argv and environment bytes")
-
 # Text without NUL (the one byte a C string cannot carry) and without lone surrogates
 # that the filesystem encoding cannot represent.
 safe_text = st.text(
@@ -27,6 +25,7 @@ env_key = st.text(
 ECHO = "import json, os, sys; print(json.dumps([sys.argv[1:], dict(os.environ)]))"
 
 
+@posix_only_because("POSIX environment (Windows needs SYSTEMROOT; its names ignore case)")
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(args=st.lists(safe_text, max_size=8), env=st.dictionaries(env_key, safe_text, max_size=6))
@@ -39,6 +38,7 @@ def test_argv_and_env_round_trip(args, env):
     assert got_env == env
 
 
+@posix_only_because("POSIX programs (cat)")
 @settings(max_examples=30, deadline=None)
 @given(data=st.binary(max_size=200_000))
 def test_input_round_trips_through_cat(data):

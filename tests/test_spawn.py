@@ -719,6 +719,7 @@ def test_inherit_passes_on_a_closed_stdin_as_closed():
     assert r.stdout.splitlines() == ["status=1", "stdio[0]: descriptor 0 is not open"], r.stderr
 
 
+@posix_only_because("POSIX programs (sleep)")
 @pytest.mark.slow
 def test_spawn_timeout_kills_a_child_whose_object_was_dropped():
     # Fire and forget with a safety timeout: the deadline still holds.

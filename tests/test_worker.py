@@ -228,6 +228,7 @@ ORPHAN = """
 """
 
 
+@posix_only_because("POSIX signals (the parent is SIGKILLed)")
 @pytest.mark.slow
 @pytest.mark.parametrize("start", METHODS)
 @pytest.mark.parametrize("where", ["main", "thread"])
