@@ -37,7 +37,7 @@ from . import _bindings as _b
 from . import _json
 from ._wire import BACK, RECORD, close_sent, handle_list, reason
 from .errors import ChannelClosedError, FrameError, PicklingError
-from .ring import Ring
+from .ring import Ring, RingParts
 
 if TYPE_CHECKING:  # (the channel builds on this module: no import of it at run time)
     from .channel import SocketPort
@@ -198,6 +198,8 @@ class Link:
         self.port = port
         self.tx = tx
         self.rx = rx
+        self.txp = RingParts(tx)  # (what the hot paths drive of each ring, taken once)
+        self.rxp = RingParts(rx)
         self.allow_pickle = port.serialization == "pickle"
         self.send_lock = port.send_lock  # (the channel's locks are the rings' locks)
         self.open = True  # until close(), under both locks: the rings are mapped
@@ -226,7 +228,7 @@ class Link:
                     if not self.open:
                         raise ChannelClosedError("the channel is closed")
                     if self.tx_on_ring:
-                        r = self.tx._side.write_bytes(
+                        r = self.txp.side.write_bytes(
                             _HEAD.pack(kind, 0, 0, len(body)), _HEAD.size, body, len(body)
                         )
                         if not r:
@@ -273,7 +275,7 @@ class Link:
                         raise ChannelClosedError("the channel is closed")
                     done = 0
                     if self.tx_on_ring:
-                        done = self.tx._side.write_many(
+                        done = self.txp.side.write_many(
                             b"".join(records), [len(r) for r in records]
                         )
                 i += done
@@ -294,7 +296,7 @@ class Link:
             head = _HEAD.pack(kind, 0, 0, len(body))
             with self.send_lock:
                 port.check_open()
-                if self.tx_on_ring and self.tx._side.write(head, body):
+                if self.tx_on_ring and self.txp.side.write(head, body):
                     return
                 self._put(
                     lambda base: ([(0, head), (_HEAD.size, body)], len(head) + len(body)),
@@ -332,10 +334,10 @@ class Link:
             pieces, size = layout(0)
             self._socket_record(pieces, size, deadline)
             return
-        side = self.tx._side
+        side = self.txp.side
         try:
             pieces, size = layout(offset)
-            whole = self.tx._whole
+            whole = self.txp.whole
             for pos, data in pieces:
                 at = offset + pos
                 whole[at : at + len(data)] = data
@@ -347,8 +349,7 @@ class Link:
 
     def _room(self, upper: int, deadline: float | None) -> int | None:
         """Reserve ``upper`` bytes in the ring: their offset, or None to use the socket."""
-        tx = self.tx
-        side = tx._side
+        side = self.txp.side
         if not self.tx_on_ring:  # back to the ring once it has room
             offset = side.reserve(upper)
             if offset is None:
@@ -366,7 +367,7 @@ class Link:
                 return offset
             side.publish()
             try:
-                tx._wait(_b.RING_WAIT_SPACE | _b.RING_WAIT_STALL, upper, deadline, self.port)
+                self.txp.wait(_b.RING_WAIT_SPACE | _b.RING_WAIT_STALL, upper, deadline, self.port)
             except _b.RingStalled:
                 self._leave_ring()
                 return None
@@ -379,7 +380,7 @@ class Link:
     def _leave_ring(self) -> None:
         """What follows goes on the socket: an empty record tells the receiver."""
         if self.tx_on_ring:
-            side = self.tx._side
+            side = self.txp.side
             side.stage_empty()
             side.publish()
             self.tx_on_ring = False
@@ -412,10 +413,10 @@ class Link:
 
     def recv(self, deadline: float | None) -> tuple[Any, Any]:
         """The next message and its handle."""
-        rx = self.rx
-        while self.rx_on_ring and self.whole is None and not rx._held:
+        rxp = self.rxp
+        while self.rx_on_ring and self.whole is None and not rxp.held:
             # The hot path: one C call copies a small record out and gives its room back.
-            side = rx._side
+            side = rxp.side
             n = side.read()
             if n < 0:
                 break  # none yet (wait for one), or a large one (peeked below)
@@ -460,9 +461,9 @@ class Link:
         decoded here.  It stops where a record must be peeked, or the sender went to the
         socket (the next receive takes it from there).
         """
-        rx = self.rx
-        while len(got) < limit and self.rx_on_ring and not rx._held:
-            side = rx._side
+        rxp = self.rxp
+        while len(got) < limit and self.rx_on_ring and not rxp.held:
+            side = rxp.side
             lengths = side.read_many(limit - len(got))
             if not lengths:
                 return
@@ -493,9 +494,9 @@ class Link:
                     got.append((obj, None))
 
     def _from_ring(self, deadline: float | None) -> Any:
-        rx = self.rx
-        side = rx._side
-        if not rx._held and self.whole is None:
+        rxp = self.rxp
+        side = rxp.side
+        if not rxp.held and self.whole is None:
             # The hot path: a record already there, pickled without buffers.
             try:
                 got = side.next()
@@ -503,7 +504,7 @@ class Link:
                 self._corrupt(str(exc))
             if got is not None:
                 offset, length = got
-                whole = rx._whole
+                whole = rxp.whole
                 if length >= _HEAD.size:
                     kind, _, n, body = _HEAD.unpack_from(whole, offset)
                     if (
@@ -521,7 +522,7 @@ class Link:
                         return obj
                 return self._record(offset, length)
         try:
-            offset, length = rx._next_record(deadline, self.port)
+            offset, length = rxp.next_record(deadline, self.port)
         except ChannelClosedError:
             self.peer_gone = True
             if self.whole is not None:
@@ -538,10 +539,10 @@ class Link:
 
     def _record(self, offset: int, length: int) -> Any:
         """The record peeked at ``offset``: a message, or _NOTHING."""
-        rx = self.rx
-        whole = rx._whole
+        rxp = self.rxp
+        whole = rxp.whole
         if not length:  # the sender went to the socket
-            rx._let_go(1)
+            rxp.let_go(1)
             self.rx_on_ring = False
             return _NOTHING
         if self.whole is None and length >= _HEAD.size:
@@ -550,23 +551,23 @@ class Link:
                 # The common case: decoded (copied) at once, and the record goes back.
                 with whole[offset : offset + length] as data:
                     obj = self._decoded(data)
-                rx._let_go(1)
+                rxp.let_go(1)
                 return obj
             if n and self.copy_out:
                 # The receiver keeps what it gets for long (a pool's results): a held view
                 # would stop the ring at that record, so the record is copied out.
                 copy = bytearray(length)
                 copy[:] = whole[offset : offset + length]
-                rx._let_go(1)
+                rxp.let_go(1)
                 return self._decoded(memoryview(copy))
             if n:  # the object will be built on views of the record: it stays held
                 part = whole[offset : offset + length]
                 view, exporter = _b.RingSide.record_view(part, writable=True)
-                rx._held.append((view, exporter, part))
+                rxp.held.append((view, exporter, part))
                 return self._decoded(view)
         with whole[offset : offset + length] as data:
             obj = self._take(data)
-        rx._let_go(1)
+        rxp.let_go(1)
         return obj
 
     def _decoded(self, data: memoryview) -> Any:
@@ -633,11 +634,11 @@ class Link:
                 return True  # the next recv says so
             if not self.rx_on_ring or port.buffered():
                 return port.buffered() or bool(_b.fd_wait(port.fd, _b.POLL_IN, timeout_ms))
-            rx = self.rx
-            if rx._held:
-                rx._release_done()
+            rxp = self.rxp
+            if rxp.held:
+                rxp.release_done()
             try:
-                return bool(rx._side.wait(_b.RING_WAIT_DATA, 0, timeout_ms, port.fd))
+                return bool(rxp.side.wait(_b.RING_WAIT_DATA, 0, timeout_ms, port.fd))
             except BrokenPipeError:
                 return True  # the next recv says the peer is gone
 
@@ -649,10 +650,10 @@ class Link:
         """
         self.open = False
         self._drop_partial()
-        for ring in (self.tx, self.rx):
+        for ring, parts in ((self.tx, self.txp), (self.rx, self.rxp)):
             if not ring.closed:
-                ring._side.wake()
-            ring._close_unused()
+                parts.side.wake()
+            parts.close_unused()
 
 
 def make(port: SocketPort, tx: Ring, rx: Ring) -> Link:

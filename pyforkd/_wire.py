@@ -27,6 +27,7 @@ from . import _json
 from ._checks import check_encoding as _check_encoding
 from .errors import FrameError
 from .ring import Ring
+from .ring import adopt as adopt_ring
 
 KIND = {"pickle": _b.FRAME_PICKLE, "json": _b.FRAME_JSON, "raw": _b.FRAME_RAW}
 
@@ -299,7 +300,7 @@ def rebuild(fds: list[int], specs: list[tuple[int, str, str]]) -> list[Any]:
                     raise ValueError(why) from None
                 fds[i] = -1
             elif kind == _KIND_RING:
-                made.append(Ring._from_fd(fd))
+                made.append(adopt_ring(fd))
                 fds[i] = -1
             else:
                 fds[i] = -1

@@ -407,12 +407,12 @@ class Process:
         if self._exited is None:
             self._exited = self._loop.create_future()
             # (Windows: the proactor watches no handle with add_reader: a thread waits.)
-            handle = -1 if _b.WINDOWS else self._child._acquire_exit_handle()
+            handle = -1 if _b.WINDOWS else _cp.acquire_exit_handle(self._child)
             if handle >= 0 and self._child.returncode is None:
                 self._watching = handle
                 self._loop.add_reader(handle, self._on_exit)
             else:
-                self._child._release_exit_handle(handle)
+                _cp.release_exit_handle(self._child, handle)
                 # No pidfd (macOS, old Linux, Windows): one thread does the blocking wait.
                 task = self._loop.create_task(asyncio.to_thread(self._child.wait))
                 task.add_done_callback(lambda _t: self._on_exit())
@@ -432,13 +432,13 @@ class Process:
             return
         if code is None:  # a spurious wake-up, or what says "exited" changed: watch again
             if handle >= 0:
-                self._child._release_exit_handle(handle)
-            self._watching = self._child._acquire_exit_handle()
+                _cp.release_exit_handle(self._child, handle)
+            self._watching = _cp.acquire_exit_handle(self._child)
             if self._watching >= 0:
                 self._loop.add_reader(self._watching, self._on_exit)
             return
         if handle >= 0:
-            self._child._release_exit_handle(handle)
+            _cp.release_exit_handle(self._child, handle)
             self._watching = -1
         if exited is not None and not exited.done():
             exited.set_result(code)
@@ -552,7 +552,7 @@ async def _wrap(child: ChildProcess, limit: int) -> Process:
     """A started child as a :class:`Process`, its pipes handed to the running loop."""
     proc = Process(child, asyncio.get_running_loop())
     try:
-        await proc._connect(child._take_fds(), limit)
+        await proc._connect(_cp.take_fds(child), limit)
     except BaseException:
         child.kill(SIGKILL)
         await proc.wait()
@@ -708,8 +708,8 @@ class Worker(Process):
             try:
                 w._outcome = await self._channel().recv_control(timeout)
             except ChannelClosedError:
-                w._outcome = w._died(await asyncio.wait_for(self.wait(), timeout))
-        return w._unpack()
+                w._outcome = _worker.died(w, await asyncio.wait_for(self.wait(), timeout))
+        return _worker.unpack(w)
 
     async def join(self, timeout: float | None = None) -> int:
         """Wait for the worker process to exit; return its returncode."""

@@ -52,7 +52,8 @@ from ._wire import (
     reason,
 )
 from .errors import ChannelClosedError, FrameError, PicklingError
-from .ring import Ring
+from .ring import Ring, watching
+from .ring import adopt as adopt_ring
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "Channel", "Fd"]
 
@@ -215,7 +216,7 @@ class Channel:
                 for shared in (up, down):
                     fd = _b.dup_native(shared.fileno())
                     try:
-                        theirs.append(Ring._from_fd(fd))
+                        theirs.append(adopt_ring(fd))
                     except BaseException:
                         _b.close_native(fd)
                         raise
@@ -740,7 +741,7 @@ class Channel:
     def _watch_rings(self, handle: Any) -> None:
         """A received ring's peer is the process at the other end of this channel."""
         for h in handle if isinstance(handle, list) else [handle]:
-            if isinstance(h, Ring) and h._peer is None:
+            if isinstance(h, Ring) and not watching(h):
                 h.watch(self)
 
     def _buffered(self) -> bool:
@@ -1110,3 +1111,31 @@ def _batches(pieces: list[bytes]) -> Iterator[bytes]:
 
 
 _AWAITING_RINGS = object()  # Channel._link until the peer's ring set-up frame comes
+
+
+# ---- pyforkd's own (not in __all__): what the modules that make channels set up ----------
+
+
+def forget(channel: Channel) -> None:
+    """In a forked child: drop this process's copy of ``channel``, leaving the socket be."""
+    channel._forget()
+
+
+def use_rings(channel: Channel, tx: Ring, rx: Ring) -> None:
+    """``channel`` sends through ``tx`` and receives through ``rx`` from now on."""
+    channel._use_rings(tx, rx)
+
+
+def offer_rings(channel: Channel, tx: Ring, rx: Ring) -> None:
+    """Use ``tx``/``rx`` and send them to the peer as the first frame on the socket."""
+    channel._offer_rings(tx, rx)
+
+
+def expect_rings(channel: Channel) -> None:
+    """The peer sends ``channel``'s rings as its first frame."""
+    channel._expect_rings()
+
+
+def ring_link(channel: Channel) -> Any:
+    """``channel``'s ring link, once the peer's set-up frame has come."""
+    return channel._ring_link()

@@ -54,7 +54,8 @@ from ._options import (
     signal_number,
     stdio_slots,
 )
-from .channel import Channel
+from .channel import Channel, offer_rings
+from .channel import forget as forget_channel
 from .errors import SpawnError, TimeoutExpired
 from .ring import Ring
 
@@ -69,9 +70,11 @@ __all__ = [
     "spawn",
     "spawn_sync",
 ]
+# Command, IpcPlan, launch and release_in_fork_child are pyforkd's own, shared with
+# worker.py (fork_worker starts its processes through them): not in __all__, not documented.
 
 
-class _Command:
+class Command:
     """A checked, encoded command line and environment, ready for ``_bindings.spawn``."""
 
     __slots__ = (
@@ -316,7 +319,7 @@ _watchdog = _Watchdog()
 _children: weakref.WeakSet[ChildProcess] = weakref.WeakSet()  # for live_pids()
 
 
-def _release_in_fork_child() -> None:
+def release_in_fork_child() -> None:
     """In a worker that fork_worker forked: let go of this process's other children.
 
     The fork copied the parent's ends of their pipes and channels; a worker holding them
@@ -435,7 +438,7 @@ class ChildProcess:
         return [self._file(i) for i in range(len(self._fds))]
 
     def _release_pipes(self, devnull: int) -> None:
-        """Point this child's pipes at ``devnull``: see _release_in_fork_child.
+        """Point this child's pipes at ``devnull``: see release_in_fork_child.
 
         Only ever in a forked worker: the lock is not taken, since a thread of the parent
         may have held it at the fork.
@@ -453,7 +456,7 @@ class ChildProcess:
             except OSError:
                 pass  # not open in this process (closed by the parent's other threads)
         if self.channel is not None:
-            self.channel._forget()
+            forget_channel(self.channel)
 
     def _take_fds(self) -> list[int]:
         """Hand the raw pipe descriptors to another owner (the exec family, asyncio)."""
@@ -763,11 +766,11 @@ def spawn(
     program cannot be started, naming the failing step in ``.syscall``; ``ValueError`` /
     ``TypeError`` for bad options, before any process exists.
     """
-    ipc = _IpcPlan.from_stdio(stdio, serialization, ring)
+    ipc = IpcPlan.from_stdio(stdio, serialization, ring)
     try:
         if ipc is not None:
             stdio, env = ipc.stdio, ipc.environment(env)
-        cmd = _Command(
+        cmd = Command(
             command,
             args,
             cwd=cwd,
@@ -786,13 +789,13 @@ def spawn(
         if ipc is not None:
             ipc.abandon()  # nothing started: its sockets and rings go now
         raise
-    return _launch(cmd, stdio, ipc, kill_sig, timeout, encoding=encoding, errors=errors)
+    return launch(cmd, stdio, ipc, kill_sig, timeout, encoding=encoding, errors=errors)
 
 
-def _launch(
-    cmd: _Command,
+def launch(
+    cmd: Command,
     stdio: Stdio,
-    ipc: _IpcPlan | None,
+    ipc: IpcPlan | None,
     kill_signal: int,
     timeout: float | None,
     *,
@@ -819,7 +822,7 @@ def _launch(
     return child
 
 
-class _IpcPlan:
+class IpcPlan:
     """The channel of a child being started: a socketpair, one end at the "ipc" slot."""
 
     def __init__(
@@ -851,16 +854,14 @@ class _IpcPlan:
     @classmethod
     def from_stdio(
         cls, stdio: Any, serialization: str | None, ring: int | None = None
-    ) -> _IpcPlan | None:
+    ) -> IpcPlan | None:
         plan = cls._from_stdio(stdio, serialization, ring)
         if plan is None and ring is not None:
             raise ValueError("ring is for the IPC channel: add 'ipc' to stdio")
         return plan
 
     @classmethod
-    def _from_stdio(
-        cls, stdio: Any, serialization: str | None, ring: int | None
-    ) -> _IpcPlan | None:
+    def _from_stdio(cls, stdio: Any, serialization: str | None, ring: int | None) -> IpcPlan | None:
         if not isinstance(stdio, (list, tuple)):
             if stdio == "ipc":
                 raise ValueError(
@@ -924,7 +925,7 @@ class _IpcPlan:
                 self.parent_end, framing=self.framing, serialization=self.serialization
             )
         if self.rings is not None:
-            channel._offer_rings(*self.rings)
+            offer_rings(channel, *self.rings)
         return channel
 
     def abandon(self) -> None:
@@ -1073,7 +1074,7 @@ def _collect(
     **spawn_options: Any,
 ) -> tuple[CompletedProcess, str, int]:
     _check_encoding(encoding, errors)
-    cmd = _Command(command, args, verb=verb, **spawn_options)
+    cmd = Command(command, args, verb=verb, **spawn_options)
     timeout = _check_timeout(timeout)
     limit = check_max_buffer(max_buffer)
     kill_sig = signal_number(kill_signal, "kill_signal")
@@ -1295,3 +1296,26 @@ _EXEC_DEFAULTS: dict[str, Any] = {
     for name, p in inspect.signature(exec_file).parameters.items()
     if p.kind is p.KEYWORD_ONLY
 }
+
+
+# ---- pyforkd's own (not in __all__): a child's parts for worker.py, pool.py and aio.py ----
+
+
+def channel_of(child: ChildProcess) -> Channel:
+    """``child``'s IPC channel; ``ValueError`` when it has none."""
+    return child._channel()
+
+
+def take_fds(child: ChildProcess) -> list[int]:
+    """Hand ``child``'s raw pipe descriptors to another owner (asyncio)."""
+    return child._take_fds()
+
+
+def acquire_exit_handle(child: ChildProcess) -> int:
+    """A descriptor that becomes readable when ``child`` has exited, or -1."""
+    return child._acquire_exit_handle()
+
+
+def release_exit_handle(child: ChildProcess, handle: int) -> None:
+    """Give back what acquire_exit_handle gave."""
+    child._release_exit_handle(handle)

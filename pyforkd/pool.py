@@ -40,6 +40,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, cast
 
 from . import worker as _worker
+from .channel import ring_link
+from .child_process import channel_of
 from .errors import ChannelClosedError, PicklingError, PyforkdError
 
 __all__ = ["Pool", "PoolBrokenError", "WorkerCrashedError"]
@@ -398,7 +400,7 @@ class Pool(cf.Executor):
         in order; see :meth:`_ended` for what a death means for the ones not answered.
         """
         try:
-            link = process._channel()._ring_link()
+            link = ring_link(channel_of(process))
         except ChannelClosedError:
             link = None  # (the loop below sees the end)
         if link is not None:

@@ -416,3 +416,36 @@ class _Received:
         with ring._recv_lock:
             if ring._map is not None:
                 ring._release_done()
+
+
+# ---- pyforkd's own (not in __all__): what channels and handle decoding use of a Ring ----
+
+
+class RingParts:
+    """A Ring's insides that a channel's ring link (_ringlink.py) drives on every message.
+
+    Taken once: each is set when the ring is mapped and never replaced.
+    """
+
+    __slots__ = ("close_unused", "held", "let_go", "next_record", "release_done", "side",
+                 "wait", "whole")  # fmt: skip
+
+    def __init__(self, ring: Ring) -> None:
+        self.side = ring._side
+        self.whole = ring._whole
+        self.held = ring._held
+        self.wait = ring._wait
+        self.next_record = ring._next_record
+        self.let_go = ring._let_go
+        self.release_done = ring._release_done
+        self.close_unused = ring._close_unused
+
+
+def adopt(fd: int) -> Ring:
+    """A Ring on the shared memory of descriptor ``fd`` (received as a handle), owning it."""
+    return Ring._from_fd(fd)
+
+
+def watching(ring: Ring) -> bool:
+    """Whether ``ring`` already watches a channel (``Ring.watch``)."""
+    return ring._peer is not None

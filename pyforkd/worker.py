@@ -38,7 +38,7 @@ from typing import Any
 from . import _bindings as _b
 from . import child_process as _cp
 from ._options import check_target
-from .channel import Channel, Fd
+from .channel import Channel, Fd, expect_rings, forget, offer_rings, use_rings
 from .errors import ChannelClosedError, TimeoutExpired, WorkerError
 from .ring import Ring, check_capacity
 
@@ -100,7 +100,7 @@ def _open(found: dict[str, str | None]) -> Channel:
             raise ValueError(f"PYFORKD_CHANNEL={ours!r} is not understood")
         channel = Channel(end, framing="pyforkd", serialization=serialization)
         if options:
-            channel._expect_rings()  # the parent sends them first
+            expect_rings(channel)  # the parent sends them first
         return channel
     node_mode = found["NODE_CHANNEL_SERIALIZATION_MODE"] or "json"
     if node_mode != "json":
@@ -123,7 +123,7 @@ def _after_fork_in_child() -> None:
     for channel in [*_parent_ends, _state.pop("channel", None)]:
         if channel is not None:
             try:
-                channel._forget()
+                forget(channel)
             except OSError:
                 pass
     _parent_ends.clear()
@@ -153,26 +153,10 @@ class Worker(_cp.ChildProcess):
         """The target's return value; ``WorkerError`` if it raised or the worker died."""
         if self._outcome is None:
             try:
-                self._outcome = self._channel().recv_control(timeout)
+                self._outcome = _cp.channel_of(self).recv_control(timeout)
             except ChannelClosedError:
-                self._outcome = self._died(self.wait(timeout))
-        return self._unpack()
-
-    def _died(self, code: int) -> tuple[str, Any]:
-        """The outcome of a worker that ended without sending one."""
-        message = (
-            f"worker {self.name!r} (pid {self.pid}) ended with returncode {code} before "
-            "its target returned"
-        )
-        return "error", ("WorkerExit", message, "", None, code)
-
-    def _unpack(self) -> Any:
-        assert self._outcome is not None
-        kind, value = self._outcome
-        if kind == "result":
-            return value
-        exc_type, message, remote_tb, exc, code = value
-        raise WorkerError(exc_type, message, remote_tb, exc, code)
+                self._outcome = died(self, self.wait(timeout))
+        return unpack(self)
 
     def join(self, timeout: float | None = None) -> int:
         """Wait for the worker process to exit; return its returncode."""
@@ -181,6 +165,28 @@ class Worker(_cp.ChildProcess):
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
         return f"<Worker {self.name!r} pid={self.pid} {state}>"
+
+
+# ---- a worker's outcome (pyforkd's own, not in __all__: aio.Worker reads it too) ---------
+
+
+def died(worker: Worker, code: int) -> tuple[str, Any]:
+    """The outcome of a worker that ended with ``code`` without sending one."""
+    message = (
+        f"worker {worker.name!r} (pid {worker.pid}) ended with returncode {code} before "
+        "its target returned"
+    )
+    return "error", ("WorkerExit", message, "", None, code)
+
+
+def unpack(worker: Worker) -> Any:
+    """The worker's result, or its error raised as ``WorkerError``."""
+    assert worker._outcome is not None
+    kind, value = worker._outcome
+    if kind == "result":
+        return value
+    exc_type, message, remote_tb, exc, code = value
+    raise WorkerError(exc_type, message, remote_tb, exc, code)
 
 
 def _describe_exception(exc: BaseException) -> tuple[str, str, str, Any, None]:
@@ -401,8 +407,8 @@ def _start_fork(
                 ours.close()
                 theirs.close()
                 raise
-            ours._use_rings(down, up)
-            theirs._use_rings(up, down)
+            use_rings(ours, down, up)
+            use_rings(theirs, up, down)
         me = os.getpid()
         try:
             pid = os.fork()
@@ -412,8 +418,8 @@ def _start_fork(
             raise
         if pid == 0:  # the worker: never returns into the caller
             try:
-                ours._forget()
-                _cp._release_in_fork_child()
+                forget(ours)
+                _cp.release_in_fork_child()
                 _as_multiprocessing_child()
                 if serve:
                     _serve(theirs, target, args, kwargs, me, main_thread)
@@ -421,7 +427,7 @@ def _start_fork(
                     target(theirs)
             finally:
                 os._exit(1)
-        theirs._forget()
+        forget(theirs)
         worker = Worker(pid, [getattr(target, "__qualname__", repr(target))], [])
         worker.channel = ours
         _parent_ends.add(ours)
@@ -515,10 +521,10 @@ def _spawn_interpreter(
     exec_argv: tuple[str, ...] = (),
 ) -> Worker:
     """A fresh interpreter running ``pyforkd.worker.<entry>()``, its bootstrap sent."""
-    ipc = _cp._IpcPlan.from_stdio(["inherit", "inherit", "inherit", "ipc"], "pickle", ring)
+    ipc = _cp.IpcPlan.from_stdio(["inherit", "inherit", "inherit", "ipc"], "pickle", ring)
     assert ipc is not None
     try:
-        cmd = _cp._Command(
+        cmd = _cp.Command(
             sys.executable,
             [*exec_argv, "-c", f"from pyforkd.worker import {entry}; {entry}()"],
             cwd=None,
@@ -532,7 +538,7 @@ def _spawn_interpreter(
     except BaseException:
         ipc.abandon()  # its sockets and rings go, and the fork guard is left
         raise
-    worker: Worker = _cp._launch(
+    worker: Worker = _cp.launch(
         cmd,
         ipc.stdio,
         ipc,
@@ -740,7 +746,7 @@ class _ForkServerClient:
             server.wait()
         server = self._launch()
         try:
-            kind, value = server._channel().recv_control()
+            kind, value = _cp.channel_of(server).recv_control()
         except ChannelClosedError:
             kind, value = "error", ("WorkerExit", "the fork server died at start", "", None, None)
         if kind != "ready":
@@ -786,7 +792,7 @@ class _ForkServerClient:
         worker = _ServedWorker(pid, ["worker"], status_r, pidfd)
         worker.channel = Channel(parent_end)
         if rings is not None:
-            worker.channel._offer_rings(*rings)
+            offer_rings(worker.channel, *rings)
         _parent_ends.add(worker.channel)
         return worker
 
@@ -913,7 +919,7 @@ def _serve_forks(channel: Channel, run: Callable[[Channel, bytes, int], None]) -
         worker_end, status, *inherited = handles
         theirs = Channel(worker_end)  # made before the fork: see _start_fork
         if rings:
-            theirs._expect_rings()  # the parent sends them on the worker's channel
+            expect_rings(theirs)  # the parent sends them on the worker's channel
         try:
             pid = os.fork()
         except OSError as exc:
@@ -941,7 +947,7 @@ def _serve_forks(channel: Channel, run: Callable[[Channel, bytes, int], None]) -
                 run(theirs, payload, parent_pid)
             finally:
                 os._exit(1)
-        theirs._forget()
+        forget(theirs)
         for handle in inherited:
             handle.close()  # (the worker has them)
         statuses[pid] = status
