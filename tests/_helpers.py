@@ -301,3 +301,18 @@ def run_on_a_taken_port(tmp_path, app: str) -> tuple[int, str, int]:
             timeout=60,
         )
     return done.returncode, done.stderr.decode(), port
+
+
+def stop_gracefully(process) -> None:
+    """Stop ``pyforkd run ... --name NAME`` (a Popen) as an operator would: SIGTERM, or on
+    Windows, where no signal stops a process gracefully, ``pyforkd stop --name NAME``."""
+    if not WINDOWS:
+        import signal
+
+        process.send_signal(signal.SIGTERM)
+        return
+    import subprocess
+
+    name = process.args[process.args.index("--name") + 1]
+    subprocess.run([PY, "-m", "pyforkd", "stop", "--name", name], check=True, timeout=60,
+                   capture_output=True)  # fmt: skip

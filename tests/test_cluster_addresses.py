@@ -16,8 +16,6 @@ from _helpers import REUSEPORT, free_port, linux_only_because, posix_only_becaus
 
 from pyforkd.cluster import _address
 
-pytestmark = posix_only_because("UNIX-socket addresses, and forked workers")
-
 APP = textwrap.dedent(
     """
     import json, os, sys
@@ -75,6 +73,7 @@ def has_ipv6_loopback():
         return False
 
 
+@posix_only_because("UNIX-socket addresses")
 @pytest.mark.parametrize("policy", ["rr", "shared"])
 def test_a_unix_socket_path_is_served_and_removed_at_the_end(tmp_path, policy):
     path = str(tmp_path / "app.sock")
@@ -86,6 +85,7 @@ def test_a_unix_socket_path_is_served_and_removed_at_the_end(tmp_path, policy):
     assert finish(p) == {"left": False}
 
 
+@posix_only_because("UNIX-socket addresses")
 def test_a_stale_unix_socket_is_replaced_and_a_file_is_refused(tmp_path):
     path = str(tmp_path / "app.sock")
     stale = socket.socket(socket.AF_UNIX)
@@ -106,6 +106,7 @@ def test_a_stale_unix_socket_is_replaced_and_a_file_is_refused(tmp_path):
     assert plain.read_text() == "keep me"
 
 
+@posix_only_because("UNIX-socket addresses")
 def test_a_unix_socket_someone_serves_is_eaddrinuse(tmp_path):
     path = str(tmp_path / "busy.sock")
     with socket.socket(socket.AF_UNIX) as busy:

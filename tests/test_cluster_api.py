@@ -12,8 +12,6 @@ import textwrap
 import pytest
 from _helpers import posix_only_because
 
-pytestmark = posix_only_because("the cluster's forked workers")
-
 PRIMARY = textwrap.dedent(
     """
     import json, os, sys
@@ -76,6 +74,7 @@ PRIMARY = textwrap.dedent(
 )
 
 
+@posix_only_because("a Zygote is a fork")
 def test_settings_events_restart_and_worker_members(tmp_path):
     script = tmp_path / "app.py"
     script.write_text(PRIMARY)
@@ -245,6 +244,7 @@ LATE_APP = textwrap.dedent(
 )
 
 
+@posix_only_because("a disconnected worker is killed there, not left to end (seen under wine)")
 def test_a_disconnect_handler_added_after_the_end_is_called(tmp_path):
     script = tmp_path / "app.py"
     script.write_text(LATE_APP)

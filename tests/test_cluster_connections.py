@@ -15,8 +15,6 @@ import time
 import pytest
 from _helpers import REUSEPORT, free_port, posix_only_because
 
-pytestmark = posix_only_because("the cluster's forked workers")
-
 APP = textwrap.dedent(
     """
     import json, socket, sys
@@ -43,6 +41,7 @@ APP = textwrap.dedent(
 )
 
 
+@posix_only_because("the primary stops on SIGTERM (terminate())")
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "policy",
@@ -112,6 +111,7 @@ WSGIREF = textwrap.dedent(
 )
 
 
+@posix_only_because("the primary stops on SIGTERM (terminate())")
 def test_wsgiref_s_server_takes_the_mixin(tmp_path):
     # wsgiref's server_bind sets up its base environ: the mixin lets it run.
     script = tmp_path / "app.py"

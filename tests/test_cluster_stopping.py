@@ -10,9 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from _helpers import REUSEPORT, free_port, posix_only_because
-
-pytestmark = posix_only_because("the cluster's forked workers, stopped by SIGTERM")
+from _helpers import REUSEPORT, free_port
 
 BATCH = textwrap.dedent(
     """

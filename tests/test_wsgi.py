@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _helpers import free_port, posix_only_because
+from _helpers import free_port, posix_only_because, stop_gracefully
 
 pytest.importorskip("httptools", reason="the WSGI server parses with httptools")
-pytestmark = posix_only_because("the cluster's forked workers")
 
 APPS = Path(__file__).parent / "apps"
 
@@ -119,7 +118,7 @@ def served_by(port, not_pid=None):
 
 
 def stop(p, log):
-    p.send_signal(signal.SIGTERM)
+    stop_gracefully(p)
     assert p.wait(30) == 0, log_text(log)
     text = log_text(log)
     log.close()
@@ -292,6 +291,7 @@ def test_threads_serve_requests_at_once(tmp_path):
         stop(p, log)
 
 
+@posix_only_because("a stop by SIGTERM")
 @pytest.mark.slow
 def test_a_stop_finishes_the_request_in_flight_and_says_close(tmp_path):
     p, port, log, _ = start(tmp_path)
@@ -308,6 +308,7 @@ def test_a_stop_finishes_the_request_in_flight_and_says_close(tmp_path):
     idle.close()
 
 
+@posix_only_because("a stop by SIGTERM")
 def test_an_idle_server_stops_at_once(tmp_path):
     p, _, log, _ = start(tmp_path, "-i", "2")
     started = time.monotonic()
@@ -316,6 +317,7 @@ def test_an_idle_server_stops_at_once(tmp_path):
     assert time.monotonic() - started < 2.0
 
 
+@posix_only_because("UNIX-socket addresses")
 def test_a_unix_socket_bind(tmp_path):
     path = tmp_path / "web.sock"
     p = subprocess.Popen(

@@ -43,6 +43,7 @@ __all__ = ["serve"]
 log = logging.getLogger("pyforkd.asgi")
 
 STOP_IDLE = 0.5  # while stopping: a connection idle this long is closed
+_PUMP_POLL = 0.2  # Windows: how often a listener's thread looks for the stop
 _BOOT_ERROR = 3  # the cluster does not restart a worker that exits so
 
 
@@ -115,6 +116,11 @@ async def _serve(
         me.on("stopping", lambda: loop.call_soon_threadsafe(stop.set))
     tasks: set[asyncio.Task[Any]] = set()
 
+    def connect(sock: Any) -> None:
+        task = loop.create_task(loop.connect_accepted_socket(protocol, sock))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     def take(listener: Any) -> None:
         try:
             burst = listener.accept_many(64)
@@ -122,19 +128,29 @@ async def _serve(
             stop.set()
             return
         for sock, _ in burst:
-            task = loop.create_task(loop.connect_accepted_socket(protocol, sock))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            connect(sock)
 
-    watched = []
+    watched: list[int] = []
+    pumps: list[threading.Thread] = []
+    unlisten = threading.Event()
     for listener in listeners:
-        loop.add_reader(listener.fileno(), take, listener)
-        watched.append(listener.fileno())
+        if sys.platform == "win32":  # (the proactor loop has no add_reader)
+            pump = threading.Thread(
+                target=_pump, args=(listener, loop, connect, stop, unlisten), daemon=True
+            )
+            pump.start()
+            pumps.append(pump)
+        else:
+            loop.add_reader(listener.fileno(), take, listener)
+            watched.append(listener.fileno())
     try:
         await stop.wait()
     finally:
         for fd in watched:
             loop.remove_reader(fd)
+        unlisten.set()  # (the pumps see it within a poll)
+        for pump in pumps:
+            await asyncio.to_thread(pump.join)
         for listener in listeners:
             listener.close()
     # Connections taken just now get their protocol at the loop's next turns (a task
@@ -152,6 +168,25 @@ async def _serve(
     done.set()
     ticker.cancel()
     await lifespan.shutdown()
+
+
+def _pump(
+    listener: Any,
+    loop: asyncio.AbstractEventLoop,
+    connect: Callable[[Any], None],
+    stop: asyncio.Event,
+    done: threading.Event,
+) -> None:
+    """On Windows: take ``listener``'s connections in a thread, each handed to ``loop``."""
+    while not done.is_set():
+        try:
+            sock, _ = listener.accept(timeout=_PUMP_POLL)
+        except TimeoutError:
+            continue
+        except (ChannelClosedError, OSError):  # the primary stopped this worker's listening
+            loop.call_soon_threadsafe(stop.set)
+            return
+        loop.call_soon_threadsafe(connect, sock)
 
 
 async def _finish(state: Any) -> None:

@@ -493,11 +493,13 @@ class _Response:
             offset = f.tell()
         except (AttributeError, OSError, io.UnsupportedOperation):
             return False
-        if not stat.S_ISREG(st.st_mode) or self.chunked or not hasattr(os, "sendfile"):
+        if not stat.S_ISREG(st.st_mode) or self.chunked:
             return False
         size = max(0, st.st_size - offset)
         if self.length is None:
             self.length = size
+        if not hasattr(os, "sendfile"):
+            return False  # (Windows: the body goes by reads, its length known all the same)
         count = min(size, self.length - self.written)
         if not self.sent:
             self.conn.send(self._head(None))
