@@ -11,8 +11,6 @@ from _helpers import ECHO, PY, LoopTicks, posix_only_because, windows_only_becau
 import pyforkd
 from pyforkd import aio
 
-pytestmark = []  # (marks per test)
-
 
 def run(coro):
     return asyncio.run(coro)

@@ -14,8 +14,6 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import pyforkd
 from pyforkd.cluster import _board
 
-pytestmark = []  # (marks per test)
-
 
 class Slots(RuleBasedStateMachine):
     """Every slot is out at most once; a slot taken back comes out again zeroed."""

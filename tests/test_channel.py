@@ -20,8 +20,6 @@ from hypothesis import strategies as st
 import pyforkd
 from pyforkd import Channel, ChannelClosedError, Fd, FrameError
 
-pytestmark = []  # (marks per test)
-
 HEADER = struct.Struct("<2sBBHHQ")  # magic, version, kind, flags, nfds, length
 
 

@@ -29,8 +29,6 @@ from _helpers import (
 import pyforkd
 from pyforkd import cluster
 
-pytestmark = []  # (marks per test)
-
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
 SCRIPT = textwrap.dedent(
     f"""

@@ -16,7 +16,7 @@ from _helpers import http_get, posix_only_because
 import pyforkd
 from pyforkd import ChannelClosedError, cluster
 
-pytestmark = posix_only_because("the cluster's forked workers, one SIGKILLed")
+pytestmark = posix_only_because("workers SIGKILLed while connections wait for them")
 
 
 def serve(accepting=True):

@@ -27,7 +27,7 @@ from _helpers import (
 
 import pyforkd
 
-pytestmark = posix_only_because("the cluster's forked workers and POSIX signals")
+pytestmark = posix_only_because("POSIX signals (stops by SIGTERM, hung workers SIGKILLed) and fork")
 
 APP = textwrap.dedent(
     """

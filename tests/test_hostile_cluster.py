@@ -37,7 +37,7 @@ from _helpers import (
 import pyforkd
 from pyforkd.cluster import control as _control
 
-pytestmark = posix_only_because("forked workers and the AF_UNIX control socket")
+pytestmark = posix_only_because("hostile clients on the AF_UNIX control socket; stops by SIGTERM")
 
 APP = textwrap.dedent(
     """

@@ -16,7 +16,7 @@ from _helpers import PY, alive, free_port, posix_only_because, reaped, wait_gone
 
 import pyforkd
 
-pytestmark = posix_only_because("fork and POSIX signals")
+pytestmark = posix_only_because("parents SIGKILLed around fork, forkserver and zygotes")
 
 PARENT = textwrap.dedent(
     """

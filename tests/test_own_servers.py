@@ -16,7 +16,7 @@ from _helpers import alive, free_port, http_get, posix_only_because
 
 from pyforkd.cluster import control
 
-pytestmark = posix_only_because("the cluster's forked workers, stopped by SIGTERM")
+pytestmark = posix_only_because("each recipe is stopped by SIGTERM")
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "own_server"
 

@@ -33,8 +33,6 @@ from hypothesis import strategies as st
 import pyforkd
 from pyforkd import ChildProcess, SpawnError, TimeoutExpired
 
-pytestmark = []  # (marks per test)
-
 
 def py(code: str) -> list[str]:
     return ["-c", code]

@@ -26,7 +26,6 @@ from _helpers import (
 import pyforkd
 from pyforkd import Worker, WorkerError
 
-pytestmark = []  # (marks per test)
 # The start methods; Windows has only "spawn".
 FORK = pytest.param("fork", marks=posix_only_because("Windows has no fork"))
 FORKSERVER = pytest.param("forkserver", marks=posix_only_because("Windows has no fork"))
