@@ -36,14 +36,20 @@
 /* The path of this binary, for tests that spawn it as a child. */
 extern const char *pfd_test_self;
 
-/* Helpers shared by the tests (runner.c). */
+/* Helpers shared by the tests (runner.c), on every platform. */
+/* Descriptors (Windows: handles) this process holds. */
 int pfd_test_count_fds(void);
 /* Spawns "self --child NAME ARG" with the given stdio and flags; returns pfd_spawn's code. */
 int pfd_test_spawn_child(const char *name, const char *arg, pfd_stdio_t *stdio, int count,
                          unsigned flags, pfd_spawn_result_t *result);
+/* The same with the arguments in a NULL-terminated list (NULL: none). */
+int pfd_test_spawn_child_argv(const char *name, const char *const *args, pfd_stdio_t *stdio,
+                              int count, unsigned flags, pfd_spawn_result_t *result);
 /* Reads a descriptor to EOF into buf (NUL-terminated); returns the length. */
 size_t pfd_test_read_all(int fd, char *buf, size_t size);
 /* Waits for and reaps pid; returns its exit code, or -signal. */
 int pfd_test_reap(int pid);
+/* The channel or pipe a child was given at stdio slot `slot`, as the C core takes it. */
+int pfd_test_slot(int slot);
 
 #endif

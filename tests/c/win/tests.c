@@ -1,8 +1,7 @@
 /*
- * runner.c - the Windows C tests (built with mingw-w64, run under wine in .ci/run, or on
- * Windows): `runner.exe` runs them all, `runner.exe NAME...` the ones whose names start
- * with NAME.  As on Unix, the binary is also every child the tests need
- * (`runner.exe --child ROLE ARGS...`), so no helper programs exist.
+ * tests.c - the Windows C tests and their child roles, run by the one runner
+ * (tests/c/runner.c) from the one list (tests/c/test_list.h): built with mingw-w64 and
+ * run under wine in .ci/run (`make -C tests/c test-win`), or on Windows.
  */
 #include <winsock2.h>
 #include <ws2tcpip.h>
@@ -23,48 +22,7 @@
 #include "../../../csrc/common/wait.h"
 #include "../../../csrc/win/internal.h"
 
-static char pfd_self[MAX_PATH * 4];
-
 /* ---- helpers ------------------------------------------------------------------------- */
-
-/* Starts "self --child ROLE args..." with `stdio`; returns pfd_spawn's code. */
-static int spawn_child(const char *role, const char *const *args, pfd_stdio_t *stdio, int count,
-                       unsigned flags, pfd_spawn_result_t *result) {
-  char *argv[32];
-  int n = 0;
-  pfd_spawn_options_t o;
-  argv[n++] = pfd_self;
-  argv[n++] = "--child";
-  argv[n++] = (char *)role;
-  while (args != NULL && *args != NULL && n < 31) argv[n++] = (char *)*args++;
-  argv[n] = NULL;
-  memset(&o, 0, sizeof o);
-  o.file = pfd_self;
-  o.argv = argv;
-  o.stdio = stdio;
-  o.stdio_count = count;
-  o.flags = flags;
-  return pfd_spawn(&o, result);
-}
-
-static size_t read_all(int fd, char *buf, size_t size) {
-  size_t got = 0;
-  DWORD n;
-  while (got + 1 < size && ReadFile(PFD__HANDLE(fd), buf + got, (DWORD)(size - 1 - got), &n, NULL) &&
-         n > 0) {
-    got += n;
-  }
-  buf[got] = '\0';
-  return got;
-}
-
-/* Waits for and reaps pid: its exit code, or -signal. */
-static int reap(int pid) {
-  int code = 0, sig = 0;
-  CHECK_EQ(pfd_process_wait(pid, -1, -1), 1);
-  CHECK_EQ(pfd_process_reap(pid, &code, &sig), 1);
-  return sig ? -sig : code;
-}
 
 static void hex_utf8(const wchar_t *w, char *out, size_t size) {
   char utf8[4096];
@@ -79,224 +37,243 @@ static void hex_utf8(const wchar_t *w, char *out, size_t size) {
 
 /* ---- children ------------------------------------------------------------------------ */
 
-static int child_main(int argc, wchar_t **argv) {
-  char role[64];
-  WideCharToMultiByte(CP_UTF8, 0, argv[2], -1, role, sizeof role, NULL, NULL);
-  if (strcmp(role, "exit") == 0) return _wtoi(argv[3]);
-  if (strcmp(role, "sleep") == 0) {
-    Sleep(60000);
-    return 0;
-  }
-  if (strcmp(role, "echo_args") == 0) {
-    /* Each argument after the role as hex of its UTF-8, one per line. */
-    int i;
-    for (i = 3; i < argc; i++) {
-      char hex[8192];
-      hex_utf8(argv[i], hex, sizeof hex);
-      printf("%s\n", hex);
-    }
-    fflush(stdout);
-    return 0;
-  }
-  if (strcmp(role, "stdio") == 0) {
-    fputs("to stdout", stdout);
-    fputs("to stderr", stderr);
-    return 0;
-  }
-  if (strcmp(role, "handles") == 0) {
-    /* argv[3]: a handle value the parent made inheritable but did not list.  Slot 3: a
-     * pipe that was listed.  Says what it found through slot 3. */
-    HANDLE unlisted = (HANDLE)(intptr_t)_wtoi64(argv[3]);
-    DWORD flags;
-    HANDLE slot3 = (HANDLE)_get_osfhandle(3);
-    const char *msg = GetHandleInformation(unlisted, &flags) ? "leaked" : "clean";
-    DWORD n;
-    if (slot3 == INVALID_HANDLE_VALUE) return 3;
-    if (!WriteFile(slot3, msg, (DWORD)strlen(msg), &n, NULL)) return 4;
-    return 0;
-  }
-  if (strcmp(role, "shm") == 0) {
-    /* Slot 3: a shared memory section; reads the parent's number, writes its own. */
-    void *view;
-    unsigned *word;
-    HANDLE h = (HANDLE)_get_osfhandle(3);
-    if (h == INVALID_HANDLE_VALUE) return 3;
-    if (pfd_shm_map(PFD__FD(h), 4096, &view) != 0) return 4;
-    word = view;
-    if (word[0] != 12345u) return 5;
-    word[1] = 54321u;
-    pfd_shm_unmap(view, 4096);
-    return 0;
-  }
-  if (strcmp(role, "grandparent") == 0) {
-    /* Starts a sleeping child of its own, prints its pid, and ends without waiting. */
-    pfd_spawn_result_t r;
-    pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}};
-    if (spawn_child("sleep", NULL, stdio, 3, 0, &r) != 0) return 3;
-    printf("%d\n", r.pid);
-    fflush(stdout);
-    ExitProcess(0);
-  }
-  if (strcmp(role, "dispatch_worker") == 0) {
-    /* Slot 3: a dispatcher channel.  Serves each connection it is handed (reads the
-     * client's id byte, answers "ok" and the id) until the channel closes. */
-    HANDLE channel = (HANDLE)_get_osfhandle(3);
-    WSADATA wsa;
-    if (channel == INVALID_HANDLE_VALUE || WSAStartup(MAKEWORD(2, 2), &wsa) != 0) return 3;
-    for (;;) {
-      unsigned long long seq;
-      char answer[3] = {'o', 'k', 0};
-      int conn = pfd_dispatch_take(PFD__FD(channel), &seq, PFD_FD_BLOCK);
-      if (conn == -EPIPE) return 0;
-      if (conn < 0) return 4;
-      if (recv((SOCKET)conn, &answer[2], 1, 0) != 1) return 5;
-      if (send((SOCKET)conn, answer, 3, 0) != 3) return 6;
-      if (pfd_dispatch_ack(PFD__FD(channel), &seq, 1) != 0) return 7;
-      closesocket((SOCKET)conn);
-    }
-  }
-  if (strcmp(role, "ring_consumer") == 0) {
-    /* Slot 3: a section holding a ring.  Reads argv[3] records, checks each one's bytes,
-     * and writes back (slot 4, a pipe) the sum of their lengths. */
-    void *view;
-    pfd_ring_t ring;
-    HANDLE h = (HANDLE)_get_osfhandle(3), out = (HANDLE)_get_osfhandle(4);
-    long long n = _wtoi64(argv[3]), i, total = 0, size = _wtoi64(argv[4]);
-    char line[32];
-    DWORD written;
-    if (h == INVALID_HANDLE_VALUE || out == INVALID_HANDLE_VALUE) return 3;
-    if (pfd_shm_map(PFD__FD(h), (size_t)size, &view) != 0) return 4;
-    if (pfd_ring_attach(&ring, view, (size_t)size) != 0) return 5;
-    for (i = 0; i < n; i++) {
-      const unsigned char *rec;
-      long long len, k;
-      while ((len = pfd_ring_peek(&ring, &rec)) == -EAGAIN) {
-        if (pfd_ring_wait(&ring, PFD_RING_WAIT_DATA, 0, 30000, -1) != 1) return 6;
-      }
-      if (len != i % 1500 + 1) return 7;
-      for (k = 0; k < len; k++) {
-        if (rec[k] != (unsigned char)(i + k)) return 8;
-      }
-      total += len;
-      if (pfd_ring_release(&ring, 1) != 0) return 9;
-      pfd_ring_notify(&ring, PFD_RING_WAIT_SPACE);
-    }
-    snprintf(line, sizeof line, "%lld", total);
-    if (!WriteFile(out, line, (DWORD)strlen(line), &written, NULL)) return 10;
-    return 0;
-  }
-  if (strcmp(role, "sleeper") == 0) {
-    /* Slot 3: a section; sleeps on its first word (no timeout) until woken, then says so
-     * in the second. */
-    void *view;
-    HANDLE h = (HANDLE)_get_osfhandle(3);
-    unsigned long long key = (unsigned long long)_wtoi64(argv[3]);
-    pfd_atomic_u32_t *word;
-    if (h == INVALID_HANDLE_VALUE || pfd_shm_map(PFD__FD(h), 4096, &view) != 0) return 3;
-    word = view;
-    pfd_atomic_store_u32(&word[1], 1u); /* about to sleep */
-    while (pfd_atomic_load_u32(&word[0]) == 0) {
-      if (pfd__wait_on_word(&word[0], 0, -1, key) != 0) return 4;
-    }
-    pfd_atomic_store_u32(&word[1], 2u);
-    return 0;
-  }
-  if (strcmp(role, "handle_receiver") == 0) {
-    /* Reads a handle value (this process's) on stdin, writes "moved" through it. */
-    char line[64] = "";
-    DWORD n, written;
-    HANDLE h;
-    if (!ReadFile(GetStdHandle(STD_INPUT_HANDLE), line, sizeof line - 1, &n, NULL)) return 3;
-    line[n] = '\0';
-    h = (HANDLE)(intptr_t)_atoi64(line);
-    if (!WriteFile(h, "moved", 5, &written, NULL)) return 4;
-    CloseHandle(h);
-    return 0;
-  }
-  if (strcmp(role, "socket_receiver") == 0) {
-    /* Reads a socket's description on stdin (as hex), makes the socket, sends on it. */
-    static char hex[4096];
-    unsigned char info[1024];
-    unsigned long long s;
-    size_t size = pfd__win_socket_info_size(), i, got = 0;
-    DWORD n;
-    WSADATA wsa;
-    if (WSAStartup(MAKEWORD(2, 2), &wsa) != 0) return 3;
-    while (got < size * 2 &&
-           ReadFile(GetStdHandle(STD_INPUT_HANDLE), hex + got, (DWORD)(size * 2 - got), &n, NULL) &&
-           n > 0) {
-      got += n;
-    }
-    if (got != size * 2 || size > sizeof info) return 4;
-    for (i = 0; i < size; i++) {
-      unsigned v;
-      if (sscanf(hex + 2 * i, "%2x", &v) != 1) return 5;
-      info[i] = (unsigned char)v;
-    }
-    if (pfd__win_socket_receive(info, size, &s) != 0) return 6;
-    if (send((SOCKET)s, "via socket", 10, 0) != 10) return 7;
-    closesocket((SOCKET)s);
-    return 0;
-  }
-  if (strcmp(role, "frames_echo") == 0) {
-    /* Slot 3: a channel pipe.  Echoes every chunk it receives as a frame of its own; a
-     * handle that comes along is used (a socket: "via frame" sent on it; anything else:
-     * "got handle" written to it) and closed.  Exit 0 at EOF, 42 on a malformed frame. */
-    static char buf[70000];
-    HANDLE pipe = (HANDLE)_get_osfhandle(3);
-    WSADATA wsa;
-    if (pipe == INVALID_HANDLE_VALUE || WSAStartup(MAKEWORD(2, 2), &wsa) != 0) return 3;
-    for (;;) {
-      int fds[1], nfds = 0;
-      long n = pfd_fd_recv(PFD__FD(pipe), buf, sizeof buf, fds, 1, &nfds, PFD_FD_BLOCK);
-      if (n == 0) return 0;
-      if (n == -EBADMSG) return 42;
-      if (n < 0) return 4;
-      if (nfds == 1) {
-        int type = 0, len = sizeof type;
-        DWORD written;
-        if (getsockopt((SOCKET)(intptr_t)fds[0], SOL_SOCKET, SO_TYPE, (char *)&type, &len) == 0) {
-          if (send((SOCKET)(intptr_t)fds[0], "via frame", 9, 0) != 9) return 5;
-          closesocket((SOCKET)(intptr_t)fds[0]);
-        } else {
-          if (!WriteFile(PFD__HANDLE(fds[0]), "got handle", 10, &written, NULL)) return 6;
-          CloseHandle(PFD__HANDLE(fds[0]));
-        }
-      }
-      if (pfd_fd_send(PFD__FD(pipe), buf, (size_t)n, NULL, 0, NULL, 0, PFD_FD_BLOCK) != n) return 7;
-    }
-  }
-  if (strcmp(role, "echo3") == 0) {
-    /* Slot 3: a stream (plain reads and writes through the C runtime): one chunk back. */
-    char buf[256];
-    int n = _read(3, buf, sizeof buf);
-    if (n <= 0) return 3;
-    if (_write(3, buf, (unsigned)n) != n) return 4;
-    return 0;
-  }
-  if (strcmp(role, "cat") == 0) {
-    /* stdin to stdout, then the byte count to stderr. */
-    static char buf[65536];
-    DWORD n, written;
-    unsigned long long total = 0;
-    char line[32];
-    while (ReadFile(GetStdHandle(STD_INPUT_HANDLE), buf, sizeof buf, &n, NULL) && n > 0) {
-      if (!WriteFile(GetStdHandle(STD_OUTPUT_HANDLE), buf, n, &written, NULL)) return 3;
-      total += n;
-    }
-    snprintf(line, sizeof line, "read %llu", total);
-    if (!WriteFile(GetStdHandle(STD_ERROR_HANDLE), line, (DWORD)strlen(line), &written, NULL)) {
-      return 4;
-    }
-    return 0;
-  }
-  fprintf(stderr, "unknown child role %s\n", role);
-  return 2;
+CHILD_IMPL(exit) {
+  (void)argc;
+  return atoi(argv[0]);
 }
+
+CHILD_IMPL(sleep) {
+  (void)argc;
+  (void)argv;
+  Sleep(60000);
+  return 0;
+}
+
+CHILD_IMPL(echo_args) {
+  /* Each argument after the role as hex of its UTF-8, one per line (from the wide command
+   * line: the C runtime's narrow argv has lost what the code page cannot hold). */
+  int i, wide_argc;
+  wchar_t **wide = CommandLineToArgvW(GetCommandLineW(), &wide_argc);
+  (void)argv;
+  CHECK(wide != NULL && wide_argc == argc + 3);
+  for (i = 3; i < wide_argc; i++) {
+    char hex[8192];
+    hex_utf8(wide[i], hex, sizeof hex);
+    printf("%s\n", hex);
+  }
+  fflush(stdout);
+  LocalFree(wide);
+  return 0;
+}
+
+CHILD_IMPL(stdio) {
+  (void)argc;
+  (void)argv;
+  fputs("to stdout", stdout);
+  fputs("to stderr", stderr);
+  return 0;
+}
+
+CHILD_IMPL(handles) {
+  (void)argc;
+  /* argv[0]: a handle value the parent made inheritable but did not list.  Slot 3: a
+   * pipe that was listed.  Says what it found through slot 3. */
+  HANDLE unlisted = (HANDLE)(intptr_t)_atoi64(argv[0]);
+  DWORD flags;
+  HANDLE slot3 = (HANDLE)_get_osfhandle(3);
+  const char *msg = GetHandleInformation(unlisted, &flags) ? "leaked" : "clean";
+  DWORD n;
+  if (slot3 == INVALID_HANDLE_VALUE) return 3;
+  if (!WriteFile(slot3, msg, (DWORD)strlen(msg), &n, NULL)) return 4;
+  return 0;
+}
+
+CHILD_IMPL(shm) {
+  (void)argc;
+  (void)argv;
+  /* Slot 3: a shared memory section; reads the parent's number, writes its own. */
+  void *view;
+  unsigned *word;
+  HANDLE h = (HANDLE)_get_osfhandle(3);
+  if (h == INVALID_HANDLE_VALUE) return 3;
+  if (pfd_shm_map(PFD__FD(h), 4096, &view) != 0) return 4;
+  word = view;
+  if (word[0] != 12345u) return 5;
+  word[1] = 54321u;
+  pfd_shm_unmap(view, 4096);
+  return 0;
+}
+
+CHILD_IMPL(grandparent) {
+  (void)argc;
+  (void)argv;
+  /* Starts a sleeping child of its own, prints its pid, and ends without waiting. */
+  pfd_spawn_result_t r;
+  pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}};
+  if (pfd_test_spawn_child_argv("sleep", NULL, stdio, 3, 0, &r) != 0) return 3;
+  printf("%d\n", r.pid);
+  fflush(stdout);
+  ExitProcess(0);
+}
+
+CHILD_IMPL(ring_consumer) {
+  (void)argc;
+  /* Slot 3: a section holding a ring.  Reads argv[0] records, checks each one's bytes,
+   * and writes back (slot 4, a pipe) the sum of their lengths. */
+  void *view;
+  pfd_ring_t ring;
+  HANDLE h = (HANDLE)_get_osfhandle(3), out = (HANDLE)_get_osfhandle(4);
+  long long n = _atoi64(argv[0]), i, total = 0, size = _atoi64(argv[1]);
+  char line[32];
+  DWORD written;
+  if (h == INVALID_HANDLE_VALUE || out == INVALID_HANDLE_VALUE) return 3;
+  if (pfd_shm_map(PFD__FD(h), (size_t)size, &view) != 0) return 4;
+  if (pfd_ring_attach(&ring, view, (size_t)size) != 0) return 5;
+  for (i = 0; i < n; i++) {
+    const unsigned char *rec;
+    long long len, k;
+    while ((len = pfd_ring_peek(&ring, &rec)) == -EAGAIN) {
+      if (pfd_ring_wait(&ring, PFD_RING_WAIT_DATA, 0, 30000, -1) != 1) return 6;
+    }
+    if (len != i % 1500 + 1) return 7;
+    for (k = 0; k < len; k++) {
+      if (rec[k] != (unsigned char)(i + k)) return 8;
+    }
+    total += len;
+    if (pfd_ring_release(&ring, 1) != 0) return 9;
+    pfd_ring_notify(&ring, PFD_RING_WAIT_SPACE);
+  }
+  snprintf(line, sizeof line, "%lld", total);
+  if (!WriteFile(out, line, (DWORD)strlen(line), &written, NULL)) return 10;
+  return 0;
+}
+
+CHILD_IMPL(sleeper) {
+  (void)argc;
+  /* Slot 3: a section; sleeps on its first word (no timeout) until woken, then says so
+   * in the second. */
+  void *view;
+  HANDLE h = (HANDLE)_get_osfhandle(3);
+  unsigned long long key = (unsigned long long)_atoi64(argv[0]);
+  pfd_atomic_u32_t *word;
+  if (h == INVALID_HANDLE_VALUE || pfd_shm_map(PFD__FD(h), 4096, &view) != 0) return 3;
+  word = view;
+  pfd_atomic_store_u32(&word[1], 1u); /* about to sleep */
+  while (pfd_atomic_load_u32(&word[0]) == 0) {
+    if (pfd__wait_on_word(&word[0], 0, -1, key) != 0) return 4;
+  }
+  pfd_atomic_store_u32(&word[1], 2u);
+  return 0;
+}
+
+CHILD_IMPL(handle_receiver) {
+  (void)argc;
+  (void)argv;
+  /* Reads a handle value (this process's) on stdin, writes "moved" through it. */
+  char line[64] = "";
+  DWORD n, written;
+  HANDLE h;
+  if (!ReadFile(GetStdHandle(STD_INPUT_HANDLE), line, sizeof line - 1, &n, NULL)) return 3;
+  line[n] = '\0';
+  h = (HANDLE)(intptr_t)_atoi64(line);
+  if (!WriteFile(h, "moved", 5, &written, NULL)) return 4;
+  CloseHandle(h);
+  return 0;
+}
+
+CHILD_IMPL(socket_receiver) {
+  (void)argc;
+  (void)argv;
+  /* Reads a socket's description on stdin (as hex), makes the socket, sends on it. */
+  static char hex[4096];
+  unsigned char info[1024];
+  unsigned long long s;
+  size_t size = pfd__win_socket_info_size(), i, got = 0;
+  DWORD n;
+  WSADATA wsa;
+  if (WSAStartup(MAKEWORD(2, 2), &wsa) != 0) return 3;
+  while (got < size * 2 &&
+         ReadFile(GetStdHandle(STD_INPUT_HANDLE), hex + got, (DWORD)(size * 2 - got), &n, NULL) &&
+         n > 0) {
+    got += n;
+  }
+  if (got != size * 2 || size > sizeof info) return 4;
+  for (i = 0; i < size; i++) {
+    unsigned v;
+    if (sscanf(hex + 2 * i, "%2x", &v) != 1) return 5;
+    info[i] = (unsigned char)v;
+  }
+  if (pfd__win_socket_receive(info, size, &s) != 0) return 6;
+  if (send((SOCKET)s, "via socket", 10, 0) != 10) return 7;
+  closesocket((SOCKET)s);
+  return 0;
+}
+
+CHILD_IMPL(frames_echo) {
+  (void)argc;
+  (void)argv;
+  /* Slot 3: a channel pipe.  Echoes every chunk it receives as a frame of its own; a
+   * handle that comes along is used (a socket: "via frame" sent on it; anything else:
+   * "got handle" written to it) and closed.  Exit 0 at EOF, 42 on a malformed frame. */
+  static char buf[70000];
+  HANDLE pipe = (HANDLE)_get_osfhandle(3);
+  WSADATA wsa;
+  if (pipe == INVALID_HANDLE_VALUE || WSAStartup(MAKEWORD(2, 2), &wsa) != 0) return 3;
+  for (;;) {
+    int fds[1], nfds = 0;
+    long n = pfd_fd_recv(PFD__FD(pipe), buf, sizeof buf, fds, 1, &nfds, PFD_FD_BLOCK);
+    if (n == 0) return 0;
+    if (n == -EBADMSG) return 42;
+    if (n < 0) return 4;
+    if (nfds == 1) {
+      int type = 0, len = sizeof type;
+      DWORD written;
+      if (getsockopt((SOCKET)(intptr_t)fds[0], SOL_SOCKET, SO_TYPE, (char *)&type, &len) == 0) {
+        if (send((SOCKET)(intptr_t)fds[0], "via frame", 9, 0) != 9) return 5;
+        closesocket((SOCKET)(intptr_t)fds[0]);
+      } else {
+        if (!WriteFile(PFD__HANDLE(fds[0]), "got handle", 10, &written, NULL)) return 6;
+        CloseHandle(PFD__HANDLE(fds[0]));
+      }
+    }
+    if (pfd_fd_send(PFD__FD(pipe), buf, (size_t)n, NULL, 0, NULL, 0, PFD_FD_BLOCK) != n) return 7;
+  }
+}
+
+CHILD_IMPL(echo3) {
+  (void)argc;
+  (void)argv;
+  /* Slot 3: a stream (plain reads and writes through the C runtime): one chunk back. */
+  char buf[256];
+  int n = _read(3, buf, sizeof buf);
+  if (n <= 0) return 3;
+  if (_write(3, buf, (unsigned)n) != n) return 4;
+  return 0;
+}
+
+CHILD_IMPL(cat) {
+  (void)argc;
+  (void)argv;
+  /* stdin to stdout, then the byte count to stderr. */
+  static char buf[65536];
+  DWORD n, written;
+  unsigned long long total = 0;
+  char line[32];
+  while (ReadFile(GetStdHandle(STD_INPUT_HANDLE), buf, sizeof buf, &n, NULL) && n > 0) {
+    if (!WriteFile(GetStdHandle(STD_OUTPUT_HANDLE), buf, n, &written, NULL)) return 3;
+    total += n;
+  }
+  snprintf(line, sizeof line, "read %llu", total);
+  if (!WriteFile(GetStdHandle(STD_ERROR_HANDLE), line, (DWORD)strlen(line), &written, NULL)) {
+    return 4;
+  }
+  return 0;
+}
+
 
 /* ---- tests --------------------------------------------------------------------------- */
 
-static void test_errors_translated(void) {
+TEST_IMPL(errors_translated) {
   CHECK_EQ(pfd__win_errno(ERROR_FILE_NOT_FOUND), -ENOENT);
   CHECK_EQ(pfd__win_errno(ERROR_ACCESS_DENIED), -EACCES);
   CHECK_EQ(pfd__win_errno(ERROR_BROKEN_PIPE), -EPIPE);
@@ -306,9 +283,10 @@ static void test_errors_translated(void) {
   CHECK_EQ(pfd__win_errno(0x7fffffffu), -EIO);
   CHECK(strcmp(pfd_err_name(pfd__win_errno(ERROR_PATH_NOT_FOUND)), "ENOENT") == 0);
   CHECK(strcmp(pfd_err_name(pfd__win_errno(ERROR_DIRECTORY)), "ENOTDIR") == 0);
+  return 0;
 }
 
-static void test_quoting_table(void) {
+TEST_IMPL(quoting_table) {
   static const struct {
     const char *args[4];
     const wchar_t *line; /* the quoted arguments after "prog" */
@@ -353,6 +331,7 @@ static void test_quoting_table(void) {
     CHECK(wcscmp(line, L"\"C:\\my shell.exe\" /c x") == 0);
     free(line);
   }
+  return 0;
 }
 
 /* Spawns the echo_args child with `args` and checks that it got exactly them. */
@@ -362,10 +341,10 @@ static void check_round_trip(const char *const *args) {
   static char out[1 << 17];
   char *line;
   size_t i;
-  CHECK_EQ(spawn_child("echo_args", args, stdio, 3, 0, &r), 0);
-  read_all(stdio[1].fd, out, sizeof out);
+  CHECK_EQ(pfd_test_spawn_child_argv("echo_args", args, stdio, 3, 0, &r), 0);
+  pfd_test_read_all(stdio[1].fd, out, sizeof out);
   CloseHandle(PFD__HANDLE(stdio[1].fd));
-  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
   line = out;
   for (i = 0; args[i] != NULL; i++) {
     char want[8192] = "";
@@ -386,7 +365,7 @@ static void check_round_trip(const char *const *args) {
   CHECK(*line == '\0'); /* and no more */
 }
 
-static void test_arguments_round_trip(void) {
+TEST_IMPL(arguments_round_trip) {
   /* What the child's C runtime splits back is exactly what was given. */
   static const char *const args[] = {
       "",          "plain",         "two words",   "say \"hi\"",      "C:\\dir\\",
@@ -394,9 +373,10 @@ static void test_arguments_round_trip(void) {
       "\"",        "\\",            "\\\"",        "  ",              "end\\\\",
       NULL};
   check_round_trip(args);
+  return 0;
 }
 
-static void test_random_arguments_round_trip(void) {
+TEST_IMPL(random_arguments_round_trip) {
   /* 25 children of 12 arguments each, built from the pieces quoting gets wrong (quotes,
    * runs of backslashes, spaces, tabs, non-ASCII up to a UTF-16 surrogate pair). */
   static const char *const pieces[] = {"a", " ", "\t", "\"", "\\", "\\\\", "\\\"",
@@ -424,42 +404,45 @@ static void test_random_arguments_round_trip(void) {
     args[12] = NULL;
     check_round_trip(args);
   }
+  return 0;
 }
 
-static void test_exit_codes_and_kill(void) {
+TEST_IMPL(exit_codes_and_kill) {
   pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}};
   pfd_spawn_result_t r;
   const char *code[] = {"42", NULL};
   int exit_code, sig;
-  CHECK_EQ(spawn_child("exit", code, stdio, 3, 0, &r), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("exit", code, stdio, 3, 0, &r), 0);
   CHECK(r.pid > 0);
-  CHECK_EQ(reap(r.pid), 42);
+  CHECK_EQ(pfd_test_reap(r.pid), 42);
   CHECK_EQ(pfd_process_reap(r.pid, &exit_code, &sig), -ECHILD); /* reaped once */
 
-  CHECK_EQ(spawn_child("sleep", NULL, stdio, 3, 0, &r), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("sleep", NULL, stdio, 3, 0, &r), 0);
   CHECK_EQ(pfd_process_wait(r.pid, -1, 50), 0); /* still running */
   CHECK_EQ(pfd_process_kill(r.pid, -1, 0), 0);
   CHECK_EQ(pfd_process_reap(r.pid, &exit_code, &sig), 0);
   CHECK_EQ(pfd_process_kill(r.pid, -1, SIGTERM), 0);
-  CHECK_EQ(reap(r.pid), -SIGTERM); /* returncode == -SIGTERM, as on Unix */
+  CHECK_EQ(pfd_test_reap(r.pid), -SIGTERM); /* returncode == -SIGTERM, as on Unix */
   CHECK_EQ(pfd_process_kill(r.pid, -1, SIGTERM), -ESRCH);
+  return 0;
 }
 
-static void test_stdio_pipes(void) {
+TEST_IMPL(stdio_pipes) {
   pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}};
   pfd_spawn_result_t r;
   char out[256], err[256];
-  CHECK_EQ(spawn_child("stdio", NULL, stdio, 3, 0, &r), 0);
-  read_all(stdio[1].fd, out, sizeof out);
-  read_all(stdio[2].fd, err, sizeof err);
+  CHECK_EQ(pfd_test_spawn_child_argv("stdio", NULL, stdio, 3, 0, &r), 0);
+  pfd_test_read_all(stdio[1].fd, out, sizeof out);
+  pfd_test_read_all(stdio[2].fd, err, sizeof err);
   CloseHandle(PFD__HANDLE(stdio[1].fd));
   CloseHandle(PFD__HANDLE(stdio[2].fd));
-  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
   CHECK(strcmp(out, "to stdout") == 0);
   CHECK(strcmp(err, "to stderr") == 0);
+  return 0;
 }
 
-static void test_failures_name_their_step(void) {
+TEST_IMPL(failures_name_their_step) {
   char dir[MAX_PATH], bat[MAX_PATH + 16], *argv[2] = {NULL, NULL};
   char *env[2] = {NULL, NULL}, path_var[MAX_PATH + 8];
   pfd_spawn_options_t o;
@@ -475,7 +458,7 @@ static void test_failures_name_their_step(void) {
   CHECK_EQ(r.step, PFD_STEP_RESOLVE);
   CHECK_EQ(r.pid, -1);
 
-  o.file = argv[0] = pfd_self;
+  o.file = argv[0] = (char *)pfd_test_self;
   o.cwd = "C:\\no\\such\\dir\\pyforkd";
   CHECK_EQ(pfd_spawn(&o, &r), -ENOENT);
   CHECK_EQ(r.step, PFD_STEP_CHDIR);
@@ -498,12 +481,13 @@ static void test_failures_name_their_step(void) {
   CHECK(DeleteFileA(bat));
   o.envp = NULL;
 
-  o.file = argv[0] = pfd_self;
+  o.file = argv[0] = (char *)pfd_test_self;
   o.flags = PFD_SPAWN_SETUID;
   CHECK_EQ(pfd_spawn(&o, &r), -ENOTSUP);
+  return 0;
 }
 
-static void test_only_listed_handles_are_inherited(void) {
+TEST_IMPL(only_listed_handles_are_inherited) {
   SECURITY_ATTRIBUTES sa = {sizeof sa, NULL, TRUE};
   HANDLE unlisted = CreateEventW(&sa, TRUE, FALSE, NULL), r_end, w_end;
   pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1},
@@ -515,16 +499,17 @@ static void test_only_listed_handles_are_inherited(void) {
   CHECK(CreatePipe(&r_end, &w_end, NULL, 0));
   stdio[3].fd = PFD__FD(w_end);
   snprintf(value, sizeof value, "%lld", (long long)(intptr_t)unlisted);
-  CHECK_EQ(spawn_child("handles", args, stdio, 4, 0, &r), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("handles", args, stdio, 4, 0, &r), 0);
   CloseHandle(w_end); /* the child has its own copy */
-  read_all(PFD__FD(r_end), got, sizeof got);
-  CHECK_EQ(reap(r.pid), 0);
+  pfd_test_read_all(PFD__FD(r_end), got, sizeof got);
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
   CHECK(strcmp(got, "clean") == 0);
   CloseHandle(r_end);
   CloseHandle(unlisted);
+  return 0;
 }
 
-static void test_a_closed_slot_is_given_as_closed(void) {
+TEST_IMPL(a_closed_slot_is_given_as_closed) {
   /* "inherit" at slot 5, which is not open here: the child gets nothing there (no crash
    * in the C runtime's descriptor lookup), as fork+exec would give. */
   pfd_stdio_t stdio[6] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
@@ -533,11 +518,12 @@ static void test_a_closed_slot_is_given_as_closed(void) {
   const char *args[] = {"0", NULL};
   pfd_spawn_result_t r;
   CHECK(_get_osfhandle(5) == -1);
-  CHECK_EQ(spawn_child("exit", args, stdio, 6, 0, &r), 0);
-  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("exit", args, stdio, 6, 0, &r), 0);
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
+  return 0;
 }
 
-static void test_fd_close_closes_handles_and_sockets(void) {
+TEST_IMPL(fd_close_closes_handles_and_sockets) {
   /* One call for anything the core gives out: a pipe end, a socket; a closed one is
    * EBADF (nothing else in this test opens handles meanwhile). */
   HANDLE r, w;
@@ -551,9 +537,10 @@ static void test_fd_close_closes_handles_and_sockets(void) {
   CHECK_EQ(pfd_fd_close((int)s), 0);
   CHECK_EQ(pfd_fd_close((int)s), -EBADF);
   CHECK_EQ(pfd_fd_close(PFD__FD(w)), 0);
+  return 0;
 }
 
-static void test_shared_memory_between_processes(void) {
+TEST_IMPL(shared_memory_between_processes) {
   pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1},
                           {PFD_STDIO_INHERIT, -1}};
   pfd_spawn_result_t r;
@@ -566,25 +553,26 @@ static void test_shared_memory_between_processes(void) {
   word = view;
   word[0] = 12345u;
   stdio[3].fd = fd;
-  CHECK_EQ(spawn_child("shm", NULL, stdio, 4, 0, &r), 0);
-  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("shm", NULL, stdio, 4, 0, &r), 0);
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
   CHECK_EQ(word[1], 54321u);
   CHECK_EQ(pfd_shm_unmap(view, 4096), 0);
   CHECK_EQ(pfd_shm_size(PFD__FD(GetCurrentProcess())), -EINVAL); /* not a section */
   CloseHandle(PFD__HANDLE(fd));
+  return 0;
 }
 
-static void test_children_die_with_their_parent(void) {
+TEST_IMPL(children_die_with_their_parent) {
   /* A child that ends leaves no child of its own behind: its kill-on-close job ends it. */
   pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_INHERIT_SAME, -1}};
   pfd_spawn_result_t r;
   char out[64];
   HANDLE grandchild;
   int gpid;
-  CHECK_EQ(spawn_child("grandparent", NULL, stdio, 3, 0, &r), 0);
-  read_all(stdio[1].fd, out, sizeof out);
+  CHECK_EQ(pfd_test_spawn_child_argv("grandparent", NULL, stdio, 3, 0, &r), 0);
+  pfd_test_read_all(stdio[1].fd, out, sizeof out);
   CloseHandle(PFD__HANDLE(stdio[1].fd));
-  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
   gpid = atoi(out);
   CHECK(gpid > 0);
   grandchild = OpenProcess(SYNCHRONIZE, FALSE, (DWORD)gpid);
@@ -592,9 +580,10 @@ static void test_children_die_with_their_parent(void) {
     CHECK_EQ(WaitForSingleObject(grandchild, 20000), WAIT_OBJECT_0);
     CloseHandle(grandchild);
   }
+  return 0;
 }
 
-static void test_wake_crosses_processes(void) {
+TEST_IMPL(wake_crosses_processes) {
   /* A child asleep on a shared word with no timeout wakes when this process bumps the
    * word and wakes it by key: nothing else could end its wait. */
   pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
@@ -611,7 +600,7 @@ static void test_wake_crosses_processes(void) {
   word = view;
   stdio[3].fd = fd;
   snprintf(text, sizeof text, "%llu", key);
-  CHECK_EQ(spawn_child("sleeper", args, stdio, 4, 0, &r), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("sleeper", args, stdio, 4, 0, &r), 0);
   while (pfd_atomic_load_u32(&word[1]) == 0) Sleep(1);
   Sleep(200); /* (it is asleep by now, or about to check the word: either way it wakes) */
   pfd_atomic_store_u32(&word[0], 1u);
@@ -619,13 +608,14 @@ static void test_wake_crosses_processes(void) {
   while (pfd_process_wait(r.pid, -1, 1000) == 0) {
     CHECK(++rounds < 60); /* a lost wake-up leaves it asleep for good */
   }
-  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
   CHECK_EQ(pfd_atomic_load_u32(&word[1]), 2u);
   CHECK_EQ(pfd_shm_unmap(view, 4096), 0);
   CloseHandle(PFD__HANDLE(fd));
+  return 0;
 }
 
-static void test_ring_between_processes(void) {
+TEST_IMPL(ring_between_processes) {
   /* 20,000 records of 1..1500 bytes through a 16 KiB ring: both sides sleep and wake each
    * other (named events) many times; every byte arrives in order. */
   const size_t size = pfd_ring_size(16384);
@@ -650,7 +640,7 @@ static void test_ring_between_processes(void) {
   stdio[4].fd = PFD__FD(w_end);
   snprintf(count, sizeof count, "%lld", n);
   snprintf(bytes, sizeof bytes, "%u", (unsigned)size);
-  CHECK_EQ(spawn_child("ring_consumer", args, stdio, 5, 0, &r), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("ring_consumer", args, stdio, 5, 0, &r), 0);
   CloseHandle(w_end);
   for (i = 0; i < n; i++) {
     unsigned char *p;
@@ -665,15 +655,16 @@ static void test_ring_between_processes(void) {
     pfd_ring_notify(&ring, PFD_RING_WAIT_DATA);
     total += (long long)len;
   }
-  read_all(PFD__FD(r_end), got, sizeof got);
+  pfd_test_read_all(PFD__FD(r_end), got, sizeof got);
   CloseHandle(r_end);
-  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
   CHECK_EQ(atoll(got), total);
   CHECK_EQ(pfd_shm_unmap(view, size), 0);
   CloseHandle(PFD__HANDLE(fd));
+  return 0;
 }
 
-static void test_ring_wait_sees_its_peer_gone(void) {
+TEST_IMPL(ring_wait_sees_its_peer_gone) {
   /* A consumer waiting for data whose producer's pipe end is closed: -EPIPE, not a hang. */
   const size_t size = pfd_ring_size(4096);
   pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
@@ -687,17 +678,18 @@ static void test_ring_wait_sees_its_peer_gone(void) {
   CHECK_EQ(pfd_shm_map(fd, size, &view), 0);
   CHECK_EQ(pfd_ring_init(view, size, 4096), 0);
   CHECK_EQ(pfd_ring_attach(&ring, view, size), 0);
-  CHECK_EQ(spawn_child("exit", code, stdio, 4, 0, &r), 0); /* slot 3: a duplex pipe */
-  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("exit", code, stdio, 4, 0, &r), 0); /* slot 3: a duplex pipe */
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
   CHECK_EQ(pfd_fd_wait_hangup(stdio[3].fd, 0), 1);
   CHECK_EQ(pfd_ring_wait(&ring, PFD_RING_WAIT_DATA, 0, 30000, stdio[3].fd), -EPIPE);
   CHECK_EQ(pfd_ring_wait(&ring, PFD_RING_WAIT_DATA, 0, 0, -1), 0); /* nothing, no wait */
   CloseHandle(PFD__HANDLE(stdio[3].fd));
   CHECK_EQ(pfd_shm_unmap(view, size), 0);
   CloseHandle(PFD__HANDLE(fd));
+  return 0;
 }
 
-static void test_handle_passing_between_processes(void) {
+TEST_IMPL(handle_passing_between_processes) {
   /* A pipe's write end moved into a child: the child writes through it, and once it
    * exits the read end sees the end of the data (no copy was left behind here). */
   pfd_stdio_t stdio[3] = {{PFD_STDIO_PIPE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1}};
@@ -707,14 +699,14 @@ static void test_handle_passing_between_processes(void) {
   char text[32], got[64];
   DWORD n;
   CHECK(CreatePipe(&r_end, &w_end, NULL, 0));
-  CHECK_EQ(spawn_child("handle_receiver", NULL, stdio, 3, 0, &r), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("handle_receiver", NULL, stdio, 3, 0, &r), 0);
   CHECK_EQ(pfd__win_handle_send((DWORD)r.pid, PFD__FD(w_end), 1, &remote), 0);
   CHECK(remote != 0);
   snprintf(text, sizeof text, "%lld", remote);
   CHECK(WriteFile(PFD__HANDLE(stdio[0].fd), text, (DWORD)strlen(text), &n, NULL));
   CloseHandle(PFD__HANDLE(stdio[0].fd));
-  read_all(PFD__FD(r_end), got, sizeof got); /* to EOF: the moved copy was the only one */
-  CHECK_EQ(reap(r.pid), 0);
+  pfd_test_read_all(PFD__FD(r_end), got, sizeof got); /* to EOF: the moved copy was the only one */
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
   CHECK(strcmp(got, "moved") == 0);
   CloseHandle(r_end);
   /* A process that is gone cannot be given anything. */
@@ -722,9 +714,10 @@ static void test_handle_passing_between_processes(void) {
   CHECK(pfd__win_handle_send((DWORD)r.pid, PFD__FD(w_end), 0, &remote) < 0);
   CloseHandle(r_end);
   CloseHandle(w_end);
+  return 0;
 }
 
-static void test_socket_passing_between_processes(void) {
+TEST_IMPL(socket_passing_between_processes) {
   /* An accepted TCP connection handed to a child (WSADuplicateSocketW): what the child
    * sends on it reaches the client. */
   pfd_stdio_t stdio[3] = {{PFD_STDIO_PIPE, -1}, {PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1}};
@@ -748,7 +741,7 @@ static void test_socket_passing_between_processes(void) {
   CHECK((client = socket(AF_INET, SOCK_STREAM, 0)) != INVALID_SOCKET);
   CHECK(connect(client, (struct sockaddr *)&addr, sizeof addr) == 0);
   CHECK((accepted = accept(listener, NULL, NULL)) != INVALID_SOCKET);
-  CHECK_EQ(spawn_child("socket_receiver", NULL, stdio, 3, 0, &r), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("socket_receiver", NULL, stdio, 3, 0, &r), 0);
   CHECK_EQ(pfd__win_socket_send((DWORD)r.pid, (unsigned long long)accepted, info, sizeof info), 0);
   for (i = 0; i < size; i++) snprintf(hex + 2 * i, 3, "%02x", info[i]);
   CHECK(WriteFile(PFD__HANDLE(stdio[0].fd), hex, (DWORD)(2 * size), &written, NULL));
@@ -758,10 +751,11 @@ static void test_socket_passing_between_processes(void) {
     total += n;
   }
   got[total] = '\0';
-  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
   CHECK(strcmp(got, "via socket") == 0);
   closesocket(client);
   closesocket(listener);
+  return 0;
 }
 
 /* Writes bytes as they are to an overlapped pipe (no framing). */
@@ -800,7 +794,7 @@ static DWORD WINAPI read_echo(void *arg) {
   return 0;
 }
 
-static void test_pipe_frames_between_processes(void) {
+TEST_IMPL(pipe_frames_between_processes) {
   /* 60 messages of up to 200 KB through a channel pipe and back (partial reads, a full
    * pipe on both sides), a handle and a socket inside frames, a frame written by hand in
    * libuv's layout, and a malformed header that the receiver refuses. */
@@ -815,7 +809,7 @@ static void test_pipe_frames_between_processes(void) {
   unsigned char bad_frame[] = {1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 9, 0, 0, 0, 'x'};
   char got[64];
   int pipe;
-  CHECK_EQ(spawn_child("frames_echo", NULL, stdio, 4, 0, &r), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("frames_echo", NULL, stdio, 4, 0, &r), 0);
   pipe = stdio[3].fd;
   CHECK_EQ(pfd_fd_wait(pipe, PFD_POLL_IN, 50), 0); /* nothing yet: a timed wait ends */
   for (i = 0; i < 60; i++) {
@@ -858,7 +852,7 @@ static void test_pipe_frames_between_processes(void) {
     CHECK_EQ(pfd_fd_recv(pipe, echo, 6, fds, 1, &nfds, PFD_FD_BLOCK), 6);
     CHECK(memcmp(echo, "handle", 6) == 0 && nfds == 0);
   }
-  read_all(PFD__FD(r_end), got, sizeof got);
+  pfd_test_read_all(PFD__FD(r_end), got, sizeof got);
   CHECK(strcmp(got, "got handle") == 0);
   CloseHandle(r_end);
 
@@ -899,13 +893,14 @@ static void test_pipe_frames_between_processes(void) {
 
   /* A header with a non-zero reserved field: the receiver refuses it (exit 42). */
   write_raw(pipe, bad_frame, sizeof bad_frame);
-  CHECK_EQ(reap(r.pid), 42);
+  CHECK_EQ(pfd_test_reap(r.pid), 42);
   pfd__win_pipe_forget(pipe);
   CloseHandle(PFD__HANDLE(pipe));
   free(reader.got);
+  return 0;
 }
 
-static void test_a_stream_pipe_above_slot_2(void) {
+TEST_IMPL(a_stream_pipe_above_slot_2) {
   /* PIPE at slot 3 is a duplex pipe for plain blocking I/O at both ends (a CHANNEL is the
    * overlapped one): the child reads it through its C runtime and answers on it. */
   pfd_stdio_t stdio[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
@@ -913,22 +908,23 @@ static void test_a_stream_pipe_above_slot_2(void) {
   pfd_spawn_result_t r;
   char buf[64];
   DWORD n = 0;
-  CHECK_EQ(spawn_child("echo3", NULL, stdio, 4, 0, &r), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("echo3", NULL, stdio, 4, 0, &r), 0);
   CHECK(WriteFile(PFD__HANDLE(stdio[3].fd), "both ways", 9, &n, NULL) && n == 9);
   CHECK(ReadFile(PFD__HANDLE(stdio[3].fd), buf, sizeof buf, &n, NULL) && n == 9);
   CHECK(memcmp(buf, "both ways", 9) == 0);
-  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
   CHECK(!ReadFile(PFD__HANDLE(stdio[3].fd), buf, sizeof buf, &n, NULL)); /* its end closed */
   CHECK_EQ(GetLastError(), ERROR_BROKEN_PIPE);
   CloseHandle(PFD__HANDLE(stdio[3].fd));
   /* A CHANNEL below slot 3 is refused. */
   {
     pfd_stdio_t bad[2] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_CHANNEL, -1}};
-    CHECK_EQ(spawn_child("echo3", NULL, bad, 2, 0, &r), -EINVAL);
+    CHECK_EQ(pfd_test_spawn_child_argv("echo3", NULL, bad, 2, 0, &r), -EINVAL);
   }
+  return 0;
 }
 
-static void test_pair_carries_many_handles_per_message(void) {
+TEST_IMPL(pair_carries_many_handles_per_message) {
   /* A message with three handles (two pipe ends and a socket) arrives with copies of all
    * three on its first byte; more than the receiver has room for arrive as TRUNCATED and
    * closed; a handle that cannot be copied fails the send and nothing is written. */
@@ -996,12 +992,13 @@ static void test_pair_carries_many_handles_per_message(void) {
     CloseHandle(w[i]);
   }
   closesocket(s);
+  return 0;
 }
 
 /* Starts the "cat" child with its three streams in `c`, to be given `input`. */
 static void start_cat(pfd_collect_t *c, pfd_spawn_result_t *r, const char *input, size_t size) {
   pfd_stdio_t stdio[3] = {{PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_PIPE, -1}};
-  CHECK_EQ(spawn_child("cat", NULL, stdio, 3, 0, r), 0);
+  CHECK_EQ(pfd_test_spawn_child_argv("cat", NULL, stdio, 3, 0, r), 0);
   memset(c, 0, sizeof *c);
   c->in_fd = stdio[0].fd;
   c->input = input;
@@ -1010,7 +1007,7 @@ static void start_cat(pfd_collect_t *c, pfd_spawn_result_t *r, const char *input
   c->out_fd[1] = stdio[2].fd;
 }
 
-static void test_collect_both_streams_and_limits(void) {
+TEST_IMPL(collect_both_streams_and_limits) {
   /* 1 MB through a child's stdin and back on stdout while it also writes stderr: no pipe
    * fills up for good; then max_buffer and a timeout. */
   pfd_spawn_result_t r;
@@ -1026,7 +1023,7 @@ static void test_collect_both_streams_and_limits(void) {
   CHECK(memcmp(c.out[1].data, "read 1048576", c.out[1].size) == 0);
   CHECK_EQ(c.in_fd, -1);
   pfd_collect_close(&c);
-  CHECK_EQ(reap(r.pid), 0);
+  CHECK_EQ(pfd_test_reap(r.pid), 0);
 
   /* Over max_buffer: -ENOBUFS, stream 1 named; the read that went over is kept whole (the
    * caller cuts it), and nothing more is read. */
@@ -1045,12 +1042,12 @@ static void test_collect_both_streams_and_limits(void) {
    * closed it could end by itself first. */
   CHECK_EQ(pfd_process_kill(r.pid, -1, SIGKILL), 0);
   pfd_collect_close(&c);
-  CHECK_EQ(reap(r.pid), -SIGKILL);
+  CHECK_EQ(pfd_test_reap(r.pid), -SIGKILL);
 
   /* A child that writes nothing: the deadline ends the run, and a later run goes on. */
   {
     pfd_stdio_t quiet[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_PIPE, -1}, {PFD_STDIO_IGNORE, -1}};
-    CHECK_EQ(spawn_child("sleep", NULL, quiet, 3, 0, &r), 0);
+    CHECK_EQ(pfd_test_spawn_child_argv("sleep", NULL, quiet, 3, 0, &r), 0);
     memset(&c, 0, sizeof c);
     c.in_fd = -1;
     c.out_fd[0] = quiet[1].fd;
@@ -1060,344 +1057,7 @@ static void test_collect_both_streams_and_limits(void) {
     CHECK_EQ(pfd_collect_run(&c, 60000), 0); /* the kill closed its end: done */
     CHECK_EQ(c.out[0].size, 0);
     pfd_collect_close(&c);
-    CHECK_EQ(reap(r.pid), -SIGTERM);
+    CHECK_EQ(pfd_test_reap(r.pid), -SIGTERM);
   }
-}
-
-/* ---- main ---------------------------------------------------------------------------- */
-
-/* ---- the cluster's dispatcher ------------------------------------------------------------ */
-
-static SOCKET dispatch_listener(int *port) {
-  struct sockaddr_in a;
-  int len = sizeof a;
-  SOCKET s = socket(AF_INET, SOCK_STREAM, 0);
-  CHECK(s != INVALID_SOCKET);
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  CHECK(bind(s, (struct sockaddr *)&a, sizeof a) == 0);
-  CHECK(listen(s, 64) == 0);
-  CHECK(getsockname(s, (struct sockaddr *)&a, &len) == 0);
-  *port = ntohs(a.sin_port);
-  return s;
-}
-
-/* A connected client that has sent its id byte. */
-static SOCKET dispatch_client(int port, int id) {
-  struct sockaddr_in a;
-  char msg = (char)('0' + id);
-  SOCKET s = socket(AF_INET, SOCK_STREAM, 0);
-  CHECK(s != INVALID_SOCKET);
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons((unsigned short)port);
-  CHECK(connect(s, (struct sockaddr *)&a, sizeof a) == 0);
-  CHECK(send(s, &msg, 1, 0) == 1);
-  return s;
-}
-
-/* A worker channel inside this process: the dispatcher's end (the server, whose peer is
- * this process) and the worker's. */
-static void dispatch_channel(int *ours, int *theirs) {
-  static int counter;
-  wchar_t name[96];
-  HANDLE server, client;
-  _snwprintf(name, 96, L"\\\\.\\pipe\\pyforkd-test-%lu-%d", (unsigned long)GetCurrentProcessId(),
-             ++counter);
-  server = CreateNamedPipeW(name, PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED,
-                            PIPE_TYPE_BYTE | PIPE_READMODE_BYTE | PIPE_WAIT, 1, 65536, 65536, 0,
-                            NULL);
-  CHECK(server != INVALID_HANDLE_VALUE);
-  client = CreateFileW(name, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING,
-                       FILE_FLAG_OVERLAPPED, NULL);
-  CHECK(client != INVALID_HANDLE_VALUE);
-  pfd__win_pipe_peer(PFD__FD(server), GetCurrentProcessId());
-  *ours = PFD__FD(server);
-  *theirs = PFD__FD(client);
-}
-
-/* Waits (bounded) until a dispatcher counter reaches `want`. */
-static void await_stat(pfd_dispatch_t *d, int slot, int index, unsigned long long want) {
-  unsigned long long out[4];
-  int i;
-  for (i = 0; i < 2000; i++) {
-    CHECK_EQ(pfd_dispatch_stats(d, slot, out), 0);
-    if (out[index] == want) return;
-    Sleep(5);
-  }
-  CHECK_EQ(out[index], want);
-}
-
-static void close_channel(int theirs) { CHECK_EQ(pfd_fd_close(theirs), 0); }
-
-static void test_dispatch_survives_a_worker_dying_with_connections(void) {
-  int port, w0, w0_end, w1, w1_end, i, taken = 0, seen[6] = {0};
-  SOCKET lsock = dispatch_listener(&port), clients[6];
-  unsigned long long seq, out[4];
-  pfd_dispatch_t *d;
-  CHECK_EQ(pfd_dispatch_new(&d, (int)lsock, 8), 0);
-  dispatch_channel(&w0, &w0_end);
-  dispatch_channel(&w1, &w1_end);
-  CHECK_EQ(pfd_dispatch_add(d, w0), 0);
-  CHECK_EQ(pfd_dispatch_add(d, w1), 1);
-  CHECK_EQ(pfd_dispatch_add(d, PFD__FD(GetCurrentProcess())), -EINVAL); /* not a pipe */
-  CHECK_EQ(pfd_dispatch_start(d), 0);
-  CHECK_EQ(pfd_dispatch_start(d), -EBUSY);
-  for (i = 0; i < 6; i++) clients[i] = dispatch_client(port, i);
-  await_stat(d, -1, 0, 6); /* all accepted */
-  await_stat(d, 0, 0, 3);  /* round-robin: three each */
-  await_stat(d, 1, 0, 3);
-  /* Worker 1 takes one connection and dies (its channel closes) acknowledging none. */
-  {
-    int conn = pfd_dispatch_take(w1_end, &seq, PFD_FD_BLOCK);
-    CHECK(conn >= 0);
-    closesocket((SOCKET)conn);
-    close_channel(w1_end);
-  }
-  /* Worker 0 gets all six in the end, each connection alive. */
-  while (taken < 6) {
-    char id;
-    int conn = pfd_dispatch_take(w0_end, &seq, PFD_FD_BLOCK);
-    CHECK(conn >= 0);
-    CHECK(recv((SOCKET)conn, &id, 1, 0) == 1);
-    CHECK(id >= '0' && id < '6' && !seen[id - '0']);
-    seen[id - '0'] = 1;
-    CHECK(send((SOCKET)conn, "ok", 2, 0) == 2);
-    CHECK_EQ(pfd_dispatch_ack(w0_end, &seq, 1), 0);
-    closesocket((SOCKET)conn);
-    taken++;
-  }
-  for (i = 0; i < 6; i++) {
-    char buf[2];
-    CHECK(recv(clients[i], buf, 2, MSG_WAITALL) == 2 && memcmp(buf, "ok", 2) == 0);
-    closesocket(clients[i]);
-  }
-  await_stat(d, 0, 1, 6); /* six acknowledged */
-  CHECK_EQ(pfd_dispatch_stats(d, -1, out), 0);
-  CHECK_EQ(out[2], 3); /* re-dispatched */
-  CHECK_EQ(pfd_dispatch_stats(d, 1, out), 0);
-  CHECK_EQ(out[3], 0); /* worker 1 is down */
-  CHECK_EQ(pfd_dispatch_remove(d, 1), -ENOENT);
-  CHECK_EQ(pfd_dispatch_remove(d, 0), 0);
-  CHECK_EQ(pfd_dispatch_remove(d, 0), -ENOENT);
-  CHECK_EQ(pfd_dispatch_stats(d, 7, out), -ENOENT);
-  /* Removed: its channel is closed, so the worker learns there is nothing more. */
-  CHECK_EQ(pfd_dispatch_take(w0_end, &seq, PFD_FD_BLOCK), -EPIPE);
-  pfd_dispatch_free(d);
-  close_channel(w0_end);
-  closesocket(lsock);
-}
-
-static void test_dispatch_bounds_a_workers_connections_in_flight(void) {
-  int port, w, w_end, conn;
-  SOCKET lsock = dispatch_listener(&port), c1, c2;
-  unsigned long long seq, seq2;
-  char buf[4];
-  pfd_dispatch_t *d;
-  CHECK_EQ(pfd_dispatch_new(&d, (int)lsock, 1), 0);
-  dispatch_channel(&w, &w_end);
-  CHECK_EQ(pfd_dispatch_add(d, w), 0);
-  CHECK_EQ(pfd_dispatch_start(d), 0);
-  c1 = dispatch_client(port, 1);
-  c2 = dispatch_client(port, 2);
-  await_stat(d, -1, 0, 2);
-  await_stat(d, -1, 1, 1); /* the second waits: the worker has one in flight */
-  conn = pfd_dispatch_take(w_end, &seq, PFD_FD_BLOCK);
-  CHECK(conn >= 0);
-  CHECK_EQ(pfd_dispatch_take(w_end, &seq2, 0), -EAGAIN); /* nothing more handed yet */
-  CHECK_EQ(pfd_dispatch_ack(w_end, &seq, 1), 0);
-  closesocket((SOCKET)conn);
-  conn = pfd_dispatch_take(w_end, &seq2, PFD_FD_BLOCK); /* now it comes */
-  CHECK(conn >= 0 && seq2 == seq + 1);
-  closesocket((SOCKET)conn);
-  /* Freed with a connection unacknowledged: the dispatcher closes its copy (the client
-   * sees the end once the worker's is closed too), and the channel. */
-  pfd_dispatch_free(d);
-  CHECK_EQ(pfd_dispatch_take(w_end, &seq, PFD_FD_BLOCK), -EPIPE);
-  CHECK_EQ(recv(c2, buf, sizeof buf, 0), 0);
-  close_channel(w_end);
-  closesocket(c1);
-  closesocket(c2);
-  closesocket(lsock);
-}
-
-static void test_dispatch_least_connections_prefers_the_least_loaded(void) {
-  int port, w0, w0_end, w1, w1_end, i;
-  SOCKET lsock = dispatch_listener(&port), clients[4];
-  unsigned long long open[2] = {3, 0}, out[4];
-  pfd_dispatch_t *d;
-  CHECK_EQ(pfd_dispatch_new(&d, (int)lsock, 8), 0);
-  CHECK_EQ(pfd_dispatch_balance(d, 7), -EINVAL);
-  CHECK_EQ(pfd_dispatch_balance(d, PFD_DISPATCH_LEAST_CONN), 0);
-  dispatch_channel(&w0, &w0_end);
-  dispatch_channel(&w1, &w1_end);
-  CHECK_EQ(pfd_dispatch_add(d, w0), 0);
-  CHECK_EQ(pfd_dispatch_add(d, w1), 1);
-  CHECK_EQ(pfd_dispatch_load(d, 0, &open[0]), 0);
-  CHECK_EQ(pfd_dispatch_load(d, 1, &open[1]), 0);
-  CHECK_EQ(pfd_dispatch_load(d, 2, &open[1]), -ENOENT);
-  CHECK_EQ(pfd_dispatch_start(d), 0);
-  /* Worker 0 has 3 open, worker 1 none: the first three go to worker 1 (its load counts
-   * the hand-offs not yet acknowledged), then the tie goes in turn. */
-  for (i = 0; i < 3; i++) {
-    clients[i] = dispatch_client(port, i);
-    await_stat(d, 1, 0, (unsigned long long)i + 1);
-  }
-  CHECK_EQ(pfd_dispatch_stats(d, 0, out), 0);
-  CHECK_EQ(out[0], 0);
-  clients[3] = dispatch_client(port, 3);
-  await_stat(d, -1, 0, 4);
-  await_stat(d, 0, 0, 1);
-  pfd_dispatch_free(d); /* closes the hand-offs nobody took */
-  for (i = 0; i < 4; i++) closesocket(clients[i]);
-  close_channel(w0_end);
-  close_channel(w1_end);
-  closesocket(lsock);
-}
-
-/* A worker removed after acknowledging: what it acknowledged stays its own (never given
- * to a second worker), what it acknowledges after the removal fails and goes to another. */
-static void test_dispatch_remove_honours_acks_already_sent(void) {
-  int port, w0, w0_end, w1, w1_end, c1_conn, c2_conn, conn;
-  SOCKET lsock = dispatch_listener(&port), c1, c2;
-  unsigned long long seq1, seq2, seq, out[4];
-  char id;
-  pfd_dispatch_t *d;
-  CHECK_EQ(pfd_dispatch_new(&d, (int)lsock, 8), 0);
-  dispatch_channel(&w0, &w0_end);
-  dispatch_channel(&w1, &w1_end);
-  CHECK_EQ(pfd_dispatch_add(d, w0), 0);
-  CHECK_EQ(pfd_dispatch_start(d), 0);
-  c1 = dispatch_client(port, 1);
-  c2 = dispatch_client(port, 2);
-  await_stat(d, 0, 0, 2); /* both handed to worker 0 */
-  c1_conn = pfd_dispatch_take(w0_end, &seq1, PFD_FD_BLOCK);
-  c2_conn = pfd_dispatch_take(w0_end, &seq2, PFD_FD_BLOCK);
-  CHECK(c1_conn >= 0 && c2_conn >= 0);
-  CHECK_EQ(pfd_dispatch_ack(w0_end, &seq1, 1), 0); /* sent; the dispatcher may not have read it */
-  CHECK_EQ(pfd_dispatch_add(d, w1), 1);
-  CHECK_EQ(pfd_dispatch_remove(d, 0), 0);
-  CHECK_EQ(pfd_dispatch_ack(w0_end, &seq2, 1), -EPIPE); /* too late: not its own any more */
-  closesocket((SOCKET)c2_conn);
-  conn = pfd_dispatch_take(w1_end, &seq, PFD_FD_BLOCK); /* only the second one moves */
-  CHECK(conn >= 0);
-  CHECK_EQ(pfd_dispatch_ack(w1_end, &seq, 1), 0);
-  CHECK(recv((SOCKET)conn, &id, 1, 0) == 1 && id == '2');
-  CHECK_EQ(pfd_dispatch_take(w1_end, &seq, 0), -EAGAIN);
-  CHECK_EQ(pfd_dispatch_stats(d, -1, out), 0);
-  CHECK_EQ(out[2], 1); /* one re-dispatched */
-  CHECK_EQ(pfd_dispatch_stats(d, 0, out), 0);
-  CHECK_EQ(out[1], 1); /* worker 0's first acknowledgement counted */
-  pfd_dispatch_free(d);
-  closesocket((SOCKET)conn);
-  closesocket((SOCKET)c1_conn);
-  closesocket(c1);
-  closesocket(c2);
-  close_channel(w0_end);
-  close_channel(w1_end);
-  closesocket(lsock);
-}
-
-static void test_dispatch_to_worker_processes(void) {
-  /* Two worker processes on channels spawn.c made: each connection is served by one of
-   * them (the socket crosses into the worker), in turn; freeing the dispatcher closes the
-   * channels and both workers end. */
-  pfd_stdio_t stdio[2][4];
-  pfd_spawn_result_t r[2];
-  int port, i, k;
-  SOCKET lsock = dispatch_listener(&port), clients[8];
-  unsigned long long out[4];
-  pfd_dispatch_t *d;
-  CHECK_EQ(pfd_dispatch_new(&d, (int)lsock, 0), 0);
-  for (k = 0; k < 2; k++) {
-    pfd_stdio_t s[4] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_IGNORE, -1},
-                        {PFD_STDIO_INHERIT_SAME, -1}, {PFD_STDIO_CHANNEL, -1}};
-    memcpy(stdio[k], s, sizeof s);
-    CHECK_EQ(spawn_child("dispatch_worker", NULL, stdio[k], 4, 0, &r[k]), 0);
-    CHECK_EQ(pfd_dispatch_add(d, stdio[k][3].fd), k);
-  }
-  CHECK_EQ(pfd_dispatch_start(d), 0);
-  for (i = 0; i < 8; i++) clients[i] = dispatch_client(port, i);
-  for (i = 0; i < 8; i++) {
-    char buf[3];
-    CHECK(recv(clients[i], buf, 3, MSG_WAITALL) == 3);
-    CHECK(memcmp(buf, "ok", 2) == 0 && buf[2] == '0' + i);
-    closesocket(clients[i]);
-  }
-  await_stat(d, 0, 1, 4); /* in turn: four each, all acknowledged */
-  await_stat(d, 1, 1, 4);
-  CHECK_EQ(pfd_dispatch_stats(d, -1, out), 0);
-  CHECK_EQ(out[0], 8);
-  CHECK_EQ(out[2], 0);
-  pfd_dispatch_free(d);
-  CHECK_EQ(reap(r[0].pid), 0);
-  CHECK_EQ(reap(r[1].pid), 0);
-  closesocket(lsock);
-}
-
-typedef struct {
-  const char *name;
-  void (*run)(void);
-} test_t;
-
-static const test_t tests[] = {
-    {"errors_translated", test_errors_translated},
-    {"quoting_table", test_quoting_table},
-    {"arguments_round_trip", test_arguments_round_trip},
-    {"random_arguments_round_trip", test_random_arguments_round_trip},
-    {"exit_codes_and_kill", test_exit_codes_and_kill},
-    {"stdio_pipes", test_stdio_pipes},
-    {"collect_both_streams_and_limits", test_collect_both_streams_and_limits},
-    {"failures_name_their_step", test_failures_name_their_step},
-    {"only_listed_handles_are_inherited", test_only_listed_handles_are_inherited},
-    {"a_closed_slot_is_given_as_closed", test_a_closed_slot_is_given_as_closed},
-    {"fd_close_closes_handles_and_sockets", test_fd_close_closes_handles_and_sockets},
-    {"shared_memory_between_processes", test_shared_memory_between_processes},
-    {"children_die_with_their_parent", test_children_die_with_their_parent},
-    {"handle_passing_between_processes", test_handle_passing_between_processes},
-    {"socket_passing_between_processes", test_socket_passing_between_processes},
-    {"pipe_frames_between_processes", test_pipe_frames_between_processes},
-    {"pair_carries_many_handles_per_message", test_pair_carries_many_handles_per_message},
-    {"a_stream_pipe_above_slot_2", test_a_stream_pipe_above_slot_2},
-    {"wake_crosses_processes", test_wake_crosses_processes},
-    {"ring_between_processes", test_ring_between_processes},
-    {"ring_wait_sees_its_peer_gone", test_ring_wait_sees_its_peer_gone},
-    {"dispatch_survives_a_worker_dying_with_connections",
-     test_dispatch_survives_a_worker_dying_with_connections},
-    {"dispatch_bounds_a_workers_connections_in_flight",
-     test_dispatch_bounds_a_workers_connections_in_flight},
-    {"dispatch_least_connections_prefers_the_least_loaded",
-     test_dispatch_least_connections_prefers_the_least_loaded},
-    {"dispatch_remove_honours_acks_already_sent", test_dispatch_remove_honours_acks_already_sent},
-    {"dispatch_to_worker_processes", test_dispatch_to_worker_processes},
-};
-
-int wmain(int argc, wchar_t **argv) {
-  size_t i;
-  int k, ran = 0;
-  WideCharToMultiByte(CP_UTF8, 0, argv[0], -1, pfd_self, sizeof pfd_self, NULL, NULL);
-  if (GetModuleFileNameA(NULL, pfd_self, sizeof pfd_self) == 0) return 2;
-  if (argc >= 3 && wcscmp(argv[1], L"--child") == 0) return child_main(argc, argv);
-  {
-    WSADATA wsa;
-    CHECK_EQ(WSAStartup(MAKEWORD(2, 2), &wsa), 0);
-  }
-  for (i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-    int wanted = argc < 2;
-    for (k = 1; k < argc && !wanted; k++) {
-      char prefix[128];
-      WideCharToMultiByte(CP_UTF8, 0, argv[k], -1, prefix, sizeof prefix, NULL, NULL);
-      wanted = strncmp(tests[i].name, prefix, strlen(prefix)) == 0;
-    }
-    if (!wanted) continue;
-    printf("win %-40s ", tests[i].name);
-    fflush(stdout);
-    tests[i].run();
-    printf("ok\n");
-    ran++;
-  }
-  printf("%d Windows test(s) passed\n", ran);
-  return ran > 0 ? 0 : 1;
+  return 0;
 }
