@@ -704,11 +704,12 @@ class Worker(Process):
     async def result(self, timeout: float | None = None) -> Any:
         """The target's return value; :class:`WorkerError` if it raised or the worker died."""
         w = self._child
-        if w._outcome is None:
+        if _worker.outcome(w) is None:
             try:
-                w._outcome = await self._channel().recv_control(timeout)
+                got = await self._channel().recv_control(timeout)
             except ChannelClosedError:
-                w._outcome = _worker.died(w, await asyncio.wait_for(self.wait(), timeout))
+                got = _worker.died(w, await asyncio.wait_for(self.wait(), timeout))
+            _worker.keep_outcome(w, got)
         return _worker.unpack(w)
 
     async def join(self, timeout: float | None = None) -> int:

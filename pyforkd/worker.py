@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from multiprocessing import context as mp_context
 from multiprocessing.reduction import ForkingPickler
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _bindings as _b
 from . import child_process as _cp
@@ -167,7 +167,18 @@ class Worker(_cp.ChildProcess):
         return f"<Worker {self.name!r} pid={self.pid} {state}>"
 
 
-# ---- a worker's outcome (pyforkd's own, not in __all__: aio.Worker reads it too) ---------
+# ---- a worker's outcome (pyforkd's own, not in __all__: aio.Worker and the cluster's
+# supervisor keep it too) -------------------------------------------------------------------
+
+
+def outcome(worker: Worker) -> tuple[str, Any] | None:
+    """What the worker's target came to, once known: ("result", value) or ("error", ...)."""
+    return worker._outcome
+
+
+def keep_outcome(worker: Worker, outcome: tuple[str, Any]) -> None:
+    """Record ``outcome`` as the worker's (received, or made by :func:`died`)."""
+    worker._outcome = outcome
 
 
 def died(worker: Worker, code: int) -> tuple[str, Any]:
@@ -187,6 +198,19 @@ def unpack(worker: Worker) -> Any:
         return value
     exc_type, message, remote_tb, exc, code = value
     raise WorkerError(exc_type, message, remote_tb, exc, code)
+
+
+_RUNS_MAIN = "_pyforkd_no_main"  # (the mark runs_its_own_main sets on a target)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def runs_its_own_main(target: _F) -> _F:
+    """Mark a spawn target that runs ``__main__`` itself: its worker imports none first.
+
+    pyforkd's own (the cluster's worker entry); not in ``__all__``.
+    """
+    setattr(target, _RUNS_MAIN, True)
+    return target
 
 
 def _describe_exception(exc: BaseException) -> tuple[str, str, str, Any, None]:
@@ -580,7 +604,7 @@ def _start_spawn(
     info = {
         "payload": payload,
         "fds": len(fds),
-        "import_main": not getattr(target, "_pyforkd_no_main", False),
+        "import_main": not getattr(target, _RUNS_MAIN, False),
     }
     worker = _spawn_interpreter("_spawn_main", info, main_thread, ring, exec_argv)
     if fds:

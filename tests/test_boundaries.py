@@ -39,8 +39,13 @@ def _defined_here(tree: ast.Module) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
-        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-            names.add(node.attr)
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("self", "cls")
+        ):
+            names.add(node.attr)  # (a write on another object defines nothing here)
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             names.add(node.id)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -90,11 +95,11 @@ def crossings(root: pathlib.Path = PACKAGE) -> set[tuple[str, str]]:
 
 def _stdlib_private(name: str) -> bool:
     # The standard library's own, used knowingly: os._exit, argparse's action classes,
-    # atexit's hooks and multiprocessing.util's fork hooks in a worker, namedtuple's
-    # _fields, socket's _accept.  Not a pyforkd boundary.
+    # atexit's hooks and multiprocessing's fork hooks and child list in a worker,
+    # namedtuple's _fields, socket's _accept.  Not a pyforkd boundary.
     return name in {"_exit", "_AppendAction", "_StoreTrueAction", "_actions", "_clear",
                     "_run_exitfuncs", "_fields", "_accept", "_finalizer_registry",
-                    "_run_after_forkers"}  # fmt: skip
+                    "_run_after_forkers", "_children"}  # fmt: skip
 
 
 def test_no_module_reads_another_modules_private_names():
@@ -126,5 +131,6 @@ def test_the_check_sees_each_kind_of_crossing(tmp_path):
         "from . import a as _a\nfrom . import _priv\nfrom .a import _hidden\n"
         "def f(obj):\n    obj._own()\n    return _a._hidden, _priv.x\n"
         "class B:\n    def _mine(self, other):\n        return other._mine\n"
+        "def g(obj):\n    obj._set = 1\n"
     )
-    assert crossings(tmp_path) == {("b.py", "_hidden"), ("b.py", "_own")}
+    assert crossings(tmp_path) == {("b.py", "_hidden"), ("b.py", "_own"), ("b.py", "_set")}

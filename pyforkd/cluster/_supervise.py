@@ -919,7 +919,7 @@ class Cluster:
         if not P.is_ours(msg):
             # The worker's outcome (its script ended): keep it, say why if it failed.
             if msg[0] == "result" and len(msg) == 2:
-                w.process._outcome = msg
+                _worker.keep_outcome(w.process, msg)
                 return
             if not (
                 msg[0] == "error"
@@ -929,7 +929,7 @@ class Cluster:
                 and isinstance(msg[1][2], str)
             ):
                 raise _Malformed(f"an outcome {str(msg)[:80]!r}")
-            w.process._outcome = msg
+            _worker.keep_outcome(w.process, msg)
             remote_tb = _user_frames(msg[1][2])
             _log.say(f"worker {w.id} failed:\n{remote_tb}")
             return
@@ -1123,7 +1123,7 @@ class Cluster:
         self._emit_worker(w, "exit", exit_code, sig)
         # A worker whose script failed before it ever listened would fail again: a boot
         # error, like exit codes 3 and 4 (its traceback was printed when it came).
-        outcome = w.process._outcome
+        outcome = _worker.outcome(w.process)
         boot_error = outcome is not None and outcome[0] == "error" and not w._listened
         self._board_release(w)
         if (

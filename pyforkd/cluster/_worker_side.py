@@ -469,6 +469,7 @@ def heartbeat() -> None:
     me.heartbeat()
 
 
+@_worker.runs_its_own_main  # (it runs the script as __main__ itself)
 def worker_main(
     wid: int, path: str, argv: list[str] | None, env: dict[str, str], cwd: str | None = None
 ) -> None:
@@ -535,9 +536,6 @@ def _program_ends() -> None:
     if me is not None:
         me.ending()
     atexit._run_exitfuncs()  # (it clears them: a second call runs nothing)
-
-
-worker_main._pyforkd_no_main = True  # type: ignore[attr-defined]  # runs __main__ itself
 
 
 def listen(address: Any, type: int = socket.SOCK_STREAM) -> Any:
