@@ -72,13 +72,14 @@ int pfd_test_count_fds(void) {
 }
 #endif
 
-int pfd_test_spawn_child_argv(const char *name, const char *const *args, pfd_stdio_t *stdio,
-                              int count, unsigned flags, pfd_spawn_result_t *result) {
+/* Starts "self MODE NAME args..." (MODE: --child or --run); returns pfd_spawn's code. */
+static int spawn_self(const char *mode, const char *name, const char *const *args,
+                      pfd_stdio_t *stdio, int count, unsigned flags, pfd_spawn_result_t *result) {
   char *argv[32];
   int n = 0;
   pfd_spawn_options_t o;
   argv[n++] = (char *)pfd_test_self;
-  argv[n++] = (char *)"--child";
+  argv[n++] = (char *)mode;
   argv[n++] = (char *)name;
   while (args != NULL && *args != NULL && n < 31) argv[n++] = (char *)*args++;
   argv[n] = NULL;
@@ -89,6 +90,11 @@ int pfd_test_spawn_child_argv(const char *name, const char *const *args, pfd_std
   o.stdio_count = count;
   o.flags = flags;
   return pfd_spawn(&o, result);
+}
+
+int pfd_test_spawn_child_argv(const char *name, const char *const *args, pfd_stdio_t *stdio,
+                              int count, unsigned flags, pfd_spawn_result_t *result) {
+  return spawn_self("--child", name, args, stdio, count, flags, result);
 }
 
 int pfd_test_spawn_child(const char *name, const char *arg, pfd_stdio_t *stdio, int count,
@@ -149,22 +155,11 @@ int pfd_test_slot(int slot) { return slot; }
 #ifdef _WIN32
 /* Windows: "self --run NAME" through pfd_spawn, its stdio this process's. */
 static int run_one(const test_entry_t *t) {
-  char *argv[4];
   pfd_stdio_t stdio[3] = {{PFD_STDIO_IGNORE, -1}, {PFD_STDIO_INHERIT_SAME, -1},
                           {PFD_STDIO_INHERIT_SAME, -1}};
-  pfd_spawn_options_t o;
   pfd_spawn_result_t r;
   int code;
-  argv[0] = (char *)pfd_test_self;
-  argv[1] = (char *)"--run";
-  argv[2] = (char *)t->name;
-  argv[3] = NULL;
-  memset(&o, 0, sizeof(o));
-  o.file = pfd_test_self;
-  o.argv = argv;
-  o.stdio = stdio;
-  o.stdio_count = 3;
-  CHECK_EQ(pfd_spawn(&o, &r), 0);
+  CHECK_EQ(spawn_self("--run", t->name, NULL, stdio, 3, 0, &r), 0);
   code = pfd_test_reap(r.pid);
   if (code < 0) {
     fprintf(stderr, "%s: killed (signal %d)\n", t->name, -code);
