@@ -63,11 +63,16 @@ while True:
 
 
 def open_fds() -> set[int]:
-    """The descriptors this process holds (Linux: /proc/self/fd; elsewhere /dev/fd).
+    """The descriptors this process holds (Linux: /proc/self/fd; macOS: /dev/fd; Windows:
+    its handles, every value below 65536 asked about with GetHandleInformation).
 
     The listing holds a descriptor of its own while it runs; it is closed again by the time
-    the names are checked, so it drops out.
+    the names are checked, so it drops out.  (Windows: the system hands out the lowest
+    free handle values, so a leak shows below 65536; GetProcessHandleCount would be
+    simpler, but wine answers 0 to it.)
     """
+    if WINDOWS:
+        return _windows_handles()
     found = set()
     for name in os.listdir("/proc/self/fd" if LINUX else "/dev/fd"):
         try:
@@ -76,6 +81,18 @@ def open_fds() -> set[int]:
             continue
         found.add(int(name))
     return found
+
+
+def _windows_handles() -> set[int]:
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.GetHandleInformation.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
+    flags = wintypes.DWORD()
+    return {
+        h for h in range(4, 1 << 16, 4) if kernel32.GetHandleInformation(h, ctypes.byref(flags))
+    }
 
 
 def _state(pid: int) -> tuple[str, int] | None:
@@ -156,44 +173,41 @@ def _windows_alive(pid: int) -> bool:
         kernel32.CloseHandle(handle)
 
 
-def open_handles() -> int:
-    """How many descriptors (POSIX) or handles (Windows) this process holds.
+# Wine opens and closes handles of its own at moments no test controls: on Windows a
+# descriptor check lets one handle more pass (a test that leaks adds several).
+STRAY_HANDLES = 1 if WINDOWS else 0
 
-    Windows counts by asking about every handle value below 65536 (GetHandleInformation):
-    the system hands out the lowest free values, so a leak shows there.
-    (GetProcessHandleCount would be simpler, but wine answers 0 to it.)
+
+def assert_none_left(before: set[int], after: set[int]) -> None:
+    """``after`` (an :func:`open_fds` taken after a test) is ``before`` again.
+
+    Windows compares the counts, with :data:`STRAY_HANDLES` let pass: wine's own handles
+    come and go there, so the values churn.
     """
-    if not WINDOWS:
-        return len(open_fds())
-    import ctypes
-    from ctypes import wintypes
-
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-    kernel32.GetHandleInformation.argtypes = [wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD)]
-    flags = wintypes.DWORD()
-    return sum(
-        1 for h in range(4, 1 << 16, 4) if kernel32.GetHandleInformation(h, ctypes.byref(flags))
-    )
+    if WINDOWS:
+        grown = len(after) - len(before)
+        assert grown <= STRAY_HANDLES, f"{grown} handles more"
+    else:
+        assert after == before, f"descriptors leaked: {sorted(after - before)}"
 
 
 def assert_no_leak(action: Callable[[], object], times: int = 6) -> None:
     """Run ``action`` once, then ``times`` more, and assert no descriptor or handle stayed.
 
     The first run makes what is made once (a job object, a timeout thread, what a DLL
-    opens on first use), so it is not counted.  Wine sometimes opens one handle of its
-    own at a moment no test controls, so on Windows one more is let pass: a handle leaked
-    by every run, or by every other one, still adds several and fails.
+    opens on first use), so it is not counted.  A handle leaked by every run, or by every
+    other one, adds several and fails even with :data:`STRAY_HANDLES` let pass.
     """
     import gc
 
     action()
     gc.collect()
-    before = open_handles()
+    before = len(open_fds())
     for _ in range(times):
         action()
     gc.collect()
-    grown = open_handles() - before
-    assert grown <= (1 if WINDOWS else 0), f"{grown} handles more after {times} runs"
+    grown = len(open_fds()) - before
+    assert grown <= STRAY_HANDLES, f"{grown} handles more after {times} runs"
 
 
 def wait_gone(pid: int, within: float) -> bool:

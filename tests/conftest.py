@@ -9,7 +9,7 @@ import threading
 import warnings
 
 import pytest
-from _helpers import open_fds, zombie_children
+from _helpers import assert_none_left, open_fds, zombie_children
 
 
 @pytest.fixture(autouse=True)
@@ -77,8 +77,7 @@ def fd_baseline():
     before = open_fds()
     yield before
     gc.collect()
-    after = open_fds()
-    assert after == before, f"descriptors leaked: {sorted(after - before)}"
+    assert_none_left(before, open_fds())
 
 
 @pytest.fixture

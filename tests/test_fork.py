@@ -146,12 +146,12 @@ def test_spawn_with_ipc_slot_and_bad_ipc_options(tmp_path):
 
 
 def test_failed_fork_leaks_nothing(tmp_path):
-    from _helpers import open_fds
+    from _helpers import assert_none_left, open_fds
 
     before = open_fds()
     with pytest.raises(FileNotFoundError):
         pyforkd.fork("x.py", exec_path="/pfd/no/such/python")
-    assert open_fds() == before
+    assert_none_left(before, open_fds())
 
 
 # ---- Node children --------------------------------------------------------------------------
