@@ -10,7 +10,7 @@ import signal
 import socket
 
 import pytest
-from _helpers import open_fds, posix_only_because
+from _helpers import WINDOWS, open_fds, posix_only_because
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -254,7 +254,9 @@ class RingModel(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.ring.close()
-        assert open_fds() == self.before
+        if not WINDOWS:  # (there hypothesis's own handles come and go between examples;
+            # fd_baseline in test_send_recv_batches_and_reserve counts a ring's there)
+            assert open_fds() == self.before
 
 
 TestRingModel = RingModel.TestCase
